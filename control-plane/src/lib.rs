@@ -1,0 +1,2 @@
+//! Valkyrie control plane.
+pub mod scheduler;

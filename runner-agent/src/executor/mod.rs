@@ -1,0 +1,364 @@
+//! The step executor: runs one job's steps, in order, as local child
+//! processes and reports what happens as a stream of [`ExecEvent`]s.
+//!
+//! It does no networking; the session layer hands it a [`JobPlan`], forwards
+//! the events to the control plane and flips the cancel flag.
+//!
+//! Guarantees of [`run_job`]:
+//! * every step gets exactly one `StepFinished`; a step that ran also gets a
+//!   `StepStarted` before its output. Steps after a failure, cancellation or
+//!   timeout get only `StepFinished { outcome: Skipped }`;
+//! * `Output` events are numbered from 0 without gaps across the whole job,
+//!   and within one stream arrive in the order the process wrote them;
+//! * when `run_job` returns, the process group of every step has been sent
+//!   SIGKILL (see [`process_group`] for the one escape, `setsid`);
+//! * events are sent with backpressure: a consumer that stops reading stalls
+//!   the step (its pipes fill, and cancellation waits for the send). The
+//!   caller must drain events until `run_job` returns. If the receiver is
+//!   dropped the job still runs to completion and the report is returned.
+//!
+//! Output is exactly what the processes wrote, with secret values replaced
+//! by `***`; the System stream carries only the agent's own messages (the
+//! truncation marker, a step that could not be started).
+
+mod output;
+mod pipe;
+mod process_group;
+mod step;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+use tracing::Instrument;
+
+pub use output::{MAX_CHUNK_BYTES, MIN_SECRET_BYTES, SECRET_MASK};
+
+use output::{OutputLog, Secrets};
+
+/// Default grace between SIGTERM and SIGKILL when a step is stopped.
+pub const DEFAULT_KILL_GRACE: Duration = Duration::from_secs(10);
+/// Default cap on a job's total output.
+pub const DEFAULT_OUTPUT_LIMIT_BYTES: u64 = 64 * 1024 * 1024;
+
+/// Everything needed to run one job.
+#[derive(Clone, PartialEq, Eq)]
+pub struct JobPlan {
+    pub job_id: u64,
+    pub steps: Vec<StepPlan>,
+    /// Job environment, on top of the agent's own environment.
+    pub env: Vec<(String, String)>,
+    /// Exported as environment variables too; their values (3 bytes or
+    /// longer) are replaced by `***` in all output.
+    pub secrets: Vec<(String, String)>,
+    /// Fresh per-job directory, created by [`run_job`]; the steps' cwd.
+    pub workspace: PathBuf,
+    /// Program and leading arguments; a step's line is appended as the last
+    /// argument. Default `["sh", "-c"]`.
+    pub shell: Vec<String>,
+    /// Limit for the whole job, all steps together. Default: none.
+    pub timeout: Option<Duration>,
+    /// How long a step may take to exit after SIGTERM before its process
+    /// group gets SIGKILL. Default [`DEFAULT_KILL_GRACE`].
+    pub kill_grace: Duration,
+    /// Cap on the job's total output bytes (after masking).
+    /// Default [`DEFAULT_OUTPUT_LIMIT_BYTES`].
+    pub output_limit_bytes: u64,
+}
+
+impl JobPlan {
+    /// A job with no steps and the defaults documented on each field.
+    pub fn new(job_id: u64, workspace: impl Into<PathBuf>) -> Self {
+        JobPlan {
+            job_id,
+            steps: Vec::new(),
+            env: Vec::new(),
+            secrets: Vec::new(),
+            workspace: workspace.into(),
+            shell: vec!["sh".to_owned(), "-c".to_owned()],
+            timeout: None,
+            kill_grace: DEFAULT_KILL_GRACE,
+            output_limit_bytes: DEFAULT_OUTPUT_LIMIT_BYTES,
+        }
+    }
+}
+
+// Hand-written so that secret values never reach a log line.
+impl std::fmt::Debug for JobPlan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let secret_names: Vec<&str> = self.secrets.iter().map(|(name, _)| name.as_str()).collect();
+        f.debug_struct("JobPlan")
+            .field("job_id", &self.job_id)
+            .field("steps", &self.steps)
+            .field("env", &self.env)
+            .field("secrets", &secret_names)
+            .field("workspace", &self.workspace)
+            .field("shell", &self.shell)
+            .field("timeout", &self.timeout)
+            .field("kill_grace", &self.kill_grace)
+            .field("output_limit_bytes", &self.output_limit_bytes)
+            .finish()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StepPlan {
+    pub name: String,
+    pub command: StepCommand,
+    /// Step environment, on top of the job's environment and secrets.
+    pub env: Vec<(String, String)>,
+    /// Relative to the workspace; must not be absolute or contain `..`.
+    pub working_directory: Option<String>,
+    /// A failure of this step is reported as `FailedAllowed` and does not
+    /// fail the job.
+    pub continue_on_error: bool,
+}
+
+impl StepPlan {
+    /// A step running `line` in the job's shell.
+    pub fn shell(name: impl Into<String>, line: impl Into<String>) -> Self {
+        StepPlan {
+            name: name.into(),
+            command: StepCommand::Shell(line.into()),
+            env: Vec::new(),
+            working_directory: None,
+            continue_on_error: false,
+        }
+    }
+
+    /// A step that starts no process and succeeds immediately.
+    pub fn noop(name: impl Into<String>) -> Self {
+        StepPlan {
+            command: StepCommand::Noop,
+            ..StepPlan::shell(name, "")
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StepCommand {
+    /// A line for the job's shell.
+    Shell(String),
+    /// Starts no process and succeeds immediately (benchmarks, health checks).
+    Noop,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum OutputStream {
+    Stdout,
+    Stderr,
+    /// Lines the agent itself writes, e.g. the truncation marker.
+    System,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExecEvent {
+    StepStarted {
+        index: u32,
+        name: String,
+        /// Process group of the step; `None` when no process was started.
+        pgid: Option<i32>,
+    },
+    Output {
+        /// Starts at 0, +1 per `Output` event across the whole job, no gaps.
+        seq: u64,
+        stream: OutputStream,
+        /// At most [`MAX_CHUNK_BYTES`]; split at a newline where possible.
+        data: Bytes,
+    },
+    StepFinished {
+        index: u32,
+        /// `None` when the process was killed by a signal or never ran.
+        exit_code: Option<i32>,
+        signal: Option<i32>,
+        duration: Duration,
+        outcome: StepOutcome,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum StepOutcome {
+    Succeeded,
+    Failed,
+    /// Failed, but the step has `continue_on_error`.
+    FailedAllowed,
+    Cancelled,
+    TimedOut,
+    /// Not run because an earlier step ended the job.
+    Skipped,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum JobOutcome {
+    Succeeded,
+    Failed,
+    Cancelled,
+    TimedOut,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobReport {
+    pub outcome: JobOutcome,
+    /// Exit code of the step that ended the job, or of the last step that
+    /// ran; `None` if that step was signalled, was a Noop or never started.
+    pub exit_code: Option<i32>,
+    pub duration: Duration,
+    pub output_truncated: bool,
+}
+
+/// How one step ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct StepResult {
+    exit_code: Option<i32>,
+    signal: Option<i32>,
+    duration: Duration,
+    outcome: StepOutcome,
+}
+
+impl StepResult {
+    fn not_started(outcome: StepOutcome) -> Self {
+        StepResult {
+            exit_code: None,
+            signal: None,
+            duration: Duration::ZERO,
+            outcome,
+        }
+    }
+}
+
+/// Runs `plan` to completion, cancellation (`cancel` becomes `true`) or
+/// timeout, sending events to `events`. Never panics on a step's failure;
+/// everything that goes wrong is in the events and the report.
+pub async fn run_job(
+    plan: JobPlan,
+    events: mpsc::Sender<ExecEvent>,
+    mut cancel: watch::Receiver<bool>,
+) -> JobReport {
+    let span = tracing::info_span!("job", job_id = plan.job_id);
+    async move {
+        let started = Instant::now();
+        let deadline = plan.timeout.map(|timeout| started + timeout);
+        let secrets = Secrets::new(plan.secrets.iter().map(|(_, value)| value.as_str()));
+        let mut sink = EventSink {
+            events,
+            log: OutputLog::new(plan.output_limit_bytes),
+            secrets,
+        };
+
+        let mut ended: Option<JobOutcome> = None;
+        let mut exit_code = None;
+        if let Err(error) = tokio::fs::create_dir_all(&plan.workspace).await {
+            tracing::warn!(workspace = %plan.workspace.display(), %error, "could not create workspace");
+            sink.system(&format!(
+                "[valkyrie] could not create the job workspace {}: {error}\n",
+                plan.workspace.display()
+            ))
+            .await;
+            ended = Some(JobOutcome::Failed);
+        }
+
+        for (index, step) in plan.steps.iter().enumerate() {
+            // Step counts come from a pipeline file; more than u32::MAX is absurd.
+            let index = u32::try_from(index).unwrap_or(u32::MAX);
+            if ended.is_none() {
+                if *cancel.borrow() {
+                    ended = Some(JobOutcome::Cancelled);
+                } else if deadline.is_some_and(|deadline| Instant::now() >= deadline) {
+                    ended = Some(JobOutcome::TimedOut);
+                }
+            }
+            let result = if ended.is_some() {
+                StepResult::not_started(StepOutcome::Skipped)
+            } else {
+                match &step.command {
+                    StepCommand::Noop => {
+                        sink.send(ExecEvent::StepStarted {
+                            index,
+                            name: step.name.clone(),
+                            pgid: None,
+                        })
+                        .await;
+                        StepResult::not_started(StepOutcome::Succeeded)
+                    }
+                    StepCommand::Shell(line) => {
+                        let step_run = step::ShellStep {
+                            plan: &plan,
+                            index,
+                            step,
+                            line,
+                            deadline,
+                        };
+                        step_run.run(&mut sink, &mut cancel).await
+                    }
+                }
+            };
+            sink.send(ExecEvent::StepFinished {
+                index,
+                exit_code: result.exit_code,
+                signal: result.signal,
+                duration: result.duration,
+                outcome: result.outcome,
+            })
+            .await;
+            if result.outcome == StepOutcome::Skipped {
+                continue;
+            }
+            exit_code = result.exit_code;
+            ended = match result.outcome {
+                StepOutcome::Failed => Some(JobOutcome::Failed),
+                StepOutcome::Cancelled => Some(JobOutcome::Cancelled),
+                StepOutcome::TimedOut => Some(JobOutcome::TimedOut),
+                StepOutcome::Succeeded | StepOutcome::FailedAllowed | StepOutcome::Skipped => None,
+            };
+        }
+
+        let report = JobReport {
+            outcome: ended.unwrap_or(JobOutcome::Succeeded),
+            exit_code,
+            duration: started.elapsed(),
+            output_truncated: sink.log.truncated(),
+        };
+        tracing::info!(outcome = ?report.outcome, exit_code = ?report.exit_code, "job finished");
+        report
+    }
+    .instrument(span)
+    .await
+}
+
+/// Where events go: numbering, limit and masking in front of the channel.
+struct EventSink {
+    events: mpsc::Sender<ExecEvent>,
+    log: OutputLog,
+    secrets: Secrets,
+}
+
+impl EventSink {
+    async fn send(&self, event: ExecEvent) {
+        // A closed channel means nobody listens any more; the job still runs
+        // to completion so the report (and process cleanup) stay correct.
+        let _ = self.events.send(event).await;
+    }
+
+    /// Sends chunks of process output through the job's output limit.
+    async fn output(&mut self, stream: OutputStream, chunks: Vec<Bytes>) {
+        let mut ready = Vec::new();
+        for chunk in chunks {
+            self.log.admit(stream, chunk, &mut ready);
+        }
+        for event in ready {
+            self.send(event).await;
+        }
+    }
+
+    /// Sends one of the agent's own messages, masked like process output.
+    async fn system(&mut self, text: &str) {
+        let masked = self.secrets.mask_all(text.as_bytes());
+        let event = self.log.system(Bytes::from(masked));
+        self.send(event).await;
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,237 @@
+//! Running one shell step: spawn, stream both pipes, stop on cancel or
+//! timeout, clean up the process group.
+//!
+//! Stopping a step (cancel or job timeout): SIGTERM to the group, then up to
+//! `kill_grace` for the leader to exit, then SIGKILL to the group. Whenever
+//! the leader exits, for any reason, the group gets SIGKILL so no background
+//! child survives the step. Output keeps being read while the step stops, so
+//! a process blocked on a full pipe can still see its signal and exit.
+
+use std::io;
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Component, Path, PathBuf};
+use std::process::ExitStatus;
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tracing::Instrument;
+
+use super::pipe::PipeReader;
+use super::process_group::{self, StepProcess};
+use super::{EventSink, ExecEvent, JobPlan, OutputStream, StepOutcome, StepPlan, StepResult};
+
+/// After the leader exited and the group was killed, the pipes normally hit
+/// EOF at once. A process that escaped the group (`setsid`) may still hold
+/// them open; we read what it wrote for this long and then stop waiting.
+const DRAIN_AFTER_EXIT: Duration = Duration::from_secs(1);
+
+/// Why the agent stopped a step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StopReason {
+    Cancelled,
+    TimedOut,
+}
+
+/// One `StepCommand::Shell` step of a job.
+pub(super) struct ShellStep<'a> {
+    pub(super) plan: &'a JobPlan,
+    pub(super) index: u32,
+    pub(super) step: &'a StepPlan,
+    pub(super) line: &'a str,
+    /// The job's deadline, which also bounds this step.
+    pub(super) deadline: Option<Instant>,
+}
+
+impl ShellStep<'_> {
+    pub(super) async fn run(self, sink: &mut EventSink, cancel: &mut watch::Receiver<bool>) -> StepResult {
+        let span = tracing::info_span!(
+            "step",
+            index = self.index,
+            name = %self.step.name,
+            pgid = tracing::field::Empty
+        );
+        self.run_in_span(sink, cancel).instrument(span).await
+    }
+
+    async fn run_in_span(self, sink: &mut EventSink, cancel: &mut watch::Receiver<bool>) -> StepResult {
+        let started = Instant::now();
+        let spawned = working_directory(&self.plan.workspace, self.step.working_directory.as_deref())
+            .and_then(|cwd| process_group::spawn(&self.plan.shell, self.line, &cwd, self.env()));
+        let process = match spawned {
+            Ok(process) => process,
+            Err(error) => {
+                tracing::warn!(%error, "could not start step");
+                sink.send(ExecEvent::StepStarted {
+                    index: self.index,
+                    name: self.step.name.clone(),
+                    pgid: None,
+                })
+                .await;
+                sink.system(&format!(
+                    "[valkyrie] could not start step `{}` with {:?}: {error}\n",
+                    self.step.name, self.plan.shell
+                ))
+                .await;
+                return StepResult {
+                    exit_code: None,
+                    signal: None,
+                    duration: started.elapsed(),
+                    outcome: self.failed(),
+                };
+            }
+        };
+        tracing::Span::current().record("pgid", process.pgid());
+        tracing::info!("step started");
+        sink.send(ExecEvent::StepStarted {
+            index: self.index,
+            name: self.step.name.clone(),
+            pgid: Some(process.pgid()),
+        })
+        .await;
+
+        let (status, stopped) = self.drive(process, sink, cancel).await;
+        let outcome = match (stopped, status) {
+            (Some(StopReason::Cancelled), _) => StepOutcome::Cancelled,
+            (Some(StopReason::TimedOut), _) => StepOutcome::TimedOut,
+            (None, Some(status)) if status.success() => StepOutcome::Succeeded,
+            (None, _) => self.failed(),
+        };
+        let result = StepResult {
+            exit_code: status.and_then(|s| s.code()),
+            signal: status.and_then(|s| s.signal()),
+            duration: started.elapsed(),
+            outcome,
+        };
+        tracing::info!(?result.outcome, ?result.exit_code, ?result.signal, "step finished");
+        result
+    }
+
+    fn failed(&self) -> StepOutcome {
+        if self.step.continue_on_error {
+            StepOutcome::FailedAllowed
+        } else {
+            StepOutcome::Failed
+        }
+    }
+
+    /// Agent environment (inherited) + job env + secrets + step env; later
+    /// entries win.
+    fn env(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.plan
+            .env
+            .iter()
+            .chain(&self.plan.secrets)
+            .chain(&self.step.env)
+            .map(|(name, value)| (name.as_str(), value.as_str()))
+    }
+
+    /// Streams output until the leader has exited and both pipes are done.
+    /// Returns the leader's exit status (`None` if it could not be read) and
+    /// why the agent stopped the step, if it did.
+    async fn drive(
+        &self,
+        mut process: StepProcess,
+        sink: &mut EventSink,
+        cancel: &mut watch::Receiver<bool>,
+    ) -> (Option<ExitStatus>, Option<StopReason>) {
+        let mut stdout = PipeReader::new(process.stdout.take(), sink.secrets.clone());
+        let mut stderr = PipeReader::new(process.stderr.take(), sink.secrets.clone());
+
+        // `Some(status)` once the leader was reaped; `Some(None)` if waiting
+        // for it failed, which we treat as an exit with unknown status.
+        let mut exited: Option<Option<ExitStatus>> = None;
+        let mut stopped: Option<StopReason> = None;
+        let mut sigkill_at: Option<Instant> = None;
+        let mut drain_until: Option<Instant> = None;
+
+        while exited.is_none() || stdout.is_open() || stderr.is_open() {
+            let running = exited.is_none();
+            // Copied out: the read futures below borrow the readers mutably.
+            let (stdout_flush_at, stderr_flush_at) = (stdout.flush_partial_at, stderr.flush_partial_at);
+            tokio::select! {
+                status = process.child.wait(), if running => {
+                    exited = Some(status.inspect_err(|error| tracing::warn!(%error, "could not wait for step process")).ok());
+                    process.kill_group_after_exit();
+                    drain_until = Some(Instant::now() + DRAIN_AFTER_EXIT);
+                }
+                () = cancelled(cancel), if running && stopped.is_none() => {
+                    tracing::info!("step cancelled, sending SIGTERM to its process group");
+                    stopped = Some(StopReason::Cancelled);
+                    process.signal_group(Signal::SIGTERM);
+                    sigkill_at = Some(Instant::now() + self.plan.kill_grace);
+                }
+                () = sleep_until(self.deadline), if running && stopped.is_none() => {
+                    tracing::info!("job timed out, sending SIGTERM to the step's process group");
+                    stopped = Some(StopReason::TimedOut);
+                    process.signal_group(Signal::SIGTERM);
+                    sigkill_at = Some(Instant::now() + self.plan.kill_grace);
+                }
+                () = sleep_until(sigkill_at), if running => {
+                    tracing::info!("kill grace expired, sending SIGKILL to the step's process group");
+                    process.signal_group(Signal::SIGKILL);
+                    sigkill_at = None;
+                }
+                read = stdout.read() => {
+                    sink.output(OutputStream::Stdout, stdout.on_read(read)).await;
+                }
+                read = stderr.read() => {
+                    sink.output(OutputStream::Stderr, stderr.on_read(read)).await;
+                }
+                () = sleep_until(stdout_flush_at) => {
+                    sink.output(OutputStream::Stdout, stdout.flush_partial_line()).await;
+                }
+                () = sleep_until(stderr_flush_at) => {
+                    sink.output(OutputStream::Stderr, stderr.flush_partial_line()).await;
+                }
+                () = sleep_until(drain_until) => {
+                    tracing::warn!("step output still open after its process group was killed (a process left the group?); no longer reading it");
+                    drain_until = None;
+                    sink.output(OutputStream::Stdout, stdout.close()).await;
+                    sink.output(OutputStream::Stderr, stderr.close()).await;
+                }
+            }
+        }
+        (exited.flatten(), stopped)
+    }
+}
+
+/// Completes when the cancel flag is (or becomes) true; never, if the sender
+/// is gone without cancelling.
+async fn cancelled(cancel: &mut watch::Receiver<bool>) {
+    if cancel.wait_for(|cancelled| *cancelled).await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
+/// Sleeps until `at`, or forever when there is no such deadline.
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The step's cwd: the workspace, or a directory inside it. Refuses paths
+/// that would leave the workspace, so a pipeline cannot run steps elsewhere
+/// on the runner by accident.
+fn working_directory(workspace: &Path, relative: Option<&str>) -> io::Result<PathBuf> {
+    let Some(relative) = relative else {
+        return Ok(workspace.to_path_buf());
+    };
+    let path = Path::new(relative);
+    if path
+        .components()
+        .all(|c| matches!(c, Component::Normal(_) | Component::CurDir))
+    {
+        Ok(workspace.join(path))
+    } else {
+        Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "working_directory `{relative}` must be a relative path inside the workspace, without `..`"
+            ),
+        ))
+    }
+}

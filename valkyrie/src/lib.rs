@@ -1,0 +1,26 @@
+//! Valkyrie: the framed binary protocol between the control plane, runner
+//! agents and clients.
+//!
+//! The crate has two halves. The sans-I/O half ([`frame`], [`message`],
+//! [`connection`]) turns bytes into frames and messages and runs the
+//! handshake, heartbeats and lanes as a state machine driven by the caller's
+//! clock; it never touches a socket or reads the time. The I/O half
+//! ([`transport`]) drives that state machine over Unix sockets, TCP, TLS 1.3
+//! and QUIC, chosen by URI.
+//!
+//! The wire format is specified in `spec/protocol.md`; `spec/vectors/` holds
+//! the test vectors every implementation must pass.
+
+#![warn(missing_docs)]
+
+pub mod connection;
+pub mod error;
+pub mod frame;
+pub mod message;
+pub mod transport;
+
+pub use connection::{Connection, ConnectionConfig, Event as ConnectionEvent, Side};
+pub use error::{ConnectionError, DecodeError, SendError};
+pub use frame::{ErrorCode, Flags, Frame, FrameDecoder, FrameKind, Lane};
+pub use message::Message;
+pub use transport::{connect, ClientOptions, Endpoint, Listener, ListenerOptions, Session, SessionSender};

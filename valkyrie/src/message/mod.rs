@@ -1,0 +1,396 @@
+//! The message catalogue: one struct per frame kind, and [`Message`], the
+//! enum of them all. Field order in each struct is the wire order.
+
+mod field;
+mod types;
+pub(crate) mod wire;
+
+use bytes::{Bytes, BytesMut};
+use serde::{Deserialize, Serialize};
+
+pub use field::WireField;
+pub use types::*;
+use wire::{Reader, Writer};
+
+use crate::error::DecodeError;
+use crate::frame::{ErrorCode, FrameKind, Lane};
+
+/// Defines the message structs and the [`Message`] enum from one table.
+macro_rules! messages {
+    ($(
+        $(#[$doc:meta])*
+        $name:ident = $kind:ident on $lane:ident {
+            $($(#[$fdoc:meta])* $field:ident: $ty:ty),* $(,)?
+        }
+    )*) => {
+        $(
+            $(#[$doc])*
+            #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+            pub struct $name { $($(#[$fdoc])* pub $field: $ty),* }
+
+            impl $name {
+                /// The frame kind of this message.
+                pub const KIND: FrameKind = FrameKind::$kind;
+                /// The lane this message travels on.
+                pub const LANE: Lane = Lane::$lane;
+
+                #[allow(unused_variables, unused_mut)]
+                fn decode_fields(r: &mut Reader) -> Result<Self, DecodeError> {
+                    Ok(Self { $($field: <$ty as WireField>::read(r, stringify!($field))?),* })
+                }
+
+                #[allow(unused_variables)]
+                fn encode_fields(&self, w: &mut Writer) {
+                    $(WireField::write(&self.$field, w);)*
+                }
+            }
+
+            impl From<$name> for Message {
+                fn from(m: $name) -> Message {
+                    Message::$name(m)
+                }
+            }
+        )*
+
+        /// Any message of protocol version 1.
+        #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+        #[serde(tag = "type", content = "fields")]
+        pub enum Message {
+            $($(#[$doc])* $name($name),)*
+        }
+
+        impl Message {
+            /// The frame kind of this message.
+            pub fn kind(&self) -> FrameKind {
+                match self { $(Self::$name(_) => FrameKind::$kind,)* }
+            }
+
+            /// The lane this message travels on.
+            pub fn lane(&self) -> Lane {
+                match self { $(Self::$name(_) => Lane::$lane,)* }
+            }
+
+            /// Appends the payload (not the header) to `buf`.
+            pub fn encode_payload(&self, buf: &mut BytesMut) {
+                let mut w = Writer::new(buf);
+                match self { $(Self::$name(m) => m.encode_fields(&mut w),)* }
+            }
+
+            /// Decodes a payload of the given kind. Strict: unknown kinds,
+            /// malformed fields and trailing bytes are errors.
+            pub fn decode_payload(kind: FrameKind, payload: Bytes) -> Result<Self, DecodeError> {
+                let mut r = Reader::new(kind, payload);
+                let message = match kind {
+                    $(FrameKind::$kind => Self::$name($name::decode_fields(&mut r)?),)*
+                    other => return Err(DecodeError::UnknownKind(other)),
+                };
+                r.finish()?;
+                Ok(message)
+            }
+
+            /// The lane a frame of this kind belongs on, if the kind is known.
+            pub fn lane_of(kind: FrameKind) -> Option<Lane> {
+                match kind {
+                    $(FrameKind::$kind => Some(Lane::$lane),)*
+                    _ => None,
+                }
+            }
+        }
+    };
+}
+
+messages! {
+    // ---- connection ----
+
+    /// Client or agent → server, first frame of a connection.
+    Hello = HELLO on Control {
+        /// Lowest protocol version the sender speaks.
+        min_version: u8,
+        /// Highest protocol version the sender speaks.
+        max_version: u8,
+        /// What the sender is.
+        role: Role,
+        /// API token (clients), registration token or runner credential (agents).
+        token: String,
+        /// Largest payload the sender accepts.
+        max_frame_bytes: u32,
+        /// How often the sender will ping when idle, in milliseconds.
+        heartbeat_interval_ms: u32,
+        /// Free-form software name and version, for logs.
+        agent: String,
+    }
+
+    /// Server → client or agent: the handshake succeeded.
+    Welcome = WELCOME on Control {
+        /// The version both sides now speak.
+        version: u8,
+        /// Largest payload the server accepts.
+        max_frame_bytes: u32,
+        /// How often the server will ping when idle, in milliseconds.
+        heartbeat_interval_ms: u32,
+        /// Server id, for logs.
+        server_id: String,
+    }
+
+    /// Either side: are you there?
+    Ping = PING on Control {
+        /// Echoed in the Pong.
+        nonce: u64,
+    }
+
+    /// Either side: answer to a Ping.
+    Pong = PONG on Control {
+        /// The Ping's nonce.
+        nonce: u64,
+    }
+
+    /// Either side: the last frame of a connection.
+    Close = CLOSE on Control {
+        /// Why.
+        code: ErrorCode,
+        /// Why, for people.
+        reason: String,
+    }
+
+    /// Server → client or agent: a request succeeded and returns nothing.
+    Ack = ACK on Control {}
+
+    /// Server → client or agent: a request failed; the connection stays open.
+    RequestFailed = REQUEST_FAILED on Control {
+        /// Error code.
+        code: ErrorCode,
+        /// What went wrong and what to do, for people.
+        message: String,
+    }
+
+    // ---- runners ----
+
+    /// Agent → server: register (or re-register after a reconnect).
+    RegisterRunner = REGISTER_RUNNER on Control {
+        /// Runner name, unique per server.
+        name: String,
+        /// Tags jobs can require.
+        tags: Vec<String>,
+        /// Operating system.
+        os: String,
+        /// CPU architecture.
+        arch: String,
+        /// Maximum concurrent jobs.
+        slots: u32,
+        /// Agent version.
+        version: String,
+        /// Attempts the agent is still running, re-reported after a reconnect
+        /// as (job_id, attempt) pairs.
+        running: Vec<RunningAttempt>,
+    }
+
+    /// Server → agent: registration result.
+    RunnerRegistered = RUNNER_REGISTERED on Control {
+        /// The runner's id.
+        runner_id: u64,
+        /// Credential the agent presents on later connections instead of the
+        /// registration token.
+        credential: String,
+        /// Re-reported attempts the server no longer wants: the agent stops them.
+        stale: Vec<RunningAttempt>,
+    }
+
+    /// Agent → server: alive, with its load.
+    Heartbeat = HEARTBEAT on Control {
+        /// Attempts running now.
+        running: u32,
+    }
+
+    /// Either side: stop taking new jobs. From the server it asks the agent to
+    /// drain; from the agent it announces that it drains.
+    Drain = DRAIN on Control {
+        /// Why.
+        reason: String,
+    }
+
+    // ---- jobs, client side ----
+
+    /// Client → server: run this job.
+    SubmitJob = SUBMIT_JOB on Control {
+        /// The job.
+        spec: JobSpec,
+    }
+
+    /// Server → client: the job is accepted and queued.
+    JobAccepted = JOB_ACCEPTED on Control {
+        /// Its id.
+        job_id: u64,
+    }
+
+    /// Client → server: cancel a job. Answered by Ack or RequestFailed.
+    CancelJob = CANCEL_JOB on Control {
+        /// Which.
+        job_id: u64,
+    }
+
+    /// Client → server: send me events. Events arrive as Event frames carrying
+    /// this request's correlation id.
+    Subscribe = SUBSCRIBE on Control {
+        /// One job, or every job when absent.
+        job_id: Option<u64>,
+        /// Include log chunks.
+        logs: bool,
+        /// Replay the stored history (state and logs) before live events.
+        replay: bool,
+    }
+
+    /// Server → client: one event of a subscription.
+    Event = EVENT on Bulk {
+        /// The job it concerns.
+        job_id: u64,
+        /// What happened.
+        body: EventBody,
+    }
+
+    /// Client → server: list jobs, newest first.
+    ListJobs = LIST_JOBS on Control {
+        /// At most this many.
+        limit: u32,
+    }
+
+    /// Server → client: jobs.
+    JobList = JOB_LIST on Control {
+        /// The jobs.
+        jobs: Vec<JobInfo>,
+    }
+
+    /// Client → server: list runners.
+    ListRunners = LIST_RUNNERS on Control {}
+
+    /// Server → client: runners.
+    RunnerList = RUNNER_LIST on Control {
+        /// The runners.
+        runners: Vec<RunnerInfo>,
+    }
+
+    /// Client → server: one job's details.
+    GetJob = GET_JOB on Control {
+        /// Which.
+        job_id: u64,
+    }
+
+    /// Server → client: one job's details.
+    JobDetails = JOB_INFO on Control {
+        /// The job.
+        job: JobInfo,
+    }
+
+    // ---- dispatch ----
+
+    /// Server → agent: run this attempt. A lease: the agent must answer with
+    /// AssignAck within `lease_ms` or the job is queued again.
+    Assign = ASSIGN on Dispatch {
+        /// Job id.
+        job_id: u64,
+        /// Attempt number: the fencing token for every report about it.
+        attempt: u32,
+        /// Lease length in milliseconds.
+        lease_ms: u32,
+        /// What to run.
+        spec: JobSpec,
+    }
+
+    /// Agent → server: took (or refused) an assignment.
+    AssignAck = ASSIGN_ACK on Dispatch {
+        /// Job id.
+        job_id: u64,
+        /// Attempt.
+        attempt: u32,
+        /// Whether the agent runs it.
+        accepted: bool,
+        /// Why not, when refused.
+        reason: String,
+    }
+
+    /// Agent → server: the attempt started its first step.
+    JobStarted = JOB_STARTED on Dispatch {
+        /// Job id.
+        job_id: u64,
+        /// Attempt.
+        attempt: u32,
+    }
+
+    /// Agent → server: output of an attempt.
+    LogChunk = LOG_CHUNK on Bulk {
+        /// Job id.
+        job_id: u64,
+        /// Attempt.
+        attempt: u32,
+        /// Chunk sequence number within the attempt, from 0, no gaps.
+        seq: u64,
+        /// Stream.
+        stream: OutputStream,
+        /// The bytes.
+        data: Bytes,
+    }
+
+    /// Agent → server: one step finished.
+    StepResult = STEP_RESULT on Dispatch {
+        /// Job id.
+        job_id: u64,
+        /// Attempt.
+        attempt: u32,
+        /// Step index, from 0.
+        step: u32,
+        /// How it ended.
+        outcome: StepOutcome,
+        /// Exit code, when the process exited.
+        exit_code: Option<i32>,
+        /// Run time in milliseconds.
+        duration_ms: u64,
+    }
+
+    /// Agent → server: the attempt finished.
+    JobResult = JOB_RESULT on Dispatch {
+        /// Job id.
+        job_id: u64,
+        /// Attempt.
+        attempt: u32,
+        /// How it ended.
+        outcome: JobOutcome,
+        /// Exit code of the failing or last step.
+        exit_code: Option<i32>,
+        /// Run time in milliseconds.
+        duration_ms: u64,
+        /// Details for people (e.g. "step `test` exited with 2").
+        message: String,
+    }
+
+    /// Server → agent: stop an attempt (cancel, server-side timeout, stale).
+    CancelAssignment = CANCEL_ASSIGNMENT on Control {
+        /// Job id.
+        job_id: u64,
+        /// Attempt.
+        attempt: u32,
+        /// Why.
+        reason: String,
+    }
+}
+
+/// A (job, attempt) pair an agent is running.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct RunningAttempt {
+    /// Job id.
+    pub job_id: u64,
+    /// Attempt.
+    pub attempt: u32,
+}
+
+impl WireField for RunningAttempt {
+    const MIN_BYTES: usize = 12;
+    fn read(r: &mut Reader, field: &'static str) -> Result<Self, DecodeError> {
+        Ok(Self {
+            job_id: r.u64(field)?,
+            attempt: r.u32(field)?,
+        })
+    }
+    fn write(&self, w: &mut Writer) {
+        w.u64(self.job_id);
+        w.u32(self.attempt);
+    }
+}

@@ -1,0 +1,572 @@
+//! Value types shared by several messages: job specifications, states,
+//! listings and events.
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use super::wire::{Reader, Writer};
+use crate::error::DecodeError;
+
+/// Declares a closed `u8`-coded enum with its wire mapping.
+macro_rules! wire_enum {
+    ($(#[$doc:meta])* $name:ident { $($(#[$vdoc:meta])* $variant:ident = $value:expr),* $(,)? }) => {
+        $(#[$doc])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+        #[serde(rename_all = "snake_case")]
+        #[repr(u8)]
+        pub enum $name { $($(#[$vdoc])* $variant = $value),* }
+
+        impl $name {
+            /// Every value, in wire order.
+            pub const ALL: &'static [$name] = &[$($name::$variant),*];
+
+            pub(crate) fn read(r: &mut Reader, field: &'static str) -> Result<Self, DecodeError> {
+                let value = r.u8(field)?;
+                match value {
+                    $($value => Ok($name::$variant),)*
+                    other => Err(r.invalid(field, other.into())),
+                }
+            }
+
+            pub(crate) fn write(self, w: &mut Writer) {
+                w.u8(self as u8);
+            }
+        }
+    };
+}
+
+wire_enum! {
+    /// What a connecting peer is.
+    Role {
+        /// An SDK client or `vk`.
+        Client = 1,
+        /// A runner agent.
+        Agent = 2,
+    }
+}
+
+wire_enum! {
+    /// Where a job is in its lifecycle (see the control plane's job state machine).
+    JobState {
+        /// Waiting for a runner.
+        Queued = 0,
+        /// Leased to a runner; waiting for its acknowledgement.
+        Assigned = 1,
+        /// Acknowledged and running.
+        Running = 2,
+        /// Every step succeeded (or was allowed to fail).
+        Succeeded = 3,
+        /// A step failed.
+        Failed = 4,
+        /// Cancelled by a user.
+        Cancelled = 5,
+        /// Ran over its timeout.
+        TimedOut = 6,
+        /// Its runner vanished and no retry remained.
+        Lost = 7,
+    }
+}
+
+impl JobState {
+    /// Whether the state is final.
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            Self::Succeeded | Self::Failed | Self::Cancelled | Self::TimedOut | Self::Lost
+        )
+    }
+
+    /// The lower-case name used in listings.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Queued => "queued",
+            Self::Assigned => "assigned",
+            Self::Running => "running",
+            Self::Succeeded => "succeeded",
+            Self::Failed => "failed",
+            Self::Cancelled => "cancelled",
+            Self::TimedOut => "timed_out",
+            Self::Lost => "lost",
+        }
+    }
+}
+
+wire_enum! {
+    /// How an attempt ended, as its agent reports it.
+    JobOutcome {
+        /// Every step succeeded or was allowed to fail.
+        Succeeded = 0,
+        /// A step failed.
+        Failed = 1,
+        /// Stopped on request.
+        Cancelled = 2,
+        /// Ran over its timeout.
+        TimedOut = 3,
+    }
+}
+
+wire_enum! {
+    /// How one step ended.
+    StepOutcome {
+        /// Exited 0.
+        Succeeded = 0,
+        /// Exited non-zero or could not start.
+        Failed = 1,
+        /// Failed, but `continue_on_error` was set.
+        FailedAllowed = 2,
+        /// Stopped on request.
+        Cancelled = 3,
+        /// Stopped by the job timeout.
+        TimedOut = 4,
+        /// Not run because an earlier step failed.
+        Skipped = 5,
+    }
+}
+
+wire_enum! {
+    /// Which stream a log chunk comes from.
+    OutputStream {
+        /// The process's standard output.
+        Stdout = 0,
+        /// The process's standard error.
+        Stderr = 1,
+        /// Lines written by the agent itself (e.g. a truncation marker).
+        System = 2,
+    }
+}
+
+wire_enum! {
+    /// A runner's state in the registry.
+    RunnerState {
+        /// Connected with free slots.
+        Idle = 0,
+        /// Connected, every slot used.
+        Busy = 1,
+        /// Finishing its jobs, taking no new ones.
+        Draining = 2,
+        /// Silent for longer than `runner_lost_after`.
+        Lost = 3,
+    }
+}
+
+impl RunnerState {
+    /// The lower-case name used in listings.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Idle => "idle",
+            Self::Busy => "busy",
+            Self::Draining => "draining",
+            Self::Lost => "lost",
+        }
+    }
+}
+
+/// What a step runs.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StepCommand {
+    /// A command line run by the job's shell (`sh -c LINE` by default).
+    Shell(String),
+    /// Starts no process and succeeds (benchmarks, health checks).
+    Noop,
+}
+
+/// One step of a job.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StepSpec {
+    /// Display name.
+    pub name: String,
+    /// What it runs.
+    pub command: StepCommand,
+    /// Extra environment for this step.
+    pub env: Vec<(String, String)>,
+    /// Directory relative to the job workspace.
+    pub working_directory: Option<String>,
+    /// A failure of this step does not fail the job.
+    pub continue_on_error: bool,
+}
+
+impl StepSpec {
+    /// A shell step named after its command line.
+    pub fn shell(line: impl Into<String>) -> Self {
+        let line = line.into();
+        Self {
+            name: line.clone(),
+            command: StepCommand::Shell(line),
+            env: Vec::new(),
+            working_directory: None,
+            continue_on_error: false,
+        }
+    }
+
+    /// A no-op step.
+    pub fn noop() -> Self {
+        Self {
+            name: "noop".into(),
+            command: StepCommand::Noop,
+            env: Vec::new(),
+            working_directory: None,
+            continue_on_error: false,
+        }
+    }
+
+    pub(crate) fn read(r: &mut Reader) -> Result<Self, DecodeError> {
+        let name = r.string("step.name")?;
+        let command = match r.u8("step.command")? {
+            0 => StepCommand::Shell(r.string("step.run")?),
+            1 => StepCommand::Noop,
+            other => return Err(r.invalid("step.command", other.into())),
+        };
+        Ok(Self {
+            name,
+            command,
+            env: r.pairs("step.env")?,
+            working_directory: r.option("step.working_directory", |r| r.string("step.working_directory"))?,
+            continue_on_error: r.bool("step.continue_on_error")?,
+        })
+    }
+
+    pub(crate) fn write(&self, w: &mut Writer) {
+        w.string(&self.name);
+        match &self.command {
+            StepCommand::Shell(line) => {
+                w.u8(0);
+                w.string(line);
+            }
+            StepCommand::Noop => w.u8(1),
+        }
+        w.pairs(&self.env);
+        w.option(&self.working_directory, |w, d| w.string(d));
+        w.bool(self.continue_on_error);
+    }
+}
+
+/// Which outcomes a job is retried on (bit set).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct RetryOn(pub u8);
+
+impl RetryOn {
+    /// Retry when a step failed.
+    pub const FAILED: RetryOn = RetryOn(0x01);
+    /// Retry when the job timed out.
+    pub const TIMED_OUT: RetryOn = RetryOn(0x02);
+    /// Retry when the runner was lost or never acknowledged (the default).
+    pub const LOST: RetryOn = RetryOn(0x04);
+
+    /// Whether every bit of `other` is set.
+    pub fn contains(self, other: RetryOn) -> bool {
+        self.0 & other.0 == other.0
+    }
+}
+
+/// How often, and after which outcomes, a job is tried again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RetryPolicy {
+    /// Attempts after the first.
+    pub max_retries: u32,
+    /// Outcomes that trigger a retry.
+    pub on: RetryOn,
+}
+
+impl Default for RetryPolicy {
+    /// Two retries, only when the runner was lost.
+    fn default() -> Self {
+        Self {
+            max_retries: 2,
+            on: RetryOn::LOST,
+        }
+    }
+}
+
+/// Everything needed to run a job, as submitted and as assigned.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobSpec {
+    /// Display name.
+    pub name: String,
+    /// Project, for fair share.
+    pub project: String,
+    /// Higher runs first.
+    pub priority: u8,
+    /// A runner must have every one of these tags.
+    pub tags: Vec<String>,
+    /// Steps, run in order.
+    pub steps: Vec<StepSpec>,
+    /// Environment for every step.
+    pub env: Vec<(String, String)>,
+    /// Secret variables: exported like `env`, their values masked in logs.
+    pub secrets: Vec<(String, String)>,
+    /// Whole-job timeout in milliseconds; 0 means none.
+    pub timeout_ms: u64,
+    /// Retry policy.
+    pub retry: RetryPolicy,
+    /// Shell argv the step line is appended to; empty means `sh -c`.
+    pub shell: Vec<String>,
+}
+
+impl JobSpec {
+    /// A job with one shell step and defaults elsewhere.
+    pub fn shell(name: impl Into<String>, line: impl Into<String>) -> Self {
+        Self::with_steps(name, vec![StepSpec::shell(line)])
+    }
+
+    /// A job with the given steps and defaults elsewhere.
+    pub fn with_steps(name: impl Into<String>, steps: Vec<StepSpec>) -> Self {
+        Self {
+            name: name.into(),
+            project: "default".into(),
+            priority: 0,
+            tags: Vec::new(),
+            steps,
+            env: Vec::new(),
+            secrets: Vec::new(),
+            timeout_ms: 0,
+            retry: RetryPolicy::default(),
+            shell: Vec::new(),
+        }
+    }
+
+    pub(crate) fn read(r: &mut Reader) -> Result<Self, DecodeError> {
+        Ok(Self {
+            name: r.string("job.name")?,
+            project: r.string("job.project")?,
+            priority: r.u8("job.priority")?,
+            tags: r.strings("job.tags")?,
+            // A step takes at least 19 bytes: name, kind, env, option, bool.
+            steps: r.list("job.steps", 15, StepSpec::read)?,
+            env: r.pairs("job.env")?,
+            secrets: r.pairs("job.secrets")?,
+            timeout_ms: r.u64("job.timeout_ms")?,
+            retry: RetryPolicy {
+                max_retries: r.u32("job.retry.max_retries")?,
+                on: RetryOn(r.u8("job.retry.on")?),
+            },
+            shell: r.strings("job.shell")?,
+        })
+    }
+
+    pub(crate) fn write(&self, w: &mut Writer) {
+        w.string(&self.name);
+        w.string(&self.project);
+        w.u8(self.priority);
+        w.strings(&self.tags);
+        w.list(&self.steps, |w, s| s.write(w));
+        w.pairs(&self.env);
+        w.pairs(&self.secrets);
+        w.u64(self.timeout_ms);
+        w.u32(self.retry.max_retries);
+        w.u8(self.retry.on.0);
+        w.strings(&self.shell);
+    }
+}
+
+/// A job as listings show it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobInfo {
+    /// Job id.
+    pub job_id: u64,
+    /// Display name.
+    pub name: String,
+    /// Project.
+    pub project: String,
+    /// Priority.
+    pub priority: u8,
+    /// Required tags.
+    pub tags: Vec<String>,
+    /// Current state.
+    pub state: JobState,
+    /// Current attempt, starting at 1 (0 before the first assignment).
+    pub attempt: u32,
+    /// Name of the runner of the current attempt.
+    pub runner: Option<String>,
+    /// Why the job waits (queued jobs), or how it ended.
+    pub reason: String,
+    /// Exit code of the failing or last step.
+    pub exit_code: Option<i32>,
+    /// Submission time, milliseconds since the Unix epoch.
+    pub submitted_at_ms: u64,
+    /// When the current attempt started running.
+    pub started_at_ms: Option<u64>,
+    /// When the job reached its final state.
+    pub finished_at_ms: Option<u64>,
+}
+
+impl JobInfo {
+    pub(crate) fn read(r: &mut Reader) -> Result<Self, DecodeError> {
+        Ok(Self {
+            job_id: r.u64("job_id")?,
+            name: r.string("name")?,
+            project: r.string("project")?,
+            priority: r.u8("priority")?,
+            tags: r.strings("tags")?,
+            state: JobState::read(r, "state")?,
+            attempt: r.u32("attempt")?,
+            runner: r.option("runner", |r| r.string("runner"))?,
+            reason: r.string("reason")?,
+            exit_code: r.option("exit_code", |r| r.i32("exit_code"))?,
+            submitted_at_ms: r.u64("submitted_at_ms")?,
+            started_at_ms: r.option("started_at_ms", |r| r.u64("started_at_ms"))?,
+            finished_at_ms: r.option("finished_at_ms", |r| r.u64("finished_at_ms"))?,
+        })
+    }
+
+    pub(crate) fn write(&self, w: &mut Writer) {
+        w.u64(self.job_id);
+        w.string(&self.name);
+        w.string(&self.project);
+        w.u8(self.priority);
+        w.strings(&self.tags);
+        self.state.write(w);
+        w.u32(self.attempt);
+        w.option(&self.runner, |w, s| w.string(s));
+        w.string(&self.reason);
+        w.option(&self.exit_code, |w, c| w.i32(*c));
+        w.u64(self.submitted_at_ms);
+        w.option(&self.started_at_ms, |w, t| w.u64(*t));
+        w.option(&self.finished_at_ms, |w, t| w.u64(*t));
+    }
+}
+
+/// A runner as listings show it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunnerInfo {
+    /// Runner id.
+    pub runner_id: u64,
+    /// Name.
+    pub name: String,
+    /// Tags.
+    pub tags: Vec<String>,
+    /// Operating system, as the agent detected it.
+    pub os: String,
+    /// CPU architecture, as the agent detected it.
+    pub arch: String,
+    /// Maximum concurrent jobs.
+    pub slots: u32,
+    /// Jobs running or assigned now.
+    pub busy: u32,
+    /// Registry state.
+    pub state: RunnerState,
+    /// Milliseconds since the last frame from the runner.
+    pub last_seen_ms_ago: u64,
+    /// Agent version.
+    pub version: String,
+}
+
+impl RunnerInfo {
+    pub(crate) fn read(r: &mut Reader) -> Result<Self, DecodeError> {
+        Ok(Self {
+            runner_id: r.u64("runner_id")?,
+            name: r.string("name")?,
+            tags: r.strings("tags")?,
+            os: r.string("os")?,
+            arch: r.string("arch")?,
+            slots: r.u32("slots")?,
+            busy: r.u32("busy")?,
+            state: RunnerState::read(r, "state")?,
+            last_seen_ms_ago: r.u64("last_seen_ms_ago")?,
+            version: r.string("version")?,
+        })
+    }
+
+    pub(crate) fn write(&self, w: &mut Writer) {
+        w.u64(self.runner_id);
+        w.string(&self.name);
+        w.strings(&self.tags);
+        w.string(&self.os);
+        w.string(&self.arch);
+        w.u32(self.slots);
+        w.u32(self.busy);
+        self.state.write(w);
+        w.u64(self.last_seen_ms_ago);
+        w.string(&self.version);
+    }
+}
+
+/// What happened, in an [`Event`](super::Event).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventBody {
+    /// The job changed state.
+    State {
+        /// New state.
+        state: JobState,
+        /// Attempt number.
+        attempt: u32,
+        /// Runner of the attempt.
+        runner: Option<String>,
+        /// Exit code, in final states.
+        exit_code: Option<i32>,
+        /// Why (pending reason, failure message).
+        message: String,
+    },
+    /// A chunk of the job's output.
+    Log {
+        /// Stream.
+        stream: OutputStream,
+        /// Sequence number of the chunk within the job's output.
+        seq: u64,
+        /// The bytes.
+        data: Bytes,
+    },
+    /// The subscriber fell behind; `missed` events were dropped for it.
+    Skipped {
+        /// How many.
+        missed: u64,
+    },
+    /// Stored history has been replayed; live events follow.
+    ReplayDone,
+}
+
+impl EventBody {
+    pub(crate) fn read(r: &mut Reader) -> Result<Self, DecodeError> {
+        match r.u8("event.type")? {
+            0 => Ok(Self::State {
+                state: JobState::read(r, "event.state")?,
+                attempt: r.u32("event.attempt")?,
+                runner: r.option("event.runner", |r| r.string("event.runner"))?,
+                exit_code: r.option("event.exit_code", |r| r.i32("event.exit_code"))?,
+                message: r.string("event.message")?,
+            }),
+            1 => Ok(Self::Log {
+                stream: OutputStream::read(r, "event.stream")?,
+                seq: r.u64("event.seq")?,
+                data: r.bytes("event.data")?,
+            }),
+            2 => Ok(Self::Skipped {
+                missed: r.u64("event.missed")?,
+            }),
+            3 => Ok(Self::ReplayDone),
+            other => Err(r.invalid("event.type", other.into())),
+        }
+    }
+
+    pub(crate) fn write(&self, w: &mut Writer) {
+        match self {
+            Self::State {
+                state,
+                attempt,
+                runner,
+                exit_code,
+                message,
+            } => {
+                w.u8(0);
+                state.write(w);
+                w.u32(*attempt);
+                w.option(runner, |w, s| w.string(s));
+                w.option(exit_code, |w, c| w.i32(*c));
+                w.string(message);
+            }
+            Self::Log { stream, seq, data } => {
+                w.u8(1);
+                stream.write(w);
+                w.u64(*seq);
+                w.bytes(data);
+            }
+            Self::Skipped { missed } => {
+                w.u8(2);
+                w.u64(*missed);
+            }
+            Self::ReplayDone => w.u8(3),
+        }
+    }
+}

@@ -1,0 +1,173 @@
+//! The QUIC driver: each lane travels on its own unidirectional QUIC stream
+//! per direction, so a flood of log chunks on the bulk stream cannot block a
+//! dispatch or control frame behind it (no head-of-line blocking across lanes).
+//!
+//! Stream preamble: each endpoint opens one unidirectional stream per lane the
+//! first time it sends on that lane; the stream's first byte is the lane
+//! number (0 control, 1 dispatch, 2 bulk), then frames follow.
+
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use tokio::sync::mpsc;
+use tracing::{debug, Instrument};
+
+use super::session::DriverEnds;
+use super::stream::{sleep_until, DriverSetup, MAX_WRITE_BYTES};
+use crate::error::ConnectionError;
+use crate::frame::{ErrorCode, Lane};
+
+enum Inbound {
+    Data(usize, Bytes),
+    End(usize),
+    BadLane(u8),
+}
+
+pub(crate) async fn drive_quic(quic: quinn::Connection, setup: DriverSetup) {
+    let DriverSetup {
+        mut conn,
+        mut ends,
+        lanes,
+        authenticate,
+        server_id,
+        handshake,
+    } = setup;
+    let [mut control_rx, mut dispatch_rx, mut bulk_rx] = lanes;
+    let mut handshake = Some(handshake);
+    let (in_tx, mut in_rx) = mpsc::channel::<Inbound>(32);
+    let acceptor = tokio::spawn(accept_streams(quic.clone(), in_tx).in_current_span());
+    let mut writers = Vec::new();
+    let mut lane_tx = Vec::new();
+    for lane in Lane::ALL {
+        let (tx, rx) = mpsc::channel::<Bytes>(2);
+        writers.push(tokio::spawn(write_lane(quic.clone(), lane, rx).in_current_span()));
+        lane_tx.push(tx);
+    }
+    let mut lanes_open = [true; 3];
+
+    loop {
+        let now = Instant::now();
+        if let Some(done) = ends
+            .drain_events(&mut conn, authenticate.as_ref(), &server_id, now)
+            .await
+        {
+            if let Some(tx) = handshake.take() {
+                let _ = tx.send(done);
+            }
+        }
+        if conn.is_drained() {
+            break;
+        }
+        if lanes_open.iter().all(|open| !open) && conn.is_open() {
+            conn.close(ErrorCode::NORMAL, "session dropped");
+            continue;
+        }
+        let open = conn.is_open();
+        let timeout = conn.poll_timeout();
+        tokio::select! {
+            biased;
+            permit = lane_tx[0].reserve(), if conn.has_pending_lane(Lane::Control) => {
+                if let Ok(p) = permit { p.send(take_lane(&mut conn, Lane::Control)) }
+            }
+            permit = lane_tx[1].reserve(), if conn.has_pending_lane(Lane::Dispatch) => {
+                if let Ok(p) = permit { p.send(take_lane(&mut conn, Lane::Dispatch)) }
+            }
+            permit = lane_tx[2].reserve(), if conn.has_pending_lane(Lane::Bulk) => {
+                if let Ok(p) = permit { p.send(take_lane(&mut conn, Lane::Bulk)) }
+            }
+            inbound = in_rx.recv(), if !conn.is_closed() => match inbound {
+                Some(Inbound::Data(lane, data)) => conn.handle_bytes(lane, &data, Instant::now()),
+                Some(Inbound::End(lane)) => conn.handle_eof(lane),
+                Some(Inbound::BadLane(lane)) => conn.close(ErrorCode::PROTOCOL_ERROR, format!("stream preamble names unknown lane {lane}")),
+                None => conn.handle_eof(0),
+            },
+            cmd = control_rx.recv(), if open && lanes_open[0] && conn.can_send(Lane::Control) => {
+                match cmd { Some(cmd) => ends.apply(&mut conn, cmd), None => lanes_open[0] = false }
+            }
+            cmd = dispatch_rx.recv(), if open && lanes_open[1] && conn.can_send(Lane::Dispatch) => {
+                match cmd { Some(cmd) => ends.apply(&mut conn, cmd), None => lanes_open[1] = false }
+            }
+            cmd = bulk_rx.recv(), if open && lanes_open[2] && conn.can_send(Lane::Bulk) => {
+                match cmd { Some(cmd) => ends.apply(&mut conn, cmd), None => lanes_open[2] = false }
+            }
+            _ = sleep_until(timeout), if timeout.is_some() => conn.handle_timeout(Instant::now()),
+        }
+    }
+    drop(lane_tx);
+    for writer in writers {
+        let _ = writer.await;
+    }
+    acceptor.abort();
+    quic.close(0u32.into(), b"closed");
+    finish(&mut ends);
+    debug!("quic connection ended");
+}
+
+fn finish(ends: &mut DriverEnds) {
+    ends.finish(ConnectionError::Reset);
+}
+
+fn take_lane(conn: &mut crate::Connection, lane: Lane) -> Bytes {
+    let mut out = BytesMut::with_capacity(16 * 1024);
+    conn.poll_transmit_lane(lane, &mut out, MAX_WRITE_BYTES);
+    out.freeze()
+}
+
+async fn accept_streams(quic: quinn::Connection, tx: mpsc::Sender<Inbound>) {
+    while let Ok(mut recv) = quic.accept_uni().await {
+        let tx = tx.clone();
+        tokio::spawn(
+            async move {
+                let mut lane = [0u8; 1];
+                if recv.read_exact(&mut lane).await.is_err() {
+                    return;
+                }
+                let lane = match Lane::ALL.get(lane[0] as usize) {
+                    Some(l) => l.index(),
+                    None => {
+                        let _ = tx.send(Inbound::BadLane(lane[0])).await;
+                        return;
+                    }
+                };
+                loop {
+                    match recv.read_chunk(MAX_WRITE_BYTES, true).await {
+                        Ok(Some(chunk)) => {
+                            if tx.send(Inbound::Data(lane, chunk.bytes)).await.is_err() {
+                                return;
+                            }
+                        }
+                        Ok(None) | Err(_) => {
+                            let _ = tx.send(Inbound::End(lane)).await;
+                            return;
+                        }
+                    }
+                }
+            }
+            .in_current_span(),
+        );
+    }
+    let _ = tx.send(Inbound::End(0)).await;
+}
+
+async fn write_lane(quic: quinn::Connection, lane: Lane, mut chunks: mpsc::Receiver<Bytes>) {
+    let mut stream: Option<quinn::SendStream> = None;
+    while let Some(chunk) = chunks.recv().await {
+        if stream.is_none() {
+            let Ok(mut s) = quic.open_uni().await else { return };
+            if s.write_all(&[lane as u8]).await.is_err() {
+                return;
+            }
+            stream = Some(s);
+        }
+        let Some(s) = stream.as_mut() else { return };
+        if s.write_all(&chunk).await.is_err() {
+            return;
+        }
+    }
+    if let Some(mut s) = stream {
+        let _ = s.finish();
+        // Give the peer a moment to read the last frames (a Close) before the
+        // connection itself is closed, which would discard them.
+        let _ = tokio::time::timeout(Duration::from_secs(1), s.stopped()).await;
+    }
+}

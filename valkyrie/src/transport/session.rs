@@ -1,0 +1,444 @@
+//! [`Session`]: an established connection as the application sees it, with
+//! bounded per-lane send queues, request/reply by correlation id, and the
+//! reason it ended.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::connection::{Connection, Event};
+use crate::error::{ConnectionError, SendError};
+use crate::frame::{ErrorCode, Flags, Lane};
+use crate::message::{Hello, Message, Welcome};
+
+/// Frames an application message can wait for in a lane's channel before
+/// the driver takes it into the connection's own bounded queue.
+const LANE_CHANNEL: usize = 256;
+/// Incoming messages buffered for the application.
+const INCOMING_CHANNEL: usize = 1024;
+
+/// A message received from the peer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Incoming {
+    /// The frame's correlation id (0 when not a request or reply).
+    pub correlation: u64,
+    /// The message.
+    pub message: Message,
+}
+
+/// Why a request got no reply.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RequestError {
+    /// The request could not be sent.
+    #[error(transparent)]
+    Send(#[from] SendError),
+    /// The peer answered with RequestFailed.
+    #[error("request failed: {code}: {message}")]
+    Failed {
+        /// Error code.
+        code: ErrorCode,
+        /// The peer's explanation.
+        message: String,
+    },
+    /// The connection ended before the reply arrived.
+    #[error("connection closed before the reply arrived")]
+    Closed,
+}
+
+pub(crate) enum Route {
+    Once(oneshot::Sender<Message>),
+    Stream(mpsc::Sender<Message>),
+}
+
+pub(crate) enum Command {
+    Send {
+        correlation: u64,
+        flags: Flags,
+        message: Message,
+    },
+    Request {
+        correlation: u64,
+        message: Message,
+        route: Route,
+    },
+    Close {
+        code: ErrorCode,
+        reason: String,
+    },
+}
+
+/// What the driver and the handles share.
+pub(crate) struct Shared {
+    next_correlation: AtomicU64,
+    closed: watch::Sender<Option<Result<(), ConnectionError>>>,
+}
+
+/// Cloneable handle for sending on a session.
+#[derive(Clone)]
+pub struct SessionSender {
+    lanes: [mpsc::Sender<Command>; 3],
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for SessionSender {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionSender").finish_non_exhaustive()
+    }
+}
+
+impl SessionSender {
+    fn lane(&self, lane: Lane) -> &mpsc::Sender<Command> {
+        &self.lanes[lane.index()]
+    }
+
+    fn closed_error(&self) -> SendError {
+        SendError::Closed
+    }
+
+    /// Sends a message, waiting while its lane's queue is full.
+    pub async fn send(&self, message: impl Into<Message>) -> Result<(), SendError> {
+        self.reply(0, message).await
+    }
+
+    /// Sends a message carrying `correlation` (a reply or subscription event),
+    /// waiting while its lane's queue is full.
+    pub async fn reply(&self, correlation: u64, message: impl Into<Message>) -> Result<(), SendError> {
+        let message = message.into();
+        let flags = if correlation != 0 {
+            Flags::REPLY
+        } else {
+            Flags::NONE
+        };
+        self.lane(message.lane())
+            .send(Command::Send {
+                correlation,
+                flags,
+                message,
+            })
+            .await
+            .map_err(|_| self.closed_error())
+    }
+
+    /// Sends without waiting: fails with [`SendError::QueueFull`] when the
+    /// lane's queue is full (the peer reads slower than we write).
+    pub fn try_reply(&self, correlation: u64, message: impl Into<Message>) -> Result<(), SendError> {
+        let message = message.into();
+        let lane = message.lane();
+        let flags = if correlation != 0 {
+            Flags::REPLY
+        } else {
+            Flags::NONE
+        };
+        self.lane(lane)
+            .try_send(Command::Send {
+                correlation,
+                flags,
+                message,
+            })
+            .map_err(|e| match e {
+                mpsc::error::TrySendError::Full(_) => SendError::QueueFull(lane),
+                mpsc::error::TrySendError::Closed(_) => SendError::Closed,
+            })
+    }
+
+    fn correlation(&self) -> u64 {
+        self.shared.next_correlation.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Sends a request and waits for the frame that answers it. A
+    /// RequestFailed answer becomes [`RequestError::Failed`].
+    pub async fn request(&self, message: impl Into<Message>) -> Result<Message, RequestError> {
+        let message = message.into();
+        let (tx, rx) = oneshot::channel();
+        let correlation = self.correlation();
+        self.lane(Lane::Control)
+            .send(Command::Request {
+                correlation,
+                message,
+                route: Route::Once(tx),
+            })
+            .await
+            .map_err(|_| SendError::Closed)?;
+        match rx.await {
+            Ok(Message::RequestFailed(f)) => Err(RequestError::Failed {
+                code: f.code,
+                message: f.message,
+            }),
+            Ok(reply) => Ok(reply),
+            Err(_) => Err(RequestError::Closed),
+        }
+    }
+
+    /// Sends a request whose answers are a stream of frames (a subscription):
+    /// every frame carrying its correlation id goes to the returned receiver.
+    pub async fn stream(
+        &self,
+        message: impl Into<Message>,
+        buffer: usize,
+    ) -> Result<mpsc::Receiver<Message>, SendError> {
+        let message = message.into();
+        let (tx, rx) = mpsc::channel(buffer.max(1));
+        let correlation = self.correlation();
+        self.lane(Lane::Control)
+            .send(Command::Request {
+                correlation,
+                message,
+                route: Route::Stream(tx),
+            })
+            .await
+            .map_err(|_| SendError::Closed)?;
+        Ok(rx)
+    }
+
+    /// Closes the session with a code and reason (sent in a Close frame).
+    pub async fn close(&self, code: ErrorCode, reason: impl Into<String>) {
+        let _ = self
+            .lane(Lane::Control)
+            .send(Command::Close {
+                code,
+                reason: reason.into(),
+            })
+            .await;
+    }
+
+    /// Waits until the session has ended and returns how: `Ok` for an
+    /// orderly close.
+    pub async fn closed(&self) -> Result<(), ConnectionError> {
+        let mut rx = self.shared.closed.subscribe();
+        loop {
+            if let Some(result) = rx.borrow_and_update().clone() {
+                return result;
+            }
+            if rx.changed().await.is_err() {
+                return Err(ConnectionError::Reset);
+            }
+        }
+    }
+
+    /// How the session ended, if it has.
+    pub fn close_reason(&self) -> Option<Result<(), ConnectionError>> {
+        self.shared.closed.borrow().clone()
+    }
+
+    /// Whether the session has ended.
+    pub fn is_closed(&self) -> bool {
+        self.shared.closed.borrow().is_some() || self.lanes[0].is_closed()
+    }
+}
+
+/// An established connection.
+pub struct Session {
+    sender: SessionSender,
+    incoming: mpsc::Receiver<Incoming>,
+    hello: Option<Hello>,
+    welcome: Option<Welcome>,
+    peer: String,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("peer", &self.peer)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Session {
+    /// A handle for sending; clone it freely.
+    pub fn sender(&self) -> SessionSender {
+        self.sender.clone()
+    }
+
+    /// The next message that is not a reply to one of our requests; `None`
+    /// once the session has ended (see [`SessionSender::closed`]).
+    pub async fn recv(&mut self) -> Option<Incoming> {
+        self.incoming.recv().await
+    }
+
+    /// Server side: the Hello the peer opened with.
+    pub fn hello(&self) -> Option<&Hello> {
+        self.hello.as_ref()
+    }
+
+    /// Client side: the server's Welcome.
+    pub fn welcome(&self) -> Option<&Welcome> {
+        self.welcome.as_ref()
+    }
+
+    /// The peer's address, for logs.
+    pub fn peer(&self) -> &str {
+        &self.peer
+    }
+
+    /// Splits into the sending handle and the receiver of incoming messages.
+    pub fn into_parts(self) -> (SessionSender, mpsc::Receiver<Incoming>) {
+        (self.sender, self.incoming)
+    }
+}
+
+/// The driver's end of a session.
+pub(crate) struct DriverEnds {
+    pub incoming: mpsc::Sender<Incoming>,
+    pub shared: Arc<Shared>,
+    pub routes: HashMap<u64, Route>,
+}
+
+pub(crate) type LaneReceivers = [mpsc::Receiver<Command>; 3];
+
+pub(crate) fn session_pair(peer: String) -> (SessionParts, DriverEnds, LaneReceivers) {
+    let (c_tx, c_rx) = mpsc::channel(LANE_CHANNEL);
+    let (d_tx, d_rx) = mpsc::channel(LANE_CHANNEL);
+    let (b_tx, b_rx) = mpsc::channel(LANE_CHANNEL);
+    let (in_tx, in_rx) = mpsc::channel(INCOMING_CHANNEL);
+    let (closed, _) = watch::channel(None);
+    let shared = Arc::new(Shared {
+        next_correlation: AtomicU64::new(1),
+        closed,
+    });
+    let sender = SessionSender {
+        lanes: [c_tx, d_tx, b_tx],
+        shared: shared.clone(),
+    };
+    (
+        SessionParts {
+            sender,
+            incoming: in_rx,
+            peer,
+        },
+        DriverEnds {
+            incoming: in_tx,
+            shared,
+            routes: HashMap::new(),
+        },
+        [c_rx, d_rx, b_rx],
+    )
+}
+
+/// A session before its handshake finished.
+pub(crate) struct SessionParts {
+    sender: SessionSender,
+    incoming: mpsc::Receiver<Incoming>,
+    peer: String,
+}
+
+impl SessionParts {
+    pub(crate) fn closed_watch(&self) -> watch::Receiver<Option<Result<(), ConnectionError>>> {
+        self.sender.shared.closed.subscribe()
+    }
+
+    pub(crate) fn finish(self, hello: Option<Hello>, welcome: Option<Welcome>) -> Session {
+        Session {
+            sender: self.sender,
+            incoming: self.incoming,
+            hello,
+            welcome,
+            peer: self.peer,
+        }
+    }
+}
+
+/// How the application answers a Hello (server side).
+pub type Authenticator = Arc<dyn Fn(&Hello) -> Result<(), (ErrorCode, String)> + Send + Sync>;
+
+/// Handshake progress reported by a driver to whoever waits for it.
+pub(crate) enum Handshake {
+    Server(Hello),
+    Client(Welcome),
+}
+
+impl DriverEnds {
+    /// Applies one command from the application to the connection.
+    pub fn apply(&mut self, conn: &mut Connection, command: Command) {
+        match command {
+            Command::Send {
+                correlation,
+                flags,
+                message,
+            } => {
+                if let Err(err) = conn.send(correlation, flags, &message) {
+                    tracing::debug!(%err, kind = %message.kind(), "dropping message");
+                }
+            }
+            Command::Request {
+                correlation,
+                message,
+                route,
+            } => {
+                if conn.send(correlation, Flags::NONE, &message).is_ok() {
+                    self.routes.insert(correlation, route);
+                }
+            }
+            Command::Close { code, reason } => conn.close(code, reason),
+        }
+    }
+
+    /// Handles the connection's events. Returns the handshake result when it
+    /// happens; `accept` is consulted for a server's Hello.
+    pub async fn drain_events(
+        &mut self,
+        conn: &mut Connection,
+        authenticate: Option<&Authenticator>,
+        server_id: &str,
+        now: std::time::Instant,
+    ) -> Option<Handshake> {
+        let mut handshake = None;
+        while let Some(event) = conn.poll_event() {
+            match event {
+                Event::HelloReceived(hello) => {
+                    let verdict = authenticate.map_or(Ok(()), |auth| auth(&hello));
+                    match verdict {
+                        Ok(()) => {
+                            conn.accept(server_id, now);
+                            handshake = Some(Handshake::Server(hello));
+                        }
+                        Err((code, reason)) => conn.refuse(code, reason),
+                    }
+                }
+                Event::Established(welcome) => handshake = Some(Handshake::Client(welcome)),
+                Event::Message { correlation, message } => self.deliver(correlation, message).await,
+                Event::Closed(result) => {
+                    self.routes.clear();
+                    self.shared.closed.send_replace(Some(result));
+                }
+            }
+        }
+        handshake
+    }
+
+    async fn deliver(&mut self, correlation: u64, message: Message) {
+        if correlation != 0 {
+            if let Some(route) = self.routes.remove(&correlation) {
+                match route {
+                    Route::Once(tx) => {
+                        let _ = tx.send(message);
+                    }
+                    Route::Stream(tx) => {
+                        // Awaiting here pushes back on the peer through the
+                        // transport's flow control when the consumer is slow.
+                        if tx.send(message).await.is_ok() {
+                            self.routes.insert(correlation, Route::Stream(tx));
+                        }
+                    }
+                }
+                return;
+            }
+        }
+        let _ = self.incoming.send(Incoming { correlation, message }).await;
+    }
+
+    /// Marks the session ended if the connection did not say how.
+    pub fn finish(&mut self, fallback: ConnectionError) {
+        self.routes.clear();
+        self.shared.closed.send_if_modified(|state| {
+            if state.is_none() {
+                *state = Some(Err(fallback));
+                true
+            } else {
+                false
+            }
+        });
+    }
+}
