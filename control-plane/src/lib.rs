@@ -1,2 +1,16 @@
-//! Valkyrie control plane.
+//! The Valkyrie control plane: the scheduler, the runner registry, the job
+//! state machine, and the session handlers that connect them to clients and
+//! agents over the `valkyrie` protocol. The `valkyrie-server` binary wires
+//! them to listeners.
+//!
+//! Not here: the wire format (the `valkyrie` crate), running processes (the
+//! runner agent), durable storage (in memory for now).
+
+pub mod auth;
+pub mod core;
+pub mod job;
+pub mod responder;
 pub mod scheduler;
+pub mod server;
+
+pub use crate::core::{spawn as spawn_core, CoreConfig, CoreHandle};

@@ -6,3 +6,7 @@
 //! processes and streams their output as events; it does no networking.
 
 pub mod executor;
+pub mod job;
+pub mod session;
+
+pub use session::{Agent, AgentConfig, AgentError};

@@ -1,1 +1,106 @@
-fn main() {}
+//! `valkyrie-agent`: runs CI jobs for a Valkyrie control plane.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+use valkyrie::transport::{ClientOptions, ClientTls};
+use valkyrie::Endpoint;
+use valkyrie_runner_agent::job::JobDefaults;
+use valkyrie_runner_agent::{Agent, AgentConfig};
+
+/// Runs CI jobs handed out by a Valkyrie control plane.
+#[derive(Parser, Debug)]
+#[command(
+    version,
+    after_help = "Example:\n  valkyrie-agent --server tcp://ci.example.com:7700 --token $(cat runner-token) --name build-1 --tags linux,docker --slots 4"
+)]
+struct Args {
+    /// The control plane: unix:///path, tcp://host:port, tls://host:port or quic://host:port.
+    #[arg(long, env = "VALKYRIE_SERVER", default_value = "tcp://127.0.0.1:7700")]
+    server: Endpoint,
+    /// Runner registration token.
+    #[arg(long, env = "VALKYRIE_RUNNER_TOKEN", hide_env_values = true)]
+    token: String,
+    /// Runner name, unique per control plane (default: the host name).
+    #[arg(long, env = "VALKYRIE_RUNNER_NAME")]
+    name: Option<String>,
+    /// Tags jobs can require, comma-separated.
+    #[arg(long, env = "VALKYRIE_RUNNER_TAGS", value_delimiter = ',')]
+    tags: Vec<String>,
+    /// Jobs run at once.
+    #[arg(long, env = "VALKYRIE_SLOTS", default_value_t = 4)]
+    slots: u32,
+    /// Directory for per-job workspaces.
+    #[arg(long, env = "VALKYRIE_WORK_DIR", default_value = "valkyrie-work")]
+    work_dir: PathBuf,
+    /// Shell a step line is passed to (the line is appended as the last argument).
+    #[arg(long, env = "VALKYRIE_SHELL", default_value = "sh -c")]
+    shell: String,
+    /// Grace between SIGTERM and SIGKILL when a job is cancelled or times out.
+    #[arg(long, env = "VALKYRIE_KILL_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
+    kill_grace: Duration,
+    /// Output kept per job; beyond it output is truncated with a marker.
+    #[arg(long, env = "VALKYRIE_OUTPUT_LIMIT_BYTES", default_value_t = 64 << 20)]
+    output_limit_bytes: u64,
+    /// Heartbeat interval.
+    #[arg(long, env = "VALKYRIE_HEARTBEAT_INTERVAL", default_value = "2s", value_parser = humantime::parse_duration)]
+    heartbeat_interval: Duration,
+    /// On SIGTERM, how long running jobs may finish before they are cancelled.
+    #[arg(long, env = "VALKYRIE_DRAIN_TIMEOUT", default_value = "10m", value_parser = humantime::parse_duration)]
+    drain_timeout: Duration,
+    /// CA certificate (PEM) to trust for tls:// and quic:// servers.
+    #[arg(long, env = "VALKYRIE_CA_CERT")]
+    ca_cert: Option<PathBuf>,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("VALKYRIE_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    let tls = args.ca_cert.as_deref().map(ClientTls::from_ca_file).transpose()?;
+    let name = args.name.unwrap_or_else(|| {
+        nix::unistd::gethostname()
+            .ok()
+            .and_then(|h| h.into_string().ok())
+            .unwrap_or_else(|| "runner".into())
+    });
+    std::fs::create_dir_all(&args.work_dir)?;
+    let work_dir = std::fs::canonicalize(&args.work_dir)?;
+    let config = AgentConfig {
+        server: args.server,
+        token: args.token,
+        name,
+        tags: args.tags.into_iter().filter(|t| !t.is_empty()).collect(),
+        slots: args.slots.max(1),
+        work_dir,
+        defaults: JobDefaults {
+            shell: args.shell.split_whitespace().map(String::from).collect(),
+            kill_grace: args.kill_grace,
+            output_limit_bytes: args.output_limit_bytes,
+        },
+        heartbeat_interval: args.heartbeat_interval,
+        drain_timeout: args.drain_timeout,
+        client: ClientOptions {
+            tls,
+            ..ClientOptions::default()
+        },
+    };
+    Agent::new(config).run(shutdown_signal()).await?;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

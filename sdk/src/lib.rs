@@ -1,1 +1,146 @@
-//! placeholder
+//! The Valkyrie client library: submit jobs, watch them live, fetch logs,
+//! cancel, and list jobs and runners, over any Valkyrie transport. The `vk`
+//! command-line tool is built on it.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), valkyrie_sdk::ClientError> {
+//! use valkyrie_sdk::{Client, JobSpec};
+//! let client = Client::connect(&"tcp://127.0.0.1:7700".parse().unwrap(), "API-TOKEN", Default::default()).await?;
+//! let job = client.submit(JobSpec::shell("hello", "echo hello")).await?;
+//! let mut events = client.watch(Some(job), true, true).await?;
+//! while let Some(event) = events.recv().await {
+//!     println!("{event:?}");
+//! }
+//! # Ok(()) }
+//! ```
+
+use tokio::sync::mpsc;
+use valkyrie::message::{CancelJob, GetJob, ListJobs, ListRunners, Message, Role, SubmitJob, Subscribe};
+use valkyrie::transport::{connect, hello, ConnectError, RequestError};
+use valkyrie::{Endpoint, SessionSender};
+
+pub use valkyrie::message::{
+    Event, EventBody, JobInfo, JobSpec, JobState, OutputStream, RetryOn, RetryPolicy, RunnerInfo, StepSpec,
+};
+pub use valkyrie::transport::{ClientOptions, ClientTls};
+
+/// Why a client operation failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    /// Could not connect (unreachable, TLS, or refused token).
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+    /// The server refused the request, or the connection ended.
+    #[error(transparent)]
+    Request(#[from] RequestError),
+    /// The server answered with an unexpected message.
+    #[error("server answered with an unexpected {0} message")]
+    Unexpected(valkyrie::FrameKind),
+}
+
+/// A connection to a control plane.
+#[derive(Clone, Debug)]
+pub struct Client {
+    sender: SessionSender,
+}
+
+impl Client {
+    /// Connects and authenticates with an API token.
+    pub async fn connect(
+        server: &Endpoint,
+        token: &str,
+        options: ClientOptions,
+    ) -> Result<Self, ClientError> {
+        let session = connect(server, hello(Role::Client, token, sdk_id()), &options).await?;
+        let (sender, mut unsolicited) = session.into_parts();
+        // Nothing unsolicited is expected; drain it so it never backs up.
+        tokio::spawn(async move { while unsolicited.recv().await.is_some() {} });
+        Ok(Self { sender })
+    }
+
+    async fn call(&self, message: impl Into<Message>) -> Result<Message, ClientError> {
+        Ok(self.sender.request(message).await?)
+    }
+
+    /// Submits a job; returns its id once the server accepted it.
+    pub async fn submit(&self, spec: JobSpec) -> Result<u64, ClientError> {
+        match self.call(SubmitJob { spec }).await? {
+            Message::JobAccepted(a) => Ok(a.job_id),
+            other => Err(ClientError::Unexpected(other.kind())),
+        }
+    }
+
+    /// Cancels a job (queued, or running: its processes are terminated).
+    pub async fn cancel(&self, job_id: u64) -> Result<(), ClientError> {
+        match self.call(CancelJob { job_id }).await? {
+            Message::Ack(_) => Ok(()),
+            other => Err(ClientError::Unexpected(other.kind())),
+        }
+    }
+
+    /// One job.
+    pub async fn job(&self, job_id: u64) -> Result<JobInfo, ClientError> {
+        match self.call(GetJob { job_id }).await? {
+            Message::JobDetails(d) => Ok(d.job),
+            other => Err(ClientError::Unexpected(other.kind())),
+        }
+    }
+
+    /// The newest jobs (at most `limit`; 0 means the server's default).
+    pub async fn jobs(&self, limit: u32) -> Result<Vec<JobInfo>, ClientError> {
+        match self.call(ListJobs { limit }).await? {
+            Message::JobList(l) => Ok(l.jobs),
+            other => Err(ClientError::Unexpected(other.kind())),
+        }
+    }
+
+    /// Registered runners.
+    pub async fn runners(&self) -> Result<Vec<RunnerInfo>, ClientError> {
+        match self.call(ListRunners {}).await? {
+            Message::RunnerList(l) => Ok(l.runners),
+            other => Err(ClientError::Unexpected(other.kind())),
+        }
+    }
+
+    /// Subscribes to events of one job (or all), optionally with logs and with
+    /// the stored history replayed first (ending with `ReplayDone`).
+    pub async fn watch(
+        &self,
+        job_id: Option<u64>,
+        logs: bool,
+        replay: bool,
+    ) -> Result<EventStream, ClientError> {
+        let rx = self
+            .sender
+            .stream(Subscribe { job_id, logs, replay }, 4096)
+            .await
+            .map_err(RequestError::from)?;
+        Ok(EventStream { rx })
+    }
+}
+
+/// Live events of a subscription.
+#[derive(Debug)]
+pub struct EventStream {
+    rx: mpsc::Receiver<Message>,
+}
+
+impl EventStream {
+    /// The next event; `None` when the connection ended. A refused
+    /// subscription (e.g. unknown job) ends with an error.
+    pub async fn recv(&mut self) -> Option<Result<Event, ClientError>> {
+        match self.rx.recv().await? {
+            Message::Event(e) => Some(Ok(e)),
+            Message::RequestFailed(f) => Some(Err(ClientError::Request(RequestError::Failed {
+                code: f.code,
+                message: f.message,
+            }))),
+            other => Some(Err(ClientError::Unexpected(other.kind()))),
+        }
+    }
+}
+
+fn sdk_id() -> String {
+    format!("valkyrie-sdk/{}", env!("CARGO_PKG_VERSION"))
+}

@@ -127,6 +127,10 @@ pub enum Event {
     Message {
         /// The frame's correlation id.
         correlation: u64,
+        /// The frame's flags: [`Flags::REPLY`] marks an answer to one of our
+        /// requests (both peers number their requests from 1, so the id
+        /// alone does not say whose request it belongs to).
+        flags: Flags,
         /// The message.
         message: Message,
     },
@@ -263,16 +267,11 @@ impl Connection {
     /// Processes whatever complete frames are buffered on `stream`.
     pub fn handle_buffered(&mut self, stream: usize, now: Instant) {
         loop {
+            // While the application decides on a Hello, later frames stay
+            // buffered: they are judged once accept() or refuse() has set the
+            // state (a refusal then discards them unread).
             if self.is_closed() || self.state == State::AwaitingAccept {
-                // While the application decides on a Hello, later frames stay
-                // buffered; they are a protocol error anyway and are judged
-                // once the handshake state is known.
-                if self.state != State::AwaitingAccept {
-                    return;
-                }
-                if self.decoders[stream].buffered() == 0 {
-                    return;
-                }
+                return;
             }
             match self.decoders[stream].next_frame() {
                 Ok(Some(frame)) => {
@@ -291,7 +290,8 @@ impl Connection {
     /// The byte stream ended (EOF). Without a Close first, that is a reset.
     pub fn handle_eof(&mut self, stream: usize) {
         if self.is_closed() {
-            self.state = State::Closed;
+            // A Close frame may still wait to be written (the peer may only
+            // have shut its write half): stay Closing until it is handed over.
             return;
         }
         let err = match self.decoders[stream].finish() {
@@ -371,6 +371,7 @@ impl Connection {
             }
             (State::Open, message) => self.events.push_back(Event::Message {
                 correlation: frame.correlation,
+                flags: frame.flags,
                 message,
             }),
             (State::Closing | State::Closed, _) => {}
@@ -611,7 +612,7 @@ impl Connection {
     pub fn poll_transmit(&mut self, out: &mut BytesMut, max_bytes: usize) -> usize {
         let mut frames = 0;
         for lane in Lane::ALL {
-            frames += self.transmit_lane(lane, out, max_bytes);
+            frames += self.transmit_lane(lane, out, max_bytes, frames == 0);
             if out.len() >= max_bytes {
                 break;
             }
@@ -623,17 +624,21 @@ impl Connection {
     /// Like [`poll_transmit`](Self::poll_transmit) for one lane only (QUIC,
     /// where each lane is its own stream).
     pub fn poll_transmit_lane(&mut self, lane: Lane, out: &mut BytesMut, max_bytes: usize) -> usize {
-        let frames = self.transmit_lane(lane, out, max_bytes);
+        let frames = self.transmit_lane(lane, out, max_bytes, true);
         self.after_transmit();
         frames
     }
 
-    fn transmit_lane(&mut self, lane: Lane, out: &mut BytesMut, max_bytes: usize) -> usize {
+    /// `first` lets one frame through even when it is over `max_bytes` (so a
+    /// large frame is never stuck); only the first frame of a poll gets that,
+    /// otherwise every lane would add one oversized frame.
+    fn transmit_lane(&mut self, lane: Lane, out: &mut BytesMut, max_bytes: usize, first: bool) -> usize {
         let q = &mut self.lanes[lane.index()];
         let mut take = 0;
         let mut frames = 0;
         while let Some(&len) = q.frame_lens.front() {
-            if frames > 0 && out.len() + take + len > max_bytes.max(HEADER_LEN) {
+            let may_overflow = first && frames == 0;
+            if !may_overflow && out.len() + take + len > max_bytes.max(HEADER_LEN) {
                 break;
             }
             take += len;

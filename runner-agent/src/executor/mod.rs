@@ -11,7 +11,8 @@
 //! * `Output` events are numbered from 0 without gaps across the whole job,
 //!   and within one stream arrive in the order the process wrote them;
 //! * when `run_job` returns, the process group of every step has been sent
-//!   SIGKILL (see [`process_group`] for the one escape, `setsid`);
+//!   SIGKILL. The one escape is a descendant that left the group (`setsid`);
+//!   its output is read for at most a second after the step's process exits;
 //! * events are sent with backpressure: a consumer that stops reading stalls
 //!   the step (its pipes fill, and cancellation waits for the send). The
 //!   caller must drain events until `run_job` returns. If the receiver is

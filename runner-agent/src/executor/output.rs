@@ -10,7 +10,10 @@
 //! * [`Masker`] replaces every occurrence of a secret value with `***`, even
 //!   when the occurrence is split across reads. It holds back only a tail that
 //!   could still become a secret (fewer bytes than the longest secret), so
-//!   masking is exact regardless of how the child's writes were split.
+//!   masking is exact regardless of how the child's writes were split,
+//!   including lines longer than a chunk. The held tail is shorter than the
+//!   longest secret, so a secret longer than [`MAX_CHUNK_BYTES`] is the one
+//!   case where a stream holds back more than a chunk.
 //! * [`LineChunker`] cuts the masked bytes into chunks of at most
 //!   [`MAX_CHUNK_BYTES`], at the last newline when there is one, so a line is
 //!   only cut when it is longer than a chunk. It never holds more than

@@ -87,7 +87,13 @@ pub fn decode_exact(bytes: &[u8], max_payload_bytes: u32) -> Result<(Frame, Mess
     decoder.extend(bytes);
     let frame = match decoder.next_frame()? {
         Some(frame) => frame,
-        None => return Err(decoder.finish().expect_err("bytes are buffered")),
+        // Empty input has nothing buffered, so `finish` cannot name the fault.
+        None => {
+            return Err(decoder
+                .finish()
+                .err()
+                .unwrap_or(DecodeError::TruncatedHeader { available: 0 }))
+        }
     };
     if decoder.buffered() != 0 {
         return Err(DecodeError::TrailingBytes {

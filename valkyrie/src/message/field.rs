@@ -129,7 +129,7 @@ macro_rules! struct_field {
 }
 struct_field!(
     JobSpec = 40,
-    StepSpec = 15,
+    StepSpec = 11,
     JobInfo = 40,
     RunnerInfo = 40,
     EventBody = 1

@@ -359,6 +359,9 @@ messages! {
         duration_ms: u64,
         /// Details for people (e.g. "step `test` exited with 2").
         message: String,
+        /// How many LogChunk frames the attempt sent; the server records the
+        /// result once it has them all (they travel on another lane).
+        log_chunks: u64,
     }
 
     /// Server → agent: stop an attempt (cancel, server-side timeout, stale).

@@ -332,8 +332,9 @@ impl JobSpec {
             project: r.string("job.project")?,
             priority: r.u8("job.priority")?,
             tags: r.strings("job.tags")?,
-            // A step takes at least 19 bytes: name, kind, env, option, bool.
-            steps: r.list("job.steps", 15, StepSpec::read)?,
+            // A step takes at least 11 bytes: name (4), command (1), env (4),
+            // working_directory (1), continue_on_error (1).
+            steps: r.list("job.steps", 11, StepSpec::read)?,
             env: r.pairs("job.env")?,
             secrets: r.pairs("job.secrets")?,
             timeout_ms: r.u64("job.timeout_ms")?,

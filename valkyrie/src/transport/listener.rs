@@ -16,11 +16,11 @@ use tracing::{debug, info_span, warn, Instrument};
 
 use super::quic::drive_quic;
 use super::session::{session_pair, Authenticator, Handshake};
-use super::stream::{drive_stream, DriverSetup};
+use super::stream::{discard_until_eof, drive_stream, DriverSetup, CLOSE_LINGER};
 use super::tls::ServerTls;
 use super::{Endpoint, HostPort, Session};
 use crate::connection::{Connection, ConnectionConfig};
-use crate::frame::{encode_frame, ErrorCode, Flags, MIN_MAX_FRAME_BYTES};
+use crate::frame::{encode_frame, ErrorCode, Flags, Lane, MIN_MAX_FRAME_BYTES};
 use crate::message::{Close, Message};
 
 /// How to listen.
@@ -105,8 +105,12 @@ impl Listener {
                 socket_path = Some(path.clone());
                 let task = tokio::spawn(async move {
                     loop {
-                        let Ok((sock, _)) = listener.accept().await else {
-                            continue;
+                        let sock = match listener.accept().await {
+                            Ok((sock, _)) => sock,
+                            Err(err) => {
+                                accept_failed(&err).await;
+                                continue;
+                            }
                         };
                         let (r, w) = sock.into_split();
                         serve_stream(r, w, "unix".into(), "unix", &options, &limit, &tx);
@@ -131,8 +135,12 @@ impl Listener {
                 let local = with_port(endpoint, addr);
                 let task = tokio::spawn(async move {
                     loop {
-                        let Ok((sock, peer)) = listener.accept().await else {
-                            continue;
+                        let (sock, peer) = match listener.accept().await {
+                            Ok(accepted) => accepted,
+                            Err(err) => {
+                                accept_failed(&err).await;
+                                continue;
+                            }
                         };
                         let _ = sock.set_nodelay(true);
                         match &tls {
@@ -190,7 +198,7 @@ impl Listener {
                             let peer = incoming.remote_address().to_string();
                             let Ok(conn) = incoming.await else { return };
                             let Ok(permit) = limit.clone().try_acquire_owned() else {
-                                conn.close(ErrorCode::CONNECTION_LIMIT.0.into(), b"connection limit reached");
+                                refuse_quic_at_limit(conn).await;
                                 return;
                             };
                             let span = info_span!("connection", transport = "quic", %peer, side = "server");
@@ -226,6 +234,42 @@ impl Listener {
     pub async fn accept(&mut self) -> Option<Session> {
         self.sessions.recv().await
     }
+}
+
+/// Accept errors (EMFILE, ENFILE, ECONNABORTED) are per connection or
+/// transient: log, pause briefly so a full fd table does not spin a core, and
+/// keep listening.
+async fn accept_failed(err: &std::io::Error) {
+    warn!(%err, "accept failed");
+    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+}
+
+const LIMIT_REASON: &str = "server is at its connection limit; try again later";
+
+fn limit_close_frame() -> BytesMut {
+    let mut buf = BytesMut::new();
+    let close = Message::Close(Close {
+        code: ErrorCode::CONNECTION_LIMIT,
+        reason: LIMIT_REASON.into(),
+    });
+    let _ = encode_frame(&close, 0, Flags::NONE, MIN_MAX_FRAME_BYTES, &mut buf);
+    buf
+}
+
+/// spec: a refusal is a Close frame with a code and reason; on QUIC it travels
+/// on the control lane's stream like any other Close, before the connection
+/// itself is closed (with the same code, for peers that did not read it).
+async fn refuse_quic_at_limit(conn: quinn::Connection) {
+    let send = async {
+        let mut stream = conn.open_uni().await.ok()?;
+        stream.write_all(&[Lane::Control as u8]).await.ok()?;
+        stream.write_all(&limit_close_frame()).await.ok()?;
+        stream.finish().ok()?;
+        // Wait until the peer has the bytes: closing first would discard them.
+        stream.stopped().await.ok()
+    };
+    let _ = tokio::time::timeout(CLOSE_LINGER, send).await;
+    conn.close(ErrorCode::CONNECTION_LIMIT.0.into(), LIMIT_REASON.as_bytes());
 }
 
 fn with_port(endpoint: &Endpoint, addr: SocketAddr) -> Endpoint {
@@ -295,15 +339,15 @@ fn serve_stream<R, W>(
             // spec: a refusal is a Close frame with a code and reason.
             tokio::spawn(
                 async move {
-                    let mut buf = BytesMut::new();
-                    let close = Message::Close(Close {
-                        code: ErrorCode::CONNECTION_LIMIT,
-                        reason: "server is at its connection limit; try again later".into(),
-                    });
-                    let _ = encode_frame(&close, 0, Flags::NONE, MIN_MAX_FRAME_BYTES, &mut buf);
-                    let _ = writer.write_all(&buf).await;
-                    let _ = writer.shutdown().await;
-                    drop(reader);
+                    let mut reader = reader;
+                    let linger = async {
+                        let _ = writer.write_all(&limit_close_frame()).await;
+                        let _ = writer.shutdown().await;
+                        // The peer's Hello is unread: dropping the socket now
+                        // would send RST and could destroy the Close frame.
+                        discard_until_eof(&mut reader).await;
+                    };
+                    let _ = tokio::time::timeout(CLOSE_LINGER, linger).await;
                 }
                 .instrument(span),
             );

@@ -3,7 +3,7 @@
 //! byte-stream driver; QUIC gets one unidirectional stream per lane.
 
 mod endpoint;
-mod listener;
+pub(crate) mod listener;
 mod quic;
 mod session;
 mod stream;
@@ -17,7 +17,7 @@ use tokio::sync::oneshot;
 use tracing::{info_span, Instrument};
 
 pub use endpoint::{Endpoint, HostPort, ParseEndpointError};
-pub use listener::{Listener, ListenerOptions};
+pub use listener::{BindError, Listener, ListenerOptions};
 pub use session::{Authenticator, Incoming, RequestError, Session, SessionSender};
 pub use tls::{dev_certificate, ClientTls, DevCertificate, ServerTls, TlsSetupError, ALPN};
 

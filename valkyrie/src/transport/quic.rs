@@ -13,13 +13,17 @@ use tokio::sync::mpsc;
 use tracing::{debug, Instrument};
 
 use super::session::DriverEnds;
-use super::stream::{sleep_until, DriverSetup, MAX_WRITE_BYTES};
+use super::stream::{sleep_until, DriverSetup, CLOSE_LINGER, MAX_WRITE_BYTES};
 use crate::error::ConnectionError;
 use crate::frame::{ErrorCode, Lane};
 
+/// What the stream readers report. There is no per-stream end: the peer
+/// finishes its lane streams only when it closes, and a lane stream's end can
+/// overtake the Close frame still in flight on the control stream. The end of
+/// the connection is the channel closing, once every reader has handed over
+/// all it received.
 enum Inbound {
     Data(usize, Bytes),
-    End(usize),
     BadLane(u8),
 }
 
@@ -44,6 +48,7 @@ pub(crate) async fn drive_quic(quic: quinn::Connection, setup: DriverSetup) {
         lane_tx.push(tx);
     }
     let mut lanes_open = [true; 3];
+    let mut close_deadline: Option<Instant> = None;
 
     loop {
         let now = Instant::now();
@@ -58,12 +63,15 @@ pub(crate) async fn drive_quic(quic: quinn::Connection, setup: DriverSetup) {
         if conn.is_drained() {
             break;
         }
+        if conn.is_closed() && close_deadline.is_none() {
+            close_deadline = Some(Instant::now() + CLOSE_LINGER);
+        }
         if lanes_open.iter().all(|open| !open) && conn.is_open() {
             conn.close(ErrorCode::NORMAL, "session dropped");
             continue;
         }
         let open = conn.is_open();
-        let timeout = conn.poll_timeout();
+        let timeout = close_deadline.or_else(|| conn.poll_timeout());
         tokio::select! {
             biased;
             permit = lane_tx[0].reserve(), if conn.has_pending_lane(Lane::Control) => {
@@ -77,7 +85,6 @@ pub(crate) async fn drive_quic(quic: quinn::Connection, setup: DriverSetup) {
             }
             inbound = in_rx.recv(), if !conn.is_closed() => match inbound {
                 Some(Inbound::Data(lane, data)) => conn.handle_bytes(lane, &data, Instant::now()),
-                Some(Inbound::End(lane)) => conn.handle_eof(lane),
                 Some(Inbound::BadLane(lane)) => conn.close(ErrorCode::PROTOCOL_ERROR, format!("stream preamble names unknown lane {lane}")),
                 None => conn.handle_eof(0),
             },
@@ -90,16 +97,28 @@ pub(crate) async fn drive_quic(quic: quinn::Connection, setup: DriverSetup) {
             cmd = bulk_rx.recv(), if open && lanes_open[2] && conn.can_send(Lane::Bulk) => {
                 match cmd { Some(cmd) => ends.apply(&mut conn, cmd), None => lanes_open[2] = false }
             }
-            _ = sleep_until(timeout), if timeout.is_some() => conn.handle_timeout(Instant::now()),
+            _ = sleep_until(timeout), if timeout.is_some() => {
+                if close_deadline.is_some() {
+                    debug!("peer does not take the Close frame; abandoning the connection");
+                    break;
+                }
+                conn.handle_timeout(Instant::now());
+            }
         }
     }
+    drop(handshake);
+    finish(&mut ends);
+    drop(ends);
     drop(lane_tx);
-    for writer in writers {
-        let _ = writer.await;
+    let deadline =
+        tokio::time::Instant::from_std(close_deadline.unwrap_or_else(|| Instant::now() + CLOSE_LINGER));
+    for mut writer in writers {
+        if tokio::time::timeout_at(deadline, &mut writer).await.is_err() {
+            writer.abort();
+        }
     }
     acceptor.abort();
     quic.close(0u32.into(), b"closed");
-    finish(&mut ends);
     debug!("quic connection ended");
 }
 
@@ -136,17 +155,13 @@ async fn accept_streams(quic: quinn::Connection, tx: mpsc::Sender<Inbound>) {
                                 return;
                             }
                         }
-                        Ok(None) | Err(_) => {
-                            let _ = tx.send(Inbound::End(lane)).await;
-                            return;
-                        }
+                        Ok(None) | Err(_) => return,
                     }
                 }
             }
             .in_current_span(),
         );
     }
-    let _ = tx.send(Inbound::End(0)).await;
 }
 
 async fn write_lane(quic: quinn::Connection, lane: Lane, mut chunks: mpsc::Receiver<Bytes>) {

@@ -49,7 +49,8 @@ pub enum RequestError {
 }
 
 pub(crate) enum Route {
-    Once(oneshot::Sender<Message>),
+    /// A single reply, or why the request could not be sent.
+    Once(oneshot::Sender<Result<Message, SendError>>),
     Stream(mpsc::Sender<Message>),
 }
 
@@ -163,11 +164,12 @@ impl SessionSender {
             .await
             .map_err(|_| SendError::Closed)?;
         match rx.await {
-            Ok(Message::RequestFailed(f)) => Err(RequestError::Failed {
+            Ok(Ok(Message::RequestFailed(f))) => Err(RequestError::Failed {
                 code: f.code,
                 message: f.message,
             }),
-            Ok(reply) => Ok(reply),
+            Ok(Ok(reply)) => Ok(reply),
+            Ok(Err(err)) => Err(RequestError::Send(err)),
             Err(_) => Err(RequestError::Closed),
         }
     }
@@ -366,11 +368,17 @@ impl DriverEnds {
                 correlation,
                 message,
                 route,
-            } => {
-                if conn.send(correlation, Flags::NONE, &message).is_ok() {
+            } => match conn.send(correlation, Flags::NONE, &message) {
+                Ok(()) => {
                     self.routes.insert(correlation, route);
                 }
-            }
+                Err(err) => {
+                    // Tell the caller why (e.g. TooLarge) instead of a bare Closed.
+                    if let Route::Once(tx) = route {
+                        let _ = tx.send(Err(err));
+                    }
+                }
+            },
             Command::Close { code, reason } => conn.close(code, reason),
         }
     }
@@ -398,7 +406,11 @@ impl DriverEnds {
                     }
                 }
                 Event::Established(welcome) => handshake = Some(Handshake::Client(welcome)),
-                Event::Message { correlation, message } => self.deliver(correlation, message).await,
+                Event::Message {
+                    correlation,
+                    flags,
+                    message,
+                } => self.deliver(correlation, flags, message).await,
                 Event::Closed(result) => {
                     self.routes.clear();
                     self.shared.closed.send_replace(Some(result));
@@ -408,12 +420,14 @@ impl DriverEnds {
         handshake
     }
 
-    async fn deliver(&mut self, correlation: u64, message: Message) {
-        if correlation != 0 {
+    async fn deliver(&mut self, correlation: u64, flags: Flags, message: Message) {
+        // Only a REPLY answers one of our requests: the peer numbers its own
+        // requests from 1 too, so a bare id match would steal its request.
+        if correlation != 0 && flags.contains(Flags::REPLY) {
             if let Some(route) = self.routes.remove(&correlation) {
                 match route {
                     Route::Once(tx) => {
-                        let _ = tx.send(message);
+                        let _ = tx.send(Ok(message));
                     }
                     Route::Stream(tx) => {
                         // Awaiting here pushes back on the peer through the

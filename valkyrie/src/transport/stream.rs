@@ -2,7 +2,7 @@
 //! read half and the [`Connection`]; a writer task owns the write half, so a
 //! peer that stops reading never stops us from reading (and answering) it.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -17,6 +17,10 @@ use crate::frame::{ErrorCode, Lane};
 /// Frames are coalesced into writes of up to this many bytes.
 pub(crate) const MAX_WRITE_BYTES: usize = 256 * 1024;
 const READ_BUFFER_BYTES: usize = 64 * 1024;
+/// How long a closing connection may take to hand its last frames (the Close)
+/// to a peer, and then to wait for the peer's EOF, before it is abandoned. A
+/// dead peer that never reads must not hold a connection slot forever.
+pub(crate) const CLOSE_LINGER: Duration = Duration::from_secs(2);
 
 pub(crate) struct DriverSetup {
     pub conn: Connection,
@@ -48,6 +52,8 @@ where
     let mut read_buf = BytesMut::with_capacity(READ_BUFFER_BYTES);
     let mut lanes_open = [true; 3];
     let mut write_failed = false;
+    let mut read_eof = false;
+    let mut close_deadline: Option<Instant> = None;
 
     loop {
         let now = Instant::now();
@@ -62,12 +68,15 @@ where
         if conn.is_drained() || write_failed {
             break;
         }
+        if conn.is_closed() && close_deadline.is_none() {
+            close_deadline = Some(Instant::now() + CLOSE_LINGER);
+        }
         if lanes_open.iter().all(|open| !open) && conn.is_open() {
             conn.close(ErrorCode::NORMAL, "session dropped");
             continue;
         }
         let open = conn.is_open();
-        let timeout = conn.poll_timeout();
+        let timeout = close_deadline.or_else(|| conn.poll_timeout());
         tokio::select! {
             biased;
             permit = write_tx.reserve(), if conn.has_pending_output() => {
@@ -82,7 +91,10 @@ where
             }
             read = reader.read_buf(&mut read_buf), if !conn.is_closed() => {
                 match read {
-                    Ok(0) | Err(_) => conn.handle_eof(0),
+                    Ok(0) | Err(_) => {
+                        read_eof = true;
+                        conn.handle_eof(0);
+                    }
                     Ok(_) => {
                         conn.handle_bytes(0, &read_buf, Instant::now());
                         read_buf.clear();
@@ -101,14 +113,47 @@ where
             cmd = bulk_rx.recv(), if open && lanes_open[2] && conn.can_send(Lane::Bulk) => {
                 match cmd { Some(cmd) => ends.apply(&mut conn, cmd), None => lanes_open[2] = false }
             }
-            _ = sleep_until(timeout), if timeout.is_some() => conn.handle_timeout(Instant::now()),
+            _ = sleep_until(timeout), if timeout.is_some() => {
+                if close_deadline.is_some() {
+                    debug!("peer does not take the Close frame; abandoning the connection");
+                    break;
+                }
+                conn.handle_timeout(Instant::now());
+            }
         }
     }
-    drop(write_tx);
-    // Let the Close frame (if any) reach the socket before it shuts.
-    let _ = writer_task.await;
+    // Whoever waits for the handshake (connect, the listener) learns the
+    // outcome now, not after the linger below.
+    drop(handshake);
     ends.finish(ConnectionError::Reset);
+    drop(ends);
+    drop(write_tx);
+    let deadline = close_deadline.unwrap_or_else(|| Instant::now() + CLOSE_LINGER);
+    // Let the Close frame (if any) reach the socket before it shuts.
+    let mut writer_task = writer_task;
+    if tokio::time::timeout_at(deadline.into(), &mut writer_task)
+        .await
+        .is_err()
+    {
+        writer_task.abort();
+    }
+    // Lingering close: closing a TCP socket with unread input makes the kernel
+    // send RST, and the peer may then lose the Close frame we just wrote. So
+    // read and discard until the peer's EOF (it closes on our Close), bounded.
+    if !read_eof {
+        let _ = tokio::time::timeout_at(deadline.into(), discard_until_eof(&mut reader)).await;
+    }
     debug!("connection ended");
+}
+
+/// Reads and drops input until EOF or an error.
+pub(crate) async fn discard_until_eof<R: AsyncRead + Unpin>(reader: &mut R) {
+    let mut sink = [0u8; 8192];
+    while let Ok(n) = reader.read(&mut sink).await {
+        if n == 0 {
+            return;
+        }
+    }
 }
 
 async fn write_loop<W: AsyncWrite + Unpin>(mut writer: W, mut chunks: mpsc::Receiver<Bytes>) {

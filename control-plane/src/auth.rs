@@ -1,0 +1,160 @@
+//! Tokens: the API token for clients, the registration token for agents, and
+//! the per-runner credentials issued at registration. Tokens are compared in
+//! constant time.
+
+use std::path::{Path, PathBuf};
+
+use dashmap::DashSet;
+use valkyrie::message::{Hello, Role};
+use valkyrie::ErrorCode;
+
+/// The server's secrets.
+#[derive(Debug)]
+pub struct Tokens {
+    api: String,
+    runner: String,
+    credentials: DashSet<String>,
+}
+
+/// A token file written by the server.
+#[derive(Debug, Clone)]
+pub struct GeneratedToken {
+    /// Which token ("api" or "runner").
+    pub kind: &'static str,
+    /// Where it was written.
+    pub path: PathBuf,
+}
+
+/// A random 32-byte token, hex-encoded.
+pub fn random_token() -> String {
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes).expect("the OS random source is available");
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn constant_time_eq(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+impl Tokens {
+    /// Tokens from configuration.
+    pub fn new(api: String, runner: String) -> Self {
+        Self {
+            api,
+            runner,
+            credentials: DashSet::new(),
+        }
+    }
+
+    /// Uses the given tokens, or reads (or else generates) each missing one
+    /// from `data_dir` (`api-token`, `runner-token`, mode 0600). Returns the
+    /// tokens and the files that were generated now.
+    pub fn load_or_generate(
+        data_dir: &Path,
+        api: Option<String>,
+        runner: Option<String>,
+    ) -> std::io::Result<(Self, Vec<GeneratedToken>)> {
+        let mut generated = Vec::new();
+        let mut resolve = |given: Option<String>, kind: &'static str| -> std::io::Result<String> {
+            if let Some(token) = given.filter(|t| !t.is_empty()) {
+                return Ok(token);
+            }
+            let path = data_dir.join(format!("{kind}-token"));
+            match std::fs::read_to_string(&path) {
+                Ok(token) if !token.trim().is_empty() => Ok(token.trim().to_owned()),
+                _ => {
+                    let token = random_token();
+                    write_private(&path, &token)?;
+                    generated.push(GeneratedToken { kind, path });
+                    Ok(token)
+                }
+            }
+        };
+        let api = resolve(api, "api")?;
+        let runner = resolve(runner, "runner")?;
+        Ok((Self::new(api, runner), generated))
+    }
+
+    /// Issues a credential for a newly registered runner.
+    pub fn issue_runner_credential(&self) -> String {
+        let credential = random_token();
+        self.credentials.insert(credential.clone());
+        credential
+    }
+
+    /// Judges a Hello: the API token for clients; the registration token or
+    /// an issued credential for agents.
+    pub fn authenticate(&self, hello: &Hello) -> Result<(), (ErrorCode, String)> {
+        let ok = match hello.role {
+            Role::Client => constant_time_eq(&hello.token, &self.api),
+            Role::Agent => {
+                constant_time_eq(&hello.token, &self.runner) || self.credentials.contains(&hello.token)
+            }
+        };
+        if ok {
+            return Ok(());
+        }
+        let what = match hello.role {
+            Role::Client => "API token; pass the server's API token with --token or VALKYRIE_TOKEN",
+            Role::Agent => {
+                "runner registration token; pass the server's runner token with --token or VALKYRIE_RUNNER_TOKEN"
+            }
+        };
+        Err((ErrorCode::UNAUTHENTICATED, format!("invalid {what}")))
+    }
+}
+
+fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    file.write_all(contents.as_bytes())?;
+    file.write_all(b"\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hello(role: Role, token: &str) -> Hello {
+        valkyrie::transport::hello(role, token, "test")
+    }
+
+    #[test]
+    fn roles_take_their_own_tokens() {
+        let tokens = Tokens::new("api".into(), "reg".into());
+        assert!(tokens.authenticate(&hello(Role::Client, "api")).is_ok());
+        assert!(tokens.authenticate(&hello(Role::Client, "reg")).is_err());
+        assert!(tokens.authenticate(&hello(Role::Agent, "reg")).is_ok());
+        let (code, reason) = tokens.authenticate(&hello(Role::Agent, "api")).unwrap_err();
+        assert_eq!(code, ErrorCode::UNAUTHENTICATED);
+        assert!(reason.contains("runner registration token"), "{reason}");
+        let credential = tokens.issue_runner_credential();
+        assert!(tokens.authenticate(&hello(Role::Agent, &credential)).is_ok());
+    }
+
+    #[test]
+    fn generated_tokens_are_private_and_stable() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let (first, generated) = Tokens::load_or_generate(dir.path(), None, Some("given".into())).unwrap();
+        assert_eq!(generated.len(), 1);
+        let mode = std::fs::metadata(&generated[0].path)
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let (second, again) = Tokens::load_or_generate(dir.path(), None, None).unwrap();
+        assert_eq!(
+            first.api, second.api,
+            "the API token is read back, not regenerated"
+        );
+        assert_eq!(again.len(), 1, "only the runner token was missing");
+    }
+}

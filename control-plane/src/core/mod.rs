@@ -1,0 +1,924 @@
+//! The core: one task that owns the jobs, the runner registry and the
+//! scheduler. Sessions send it [`Command`]s over a channel and it answers
+//! straight onto their sessions ([`Responder`]), so the dispatch path takes
+//! no lock and never waits on a slow peer.
+//!
+//! Each turn of the loop handles every command already waiting (up to a
+//! batch), then asks the scheduler once for a plan and applies it: many
+//! submissions cost one scheduling pass. A 100 ms tick enforces leases,
+//! server-side timeouts, and lost runners.
+
+mod events;
+mod runners;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, info, warn};
+use valkyrie::message::{
+    Assign, CancelAssignment, EventBody, JobAccepted, JobDetails, JobList, JobSpec, JobState, Message,
+    OutputStream, RegisterRunner, RunnerList, RunnerRegistered, RunningAttempt,
+};
+use valkyrie::{ErrorCode, SessionSender};
+
+use crate::auth::Tokens;
+use crate::job::{Disposition, JobRecord, TransitionError};
+use crate::responder::Responder;
+use crate::scheduler::{Availability, JobId, QueuedJob, RunnerId, Scheduler, SchedulerConfig};
+pub use events::Subscribers;
+pub use runners::{Link, RunnerRecord};
+
+/// Tunables of the core.
+#[derive(Clone, Debug)]
+pub struct CoreConfig {
+    /// How long an agent has to acknowledge an assignment. Default 5 s.
+    pub assign_lease: Duration,
+    /// A runner silent (or disconnected) this long is lost. Default 10 s.
+    pub runner_lost_after: Duration,
+    /// Grace the agent gives a job between SIGTERM and SIGKILL. Default 10 s.
+    pub kill_grace: Duration,
+    /// Stored log bytes per job, for replay. Default 64 MiB.
+    pub log_retention_bytes: usize,
+    /// Finished jobs kept in memory. Default 100,000.
+    pub finished_job_retention: usize,
+}
+
+impl Default for CoreConfig {
+    fn default() -> Self {
+        Self {
+            assign_lease: Duration::from_secs(5),
+            runner_lost_after: Duration::from_secs(10),
+            kill_grace: Duration::from_secs(10),
+            log_retention_bytes: 64 << 20,
+            finished_job_retention: 100_000,
+        }
+    }
+}
+
+/// A request to the core.
+#[derive(Debug)]
+pub enum Command {
+    /// Queue a job; answered with JobAccepted.
+    Submit(JobSpec, Responder),
+    /// Cancel a job; answered with Ack.
+    Cancel(u64, Responder),
+    /// One job; answered with JobDetails.
+    GetJob(u64, Responder),
+    /// Newest jobs; answered with JobList.
+    ListJobs(u32, Responder),
+    /// Runners; answered with RunnerList.
+    ListRunners(Responder),
+    /// Start a subscription (events carry the responder's correlation id).
+    Subscribe {
+        /// One job or all.
+        job: Option<u64>,
+        /// Include logs.
+        logs: bool,
+        /// Replay history first.
+        replay: bool,
+        /// The subscriber's session.
+        sender: SessionSender,
+        /// Its request's correlation id.
+        correlation: u64,
+    },
+    /// An agent registers on a session.
+    Register {
+        /// What it said.
+        msg: RegisterRunner,
+        /// Its session.
+        sender: SessionSender,
+        /// The session's number.
+        session: u64,
+        /// Gets the runner id once registered, or the refusal.
+        done: oneshot::Sender<Result<RunnerId, String>>,
+    },
+    /// A frame from a registered agent.
+    FromRunner {
+        /// Runner.
+        runner: RunnerId,
+        /// Session it came on.
+        session: u64,
+        /// Correlation id (replies go there).
+        correlation: u64,
+        /// The message.
+        message: Message,
+    },
+    /// A runner's session ended.
+    RunnerDisconnected {
+        /// Runner.
+        runner: RunnerId,
+        /// The session that ended.
+        session: u64,
+    },
+}
+
+/// Sends commands to the core.
+#[derive(Clone, Debug)]
+pub struct CoreHandle {
+    tx: mpsc::Sender<Command>,
+}
+
+impl CoreHandle {
+    /// Sends a command, waiting while the core's queue is full.
+    pub async fn send(&self, command: Command) -> bool {
+        self.tx.send(command).await.is_ok()
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+struct StoredLog {
+    stream: OutputStream,
+    seq: u64,
+    data: Bytes,
+}
+
+#[derive(Default)]
+struct JobLogs {
+    chunks: Vec<StoredLog>,
+    bytes: usize,
+    next_seq: u64,
+    /// Next chunk sequence number expected from the current attempt.
+    next_agent_seq: u64,
+    /// Chunks received from the current attempt.
+    agent_chunks: u64,
+}
+
+/// A result that arrived before all of its attempt's log chunks.
+struct PendingResult {
+    runner: RunnerId,
+    result: valkyrie::message::JobResult,
+    /// Record it anyway after this, missing chunks or not.
+    deadline: Instant,
+}
+
+/// The state the core owns.
+pub struct Core {
+    config: CoreConfig,
+    tokens: Arc<Tokens>,
+    scheduler: Scheduler,
+    jobs: BTreeMap<JobId, JobRecord>,
+    logs: HashMap<JobId, JobLogs>,
+    runners: HashMap<RunnerId, RunnerRecord>,
+    runner_names: HashMap<String, RunnerId>,
+    subscribers: Subscribers,
+    next_job: u64,
+    next_runner: u64,
+    finished: std::collections::VecDeque<JobId>,
+    pending_results: HashMap<JobId, PendingResult>,
+    started: Instant,
+}
+
+/// Starts the core task; returns its handle.
+pub fn spawn(config: CoreConfig, tokens: Arc<Tokens>) -> CoreHandle {
+    let (tx, rx) = mpsc::channel(65_536);
+    let core = Core {
+        config,
+        tokens,
+        scheduler: Scheduler::new(SchedulerConfig::default()),
+        jobs: BTreeMap::new(),
+        logs: HashMap::new(),
+        runners: HashMap::new(),
+        runner_names: HashMap::new(),
+        subscribers: Subscribers::default(),
+        next_job: 1,
+        next_runner: 1,
+        finished: Default::default(),
+        pending_results: HashMap::new(),
+        started: Instant::now(),
+    };
+    tokio::spawn(core.run(rx));
+    CoreHandle { tx }
+}
+
+impl Core {
+    async fn run(mut self, mut rx: mpsc::Receiver<Command>) {
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                command = rx.recv() => {
+                    let Some(command) = command else { return };
+                    self.handle(command);
+                    // Drain what is already waiting, then schedule once.
+                    for _ in 0..4096 {
+                        match rx.try_recv() {
+                            Ok(command) => self.handle(command),
+                            Err(_) => break,
+                        }
+                    }
+                }
+                _ = tick.tick() => self.on_tick(Instant::now()),
+            }
+            self.dispatch();
+        }
+    }
+
+    fn handle(&mut self, command: Command) {
+        match command {
+            Command::Submit(spec, reply) => self.submit(spec, reply),
+            Command::Cancel(job, reply) => self.cancel(JobId(job), reply),
+            Command::GetJob(job, reply) => match self.jobs.get(&JobId(job)) {
+                Some(record) => reply.reply(JobDetails {
+                    job: self.job_info(record),
+                }),
+                None => reply.fail(ErrorCode::NOT_FOUND, format!("no job {job}")),
+            },
+            Command::ListJobs(limit, reply) => {
+                let limit = if limit == 0 { 100 } else { limit as usize };
+                let jobs = self
+                    .jobs
+                    .values()
+                    .rev()
+                    .take(limit)
+                    .map(|j| self.job_info(j))
+                    .collect();
+                reply.reply(JobList { jobs });
+            }
+            Command::ListRunners(reply) => {
+                let now = Instant::now();
+                let mut runners: Vec<_> = self.runners.values().map(|r| r.info(now)).collect();
+                runners.sort_by_key(|r| r.runner_id);
+                reply.reply(RunnerList { runners });
+            }
+            Command::Subscribe {
+                job,
+                logs,
+                replay,
+                sender,
+                correlation,
+            } => self.subscribe(job.map(JobId), logs, replay, sender, correlation),
+            Command::Register {
+                msg,
+                sender,
+                session,
+                done,
+            } => {
+                let _ = done.send(self.register(msg, sender, session));
+            }
+            Command::FromRunner {
+                runner,
+                session,
+                correlation,
+                message,
+            } => self.from_runner(runner, session, correlation, message),
+            Command::RunnerDisconnected { runner, session } => {
+                if let Some(r) = self.runners.get_mut(&runner) {
+                    if r.is_session(session) {
+                        info!(runner = %r.name, "runner disconnected");
+                        r.link = Link::Disconnected(Instant::now());
+                        self.scheduler.set_availability(runner, Availability::Lost);
+                    }
+                }
+            }
+        }
+    }
+
+    // ---- jobs ----
+
+    fn submit(&mut self, spec: JobSpec, reply: Responder) {
+        if let Err(problem) = validate(&spec) {
+            reply.fail(ErrorCode::INVALID_REQUEST, problem);
+            return;
+        }
+        let id = JobId(self.next_job);
+        self.next_job += 1;
+        let record = JobRecord::new(id, spec, now_ms());
+        self.enqueue(&record);
+        debug!(job_id = id.0, name = %record.spec.name, "job queued");
+        self.jobs.insert(id, record);
+        reply.reply(JobAccepted { job_id: id.0 });
+        self.publish_state(id);
+    }
+
+    fn enqueue(&mut self, record: &JobRecord) {
+        let required = self.scheduler.tag_set(&record.spec.tags);
+        let queued = QueuedJob {
+            id: record.id,
+            priority: record.spec.priority,
+            project: record.spec.project.clone(),
+            required,
+            enqueued_at_ms: self.clock_ms(),
+        };
+        if let Err(err) = self.scheduler.enqueue(queued) {
+            warn!(%err, "job already known to the scheduler");
+        }
+    }
+
+    /// The scheduler's clock: milliseconds since the core started.
+    fn clock_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    fn cancel(&mut self, id: JobId, reply: Responder) {
+        let Some(job) = self.jobs.get_mut(&id) else {
+            reply.fail(ErrorCode::NOT_FOUND, format!("no job {}", id.0));
+            return;
+        };
+        match job.state() {
+            JobState::Queued => {
+                self.scheduler.remove_job(id);
+                let _ = job.force_final(JobState::Cancelled, "cancelled while queued".into(), now_ms());
+                self.finished_job(id);
+            }
+            JobState::Assigned | JobState::Running => {
+                job.cancel_requested = true;
+                job.kill_deadline = Some(Instant::now() + self.config.kill_grace + Duration::from_secs(5));
+                let attempt = job.attempt;
+                let runner = job.runner;
+                if let Some(sender) = runner.and_then(|r| self.runners.get(&r)).and_then(|r| r.sender()) {
+                    let cancel = CancelAssignment {
+                        job_id: id.0,
+                        attempt,
+                        reason: "cancelled by user".into(),
+                    };
+                    if let Err(err) = sender.try_reply(0, cancel) {
+                        warn!(%err, job_id = id.0, "could not send cancel; the server-side deadline will end it");
+                    }
+                }
+            }
+            state => {
+                reply.fail(
+                    ErrorCode::CONFLICT,
+                    format!("job {} already {}", id.0, state.as_str()),
+                );
+                return;
+            }
+        }
+        reply.ack();
+    }
+
+    fn job_info(&self, job: &JobRecord) -> valkyrie::message::JobInfo {
+        let reason = if job.state() == JobState::Queued {
+            self.scheduler
+                .pending_reason(job.id, self.clock_ms())
+                .map(|r| r.to_string())
+                .unwrap_or_else(|| job.message.clone())
+        } else {
+            job.message.clone()
+        };
+        job.info(reason)
+    }
+
+    fn publish_state(&mut self, id: JobId) {
+        if self.subscribers.is_empty() {
+            return;
+        }
+        let Some(job) = self.jobs.get(&id) else { return };
+        let body = EventBody::State {
+            state: job.state(),
+            attempt: job.attempt,
+            runner: job.runner_name.clone(),
+            exit_code: job.exit_code,
+            message: job.message.clone(),
+        };
+        self.subscribers.publish(id, &body);
+    }
+
+    /// A job reached a final state: free its slot, tell subscribers, and
+    /// forget the oldest finished jobs beyond the retention.
+    fn finished_job(&mut self, id: JobId) {
+        self.scheduler.job_finished(id);
+        if let Some(runner) = self.jobs.get(&id).and_then(|j| j.runner) {
+            if let Some(r) = self.runners.get_mut(&runner) {
+                r.jobs.remove(&id);
+            }
+        }
+        self.publish_state(id);
+        self.finished.push_back(id);
+        while self.finished.len() > self.config.finished_job_retention {
+            if let Some(old) = self.finished.pop_front() {
+                self.jobs.remove(&old);
+                self.logs.remove(&old);
+            }
+        }
+    }
+
+    /// The current attempt is over without a final state: back to the queue.
+    fn retry(&mut self, id: JobId, previous_runner: Option<RunnerId>) {
+        self.scheduler.job_finished(id);
+        if let Some(r) = previous_runner.and_then(|r| self.runners.get_mut(&r)) {
+            r.jobs.remove(&id);
+        }
+        if let Some(logs) = self.logs.get_mut(&id) {
+            logs.next_agent_seq = 0;
+            logs.agent_chunks = 0;
+        }
+        if let Some(job) = self.jobs.get(&id) {
+            let job = job.clone();
+            self.enqueue(&job);
+        }
+        self.publish_state(id);
+    }
+
+    fn apply_disposition(&mut self, id: JobId, runner: Option<RunnerId>, disposition: Disposition) {
+        match disposition {
+            Disposition::Retry => self.retry(id, runner),
+            Disposition::Final(_) => self.finished_job(id),
+        }
+    }
+
+    fn subscribe(
+        &mut self,
+        job: Option<JobId>,
+        logs: bool,
+        replay: bool,
+        sender: SessionSender,
+        correlation: u64,
+    ) {
+        let respond = Responder::new(sender.clone(), correlation);
+        if let Some(id) = job {
+            let Some(record) = self.jobs.get(&id) else {
+                respond.fail(ErrorCode::NOT_FOUND, format!("no job {}", id.0));
+                return;
+            };
+            if replay {
+                let state = EventBody::State {
+                    state: record.state(),
+                    attempt: record.attempt,
+                    runner: record.runner_name.clone(),
+                    exit_code: record.exit_code,
+                    message: self.job_info(record).reason,
+                };
+                let mut events = vec![state];
+                if logs {
+                    if let Some(stored) = self.logs.get(&id) {
+                        events.extend(stored.chunks.iter().map(|c| EventBody::Log {
+                            stream: c.stream,
+                            seq: c.seq,
+                            data: c.data.clone(),
+                        }));
+                    }
+                }
+                events.push(EventBody::ReplayDone);
+                for body in events {
+                    let event = valkyrie::message::Event { job_id: id.0, body };
+                    if sender.try_reply(correlation, event).is_err() {
+                        // The replay did not fit the subscriber's queue: say
+                        // so rather than silently starting mid-stream.
+                        respond.fail(
+                            ErrorCode::CONFLICT,
+                            "history too large to replay at once; fetch logs again to resume",
+                        );
+                        return;
+                    }
+                }
+            }
+        }
+        self.subscribers.add(sender, correlation, job, logs);
+    }
+
+    // ---- runners ----
+
+    fn register(
+        &mut self,
+        msg: RegisterRunner,
+        sender: SessionSender,
+        session: u64,
+    ) -> Result<RunnerId, String> {
+        if msg.slots == 0 {
+            return Err("slots must be at least 1".into());
+        }
+        if msg.name.is_empty() {
+            return Err("runner name must not be empty".into());
+        }
+        let now = Instant::now();
+        let id = match self.runner_names.get(&msg.name) {
+            Some(id) => *id,
+            None => {
+                let id = RunnerId(self.next_runner);
+                self.next_runner += 1;
+                self.runner_names.insert(msg.name.clone(), id);
+                id
+            }
+        };
+        let credential = match self.runners.get(&id) {
+            Some(existing) => existing.credential.clone(),
+            None => self.tokens.issue_runner_credential(),
+        };
+        let previous_jobs = self.runners.get(&id).map(|r| r.jobs.clone()).unwrap_or_default();
+        let record = RunnerRecord {
+            id,
+            name: msg.name.clone(),
+            tags: msg.tags.clone(),
+            os: msg.os.clone(),
+            arch: msg.arch.clone(),
+            slots: msg.slots,
+            version: msg.version.clone(),
+            credential: credential.clone(),
+            link: Link::Connected {
+                session,
+                sender: sender.clone(),
+            },
+            draining: false,
+            last_seen: now,
+            jobs: Default::default(),
+        };
+        self.runners.insert(id, record);
+        let tags = self.scheduler.tag_set(&msg.tags);
+        self.scheduler.upsert_runner(id, tags, msg.slots);
+        self.scheduler.set_availability(id, Availability::Ready);
+
+        // Re-attach the attempts the agent still runs; everything else the
+        // server had on this runner was lost with the old connection.
+        let mut stale = Vec::new();
+        let mut kept = std::collections::BTreeSet::new();
+        for RunningAttempt { job_id, attempt } in msg.running {
+            let jid = JobId(job_id);
+            match self.jobs.get(&jid) {
+                Some(job) if job.check_attempt(id, attempt).is_ok() => {
+                    kept.insert(jid);
+                }
+                _ => stale.push(RunningAttempt { job_id, attempt }),
+            }
+        }
+        if let Some(r) = self.runners.get_mut(&id) {
+            r.jobs = kept.clone();
+        }
+        for jid in previous_jobs.difference(&kept) {
+            self.lose(*jid, Some(id), "its runner reconnected without it");
+        }
+        info!(runner = %msg.name, runner_id = id.0, slots = msg.slots, reattached = kept.len(), "runner registered");
+        let _ = sender.try_reply(
+            0,
+            RunnerRegistered {
+                runner_id: id.0,
+                credential,
+                stale,
+            },
+        );
+        Ok(id)
+    }
+
+    fn lose(&mut self, id: JobId, runner: Option<RunnerId>, why: &str) {
+        let Some(job) = self.jobs.get_mut(&id) else { return };
+        let result = job.lose_attempt(why.to_owned(), now_ms());
+        if let Ok(disposition) = result {
+            warn!(job_id = id.0, why, "job attempt lost");
+            self.apply_disposition(id, runner, disposition);
+        }
+    }
+
+    fn from_runner(&mut self, runner: RunnerId, session: u64, correlation: u64, message: Message) {
+        let Some(record) = self.runners.get_mut(&runner) else {
+            return;
+        };
+        if !record.is_session(session) {
+            // A frame from a connection that was replaced; nothing it says counts.
+            return;
+        }
+        record.last_seen = Instant::now();
+        let sender = record.sender().cloned();
+        let reply = |msg_ok: Result<(), TransitionError>| {
+            if let Some(sender) = &sender {
+                let responder = Responder::new(sender.clone(), correlation);
+                match msg_ok {
+                    Ok(()) => responder.ack(),
+                    Err(err @ TransitionError::StaleAttempt { .. }) => {
+                        warn!(%err, "stale report refused");
+                        responder.fail(ErrorCode::STALE_ATTEMPT, err.to_string())
+                    }
+                    Err(err) => responder.fail(ErrorCode::CONFLICT, err.to_string()),
+                }
+            }
+        };
+        let now = now_ms();
+        match message {
+            Message::Heartbeat(_) => {}
+            Message::Drain(d) => {
+                info!(runner = %record.name, reason = %d.reason, "runner draining");
+                record.draining = true;
+                self.scheduler.set_availability(runner, Availability::Draining);
+            }
+            Message::AssignAck(ack) => {
+                let id = JobId(ack.job_id);
+                let result = match self.jobs.get_mut(&id) {
+                    None => Err(TransitionError::StaleAttempt {
+                        job: id,
+                        got: ack.attempt,
+                        current: 0,
+                    }),
+                    Some(job) if ack.accepted => {
+                        let r = job.acknowledge(runner, ack.attempt, now);
+                        if r.is_ok() && job.spec.timeout_ms > 0 {
+                            job.kill_deadline = Some(
+                                Instant::now()
+                                    + Duration::from_millis(job.spec.timeout_ms)
+                                    + self.config.kill_grace
+                                    + Duration::from_secs(5),
+                            );
+                        }
+                        r
+                    }
+                    // A refusal is handled below, once the borrow ends.
+                    Some(job) => job.check_attempt(runner, ack.attempt),
+                };
+                if result.is_ok() && !ack.accepted {
+                    self.lose(
+                        id,
+                        Some(runner),
+                        &format!("runner refused the assignment: {}", ack.reason),
+                    );
+                } else if result.is_ok() {
+                    self.publish_state(id);
+                }
+                reply(result);
+            }
+            Message::JobStarted(started) => {
+                let id = JobId(started.job_id);
+                let result = match self.jobs.get(&id) {
+                    Some(job) => job.check_attempt(runner, started.attempt),
+                    None => Err(TransitionError::StaleAttempt {
+                        job: id,
+                        got: started.attempt,
+                        current: 0,
+                    }),
+                };
+                reply(result);
+            }
+            Message::LogChunk(chunk) => {
+                let id = JobId(chunk.job_id);
+                let current = self.jobs.get(&id).map(|j| j.check_attempt(runner, chunk.attempt));
+                match current {
+                    Some(Ok(())) => self.store_log(id, chunk.seq, chunk.stream, chunk.data),
+                    Some(Err(err)) => debug!(%err, "stale log chunk dropped"),
+                    None => {}
+                }
+            }
+            Message::StepResult(step) => {
+                let id = JobId(step.job_id);
+                let result = match self.jobs.get(&id) {
+                    Some(job) => job.check_attempt(runner, step.attempt),
+                    None => Err(TransitionError::StaleAttempt {
+                        job: id,
+                        got: step.attempt,
+                        current: 0,
+                    }),
+                };
+                reply(result);
+            }
+            Message::JobResult(result) => {
+                let id = JobId(result.job_id);
+                let check = match self.jobs.get(&id) {
+                    Some(job) => job.check_attempt(runner, result.attempt),
+                    None => Err(TransitionError::StaleAttempt {
+                        job: id,
+                        got: result.attempt,
+                        current: 0,
+                    }),
+                };
+                if check.is_ok() {
+                    let received = self.logs.get(&id).map_or(0, |l| l.agent_chunks);
+                    if received < result.log_chunks {
+                        // Log chunks travel on the bulk lane and may still be
+                        // behind this result: record it once they are in.
+                        let deadline = Instant::now() + Duration::from_secs(5);
+                        self.pending_results.insert(
+                            id,
+                            PendingResult {
+                                runner,
+                                result,
+                                deadline,
+                            },
+                        );
+                    } else {
+                        self.record_result(runner, result);
+                    }
+                }
+                reply(check);
+            }
+            other => {
+                if let Some(sender) = &sender {
+                    Responder::new(sender.clone(), correlation).fail(
+                        ErrorCode::PERMISSION_DENIED,
+                        format!("agents may not send {}", other.kind()),
+                    );
+                }
+            }
+        }
+    }
+
+    fn record_result(&mut self, runner: RunnerId, result: valkyrie::message::JobResult) {
+        let id = JobId(result.job_id);
+        let now = now_ms();
+        let Some(job) = self.jobs.get_mut(&id) else { return };
+        // A result for an attempt still leased counts as its ack too.
+        if job.state() == JobState::Assigned {
+            let _ = job.acknowledge(runner, result.attempt, now);
+        }
+        match job.complete(
+            runner,
+            result.attempt,
+            result.outcome,
+            result.exit_code,
+            result.message,
+            now,
+        ) {
+            Ok(disposition) => {
+                debug!(job_id = id.0, outcome = ?result.outcome, "job attempt finished");
+                self.apply_disposition(id, Some(runner), disposition);
+            }
+            Err(err) => warn!(%err, "job result refused"),
+        }
+    }
+
+    fn store_log(&mut self, id: JobId, agent_seq: u64, stream: OutputStream, data: Bytes) {
+        let logs = self.logs.entry(id).or_default();
+        logs.agent_chunks += 1;
+        if agent_seq != logs.next_agent_seq {
+            warn!(
+                job_id = id.0,
+                expected = logs.next_agent_seq,
+                got = agent_seq,
+                "log chunk out of sequence"
+            );
+        }
+        logs.next_agent_seq = agent_seq + 1;
+        let seq = logs.next_seq;
+        logs.next_seq += 1;
+        if logs.bytes + data.len() <= self.config.log_retention_bytes {
+            logs.bytes += data.len();
+            logs.chunks.push(StoredLog {
+                stream,
+                seq,
+                data: data.clone(),
+            });
+        }
+        if !self.subscribers.is_empty() {
+            self.subscribers
+                .publish(id, &EventBody::Log { stream, seq, data });
+        }
+        let chunks = logs.agent_chunks;
+        if self
+            .pending_results
+            .get(&id)
+            .is_some_and(|p| chunks >= p.result.log_chunks)
+        {
+            if let Some(pending) = self.pending_results.remove(&id) {
+                self.record_result(pending.runner, pending.result);
+            }
+        }
+    }
+
+    // ---- time ----
+
+    fn on_tick(&mut self, now: Instant) {
+        let late: Vec<JobId> = self
+            .pending_results
+            .iter()
+            .filter(|(_, p)| now >= p.deadline)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in late {
+            if let Some(pending) = self.pending_results.remove(&id) {
+                warn!(
+                    job_id = id.0,
+                    "recording a result whose log chunks did not all arrive"
+                );
+                self.record_result(pending.runner, pending.result);
+            }
+        }
+        // Leases that ran out and server-side deadlines.
+        let mut expired = Vec::new();
+        let mut overdue = Vec::new();
+        for job in self.jobs.values() {
+            match job.state() {
+                JobState::Assigned if job.lease_deadline.is_some_and(|d| now >= d) => {
+                    expired.push((job.id, job.runner))
+                }
+                JobState::Assigned | JobState::Running if job.kill_deadline.is_some_and(|d| now >= d) => {
+                    overdue.push(job.id)
+                }
+                _ => {}
+            }
+        }
+        for (id, runner) in expired {
+            self.lose(
+                id,
+                runner,
+                "the runner did not acknowledge the assignment in time",
+            );
+        }
+        for id in overdue {
+            let Some(job) = self.jobs.get_mut(&id) else {
+                continue;
+            };
+            let (state, why) = if job.cancel_requested {
+                (
+                    JobState::Cancelled,
+                    "cancelled; the agent did not confirm in time",
+                )
+            } else {
+                (
+                    JobState::TimedOut,
+                    "timed out (enforced by the server: the agent did not report in time)",
+                )
+            };
+            let attempt = job.attempt;
+            let runner = job.runner;
+            let _ = job.force_final(state, why.into(), now_ms());
+            if let Some(sender) = runner.and_then(|r| self.runners.get(&r)).and_then(|r| r.sender()) {
+                let _ = sender.try_reply(
+                    0,
+                    CancelAssignment {
+                        job_id: id.0,
+                        attempt,
+                        reason: why.into(),
+                    },
+                );
+            }
+            self.finished_job(id);
+        }
+        // Runners silent or disconnected for too long are lost.
+        let lost_after = self.config.runner_lost_after;
+        let lost: Vec<RunnerId> = self
+            .runners
+            .values()
+            .filter(|r| match r.link {
+                Link::Connected { .. } => now.duration_since(r.last_seen) >= lost_after,
+                Link::Disconnected(since) => now.duration_since(since) >= lost_after,
+                Link::Lost => false,
+            })
+            .map(|r| r.id)
+            .collect();
+        for id in lost {
+            let Some(r) = self.runners.get_mut(&id) else {
+                continue;
+            };
+            warn!(runner = %r.name, "runner lost");
+            if let Some(sender) = r.sender() {
+                let sender = sender.clone();
+                tokio::spawn(async move {
+                    sender
+                        .close(ErrorCode::IDLE_TIMEOUT, "runner silent too long")
+                        .await
+                });
+            }
+            r.link = Link::Lost;
+            let jobs = std::mem::take(&mut r.jobs);
+            self.scheduler.set_availability(id, Availability::Lost);
+            for job in jobs {
+                self.lose(job, Some(id), "its runner was lost");
+            }
+        }
+    }
+
+    fn dispatch(&mut self) {
+        if self.scheduler.queue_len() == 0 {
+            return;
+        }
+        let plan = self.scheduler.schedule(self.clock_ms());
+        let lease = self.config.assign_lease;
+        for assignment in plan {
+            let (job_id, runner_id) = (assignment.job, assignment.runner);
+            let Some(runner) = self.runners.get_mut(&runner_id) else {
+                continue;
+            };
+            let Some(job) = self.jobs.get_mut(&job_id) else {
+                continue;
+            };
+            let attempt = match job.assign(runner_id, &runner.name, Instant::now() + lease) {
+                Ok(attempt) => attempt,
+                Err(err) => {
+                    warn!(%err, "scheduler planned an illegal assignment");
+                    self.scheduler.job_finished(job_id);
+                    continue;
+                }
+            };
+            runner.jobs.insert(job_id);
+            let assign = Assign {
+                job_id: job_id.0,
+                attempt,
+                lease_ms: lease.as_millis() as u32,
+                spec: job.spec.clone(),
+            };
+            if let Some(sender) = runner.sender() {
+                // A full queue leaves the lease to expire and the job to be
+                // queued again: never block the core on one runner.
+                if let Err(err) = sender.try_reply(0, assign) {
+                    debug!(%err, job_id = job_id.0, "assignment not sent; the lease will expire");
+                }
+            }
+            self.publish_state(job_id);
+        }
+    }
+}
+
+/// Checks a submitted job before it is queued.
+fn validate(spec: &JobSpec) -> Result<(), String> {
+    if spec.steps.is_empty() {
+        return Err(format!("job `{}` has no steps: add at least one step", spec.name));
+    }
+    if spec.name.is_empty() {
+        return Err("job name must not be empty".into());
+    }
+    Ok(())
+}

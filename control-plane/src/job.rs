@@ -1,0 +1,386 @@
+//! The job lifecycle as a typed state machine.
+//!
+//! ```text
+//!                 submit
+//!                   |
+//!                   v
+//!   +---------->  queued  --------------------------------> cancelled
+//!   |               | scheduler picks a runner (attempt += 1)
+//!   |               v
+//!   |  lease     assigned --- lease expires -----+
+//!   |  expired,     | agent acks                 |
+//!   |  runner lost, v                            |
+//!   |  retryable  running --> succeeded | failed | cancelled | timed_out
+//!   |  failure      |                          (failed/timed_out may retry)
+//!   +---------------+ runner lost --> lost (no retries left)
+//! ```
+//!
+//! Every transition is a method that refuses an illegal event with
+//! [`TransitionError`]. Each assignment starts a new attempt; the attempt
+//! number is the fencing token: a report naming another attempt is stale.
+
+use std::time::Instant;
+
+use valkyrie::message::{JobInfo, JobOutcome, JobSpec, JobState, RetryOn};
+
+use crate::scheduler::{JobId, RunnerId};
+
+/// Why a job event was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum TransitionError {
+    /// The report names an attempt that is not the current one.
+    #[error("job {job} attempt {got} is stale: the current attempt is {current}")]
+    StaleAttempt {
+        /// The job.
+        job: JobId,
+        /// Attempt named by the report.
+        got: u32,
+        /// The current attempt.
+        current: u32,
+    },
+    /// The event is not allowed in the job's state.
+    #[error("job {job} is {state}: cannot {event}")]
+    Illegal {
+        /// The job.
+        job: JobId,
+        /// Its state.
+        state: &'static str,
+        /// What was attempted.
+        event: &'static str,
+    },
+}
+
+/// What happens to a job whose attempt ended without success.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Disposition {
+    /// Queued again for another attempt.
+    Retry,
+    /// Final.
+    Final(JobState),
+}
+
+/// A job and its current attempt.
+#[derive(Debug, Clone)]
+pub struct JobRecord {
+    /// Id.
+    pub id: JobId,
+    /// As submitted.
+    pub spec: JobSpec,
+    state: JobState,
+    /// Current attempt (0 before the first assignment).
+    pub attempt: u32,
+    /// Runner of the current attempt.
+    pub runner: Option<RunnerId>,
+    /// Runner name of the current attempt, for listings.
+    pub runner_name: Option<String>,
+    /// When the lease of an assignment runs out.
+    pub lease_deadline: Option<Instant>,
+    /// Server-side backstop for the job timeout or a cancel.
+    pub kill_deadline: Option<Instant>,
+    /// A cancel was requested while the job was on a runner.
+    pub cancel_requested: bool,
+    /// Submission time (ms since epoch).
+    pub submitted_at_ms: u64,
+    /// Start of the current attempt (ms since epoch).
+    pub started_at_ms: Option<u64>,
+    /// When the job reached its final state (ms since epoch).
+    pub finished_at_ms: Option<u64>,
+    /// Exit code of the failing or last step.
+    pub exit_code: Option<i32>,
+    /// Why it ended, or the last requeue reason.
+    pub message: String,
+}
+
+impl JobRecord {
+    /// A newly submitted job, queued.
+    pub fn new(id: JobId, spec: JobSpec, now_ms: u64) -> Self {
+        Self {
+            id,
+            spec,
+            state: JobState::Queued,
+            attempt: 0,
+            runner: None,
+            runner_name: None,
+            lease_deadline: None,
+            kill_deadline: None,
+            cancel_requested: false,
+            submitted_at_ms: now_ms,
+            started_at_ms: None,
+            finished_at_ms: None,
+            exit_code: None,
+            message: String::new(),
+        }
+    }
+
+    /// Current state.
+    pub fn state(&self) -> JobState {
+        self.state
+    }
+
+    fn illegal(&self, event: &'static str) -> TransitionError {
+        TransitionError::Illegal {
+            job: self.id,
+            state: self.state.as_str(),
+            event,
+        }
+    }
+
+    /// Checks that a report names the current attempt on the current runner.
+    pub fn check_attempt(&self, runner: RunnerId, attempt: u32) -> Result<(), TransitionError> {
+        if attempt != self.attempt || self.runner != Some(runner) || self.state.is_terminal() {
+            return Err(TransitionError::StaleAttempt {
+                job: self.id,
+                got: attempt,
+                current: self.attempt,
+            });
+        }
+        Ok(())
+    }
+
+    /// queued → assigned: a new attempt, leased until `lease_deadline`.
+    pub fn assign(
+        &mut self,
+        runner: RunnerId,
+        runner_name: &str,
+        lease_deadline: Instant,
+    ) -> Result<u32, TransitionError> {
+        if self.state != JobState::Queued {
+            return Err(self.illegal("assign"));
+        }
+        self.attempt += 1;
+        self.state = JobState::Assigned;
+        self.runner = Some(runner);
+        self.runner_name = Some(runner_name.to_owned());
+        self.lease_deadline = Some(lease_deadline);
+        Ok(self.attempt)
+    }
+
+    /// assigned → running: the agent acknowledged the lease.
+    pub fn acknowledge(
+        &mut self,
+        runner: RunnerId,
+        attempt: u32,
+        now_ms: u64,
+    ) -> Result<(), TransitionError> {
+        self.check_attempt(runner, attempt)?;
+        match self.state {
+            JobState::Assigned => {
+                self.state = JobState::Running;
+                self.lease_deadline = None;
+                self.started_at_ms = Some(now_ms);
+                Ok(())
+            }
+            // A duplicate ack (e.g. re-sent after a reconnect) changes nothing.
+            JobState::Running => Ok(()),
+            _ => Err(self.illegal("acknowledge")),
+        }
+    }
+
+    /// Back to queued, e.g. after a lost runner or an expired lease.
+    fn requeue(&mut self, why: String) {
+        self.state = JobState::Queued;
+        self.runner = None;
+        self.runner_name = None;
+        self.lease_deadline = None;
+        self.kill_deadline = None;
+        self.started_at_ms = None;
+        self.message = why;
+    }
+
+    fn finish(&mut self, state: JobState, exit_code: Option<i32>, message: String, now_ms: u64) {
+        self.state = state;
+        self.exit_code = exit_code;
+        self.message = message;
+        self.lease_deadline = None;
+        self.kill_deadline = None;
+        self.finished_at_ms = Some(now_ms);
+    }
+
+    fn retries_left(&self) -> bool {
+        self.attempt <= self.spec.retry.max_retries
+    }
+
+    /// The attempt ended: reported by its agent (running or assigned → final,
+    /// or → queued when the policy retries the outcome).
+    pub fn complete(
+        &mut self,
+        runner: RunnerId,
+        attempt: u32,
+        outcome: JobOutcome,
+        exit_code: Option<i32>,
+        message: String,
+        now_ms: u64,
+    ) -> Result<Disposition, TransitionError> {
+        self.check_attempt(runner, attempt)?;
+        let (state, retry_on) = match outcome {
+            JobOutcome::Succeeded => (JobState::Succeeded, None),
+            JobOutcome::Failed => (JobState::Failed, Some(RetryOn::FAILED)),
+            JobOutcome::TimedOut => (JobState::TimedOut, Some(RetryOn::TIMED_OUT)),
+            JobOutcome::Cancelled => (JobState::Cancelled, None),
+        };
+        let retry = !self.cancel_requested
+            && retry_on.is_some_and(|on| self.spec.retry.on.contains(on))
+            && self.retries_left();
+        if retry {
+            self.requeue(format!(
+                "attempt {attempt} {}: {message}; retrying",
+                state.as_str()
+            ));
+            return Ok(Disposition::Retry);
+        }
+        self.finish(state, exit_code, message, now_ms);
+        Ok(Disposition::Final(state))
+    }
+
+    /// The attempt's runner vanished or never acknowledged: retry while the
+    /// policy allows, else the job is lost.
+    pub fn lose_attempt(&mut self, why: String, now_ms: u64) -> Result<Disposition, TransitionError> {
+        if !matches!(self.state, JobState::Assigned | JobState::Running) {
+            return Err(self.illegal("lose its attempt"));
+        }
+        if self.cancel_requested {
+            self.finish(JobState::Cancelled, None, format!("cancelled ({why})"), now_ms);
+            return Ok(Disposition::Final(JobState::Cancelled));
+        }
+        if self.spec.retry.on.contains(RetryOn::LOST) && self.retries_left() {
+            self.requeue(format!("attempt {} lost: {why}; retrying", self.attempt));
+            return Ok(Disposition::Retry);
+        }
+        self.finish(JobState::Lost, None, why, now_ms);
+        Ok(Disposition::Final(JobState::Lost))
+    }
+
+    /// Ends the job without its agent's word: a queued job cancelled, or the
+    /// server-side backstop for a timeout or a cancel the agent never confirmed.
+    pub fn force_final(
+        &mut self,
+        state: JobState,
+        message: String,
+        now_ms: u64,
+    ) -> Result<(), TransitionError> {
+        if self.state.is_terminal() {
+            return Err(self.illegal("end"));
+        }
+        self.finish(state, None, message, now_ms);
+        Ok(())
+    }
+
+    /// The listing view.
+    pub fn info(&self, reason: String) -> JobInfo {
+        JobInfo {
+            job_id: self.id.0,
+            name: self.spec.name.clone(),
+            project: self.spec.project.clone(),
+            priority: self.spec.priority,
+            tags: self.spec.tags.clone(),
+            state: self.state,
+            attempt: self.attempt,
+            runner: self.runner_name.clone(),
+            reason,
+            exit_code: self.exit_code,
+            submitted_at_ms: self.submitted_at_ms,
+            started_at_ms: self.started_at_ms,
+            finished_at_ms: self.finished_at_ms,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use valkyrie::message::{RetryPolicy, StepSpec};
+
+    fn job(retry: RetryPolicy) -> JobRecord {
+        let mut spec = JobSpec::with_steps("t", vec![StepSpec::noop()]);
+        spec.retry = retry;
+        JobRecord::new(JobId(1), spec, 0)
+    }
+
+    #[test]
+    fn happy_path() {
+        let mut j = job(RetryPolicy::default());
+        let r = RunnerId(7);
+        let a = j.assign(r, "r", Instant::now()).unwrap();
+        assert_eq!((a, j.state()), (1, JobState::Assigned));
+        j.acknowledge(r, 1, 5).unwrap();
+        assert_eq!(j.state(), JobState::Running);
+        let d = j
+            .complete(r, 1, JobOutcome::Succeeded, Some(0), "ok".into(), 9)
+            .unwrap();
+        assert_eq!(d, Disposition::Final(JobState::Succeeded));
+        assert!(
+            j.assign(r, "r", Instant::now()).is_err(),
+            "a finished job cannot be assigned"
+        );
+    }
+
+    #[test]
+    fn stale_attempts_are_refused() {
+        let mut j = job(RetryPolicy::default());
+        let (r1, r2) = (RunnerId(1), RunnerId(2));
+        j.assign(r1, "a", Instant::now()).unwrap();
+        assert_eq!(j.lose_attempt("gone".into(), 1).unwrap(), Disposition::Retry);
+        j.assign(r2, "b", Instant::now()).unwrap();
+        let err = j
+            .complete(r1, 1, JobOutcome::Succeeded, Some(0), String::new(), 2)
+            .unwrap_err();
+        assert!(matches!(
+            err,
+            TransitionError::StaleAttempt {
+                got: 1,
+                current: 2,
+                ..
+            }
+        ));
+        // Right attempt number from the wrong runner is stale too.
+        assert!(j.acknowledge(r1, 2, 3).is_err());
+        j.acknowledge(r2, 2, 3).unwrap();
+    }
+
+    #[test]
+    fn retries_follow_the_policy() {
+        let mut j = job(RetryPolicy {
+            max_retries: 1,
+            on: RetryOn::FAILED,
+        });
+        let r = RunnerId(1);
+        j.assign(r, "r", Instant::now()).unwrap();
+        assert_eq!(
+            j.complete(r, 1, JobOutcome::Failed, Some(1), "x".into(), 1)
+                .unwrap(),
+            Disposition::Retry
+        );
+        j.assign(r, "r", Instant::now()).unwrap();
+        assert_eq!(
+            j.complete(r, 2, JobOutcome::Failed, Some(1), "x".into(), 2)
+                .unwrap(),
+            Disposition::Final(JobState::Failed)
+        );
+        // LOST is not in this policy: a lost runner ends the job.
+        let mut j = job(RetryPolicy {
+            max_retries: 3,
+            on: RetryOn::FAILED,
+        });
+        j.assign(r, "r", Instant::now()).unwrap();
+        assert_eq!(
+            j.lose_attempt("gone".into(), 1).unwrap(),
+            Disposition::Final(JobState::Lost)
+        );
+    }
+
+    #[test]
+    fn cancel_requested_is_never_retried() {
+        let mut j = job(RetryPolicy {
+            max_retries: 3,
+            on: RetryOn(0x07),
+        });
+        let r = RunnerId(1);
+        j.assign(r, "r", Instant::now()).unwrap();
+        j.cancel_requested = true;
+        assert_eq!(
+            j.lose_attempt("gone".into(), 1).unwrap(),
+            Disposition::Final(JobState::Cancelled)
+        );
+    }
+}

@@ -1,0 +1,141 @@
+//! Serves Valkyrie sessions: authenticates Hellos, then turns each client or
+//! agent message into a core [`Command`]. A session's failure ends only that
+//! session.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use tokio::sync::oneshot;
+use tracing::{info, warn};
+use valkyrie::message::{Message, Role};
+use valkyrie::transport::{Listener, ListenerOptions};
+use valkyrie::{Endpoint, ErrorCode, Session};
+
+use crate::auth::Tokens;
+use crate::core::{Command, CoreHandle};
+use crate::responder::Responder;
+
+static SESSIONS: AtomicU64 = AtomicU64::new(1);
+
+/// Listener options whose authenticator checks `tokens`.
+pub fn listener_options(tokens: Arc<Tokens>, base: ListenerOptions) -> ListenerOptions {
+    ListenerOptions {
+        authenticate: Some(Arc::new(move |hello| tokens.authenticate(hello))),
+        ..base
+    }
+}
+
+/// Accepts sessions on `listener` until it stops.
+pub async fn serve(mut listener: Listener, core: CoreHandle) {
+    let endpoint = listener.local_endpoint().clone();
+    info!(%endpoint, "listening");
+    while let Some(session) = listener.accept().await {
+        let core = core.clone();
+        let transport = endpoint.transport();
+        tokio::spawn(async move {
+            match session.hello().map(|h| h.role) {
+                Some(Role::Agent) => serve_agent(session, core, transport).await,
+                _ => serve_client(session, core).await,
+            }
+        });
+    }
+}
+
+/// Binds every endpoint; fails on the first that cannot be bound.
+pub async fn bind_all(
+    endpoints: &[Endpoint],
+    options: &ListenerOptions,
+) -> Result<Vec<Listener>, valkyrie::transport::BindError> {
+    let mut listeners = Vec::new();
+    for endpoint in endpoints {
+        listeners.push(Listener::bind(endpoint, options.clone()).await?);
+    }
+    Ok(listeners)
+}
+
+async fn serve_client(mut session: Session, core: CoreHandle) {
+    let sender = session.sender();
+    while let Some(incoming) = session.recv().await {
+        let reply = Responder::new(sender.clone(), incoming.correlation);
+        let command = match incoming.message {
+            Message::SubmitJob(m) => Command::Submit(m.spec, reply),
+            Message::CancelJob(m) => Command::Cancel(m.job_id, reply),
+            Message::GetJob(m) => Command::GetJob(m.job_id, reply),
+            Message::ListJobs(m) => Command::ListJobs(m.limit, reply),
+            Message::ListRunners(_) => Command::ListRunners(reply),
+            Message::Subscribe(m) => Command::Subscribe {
+                job: m.job_id,
+                logs: m.logs,
+                replay: m.replay,
+                sender: sender.clone(),
+                correlation: incoming.correlation,
+            },
+            other => {
+                reply.fail(
+                    ErrorCode::PERMISSION_DENIED,
+                    format!("clients may not send {}", other.kind()),
+                );
+                continue;
+            }
+        };
+        if !core.send(command).await {
+            return;
+        }
+    }
+}
+
+async fn serve_agent(mut session: Session, core: CoreHandle, transport: &'static str) {
+    let sender = session.sender();
+    let session_id = SESSIONS.fetch_add(1, Ordering::Relaxed);
+    // spec: an agent's first message after the handshake is RegisterRunner.
+    let register = match session.recv().await {
+        Some(incoming) => match incoming.message {
+            Message::RegisterRunner(m) => m,
+            other => {
+                let reason = format!("an agent must register first; got {}", other.kind());
+                sender.close(ErrorCode::UNEXPECTED_MESSAGE, reason).await;
+                return;
+            }
+        },
+        None => return,
+    };
+    let name = register.name.clone();
+    let (done_tx, done_rx) = oneshot::channel();
+    let command = Command::Register {
+        msg: register,
+        sender: sender.clone(),
+        session: session_id,
+        done: done_tx,
+    };
+    if !core.send(command).await {
+        return;
+    }
+    let runner = match done_rx.await {
+        Ok(Ok(runner)) => runner,
+        Ok(Err(reason)) => {
+            sender.close(ErrorCode::INVALID_REQUEST, reason).await;
+            return;
+        }
+        Err(_) => return,
+    };
+    info!(runner = %name, transport, "agent session open");
+    while let Some(incoming) = session.recv().await {
+        let command = Command::FromRunner {
+            runner,
+            session: session_id,
+            correlation: incoming.correlation,
+            message: incoming.message,
+        };
+        if !core.send(command).await {
+            return;
+        }
+    }
+    if let Some(Err(err)) = sender.close_reason() {
+        warn!(runner = %name, %err, "agent session ended");
+    }
+    core.send(Command::RunnerDisconnected {
+        runner,
+        session: session_id,
+    })
+    .await;
+}

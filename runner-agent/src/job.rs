@@ -1,0 +1,189 @@
+//! One assigned attempt: turns the job spec into an executor plan, runs it,
+//! and translates executor events into protocol messages for the outbox, in
+//! order: JobStarted, LogChunk and StepResult as they happen, JobResult last.
+
+use std::path::Path;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+use tracing::{info, Instrument};
+use valkyrie::message::{self as msg, JobSpec, StepCommand as WireStep};
+
+use crate::executor::{self, ExecEvent, JobPlan, StepCommand, StepOutcome, StepPlan};
+
+/// Settings the agent applies to every job.
+#[derive(Clone, Debug)]
+pub struct JobDefaults {
+    /// Shell argv when the job names none.
+    pub shell: Vec<String>,
+    /// SIGTERM → SIGKILL grace.
+    pub kill_grace: Duration,
+    /// Output limit per job.
+    pub output_limit_bytes: u64,
+}
+
+/// Builds the executor plan for an attempt.
+pub fn plan(job_id: u64, attempt: u32, spec: &JobSpec, work_dir: &Path, defaults: &JobDefaults) -> JobPlan {
+    let mut plan = JobPlan::new(job_id, work_dir.join(format!("job-{job_id}-{attempt}")));
+    plan.steps = spec
+        .steps
+        .iter()
+        .map(|s| StepPlan {
+            name: s.name.clone(),
+            command: match &s.command {
+                WireStep::Shell(line) => StepCommand::Shell(line.clone()),
+                WireStep::Noop => StepCommand::Noop,
+            },
+            env: s.env.clone(),
+            working_directory: s.working_directory.clone(),
+            continue_on_error: s.continue_on_error,
+        })
+        .collect();
+    plan.env = spec.env.clone();
+    plan.env.push(("VALKYRIE_JOB_ID".into(), job_id.to_string()));
+    plan.env
+        .push(("VALKYRIE_JOB_ATTEMPT".into(), attempt.to_string()));
+    plan.env.push(("VALKYRIE_JOB_NAME".into(), spec.name.clone()));
+    plan.secrets = spec.secrets.clone();
+    plan.shell = if spec.shell.is_empty() {
+        defaults.shell.clone()
+    } else {
+        spec.shell.clone()
+    };
+    plan.timeout = (spec.timeout_ms > 0).then(|| Duration::from_millis(spec.timeout_ms));
+    plan.kill_grace = defaults.kill_grace;
+    plan.output_limit_bytes = defaults.output_limit_bytes;
+    plan
+}
+
+fn wire_stream(s: executor::OutputStream) -> msg::OutputStream {
+    match s {
+        executor::OutputStream::Stdout => msg::OutputStream::Stdout,
+        executor::OutputStream::Stderr => msg::OutputStream::Stderr,
+        executor::OutputStream::System => msg::OutputStream::System,
+    }
+}
+
+fn wire_step_outcome(o: StepOutcome) -> msg::StepOutcome {
+    match o {
+        StepOutcome::Succeeded => msg::StepOutcome::Succeeded,
+        StepOutcome::Failed => msg::StepOutcome::Failed,
+        StepOutcome::FailedAllowed => msg::StepOutcome::FailedAllowed,
+        StepOutcome::Cancelled => msg::StepOutcome::Cancelled,
+        StepOutcome::TimedOut => msg::StepOutcome::TimedOut,
+        StepOutcome::Skipped => msg::StepOutcome::Skipped,
+    }
+}
+
+/// Runs one attempt to completion, sending its messages to `outbox`.
+/// Returns when the JobResult has been queued.
+pub async fn run_attempt(
+    job_id: u64,
+    attempt: u32,
+    plan: JobPlan,
+    outbox: mpsc::Sender<msg::Message>,
+    cancel: watch::Receiver<bool>,
+) {
+    let span = tracing::info_span!("job", job_id, attempt);
+    async move {
+        let workspace = plan.workspace.clone();
+        let step_names: Vec<String> = plan.steps.iter().map(|s| s.name.clone()).collect();
+        let _ = outbox.send(msg::JobStarted { job_id, attempt }.into()).await;
+        let (ev_tx, mut ev_rx) = mpsc::channel(256);
+        let exec = tokio::spawn(executor::run_job(plan, ev_tx, cancel));
+        let mut log_chunks = 0u64;
+        let mut failed_step: Option<(String, Option<i32>, Option<i32>)> = None;
+        while let Some(event) = ev_rx.recv().await {
+            let message: msg::Message = match event {
+                ExecEvent::StepStarted { .. } => continue,
+                ExecEvent::Output { seq, stream, data } => {
+                    log_chunks += 1;
+                    msg::LogChunk {
+                        job_id,
+                        attempt,
+                        seq,
+                        stream: wire_stream(stream),
+                        data,
+                    }
+                    .into()
+                }
+                ExecEvent::StepFinished {
+                    index,
+                    exit_code,
+                    signal,
+                    duration,
+                    outcome,
+                } => {
+                    if matches!(
+                        outcome,
+                        StepOutcome::Failed | StepOutcome::TimedOut | StepOutcome::Cancelled
+                    ) && failed_step.is_none()
+                    {
+                        let name = step_names.get(index as usize).cloned().unwrap_or_default();
+                        failed_step = Some((name, exit_code, signal));
+                    }
+                    msg::StepResult {
+                        job_id,
+                        attempt,
+                        step: index,
+                        outcome: wire_step_outcome(outcome),
+                        exit_code,
+                        duration_ms: duration.as_millis() as u64,
+                    }
+                    .into()
+                }
+            };
+            if outbox.send(message).await.is_err() {
+                break;
+            }
+        }
+        let report = match exec.await {
+            Ok(report) => report,
+            Err(err) => {
+                let result = msg::JobResult {
+                    job_id,
+                    attempt,
+                    outcome: msg::JobOutcome::Failed,
+                    exit_code: None,
+                    duration_ms: 0,
+                    message: format!("the agent's executor failed: {err}"),
+                    log_chunks,
+                };
+                let _ = outbox.send(result.into()).await;
+                return;
+            }
+        };
+        let outcome = match report.outcome {
+            executor::JobOutcome::Succeeded => msg::JobOutcome::Succeeded,
+            executor::JobOutcome::Failed => msg::JobOutcome::Failed,
+            executor::JobOutcome::Cancelled => msg::JobOutcome::Cancelled,
+            executor::JobOutcome::TimedOut => msg::JobOutcome::TimedOut,
+        };
+        let message = match (&outcome, failed_step) {
+            (msg::JobOutcome::Succeeded, _) => format!("{} step(s) succeeded", step_names.len()),
+            (msg::JobOutcome::TimedOut, _) => "job timed out; its processes were terminated".into(),
+            (msg::JobOutcome::Cancelled, _) => "job cancelled; its processes were terminated".into(),
+            (_, Some((name, Some(code), _))) => format!("step `{name}` exited with code {code}"),
+            (_, Some((name, None, Some(signal)))) => format!("step `{name}` was killed by signal {signal}"),
+            (_, _) => "a step failed".into(),
+        };
+        info!(
+            ?outcome,
+            duration_ms = report.duration.as_millis() as u64,
+            "attempt finished"
+        );
+        let result = msg::JobResult {
+            job_id,
+            attempt,
+            outcome,
+            exit_code: report.exit_code,
+            duration_ms: report.duration.as_millis() as u64,
+            message,
+            log_chunks,
+        };
+        let _ = outbox.send(result.into()).await;
+        let _ = tokio::fs::remove_dir_all(&workspace).await;
+    }
+    .instrument(span)
+    .await
+}

@@ -1,0 +1,382 @@
+//! The agent's session with the control plane: connect, register, heartbeat,
+//! take assignments, forward job messages, and reconnect with backoff and
+//! jitter when the server goes away, re-reporting the attempts still running
+//! so none is orphaned. Job results are kept until the server acknowledges
+//! them and sent again after a reconnect.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+use tracing::{info, warn};
+use valkyrie::message::{
+    AssignAck, Drain, Heartbeat, JobResult, Message, RegisterRunner, Role, RunningAttempt,
+};
+use valkyrie::transport::{connect, hello, ClientOptions, ConnectError, RequestError};
+use valkyrie::{Endpoint, ErrorCode, SessionSender};
+
+use crate::job::{plan, run_attempt, JobDefaults};
+
+/// How the agent runs.
+#[derive(Clone, Debug)]
+pub struct AgentConfig {
+    /// The control plane.
+    pub server: Endpoint,
+    /// Registration token (replaced by the issued credential after registering).
+    pub token: String,
+    /// Runner name.
+    pub name: String,
+    /// Tags.
+    pub tags: Vec<String>,
+    /// Concurrent jobs.
+    pub slots: u32,
+    /// Parent of the per-job workspaces.
+    pub work_dir: PathBuf,
+    /// Job defaults.
+    pub defaults: JobDefaults,
+    /// Heartbeat interval.
+    pub heartbeat_interval: Duration,
+    /// How long a drain waits for running jobs before cancelling them.
+    pub drain_timeout: Duration,
+    /// Transport options (TLS trust).
+    pub client: ClientOptions,
+}
+
+/// Why the agent stopped.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AgentError {
+    /// The server refused our token: retrying would not help.
+    #[error("the server refused this agent: {0}")]
+    Refused(String),
+}
+
+struct RunningJob {
+    attempt: u32,
+    cancel: watch::Sender<bool>,
+}
+
+#[derive(Default)]
+struct State {
+    running: HashMap<u64, RunningJob>,
+    /// Results not yet acknowledged by the server, by (job, attempt).
+    unacked: HashMap<(u64, u32), JobResult>,
+    draining: bool,
+}
+
+/// The agent. Cheap to share: state sits behind a short-held lock.
+pub struct Agent {
+    config: AgentConfig,
+    state: Arc<Mutex<State>>,
+    outbox_tx: mpsc::Sender<Message>,
+    outbox_rx: mpsc::Receiver<Message>,
+    credential: Option<String>,
+}
+
+fn running_attempts(state: &State) -> Vec<RunningAttempt> {
+    state
+        .running
+        .iter()
+        .map(|(job, r)| RunningAttempt {
+            job_id: *job,
+            attempt: r.attempt,
+        })
+        .collect()
+}
+
+impl Agent {
+    /// A new agent.
+    pub fn new(config: AgentConfig) -> Self {
+        let (outbox_tx, outbox_rx) = mpsc::channel(1024);
+        Self {
+            config,
+            state: Default::default(),
+            outbox_tx,
+            outbox_rx,
+            credential: None,
+        }
+    }
+
+    /// Runs until `shutdown` resolves (then drains and returns) or the server
+    /// refuses our credentials.
+    pub async fn run(mut self, shutdown: impl std::future::Future<Output = ()>) -> Result<(), AgentError> {
+        tokio::pin!(shutdown);
+        let mut backoff = Duration::from_millis(100);
+        let mut drain_deadline: Option<tokio::time::Instant> = None;
+        loop {
+            let token = self
+                .credential
+                .clone()
+                .unwrap_or_else(|| self.config.token.clone());
+            let connecting = connect(
+                &self.config.server,
+                hello(Role::Agent, token, agent_id()),
+                &self.config.client,
+            );
+            let session = tokio::select! {
+                result = connecting => result,
+                _ = &mut shutdown, if drain_deadline.is_none() => {
+                    drain_deadline = Some(self.start_drain());
+                    continue;
+                }
+            };
+            let session = match session {
+                Ok(s) => s,
+                Err(ConnectError::Refused {
+                    code: ErrorCode::UNAUTHENTICATED,
+                    reason,
+                }) => {
+                    if self.credential.take().is_some() {
+                        // The server forgot us (e.g. restarted): register afresh.
+                        continue;
+                    }
+                    return Err(AgentError::Refused(reason));
+                }
+                Err(err) => {
+                    if drain_deadline.is_some() && self.state.lock().expect("state").running.is_empty() {
+                        return Ok(());
+                    }
+                    // Full jitter: a fleet of agents does not reconnect in lockstep.
+                    let wait = backoff.mul_f64(0.5 + fastrand::f64() * 0.5);
+                    warn!(%err, retry_in_ms = wait.as_millis() as u64, "cannot reach the server");
+                    tokio::time::sleep(wait).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    continue;
+                }
+            };
+            let (sender, mut incoming) = session.into_parts();
+            let running = running_attempts(&self.state.lock().expect("state"));
+            let register = RegisterRunner {
+                name: self.config.name.clone(),
+                tags: self.config.tags.clone(),
+                os: std::env::consts::OS.into(),
+                arch: std::env::consts::ARCH.into(),
+                slots: self.config.slots,
+                version: env!("CARGO_PKG_VERSION").into(),
+                running,
+            };
+            if sender.send(register).await.is_err() {
+                continue;
+            }
+            // Wait for RunnerRegistered.
+            let registered = loop {
+                match incoming.recv().await {
+                    Some(inc) => match inc.message {
+                        Message::RunnerRegistered(r) => break Some(r),
+                        other => warn!(kind = %other.kind(), "unexpected message before registration"),
+                    },
+                    None => break None,
+                }
+            };
+            let Some(registered) = registered else {
+                if let Some(Err(err)) = sender.close_reason() {
+                    warn!(%err, "registration failed");
+                }
+                tokio::time::sleep(backoff).await;
+                continue;
+            };
+            backoff = Duration::from_millis(100);
+            self.credential = Some(registered.credential.clone());
+            info!(runner_id = registered.runner_id, server = %self.config.server, "registered");
+            {
+                let mut state = self.state.lock().expect("state");
+                for stale in &registered.stale {
+                    if let Some(job) = state.running.get(&stale.job_id) {
+                        if job.attempt == stale.attempt {
+                            warn!(
+                                job_id = stale.job_id,
+                                "server no longer wants this attempt; cancelling it"
+                            );
+                            let _ = job.cancel.send(true);
+                        }
+                    }
+                    state.unacked.remove(&(stale.job_id, stale.attempt));
+                }
+                let unacked: Vec<JobResult> = state.unacked.values().cloned().collect();
+                drop(state);
+                for result in unacked {
+                    self.send_result(&sender, result);
+                }
+            }
+            if drain_deadline.is_some() {
+                let _ = sender
+                    .send(Drain {
+                        reason: "agent shutting down".into(),
+                    })
+                    .await;
+            }
+            let mut heartbeat = tokio::time::interval(self.config.heartbeat_interval);
+            loop {
+                let deadline = drain_deadline;
+                tokio::select! {
+                    inc = incoming.recv() => match inc {
+                        Some(inc) => self.on_message(&sender, inc.message).await,
+                        None => break,
+                    },
+                    out = self.outbox_rx.recv() => {
+                        let Some(out) = out else { break };
+                        self.forward(&sender, out).await;
+                    }
+                    _ = heartbeat.tick() => {
+                        let running = self.state.lock().expect("state").running.len() as u32;
+                        let _ = sender.send(Heartbeat { running }).await;
+                    }
+                    _ = &mut shutdown, if drain_deadline.is_none() => {
+                        drain_deadline = Some(self.start_drain());
+                        let _ = sender.send(Drain { reason: "agent shutting down".into() }).await;
+                    }
+                    _ = sleep_until(deadline), if deadline.is_some() => {
+                        warn!("drain deadline reached; cancelling running jobs");
+                        for job in self.state.lock().expect("state").running.values() {
+                            let _ = job.cancel.send(true);
+                        }
+                        drain_deadline = Some(tokio::time::Instant::now() + self.config.defaults.kill_grace * 2);
+                    }
+                }
+                if drain_deadline.is_some() {
+                    let state = self.state.lock().expect("state");
+                    if state.running.is_empty() && state.unacked.is_empty() && self.outbox_rx.is_empty() {
+                        info!("drained; exiting");
+                        drop(state);
+                        sender.close(ErrorCode::NORMAL, "agent drained").await;
+                        return Ok(());
+                    }
+                }
+            }
+            warn!(server = %self.config.server, "disconnected from the server; reconnecting");
+        }
+    }
+
+    fn start_drain(&self) -> tokio::time::Instant {
+        info!(
+            timeout_s = self.config.drain_timeout.as_secs(),
+            "draining: no new jobs"
+        );
+        self.state.lock().expect("state").draining = true;
+        tokio::time::Instant::now() + self.config.drain_timeout
+    }
+
+    async fn on_message(&mut self, sender: &SessionSender, message: Message) {
+        match message {
+            Message::Assign(assign) => {
+                let refusal = {
+                    let state = self.state.lock().expect("state");
+                    if state.draining {
+                        Some("agent is draining".to_owned())
+                    } else if state.running.len() as u32 >= self.config.slots {
+                        Some(format!("all {} slots busy", self.config.slots))
+                    } else if state.running.contains_key(&assign.job_id) {
+                        Some("already running an attempt of this job".to_owned())
+                    } else {
+                        None
+                    }
+                };
+                let accepted = refusal.is_none();
+                let ack = AssignAck {
+                    job_id: assign.job_id,
+                    attempt: assign.attempt,
+                    accepted,
+                    reason: refusal.unwrap_or_default(),
+                };
+                let _ = sender.send(ack).await;
+                if !accepted {
+                    return;
+                }
+                let (cancel_tx, cancel_rx) = watch::channel(false);
+                self.state.lock().expect("state").running.insert(
+                    assign.job_id,
+                    RunningJob {
+                        attempt: assign.attempt,
+                        cancel: cancel_tx,
+                    },
+                );
+                let plan = plan(
+                    assign.job_id,
+                    assign.attempt,
+                    &assign.spec,
+                    &self.config.work_dir,
+                    &self.config.defaults,
+                );
+                let outbox = self.outbox_tx.clone();
+                tokio::spawn(run_attempt(
+                    assign.job_id,
+                    assign.attempt,
+                    plan,
+                    outbox,
+                    cancel_rx,
+                ));
+            }
+            Message::CancelAssignment(cancel) => {
+                let state = self.state.lock().expect("state");
+                if let Some(job) = state.running.get(&cancel.job_id) {
+                    if job.attempt == cancel.attempt {
+                        info!(job_id = cancel.job_id, reason = %cancel.reason, "cancelling");
+                        let _ = job.cancel.send(true);
+                    }
+                }
+            }
+            Message::Drain(d) => {
+                info!(reason = %d.reason, "server asked us to drain");
+                self.state.lock().expect("state").draining = true;
+            }
+            Message::Ack(_) | Message::RequestFailed(_) => {}
+            other => warn!(kind = %other.kind(), "unexpected message from the server"),
+        }
+    }
+
+    async fn forward(&mut self, sender: &SessionSender, message: Message) {
+        if let Message::JobResult(result) = message {
+            {
+                let mut state = self.state.lock().expect("state");
+                if state
+                    .running
+                    .get(&result.job_id)
+                    .is_some_and(|r| r.attempt == result.attempt)
+                {
+                    state.running.remove(&result.job_id);
+                }
+                state
+                    .unacked
+                    .insert((result.job_id, result.attempt), result.clone());
+            }
+            self.send_result(sender, result);
+            return;
+        }
+        // Logs and step results: if the session is gone they are lost with it
+        // (the server finalises the attempt without the missing chunks).
+        let _ = sender.send(message).await;
+    }
+
+    /// Sends a result and forgets it once the server acknowledged or refused it.
+    fn send_result(&self, sender: &SessionSender, result: JobResult) {
+        let sender = sender.clone();
+        let state = self.state.clone();
+        tokio::spawn(async move {
+            let key = (result.job_id, result.attempt);
+            match sender.request(result).await {
+                Ok(_) => {
+                    state.lock().expect("state").unacked.remove(&key);
+                }
+                Err(RequestError::Failed { code, message }) => {
+                    warn!(job_id = key.0, attempt = key.1, %code, %message, "server refused the job result");
+                    state.lock().expect("state").unacked.remove(&key);
+                }
+                // Kept, and sent again after reconnecting.
+                Err(_) => {}
+            }
+        });
+    }
+}
+
+fn agent_id() -> String {
+    format!("valkyrie-agent/{}", env!("CARGO_PKG_VERSION"))
+}
+
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,547 @@
+//! Property tests of the payload codec: every message survives
+//! encode → decode unchanged, and no input, however mangled, makes the
+//! decoder panic (the stable-Rust stand-in for `fuzz/`).
+
+use bytes::{Bytes, BytesMut};
+use proptest::collection::vec;
+use proptest::prelude::*;
+use proptest::strategy::{Union, ValueTree};
+use valkyrie::frame::{decode_exact, encode_frame, encode_to_vec, FrameDecoder, HEADER_LEN};
+use valkyrie::message::*;
+use valkyrie::{ErrorCode, Flags, FrameKind, Message};
+
+// ---- strategies ----
+
+fn text() -> impl Strategy<Value = String> {
+    prop_oneof![
+        3 => "[a-zA-Z0-9 _./:-]{0,16}",
+        1 => any::<String>(),
+    ]
+}
+
+fn texts() -> impl Strategy<Value = Vec<String>> {
+    vec(text(), 0..4)
+}
+
+fn pairs() -> impl Strategy<Value = Vec<(String, String)>> {
+    vec((text(), text()), 0..4)
+}
+
+fn data() -> impl Strategy<Value = Bytes> {
+    vec(any::<u8>(), 0..128).prop_map(Bytes::from)
+}
+
+fn one_of<T: Clone + std::fmt::Debug + 'static>(all: &'static [T]) -> impl Strategy<Value = T> {
+    prop::sample::select(all)
+}
+
+/// Optional flag bits only: a required bit would make the frame undecodable.
+fn flags() -> impl Strategy<Value = Flags> {
+    (0u8..16).prop_map(|bits| serde_json::from_value(bits.into()).unwrap())
+}
+
+fn code() -> impl Strategy<Value = ErrorCode> {
+    any::<u16>().prop_map(ErrorCode)
+}
+
+fn step() -> impl Strategy<Value = StepSpec> {
+    (
+        text(),
+        prop_oneof![text().prop_map(StepCommand::Shell), Just(StepCommand::Noop)],
+        pairs(),
+        proptest::option::of(text()),
+        any::<bool>(),
+    )
+        .prop_map(
+            |(name, command, env, working_directory, continue_on_error)| StepSpec {
+                name,
+                command,
+                env,
+                working_directory,
+                continue_on_error,
+            },
+        )
+}
+
+fn job_spec() -> impl Strategy<Value = JobSpec> {
+    (
+        (text(), text(), any::<u8>(), texts()),
+        // Short-named no-op steps are the smallest possible list items:
+        // they check the decoder's count bound is not too tight.
+        prop_oneof![
+            vec(step(), 0..5),
+            (0usize..12).prop_map(|n| vec![
+                StepSpec {
+                    name: String::new(),
+                    ..StepSpec::noop()
+                };
+                n
+            ])
+        ],
+        (pairs(), pairs(), any::<u64>(), any::<u32>(), any::<u8>(), texts()),
+    )
+        .prop_map(
+            |((name, project, priority, tags), steps, (env, secrets, timeout_ms, max_retries, on, shell))| {
+                JobSpec {
+                    name,
+                    project,
+                    priority,
+                    tags,
+                    steps,
+                    env,
+                    secrets,
+                    timeout_ms,
+                    retry: RetryPolicy {
+                        max_retries,
+                        on: RetryOn(on),
+                    },
+                    shell,
+                }
+            },
+        )
+}
+
+fn job_info() -> impl Strategy<Value = JobInfo> {
+    (
+        (
+            any::<u64>(),
+            text(),
+            text(),
+            any::<u8>(),
+            texts(),
+            one_of(JobState::ALL),
+        ),
+        (
+            any::<u32>(),
+            proptest::option::of(text()),
+            text(),
+            proptest::option::of(any::<i32>()),
+            any::<u64>(),
+            proptest::option::of(any::<u64>()),
+            proptest::option::of(any::<u64>()),
+        ),
+    )
+        .prop_map(
+            |(
+                (job_id, name, project, priority, tags, state),
+                (attempt, runner, reason, exit_code, submitted_at_ms, started_at_ms, finished_at_ms),
+            )| JobInfo {
+                job_id,
+                name,
+                project,
+                priority,
+                tags,
+                state,
+                attempt,
+                runner,
+                reason,
+                exit_code,
+                submitted_at_ms,
+                started_at_ms,
+                finished_at_ms,
+            },
+        )
+}
+
+fn runner_info() -> impl Strategy<Value = RunnerInfo> {
+    (
+        (any::<u64>(), text(), texts(), text(), text()),
+        (
+            any::<u32>(),
+            any::<u32>(),
+            one_of(RunnerState::ALL),
+            any::<u64>(),
+            text(),
+        ),
+    )
+        .prop_map(
+            |((runner_id, name, tags, os, arch), (slots, busy, state, last_seen_ms_ago, version))| {
+                RunnerInfo {
+                    runner_id,
+                    name,
+                    tags,
+                    os,
+                    arch,
+                    slots,
+                    busy,
+                    state,
+                    last_seen_ms_ago,
+                    version,
+                }
+            },
+        )
+}
+
+fn event_body() -> impl Strategy<Value = EventBody> {
+    prop_oneof![
+        (
+            one_of(JobState::ALL),
+            any::<u32>(),
+            proptest::option::of(text()),
+            proptest::option::of(any::<i32>()),
+            text()
+        )
+            .prop_map(|(state, attempt, runner, exit_code, message)| EventBody::State {
+                state,
+                attempt,
+                runner,
+                exit_code,
+                message
+            }),
+        (one_of(OutputStream::ALL), any::<u64>(), data()).prop_map(|(stream, seq, data)| EventBody::Log {
+            stream,
+            seq,
+            data
+        }),
+        any::<u64>().prop_map(|missed| EventBody::Skipped { missed }),
+        Just(EventBody::ReplayDone),
+    ]
+}
+
+fn running() -> impl Strategy<Value = Vec<RunningAttempt>> {
+    vec(
+        (any::<u64>(), any::<u32>()).prop_map(|(job_id, attempt)| RunningAttempt { job_id, attempt }),
+        0..4,
+    )
+}
+
+/// Every message of the catalogue, one arm per kind.
+fn message() -> impl Strategy<Value = Message> {
+    let arms: Vec<BoxedStrategy<Message>> = vec![
+        (
+            any::<u8>(),
+            any::<u8>(),
+            one_of(Role::ALL),
+            text(),
+            any::<u32>(),
+            any::<u32>(),
+            text(),
+        )
+            .prop_map(
+                |(min_version, max_version, role, token, max_frame_bytes, heartbeat_interval_ms, agent)| {
+                    Hello {
+                        min_version,
+                        max_version,
+                        role,
+                        token,
+                        max_frame_bytes,
+                        heartbeat_interval_ms,
+                        agent,
+                    }
+                    .into()
+                },
+            )
+            .boxed(),
+        (any::<u8>(), any::<u32>(), any::<u32>(), text())
+            .prop_map(|(version, max_frame_bytes, heartbeat_interval_ms, server_id)| {
+                Welcome {
+                    version,
+                    max_frame_bytes,
+                    heartbeat_interval_ms,
+                    server_id,
+                }
+                .into()
+            })
+            .boxed(),
+        any::<u64>().prop_map(|nonce| Ping { nonce }.into()).boxed(),
+        any::<u64>().prop_map(|nonce| Pong { nonce }.into()).boxed(),
+        (code(), text())
+            .prop_map(|(code, reason)| Close { code, reason }.into())
+            .boxed(),
+        Just(Ack {}.into()).boxed(),
+        (code(), text())
+            .prop_map(|(code, message)| RequestFailed { code, message }.into())
+            .boxed(),
+        (text(), texts(), text(), text(), any::<u32>(), text(), running())
+            .prop_map(|(name, tags, os, arch, slots, version, running)| {
+                RegisterRunner {
+                    name,
+                    tags,
+                    os,
+                    arch,
+                    slots,
+                    version,
+                    running,
+                }
+                .into()
+            })
+            .boxed(),
+        (any::<u64>(), text(), running())
+            .prop_map(|(runner_id, credential, stale)| {
+                RunnerRegistered {
+                    runner_id,
+                    credential,
+                    stale,
+                }
+                .into()
+            })
+            .boxed(),
+        any::<u32>()
+            .prop_map(|running| Heartbeat { running }.into())
+            .boxed(),
+        text().prop_map(|reason| Drain { reason }.into()).boxed(),
+        job_spec().prop_map(|spec| SubmitJob { spec }.into()).boxed(),
+        any::<u64>()
+            .prop_map(|job_id| JobAccepted { job_id }.into())
+            .boxed(),
+        any::<u64>()
+            .prop_map(|job_id| CancelJob { job_id }.into())
+            .boxed(),
+        (proptest::option::of(any::<u64>()), any::<bool>(), any::<bool>())
+            .prop_map(|(job_id, logs, replay)| Subscribe { job_id, logs, replay }.into())
+            .boxed(),
+        (any::<u64>(), event_body())
+            .prop_map(|(job_id, body)| Event { job_id, body }.into())
+            .boxed(),
+        any::<u32>().prop_map(|limit| ListJobs { limit }.into()).boxed(),
+        vec(job_info(), 0..3)
+            .prop_map(|jobs| JobList { jobs }.into())
+            .boxed(),
+        Just(ListRunners {}.into()).boxed(),
+        vec(runner_info(), 0..3)
+            .prop_map(|runners| RunnerList { runners }.into())
+            .boxed(),
+        any::<u64>().prop_map(|job_id| GetJob { job_id }.into()).boxed(),
+        job_info().prop_map(|job| JobDetails { job }.into()).boxed(),
+        (any::<u64>(), any::<u32>(), any::<u32>(), job_spec())
+            .prop_map(|(job_id, attempt, lease_ms, spec)| {
+                Assign {
+                    job_id,
+                    attempt,
+                    lease_ms,
+                    spec,
+                }
+                .into()
+            })
+            .boxed(),
+        (any::<u64>(), any::<u32>(), any::<bool>(), text())
+            .prop_map(|(job_id, attempt, accepted, reason)| {
+                AssignAck {
+                    job_id,
+                    attempt,
+                    accepted,
+                    reason,
+                }
+                .into()
+            })
+            .boxed(),
+        (any::<u64>(), any::<u32>())
+            .prop_map(|(job_id, attempt)| JobStarted { job_id, attempt }.into())
+            .boxed(),
+        (
+            any::<u64>(),
+            any::<u32>(),
+            any::<u64>(),
+            one_of(OutputStream::ALL),
+            data(),
+        )
+            .prop_map(|(job_id, attempt, seq, stream, data)| {
+                LogChunk {
+                    job_id,
+                    attempt,
+                    seq,
+                    stream,
+                    data,
+                }
+                .into()
+            })
+            .boxed(),
+        (
+            any::<u64>(),
+            any::<u32>(),
+            any::<u32>(),
+            one_of(StepOutcome::ALL),
+            proptest::option::of(any::<i32>()),
+            any::<u64>(),
+        )
+            .prop_map(|(job_id, attempt, step, outcome, exit_code, duration_ms)| {
+                StepResult {
+                    job_id,
+                    attempt,
+                    step,
+                    outcome,
+                    exit_code,
+                    duration_ms,
+                }
+                .into()
+            })
+            .boxed(),
+        (
+            any::<u64>(),
+            any::<u32>(),
+            one_of(JobOutcome::ALL),
+            proptest::option::of(any::<i32>()),
+            any::<u64>(),
+            text(),
+            any::<u64>(),
+        )
+            .prop_map(
+                |(job_id, attempt, outcome, exit_code, duration_ms, message, log_chunks)| {
+                    JobResult {
+                        job_id,
+                        attempt,
+                        outcome,
+                        exit_code,
+                        duration_ms,
+                        message,
+                        log_chunks,
+                    }
+                    .into()
+                },
+            )
+            .boxed(),
+        (any::<u64>(), any::<u32>(), text())
+            .prop_map(|(job_id, attempt, reason)| {
+                CancelAssignment {
+                    job_id,
+                    attempt,
+                    reason,
+                }
+                .into()
+            })
+            .boxed(),
+    ];
+    Union::new(arms)
+}
+
+// ---- round trips ----
+
+/// The strategy has one arm per frame kind; a new kind must get an arm.
+#[test]
+fn strategy_covers_every_kind() {
+    let known = (0..=u8::MAX).filter(|&k| FrameKind(k).name().is_some()).count();
+    // Count the arms by sampling until every kind has been seen.
+    let mut runner = proptest::test_runner::TestRunner::deterministic();
+    let strategy = message();
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..20_000 {
+        let m = strategy.new_tree(&mut runner).unwrap().current();
+        seen.insert(m.kind());
+        if seen.len() == known {
+            return;
+        }
+    }
+    panic!(
+        "the message strategy produced only {} of {known} kinds: {seen:?}",
+        seen.len()
+    );
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    #[test]
+    fn every_message_round_trips(m in message(), correlation in any::<u64>(), flags in flags()) {
+        let bytes = encode_to_vec(&m, correlation, flags);
+        let (frame, decoded) = decode_exact(&bytes, u32::MAX).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        prop_assert_eq!(&decoded, &m);
+        prop_assert_eq!(frame.kind, m.kind());
+        prop_assert_eq!(frame.lane, m.lane());
+        prop_assert_eq!(frame.correlation, correlation);
+        prop_assert_eq!(frame.flags, flags);
+        prop_assert_eq!(bytes.len(), HEADER_LEN + frame.payload.len());
+    }
+
+    #[test]
+    fn encode_frame_respects_the_peer_limit(m in message(), limit in 0u32..512) {
+        let mut buf = BytesMut::from(&b"prefix"[..]);
+        let payload_len = encode_to_vec(&m, 1, Flags::NONE).len() - HEADER_LEN;
+        let result = encode_frame(&m, 1, Flags::NONE, limit, &mut buf);
+        if payload_len as u64 <= u64::from(limit) {
+            prop_assert!(result.is_ok());
+            prop_assert_eq!(buf.len(), 6 + HEADER_LEN + payload_len);
+        } else {
+            prop_assert!(result.is_err());
+            // Nothing of the refused frame is left behind.
+            prop_assert_eq!(&buf[..], &b"prefix"[..]);
+        }
+    }
+}
+
+// ---- never panics ----
+
+/// Feeds `input` to a decoder and decodes every payload; errors are fine,
+/// panics are not. Also runs `decode_exact` over the same input.
+fn feed(input: &[u8], limit: u32) {
+    let mut decoder = FrameDecoder::new(limit);
+    decoder.extend(input);
+    loop {
+        match decoder.next_frame() {
+            Ok(Some(frame)) => {
+                let _ = Message::decode_payload(frame.kind, frame.payload.clone());
+            }
+            Ok(None) => {
+                let _ = decoder.finish();
+                break;
+            }
+            Err(_) => break,
+        }
+    }
+    let _ = decode_exact(input, limit);
+}
+
+/// A well-formed header (version 1) with random kind, flags, lane and a
+/// random payload of the declared length: reaches the payload decoders far
+/// more often than uniformly random bytes.
+fn framed_garbage() -> impl Strategy<Value = Vec<u8>> {
+    (
+        any::<u8>(),
+        0u8..=0x20,
+        0u8..4,
+        any::<u64>(),
+        vec(any::<u8>(), 0..200),
+    )
+        .prop_map(|(kind, flags, lane, correlation, payload)| {
+            let mut out = vec![1, kind, flags, lane];
+            out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+            out.extend_from_slice(&correlation.to_le_bytes());
+            out.extend_from_slice(&payload);
+            out
+        })
+}
+
+/// A valid encoded message with some bytes overwritten, truncated or extended.
+fn mutated_message() -> impl Strategy<Value = Vec<u8>> {
+    (
+        message(),
+        vec((any::<prop::sample::Index>(), any::<u8>()), 1..6),
+        0usize..3,
+    )
+        .prop_map(|(m, edits, tail)| {
+            let mut bytes = encode_to_vec(&m, 9, Flags::NONE);
+            // Keep the header's version and length so the payload is reached.
+            for (at, value) in edits {
+                let i = at.index(bytes.len());
+                if i != 0 && !(4..8).contains(&i) {
+                    bytes[i] = value;
+                }
+            }
+            match tail {
+                0 => {}
+                1 => {
+                    bytes.pop();
+                }
+                _ => bytes.push(0),
+            }
+            bytes
+        })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2000))]
+
+    #[test]
+    fn random_bytes_never_panic(input in vec(any::<u8>(), 0..512), limit in prop_oneof![Just(4096u32), Just(1 << 20), 0u32..64]) {
+        feed(&input, limit);
+    }
+
+    #[test]
+    fn framed_garbage_never_panics(input in framed_garbage()) {
+        feed(&input, 1 << 20);
+    }
+
+    #[test]
+    fn mutated_messages_never_panic(input in mutated_message()) {
+        feed(&input, 1 << 20);
+    }
+}
