@@ -1,1 +1,318 @@
-fn main() {}
+//! `valkyrie-bench`: the load generator.
+//!
+//! `valkyrie-bench dispatch` starts a control plane and agents in-process
+//! (library calls on their own tokio runtime, talking over real sockets of
+//! the chosen transport), submits no-op jobs through the SDK from a separate
+//! client runtime, and reports the submit → terminal-event round trip next to
+//! two plain-socket baselines measured in the same run on the same
+//! transport: a 64-byte ping-pong and a two-hop relay.
+
+mod dispatch;
+mod raw;
+mod stats;
+mod system;
+mod wait;
+
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::dispatch::{DispatchReport, Load};
+use crate::stats::{us, Summary};
+use crate::system::System;
+use crate::wait::WakeMode;
+
+/// Load generator for Valkyrie.
+#[derive(Parser, Debug)]
+#[command(version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Measure job dispatch latency and throughput against plain-socket baselines.
+    #[command(
+        after_help = "Examples:\n  valkyrie-bench dispatch --transport unix --jobs 20000 --concurrency 1\n  valkyrie-bench dispatch --transport quic --jobs 100000 --concurrency 256 --spin --json"
+    )]
+    Dispatch(DispatchArgs),
+}
+
+/// A transport to measure.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Transport {
+    Unix,
+    Tcp,
+    Quic,
+}
+
+impl Transport {
+    fn as_str(self) -> &'static str {
+        match self {
+            Transport::Unix => "unix",
+            Transport::Tcp => "tcp",
+            Transport::Quic => "quic",
+        }
+    }
+}
+
+#[derive(Args, Debug)]
+struct DispatchArgs {
+    /// Transport for every connection (client, agents and baselines).
+    #[arg(long, env = "VALKYRIE_BENCH_TRANSPORT", default_value = "unix")]
+    transport: Transport,
+    /// Measured jobs.
+    #[arg(long, env = "VALKYRIE_BENCH_JOBS", default_value_t = 20_000)]
+    jobs: usize,
+    /// Jobs in flight at once (each a submit-then-wait task).
+    #[arg(long, env = "VALKYRIE_BENCH_CONCURRENCY", default_value_t = 1)]
+    concurrency: usize,
+    /// Untimed jobs run first (default: a tenth of --jobs, at most 2,000).
+    #[arg(long, env = "VALKYRIE_BENCH_WARMUP_JOBS")]
+    warmup_jobs: Option<usize>,
+    /// Agents.
+    #[arg(long, env = "VALKYRIE_BENCH_AGENTS", default_value_t = 2)]
+    agents: u32,
+    /// Slots per agent.
+    #[arg(long, env = "VALKYRIE_BENCH_SLOTS", default_value_t = 64)]
+    slots: u32,
+    /// SDK connections the submissions are spread over (the first also carries the event subscription).
+    #[arg(long, env = "VALKYRIE_BENCH_CONNECTIONS", default_value_t = 1)]
+    connections: usize,
+    /// Also measure with the client spinning before it parks (see --spin-us).
+    #[arg(long, env = "VALKYRIE_BENCH_SPIN")]
+    spin: bool,
+    /// How long the client busy-polls before parking, in --spin mode.
+    #[arg(long, env = "VALKYRIE_BENCH_SPIN_US", default_value_t = 1000)]
+    spin_us: u64,
+    /// Round trips per baseline (ping-pong and relay).
+    #[arg(long, env = "VALKYRIE_BENCH_BASELINE_ITERATIONS", default_value_t = 20_000)]
+    baseline_iterations: usize,
+    /// Worker threads of the runtime hosting the control plane, agents and baseline servers.
+    #[arg(long, env = "VALKYRIE_BENCH_SYSTEM_THREADS", default_value_t = 2)]
+    system_threads: usize,
+    /// Worker threads of the client's runtime.
+    #[arg(long, env = "VALKYRIE_BENCH_CLIENT_THREADS", default_value_t = 2)]
+    client_threads: usize,
+    /// A job whose terminal event has not arrived after this many seconds is reported missing.
+    #[arg(long, env = "VALKYRIE_BENCH_JOB_TIMEOUT_SECS", default_value_t = 10)]
+    job_timeout_secs: u64,
+    /// Print JSON instead of a table.
+    #[arg(long, env = "VALKYRIE_BENCH_JSON")]
+    json: bool,
+}
+
+/// One wake mode's figures.
+struct ModeResult {
+    mode: WakeMode,
+    ping_pong: Summary,
+    relay: Summary,
+    dispatch: DispatchReport,
+}
+
+fn main() -> anyhow::Result<()> {
+    let Command::Dispatch(args) = Cli::parse().command;
+    let dir = tempfile::Builder::new().prefix("valkyrie-bench-").tempdir()?;
+    let system_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(args.system_threads.max(1))
+        .thread_name("system")
+        .enable_all()
+        .build()?;
+    let client_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(args.client_threads.max(1))
+        .thread_name("client")
+        .enable_all()
+        .build()?;
+    let handle = system_rt.handle().clone();
+    let results = client_rt.block_on(run(&args, handle, dir.path().to_path_buf()))?;
+    client_rt.shutdown_timeout(Duration::from_secs(1));
+    system_rt.shutdown_timeout(Duration::from_secs(1));
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&to_json(&args, &results))?);
+    } else {
+        print_table(&args, &results);
+    }
+    Ok(())
+}
+
+async fn run(
+    args: &DispatchArgs,
+    system_rt: tokio::runtime::Handle,
+    dir: std::path::PathBuf,
+) -> anyhow::Result<Vec<ModeResult>> {
+    let system = System::start(&system_rt, args.transport, dir.clone(), args.agents, args.slots)
+        .await
+        .context("cannot start the control plane and agents")?;
+    let servers = raw::start_servers(&system_rt, args.transport, dir, system.raw_tls.clone())
+        .await
+        .context("cannot start the baseline servers")?;
+    let connector = raw::Connector::new(system.raw_tls.as_ref())?;
+
+    let mut modes = vec![WakeMode::Park];
+    if args.spin {
+        modes.push(WakeMode::Spin(Duration::from_micros(args.spin_us)));
+    }
+    let warmup_jobs = args.warmup_jobs.unwrap_or((args.jobs / 10).min(2_000));
+    let baseline_warmup = (args.baseline_iterations / 10).min(2_000);
+    let mut results = Vec::new();
+    for mode in modes {
+        let ping_pong = raw::ping_pong(
+            &connector,
+            &servers.echo,
+            baseline_warmup,
+            args.baseline_iterations,
+            mode,
+        )
+        .await
+        .context("ping-pong baseline failed")?;
+        let relay = raw::ping_pong(
+            &connector,
+            &servers.relay,
+            baseline_warmup,
+            args.baseline_iterations,
+            mode,
+        )
+        .await
+        .context("relay baseline failed")?;
+        let mut clients = Vec::new();
+        for _ in 0..args.connections.max(1) {
+            clients.push(system.client().await?);
+        }
+        let load = Load {
+            warmup_jobs,
+            jobs: args.jobs,
+            concurrency: args.concurrency.max(1),
+            job_timeout: Duration::from_secs(args.job_timeout_secs),
+            mode,
+        };
+        let dispatch = dispatch::run(&clients, &load).await?;
+        results.push(ModeResult {
+            mode,
+            ping_pong,
+            relay,
+            dispatch,
+        });
+    }
+    system.stop();
+    Ok(results)
+}
+
+fn ratio(a: u64, b: u64) -> f64 {
+    if b == 0 {
+        0.0
+    } else {
+        a as f64 / b as f64
+    }
+}
+
+fn setup_line(args: &DispatchArgs) -> String {
+    format!(
+        "in-process: control plane + {} agents × {} slots on a {}-thread tokio runtime; client on a separate {}-thread runtime; {} CPUs",
+        args.agents,
+        args.slots,
+        args.system_threads,
+        args.client_threads,
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)
+    )
+}
+
+fn print_table(args: &DispatchArgs, results: &[ModeResult]) {
+    println!("valkyrie-bench dispatch over {}", args.transport.as_str());
+    println!("  {}", setup_line(args));
+    println!(
+        "  jobs {} (after {} warm-up), concurrency {}, {} SDK connection(s); baselines: {} round trips of {} B, one in flight",
+        args.jobs,
+        args.warmup_jobs.unwrap_or((args.jobs / 10).min(2_000)),
+        args.concurrency,
+        args.connections.max(1),
+        args.baseline_iterations,
+        raw::MESSAGE_BYTES
+    );
+    for r in results {
+        println!();
+        println!("wake mode: {}", r.mode.label());
+        println!(
+            "  {:<34} {:>8} {:>10} {:>10} {:>10} {:>10} {:>11}",
+            "measurement", "samples", "p50 µs", "p99 µs", "p99.9 µs", "max µs", "per second"
+        );
+        let row = |name: &str, s: &Summary| {
+            println!(
+                "  {:<34} {:>8} {:>10.1} {:>10.1} {:>10.1} {:>10.1} {:>11.0}",
+                name,
+                s.samples,
+                us(s.p50_ns),
+                us(s.p99_ns),
+                us(s.p999_ns),
+                us(s.max_ns),
+                s.rate_per_s
+            );
+        };
+        row("raw ping-pong", &r.ping_pong);
+        row("two-hop relay", &r.relay);
+        row("dispatch (submit → terminal event)", &r.dispatch.latency);
+        let d = &r.dispatch.latency;
+        println!(
+            "  dispatch p50 = {:.2}× raw ping-pong, {:.2}× two-hop relay",
+            ratio(d.p50_ns, r.ping_pong.p50_ns),
+            ratio(d.p50_ns, r.relay.p50_ns)
+        );
+        let verdict = |ok: bool| if ok { "met" } else { "NOT met" };
+        println!(
+            "  targets: p50 ≤ 1.25× relay: {} ({:.2}×); p99 < 100 µs{}: {} ({:.1} µs); ≥ 100,000 jobs/s: {} ({:.0})",
+            verdict(ratio(d.p50_ns, r.relay.p50_ns) <= 1.25),
+            ratio(d.p50_ns, r.relay.p50_ns),
+            if args.transport == Transport::Unix { "" } else { " (target is for unix)" },
+            verdict(d.p99_ns < 100_000),
+            us(d.p99_ns),
+            verdict(d.rate_per_s >= 100_000.0),
+            d.rate_per_s
+        );
+        let rep = &r.dispatch;
+        println!(
+            "  events: {} intermediate State events, {} dropped for the subscriber (Skipped)",
+            rep.intermediate_events, rep.skipped_events
+        );
+        if !rep.not_succeeded.is_empty() {
+            println!("  jobs not succeeded: {:?}", rep.not_succeeded);
+        }
+        if !rep.missing.is_empty() {
+            println!(
+                "  PROBLEM: {} job(s) never delivered a terminal event within {} s; server-side state of the first: {:?}",
+                rep.missing.len(),
+                args.job_timeout_secs,
+                &rep.missing[..rep.missing.len().min(5)]
+            );
+        }
+    }
+}
+
+fn to_json(args: &DispatchArgs, results: &[ModeResult]) -> serde_json::Value {
+    serde_json::json!({
+        "transport": args.transport.as_str(),
+        "setup": setup_line(args),
+        "in_process": true,
+        "jobs": args.jobs,
+        "concurrency": args.concurrency,
+        "agents": args.agents,
+        "slots": args.slots,
+        "connections": args.connections.max(1),
+        "baseline_message_bytes": raw::MESSAGE_BYTES,
+        "modes": results.iter().map(|r| {
+            let d = &r.dispatch.latency;
+            serde_json::json!({
+                "wake_mode": r.mode.label(),
+                "raw_ping_pong": r.ping_pong.to_json(),
+                "two_hop_relay": r.relay.to_json(),
+                "dispatch": d.to_json(),
+                "dispatch_p50_over_ping_pong": (ratio(d.p50_ns, r.ping_pong.p50_ns) * 100.0).round() / 100.0,
+                "dispatch_p50_over_relay": (ratio(d.p50_ns, r.relay.p50_ns) * 100.0).round() / 100.0,
+                "intermediate_events": r.dispatch.intermediate_events,
+                "skipped_events": r.dispatch.skipped_events,
+                "not_succeeded": r.dispatch.not_succeeded,
+                "missing_terminal_events": r.dispatch.missing.iter().map(|(id, state)| serde_json::json!({"job_id": id, "server_state": state})).collect::<Vec<_>>(),
+            })
+        }).collect::<Vec<_>>(),
+    })
+}

@@ -17,6 +17,8 @@ pub mod connection;
 pub mod error;
 pub mod frame;
 pub mod message;
+#[cfg(feature = "pipeline")]
+pub mod pipeline;
 pub mod transport;
 
 pub use connection::{Connection, ConnectionConfig, Event as ConnectionEvent, Side};

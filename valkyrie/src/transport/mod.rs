@@ -63,21 +63,12 @@ pub enum ConnectError {
 }
 
 /// How to connect.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct ClientOptions {
     /// Connection limits and timers.
     pub config: ConnectionConfig,
     /// TLS trust for `tls://` and `quic://`.
     pub tls: Option<ClientTls>,
-}
-
-impl Default for ClientOptions {
-    fn default() -> Self {
-        Self {
-            config: ConnectionConfig::default(),
-            tls: None,
-        }
-    }
 }
 
 /// A Hello for `role` with `token`; limits are filled in from the config.
