@@ -235,18 +235,19 @@ impl Agent {
                         drain_deadline = Some(tokio::time::Instant::now() + self.config.defaults.kill_grace * 2);
                     }
                 }
-                if drain_deadline.is_some() {
-                    let state = self.state.lock().expect("state");
-                    if state.running.is_empty() && state.unacked.is_empty() && self.outbox_rx.is_empty() {
-                        info!("drained; exiting");
-                        drop(state);
-                        sender.close(ErrorCode::NORMAL, "agent drained").await;
-                        return Ok(());
-                    }
+                if drain_deadline.is_some() && self.is_drained() {
+                    info!("drained; exiting");
+                    sender.close(ErrorCode::NORMAL, "agent drained").await;
+                    return Ok(());
                 }
             }
             warn!(server = %self.config.server, "disconnected from the server; reconnecting");
         }
+    }
+
+    fn is_drained(&self) -> bool {
+        let state = self.state.lock().expect("state");
+        state.running.is_empty() && state.unacked.is_empty() && self.outbox_rx.is_empty()
     }
 
     fn start_drain(&self) -> tokio::time::Instant {
