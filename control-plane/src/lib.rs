@@ -14,3 +14,4 @@ pub mod scheduler;
 pub mod server;
 
 pub use crate::core::{spawn as spawn_core, CoreConfig, CoreHandle};
+pub mod run;

@@ -7,23 +7,35 @@ use valkyrie::{ErrorCode, SessionSender};
 /// Where the answer to one request goes.
 #[derive(Clone, Debug)]
 pub struct Responder {
-    sender: SessionSender,
+    sender: Option<SessionSender>,
     correlation: u64,
 }
 
 impl Responder {
     /// Answers `correlation` on `sender`.
     pub fn new(sender: SessionSender, correlation: u64) -> Self {
-        Self { sender, correlation }
+        Self {
+            sender: Some(sender),
+            correlation,
+        }
+    }
+
+    /// A responder whose answers go nowhere (work the server starts itself,
+    /// such as cancelling the jobs of a cancelled run).
+    pub fn detached() -> Self {
+        Self {
+            sender: None,
+            correlation: 0,
+        }
     }
 
     /// Sends the reply. A requester whose queue is full or gone loses only
     /// its own reply; the core goes on.
     pub fn reply(&self, message: impl Into<Message>) {
-        if self.correlation == 0 {
+        let Some(sender) = self.sender.as_ref().filter(|_| self.correlation != 0) else {
             return;
-        }
-        if let Err(err) = self.sender.try_reply(self.correlation, message) {
+        };
+        if let Err(err) = sender.try_reply(self.correlation, message) {
             tracing::debug!(%err, "reply dropped");
         }
     }

@@ -63,6 +63,14 @@ async fn serve_client(mut session: Session, core: CoreHandle) {
             Message::GetJob(m) => Command::GetJob(m.job_id, reply),
             Message::ListJobs(m) => Command::ListJobs(m.limit, reply),
             Message::ListRunners(_) => Command::ListRunners(reply),
+            Message::SubmitPipeline(m) => Command::SubmitPipeline {
+                file_name: m.file_name,
+                yaml: m.yaml,
+                reply,
+            },
+            Message::GetRun(m) => Command::GetRun(m.run_id, reply),
+            Message::ListRuns(m) => Command::ListRuns(m.limit, reply),
+            Message::CancelRun(m) => Command::CancelRun(m.run_id, reply),
             Message::Subscribe(m) => Command::Subscribe {
                 job: m.job_id,
                 logs: m.logs,

@@ -15,13 +15,18 @@
 //! ```
 
 use tokio::sync::mpsc;
-use valkyrie::message::{CancelJob, GetJob, ListJobs, ListRunners, Message, Role, SubmitJob, Subscribe};
+use valkyrie::message::{
+    CancelJob, CancelRun, GetJob, GetRun, ListJobs, ListRunners, ListRuns, Message, Role, SubmitJob,
+    SubmitPipeline, Subscribe,
+};
 use valkyrie::transport::{connect, hello, ConnectError, RequestError};
 use valkyrie::{Endpoint, SessionSender};
 
 pub use valkyrie::message::{
-    Event, EventBody, JobInfo, JobSpec, JobState, OutputStream, RetryOn, RetryPolicy, RunnerInfo, StepSpec,
+    Event, EventBody, JobInfo, JobSpec, JobState, OutputStream, RetryOn, RetryPolicy, RunInfo, RunJobInfo,
+    RunJobState, RunState, RunnerInfo, StepSpec,
 };
+pub use valkyrie::pipeline;
 pub use valkyrie::transport::{ClientOptions, ClientTls};
 
 /// Why a client operation failed.
@@ -99,6 +104,42 @@ impl Client {
     pub async fn runners(&self) -> Result<Vec<RunnerInfo>, ClientError> {
         match self.call(ListRunners {}).await? {
             Message::RunnerList(l) => Ok(l.runners),
+            other => Err(ClientError::Unexpected(other.kind())),
+        }
+    }
+
+    /// Submits a pipeline file (validated again by the server); returns the run id.
+    pub async fn submit_pipeline(&self, file_name: &str, yaml: &str) -> Result<u64, ClientError> {
+        let message = SubmitPipeline {
+            file_name: file_name.to_owned(),
+            yaml: yaml.to_owned(),
+        };
+        match self.call(message).await? {
+            Message::RunAccepted(a) => Ok(a.run_id),
+            other => Err(ClientError::Unexpected(other.kind())),
+        }
+    }
+
+    /// One run with its jobs.
+    pub async fn run(&self, run_id: u64) -> Result<RunInfo, ClientError> {
+        match self.call(GetRun { run_id }).await? {
+            Message::RunDetails(d) => Ok(d.run),
+            other => Err(ClientError::Unexpected(other.kind())),
+        }
+    }
+
+    /// The newest runs (at most `limit`; 0 means the server's default).
+    pub async fn runs(&self, limit: u32) -> Result<Vec<RunInfo>, ClientError> {
+        match self.call(ListRuns { limit }).await? {
+            Message::RunList(l) => Ok(l.runs),
+            other => Err(ClientError::Unexpected(other.kind())),
+        }
+    }
+
+    /// Cancels a run: its unfinished jobs are cancelled, waiting ones skipped.
+    pub async fn cancel_run(&self, run_id: u64) -> Result<(), ClientError> {
+        match self.call(CancelRun { run_id }).await? {
+            Message::Ack(_) => Ok(()),
             other => Err(ClientError::Unexpected(other.kind())),
         }
     }

@@ -172,6 +172,84 @@ fn runner_info() -> impl Strategy<Value = RunnerInfo> {
         )
 }
 
+fn run_job_info() -> impl Strategy<Value = RunJobInfo> {
+    (
+        (
+            text(),
+            text(),
+            one_of(RunJobState::ALL),
+            proptest::option::of(any::<u64>()),
+        ),
+        (
+            proptest::option::of(text()),
+            proptest::option::of(any::<i32>()),
+            proptest::option::of(any::<u64>()),
+            proptest::option::of(any::<u64>()),
+            any::<bool>(),
+            text(),
+        ),
+    )
+        .prop_map(
+            |(
+                (name, stage, state, job_id),
+                (runner, exit_code, started_at_ms, finished_at_ms, allow_failure, reason),
+            )| RunJobInfo {
+                name,
+                stage,
+                state,
+                job_id,
+                runner,
+                exit_code,
+                started_at_ms,
+                finished_at_ms,
+                allow_failure,
+                reason,
+            },
+        )
+}
+
+fn run_info() -> impl Strategy<Value = RunInfo> {
+    (
+        any::<u64>(),
+        text(),
+        one_of(RunState::ALL),
+        text(),
+        any::<u64>(),
+        proptest::option::of(any::<u64>()),
+        // Jobs with empty names and no options are the smallest list items:
+        // they check the decoder's count bound is not too tight.
+        prop_oneof![
+            vec(run_job_info(), 0..4),
+            (0usize..12).prop_map(|n| vec![
+                RunJobInfo {
+                    name: String::new(),
+                    stage: String::new(),
+                    state: RunJobState::Waiting,
+                    job_id: None,
+                    runner: None,
+                    exit_code: None,
+                    started_at_ms: None,
+                    finished_at_ms: None,
+                    allow_failure: false,
+                    reason: String::new(),
+                };
+                n
+            ]),
+        ],
+    )
+        .prop_map(
+            |(run_id, name, state, message, created_at_ms, finished_at_ms, jobs)| RunInfo {
+                run_id,
+                name,
+                state,
+                message,
+                created_at_ms,
+                finished_at_ms,
+                jobs,
+            },
+        )
+}
+
 fn event_body() -> impl Strategy<Value = EventBody> {
     prop_oneof![
         (
@@ -399,6 +477,21 @@ fn message() -> impl Strategy<Value = Message> {
                 }
                 .into()
             })
+            .boxed(),
+        (text(), prop_oneof![text(), "[a-z: \\[\\]\n-]{0,200}"])
+            .prop_map(|(file_name, yaml)| SubmitPipeline { file_name, yaml }.into())
+            .boxed(),
+        any::<u64>()
+            .prop_map(|run_id| RunAccepted { run_id }.into())
+            .boxed(),
+        any::<u64>().prop_map(|run_id| GetRun { run_id }.into()).boxed(),
+        run_info().prop_map(|run| RunDetails { run }.into()).boxed(),
+        any::<u32>().prop_map(|limit| ListRuns { limit }.into()).boxed(),
+        vec(run_info(), 0..3)
+            .prop_map(|runs| RunList { runs }.into())
+            .boxed(),
+        any::<u64>()
+            .prop_map(|run_id| CancelRun { run_id }.into())
             .boxed(),
     ];
     Union::new(arms)

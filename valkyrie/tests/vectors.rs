@@ -249,6 +249,31 @@ fn committed_vectors_match_the_generator() {
     );
 }
 
+/// The pipeline in the `submit_pipeline` vector is one the server accepts,
+/// and the run in `run_details` has its jobs, in its order and stages.
+/// Needs the `pipeline` feature (`cargo test -p valkyrie --features pipeline`).
+#[cfg(feature = "pipeline")]
+#[test]
+fn pipeline_vectors_agree_with_the_validator() {
+    let pipeline = valkyrie::pipeline::parse("ci.yaml", CI_YAML).unwrap_or_else(|e| panic!("{e}"));
+    let jobs: Vec<(&str, &str)> = pipeline
+        .jobs
+        .iter()
+        .map(|j| (j.name.as_str(), j.stage.as_str()))
+        .collect();
+    let run = run_info_in_progress();
+    let listed: Vec<(&str, &str)> = run
+        .jobs
+        .iter()
+        .map(|j| (j.name.as_str(), j.stage.as_str()))
+        .collect();
+    assert_eq!(jobs, listed);
+    assert_eq!(pipeline.name, run.name);
+
+    let errors = valkyrie::pipeline::parse("ci.yaml", CI_YAML_INVALID).expect_err("two mistakes");
+    assert_eq!(errors.to_string(), CI_YAML_INVALID_ERRORS);
+}
+
 fn write<V: Serialize>(file: &str, data: &V) {
     let path = vectors_dir().join(file);
     let mut text = serde_json::to_string_pretty(data).unwrap();
@@ -402,6 +427,172 @@ fn job_info_failed() -> JobInfo {
         started_at_ms: Some(1_732_291_100_400),
         finished_at_ms: Some(1_732_291_160_900),
     }
+}
+
+/// The pipeline file of the `submit_pipeline` vector: two build-stage jobs,
+/// a package job that needs `build`, and a notification that always runs.
+const CI_YAML: &str = "\
+name: ci
+stages: [build, package, notify]
+env:
+  CARGO_TERM_COLOR: never
+jobs:
+  build:
+    stage: build
+    tags: [linux]
+    steps:
+      - cargo build --release
+  docs:
+    stage: build
+    steps:
+      - cargo doc --no-deps
+  package:
+    stage: package
+    needs: [build]
+    steps:
+      - tar czf valkyrie.tar.gz target/release/vk
+  notify:
+    stage: notify
+    if: always
+    steps:
+      - name: post status
+        run: ./notify.sh \"$CI_STATUS\"
+";
+
+/// The same file with two mistakes: the validator's answer is the message of
+/// the `request_failed_invalid_pipeline` vector.
+#[cfg(feature = "pipeline")]
+const CI_YAML_INVALID: &str = "\
+name: ci
+stages: [build, package]
+jobs:
+  build:
+    stage: build
+    timeout: 10
+    steps:
+      - cargo build --release
+  package:
+    stage: package
+    needs: [biuld]
+    steps:
+      - tar czf valkyrie.tar.gz target/release/vk
+";
+
+/// What the server answers to `CI_YAML_INVALID`: every error, one per line,
+/// each followed by its hint.
+const CI_YAML_INVALID_ERRORS: &str = "\
+ci.yaml:6:14: bad duration `10` for job `build` timeout
+  hint: use a number with a unit, e.g. 90s, 10m, 1h 30m
+ci.yaml:11:13: job `package` needs `biuld`, which is not defined
+  hint: did you mean `build`?";
+
+/// A run of `CI_YAML` in progress: `build` failed, so `package` was skipped;
+/// `docs` still runs and `notify` (if: always) waits for it.
+fn run_info_in_progress() -> RunInfo {
+    RunInfo {
+        run_id: 17,
+        name: "ci".into(),
+        state: RunState::Running,
+        message: String::new(),
+        created_at_ms: 1_732_291_300_000,
+        finished_at_ms: None,
+        jobs: vec![
+            RunJobInfo {
+                name: "build".into(),
+                stage: "build".into(),
+                state: RunJobState::Failed,
+                job_id: Some(2001),
+                runner: Some("linux-x64-07".into()),
+                exit_code: Some(101),
+                started_at_ms: Some(1_732_291_300_450),
+                finished_at_ms: Some(1_732_291_342_100),
+                allow_failure: false,
+                reason: "step `cargo build --release` exited with 101".into(),
+            },
+            RunJobInfo {
+                name: "docs".into(),
+                stage: "build".into(),
+                state: RunJobState::Running,
+                job_id: Some(2002),
+                runner: Some("linux-x64-03".into()),
+                exit_code: None,
+                started_at_ms: Some(1_732_291_300_520),
+                finished_at_ms: None,
+                allow_failure: false,
+                reason: String::new(),
+            },
+            RunJobInfo {
+                name: "package".into(),
+                stage: "package".into(),
+                state: RunJobState::Skipped,
+                job_id: None,
+                runner: None,
+                exit_code: None,
+                started_at_ms: None,
+                finished_at_ms: None,
+                allow_failure: false,
+                reason: "skipped: needs `build` failed".into(),
+            },
+            RunJobInfo {
+                name: "notify".into(),
+                stage: "notify".into(),
+                state: RunJobState::Waiting,
+                job_id: None,
+                runner: None,
+                exit_code: None,
+                started_at_ms: None,
+                finished_at_ms: None,
+                allow_failure: false,
+                reason: "waiting for docs".into(),
+            },
+        ],
+    }
+}
+
+/// Two finished runs, as a listing shows them.
+fn finished_runs() -> Vec<RunInfo> {
+    vec![
+        RunInfo {
+            run_id: 16,
+            name: "nightly".into(),
+            state: RunState::TimedOut,
+            message: "run timed out".into(),
+            created_at_ms: 1_732_240_800_000,
+            finished_at_ms: Some(1_732_248_000_000),
+            jobs: vec![RunJobInfo {
+                name: "fuzz [target=frame]".into(),
+                stage: "default".into(),
+                state: RunJobState::Cancelled,
+                job_id: Some(1990),
+                runner: Some("linux-x64-01".into()),
+                exit_code: None,
+                started_at_ms: Some(1_732_240_801_000),
+                finished_at_ms: Some(1_732_248_000_000),
+                allow_failure: false,
+                reason: "cancelled: run timed out".into(),
+            }],
+        },
+        RunInfo {
+            run_id: 15,
+            name: "ci".into(),
+            state: RunState::Succeeded,
+            message: "1 jobs succeeded, 0 skipped".into(),
+            created_at_ms: 1_732_200_000_000,
+            finished_at_ms: Some(1_732_200_095_000),
+            jobs: vec![RunJobInfo {
+                name: "lint".into(),
+                stage: "default".into(),
+                state: RunJobState::Failed,
+                job_id: Some(1985),
+                runner: Some("linux-x64-03".into()),
+                exit_code: Some(1),
+                started_at_ms: Some(1_732_200_001_000),
+                finished_at_ms: Some(1_732_200_095_000),
+                allow_failure: true,
+                reason: "step `cargo clippy` exited with 1".into(),
+            }],
+        },
+    ]
 }
 
 type MessageCase = (&'static str, u64, Flags, Message);
@@ -775,6 +966,49 @@ fn message_cases() -> Vec<MessageCase> {
             }
             .into(),
         ),
+        // ---- pipelines ----
+        (
+            "submit_pipeline",
+            110,
+            none,
+            SubmitPipeline {
+                file_name: "ci.yaml".into(),
+                yaml: CI_YAML.into(),
+            }
+            .into(),
+        ),
+        ("run_accepted", 110, reply(), RunAccepted { run_id: 17 }.into()),
+        (
+            "request_failed_invalid_pipeline",
+            110,
+            reply(),
+            RequestFailed {
+                code: ErrorCode::INVALID_REQUEST,
+                message: CI_YAML_INVALID_ERRORS.into(),
+            }
+            .into(),
+        ),
+        ("get_run", 111, none, GetRun { run_id: 17 }.into()),
+        (
+            "run_details",
+            111,
+            reply(),
+            RunDetails {
+                run: run_info_in_progress(),
+            }
+            .into(),
+        ),
+        ("list_runs", 112, none, ListRuns { limit: 20 }.into()),
+        (
+            "run_list",
+            112,
+            reply(),
+            RunList {
+                runs: finished_runs(),
+            }
+            .into(),
+        ),
+        ("cancel_run", 113, none, CancelRun { run_id: 17 }.into()),
     ]
 }
 
@@ -1005,6 +1239,28 @@ fn malformed_cases() -> Vec<MalformedCase> {
             "invalid_option_tag",
             "A Subscribe whose `job_id` option tag is 2 (0 absent, 1 present).",
             frame(FrameKind::SUBSCRIBE, &[2, 0, 0]),
+            "invalid_value",
+        ),
+        case(
+            "invalid_enum_run_job_state",
+            "A RunDetails whose one job has `state` 10 (0 waiting … 9 skipped).",
+            frame(
+                FrameKind::RUN_DETAILS,
+                &[
+                    &17u64.to_le_bytes()[..],
+                    &lp(b"ci"),
+                    &[0],
+                    &lp(b""),
+                    &1_732_291_300_000u64.to_le_bytes(),
+                    &[0],
+                    &1u32.to_le_bytes(),
+                    &lp(b"build"),
+                    &lp(b"build"),
+                    &[10, 0, 0, 0, 0, 0, 0],
+                    &lp(b""),
+                ]
+                .concat(),
+            ),
             "invalid_value",
         ),
         case(

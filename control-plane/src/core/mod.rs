@@ -20,13 +20,15 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 use valkyrie::message::{
     Assign, CancelAssignment, EventBody, JobAccepted, JobDetails, JobList, JobSpec, JobState, Message,
-    OutputStream, RegisterRunner, RunnerList, RunnerRegistered, RunningAttempt,
+    OutputStream, RegisterRunner, RunAccepted, RunDetails, RunList, RunState, RunnerList, RunnerRegistered,
+    RunningAttempt,
 };
 use valkyrie::{ErrorCode, SessionSender};
 
 use crate::auth::Tokens;
 use crate::job::{Disposition, JobRecord, TransitionError};
 use crate::responder::Responder;
+use crate::run::Run;
 use crate::scheduler::{Availability, JobId, QueuedJob, RunnerId, Scheduler, SchedulerConfig};
 pub use events::Subscribers;
 pub use runners::{Link, RunnerRecord};
@@ -71,6 +73,22 @@ pub enum Command {
     ListJobs(u32, Responder),
     /// Runners; answered with RunnerList.
     ListRunners(Responder),
+    /// Start a run of a pipeline file; answered with RunAccepted, or with
+    /// RequestFailed listing every validation error.
+    SubmitPipeline {
+        /// File name, for error positions.
+        file_name: String,
+        /// The YAML text.
+        yaml: String,
+        /// Where the answer goes.
+        reply: Responder,
+    },
+    /// One run; answered with RunDetails.
+    GetRun(u64, Responder),
+    /// Newest runs; answered with RunList.
+    ListRuns(u32, Responder),
+    /// Cancel a run; answered with Ack.
+    CancelRun(u64, Responder),
     /// Start a subscription (events carry the responder's correlation id).
     Subscribe {
         /// One job or all.
@@ -174,6 +192,10 @@ pub struct Core {
     next_runner: u64,
     finished: std::collections::VecDeque<JobId>,
     pending_results: HashMap<JobId, PendingResult>,
+    runs: BTreeMap<u64, Run>,
+    /// Which run (and which of its jobs) a job belongs to.
+    job_runs: HashMap<JobId, (u64, usize)>,
+    next_run: u64,
     started: Instant,
 }
 
@@ -193,6 +215,9 @@ pub fn spawn(config: CoreConfig, tokens: Arc<Tokens>) -> CoreHandle {
         next_runner: 1,
         finished: Default::default(),
         pending_results: HashMap::new(),
+        runs: BTreeMap::new(),
+        job_runs: HashMap::new(),
+        next_run: 1,
         started: Instant::now(),
     };
     tokio::spawn(core.run(rx));
@@ -249,6 +274,31 @@ impl Core {
                 runners.sort_by_key(|r| r.runner_id);
                 reply.reply(RunnerList { runners });
             }
+            Command::SubmitPipeline {
+                file_name,
+                yaml,
+                reply,
+            } => self.submit_pipeline(&file_name, &yaml, reply),
+            Command::GetRun(id, reply) => match self.runs.get(&id) {
+                Some(run) => reply.reply(RunDetails {
+                    run: self.run_info(run),
+                }),
+                None => reply.fail(ErrorCode::NOT_FOUND, format!("no run {id}")),
+            },
+            Command::ListRuns(limit, reply) => {
+                let limit = if limit == 0 { 50 } else { limit as usize };
+                let runs = self
+                    .runs
+                    .values()
+                    .rev()
+                    .take(limit)
+                    .map(|r| self.run_info(r))
+                    .collect();
+                reply.reply(RunList { runs });
+            }
+            Command::CancelRun(id, reply) => {
+                self.end_run(id, RunState::Cancelled, "cancelled by user", reply)
+            }
             Command::Subscribe {
                 job,
                 logs,
@@ -289,14 +339,84 @@ impl Core {
             reply.fail(ErrorCode::INVALID_REQUEST, problem);
             return;
         }
+        let id = self.create_job(spec);
+        reply.reply(JobAccepted { job_id: id.0 });
+    }
+
+    fn create_job(&mut self, spec: JobSpec) -> JobId {
         let id = JobId(self.next_job);
         self.next_job += 1;
         let record = JobRecord::new(id, spec, now_ms());
         self.enqueue(&record);
         debug!(job_id = id.0, name = %record.spec.name, "job queued");
         self.jobs.insert(id, record);
-        reply.reply(JobAccepted { job_id: id.0 });
         self.publish_state(id);
+        id
+    }
+
+    // ---- runs ----
+
+    fn submit_pipeline(&mut self, file_name: &str, yaml: &str, reply: Responder) {
+        let pipeline = match valkyrie::pipeline::parse(file_name, yaml) {
+            Ok(p) => p,
+            Err(errors) => {
+                reply.fail(ErrorCode::INVALID_REQUEST, errors.to_string());
+                return;
+            }
+        };
+        let id = self.next_run;
+        self.next_run += 1;
+        info!(run_id = id, pipeline = %pipeline.name, jobs = pipeline.jobs.len(), "run created");
+        self.runs
+            .insert(id, Run::new(id, pipeline, now_ms(), Instant::now()));
+        reply.reply(RunAccepted { run_id: id });
+        self.advance_run(id);
+    }
+
+    /// Releases the jobs of run `id` that are ready, and ends the run when
+    /// nothing is left.
+    fn advance_run(&mut self, id: u64) {
+        let Some(run) = self.runs.get_mut(&id) else { return };
+        let ready = run.advance();
+        let specs: Vec<(usize, JobSpec)> = ready
+            .iter()
+            .map(|&i| (i, run.pipeline().jobs[i].spec.clone()))
+            .collect();
+        for (index, spec) in specs {
+            let job = self.create_job(spec);
+            self.job_runs.insert(job, (id, index));
+            if let Some(run) = self.runs.get_mut(&id) {
+                run.released(index, job);
+            }
+        }
+        if let Some(run) = self.runs.get_mut(&id) {
+            if run.finish_if_done(now_ms()) {
+                info!(run_id = id, state = run.state().as_str(), "run finished");
+            }
+        }
+    }
+
+    fn end_run(&mut self, id: u64, state: RunState, why: &str, reply: Responder) {
+        let Some(run) = self.runs.get_mut(&id) else {
+            reply.fail(ErrorCode::NOT_FOUND, format!("no run {id}"));
+            return;
+        };
+        if run.state().is_terminal() {
+            reply.fail(
+                ErrorCode::CONFLICT,
+                format!("run {id} already {}", run.state().as_str()),
+            );
+            return;
+        }
+        for job in run.end_early(state, why) {
+            self.cancel(job, Responder::detached());
+        }
+        self.advance_run(id);
+        reply.ack();
+    }
+
+    fn run_info(&self, run: &Run) -> valkyrie::message::RunInfo {
+        run.info(|id| self.jobs.get(&id).map(|j| (j, self.job_info(j).reason)))
     }
 
     fn enqueue(&mut self, record: &JobRecord) {
@@ -369,6 +489,11 @@ impl Core {
     }
 
     fn publish_state(&mut self, id: JobId) {
+        if let (Some(&(run, index)), Some(job)) = (self.job_runs.get(&id), self.jobs.get(&id)) {
+            if let Some(run) = self.runs.get_mut(&run) {
+                run.job_changed(index, job.state());
+            }
+        }
         if self.subscribers.is_empty() {
             return;
         }
@@ -393,11 +518,15 @@ impl Core {
             }
         }
         self.publish_state(id);
+        if let Some(&(run, _)) = self.job_runs.get(&id) {
+            self.advance_run(run);
+        }
         self.finished.push_back(id);
         while self.finished.len() > self.config.finished_job_retention {
             if let Some(old) = self.finished.pop_front() {
                 self.jobs.remove(&old);
                 self.logs.remove(&old);
+                self.job_runs.remove(&old);
             }
         }
     }
@@ -459,6 +588,20 @@ impl Core {
                     }
                 }
                 events.push(EventBody::ReplayDone);
+                if record.state().is_terminal() {
+                    // No live event can follow a final state, so the history
+                    // may be sent with backpressure, whatever its size,
+                    // without the core waiting on the subscriber.
+                    tokio::spawn(async move {
+                        for body in events {
+                            let event = valkyrie::message::Event { job_id: id.0, body };
+                            if sender.reply(correlation, event).await.is_err() {
+                                return;
+                            }
+                        }
+                    });
+                    return;
+                }
                 for body in events {
                     let event = valkyrie::message::Event { job_id: id.0, body };
                     if sender.try_reply(correlation, event).is_err() {
@@ -771,6 +914,16 @@ impl Core {
     // ---- time ----
 
     fn on_tick(&mut self, now: Instant) {
+        let timed_out: Vec<u64> = self
+            .runs
+            .values()
+            .filter(|r| !r.state().is_terminal() && r.deadline.is_some_and(|d| now >= d))
+            .map(|r| r.id)
+            .collect();
+        for id in timed_out {
+            warn!(run_id = id, "run timed out");
+            self.end_run(id, RunState::TimedOut, "run timed out", Responder::detached());
+        }
         let late: Vec<JobId> = self
             .pending_results
             .iter()

@@ -88,6 +88,20 @@ kinds! {
     JOB_RESULT = 0x35;
     /// The server tells an agent to stop an attempt.
     CANCEL_ASSIGNMENT = 0x36;
+    /// A client submits a pipeline file; the server starts a run of it.
+    SUBMIT_PIPELINE = 0x40;
+    /// The server created a run.
+    RUN_ACCEPTED = 0x41;
+    /// A client asks for one run.
+    GET_RUN = 0x42;
+    /// One run's details.
+    RUN_DETAILS = 0x43;
+    /// A client lists runs.
+    LIST_RUNS = 0x44;
+    /// The list of runs.
+    RUN_LIST = 0x45;
+    /// A client cancels a run.
+    CANCEL_RUN = 0x46;
 }
 
 impl fmt::Debug for FrameKind {

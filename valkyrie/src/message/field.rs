@@ -112,7 +112,16 @@ macro_rules! enum_field {
         }
     )*};
 }
-enum_field!(Role, JobState, JobOutcome, StepOutcome, OutputStream, RunnerState);
+enum_field!(
+    Role,
+    JobState,
+    JobOutcome,
+    StepOutcome,
+    OutputStream,
+    RunnerState,
+    RunState,
+    RunJobState
+);
 
 macro_rules! struct_field {
     ($($t:ty = $min:expr),*) => {$(
@@ -128,6 +137,8 @@ macro_rules! struct_field {
     )*};
 }
 struct_field!(
+    RunInfo = 30,
+    RunJobInfo = 19,
     JobSpec = 40,
     StepSpec = 11,
     JobInfo = 40,

@@ -373,6 +373,53 @@ messages! {
         /// Why.
         reason: String,
     }
+
+    // ---- pipelines ----
+
+    /// Client → server: run this pipeline file. The server validates it with
+    /// the same validator as the CLI; errors come back in RequestFailed.
+    SubmitPipeline = SUBMIT_PIPELINE on Control {
+        /// File name, for error positions.
+        file_name: String,
+        /// The YAML text.
+        yaml: String,
+    }
+
+    /// Server → client: the run was created.
+    RunAccepted = RUN_ACCEPTED on Control {
+        /// Its id.
+        run_id: u64,
+    }
+
+    /// Client → server: one run's details.
+    GetRun = GET_RUN on Control {
+        /// Which.
+        run_id: u64,
+    }
+
+    /// Server → client: one run's details.
+    RunDetails = RUN_DETAILS on Control {
+        /// The run.
+        run: RunInfo,
+    }
+
+    /// Client → server: list runs, newest first.
+    ListRuns = LIST_RUNS on Control {
+        /// At most this many.
+        limit: u32,
+    }
+
+    /// Server → client: runs.
+    RunList = RUN_LIST on Control {
+        /// The runs.
+        runs: Vec<RunInfo>,
+    }
+
+    /// Client → server: cancel every unfinished job of a run. Answered by Ack.
+    CancelRun = CANCEL_RUN on Control {
+        /// Which.
+        run_id: u64,
+    }
 }
 
 /// A (job, attempt) pair an agent is running.

@@ -571,3 +571,201 @@ impl EventBody {
         }
     }
 }
+
+wire_enum! {
+    /// Where a pipeline run is.
+    RunState {
+        /// Jobs are waiting, queued or running.
+        Running = 0,
+        /// Every job succeeded, was allowed to fail, or was skipped by its condition.
+        Succeeded = 1,
+        /// A job failed (and was not allowed to).
+        Failed = 2,
+        /// Cancelled by a user.
+        Cancelled = 3,
+        /// Ran over the pipeline timeout.
+        TimedOut = 4,
+    }
+}
+
+impl RunState {
+    /// Whether the state is final.
+    pub fn is_terminal(self) -> bool {
+        self != Self::Running
+    }
+
+    /// The lower-case name used in listings.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Running => "running",
+            Self::Succeeded => "succeeded",
+            Self::Failed => "failed",
+            Self::Cancelled => "cancelled",
+            Self::TimedOut => "timed_out",
+        }
+    }
+}
+
+wire_enum! {
+    /// Where one job of a run is.
+    RunJobState {
+        /// Waiting for the jobs it depends on.
+        Waiting = 0,
+        /// Released: waiting for a runner.
+        Queued = 1,
+        /// Leased to a runner.
+        Assigned = 2,
+        /// Running.
+        Running = 3,
+        /// Succeeded.
+        Succeeded = 4,
+        /// Failed.
+        Failed = 5,
+        /// Cancelled.
+        Cancelled = 6,
+        /// Ran over its timeout.
+        TimedOut = 7,
+        /// Its runner vanished and no retry remained.
+        Lost = 8,
+        /// Not run: its condition on the jobs it depends on was not met.
+        Skipped = 9,
+    }
+}
+
+impl RunJobState {
+    /// The state of a released job.
+    pub fn from_job(state: JobState) -> Self {
+        match state {
+            JobState::Queued => Self::Queued,
+            JobState::Assigned => Self::Assigned,
+            JobState::Running => Self::Running,
+            JobState::Succeeded => Self::Succeeded,
+            JobState::Failed => Self::Failed,
+            JobState::Cancelled => Self::Cancelled,
+            JobState::TimedOut => Self::TimedOut,
+            JobState::Lost => Self::Lost,
+        }
+    }
+
+    /// Whether the state is final.
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            Self::Succeeded | Self::Failed | Self::Cancelled | Self::TimedOut | Self::Lost | Self::Skipped
+        )
+    }
+
+    /// The lower-case name used in listings.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Waiting => "waiting",
+            Self::Queued => "queued",
+            Self::Assigned => "assigned",
+            Self::Running => "running",
+            Self::Succeeded => "succeeded",
+            Self::Failed => "failed",
+            Self::Cancelled => "cancelled",
+            Self::TimedOut => "timed_out",
+            Self::Lost => "lost",
+            Self::Skipped => "skipped",
+        }
+    }
+}
+
+/// One job of a run, as listings show it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunJobInfo {
+    /// Name within the pipeline (matrix jobs: `name [key=value]`).
+    pub name: String,
+    /// Stage.
+    pub stage: String,
+    /// State.
+    pub state: RunJobState,
+    /// The job's id once released.
+    pub job_id: Option<u64>,
+    /// Runner of the current attempt.
+    pub runner: Option<String>,
+    /// Exit code of the failing or last step.
+    pub exit_code: Option<i32>,
+    /// When it started running (ms since the Unix epoch).
+    pub started_at_ms: Option<u64>,
+    /// When it finished.
+    pub finished_at_ms: Option<u64>,
+    /// Its failure does not fail the run.
+    pub allow_failure: bool,
+    /// Why it waits, or how it ended.
+    pub reason: String,
+}
+
+impl RunJobInfo {
+    pub(crate) fn read(r: &mut Reader) -> Result<Self, DecodeError> {
+        Ok(Self {
+            name: r.string("name")?,
+            stage: r.string("stage")?,
+            state: RunJobState::read(r, "state")?,
+            job_id: r.option("job_id", |r| r.u64("job_id"))?,
+            runner: r.option("runner", |r| r.string("runner"))?,
+            exit_code: r.option("exit_code", |r| r.i32("exit_code"))?,
+            started_at_ms: r.option("started_at_ms", |r| r.u64("started_at_ms"))?,
+            finished_at_ms: r.option("finished_at_ms", |r| r.u64("finished_at_ms"))?,
+            allow_failure: r.bool("allow_failure")?,
+            reason: r.string("reason")?,
+        })
+    }
+
+    pub(crate) fn write(&self, w: &mut Writer) {
+        w.string(&self.name);
+        w.string(&self.stage);
+        self.state.write(w);
+        w.option(&self.job_id, |w, v| w.u64(*v));
+        w.option(&self.runner, |w, v| w.string(v));
+        w.option(&self.exit_code, |w, v| w.i32(*v));
+        w.option(&self.started_at_ms, |w, v| w.u64(*v));
+        w.option(&self.finished_at_ms, |w, v| w.u64(*v));
+        w.bool(self.allow_failure);
+        w.string(&self.reason);
+    }
+}
+
+/// A pipeline run.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunInfo {
+    /// Run id.
+    pub run_id: u64,
+    /// Pipeline name.
+    pub name: String,
+    /// State.
+    pub state: RunState,
+    /// How it ended, for people.
+    pub message: String,
+    /// Creation time (ms since the Unix epoch).
+    pub created_at_ms: u64,
+    /// When it reached its final state.
+    pub finished_at_ms: Option<u64>,
+    /// Its jobs, in pipeline order.
+    pub jobs: Vec<RunJobInfo>,
+}
+
+impl RunInfo {
+    pub(crate) fn read(r: &mut Reader) -> Result<Self, DecodeError> {
+        Ok(Self {
+            run_id: r.u64("run_id")?,
+            name: r.string("name")?,
+            state: RunState::read(r, "state")?,
+            message: r.string("message")?,
+            created_at_ms: r.u64("created_at_ms")?,
+            finished_at_ms: r.option("finished_at_ms", |r| r.u64("finished_at_ms"))?,
+            jobs: r.list("jobs", 19, RunJobInfo::read)?,
+        })
+    }
+
+    pub(crate) fn write(&self, w: &mut Writer) {
+        w.u64(self.run_id);
+        w.string(&self.name);
+        self.state.write(w);
+        w.string(&self.message);
+        w.u64(self.created_at_ms);
+        w.option(&self.finished_at_ms, |w, v| w.u64(*v));
+        w.list(&self.jobs, |w, j| j.write(w));
+    }
+}

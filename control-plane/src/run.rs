@@ -1,0 +1,438 @@
+//! A pipeline run: which of its jobs are released, waiting or skipped, and
+//! when the run is over. Pure decisions, no I/O: the core releases what
+//! [`Run::advance`] returns and reports final job states back.
+//!
+//! ```text
+//!   waiting --deps final, condition met--> released --> (job states) --> final
+//!      |
+//!      +--deps final, condition not met, or run cancelled--> skipped
+//!
+//!   run: running --every job final or skipped--> succeeded | failed
+//!        running --cancel--> (unfinished jobs cancelled, waiting skipped) --> cancelled
+//!        running --timeout--> (likewise) --> timed_out
+//! ```
+
+use std::time::Instant;
+
+use valkyrie::message::{JobState, RunInfo, RunJobInfo, RunJobState, RunState};
+use valkyrie::pipeline::{Condition, Pipeline};
+
+use crate::job::JobRecord;
+use crate::scheduler::JobId;
+
+/// Where one pipeline job is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Slot {
+    Waiting,
+    Released {
+        job: JobId,
+        state: JobState,
+    },
+    Skipped {
+        reason: String,
+        because_of_failure: bool,
+    },
+}
+
+/// One run of a pipeline.
+#[derive(Debug)]
+pub struct Run {
+    /// Id.
+    pub id: u64,
+    pipeline: Pipeline,
+    slots: Vec<Slot>,
+    state: RunState,
+    message: String,
+    created_at_ms: u64,
+    finished_at_ms: Option<u64>,
+    /// When the run-level timeout fires.
+    pub deadline: Option<Instant>,
+    ending: Option<RunState>,
+}
+
+impl Run {
+    /// A new run; call [`advance`](Self::advance) to get the first jobs.
+    pub fn new(id: u64, pipeline: Pipeline, now_ms: u64, now: Instant) -> Self {
+        let deadline =
+            (pipeline.timeout_ms > 0).then(|| now + std::time::Duration::from_millis(pipeline.timeout_ms));
+        let slots = vec![Slot::Waiting; pipeline.jobs.len()];
+        Self {
+            id,
+            pipeline,
+            slots,
+            state: RunState::Running,
+            message: String::new(),
+            created_at_ms: now_ms,
+            finished_at_ms: None,
+            deadline,
+            ending: None,
+        }
+    }
+
+    /// The run's state.
+    pub fn state(&self) -> RunState {
+        self.state
+    }
+
+    /// The pipeline.
+    pub fn pipeline(&self) -> &Pipeline {
+        &self.pipeline
+    }
+
+    /// Decides every waiting job whose dependencies are all final: returns
+    /// the indices to release now and marks the skipped ones. Repeats until
+    /// nothing changes, since a skip can decide its dependents.
+    pub fn advance(&mut self) -> Vec<usize> {
+        let mut release = Vec::new();
+        loop {
+            let mut changed = false;
+            for i in 0..self.slots.len() {
+                if self.slots[i] != Slot::Waiting || release.contains(&i) {
+                    continue;
+                }
+                if self.ending.is_some() {
+                    self.slots[i] = Slot::Skipped {
+                        reason: "run ended".into(),
+                        because_of_failure: false,
+                    };
+                    changed = true;
+                    continue;
+                }
+                match self.decide(i) {
+                    Decision::Wait => {}
+                    Decision::Release => release.push(i),
+                    Decision::Skip {
+                        reason,
+                        because_of_failure,
+                    } => {
+                        self.slots[i] = Slot::Skipped {
+                            reason,
+                            because_of_failure,
+                        };
+                        changed = true;
+                    }
+                }
+            }
+            if !changed {
+                return release;
+            }
+        }
+    }
+
+    fn decide(&self, i: usize) -> Decision {
+        let job = &self.pipeline.jobs[i];
+        let mut failed = None;
+        let mut skipped = None;
+        for &d in &job.depends_on {
+            let dep = &self.pipeline.jobs[d];
+            match &self.slots[d] {
+                Slot::Waiting => return Decision::Wait,
+                Slot::Released { state, .. } if !state.is_terminal() => return Decision::Wait,
+                Slot::Released { state, .. } => {
+                    if *state != JobState::Succeeded && !dep.allow_failure && failed.is_none() {
+                        failed = Some(format!("`{}` {}", dep.name, state.as_str()));
+                    }
+                }
+                Slot::Skipped {
+                    because_of_failure, ..
+                } => {
+                    if *because_of_failure && failed.is_none() {
+                        failed = Some(format!("`{}` was skipped after a failure", dep.name));
+                    } else if skipped.is_none() {
+                        skipped = Some(format!("`{}` was skipped", dep.name));
+                    }
+                }
+            }
+        }
+        match job.condition {
+            Condition::Always => Decision::Release,
+            Condition::OnSuccess => match (failed, skipped) {
+                (Some(f), _) => Decision::Skip {
+                    reason: format!("skipped: needs {f}"),
+                    because_of_failure: true,
+                },
+                (None, Some(s)) => Decision::Skip {
+                    reason: format!("skipped: needs {s}"),
+                    because_of_failure: false,
+                },
+                (None, None) => Decision::Release,
+            },
+            Condition::OnFailure => match failed {
+                Some(_) => Decision::Release,
+                None => Decision::Skip {
+                    reason: "skipped: runs only on failure, and nothing failed".into(),
+                    because_of_failure: false,
+                },
+            },
+        }
+    }
+
+    /// Records that pipeline job `index` was released as `job`.
+    pub fn released(&mut self, index: usize, job: JobId) {
+        self.slots[index] = Slot::Released {
+            job,
+            state: JobState::Queued,
+        };
+    }
+
+    /// Records a released job's new state.
+    pub fn job_changed(&mut self, index: usize, state: JobState) {
+        if let Slot::Released { state: s, .. } = &mut self.slots[index] {
+            *s = state;
+        }
+    }
+
+    /// Starts ending the run early (cancel or timeout): returns the released
+    /// jobs that are not final, to be cancelled; waiting jobs will be skipped.
+    pub fn end_early(&mut self, state: RunState, why: &str) -> Vec<JobId> {
+        if self.state.is_terminal() || self.ending.is_some() {
+            return Vec::new();
+        }
+        self.ending = Some(state);
+        self.message = why.to_owned();
+        self.advance();
+        self.slots
+            .iter()
+            .filter_map(|s| match s {
+                Slot::Released { job, state } if !state.is_terminal() => Some(*job),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Ends the run once every job is final or skipped. Returns whether it
+    /// ended now.
+    pub fn finish_if_done(&mut self, now_ms: u64) -> bool {
+        if self.state.is_terminal() {
+            return false;
+        }
+        let done = self.slots.iter().all(|s| match s {
+            Slot::Waiting => false,
+            Slot::Released { state, .. } => state.is_terminal(),
+            Slot::Skipped { .. } => true,
+        });
+        if !done {
+            return false;
+        }
+        let failure = self
+            .slots
+            .iter()
+            .zip(&self.pipeline.jobs)
+            .find_map(|(s, j)| match s {
+                Slot::Released { state, .. } if *state != JobState::Succeeded && !j.allow_failure => {
+                    Some(format!("job `{}` {}", j.name, state.as_str()))
+                }
+                _ => None,
+            });
+        self.state = match (self.ending, failure) {
+            (Some(ending), _) => ending,
+            (None, Some(f)) => {
+                self.message = f;
+                RunState::Failed
+            }
+            (None, None) => {
+                let count = |f: &dyn Fn(&Slot) -> bool| self.slots.iter().filter(|s| f(s)).count();
+                let succeeded = count(&|s| {
+                    matches!(
+                        s,
+                        Slot::Released {
+                            state: JobState::Succeeded,
+                            ..
+                        }
+                    )
+                });
+                let skipped = count(&|s| matches!(s, Slot::Skipped { .. }));
+                let allowed = self.slots.len() - succeeded - skipped;
+                self.message =
+                    format!("{succeeded} succeeded, {allowed} failed (allowed), {skipped} skipped");
+                RunState::Succeeded
+            }
+        };
+        self.finished_at_ms = Some(now_ms);
+        true
+    }
+
+    /// The listing view; `job` looks up released jobs.
+    pub fn info<'a>(&self, job: impl Fn(JobId) -> Option<(&'a JobRecord, String)>) -> RunInfo {
+        let jobs = self
+            .pipeline
+            .jobs
+            .iter()
+            .zip(&self.slots)
+            .map(|(pj, slot)| {
+                let mut info = RunJobInfo {
+                    name: pj.name.clone(),
+                    stage: pj.stage.clone(),
+                    state: RunJobState::Waiting,
+                    job_id: None,
+                    runner: None,
+                    exit_code: None,
+                    started_at_ms: None,
+                    finished_at_ms: None,
+                    allow_failure: pj.allow_failure,
+                    reason: String::new(),
+                };
+                match slot {
+                    Slot::Waiting => {
+                        let waiting_on: Vec<&str> = pj
+                            .depends_on
+                            .iter()
+                            .filter(|&&d| match &self.slots[d] {
+                                Slot::Waiting => true,
+                                Slot::Released { state, .. } => !state.is_terminal(),
+                                Slot::Skipped { .. } => false,
+                            })
+                            .map(|&d| self.pipeline.jobs[d].name.as_str())
+                            .collect();
+                        info.reason = format!("waiting for {}", waiting_on.join(", "));
+                    }
+                    Slot::Skipped { reason, .. } => {
+                        info.state = RunJobState::Skipped;
+                        info.reason = reason.clone();
+                    }
+                    Slot::Released { job: id, state } => {
+                        info.state = RunJobState::from_job(*state);
+                        info.job_id = Some(id.0);
+                        if let Some((record, reason)) = job(*id) {
+                            info.runner = record.runner_name.clone();
+                            info.exit_code = record.exit_code;
+                            info.started_at_ms = record.started_at_ms;
+                            info.finished_at_ms = record.finished_at_ms;
+                            info.reason = reason;
+                        }
+                    }
+                }
+                info
+            })
+            .collect();
+        RunInfo {
+            run_id: self.id,
+            name: self.pipeline.name.clone(),
+            state: self.state,
+            message: self.message.clone(),
+            created_at_ms: self.created_at_ms,
+            finished_at_ms: self.finished_at_ms,
+            jobs,
+        }
+    }
+}
+
+enum Decision {
+    Wait,
+    Release,
+    Skip {
+        reason: String,
+        because_of_failure: bool,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(yaml: &str) -> Run {
+        let p = valkyrie::pipeline::parse("t.yaml", yaml).unwrap_or_else(|e| panic!("{e}"));
+        Run::new(1, p, 0, Instant::now())
+    }
+
+    fn names(r: &Run, idx: &[usize]) -> Vec<String> {
+        idx.iter().map(|&i| r.pipeline.jobs[i].name.clone()).collect()
+    }
+
+    /// Releases `idx` as jobs with ids equal to their index.
+    fn release(r: &mut Run, idx: &[usize]) {
+        for &i in idx {
+            r.released(i, JobId(i as u64));
+        }
+    }
+
+    fn finish(r: &mut Run, name: &str, state: JobState) -> Vec<String> {
+        let i = r.pipeline.jobs.iter().position(|j| j.name == name).unwrap();
+        r.job_changed(i, state);
+        let next = r.advance();
+        release(r, &next);
+        names(r, &next)
+    }
+
+    const DAG: &str = "stages: [build, test, deploy]\njobs:\n  a:\n    stage: build\n    steps: [x]\n  b:\n    stage: build\n    steps: [x]\n  t:\n    stage: test\n    needs: [a]\n    steps: [x]\n  d:\n    stage: deploy\n    steps: [x]\n  clean:\n    stage: deploy\n    if: always\n    needs: [t]\n    steps: [x]\n  alarm:\n    stage: deploy\n    if: on_failure\n    steps: [x]\n";
+
+    #[test]
+    fn jobs_are_released_as_their_needs_finish() {
+        let mut r = run(DAG);
+        let first = r.advance();
+        assert_eq!(names(&r, &first), ["a", "b"]);
+        release(&mut r, &first);
+        assert_eq!(finish(&mut r, "a", JobState::Succeeded), ["t"], "t needs only a");
+        assert_eq!(finish(&mut r, "t", JobState::Succeeded), ["clean"]);
+        // d and alarm wait for every earlier-stage job, including b.
+        assert_eq!(finish(&mut r, "b", JobState::Succeeded), ["d"]);
+        assert!(r
+            .info(|_| None)
+            .jobs
+            .iter()
+            .any(|j| j.name == "alarm" && j.state == RunJobState::Skipped));
+        finish(&mut r, "clean", JobState::Succeeded);
+        finish(&mut r, "d", JobState::Succeeded);
+        assert!(r.finish_if_done(5));
+        assert_eq!(r.state(), RunState::Succeeded);
+    }
+
+    #[test]
+    fn a_failure_skips_dependents_runs_cleanup_and_fails_the_run() {
+        let mut r = run(DAG);
+        let first = r.advance();
+        release(&mut r, &first);
+        // t is skipped because of the failure, so clean (always, needs t)
+        // runs at once; after b, d is skipped and alarm (on_failure) runs.
+        assert_eq!(finish(&mut r, "a", JobState::Failed), ["clean"]);
+        let info = r.info(|_| None);
+        let t = info.jobs.iter().find(|j| j.name == "t").unwrap();
+        assert_eq!(t.state, RunJobState::Skipped);
+        assert!(t.reason.contains("`a` failed"), "{}", t.reason);
+        assert_eq!(finish(&mut r, "b", JobState::Succeeded), ["alarm"]);
+        finish(&mut r, "clean", JobState::Succeeded);
+        assert!(!r.finish_if_done(1), "alarm still runs");
+        finish(&mut r, "alarm", JobState::Succeeded);
+        assert!(r.finish_if_done(2));
+        assert_eq!(r.state(), RunState::Failed);
+        assert!(r.info(|_| None).message.contains("job `a` failed"));
+    }
+
+    #[test]
+    fn allowed_failures_do_not_skip_or_fail() {
+        let mut r = run("jobs:\n  flaky:\n    allow_failure: true\n    steps: [x]\n  next:\n    needs: [flaky]\n    steps: [x]\n");
+        let first = r.advance();
+        release(&mut r, &first);
+        assert_eq!(finish(&mut r, "flaky", JobState::Failed), ["next"]);
+        finish(&mut r, "next", JobState::Succeeded);
+        assert!(r.finish_if_done(1));
+        assert_eq!(r.state(), RunState::Succeeded);
+    }
+
+    #[test]
+    fn cancel_cancels_released_jobs_and_skips_waiting_ones() {
+        let mut r = run(DAG);
+        let first = r.advance();
+        release(&mut r, &first);
+        finish(&mut r, "a", JobState::Running);
+        let to_cancel = r.end_early(RunState::Cancelled, "cancelled by user");
+        assert_eq!(to_cancel, [JobId(0), JobId(1)]);
+        assert!(
+            r.advance().is_empty(),
+            "nothing new is released once the run ends"
+        );
+        assert!(!r.finish_if_done(1));
+        finish(&mut r, "a", JobState::Cancelled);
+        finish(&mut r, "b", JobState::Cancelled);
+        assert!(r.finish_if_done(2));
+        assert_eq!(r.state(), RunState::Cancelled);
+        assert!(
+            r.info(|_| None)
+                .jobs
+                .iter()
+                .filter(|j| j.state == RunJobState::Skipped)
+                .count()
+                == 4
+        );
+    }
+}

@@ -1,0 +1,98 @@
+//! Human-readable tables for `vk jobs`, `vk runners` and `vk runs`.
+
+use valkyrie_sdk::{JobInfo, RunInfo, RunnerInfo};
+
+pub fn print_jobs(jobs: &[JobInfo]) {
+    println!(
+        "{:<8} {:<10} {:<24} {:<16} {:>4}  REASON",
+        "ID", "STATE", "NAME", "RUNNER", "EXIT"
+    );
+    for j in jobs {
+        let exit = j.exit_code.map(|c| c.to_string()).unwrap_or_else(|| "-".into());
+        println!(
+            "{:<8} {:<10} {:<24} {:<16} {:>4}  {}",
+            j.job_id,
+            j.state.as_str(),
+            truncate(&j.name, 24),
+            j.runner.as_deref().unwrap_or("-"),
+            exit,
+            j.reason
+        );
+    }
+}
+
+pub fn print_runners(runners: &[RunnerInfo]) {
+    println!(
+        "{:<6} {:<20} {:<9} {:>9}  {:<12} TAGS",
+        "ID", "NAME", "STATE", "BUSY", "OS/ARCH"
+    );
+    for r in runners {
+        println!(
+            "{:<6} {:<20} {:<9} {:>9}  {:<12} {}",
+            r.runner_id,
+            truncate(&r.name, 20),
+            r.state.as_str(),
+            format!("{}/{}", r.busy, r.slots),
+            format!("{}/{}", r.os, r.arch),
+            r.tags.join(",")
+        );
+    }
+}
+
+pub fn truncate(s: &str, max: usize) -> String {
+    if s.chars().count() <= max {
+        s.to_owned()
+    } else {
+        let cut: String = s.chars().take(max - 1).collect();
+        format!("{cut}…")
+    }
+}
+
+pub fn print_runs(runs: &[RunInfo]) {
+    println!(
+        "{:<8} {:<10} {:<24} {:>5} {:>9}  MESSAGE",
+        "ID", "STATE", "PIPELINE", "JOBS", "DURATION"
+    );
+    for r in runs {
+        let duration = r
+            .finished_at_ms
+            .map(|f| format_ms(f.saturating_sub(r.created_at_ms)))
+            .unwrap_or_else(|| "-".into());
+        println!(
+            "{:<8} {:<10} {:<24} {:>5} {:>9}  {}",
+            format!("r{}", r.run_id),
+            r.state.as_str(),
+            truncate(&r.name, 24),
+            r.jobs.len(),
+            duration,
+            r.message
+        );
+    }
+}
+
+/// `1.2s`, `3m04s`.
+pub fn format_ms(ms: u64) -> String {
+    if ms < 60_000 {
+        format!("{:.1}s", ms as f64 / 1000.0)
+    } else {
+        format!("{}m{:02}s", ms / 60_000, (ms % 60_000) / 1000)
+    }
+}
+
+pub fn print_run_jobs(run: &RunInfo) {
+    println!(
+        "{:<32} {:<10} {:<8} {:<16} {:>4}  REASON",
+        "JOB", "STATE", "ID", "RUNNER", "EXIT"
+    );
+    for j in &run.jobs {
+        println!(
+            "{:<32} {:<10} {:<8} {:<16} {:>4}  {}",
+            truncate(&j.name, 32),
+            j.state.as_str(),
+            j.job_id.map(|i| i.to_string()).unwrap_or_else(|| "-".into()),
+            j.runner.as_deref().unwrap_or("-"),
+            j.exit_code.map(|c| c.to_string()).unwrap_or_else(|| "-".into()),
+            j.reason
+        );
+    }
+}

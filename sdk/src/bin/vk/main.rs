@@ -1,0 +1,386 @@
+//! `vk`: the Valkyrie command-line client.
+
+mod demo;
+mod follow;
+mod ids;
+mod listing;
+mod run_view;
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{CommandFactory, Parser, Subcommand};
+use valkyrie::Endpoint;
+use valkyrie_sdk::{pipeline, Client, ClientOptions, ClientTls, EventBody, JobSpec};
+
+use ids::Target;
+use run_view::ViewOptions;
+
+/// Run and watch CI jobs and pipelines on a Valkyrie control plane.
+#[derive(Parser, Debug)]
+#[command(
+    version,
+    after_help = "Examples:\n  vk demo\n  vk exec -- cargo test\n  vk run .valkyrie.yaml --logs\n  vk jobs"
+)]
+struct Cli {
+    /// The control plane: unix:///path, tcp://host:port, tls://host:port or quic://host:port.
+    #[arg(
+        long,
+        global = true,
+        env = "VALKYRIE_SERVER",
+        default_value = "tcp://127.0.0.1:7700"
+    )]
+    server: Endpoint,
+    /// API token.
+    #[arg(
+        long,
+        global = true,
+        env = "VALKYRIE_TOKEN",
+        hide_env_values = true,
+        default_value = ""
+    )]
+    token: String,
+    /// CA certificate (PEM) to trust for tls:// and quic://.
+    #[arg(long, global = true, env = "VALKYRIE_CA_CERT")]
+    ca_cert: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Start a local control plane and two agents, and run the example pipeline live.
+    #[command(after_help = "Examples:\n  cargo run --release --bin vk -- demo\n  vk demo --plain")]
+    Demo {
+        /// Appended lines instead of an in-place display.
+        #[arg(long)]
+        plain: bool,
+        /// Hide job output.
+        #[arg(long)]
+        quiet: bool,
+    },
+    /// Run one command as a job on a matching runner, stream its output, exit with its exit code.
+    #[command(
+        after_help = "Examples:\n  vk exec -- cargo test\n  vk exec --tags linux,gpu --timeout 10m -- ./train.sh\n  vk exec --detach -- make release"
+    )]
+    Exec {
+        /// Tags the runner must have, comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        tags: Vec<String>,
+        /// Job timeout, e.g. 30s, 10m.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        timeout: Option<Duration>,
+        /// Print the job id and return at once.
+        #[arg(long)]
+        detach: bool,
+        /// Job priority (higher runs first).
+        #[arg(long, default_value_t = 0)]
+        priority: u8,
+        /// Project, for fair share.
+        #[arg(long, default_value = "default")]
+        project: String,
+        /// The command and its arguments.
+        #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+        command: Vec<String>,
+    },
+    /// Validate a pipeline file, submit it, and show the run live; exits 0 only if the run succeeded.
+    #[command(
+        after_help = "Examples:\n  vk run examples/demo.yaml\n  vk run ci.yaml --logs\n  vk run ci.yaml --detach\n  vk run ci.yaml --json | jq ."
+    )]
+    Run {
+        /// The pipeline file.
+        file: PathBuf,
+        /// Interleave job output, prefixed with the job name.
+        #[arg(long)]
+        logs: bool,
+        /// Appended lines instead of an in-place display.
+        #[arg(long)]
+        plain: bool,
+        /// Print events as JSON lines.
+        #[arg(long)]
+        json: bool,
+        /// Print the run id and return at once.
+        #[arg(long)]
+        detach: bool,
+    },
+    /// Check a pipeline file and print every problem with its position.
+    #[command(after_help = "Examples:\n  vk validate .valkyrie.yaml")]
+    Validate {
+        /// The pipeline file.
+        file: PathBuf,
+    },
+    /// List runs, newest first.
+    #[command(after_help = "Examples:\n  vk runs\n  vk runs --json")]
+    Runs {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        /// At most this many.
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+    },
+    /// Show one run with its jobs.
+    #[command(after_help = "Examples:\n  vk status r12\n  vk status r12 --json")]
+    Status {
+        /// Run id (r12).
+        #[arg(value_parser = ids::parse_run)]
+        run: u64,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List jobs, newest first, with why queued jobs wait.
+    #[command(after_help = "Examples:\n  vk jobs\n  vk jobs --json --limit 500")]
+    Jobs {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        /// At most this many.
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
+    /// List runners.
+    #[command(after_help = "Examples:\n  vk runners\n  vk runners --json")]
+    Runners {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a job's output.
+    #[command(after_help = "Examples:\n  vk logs 42\n  vk logs 42 -f")]
+    Logs {
+        /// Job id.
+        #[arg(value_parser = parse_job)]
+        job: u64,
+        /// Keep following until the job ends.
+        #[arg(short, long)]
+        follow: bool,
+    },
+    /// Cancel a job (42) or a run (r12).
+    #[command(after_help = "Examples:\n  vk cancel 42\n  vk cancel r12")]
+    Cancel {
+        /// Job id, or run id with an r prefix.
+        target: Target,
+    },
+    /// Print a shell completion script.
+    #[command(
+        after_help = "Examples:\n  vk completions bash > /etc/bash_completion.d/vk\n  vk completions zsh > ~/.zfunc/_vk"
+    )]
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+}
+
+fn parse_job(s: &str) -> Result<u64, String> {
+    match s.parse::<Target>()? {
+        Target::Job(id) => Ok(id),
+        Target::Run(_) => Err(format!("`{s}` is a run id; `vk logs` takes a job id")),
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // Colours only on a terminal, and never with NO_COLOR set.
+    let colour = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+    console::set_colors_enabled(colour);
+    console::set_colors_enabled_stderr(colour && std::io::stderr().is_terminal());
+    match run(cli).await {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("vk: {err:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn connect(cli: &Cli) -> anyhow::Result<Client> {
+    let tls = cli.ca_cert.as_deref().map(ClientTls::from_ca_file).transpose()?;
+    Client::connect(
+        &cli.server,
+        &cli.token,
+        ClientOptions {
+            tls,
+            ..Default::default()
+        },
+    )
+    .await
+    .with_context(|| format!("cannot connect to {}", cli.server))
+}
+
+fn read_pipeline(file: &PathBuf) -> anyhow::Result<(String, String)> {
+    let text = std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+    Ok((file.display().to_string(), text))
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match &cli.command {
+        Command::Demo { plain, quiet } => {
+            return demo::demo(ViewOptions {
+                logs: !quiet,
+                plain: *plain,
+                json: false,
+            })
+            .await;
+        }
+        Command::Validate { file } => {
+            let (name, text) = read_pipeline(file)?;
+            return Ok(match pipeline::parse(&name, &text) {
+                Ok(p) => {
+                    println!(
+                        "{name}: valid pipeline `{}` with {} jobs in {} stages",
+                        p.name,
+                        p.jobs.len(),
+                        p.stages.len()
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(errors) => {
+                    eprintln!("{errors}");
+                    eprintln!("{} error(s)", errors.0.len());
+                    ExitCode::from(2)
+                }
+            });
+        }
+        Command::Completions { shell } => {
+            clap_complete::generate(*shell, &mut Cli::command(), "vk", &mut std::io::stdout());
+            return Ok(ExitCode::SUCCESS);
+        }
+        _ => {}
+    }
+    let client = connect(&cli).await?;
+    match cli.command {
+        Command::Demo { .. } | Command::Validate { .. } | Command::Completions { .. } => {
+            unreachable!("handled above")
+        }
+        Command::Run {
+            file,
+            logs,
+            plain,
+            json,
+            detach,
+        } => {
+            let (name, text) = read_pipeline(&file)?;
+            // Validate locally first: the same validator the server runs.
+            if let Err(errors) = pipeline::parse(&name, &text) {
+                eprintln!("{errors}");
+                eprintln!("{} error(s); nothing was submitted", errors.0.len());
+                return Ok(ExitCode::from(2));
+            }
+            let options = ViewOptions { logs, plain, json };
+            let events = if detach {
+                None
+            } else {
+                run_view::subscribe(&client, options).await?
+            };
+            let run_id = client.submit_pipeline(&name, &text).await?;
+            if detach {
+                println!("r{run_id}");
+                return Ok(ExitCode::SUCCESS);
+            }
+            let (code, _) = run_view::follow_run(&client, run_id, options, events).await?;
+            Ok(code)
+        }
+        Command::Runs { json, limit } => {
+            let runs = client.runs(limit).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&runs)?);
+            } else {
+                listing::print_runs(&runs);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Status { run, json } => {
+            let info = client.run(run).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&info)?);
+            } else {
+                listing::print_runs(std::slice::from_ref(&info));
+                println!();
+                listing::print_run_jobs(&info);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Exec {
+            tags,
+            timeout,
+            detach,
+            priority,
+            project,
+            command,
+        } => {
+            let line = command
+                .iter()
+                .map(|a| shell_quote(a))
+                .collect::<Vec<_>>()
+                .join(" ");
+            let mut spec = JobSpec::shell(command.join(" "), line);
+            spec.tags = tags.into_iter().filter(|t| !t.is_empty()).collect();
+            spec.timeout_ms = timeout.map_or(0, |t| t.as_millis() as u64);
+            spec.priority = priority;
+            spec.project = project;
+            let job = client.submit(spec).await?;
+            if detach {
+                println!("{job}");
+                return Ok(ExitCode::SUCCESS);
+            }
+            follow::follow_job(&client, job, true).await
+        }
+        Command::Jobs { json, limit } => {
+            let jobs = client.jobs(limit).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&jobs)?);
+            } else {
+                listing::print_jobs(&jobs);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Runners { json } => {
+            let runners = client.runners().await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&runners)?);
+            } else {
+                listing::print_runners(&runners);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Logs { job, follow } => {
+            if follow {
+                return follow::follow_job(&client, job, false).await;
+            }
+            let mut events = client.watch(Some(job), true, true).await?;
+            while let Some(event) = events.recv().await {
+                match event?.body {
+                    EventBody::Log { stream, data, .. } => follow::write_output(stream, &data),
+                    EventBody::ReplayDone => break,
+                    _ => {}
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Cancel { target } => {
+            match target {
+                Target::Job(id) => client.cancel(id).await?,
+                Target::Run(id) => client.cancel_run(id).await?,
+            }
+            eprintln!("cancel requested for {target}");
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn shell_quote(arg: &str) -> String {
+    if !arg.is_empty()
+        && arg
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./=:,+@%".contains(c))
+    {
+        arg.to_owned()
+    } else {
+        format!("'{}'", arg.replace('\'', r"'\''"))
+    }
+}

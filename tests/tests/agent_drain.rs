@@ -1,0 +1,35 @@
+//! Agent shutdown: SIGTERM drains running jobs before the agent exits.
+
+mod support;
+
+use nix::sys::signal::Signal;
+use support::{sh_path, wait_file, wait_final, Harness};
+use valkyrie_sdk::{JobSpec, JobState};
+
+/// SIGTERM while a job runs: the job finishes and succeeds, then the agent
+/// exits 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_running_job_finish_then_exits_zero() {
+    let h = Harness::new();
+    let started = h.path().join("started");
+    let server = h.server().start();
+    let client = server.client().await;
+    let mut agent = h.agent(&server).start(&client).await;
+
+    let id = client
+        .submit(JobSpec::shell(
+            "drained",
+            format!("touch {}; sleep 1; echo finished", sh_path(&started)),
+        ))
+        .await
+        .expect("submit");
+    wait_file(&started).await;
+    agent.process.signal(Signal::SIGTERM);
+
+    let status = agent.process.exited().await;
+    assert!(status.success(), "the agent exits 0 after draining: {status}");
+    let job = wait_final(&client, id).await;
+    assert_eq!(job.state, JobState::Succeeded, "{job:?}");
+    let out = server.vk(&["logs", &id.to_string()]).await;
+    assert_eq!(support::text(&out.stdout), "finished\n");
+}

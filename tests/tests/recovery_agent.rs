@@ -1,0 +1,165 @@
+//! Recovery from agents that die or misbehave: attempts are retried
+//! elsewhere, and whatever the old attempt says afterwards is refused.
+
+mod support;
+
+use std::time::Duration;
+
+use support::{sh_path, text, wait_file, wait_final, within, Harness, Server};
+use valkyrie::message::{JobOutcome, JobResult, Message, RegisterRunner, Role};
+use valkyrie::transport::{connect, hello, RequestError};
+use valkyrie::{ClientOptions, Endpoint, ErrorCode, Session};
+use valkyrie_sdk::{JobSpec, JobState};
+
+/// Connects to `server` as an agent speaking the raw protocol, registers
+/// as `name`, and keeps the session alive with heartbeats.
+async fn raw_agent(server: &Server, name: &str, tags: &[&str]) -> Session {
+    let endpoint: Endpoint = server.endpoint().parse().unwrap();
+    let mut session = within(
+        "a raw agent connection",
+        connect(
+            &endpoint,
+            hello(Role::Agent, &server.runner_token, "raw-test-agent"),
+            &ClientOptions::default(),
+        ),
+    )
+    .await
+    .expect("raw agent connects");
+    session
+        .sender()
+        .send(RegisterRunner {
+            name: name.into(),
+            tags: tags.iter().map(|t| t.to_string()).collect(),
+            os: "linux".into(),
+            arch: "x86_64".into(),
+            slots: 1,
+            version: "test".into(),
+            running: Vec::new(),
+        })
+        .await
+        .expect("send RegisterRunner");
+    let registered = within("RunnerRegistered", async {
+        loop {
+            let incoming = session.recv().await.expect("session open until registered");
+            if let Message::RunnerRegistered(r) = incoming.message {
+                return r;
+            }
+        }
+    })
+    .await;
+    assert!(registered.runner_id > 0);
+    let sender = session.sender();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(200));
+        loop {
+            tick.tick().await;
+            if sender
+                .send(valkyrie::message::Heartbeat { running: 0 })
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+    });
+    session
+}
+
+/// An agent killed with SIGKILL mid-job: the job is retried on the other
+/// agent and succeeds as attempt 2; a late result for attempt 1 is refused
+/// as stale.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_agent_job_is_retried_elsewhere_and_late_report_refused() {
+    let h = Harness::new();
+    let started = h.path().join("started");
+    let server = h.server().start();
+    let client = server.client().await;
+    let mut a = h.agent(&server).name("agent-a").start(&client).await;
+
+    let line = format!(
+        "if [ \"$VALKYRIE_JOB_ATTEMPT\" = 1 ]; then touch {s}; while :; do sleep 0.05; done; fi; \
+         echo attempt $VALKYRIE_JOB_ATTEMPT",
+        s = sh_path(&started)
+    );
+    let id = client
+        .submit(JobSpec::shell("survivor", line))
+        .await
+        .expect("submit");
+    wait_file(&started).await;
+    let b = h.agent(&server).name("agent-b").start(&client).await;
+
+    a.process.kill_now();
+    // The step's process group survives its agent: end it as a crash would.
+    let job_env = format!("VALKYRIE_JOB_ID={id}");
+    h.kill_processes_with_env(&[&job_env, "VALKYRIE_JOB_ATTEMPT=1"]);
+
+    let job = wait_final(&client, id).await;
+    assert_eq!(job.state, JobState::Succeeded, "{job:?}");
+    assert_eq!(job.attempt, 2, "{job:?}");
+    assert_eq!(job.runner.as_deref(), Some(b.name.as_str()), "{job:?}");
+    let out = server.vk(&["logs", &id.to_string()]).await;
+    assert!(text(&out.stdout).contains("attempt 2"), "{}", text(&out.stdout));
+
+    // The dead agent's attempt reports late, under its old name.
+    let late = raw_agent(&server, &a.name, &[]).await;
+    let refused = within(
+        "the answer to a late JobResult",
+        late.sender().request(JobResult {
+            job_id: id,
+            attempt: 1,
+            outcome: JobOutcome::Failed,
+            exit_code: Some(1),
+            duration_ms: 10,
+            message: "late".into(),
+            log_chunks: 0,
+        }),
+    )
+    .await;
+    match refused {
+        Err(RequestError::Failed { code, message }) => {
+            assert_eq!(code, ErrorCode::STALE_ATTEMPT, "{message}")
+        }
+        other => panic!("a late result for attempt 1 must be refused as stale, got {other:?}"),
+    }
+    let job = client.job(id).await.unwrap();
+    assert_eq!(
+        job.state,
+        JobState::Succeeded,
+        "the stale report changed nothing: {job:?}"
+    );
+    assert_eq!(job.attempt, 2);
+}
+
+/// An agent that never acknowledges its assignment loses it when the lease
+/// runs out, and the job is assigned again as a new attempt.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unacknowledged_assignment_is_reassigned_after_lease() {
+    let h = Harness::new();
+    let server = h.server().start();
+    let client = server.client().await;
+    let mut fake = raw_agent(&server, "fake-agent", &["fake"]).await;
+
+    let mut spec = JobSpec::shell("never-acked", "true");
+    spec.tags = vec!["fake".into()];
+    let id = client.submit(spec).await.expect("submit");
+
+    let mut attempts = Vec::new();
+    within("two Assign frames", async {
+        while attempts.len() < 2 {
+            let incoming = fake.recv().await.expect("fake agent session open");
+            if let Message::Assign(assign) = incoming.message {
+                assert_eq!(assign.job_id, id);
+                attempts.push(assign.attempt);
+            }
+        }
+    })
+    .await;
+    assert_eq!(
+        attempts,
+        [1, 2],
+        "the job is reassigned with a new attempt number"
+    );
+    let job = client.job(id).await.unwrap();
+    assert!(job.attempt >= 2, "{job:?}");
+    assert!(!job.state.is_terminal(), "{job:?}");
+}
