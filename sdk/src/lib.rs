@@ -14,6 +14,8 @@
 //! # Ok(()) }
 //! ```
 
+pub mod local;
+
 use tokio::sync::mpsc;
 use valkyrie::message::{
     CancelJob, CancelRun, GetJob, GetRun, ListJobs, ListRunners, ListRuns, Message, Role, SubmitJob,

@@ -22,7 +22,12 @@ async fn exec_round_trip(listen: &str) {
     let out = server
         .vk(&["exec", "--", "sh", "-c", "echo out; echo err >&2; exit 7"])
         .await;
-    assert_eq!(text(&out.stdout), "out\n", "stdout over {endpoint}");
+    assert_eq!(
+        text(&out.stdout),
+        "out\n",
+        "stdout over {endpoint}; stderr: {}",
+        text(&out.stderr)
+    );
     assert!(
         text(&out.stderr).contains("err\n"),
         "stderr over {endpoint}: {}",
@@ -31,7 +36,12 @@ async fn exec_round_trip(listen: &str) {
     assert_eq!(out.status.code(), Some(7), "exit code over {endpoint}");
 
     let out = server.vk(&["exec", "--", "echo", "fine"]).await;
-    assert_eq!(text(&out.stdout), "fine\n");
+    assert_eq!(
+        text(&out.stdout),
+        "fine\n",
+        "stdout over {endpoint}; stderr: {}",
+        text(&out.stderr)
+    );
     assert_eq!(
         out.status.code(),
         Some(0),

@@ -577,7 +577,13 @@ impl Core {
                     exit_code: record.exit_code,
                     message: self.job_info(record).reason,
                 };
-                let mut events = vec![state];
+                // History order: a final state came after all the output,
+                // and a client may stop reading at a final state.
+                let terminal = record.state().is_terminal();
+                let mut events = Vec::new();
+                if !terminal {
+                    events.push(state.clone());
+                }
                 if logs {
                     if let Some(stored) = self.logs.get(&id) {
                         events.extend(stored.chunks.iter().map(|c| EventBody::Log {
@@ -587,8 +593,11 @@ impl Core {
                         }));
                     }
                 }
+                if terminal {
+                    events.push(state);
+                }
                 events.push(EventBody::ReplayDone);
-                if record.state().is_terminal() {
+                if terminal {
                     // No live event can follow a final state, so the history
                     // may be sent with backpressure, whatever its size,
                     // without the core waiting on the subscriber.
