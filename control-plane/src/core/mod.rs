@@ -319,7 +319,7 @@ impl Core {
                 session,
                 correlation,
                 message,
-            } => self.from_runner(runner, session, correlation, message),
+            } => self.on_runner_message(runner, session, correlation, message),
             Command::RunnerDisconnected { runner, session } => {
                 if let Some(r) = self.runners.get_mut(&runner) {
                     if r.is_session(session) {
@@ -580,9 +580,10 @@ impl Core {
                 // History order: a final state came after all the output,
                 // and a client may stop reading at a final state.
                 let terminal = record.state().is_terminal();
+                let mut state = Some(state);
                 let mut events = Vec::new();
                 if !terminal {
-                    events.push(state.clone());
+                    events.extend(state.take());
                 }
                 if logs {
                     if let Some(stored) = self.logs.get(&id) {
@@ -593,9 +594,7 @@ impl Core {
                         }));
                     }
                 }
-                if terminal {
-                    events.push(state);
-                }
+                events.extend(state);
                 events.push(EventBody::ReplayDone);
                 if terminal {
                     // No live event can follow a final state, so the history
@@ -719,7 +718,7 @@ impl Core {
         }
     }
 
-    fn from_runner(&mut self, runner: RunnerId, session: u64, correlation: u64, message: Message) {
+    fn on_runner_message(&mut self, runner: RunnerId, session: u64, correlation: u64, message: Message) {
         let Some(record) = self.runners.get_mut(&runner) else {
             return;
         };
