@@ -1,42 +1,70 @@
-//! [`Responder`]: answers one request straight onto the requester's session,
-//! so the core never waits on a client and no task is spawned per request.
+//! Where answers go. A [`Responder`] answers one request, straight onto the
+//! requester's protocol session or into a channel (the REST adapter); an
+//! [`EventSink`] receives a subscription's events the same two ways. The
+//! core never waits on either: a full or closed destination loses only its
+//! own message.
 
-use valkyrie::message::{Ack, Message, RequestFailed};
-use valkyrie::{ErrorCode, SessionSender};
+use std::sync::Mutex;
+
+use tokio::sync::{mpsc, oneshot};
+use valkyrie::message::{Ack, Event, Message, RequestFailed};
+use valkyrie::{ErrorCode, SendError, SessionSender};
+
+#[derive(Debug)]
+enum ReplyTo {
+    Session { sender: SessionSender, correlation: u64 },
+    Channel(Mutex<Option<oneshot::Sender<Message>>>),
+    Nowhere,
+}
 
 /// Where the answer to one request goes.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct Responder {
-    sender: Option<SessionSender>,
-    correlation: u64,
+    to: ReplyTo,
 }
 
 impl Responder {
     /// Answers `correlation` on `sender`.
     pub fn new(sender: SessionSender, correlation: u64) -> Self {
-        Self {
-            sender: Some(sender),
-            correlation,
-        }
+        let to = if correlation == 0 {
+            ReplyTo::Nowhere
+        } else {
+            ReplyTo::Session { sender, correlation }
+        };
+        Self { to }
+    }
+
+    /// Answers into a channel; the receiver gets exactly one message.
+    pub fn channel() -> (Self, oneshot::Receiver<Message>) {
+        let (tx, rx) = oneshot::channel();
+        (
+            Self {
+                to: ReplyTo::Channel(Mutex::new(Some(tx))),
+            },
+            rx,
+        )
     }
 
     /// A responder whose answers go nowhere (work the server starts itself,
     /// such as cancelling the jobs of a cancelled run).
     pub fn detached() -> Self {
-        Self {
-            sender: None,
-            correlation: 0,
-        }
+        Self { to: ReplyTo::Nowhere }
     }
 
-    /// Sends the reply. A requester whose queue is full or gone loses only
-    /// its own reply; the core goes on.
+    /// Sends the reply.
     pub fn reply(&self, message: impl Into<Message>) {
-        let Some(sender) = self.sender.as_ref().filter(|_| self.correlation != 0) else {
-            return;
-        };
-        if let Err(err) = sender.try_reply(self.correlation, message) {
-            tracing::debug!(%err, "reply dropped");
+        match &self.to {
+            ReplyTo::Session { sender, correlation } => {
+                if let Err(err) = sender.try_reply(*correlation, message) {
+                    tracing::debug!(%err, "reply dropped");
+                }
+            }
+            ReplyTo::Channel(tx) => {
+                if let Some(tx) = tx.lock().expect("responder lock").take() {
+                    let _ = tx.send(message.into());
+                }
+            }
+            ReplyTo::Nowhere => {}
         }
     }
 
@@ -51,5 +79,49 @@ impl Responder {
             code,
             message: message.into(),
         });
+    }
+}
+
+/// Where a subscription's events go.
+#[derive(Clone, Debug)]
+pub enum EventSink {
+    /// Event frames carrying `correlation` on a protocol session.
+    Session {
+        /// The subscriber's session.
+        sender: SessionSender,
+        /// Its Subscribe request's correlation id.
+        correlation: u64,
+    },
+    /// A bounded channel.
+    Channel(mpsc::Sender<Event>),
+}
+
+impl EventSink {
+    /// Queues an event without waiting: `QueueFull` when the subscriber
+    /// is behind, `Closed` when it is gone.
+    pub fn try_send(&self, event: Event) -> Result<(), SendError> {
+        match self {
+            EventSink::Session { sender, correlation } => sender.try_reply(*correlation, event),
+            EventSink::Channel(tx) => tx.try_send(event).map_err(|e| match e {
+                mpsc::error::TrySendError::Full(_) => SendError::QueueFull(valkyrie::Lane::Bulk),
+                mpsc::error::TrySendError::Closed(_) => SendError::Closed,
+            }),
+        }
+    }
+
+    /// Sends an event, waiting while the subscriber's queue is full.
+    pub async fn send(&self, event: Event) -> Result<(), SendError> {
+        match self {
+            EventSink::Session { sender, correlation } => sender.reply(*correlation, event).await,
+            EventSink::Channel(tx) => tx.send(event).await.map_err(|_| SendError::Closed),
+        }
+    }
+
+    /// A responder for the subscription's own errors.
+    pub fn responder(&self) -> Responder {
+        match self {
+            EventSink::Session { sender, correlation } => Responder::new(sender.clone(), *correlation),
+            EventSink::Channel(_) => Responder::detached(),
+        }
     }
 }

@@ -13,7 +13,7 @@ use valkyrie::{Endpoint, ErrorCode, Session};
 
 use crate::auth::Tokens;
 use crate::core::{Command, CoreHandle};
-use crate::responder::Responder;
+use crate::responder::{EventSink, Responder};
 
 static SESSIONS: AtomicU64 = AtomicU64::new(1);
 
@@ -75,8 +75,10 @@ async fn serve_client(mut session: Session, core: CoreHandle) {
                 job: m.job_id,
                 logs: m.logs,
                 replay: m.replay,
-                sender: sender.clone(),
-                correlation: incoming.correlation,
+                sink: EventSink::Session {
+                    sender: sender.clone(),
+                    correlation: incoming.correlation,
+                },
             },
             other => {
                 reply.fail(

@@ -182,7 +182,9 @@ pub async fn run_attempt(
             log_chunks,
         };
         let _ = outbox.send(result.into()).await;
-        let _ = tokio::fs::remove_dir_all(&workspace).await;
+        if workspace.exists() {
+            let _ = tokio::fs::remove_dir_all(&workspace).await;
+        }
     }
     .instrument(span)
     .await

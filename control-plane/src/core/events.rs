@@ -4,13 +4,14 @@
 //! its queue has room again.
 
 use valkyrie::message::{Event, EventBody};
-use valkyrie::{SendError, SessionSender};
+use valkyrie::SendError;
+
+use crate::responder::EventSink;
 
 use crate::scheduler::JobId;
 
 struct Subscriber {
-    sender: SessionSender,
-    correlation: u64,
+    sink: EventSink,
     job: Option<JobId>,
     logs: bool,
     missed: u64,
@@ -23,11 +24,10 @@ pub struct Subscribers {
 }
 
 impl Subscribers {
-    /// Adds a subscription whose events carry `correlation`.
-    pub fn add(&mut self, sender: SessionSender, correlation: u64, job: Option<JobId>, logs: bool) {
+    /// Adds a subscription.
+    pub fn add(&mut self, sink: EventSink, job: Option<JobId>, logs: bool) {
         self.subs.push(Subscriber {
-            sender,
-            correlation,
+            sink,
             job,
             logs,
             missed: 0,
@@ -46,7 +46,7 @@ impl Subscribers {
                     job_id: job.0,
                     body: EventBody::Skipped { missed: sub.missed },
                 };
-                match sub.sender.try_reply(sub.correlation, marker) {
+                match sub.sink.try_send(marker) {
                     Ok(()) => sub.missed = 0,
                     Err(SendError::QueueFull(_)) => {
                         sub.missed += 1;
@@ -55,18 +55,39 @@ impl Subscribers {
                     Err(_) => return false,
                 }
             }
-            match sub.sender.try_reply(
-                sub.correlation,
-                Event {
-                    job_id: job.0,
-                    body: body.clone(),
-                },
-            ) {
+            match sub.sink.try_send(Event {
+                job_id: job.0,
+                body: body.clone(),
+            }) {
                 Ok(()) => true,
                 Err(SendError::QueueFull(_)) => {
                     sub.missed += 1;
                     true
                 }
+                Err(_) => false,
+            }
+        });
+    }
+
+    /// Sends the pending `Skipped` markers of subscribers that fell behind
+    /// and have had no event since (called on the core's tick), so that a
+    /// subscriber learns it missed events even when nothing else follows.
+    pub fn flush_markers(&mut self) {
+        self.subs.retain_mut(|sub| {
+            if sub.missed == 0 {
+                return true;
+            }
+            let job_id = sub.job.map_or(0, |j| j.0);
+            let marker = Event {
+                job_id,
+                body: EventBody::Skipped { missed: sub.missed },
+            };
+            match sub.sink.try_send(marker) {
+                Ok(()) => {
+                    sub.missed = 0;
+                    true
+                }
+                Err(SendError::QueueFull(_)) => true,
                 Err(_) => false,
             }
         });

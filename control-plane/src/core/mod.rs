@@ -27,7 +27,7 @@ use valkyrie::{ErrorCode, SessionSender};
 
 use crate::auth::Tokens;
 use crate::job::{Disposition, JobRecord, TransitionError};
-use crate::responder::Responder;
+use crate::responder::{EventSink, Responder};
 use crate::run::Run;
 use crate::scheduler::{Availability, JobId, QueuedJob, RunnerId, Scheduler, SchedulerConfig};
 pub use events::Subscribers;
@@ -89,7 +89,7 @@ pub enum Command {
     ListRuns(u32, Responder),
     /// Cancel a run; answered with Ack.
     CancelRun(u64, Responder),
-    /// Start a subscription (events carry the responder's correlation id).
+    /// Start a subscription.
     Subscribe {
         /// One job or all.
         job: Option<u64>,
@@ -97,10 +97,8 @@ pub enum Command {
         logs: bool,
         /// Replay history first.
         replay: bool,
-        /// The subscriber's session.
-        sender: SessionSender,
-        /// Its request's correlation id.
-        correlation: u64,
+        /// Where events go.
+        sink: EventSink,
     },
     /// An agent registers on a session.
     Register {
@@ -303,9 +301,8 @@ impl Core {
                 job,
                 logs,
                 replay,
-                sender,
-                correlation,
-            } => self.subscribe(job.map(JobId), logs, replay, sender, correlation),
+                sink,
+            } => self.subscribe(job.map(JobId), logs, replay, sink),
             Command::Register {
                 msg,
                 sender,
@@ -555,15 +552,8 @@ impl Core {
         }
     }
 
-    fn subscribe(
-        &mut self,
-        job: Option<JobId>,
-        logs: bool,
-        replay: bool,
-        sender: SessionSender,
-        correlation: u64,
-    ) {
-        let respond = Responder::new(sender.clone(), correlation);
+    fn subscribe(&mut self, job: Option<JobId>, logs: bool, replay: bool, sink: EventSink) {
+        let respond = sink.responder();
         if let Some(id) = job {
             let Some(record) = self.jobs.get(&id) else {
                 respond.fail(ErrorCode::NOT_FOUND, format!("no job {}", id.0));
@@ -603,7 +593,7 @@ impl Core {
                     tokio::spawn(async move {
                         for body in events {
                             let event = valkyrie::message::Event { job_id: id.0, body };
-                            if sender.reply(correlation, event).await.is_err() {
+                            if sink.send(event).await.is_err() {
                                 return;
                             }
                         }
@@ -612,7 +602,7 @@ impl Core {
                 }
                 for body in events {
                     let event = valkyrie::message::Event { job_id: id.0, body };
-                    if sender.try_reply(correlation, event).is_err() {
+                    if sink.try_send(event).is_err() {
                         // The replay did not fit the subscriber's queue: say
                         // so rather than silently starting mid-stream.
                         respond.fail(
@@ -624,7 +614,7 @@ impl Core {
                 }
             }
         }
-        self.subscribers.add(sender, correlation, job, logs);
+        self.subscribers.add(sink, job, logs);
     }
 
     // ---- runners ----
@@ -922,6 +912,7 @@ impl Core {
     // ---- time ----
 
     fn on_tick(&mut self, now: Instant) {
+        self.subscribers.flush_markers();
         let timed_out: Vec<u64> = self
             .runs
             .values()

@@ -250,7 +250,14 @@ pub async fn run_job(
 
         let mut ended: Option<JobOutcome> = None;
         let mut exit_code = None;
-        if let Err(error) = tokio::fs::create_dir_all(&plan.workspace).await {
+        // Jobs of no-op steps start no process and need no directory.
+        let needs_workspace = plan.steps.iter().any(|s| !matches!(s.command, StepCommand::Noop));
+        let created = if needs_workspace {
+            tokio::fs::create_dir_all(&plan.workspace).await
+        } else {
+            Ok(())
+        };
+        if let Err(error) = created {
             tracing::warn!(workspace = %plan.workspace.display(), %error, "could not create workspace");
             sink.system(&format!(
                 "[valkyrie] could not create the job workspace {}: {error}\n",

@@ -197,7 +197,7 @@ impl Harness {
                 continue;
             };
             let vars: Vec<&[u8]> = environ.split(|b| *b == 0).collect();
-            let has = |needle: &str| vars.iter().any(|v| *v == needle.as_bytes());
+            let has = |needle: &str| vars.contains(&needle.as_bytes());
             if !has(&scope) || !needles.iter().all(|n| has(n)) {
                 continue;
             }

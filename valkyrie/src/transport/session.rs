@@ -383,6 +383,28 @@ impl DriverEnds {
         }
     }
 
+    /// Applies `first` and then whatever else is already waiting on the same
+    /// lane (up to a batch, while the lane has room), so that under load many
+    /// frames go out in one write instead of one write per frame.
+    pub fn apply_batch(
+        &mut self,
+        conn: &mut Connection,
+        first: Command,
+        rx: &mut mpsc::Receiver<Command>,
+        lane: crate::frame::Lane,
+    ) {
+        self.apply(conn, first);
+        for _ in 0..256 {
+            if !conn.can_send(lane) {
+                return;
+            }
+            match rx.try_recv() {
+                Ok(command) => self.apply(conn, command),
+                Err(_) => return,
+            }
+        }
+    }
+
     /// Handles the connection's events. Returns the handshake result when it
     /// happens; `accept` is consulted for a server's Hello.
     pub async fn drain_events(
