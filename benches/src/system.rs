@@ -81,7 +81,7 @@ impl System {
                     authenticate: None,
                 };
                 let options = server::listener_options(tokens.clone(), base);
-                let core = spawn_core(CoreConfig::default(), tokens);
+                let core = spawn_core(CoreConfig::default(), tokens, Default::default());
                 let listener = server::bind_all(std::slice::from_ref(&listen), &options)
                     .await?
                     .pop()

@@ -9,6 +9,7 @@
 pub mod auth;
 pub mod core;
 pub mod job;
+pub mod metrics;
 pub mod responder;
 pub mod scheduler;
 pub mod server;

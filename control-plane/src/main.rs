@@ -114,6 +114,7 @@ async fn main() -> anyhow::Result<()> {
             ..CoreConfig::default()
         },
         tokens,
+        Default::default(),
     );
     let listeners = server::bind_all(&args.listen, &options).await?;
     for listener in listeners {

@@ -13,6 +13,7 @@ use valkyrie::{Endpoint, ErrorCode, Session};
 
 use crate::auth::Tokens;
 use crate::core::{Command, CoreHandle};
+use crate::metrics::TransportLabel;
 use crate::responder::{EventSink, Responder};
 
 static SESSIONS: AtomicU64 = AtomicU64::new(1);
@@ -33,10 +34,16 @@ pub async fn serve(mut listener: Listener, core: CoreHandle) {
         let core = core.clone();
         let transport = endpoint.transport();
         tokio::spawn(async move {
+            let label = TransportLabel {
+                transport: transport.to_owned(),
+            };
+            let open = core.metrics().connections.get_or_create(&label).clone();
+            open.inc();
             match session.hello().map(|h| h.role) {
                 Some(Role::Agent) => serve_agent(session, core, transport).await,
                 _ => serve_client(session, core).await,
             }
+            open.dec();
         });
     }
 }

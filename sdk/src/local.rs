@@ -76,7 +76,7 @@ impl LocalCluster {
         let endpoint = Endpoint::Unix(dir.path().join("valkyrie.sock"));
         let (api_token, runner_token) = (random_token(), random_token());
         let tokens = Arc::new(Tokens::new(api_token.clone(), runner_token.clone()));
-        let core = spawn_core(config.clone(), tokens.clone());
+        let core = spawn_core(config.clone(), tokens.clone(), Default::default());
         let listener = Listener::bind(
             &endpoint,
             server::listener_options(tokens, ListenerOptions::default()),

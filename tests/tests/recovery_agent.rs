@@ -100,26 +100,31 @@ async fn killed_agent_job_is_retried_elsewhere_and_late_report_refused() {
     let out = server.vk(&["logs", &id.to_string()]).await;
     assert!(text(&out.stdout).contains("attempt 2"), "{}", text(&out.stdout));
 
-    // The dead agent's attempt reports late, under its old name.
-    let late = raw_agent(&server, &a.name, &[]).await;
-    let refused = within(
-        "the answer to a late JobResult",
-        late.sender().request(JobResult {
-            job_id: id,
-            attempt: 1,
-            outcome: JobOutcome::Failed,
-            exit_code: Some(1),
-            duration_ms: 10,
-            message: "late".into(),
-            log_chunks: 0,
-        }),
-    )
-    .await;
-    match refused {
-        Err(RequestError::Failed { code, message }) => {
-            assert_eq!(code, ErrorCode::STALE_ATTEMPT, "{message}")
+    // The dead agent's attempt reports late, under its old name and under
+    // a name the server has never seen.
+    for name in [a.name.as_str(), "impostor"] {
+        let late = raw_agent(&server, name, &[]).await;
+        let answer = within(
+            "the answer to a late JobResult",
+            late.sender().request(JobResult {
+                job_id: id,
+                attempt: 1,
+                outcome: JobOutcome::Failed,
+                exit_code: Some(1),
+                duration_ms: 10,
+                message: "late".into(),
+                log_chunks: 0,
+            }),
+        )
+        .await;
+        match answer {
+            Err(RequestError::Failed { code, message }) => {
+                assert_eq!(code, ErrorCode::STALE_ATTEMPT, "from {name}: {message}")
+            }
+            other => {
+                panic!("a late result for attempt 1 from {name} must be refused as stale, got {other:?}")
+            }
         }
-        other => panic!("a late result for attempt 1 must be refused as stale, got {other:?}"),
     }
     let job = client.job(id).await.unwrap();
     assert_eq!(

@@ -9,7 +9,9 @@
 //! server-side timeouts, and lost runners.
 
 mod events;
+mod pipelines;
 mod runners;
+mod snapshot;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -27,11 +29,14 @@ use valkyrie::{ErrorCode, SessionSender};
 
 use crate::auth::Tokens;
 use crate::job::{Disposition, JobRecord, TransitionError};
+use crate::metrics::Metrics;
 use crate::responder::{EventSink, Responder};
 use crate::run::Run;
 use crate::scheduler::{Availability, JobId, QueuedJob, RunnerId, Scheduler, SchedulerConfig};
 pub use events::Subscribers;
+pub use pipelines::PipelineDef;
 pub use runners::{Link, RunnerRecord};
+pub use snapshot::CoreSnapshot;
 
 /// Tunables of the core.
 #[derive(Clone, Debug)]
@@ -122,6 +127,25 @@ pub enum Command {
         /// The message.
         message: Message,
     },
+    /// Store a pipeline definition (validated).
+    CreatePipeline {
+        /// File name, for error positions.
+        file_name: String,
+        /// The YAML text.
+        yaml: String,
+        /// The stored definition, or every validation error.
+        reply: oneshot::Sender<Result<PipelineDef, valkyrie::pipeline::PipelineErrors>>,
+    },
+    /// Every stored pipeline definition, newest first.
+    ListPipelines(oneshot::Sender<Vec<PipelineDef>>),
+    /// One stored pipeline definition.
+    GetPipeline(u64, oneshot::Sender<Option<PipelineDef>>),
+    /// Start a run of a stored pipeline; answers the run id.
+    TriggerPipeline(u64, oneshot::Sender<Result<u64, String>>),
+    /// Ask a runner to drain.
+    DrainRunner(u64, oneshot::Sender<Result<(), String>>),
+    /// A summary of the state, for health checks and metrics.
+    Snapshot(oneshot::Sender<CoreSnapshot>),
     /// A runner's session ended.
     RunnerDisconnected {
         /// Runner.
@@ -135,16 +159,29 @@ pub enum Command {
 #[derive(Clone, Debug)]
 pub struct CoreHandle {
     tx: mpsc::Sender<Command>,
+    metrics: Arc<Metrics>,
 }
 
 impl CoreHandle {
+    /// The metrics the core records into.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// A summary of the core's state; `None` if the core has stopped.
+    pub async fn snapshot(&self) -> Option<CoreSnapshot> {
+        let (tx, rx) = oneshot::channel();
+        self.tx.send(Command::Snapshot(tx)).await.ok()?;
+        rx.await.ok()
+    }
+
     /// Sends a command, waiting while the core's queue is full.
     pub async fn send(&self, command: Command) -> bool {
         self.tx.send(command).await.is_ok()
     }
 }
 
-fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
@@ -179,6 +216,7 @@ struct PendingResult {
 /// The state the core owns.
 pub struct Core {
     config: CoreConfig,
+    metrics: Arc<Metrics>,
     tokens: Arc<Tokens>,
     scheduler: Scheduler,
     jobs: BTreeMap<JobId, JobRecord>,
@@ -191,6 +229,8 @@ pub struct Core {
     finished: std::collections::VecDeque<JobId>,
     pending_results: HashMap<JobId, PendingResult>,
     runs: BTreeMap<u64, Run>,
+    pipelines: BTreeMap<u64, PipelineDef>,
+    next_pipeline: u64,
     /// Which run (and which of its jobs) a job belongs to.
     job_runs: HashMap<JobId, (u64, usize)>,
     next_run: u64,
@@ -198,10 +238,11 @@ pub struct Core {
 }
 
 /// Starts the core task; returns its handle.
-pub fn spawn(config: CoreConfig, tokens: Arc<Tokens>) -> CoreHandle {
+pub fn spawn(config: CoreConfig, tokens: Arc<Tokens>, metrics: Arc<Metrics>) -> CoreHandle {
     let (tx, rx) = mpsc::channel(65_536);
     let core = Core {
         config,
+        metrics: metrics.clone(),
         tokens,
         scheduler: Scheduler::new(SchedulerConfig::default()),
         jobs: BTreeMap::new(),
@@ -214,12 +255,14 @@ pub fn spawn(config: CoreConfig, tokens: Arc<Tokens>) -> CoreHandle {
         finished: Default::default(),
         pending_results: HashMap::new(),
         runs: BTreeMap::new(),
+        pipelines: BTreeMap::new(),
+        next_pipeline: 1,
         job_runs: HashMap::new(),
         next_run: 1,
         started: Instant::now(),
     };
     tokio::spawn(core.run(rx));
-    CoreHandle { tx }
+    CoreHandle { tx, metrics }
 }
 
 impl Core {
@@ -271,6 +314,28 @@ impl Core {
                 let mut runners: Vec<_> = self.runners.values().map(|r| r.info(now)).collect();
                 runners.sort_by_key(|r| r.runner_id);
                 reply.reply(RunnerList { runners });
+            }
+            Command::CreatePipeline {
+                file_name,
+                yaml,
+                reply,
+            } => {
+                let _ = reply.send(self.create_pipeline(&file_name, &yaml));
+            }
+            Command::ListPipelines(reply) => {
+                let _ = reply.send(self.pipelines.values().rev().cloned().collect());
+            }
+            Command::GetPipeline(id, reply) => {
+                let _ = reply.send(self.pipelines.get(&id).cloned());
+            }
+            Command::TriggerPipeline(id, reply) => {
+                let _ = reply.send(self.trigger_pipeline(id));
+            }
+            Command::DrainRunner(id, reply) => {
+                let _ = reply.send(self.drain_runner(id));
+            }
+            Command::Snapshot(reply) => {
+                let _ = reply.send(self.snapshot());
             }
             Command::SubmitPipeline {
                 file_name,
@@ -344,6 +409,7 @@ impl Core {
         let id = JobId(self.next_job);
         self.next_job += 1;
         let record = JobRecord::new(id, spec, now_ms());
+        self.metrics.jobs_submitted.inc();
         self.enqueue(&record);
         debug!(job_id = id.0, name = %record.spec.name, "job queued");
         self.jobs.insert(id, record);
@@ -872,6 +938,7 @@ impl Core {
     }
 
     fn store_log(&mut self, id: JobId, agent_seq: u64, stream: OutputStream, data: Bytes) {
+        self.metrics.log_bytes.inc_by(data.len() as u64);
         let logs = self.logs.entry(id).or_default();
         logs.agent_chunks += 1;
         if agent_seq != logs.next_agent_seq {
@@ -1046,6 +1113,8 @@ impl Core {
                 }
             };
             runner.jobs.insert(job_id);
+            let waited_ms = now_ms().saturating_sub(job.submitted_at_ms);
+            self.metrics.dispatch_latency.observe(waited_ms as f64 / 1000.0);
             let assign = Assign {
                 job_id: job_id.0,
                 attempt,
