@@ -8,6 +8,7 @@
 //! transport: a 64-byte ping-pong and a two-hop relay.
 
 mod dispatch;
+mod http;
 mod raw;
 mod stats;
 mod system;
@@ -38,6 +39,11 @@ enum Command {
         after_help = "Examples:\n  valkyrie-bench dispatch --transport unix --jobs 20000 --concurrency 1\n  valkyrie-bench dispatch --transport quic --jobs 100000 --concurrency 256 --spin --json"
     )]
     Dispatch(DispatchArgs),
+    /// Measure REST latency (p50/p99/p99.9) at a fixed request rate.
+    #[command(
+        after_help = "Examples:\n  valkyrie-bench http --rate 5000 --requests 25000\n  valkyrie-bench http --rate 5000 --json"
+    )]
+    Http(http::HttpArgs),
 }
 
 /// A transport to measure.
@@ -113,7 +119,10 @@ struct ModeResult {
 }
 
 fn main() -> anyhow::Result<()> {
-    let Command::Dispatch(args) = Cli::parse().command;
+    let args = match Cli::parse().command {
+        Command::Dispatch(args) => args,
+        Command::Http(args) => return http::main(args),
+    };
     let dir = tempfile::Builder::new().prefix("valkyrie-bench-").tempdir()?;
     let system_rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(args.system_threads.max(1))

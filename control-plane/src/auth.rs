@@ -76,6 +76,16 @@ impl Tokens {
         Ok((Self::new(api, runner), generated))
     }
 
+    /// Whether `token` is the API token (compared in constant time).
+    pub fn is_api_token(&self, token: &str) -> bool {
+        constant_time_eq(token, &self.api)
+    }
+
+    /// Accepts a credential issued before a restart again.
+    pub fn restore_runner_credential(&self, credential: &str) {
+        self.credentials.insert(credential.to_owned());
+    }
+
     /// Issues a credential for a newly registered runner.
     pub fn issue_runner_credential(&self) -> String {
         let credential = random_token();
@@ -105,7 +115,8 @@ impl Tokens {
     }
 }
 
-fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
+/// Writes a secret file readable only by its owner (mode 0600).
+pub(crate) fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let mut file = std::fs::OpenOptions::new()

@@ -60,8 +60,9 @@ pub enum Disposition {
     Final(JobState),
 }
 
-/// A job and its current attempt.
-#[derive(Debug, Clone)]
+/// A job and its current attempt. Stored as it is (timers excepted: they
+/// are set again on recovery).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct JobRecord {
     /// Id.
     pub id: JobId,
@@ -75,8 +76,10 @@ pub struct JobRecord {
     /// Runner name of the current attempt, for listings.
     pub runner_name: Option<String>,
     /// When the lease of an assignment runs out.
+    #[serde(skip)]
     pub lease_deadline: Option<Instant>,
     /// Server-side backstop for the job timeout or a cancel.
+    #[serde(skip)]
     pub kill_deadline: Option<Instant>,
     /// A cancel was requested while the job was on a runner.
     pub cancel_requested: bool,

@@ -11,8 +11,10 @@ pub mod core;
 pub mod job;
 pub mod metrics;
 pub mod responder;
+pub mod rest;
 pub mod scheduler;
 pub mod server;
+pub mod store;
 
 pub use crate::core::{spawn as spawn_core, CoreConfig, CoreHandle};
 pub mod run;

@@ -1,23 +1,34 @@
 //! `valkyrie-server`: the control plane.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use valkyrie::transport::{dev_certificate, ListenerOptions, ServerTls};
 use valkyrie::{ConnectionConfig, Endpoint};
 use valkyrie_control_plane::auth::Tokens;
-use valkyrie_control_plane::{server, spawn_core, CoreConfig};
+use valkyrie_control_plane::core::spawn_with_store;
+use valkyrie_control_plane::metrics::Metrics;
+use valkyrie_control_plane::rest::auth::{JwtKeys, Role};
+use valkyrie_control_plane::rest::{self, RestConfig};
+use valkyrie_control_plane::store::embedded::EmbeddedStore;
+use valkyrie_control_plane::store::{Durability, Store, StoreHandle};
+use valkyrie_control_plane::{server, CoreConfig};
 
 /// The Valkyrie control plane: schedules CI jobs onto runner agents.
 #[derive(Parser, Debug)]
 #[command(
     version,
-    after_help = "Examples:\n  valkyrie-server --listen tcp://0.0.0.0:7700 --data-dir /var/lib/valkyrie\n  valkyrie-server --listen unix:///run/valkyrie.sock --listen quic://0.0.0.0:7701"
+    args_conflicts_with_subcommands = true,
+    after_help = "Examples:\n  valkyrie-server --listen tcp://0.0.0.0:7700 --data-dir /var/lib/valkyrie\n  valkyrie-server --listen unix:///run/valkyrie.sock --listen quic://0.0.0.0:7701\n  valkyrie-server --http 127.0.0.1:8080\n  valkyrie-server token --role viewer --ttl 24h --data-dir /var/lib/valkyrie"
 )]
 struct Args {
+    #[command(subcommand)]
+    command: Option<Cmd>,
     /// Where to listen: unix:///path, tcp://host:port, tls://host:port, quic://host:port. Repeatable.
     #[arg(
         long = "listen",
@@ -56,10 +67,58 @@ struct Args {
     /// Maximum concurrent connections per listener.
     #[arg(long, env = "VALKYRIE_MAX_CONNECTIONS", default_value_t = 10_000)]
     max_connections: usize,
+    /// Where state is kept: `embedded` (a file in the data directory) or a `mongodb://` URI.
+    #[arg(long, env = "VALKYRIE_STORE", default_value = "embedded")]
+    store: String,
+    /// `fsync`: every commit reaches the disk before what depends on it is acknowledged;
+    /// `none`: commits are not fsynced (benchmarks, throwaway CI).
+    #[arg(long, env = "VALKYRIE_DURABILITY", value_enum, default_value = "fsync")]
+    durability: Durability,
+    /// Serve the REST API (and /metrics, /healthz, /readyz) on this address, e.g. 127.0.0.1:8080.
+    #[arg(long, env = "VALKYRIE_HTTP")]
+    http: Option<SocketAddr>,
+    /// Origin allowed cross-origin REST requests (`*` for any). Repeatable.
+    #[arg(long = "cors-origin", env = "VALKYRIE_CORS_ORIGIN", value_delimiter = ',')]
+    cors_origin: Vec<String>,
+    /// REST requests per second per token (0: unlimited).
+    #[arg(long, env = "VALKYRIE_RATE_LIMIT", default_value_t = 100.0)]
+    rate_limit: f64,
+    /// REST requests a token may make at once before the rate limit applies.
+    #[arg(long, env = "VALKYRIE_RATE_LIMIT_BURST", default_value_t = 200.0)]
+    rate_limit_burst: f64,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Mint a JWT for the REST API, signed with the data directory's jwt-secret; prints it on stdout.
+    Token {
+        /// What the token may do: viewer (read), submitter (read, create, trigger, cancel), admin (everything).
+        #[arg(long, value_enum)]
+        role: Role,
+        /// How long the token is valid.
+        #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
+        ttl: Duration,
+        /// Who the token is for (its `sub` claim).
+        #[arg(long, default_value = "cli")]
+        subject: String,
+        /// The server's data directory.
+        #[arg(long, env = "VALKYRIE_DATA_DIR", default_value = "valkyrie-data")]
+        data_dir: PathBuf,
+    },
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> std::process::ExitCode {
+    match run().await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("valkyrie-server: {err:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("VALKYRIE_LOG")
@@ -68,6 +127,20 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
+    if let Some(Cmd::Token {
+        role,
+        ttl,
+        subject,
+        data_dir,
+    }) = &args.command
+    {
+        std::fs::create_dir_all(data_dir)
+            .with_context(|| format!("cannot create data directory {}", data_dir.display()))?;
+        let (keys, _) = JwtKeys::load_or_generate(data_dir)
+            .with_context(|| format!("cannot read or store jwt-secret in {}", data_dir.display()))?;
+        println!("{}", keys.mint(subject, *role, *ttl));
+        return Ok(());
+    }
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("cannot create data directory {}", args.data_dir.display()))?;
     let (tokens, generated) =
@@ -106,22 +179,49 @@ async fn main() -> anyhow::Result<()> {
         authenticate: None,
     };
     let options = server::listener_options(tokens.clone(), base);
-    let core = spawn_core(
-        CoreConfig {
-            assign_lease: args.assign_lease,
-            runner_lost_after: args.runner_lost_after,
-            kill_grace: args.kill_grace,
-            ..CoreConfig::default()
-        },
-        tokens,
-        Default::default(),
-    );
+    let core_config = CoreConfig {
+        assign_lease: args.assign_lease,
+        runner_lost_after: args.runner_lost_after,
+        kill_grace: args.kill_grace,
+        ..CoreConfig::default()
+    };
+    let metrics: Arc<Metrics> = Default::default();
+    let mut store = open_store(&args.store, &args.data_dir, args.durability)?;
+    let loaded = store.load().context("cannot load the stored state")?;
+    let store = StoreHandle::spawn(store, metrics.clone());
+    let core = spawn_with_store(core_config, tokens.clone(), metrics, store, loaded);
+    let listeners_bound = Arc::new(AtomicBool::new(false));
+    if let Some(addr) = args.http {
+        let (jwt, generated) = JwtKeys::load_or_generate(&args.data_dir)
+            .with_context(|| format!("cannot store jwt-secret in {}", args.data_dir.display()))?;
+        if generated {
+            eprintln!(
+                "generated JWT secret: {}",
+                args.data_dir.join("jwt-secret").display()
+            );
+        }
+        let config = RestConfig::new(jwt)
+            .cors_origins(args.cors_origin.clone())
+            .rate_limit(args.rate_limit, args.rate_limit_burst)
+            .ready_flag(listeners_bound.clone());
+        let http = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen for HTTP on {addr}"))?;
+        println!("serving HTTP on http://{}", http.local_addr()?);
+        let router = rest::router(core.clone(), tokens, config);
+        tokio::spawn(async move {
+            if let Err(err) = rest::serve(http, router).await {
+                tracing::error!(%err, "the HTTP server stopped");
+            }
+        });
+    }
     let listeners = server::bind_all(&args.listen, &options).await?;
     for listener in listeners {
         // Printed on stdout so scripts and tests can wait for readiness.
         println!("listening on {}", listener.local_endpoint());
         tokio::spawn(server::serve(listener, core.clone()));
     }
+    listeners_bound.store(true, Ordering::Release);
     shutdown_signal().await;
     eprintln!("shutting down");
     Ok(())
@@ -133,5 +233,20 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
+    }
+}
+
+/// Opens the store named by `--store`.
+fn open_store(
+    store: &str,
+    data_dir: &std::path::Path,
+    durability: Durability,
+) -> anyhow::Result<Box<dyn Store>> {
+    match store {
+        "embedded" => Ok(Box::new(EmbeddedStore::open(data_dir, durability)?)),
+        uri if uri.starts_with("mongodb://") || uri.starts_with("mongodb+srv://") => {
+            bail!("the MongoDB store is not available in this build (requested {uri}); use --store embedded")
+        }
+        other => bail!("unknown store `{other}`: use `embedded` or a mongodb:// URI"),
     }
 }

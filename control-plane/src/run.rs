@@ -19,6 +19,7 @@ use valkyrie::pipeline::{Condition, Pipeline};
 
 use crate::job::JobRecord;
 use crate::scheduler::JobId;
+use crate::store::{RunRow, SlotRow};
 
 /// Where one pipeline job is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,6 +49,10 @@ pub struct Run {
     /// When the run-level timeout fires.
     pub deadline: Option<Instant>,
     ending: Option<RunState>,
+    /// The pipeline file it came from, kept so the run can be stored and
+    /// rebuilt after a restart.
+    file_name: String,
+    yaml: String,
 }
 
 impl Run {
@@ -66,7 +71,105 @@ impl Run {
             finished_at_ms: None,
             deadline,
             ending: None,
+            file_name: String::new(),
+            yaml: String::new(),
         }
+    }
+
+    /// Records the pipeline file the run came from.
+    pub fn set_source(&mut self, file_name: &str, yaml: &str) {
+        self.file_name = file_name.to_owned();
+        self.yaml = yaml.to_owned();
+    }
+
+    /// The stored form.
+    pub fn to_row(&self) -> RunRow {
+        let deadline_ms =
+            (self.pipeline.timeout_ms > 0).then(|| self.created_at_ms + self.pipeline.timeout_ms);
+        RunRow {
+            id: self.id,
+            file_name: self.file_name.clone(),
+            yaml: self.yaml.clone(),
+            slots: self
+                .slots
+                .iter()
+                .map(|s| match s {
+                    Slot::Waiting => SlotRow::Waiting,
+                    Slot::Released { job, state } => SlotRow::Released {
+                        job: job.0,
+                        state: *state,
+                    },
+                    Slot::Skipped {
+                        reason,
+                        because_of_failure,
+                    } => SlotRow::Skipped {
+                        reason: reason.clone(),
+                        because_of_failure: *because_of_failure,
+                    },
+                })
+                .collect(),
+            state: self.state,
+            message: self.message.clone(),
+            created_at_ms: self.created_at_ms,
+            finished_at_ms: self.finished_at_ms,
+            ending: self.ending,
+            deadline_ms,
+        }
+    }
+
+    /// Rebuilds a stored run (its pipeline file is parsed again).
+    pub fn from_row(row: RunRow, now_ms: u64, now: Instant) -> Result<Self, String> {
+        let pipeline = valkyrie::pipeline::parse(&row.file_name, &row.yaml).map_err(|e| e.to_string())?;
+        if pipeline.jobs.len() != row.slots.len() {
+            return Err(format!(
+                "run {} has {} stored jobs but its pipeline has {}",
+                row.id,
+                row.slots.len(),
+                pipeline.jobs.len()
+            ));
+        }
+        let slots = row
+            .slots
+            .into_iter()
+            .map(|s| match s {
+                SlotRow::Waiting => Slot::Waiting,
+                SlotRow::Released { job, state } => Slot::Released {
+                    job: JobId(job),
+                    state,
+                },
+                SlotRow::Skipped {
+                    reason,
+                    because_of_failure,
+                } => Slot::Skipped {
+                    reason,
+                    because_of_failure,
+                },
+            })
+            .collect();
+        let deadline = row
+            .deadline_ms
+            .map(|d| now + std::time::Duration::from_millis(d.saturating_sub(now_ms)));
+        Ok(Self {
+            id: row.id,
+            pipeline,
+            slots,
+            state: row.state,
+            message: row.message,
+            created_at_ms: row.created_at_ms,
+            finished_at_ms: row.finished_at_ms,
+            deadline,
+            ending: row.ending,
+            file_name: row.file_name,
+            yaml: row.yaml,
+        })
+    }
+
+    /// The released jobs and their pipeline index.
+    pub fn released_jobs(&self) -> impl Iterator<Item = (usize, JobId)> + '_ {
+        self.slots.iter().enumerate().filter_map(|(i, s)| match s {
+            Slot::Released { job, .. } => Some((i, *job)),
+            _ => None,
+        })
     }
 
     /// The run's state.
@@ -407,6 +510,19 @@ mod tests {
         finish(&mut r, "next", JobState::Succeeded);
         assert!(r.finish_if_done(1));
         assert_eq!(r.state(), RunState::Succeeded);
+    }
+
+    #[test]
+    fn a_stored_run_is_rebuilt_as_it_was() {
+        let mut r = run(DAG);
+        r.set_source("t.yaml", DAG);
+        let first = r.advance();
+        release(&mut r, &first);
+        finish(&mut r, "a", JobState::Failed);
+        let row = r.to_row();
+        let back = Run::from_row(row.clone(), 0, Instant::now()).unwrap();
+        assert_eq!(back.to_row(), row);
+        assert_eq!(back.info(|_| None), r.info(|_| None));
     }
 
     #[test]

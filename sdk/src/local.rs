@@ -11,7 +11,11 @@ use tokio::task::JoinHandle;
 use valkyrie::transport::{BindError, Listener, ListenerOptions};
 use valkyrie::Endpoint;
 use valkyrie_control_plane::auth::{random_token, Tokens};
-use valkyrie_control_plane::{server, spawn_core, CoreConfig};
+use valkyrie_control_plane::core::spawn_with_store;
+use valkyrie_control_plane::metrics::Metrics;
+use valkyrie_control_plane::store::embedded::EmbeddedStore;
+use valkyrie_control_plane::store::{Durability, Store, StoreError, StoreHandle};
+use valkyrie_control_plane::{server, CoreConfig};
 use valkyrie_runner_agent::job::JobDefaults;
 use valkyrie_runner_agent::{Agent, AgentConfig};
 
@@ -46,6 +50,9 @@ pub enum LocalClusterError {
     /// The temporary directory could not be made.
     #[error("cannot create a temporary directory: {0}")]
     Io(#[from] std::io::Error),
+    /// The store could not be opened.
+    #[error(transparent)]
+    Store(#[from] StoreError),
     /// The listener could not be bound.
     #[error(transparent)]
     Bind(#[from] BindError),
@@ -76,7 +83,12 @@ impl LocalCluster {
         let endpoint = Endpoint::Unix(dir.path().join("valkyrie.sock"));
         let (api_token, runner_token) = (random_token(), random_token());
         let tokens = Arc::new(Tokens::new(api_token.clone(), runner_token.clone()));
-        let core = spawn_core(config.clone(), tokens.clone(), Default::default());
+        // The embedded store, in the temporary directory, as a server has.
+        let metrics: Arc<Metrics> = Default::default();
+        let mut store = EmbeddedStore::open(dir.path(), Durability::Fsync)?;
+        let loaded = store.load()?;
+        let store = StoreHandle::spawn(Box::new(store), metrics.clone());
+        let core = spawn_with_store(config.clone(), tokens.clone(), metrics, store, loaded);
         let listener = Listener::bind(
             &endpoint,
             server::listener_options(tokens, ListenerOptions::default()),

@@ -9,6 +9,7 @@
 //! server-side timeouts, and lost runners.
 
 mod events;
+mod persist;
 mod pipelines;
 mod runners;
 mod snapshot;
@@ -33,6 +34,7 @@ use crate::metrics::Metrics;
 use crate::responder::{EventSink, Responder};
 use crate::run::Run;
 use crate::scheduler::{Availability, JobId, QueuedJob, RunnerId, Scheduler, SchedulerConfig};
+use crate::store::{AfterCommit, Change, Loaded, LogRow, StoreHandle};
 pub use events::Subscribers;
 pub use pipelines::PipelineDef;
 pub use runners::{Link, RunnerRecord};
@@ -235,12 +237,49 @@ pub struct Core {
     job_runs: HashMap<JobId, (u64, usize)>,
     next_run: u64,
     started: Instant,
+    /// Durable state; `None` keeps everything in memory only.
+    store: Option<StoreHandle>,
+    /// Changes of this turn, committed at its end.
+    changes: Vec<Change>,
+    /// What waits for this turn's changes to be durable.
+    after: Vec<AfterCommit>,
+    dirty_jobs: std::collections::BTreeSet<JobId>,
+    dirty_runs: std::collections::BTreeSet<u64>,
+    counters_dirty: bool,
+    /// Unfinished runs with a timeout, checked on each tick.
+    timed_runs: std::collections::BTreeSet<u64>,
 }
 
-/// Starts the core task; returns its handle.
+/// Starts the core task with its state in memory only; returns its handle.
 pub fn spawn(config: CoreConfig, tokens: Arc<Tokens>, metrics: Arc<Metrics>) -> CoreHandle {
+    spawn_inner(config, tokens, metrics, None)
+}
+
+/// Starts the core task on a store: the state in `loaded` is recovered
+/// first, and every change is committed to `store` before what depends on
+/// it (an acceptance, an assignment) is sent.
+pub fn spawn_with_store(
+    config: CoreConfig,
+    tokens: Arc<Tokens>,
+    metrics: Arc<Metrics>,
+    store: StoreHandle,
+    loaded: Loaded,
+) -> CoreHandle {
+    spawn_inner(config, tokens, metrics, Some((store, loaded)))
+}
+
+fn spawn_inner(
+    config: CoreConfig,
+    tokens: Arc<Tokens>,
+    metrics: Arc<Metrics>,
+    store: Option<(StoreHandle, Loaded)>,
+) -> CoreHandle {
     let (tx, rx) = mpsc::channel(65_536);
-    let core = Core {
+    let (store, loaded) = match store {
+        Some((store, loaded)) => (Some(store), Some(loaded)),
+        None => (None, None),
+    };
+    let mut core = Core {
         config,
         metrics: metrics.clone(),
         tokens,
@@ -260,7 +299,18 @@ pub fn spawn(config: CoreConfig, tokens: Arc<Tokens>, metrics: Arc<Metrics>) -> 
         job_runs: HashMap::new(),
         next_run: 1,
         started: Instant::now(),
+        store,
+        changes: Vec::new(),
+        after: Vec::new(),
+        dirty_jobs: Default::default(),
+        dirty_runs: Default::default(),
+        counters_dirty: false,
+        timed_runs: Default::default(),
     };
+    if let Some(loaded) = loaded {
+        core.recover(loaded);
+        core.flush();
+    }
     tokio::spawn(core.run(rx));
     CoreHandle { tx, metrics }
 }
@@ -285,6 +335,7 @@ impl Core {
                 _ = tick.tick() => self.on_tick(Instant::now()),
             }
             self.dispatch();
+            self.flush();
         }
     }
 
@@ -402,7 +453,8 @@ impl Core {
             return;
         }
         let id = self.create_job(spec);
-        reply.reply(JobAccepted { job_id: id.0 });
+        // spec: a submit is acknowledged only once it is durable.
+        self.after_commit(AfterCommit::Reply(reply, JobAccepted { job_id: id.0 }.into()));
     }
 
     fn create_job(&mut self, spec: JobSpec) -> JobId {
@@ -413,6 +465,7 @@ impl Core {
         self.enqueue(&record);
         debug!(job_id = id.0, name = %record.spec.name, "job queued");
         self.jobs.insert(id, record);
+        self.counters_dirty = true;
         self.publish_state(id);
         id
     }
@@ -432,7 +485,12 @@ impl Core {
         info!(run_id = id, pipeline = %pipeline.name, jobs = pipeline.jobs.len(), "run created");
         self.runs
             .insert(id, Run::new(id, pipeline, now_ms(), Instant::now()));
-        reply.reply(RunAccepted { run_id: id });
+        if let Some(run) = self.runs.get_mut(&id) {
+            run.set_source(file_name, yaml);
+        }
+        self.counters_dirty = true;
+        self.dirty_runs.insert(id);
+        self.after_commit(AfterCommit::Reply(reply, RunAccepted { run_id: id }.into()));
         self.advance_run(id);
     }
 
@@ -440,6 +498,10 @@ impl Core {
     /// nothing is left.
     fn advance_run(&mut self, id: u64) {
         let Some(run) = self.runs.get_mut(&id) else { return };
+        self.dirty_runs.insert(id);
+        if run.deadline.is_some() && !run.state().is_terminal() {
+            self.timed_runs.insert(id);
+        }
         let ready = run.advance();
         let specs: Vec<(usize, JobSpec)> = ready
             .iter()
@@ -514,6 +576,7 @@ impl Core {
             }
             JobState::Assigned | JobState::Running => {
                 job.cancel_requested = true;
+                self.dirty_jobs.insert(id);
                 job.kill_deadline = Some(Instant::now() + self.config.kill_grace + Duration::from_secs(5));
                 let attempt = job.attempt;
                 let runner = job.runner;
@@ -551,10 +614,13 @@ impl Core {
         job.info(reason)
     }
 
+    /// A job changed: store it, update its run, tell subscribers.
     fn publish_state(&mut self, id: JobId) {
+        self.dirty_jobs.insert(id);
         if let (Some(&(run, index)), Some(job)) = (self.job_runs.get(&id), self.jobs.get(&id)) {
-            if let Some(run) = self.runs.get_mut(&run) {
-                run.job_changed(index, job.state());
+            if let Some(run_state) = self.runs.get_mut(&run) {
+                run_state.job_changed(index, job.state());
+                self.dirty_runs.insert(run);
             }
         }
         if self.subscribers.is_empty() {
@@ -588,6 +654,7 @@ impl Core {
         while self.finished.len() > self.config.finished_job_retention {
             if let Some(old) = self.finished.pop_front() {
                 self.jobs.remove(&old);
+                self.dirty_jobs.insert(old);
                 self.logs.remove(&old);
                 self.job_runs.remove(&old);
             }
@@ -729,7 +796,10 @@ impl Core {
             last_seen: now,
             jobs: Default::default(),
         };
+        let row = Self::runner_row(&record);
         self.runners.insert(id, record);
+        self.record(Change::Runner(Box::new(row)));
+        self.counters_dirty = true;
         let tags = self.scheduler.tag_set(&msg.tags);
         self.scheduler.upsert_runner(id, tags, msg.slots);
         self.scheduler.set_availability(id, Availability::Ready);
@@ -742,6 +812,9 @@ impl Core {
             let jid = JobId(job_id);
             match self.jobs.get(&jid) {
                 Some(job) if job.check_attempt(id, attempt).is_ok() => {
+                    // After a restart the scheduler does not know this
+                    // attempt yet: it holds one of the runner's slots.
+                    self.scheduler.restore_running(jid, &job.spec.project, id);
                     kept.insert(jid);
                 }
                 _ => stale.push(RunningAttempt { job_id, attempt }),
@@ -954,6 +1027,14 @@ impl Core {
         logs.next_seq += 1;
         if logs.bytes + data.len() <= self.config.log_retention_bytes {
             logs.bytes += data.len();
+            if self.store.is_some() {
+                self.changes.push(Change::Log(LogRow {
+                    job: id.0,
+                    seq,
+                    stream,
+                    data: data.to_vec(),
+                }));
+            }
             logs.chunks.push(StoredLog {
                 stream,
                 seq,
@@ -980,10 +1061,14 @@ impl Core {
 
     fn on_tick(&mut self, now: Instant) {
         self.subscribers.flush_markers();
+        let runs = &self.runs;
+        self.timed_runs
+            .retain(|id| runs.get(id).is_some_and(|r| !r.state().is_terminal()));
         let timed_out: Vec<u64> = self
-            .runs
-            .values()
-            .filter(|r| !r.state().is_terminal() && r.deadline.is_some_and(|d| now >= d))
+            .timed_runs
+            .iter()
+            .filter_map(|id| self.runs.get(id))
+            .filter(|r| r.deadline.is_some_and(|d| now >= d))
             .map(|r| r.id)
             .collect();
         for id in timed_out {
@@ -1008,7 +1093,14 @@ impl Core {
         // Leases that ran out and server-side deadlines.
         let mut expired = Vec::new();
         let mut overdue = Vec::new();
-        for job in self.jobs.values() {
+        // Only jobs on runners can have a lease or a deadline: looking at
+        // them alone keeps the tick cheap however many jobs are stored.
+        let active = self
+            .runners
+            .values()
+            .flat_map(|r| r.jobs.iter())
+            .filter_map(|id| self.jobs.get(id));
+        for job in active {
             match job.state() {
                 JobState::Assigned if job.lease_deadline.is_some_and(|d| now >= d) => {
                     expired.push((job.id, job.runner))
@@ -1121,12 +1213,12 @@ impl Core {
                 lease_ms: lease.as_millis() as u32,
                 spec: job.spec.clone(),
             };
-            if let Some(sender) = runner.sender() {
-                // A full queue leaves the lease to expire and the job to be
-                // queued again: never block the core on one runner.
-                if let Err(err) = sender.try_reply(0, assign) {
-                    debug!(%err, job_id = job_id.0, "assignment not sent; the lease will expire");
-                }
+            // Sent once the assignment is durable, so that a restart can
+            // never hand the same attempt out twice. A full queue leaves the
+            // lease to expire and the job to be queued again: the core never
+            // blocks on one runner.
+            if let Some(sender) = runner.sender().cloned() {
+                self.after_commit(AfterCommit::Send(sender, assign.into()));
             }
             self.publish_state(job_id);
         }

@@ -9,7 +9,7 @@ use super::{now_ms, Core};
 use crate::run::Run;
 
 /// A stored pipeline definition.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct PipelineDef {
     /// Id.
     pub id: u64,
@@ -53,6 +53,8 @@ impl Core {
             updated_at_ms: now,
         };
         self.pipelines.insert(id, def.clone());
+        self.record(crate::store::Change::Pipeline(Box::new(def.clone())));
+        self.counters_dirty = true;
         Ok(def)
     }
 
@@ -62,13 +64,17 @@ impl Core {
             .pipelines
             .get(&id)
             .ok_or_else(|| format!("no pipeline {id}"))?;
+        let (file_name, yaml) = (def.file_name.clone(), def.yaml.clone());
         // Stored definitions were validated when created; parse again to
         // get the plan (the format is pure and cheap to parse).
-        let pipeline = valkyrie::pipeline::parse(&def.file_name, &def.yaml).map_err(|e| e.to_string())?;
+        let pipeline = valkyrie::pipeline::parse(&file_name, &yaml).map_err(|e| e.to_string())?;
         let run_id = self.next_run;
         self.next_run += 1;
-        self.runs
-            .insert(run_id, Run::new(run_id, pipeline, now_ms(), Instant::now()));
+        let mut run = Run::new(run_id, pipeline, now_ms(), Instant::now());
+        run.set_source(&file_name, &yaml);
+        self.runs.insert(run_id, run);
+        self.dirty_runs.insert(run_id);
+        self.counters_dirty = true;
         self.advance_run(run_id);
         Ok(run_id)
     }

@@ -3,11 +3,13 @@
 use std::fmt;
 
 /// Identifies a connected runner (agent) in the control plane.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(transparent)]
 pub struct RunnerId(pub u64);
 
 /// Identifies one job (one attempt to run a pipeline job) in the control plane.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(transparent)]
 pub struct JobId(pub u64);
 
 impl fmt::Display for RunnerId {

@@ -277,6 +277,28 @@ impl Scheduler {
         })
     }
 
+    /// Records a job that is already running on `runner` (an attempt the
+    /// runner re-reported after the control plane restarted): it holds a
+    /// slot and counts towards its project's share exactly as if it had been
+    /// assigned here. False if the job is already known or the runner is not.
+    pub fn restore_running(&mut self, job: JobId, project: &str, runner: RunnerId) -> bool {
+        if self.running.contains_key(&job) || self.queue.contains(job) || self.runners.get(runner).is_none() {
+            return false;
+        }
+        self.runners.take_slot(runner);
+        let project = self.queue.project(project);
+        self.queue.charge(project);
+        self.running.insert(
+            job,
+            RunningJob {
+                runner: Some(runner),
+                assigned_to: runner,
+                project,
+            },
+        );
+        true
+    }
+
     /// Jobs waiting.
     pub fn queue_len(&self) -> usize {
         self.queue.len()

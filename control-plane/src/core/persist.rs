@@ -1,0 +1,218 @@
+//! The core's side of durability: collecting changes during a turn, handing
+//! them to the store at the end of the turn with the messages that must wait
+//! for them, and rebuilding the state from the store at start.
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use tracing::{info, warn};
+use valkyrie::message::JobState;
+
+use super::{now_ms, Core, JobLogs, Link, RunnerRecord, StoredLog};
+use crate::run::Run;
+use crate::scheduler::{Availability, JobId, RunnerId};
+use crate::store::{AfterCommit, Change, Counters, Loaded, RunnerRow};
+
+impl Core {
+    /// Records a change for the end of this turn's commit.
+    pub(super) fn record(&mut self, change: Change) {
+        if self.store.is_some() {
+            self.changes.push(change);
+        }
+    }
+
+    /// Runs `action` once this turn's changes are durable (at once without
+    /// a store).
+    pub(super) fn after_commit(&mut self, action: AfterCommit) {
+        if self.store.is_some() {
+            self.after.push(action);
+        } else {
+            action.run();
+        }
+    }
+
+    /// End of a turn: hand the changes and what waits for them to the store.
+    pub(super) fn flush(&mut self) {
+        let Some(store) = self.store.clone() else { return };
+        let dirty_jobs = std::mem::take(&mut self.dirty_jobs);
+        for id in dirty_jobs {
+            let change = match self.jobs.get(&id) {
+                Some(job) => Change::Job(Box::new(job.clone())),
+                None => Change::DeleteJob(id.0),
+            };
+            self.changes.push(change);
+        }
+        let dirty_runs = std::mem::take(&mut self.dirty_runs);
+        for id in dirty_runs {
+            if let Some(run) = self.runs.get(&id) {
+                self.changes.push(Change::Run(Box::new(run.to_row())));
+            }
+        }
+        if std::mem::take(&mut self.counters_dirty) {
+            self.changes.push(Change::Counters(Counters {
+                next_job: self.next_job,
+                next_run: self.next_run,
+                next_pipeline: self.next_pipeline,
+                next_runner: self.next_runner,
+            }));
+        }
+        if self.changes.is_empty() && self.after.is_empty() {
+            return;
+        }
+        store.submit(std::mem::take(&mut self.changes), std::mem::take(&mut self.after));
+    }
+
+    pub(super) fn runner_row(runner: &RunnerRecord) -> RunnerRow {
+        RunnerRow {
+            id: runner.id.0,
+            name: runner.name.clone(),
+            tags: runner.tags.clone(),
+            os: runner.os.clone(),
+            arch: runner.arch.clone(),
+            slots: runner.slots,
+            version: runner.version.clone(),
+            credential: runner.credential.clone(),
+        }
+    }
+
+    /// Rebuilds the state from the store. Queued jobs queue again; jobs that
+    /// were assigned or running stay with their runner, which has
+    /// `runner_lost_after` to reconnect and re-report them (they are then
+    /// re-attached) before they are retried or marked lost like any job of
+    /// a lost runner. Nothing is dropped silently and nothing is queued
+    /// twice.
+    pub(super) fn recover(&mut self, loaded: Loaded) {
+        let now = Instant::now();
+        let counters = loaded.counters;
+        self.next_job = counters.next_job.max(1);
+        self.next_run = counters.next_run.max(1);
+        self.next_pipeline = counters.next_pipeline.max(1);
+        self.next_runner = counters.next_runner.max(1);
+        for def in loaded.pipelines {
+            self.next_pipeline = self.next_pipeline.max(def.id + 1);
+            self.pipelines.insert(def.id, def);
+        }
+        for row in loaded.runners {
+            let id = RunnerId(row.id);
+            self.next_runner = self.next_runner.max(row.id + 1);
+            self.tokens.restore_runner_credential(&row.credential);
+            self.runner_names.insert(row.name.clone(), id);
+            let tags = self.scheduler.tag_set(&row.tags);
+            self.scheduler.upsert_runner(id, tags, row.slots);
+            self.scheduler.set_availability(id, Availability::Lost);
+            self.runners.insert(
+                id,
+                RunnerRecord {
+                    id,
+                    name: row.name,
+                    tags: row.tags,
+                    os: row.os,
+                    arch: row.arch,
+                    slots: row.slots,
+                    version: row.version,
+                    credential: row.credential,
+                    link: Link::Disconnected(now),
+                    draining: false,
+                    last_seen: now,
+                    jobs: BTreeSet::new(),
+                },
+            );
+        }
+        let (mut queued, mut on_runners, mut finished) = (0, 0, 0);
+        for mut job in loaded.jobs {
+            self.next_job = self.next_job.max(job.id.0 + 1);
+            match job.state() {
+                JobState::Queued => {
+                    self.enqueue(&job);
+                    queued += 1;
+                }
+                JobState::Assigned | JobState::Running => {
+                    // The lease and the server-side timeout start again.
+                    if job.state() == JobState::Assigned {
+                        job.lease_deadline =
+                            Some(now + self.config.runner_lost_after + self.config.assign_lease);
+                    }
+                    if job.spec.timeout_ms > 0 || job.cancel_requested {
+                        job.kill_deadline = Some(
+                            now + Duration::from_millis(job.spec.timeout_ms)
+                                + self.config.kill_grace
+                                + self.config.runner_lost_after,
+                        );
+                    }
+                    match job.runner.and_then(|r| self.runners.get_mut(&r)) {
+                        Some(runner) => {
+                            runner.jobs.insert(job.id);
+                        }
+                        None => warn!(job_id = job.id.0, "job on an unknown runner; it will be retried"),
+                    }
+                    on_runners += 1;
+                }
+                _ => {
+                    self.finished.push_back(job.id);
+                    finished += 1;
+                }
+            }
+            self.jobs.insert(job.id, job);
+        }
+        // A job on no known runner cannot be re-reported: retry it now.
+        let orphans: Vec<JobId> = self
+            .jobs
+            .values()
+            .filter(|j| matches!(j.state(), JobState::Assigned | JobState::Running))
+            .filter(|j| j.runner.is_none_or(|r| !self.runners.contains_key(&r)))
+            .map(|j| j.id)
+            .collect();
+        for id in orphans {
+            self.lose(id, None, "its runner is unknown after a restart");
+        }
+        for log in loaded.logs {
+            let id = JobId(log.job);
+            let logs: &mut JobLogs = self.logs.entry(id).or_default();
+            logs.bytes += log.data.len();
+            logs.next_seq = logs.next_seq.max(log.seq + 1);
+            logs.chunks.push(StoredLog {
+                stream: log.stream,
+                seq: log.seq,
+                data: log.data.into(),
+            });
+        }
+        let now_ms = now_ms();
+        for row in loaded.runs {
+            self.next_run = self.next_run.max(row.id + 1);
+            let id = row.id;
+            match Run::from_row(row, now_ms, now) {
+                Ok(run) => {
+                    for (index, job) in run.released_jobs() {
+                        self.job_runs.insert(job, (id, index));
+                    }
+                    self.runs.insert(id, run);
+                }
+                Err(err) => warn!(run_id = id, %err, "stored run cannot be rebuilt; it is left out"),
+            }
+        }
+        // Jobs may have finished after their run was last stored.
+        let run_ids: Vec<u64> = self.runs.keys().copied().collect();
+        for id in run_ids {
+            let states: Vec<(usize, JobState)> = match self.runs.get(&id) {
+                Some(run) => run
+                    .released_jobs()
+                    .filter_map(|(i, job)| self.jobs.get(&job).map(|j| (i, j.state())))
+                    .collect(),
+                None => continue,
+            };
+            if let Some(run) = self.runs.get_mut(&id) {
+                for (index, state) in states {
+                    run.job_changed(index, state);
+                }
+            }
+            self.advance_run(id);
+        }
+        info!(
+            queued,
+            on_runners,
+            finished,
+            runs = self.runs.len(),
+            "state recovered from the store"
+        );
+    }
+}

@@ -1,0 +1,297 @@
+//! Who is calling: bearer tokens, JWTs and roles.
+//!
+//! A request carries `Authorization: Bearer <token>`. The token is either
+//! the server's API token (the one SDK clients and `vk` use), which counts
+//! as `admin`, or a JWT the server signed (HS256, with the secret in the
+//! data directory's `jwt-secret`) carrying `sub`, `role` and `exp`.
+//! Roles are ordered: `viewer` may read, `submitter` may also create,
+//! upload, trigger and cancel, `admin` may do everything (drain runners).
+//!
+//! JWTs are HS256 only: a token whose header names any other algorithm is
+//! refused before its signature is looked at, so no algorithm confusion is
+//! possible. The HMAC comes from `ring`, which the TLS stack already builds.
+
+use std::path::Path;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::extract::FromRequestParts;
+use axum::http::header;
+use axum::http::request::Parts;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use ring::hmac;
+use serde::{Deserialize, Serialize};
+
+use super::error::ApiError;
+use super::AppState;
+
+/// What a caller may do; each role includes the ones below it.
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, clap::ValueEnum,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Read-only: every GET route.
+    Viewer,
+    /// Viewer, plus create, upload, trigger and cancel.
+    Submitter,
+    /// Everything, including draining runners.
+    Admin,
+}
+
+impl Role {
+    /// The lower-case name used in tokens and messages.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Viewer => "viewer",
+            Role::Submitter => "submitter",
+            Role::Admin => "admin",
+        }
+    }
+}
+
+/// The claims of a Valkyrie JWT.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Claims {
+    /// Who the token was issued to.
+    pub sub: String,
+    /// What the holder may do.
+    pub role: Role,
+    /// Expiry, seconds since the Unix epoch.
+    pub exp: u64,
+    /// Issue time, seconds since the Unix epoch.
+    #[serde(default)]
+    pub iat: u64,
+}
+
+/// Why a JWT was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum VerifyTokenError {
+    /// Not three base64url parts with JSON header and claims.
+    #[error("the token is not a well-formed JWT")]
+    Malformed,
+    /// The header names an algorithm other than HS256.
+    #[error("the token's algorithm `{0}` is not accepted; only HS256 tokens from this server are")]
+    Algorithm(String),
+    /// The signature does not match this server's secret.
+    #[error("the token's signature is not valid for this server")]
+    Signature,
+    /// Past its `exp`.
+    #[error("the token expired")]
+    Expired,
+}
+
+/// Signs and checks the server's JWTs.
+pub struct JwtKeys {
+    key: hmac::Key,
+}
+
+impl std::fmt::Debug for JwtKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("JwtKeys(..)")
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct Header {
+    alg: String,
+    #[serde(default)]
+    typ: Option<String>,
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+impl JwtKeys {
+    /// Keys from a secret.
+    pub fn new(secret: &[u8]) -> Self {
+        Self {
+            key: hmac::Key::new(hmac::HMAC_SHA256, secret),
+        }
+    }
+
+    /// Reads the secret from `data_dir/jwt-secret`, generating it (mode
+    /// 0600) if it is missing. Returns the keys and whether it was generated.
+    pub fn load_or_generate(data_dir: &Path) -> std::io::Result<(Self, bool)> {
+        let path = data_dir.join("jwt-secret");
+        match std::fs::read_to_string(&path) {
+            Ok(secret) if !secret.trim().is_empty() => Ok((Self::new(secret.trim().as_bytes()), false)),
+            _ => {
+                let secret = crate::auth::random_token();
+                crate::auth::write_private(&path, &secret)?;
+                Ok((Self::new(secret.as_bytes()), true))
+            }
+        }
+    }
+
+    /// Issues a token for `sub` with `role`, valid for `ttl`.
+    pub fn mint(&self, sub: &str, role: Role, ttl: Duration) -> String {
+        let now = unix_now();
+        let claims = Claims {
+            sub: sub.to_owned(),
+            role,
+            exp: now + ttl.as_secs(),
+            iat: now,
+        };
+        self.sign(&claims)
+    }
+
+    /// Signs arbitrary claims (tests use it to make expired tokens).
+    pub fn sign(&self, claims: &Claims) -> String {
+        let header = Header {
+            alg: "HS256".into(),
+            typ: Some("JWT".into()),
+        };
+        let mut token = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&header).expect("header serializes"));
+        token.push('.');
+        token.push_str(&URL_SAFE_NO_PAD.encode(serde_json::to_vec(claims).expect("claims serialize")));
+        let tag = hmac::sign(&self.key, token.as_bytes());
+        token.push('.');
+        token.push_str(&URL_SAFE_NO_PAD.encode(tag.as_ref()));
+        token
+    }
+
+    /// Checks a token's algorithm, signature and expiry.
+    pub fn verify(&self, token: &str) -> Result<Claims, VerifyTokenError> {
+        let mut parts = token.splitn(3, '.');
+        let (Some(header), Some(claims), Some(signature)) = (parts.next(), parts.next(), parts.next()) else {
+            return Err(VerifyTokenError::Malformed);
+        };
+        let decode = |part: &str| {
+            URL_SAFE_NO_PAD
+                .decode(part)
+                .map_err(|_| VerifyTokenError::Malformed)
+        };
+        let header: Header =
+            serde_json::from_slice(&decode(header)?).map_err(|_| VerifyTokenError::Malformed)?;
+        if header.alg != "HS256" {
+            return Err(VerifyTokenError::Algorithm(header.alg));
+        }
+        let signed_len = token.len() - signature.len() - 1;
+        hmac::verify(&self.key, &token.as_bytes()[..signed_len], &decode(signature)?)
+            .map_err(|_| VerifyTokenError::Signature)?;
+        let claims: Claims =
+            serde_json::from_slice(&decode(claims)?).map_err(|_| VerifyTokenError::Malformed)?;
+        if claims.exp <= unix_now() {
+            return Err(VerifyTokenError::Expired);
+        }
+        Ok(claims)
+    }
+}
+
+/// An authenticated caller (extracted from the request; also charges the
+/// caller's rate limit).
+#[derive(Clone, Debug)]
+pub struct Caller {
+    /// Who: the JWT's `sub`, or `api-token`.
+    pub sub: String,
+    /// What they may do.
+    pub role: Role,
+}
+
+impl Caller {
+    /// Refuses with 403 unless the caller's role includes `needed`.
+    pub fn require(&self, needed: Role) -> Result<(), ApiError> {
+        if self.role >= needed {
+            return Ok(());
+        }
+        Err(ApiError::forbidden(format!(
+            "role `{}` may not do this; it needs `{}`",
+            self.role.as_str(),
+            needed.as_str()
+        ))
+        .details(format!("caller: {}", self.sub))
+        .suggest(format!(
+            "use a token with role `{}` or higher (an admin mints one with: valkyrie-server token --role {})",
+            needed.as_str(),
+            needed.as_str()
+        )))
+    }
+}
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let value = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .ok_or_else(|| ApiError::unauthenticated("no Authorization header"))?;
+        let token = value
+            .to_str()
+            .ok()
+            .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| ApiError::unauthenticated("the Authorization header is not `Bearer <token>`"))?;
+        let caller = if state.tokens.is_api_token(token) {
+            Caller {
+                sub: "api-token".into(),
+                role: Role::Admin,
+            }
+        } else {
+            let claims = state
+                .jwt
+                .verify(token)
+                .map_err(|e| ApiError::unauthenticated(e.to_string()))?;
+            Caller {
+                sub: claims.sub,
+                role: claims.role,
+            }
+        };
+        state.limiter.check(token)?;
+        Ok(caller)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn minted_tokens_verify_and_others_do_not() {
+        let keys = JwtKeys::new(b"secret");
+        let token = keys.mint("alice", Role::Submitter, Duration::from_secs(60));
+        let claims = keys.verify(&token).unwrap();
+        assert_eq!((claims.sub.as_str(), claims.role), ("alice", Role::Submitter));
+
+        let other = JwtKeys::new(b"other secret");
+        assert_eq!(other.verify(&token), Err(VerifyTokenError::Signature));
+
+        let expired = keys.sign(&Claims {
+            sub: "bob".into(),
+            role: Role::Admin,
+            exp: unix_now() - 1,
+            iat: 0,
+        });
+        assert_eq!(keys.verify(&expired), Err(VerifyTokenError::Expired));
+
+        // Same claims and signature, but a header claiming `none`.
+        let (_, rest) = token.split_once('.').unwrap();
+        let none = format!("{}.{rest}", URL_SAFE_NO_PAD.encode(br#"{"alg":"none"}"#));
+        assert_eq!(
+            keys.verify(&none),
+            Err(VerifyTokenError::Algorithm("none".into()))
+        );
+        assert_eq!(keys.verify("garbage"), Err(VerifyTokenError::Malformed));
+    }
+
+    #[test]
+    fn roles_are_ordered() {
+        assert!(Role::Admin > Role::Submitter && Role::Submitter > Role::Viewer);
+        let viewer = Caller {
+            sub: "v".into(),
+            role: Role::Viewer,
+        };
+        assert!(viewer.require(Role::Viewer).is_ok());
+        assert_eq!(
+            viewer.require(Role::Submitter).unwrap_err().status(),
+            axum::http::StatusCode::FORBIDDEN
+        );
+    }
+}

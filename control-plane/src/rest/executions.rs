@@ -1,0 +1,308 @@
+//! `/api/ci/executions`: pipeline runs, their jobs and timings, cancelling
+//! them, and following their logs over Server-Sent Events.
+
+use std::collections::{HashMap, HashSet};
+use std::convert::Infallible;
+use std::time::{Duration, Instant};
+
+use axum::extract::State;
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::Json;
+use futures_util::Stream;
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+use utoipa::{IntoParams, ToSchema};
+use valkyrie::message::{EventBody, Message, RunInfo, RunJobInfo};
+
+use super::auth::{Caller, Role};
+use super::error::{ApiError, ErrorBody};
+use super::{unexpected, ApiPath, ApiQuery, AppState, Shared};
+use crate::core::Command;
+use crate::responder::EventSink;
+
+/// A pipeline run.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Execution {
+    /// Id.
+    pub id: u64,
+    /// Pipeline name.
+    pub pipeline: String,
+    /// running, succeeded, failed, cancelled or timed_out.
+    pub status: String,
+    /// Why it ended, for people.
+    pub message: String,
+    /// Start, ms since the Unix epoch.
+    pub started_at_ms: u64,
+    /// End, ms since the Unix epoch.
+    pub finished_at_ms: Option<u64>,
+    /// `finished_at_ms - started_at_ms`, once finished.
+    pub duration_ms: Option<u64>,
+    /// Its jobs, in pipeline order.
+    pub jobs: Vec<ExecutionJob>,
+}
+
+/// One job of an execution.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ExecutionJob {
+    /// Name within the pipeline (matrix jobs: `name [key=value]`).
+    pub name: String,
+    /// Stage.
+    pub stage: String,
+    /// waiting, queued, assigned, running, succeeded, failed, cancelled, timed_out, lost or skipped.
+    pub status: String,
+    /// The job's id once released to the scheduler.
+    pub job_id: Option<u64>,
+    /// The runner that ran it.
+    pub runner: Option<String>,
+    /// Exit code, once finished.
+    pub exit_code: Option<i32>,
+    /// Start, ms since the Unix epoch.
+    pub started_at_ms: Option<u64>,
+    /// End, ms since the Unix epoch.
+    pub finished_at_ms: Option<u64>,
+    /// `finished_at_ms - started_at_ms`, once finished.
+    pub duration_ms: Option<u64>,
+    /// Whether its failure does not fail the run.
+    pub allow_failure: bool,
+    /// Why it is where it is.
+    pub reason: String,
+}
+
+impl From<RunJobInfo> for ExecutionJob {
+    fn from(job: RunJobInfo) -> Self {
+        Self {
+            duration_ms: job
+                .started_at_ms
+                .zip(job.finished_at_ms)
+                .map(|(s, f)| f.saturating_sub(s)),
+            name: job.name,
+            stage: job.stage,
+            status: job.state.as_str().into(),
+            job_id: job.job_id,
+            runner: job.runner,
+            exit_code: job.exit_code,
+            started_at_ms: job.started_at_ms,
+            finished_at_ms: job.finished_at_ms,
+            allow_failure: job.allow_failure,
+            reason: job.reason,
+        }
+    }
+}
+
+impl From<RunInfo> for Execution {
+    fn from(run: RunInfo) -> Self {
+        Self {
+            id: run.run_id,
+            pipeline: run.name,
+            status: run.state.as_str().into(),
+            message: run.message,
+            started_at_ms: run.created_at_ms,
+            duration_ms: run.finished_at_ms.map(|f| f.saturating_sub(run.created_at_ms)),
+            finished_at_ms: run.finished_at_ms,
+            jobs: run.jobs.into_iter().map(ExecutionJob::from).collect(),
+        }
+    }
+}
+
+/// How many executions to list.
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct ListQuery {
+    /// At most this many, newest first. Default 50.
+    pub limit: Option<u32>,
+}
+
+/// An accepted cancel.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct Cancelled {
+    /// The execution.
+    pub execution_id: u64,
+    /// Always `cancelling`: its jobs are being stopped.
+    pub status: String,
+}
+
+impl Shared {
+    async fn run(&self, id: u64) -> Result<RunInfo, ApiError> {
+        match self.ask(|reply| Command::GetRun(id, reply)).await {
+            Ok(Message::RunDetails(details)) => Ok(details.run),
+            Ok(other) => Err(unexpected(&other)),
+            Err(err) => Err(err.suggest("list executions with GET /api/ci/executions")),
+        }
+    }
+}
+
+/// The newest executions.
+#[utoipa::path(get, path = "/api/ci/executions", tag = "executions",
+    params(ListQuery),
+    responses((status = 200, body = Vec<Execution>), (status = 401, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiQuery(query): ApiQuery<ListQuery>,
+) -> Result<Json<Vec<Execution>>, ApiError> {
+    caller.require(Role::Viewer)?;
+    match state
+        .ask(|reply| Command::ListRuns(query.limit.unwrap_or(50), reply))
+        .await?
+    {
+        Message::RunList(list) => Ok(Json(list.runs.into_iter().map(Execution::from).collect())),
+        other => Err(unexpected(&other)),
+    }
+}
+
+/// One execution: status, jobs and timings.
+#[utoipa::path(get, path = "/api/ci/executions/{id}", tag = "executions",
+    params(("id" = u64, Path, description = "Execution id")),
+    responses((status = 200, body = Execution), (status = 404, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn get_one(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(id): ApiPath<u64>,
+) -> Result<Json<Execution>, ApiError> {
+    caller.require(Role::Viewer)?;
+    Ok(Json(state.run(id).await?.into()))
+}
+
+/// Cancels every unfinished job of an execution.
+#[utoipa::path(post, path = "/api/ci/executions/{id}/cancel", tag = "executions",
+    params(("id" = u64, Path, description = "Execution id")),
+    responses((status = 202, body = Cancelled), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn cancel(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(id): ApiPath<u64>,
+) -> Result<(axum::http::StatusCode, Json<Cancelled>), ApiError> {
+    caller.require(Role::Submitter)?;
+    state.ask(|reply| Command::CancelRun(id, reply)).await?;
+    Ok((
+        axum::http::StatusCode::ACCEPTED,
+        Json(Cancelled {
+            execution_id: id,
+            status: "cancelling".into(),
+        }),
+    ))
+}
+
+/// How often a log follower looks for newly released jobs.
+const RELEASE_POLL: Duration = Duration::from_millis(200);
+/// How long a follower waits, once the run has ended, for its jobs' last events.
+const END_GRACE: Duration = Duration::from_secs(5);
+
+/// Follows an execution's logs as Server-Sent Events: one `log` event per
+/// chunk of output (`id` = job id/seq, event name = job name, data = the
+/// text lines), `state` events as jobs change state, and a final `end`
+/// event with the execution's status. History is replayed first.
+#[utoipa::path(get, path = "/api/ci/executions/{id}/logs", tag = "executions",
+    params(("id" = u64, Path, description = "Execution id")),
+    responses((status = 200, content_type = "text/event-stream",
+        description = "Events: `<job name>` (data: output lines), `state` (JSON), `end` (JSON)"),
+        (status = 404, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn logs(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(id): ApiPath<u64>,
+) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
+    caller.require(Role::Viewer)?;
+    let run = state.run(id).await?;
+    let (out_tx, out_rx) = mpsc::channel::<SseEvent>(256);
+    tokio::spawn(follow(state, run, out_tx));
+    let stream = futures_util::stream::unfold(out_rx, |mut rx| async move {
+        rx.recv().await.map(|event| (Ok(event), rx))
+    });
+    Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
+}
+
+/// Subscribes to each job of the run as it is released and forwards its
+/// events until the run has ended and every subscribed job has reported a
+/// final state (or the client went away).
+async fn follow(state: AppState, mut run: RunInfo, out: mpsc::Sender<SseEvent>) {
+    let run_id = run.run_id;
+    let (events_tx, mut events) = mpsc::channel(1024);
+    let mut names: HashMap<u64, String> = HashMap::new();
+    let mut open: HashSet<u64> = HashSet::new();
+    let mut poll = tokio::time::interval(RELEASE_POLL);
+    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut ended_at: Option<Instant> = None;
+    loop {
+        for job in &run.jobs {
+            let Some(job_id) = job.job_id else { continue };
+            if names.contains_key(&job_id) {
+                continue;
+            }
+            // An SSE event name is one line.
+            names.insert(job_id, job.name.replace(['\r', '\n'], " "));
+            open.insert(job_id);
+            let sink = EventSink::Channel(events_tx.clone());
+            let subscribe = Command::Subscribe {
+                job: Some(job_id),
+                logs: true,
+                replay: true,
+                sink,
+            };
+            if !state.core.send(subscribe).await {
+                return;
+            }
+        }
+        if run.state.is_terminal() && ended_at.is_none() {
+            ended_at = Some(Instant::now());
+        }
+        if let Some(at) = ended_at {
+            if open.is_empty() || at.elapsed() > END_GRACE {
+                let end = serde_json::json!({
+                    "execution_id": run_id,
+                    "status": run.state.as_str(),
+                    "message": run.message,
+                });
+                let _ = out
+                    .send(SseEvent::default().event("end").data(end.to_string()))
+                    .await;
+                return;
+            }
+        }
+        tokio::select! {
+            event = events.recv() => {
+                // `events_tx` is held here, so the channel never closes.
+                let Some(event) = event else { return };
+                let name = names.get(&event.job_id).cloned().unwrap_or_default();
+                let sse = match event.body {
+                    EventBody::Log { seq, data, .. } => {
+                        let text = String::from_utf8_lossy(&data);
+                        SseEvent::default()
+                            .event(if name.is_empty() { "log" } else { name.as_str() })
+                            .id(format!("{}/{seq}", event.job_id))
+                            .data(text.trim_end_matches('\n'))
+                    }
+                    EventBody::State { state: job_state, exit_code, message, .. } => {
+                        if job_state.is_terminal() {
+                            open.remove(&event.job_id);
+                        }
+                        let body = serde_json::json!({
+                            "job_id": event.job_id, "job": name, "state": job_state.as_str(),
+                            "exit_code": exit_code, "message": message,
+                        });
+                        SseEvent::default().event("state").data(body.to_string())
+                    }
+                    EventBody::Skipped { missed } => SseEvent::default()
+                        .event("skipped")
+                        .data(serde_json::json!({"job_id": event.job_id, "missed": missed}).to_string()),
+                    EventBody::ReplayDone => continue,
+                };
+                if out.send(sse).await.is_err() {
+                    return;
+                }
+            }
+            _ = poll.tick() => {
+                if out.is_closed() {
+                    return;
+                }
+                match state.run(run_id).await {
+                    Ok(fresh) => run = fresh,
+                    Err(_) => return,
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,51 @@
+//! The OpenAPI document, generated from the handlers' `#[utoipa::path]`
+//! attributes and the response types' `ToSchema` derives, served at
+//! `/api/openapi.json`.
+
+use axum::Json;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+
+use super::{error, executions, health, metrics, pipelines, runners};
+
+/// The REST API's description.
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Valkyrie REST API", description = "Pipelines, executions and runners of a Valkyrie control plane."),
+    paths(
+        health::healthchecker, health::healthz, health::readyz, metrics::metrics, openapi_json,
+        pipelines::create, pipelines::upload, pipelines::list, pipelines::get_one, pipelines::trigger,
+        executions::list, executions::get_one, executions::cancel, executions::logs,
+        runners::list, runners::drain,
+    ),
+    components(schemas(
+        error::ErrorBody, health::Health, pipelines::Pipeline, pipelines::CreatePipeline, pipelines::Triggered,
+        executions::Execution, executions::ExecutionJob, executions::Cancelled, runners::Runner, runners::Draining,
+    )),
+    modifiers(&BearerAuth),
+)]
+pub struct ApiDoc;
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT or API token")
+                    .build(),
+            ),
+        );
+    }
+}
+
+/// This document.
+#[utoipa::path(get, path = "/api/openapi.json", tag = "health",
+    responses((status = 200, description = "The OpenAPI document", content_type = "application/json")))]
+pub async fn openapi_json() -> Json<utoipa::openapi::OpenApi> {
+    Json(ApiDoc::openapi())
+}

@@ -1,0 +1,249 @@
+//! `/api/ci/pipelines`: store validated pipeline files and trigger runs.
+
+use axum::body::Bytes;
+use axum::extract::multipart::MultipartRejection;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Multipart, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::Json;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+use super::auth::{Caller, Role};
+use super::error::{ApiError, ErrorBody};
+use super::{ApiPath, ApiQuery, AppState, MAX_BODY_BYTES};
+use crate::core::{Command, PipelineDef};
+
+/// A stored pipeline definition.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Pipeline {
+    /// Id.
+    pub id: u64,
+    /// Name from the file.
+    pub name: String,
+    /// Description from the file.
+    pub description: String,
+    /// File name it was submitted as.
+    pub file_name: String,
+    /// Stage names, in order.
+    pub stages: Vec<String>,
+    /// Jobs after matrix expansion.
+    pub jobs: usize,
+    /// Creation time, ms since the Unix epoch.
+    pub created_at_ms: u64,
+    /// Last update, ms since the Unix epoch.
+    pub updated_at_ms: u64,
+    /// The YAML text, as submitted.
+    pub yaml: String,
+}
+
+impl From<PipelineDef> for Pipeline {
+    fn from(def: PipelineDef) -> Self {
+        Self {
+            id: def.id,
+            name: def.name,
+            description: def.description,
+            file_name: def.file_name,
+            stages: def.stages,
+            jobs: def.jobs,
+            created_at_ms: def.created_at_ms,
+            updated_at_ms: def.updated_at_ms,
+            yaml: def.yaml,
+        }
+    }
+}
+
+/// A JSON create request: the YAML text and, optionally, its file name.
+/// (A JSON body without a `yaml` field is taken as the pipeline itself,
+/// written in JSON.)
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct CreatePipeline {
+    /// The pipeline file's text.
+    pub yaml: String,
+    /// File name, for error positions. Default `pipeline.yaml`.
+    #[serde(default)]
+    pub file_name: Option<String>,
+}
+
+/// Where to say a YAML body came from.
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct FileNameQuery {
+    /// File name, for error positions. Default `pipeline.yaml`.
+    pub file_name: Option<String>,
+}
+
+/// The run a trigger started.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct Triggered {
+    /// The new execution's id.
+    pub execution_id: u64,
+    /// The pipeline it runs.
+    pub pipeline_id: u64,
+    /// Where to follow it.
+    pub status_url: String,
+}
+
+const DEFAULT_FILE_NAME: &str = "pipeline.yaml";
+
+fn body_error(rejection: BytesRejection) -> ApiError {
+    if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError::too_large(MAX_BODY_BYTES)
+    } else {
+        ApiError::bad_request("the request body could not be read").details(rejection.body_text())
+    }
+}
+
+async fn store(
+    state: &AppState,
+    file_name: String,
+    yaml: String,
+) -> Result<(StatusCode, Json<Pipeline>), ApiError> {
+    let def = state
+        .call(|reply| Command::CreatePipeline {
+            file_name,
+            yaml,
+            reply,
+        })
+        .await?
+        .map_err(|errors| ApiError::invalid_pipeline(&errors))?;
+    Ok((StatusCode::CREATED, Json(def.into())))
+}
+
+/// Creates a pipeline from a YAML body (`application/yaml`, `text/*`) or a
+/// JSON body (`{"yaml": ..., "file_name": ...}`, or the pipeline in JSON).
+#[utoipa::path(post, path = "/api/ci/pipelines", tag = "pipelines",
+    params(FileNameQuery),
+    request_body(description = "YAML text (application/yaml), or JSON: `{yaml, file_name}` or the pipeline itself",
+        content((CreatePipeline = "application/json"), (String = "application/yaml"))),
+    responses((status = 201, body = Pipeline),
+              (status = 422, description = "Validation errors with file positions", body = ErrorBody),
+              (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 413, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn create(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiQuery(query): ApiQuery<FileNameQuery>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(StatusCode, Json<Pipeline>), ApiError> {
+    caller.require(Role::Submitter)?;
+    let body = body.map_err(body_error)?;
+    let text = String::from_utf8(body.to_vec())
+        .map_err(|_| ApiError::bad_request("the pipeline file is not UTF-8 text"))?;
+    let is_json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    let default_name = query.file_name.unwrap_or_else(|| DEFAULT_FILE_NAME.into());
+    let (file_name, yaml) = if is_json {
+        match serde_json::from_str::<CreatePipeline>(&text) {
+            Ok(request) => (request.file_name.unwrap_or(default_name), request.yaml),
+            // JSON is YAML: a JSON pipeline goes to the same validator.
+            Err(_) => (default_name.replace(".yaml", ".json"), text),
+        }
+    } else {
+        (default_name, text)
+    };
+    store(&state, file_name, yaml).await
+}
+
+/// Creates a pipeline from an uploaded file (multipart, field `file`, up to 10 MiB).
+#[utoipa::path(post, path = "/api/ci/pipelines/upload", tag = "pipelines",
+    request_body(content_type = "multipart/form-data", description = "A form with a `file` part holding the YAML"),
+    responses((status = 201, body = Pipeline),
+              (status = 413, description = "Over 10 MiB", body = ErrorBody),
+              (status = 422, body = ErrorBody), (status = 400, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn upload(
+    State(state): State<AppState>,
+    caller: Caller,
+    multipart: Result<Multipart, MultipartRejection>,
+) -> Result<(StatusCode, Json<Pipeline>), ApiError> {
+    caller.require(Role::Submitter)?;
+    let mut multipart = multipart
+        .map_err(|e| ApiError::bad_request("the body is not a multipart form").details(e.body_text()))?;
+    let read_error = |e: axum::extract::multipart::MultipartError| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::too_large(MAX_BODY_BYTES)
+        } else {
+            ApiError::bad_request("the multipart form could not be read").details(e.body_text())
+        }
+    };
+    while let Some(field) = multipart.next_field().await.map_err(read_error)? {
+        if field.name() != Some("file") && field.file_name().is_none() {
+            continue;
+        }
+        let file_name = field
+            .file_name()
+            .filter(|n| !n.is_empty())
+            .unwrap_or(DEFAULT_FILE_NAME)
+            .to_owned();
+        let data = field.bytes().await.map_err(read_error)?;
+        let yaml = String::from_utf8(data.to_vec())
+            .map_err(|_| ApiError::bad_request(format!("{file_name} is not UTF-8 text")))?;
+        return store(&state, file_name, yaml).await;
+    }
+    Err(ApiError::bad_request("the form has no file").suggest("send the YAML in a part named `file`"))
+}
+
+/// Every stored pipeline, newest first.
+#[utoipa::path(get, path = "/api/ci/pipelines", tag = "pipelines",
+    responses((status = 200, body = Vec<Pipeline>), (status = 401, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn list(State(state): State<AppState>, caller: Caller) -> Result<Json<Vec<Pipeline>>, ApiError> {
+    caller.require(Role::Viewer)?;
+    let defs = state.call(Command::ListPipelines).await?;
+    Ok(Json(defs.into_iter().map(Pipeline::from).collect()))
+}
+
+/// One stored pipeline.
+#[utoipa::path(get, path = "/api/ci/pipelines/{id}", tag = "pipelines",
+    params(("id" = u64, Path, description = "Pipeline id")),
+    responses((status = 200, body = Pipeline), (status = 404, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn get_one(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(id): ApiPath<u64>,
+) -> Result<Json<Pipeline>, ApiError> {
+    caller.require(Role::Viewer)?;
+    state
+        .call(|reply| Command::GetPipeline(id, reply))
+        .await?
+        .map(|def| Json(def.into()))
+        .ok_or_else(|| {
+            ApiError::not_found(format!("no pipeline {id}"))
+                .suggest("list pipelines with GET /api/ci/pipelines")
+        })
+}
+
+/// Starts a run (an execution) of a stored pipeline.
+#[utoipa::path(post, path = "/api/ci/pipelines/{id}/trigger", tag = "pipelines",
+    params(("id" = u64, Path, description = "Pipeline id")),
+    responses((status = 201, body = Triggered), (status = 404, body = ErrorBody), (status = 403, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn trigger(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(id): ApiPath<u64>,
+) -> Result<(StatusCode, Json<Triggered>), ApiError> {
+    caller.require(Role::Submitter)?;
+    let execution_id = state
+        .call(|reply| Command::TriggerPipeline(id, reply))
+        .await?
+        .map_err(|message| {
+            if message.starts_with("no pipeline") {
+                ApiError::not_found(message)
+            } else {
+                ApiError::conflict(message)
+            }
+        })?;
+    Ok((
+        StatusCode::CREATED,
+        Json(Triggered {
+            execution_id,
+            pipeline_id: id,
+            status_url: format!("/api/ci/executions/{execution_id}"),
+        }),
+    ))
+}

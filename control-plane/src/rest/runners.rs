@@ -1,0 +1,100 @@
+//! `/api/runners`: the runner registry, and draining a runner.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::Json;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use valkyrie::message::{Message, RunnerInfo};
+
+use super::auth::{Caller, Role};
+use super::error::{ApiError, ErrorBody};
+use super::{unexpected, ApiPath, AppState};
+use crate::core::Command;
+
+/// A registered runner.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Runner {
+    /// Id.
+    pub id: u64,
+    /// Name, unique per server.
+    pub name: String,
+    /// idle, busy, draining or lost.
+    pub status: String,
+    /// Tags it matches.
+    pub tags: Vec<String>,
+    /// Operating system.
+    pub os: String,
+    /// CPU architecture.
+    pub arch: String,
+    /// Concurrent job slots.
+    pub capacity: u32,
+    /// Slots in use.
+    pub busy: u32,
+    /// Time since it was last heard from, ms.
+    pub last_heartbeat_ms_ago: u64,
+    /// Agent version.
+    pub version: String,
+}
+
+impl From<RunnerInfo> for Runner {
+    fn from(r: RunnerInfo) -> Self {
+        Self {
+            id: r.runner_id,
+            name: r.name,
+            status: r.state.as_str().into(),
+            tags: r.tags,
+            os: r.os,
+            arch: r.arch,
+            capacity: r.slots,
+            busy: r.busy,
+            last_heartbeat_ms_ago: r.last_seen_ms_ago,
+            version: r.version,
+        }
+    }
+}
+
+/// An accepted drain.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct Draining {
+    /// The runner.
+    pub runner_id: u64,
+    /// Always `draining`: it takes no new jobs and finishes its own.
+    pub status: String,
+}
+
+/// Every registered runner.
+#[utoipa::path(get, path = "/api/runners", tag = "runners",
+    responses((status = 200, body = Vec<Runner>), (status = 401, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn list(State(state): State<AppState>, caller: Caller) -> Result<Json<Vec<Runner>>, ApiError> {
+    caller.require(Role::Viewer)?;
+    match state.ask(Command::ListRunners).await? {
+        Message::RunnerList(list) => Ok(Json(list.runners.into_iter().map(Runner::from).collect())),
+        other => Err(unexpected(&other)),
+    }
+}
+
+/// Drains a runner: it takes no new jobs and finishes the ones it has.
+#[utoipa::path(post, path = "/api/runners/{id}/drain", tag = "runners",
+    params(("id" = u64, Path, description = "Runner id")),
+    responses((status = 202, body = Draining), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn drain(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(id): ApiPath<u64>,
+) -> Result<(StatusCode, Json<Draining>), ApiError> {
+    caller.require(Role::Admin)?;
+    state
+        .call(|reply| Command::DrainRunner(id, reply))
+        .await?
+        .map_err(|message| ApiError::not_found(message).suggest("list runners with GET /api/runners"))?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(Draining {
+            runner_id: id,
+            status: "draining".into(),
+        }),
+    ))
+}

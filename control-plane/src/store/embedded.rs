@@ -1,0 +1,281 @@
+//! The embedded store: one redb file, `valkyrie.redb`, in the data
+//! directory. Nothing to install. redb holds an exclusive lock on the file,
+//! so a second server on the same directory is refused; every commit is one
+//! redb write transaction.
+
+use std::path::{Path, PathBuf};
+
+use redb::{Database, DatabaseError, ReadableTable, TableDefinition};
+use valkyrie::message::OutputStream;
+
+use super::{Change, Counters, Durability, Loaded, LogRow, Store, StoreError};
+
+const JOBS: TableDefinition<u64, &[u8]> = TableDefinition::new("jobs");
+const RUNS: TableDefinition<u64, &[u8]> = TableDefinition::new("runs");
+const PIPELINES: TableDefinition<u64, &[u8]> = TableDefinition::new("pipelines");
+const RUNNERS: TableDefinition<u64, &[u8]> = TableDefinition::new("runners");
+/// (job, seq) → stream byte followed by the data.
+const LOGS: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("logs");
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+
+/// The redb-backed store.
+pub struct EmbeddedStore {
+    db: Database,
+    path: PathBuf,
+    durability: Durability,
+}
+
+impl EmbeddedStore {
+    /// The store file inside a data directory.
+    pub fn file_in(data_dir: &Path) -> PathBuf {
+        data_dir.join("valkyrie.redb")
+    }
+
+    /// Opens (or creates) the store in `data_dir`.
+    pub fn open(data_dir: &Path, durability: Durability) -> Result<Self, StoreError> {
+        let path = Self::file_in(data_dir);
+        let db = Database::create(&path).map_err(|err| match err {
+            DatabaseError::DatabaseAlreadyOpen => StoreError::Locked { path: path.clone() },
+            DatabaseError::Storage(redb::StorageError::Corrupted(detail)) => StoreError::Corrupt {
+                path: path.clone(),
+                detail,
+            },
+            DatabaseError::Storage(redb::StorageError::Io(io)) => StoreError::Io {
+                what: format!("cannot open {}", path.display()),
+                detail: io.to_string(),
+            },
+            other => StoreError::Corrupt {
+                path: path.clone(),
+                detail: other.to_string(),
+            },
+        })?;
+        let mut store = Self { db, path, durability };
+        // Create the tables so that reads of a fresh store find them.
+        store.commit(&[])?;
+        Ok(store)
+    }
+
+    fn io(&self, what: &str, err: impl std::fmt::Display) -> StoreError {
+        let detail = err.to_string();
+        if detail.contains("orrupt") {
+            return StoreError::Corrupt {
+                path: self.path.clone(),
+                detail,
+            };
+        }
+        StoreError::Io {
+            what: format!("{what} {}", self.path.display()),
+            detail,
+        }
+    }
+}
+
+fn encode<T: serde::Serialize>(value: &T) -> Vec<u8> {
+    serde_json::to_vec(value).expect("store rows serialize")
+}
+
+fn decode<T: serde::de::DeserializeOwned>(
+    kind: &'static str,
+    id: impl ToString,
+    bytes: &[u8],
+) -> Result<T, StoreError> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Decode {
+        kind,
+        id: id.to_string(),
+        detail: e.to_string(),
+    })
+}
+
+fn stream_byte(stream: OutputStream) -> u8 {
+    stream as u8
+}
+
+fn stream_of(byte: u8) -> OutputStream {
+    match byte {
+        0 => OutputStream::Stdout,
+        1 => OutputStream::Stderr,
+        _ => OutputStream::System,
+    }
+}
+
+impl Store for EmbeddedStore {
+    fn load(&mut self) -> Result<Loaded, StoreError> {
+        let txn = self.db.begin_read().map_err(|e| self.io("cannot read", e))?;
+        let mut loaded = Loaded::default();
+        macro_rules! rows {
+            ($table:expr, $kind:literal, $out:expr) => {{
+                let table = txn
+                    .open_table($table)
+                    .map_err(|e| self.io("cannot read", e))?;
+                for entry in table.iter().map_err(|e| self.io("cannot read", e))? {
+                    let (key, value) = entry.map_err(|e| self.io("cannot read", e))?;
+                    $out.push(decode($kind, key.value(), value.value())?);
+                }
+            }};
+        }
+        rows!(JOBS, "job", loaded.jobs);
+        rows!(RUNS, "run", loaded.runs);
+        rows!(PIPELINES, "pipeline", loaded.pipelines);
+        rows!(RUNNERS, "runner", loaded.runners);
+        let logs = txn.open_table(LOGS).map_err(|e| self.io("cannot read", e))?;
+        for entry in logs.iter().map_err(|e| self.io("cannot read", e))? {
+            let (key, value) = entry.map_err(|e| self.io("cannot read", e))?;
+            let (job, seq) = key.value();
+            let bytes = value.value();
+            let (stream, data) = bytes.split_first().unwrap_or((&2, &[]));
+            loaded.logs.push(LogRow {
+                job,
+                seq,
+                stream: stream_of(*stream),
+                data: data.to_vec(),
+            });
+        }
+        let meta = txn.open_table(META).map_err(|e| self.io("cannot read", e))?;
+        if let Some(counters) = meta.get("counters").map_err(|e| self.io("cannot read", e))? {
+            loaded.counters = decode::<Counters>("meta", "counters", counters.value())?;
+        }
+        Ok(loaded)
+    }
+
+    fn commit(&mut self, changes: &[Change]) -> Result<(), StoreError> {
+        let mut txn = self.db.begin_write().map_err(|e| self.io("cannot write", e))?;
+        txn.set_durability(match self.durability {
+            Durability::Fsync => redb::Durability::Immediate,
+            Durability::None => redb::Durability::Eventual,
+        });
+        {
+            let w = |e| self.io("cannot write", e);
+            let mut jobs = txn.open_table(JOBS).map_err(w)?;
+            let mut runs = txn.open_table(RUNS).map_err(w)?;
+            let mut pipelines = txn.open_table(PIPELINES).map_err(w)?;
+            let mut runners = txn.open_table(RUNNERS).map_err(w)?;
+            let mut logs = txn.open_table(LOGS).map_err(w)?;
+            let mut meta = txn.open_table(META).map_err(w)?;
+            let w = |e: redb::StorageError| self.io("cannot write", e);
+            for change in changes {
+                match change {
+                    Change::Job(job) => {
+                        jobs.insert(job.id.0, encode(job.as_ref()).as_slice())
+                            .map_err(w)?;
+                    }
+                    Change::DeleteJob(id) => {
+                        jobs.remove(id).map_err(w)?;
+                        logs.extract_from_if((*id, 0)..=(*id, u64::MAX), |_, _| true)
+                            .map_err(w)?
+                            .for_each(drop);
+                    }
+                    Change::Run(run) => {
+                        runs.insert(run.id, encode(run.as_ref()).as_slice()).map_err(w)?;
+                    }
+                    Change::Pipeline(def) => {
+                        pipelines
+                            .insert(def.id, encode(def.as_ref()).as_slice())
+                            .map_err(w)?;
+                    }
+                    Change::Runner(runner) => {
+                        runners
+                            .insert(runner.id, encode(runner.as_ref()).as_slice())
+                            .map_err(w)?;
+                    }
+                    Change::Log(log) => {
+                        let mut value = Vec::with_capacity(log.data.len() + 1);
+                        value.push(stream_byte(log.stream));
+                        value.extend_from_slice(&log.data);
+                        logs.insert((log.job, log.seq), value.as_slice()).map_err(w)?;
+                    }
+                    Change::Counters(counters) => {
+                        meta.insert("counters", encode(counters).as_slice()).map_err(w)?;
+                    }
+                }
+            }
+        }
+        txn.commit().map_err(|e| self.io("cannot commit to", e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::job::JobRecord;
+    use crate::scheduler::JobId;
+    use valkyrie::message::JobSpec;
+
+    #[test]
+    fn what_is_committed_is_loaded_back() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut store = EmbeddedStore::open(dir.path(), Durability::Fsync).unwrap();
+            let job = JobRecord::new(JobId(7), JobSpec::shell("j", "echo hi"), 1);
+            let log = LogRow {
+                job: 7,
+                seq: 0,
+                stream: OutputStream::Stderr,
+                data: b"hi\n".to_vec(),
+            };
+            let counters = Counters {
+                next_job: 8,
+                next_run: 1,
+                next_pipeline: 1,
+                next_runner: 2,
+            };
+            store
+                .commit(&[
+                    Change::Job(Box::new(job)),
+                    Change::Log(log),
+                    Change::Counters(counters),
+                ])
+                .unwrap();
+        }
+        let mut store = EmbeddedStore::open(dir.path(), Durability::Fsync).unwrap();
+        let loaded = store.load().unwrap();
+        assert_eq!(loaded.jobs.len(), 1);
+        assert_eq!(loaded.jobs[0].id, JobId(7));
+        assert_eq!(loaded.jobs[0].spec.name, "j");
+        assert_eq!(loaded.logs[0].data, b"hi\n");
+        assert_eq!(loaded.logs[0].stream, OutputStream::Stderr);
+        assert_eq!(loaded.counters.next_job, 8);
+        store.commit(&[Change::DeleteJob(7)]).unwrap();
+        let loaded = store.load().unwrap();
+        assert!(loaded.jobs.is_empty() && loaded.logs.is_empty());
+    }
+
+    #[test]
+    fn a_second_store_on_the_same_directory_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let _first = EmbeddedStore::open(dir.path(), Durability::Fsync).unwrap();
+        let err = EmbeddedStore::open(dir.path(), Durability::Fsync)
+            .err()
+            .expect("locked");
+        assert!(matches!(err, StoreError::Locked { .. }), "{err}");
+        assert!(
+            err.to_string()
+                .contains("valkyrie.redb is in use by another valkyrie-server"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_corrupt_store_is_a_clear_error_naming_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(EmbeddedStore::file_in(dir.path()), vec![0x5a; 64 * 1024]).unwrap();
+        let err = EmbeddedStore::open(dir.path(), Durability::Fsync)
+            .err()
+            .expect("corrupt");
+        let text = err.to_string();
+        assert!(text.contains("valkyrie.redb"), "{text}");
+        assert!(
+            matches!(err, StoreError::Corrupt { .. } | StoreError::Io { .. }),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_read_only_directory_is_a_clear_error() {
+        // /proc refuses new files even to root, unlike a chmod-ed directory.
+        let err = EmbeddedStore::open(Path::new("/proc"), Durability::Fsync)
+            .err()
+            .expect("read-only");
+        let text = err.to_string();
+        assert!(text.contains("cannot open /proc/valkyrie.redb"), "{text}");
+    }
+}

@@ -1,0 +1,310 @@
+//! Durable state. The core records every change as a [`Change`]; at the end
+//! of each of its turns it hands the batch, together with the messages that
+//! must not leave before the changes are durable (a submit's acceptance, an
+//! assignment), to the store worker. The worker merges whatever batches are
+//! waiting into one transaction (group commit: one fsync for many changes),
+//! commits, and only then sends those messages. A client's submit therefore
+//! waits for at most the commit in progress plus its own.
+//!
+//! Stores: [`embedded::EmbeddedStore`] (redb, the default, under the data
+//! directory) and the MongoDB store.
+
+pub mod embedded;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+use valkyrie::message::{JobState, Message, OutputStream, RunState};
+use valkyrie::SessionSender;
+
+use crate::core::PipelineDef;
+use crate::job::JobRecord;
+use crate::metrics::Metrics;
+use crate::responder::Responder;
+
+/// How hard a commit tries to reach the disk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Durability {
+    /// Every commit is fsynced before anything that depends on it is sent.
+    Fsync,
+    /// Commits are written but not fsynced (benchmarks, throwaway CI): a
+    /// machine crash may lose the last changes; a process crash does not.
+    None,
+}
+
+/// Why the store failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// Another server holds the store.
+    #[error("{path} is in use by another valkyrie-server (only one server may use a data directory)")]
+    Locked {
+        /// The store file.
+        path: PathBuf,
+    },
+    /// The store file is damaged.
+    #[error("{path} is corrupt and cannot be read: {detail}; restore it from a backup or move it away to start empty")]
+    Corrupt {
+        /// The store file.
+        path: PathBuf,
+        /// What the database said.
+        detail: String,
+    },
+    /// The file or database could not be opened or written.
+    #[error("{what}: {detail}")]
+    Io {
+        /// What was being done, naming the file or server.
+        what: String,
+        /// The cause.
+        detail: String,
+    },
+    /// A stored record does not decode.
+    #[error("a stored {kind} record {id} does not decode: {detail}")]
+    Decode {
+        /// jobs, runs, …
+        kind: &'static str,
+        /// Its key.
+        id: String,
+        /// The cause.
+        detail: String,
+    },
+}
+
+/// A run as stored: its pipeline file (parsed again on load) and the state
+/// of each of its jobs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunRow {
+    /// Run id.
+    pub id: u64,
+    /// Pipeline file name.
+    pub file_name: String,
+    /// Pipeline text.
+    pub yaml: String,
+    /// Per pipeline job, in order.
+    pub slots: Vec<SlotRow>,
+    /// Run state.
+    pub state: RunState,
+    /// Run message.
+    pub message: String,
+    /// Creation time.
+    pub created_at_ms: u64,
+    /// End time.
+    pub finished_at_ms: Option<u64>,
+    /// Ending early as (cancel or timeout).
+    pub ending: Option<RunState>,
+    /// Wall-clock deadline (ms since the epoch) of the run timeout.
+    pub deadline_ms: Option<u64>,
+}
+
+/// One pipeline job of a stored run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SlotRow {
+    /// Waiting on its dependencies.
+    Waiting,
+    /// Released as a job.
+    Released {
+        /// The job.
+        job: u64,
+        /// Its last known state.
+        state: JobState,
+    },
+    /// Skipped.
+    Skipped {
+        /// Why.
+        reason: String,
+        /// Because a dependency failed.
+        because_of_failure: bool,
+    },
+}
+
+/// A registered runner as stored (its connection is not).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunnerRow {
+    /// Runner id.
+    pub id: u64,
+    /// Name.
+    pub name: String,
+    /// Tags.
+    pub tags: Vec<String>,
+    /// OS.
+    pub os: String,
+    /// Architecture.
+    pub arch: String,
+    /// Slots.
+    pub slots: u32,
+    /// Agent version.
+    pub version: String,
+    /// Credential issued at registration (accepted again after a restart).
+    pub credential: String,
+}
+
+/// One chunk of job output as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogRow {
+    /// Job id.
+    pub job: u64,
+    /// Sequence number within the job (across attempts).
+    pub seq: u64,
+    /// Stream.
+    pub stream: OutputStream,
+    /// Bytes.
+    pub data: Vec<u8>,
+}
+
+/// Id counters, so ids are never reused across restarts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counters {
+    /// Next job id.
+    pub next_job: u64,
+    /// Next run id.
+    pub next_run: u64,
+    /// Next pipeline id.
+    pub next_pipeline: u64,
+    /// Next runner id.
+    pub next_runner: u64,
+}
+
+/// One change to durable state.
+#[derive(Debug, Clone)]
+pub enum Change {
+    /// Insert or replace a job.
+    Job(Box<JobRecord>),
+    /// Forget a job and its logs (retention).
+    DeleteJob(u64),
+    /// Insert or replace a run.
+    Run(Box<RunRow>),
+    /// Insert or replace a pipeline definition.
+    Pipeline(Box<PipelineDef>),
+    /// Insert or replace a runner.
+    Runner(Box<RunnerRow>),
+    /// Append a log chunk.
+    Log(LogRow),
+    /// Id counters.
+    Counters(Counters),
+}
+
+/// Everything a store holds, as loaded at start.
+#[derive(Debug, Default)]
+pub struct Loaded {
+    /// Jobs.
+    pub jobs: Vec<JobRecord>,
+    /// Runs.
+    pub runs: Vec<RunRow>,
+    /// Pipeline definitions.
+    pub pipelines: Vec<PipelineDef>,
+    /// Runners.
+    pub runners: Vec<RunnerRow>,
+    /// Log chunks, in (job, seq) order.
+    pub logs: Vec<LogRow>,
+    /// Id counters.
+    pub counters: Counters,
+}
+
+/// A durable store. Methods block; they run on the store worker thread.
+pub trait Store: Send + 'static {
+    /// Reads everything (at start).
+    fn load(&mut self) -> Result<Loaded, StoreError>;
+    /// Applies `changes` in one transaction, durably per the store's
+    /// durability setting.
+    fn commit(&mut self, changes: &[Change]) -> Result<(), StoreError>;
+    /// Whether the store answers (for `/readyz`).
+    fn ping(&mut self) -> Result<(), StoreError> {
+        Ok(())
+    }
+}
+
+/// Something to do once a batch is durable.
+pub enum AfterCommit {
+    /// Send a reply.
+    Reply(Responder, Message),
+    /// Send a message on a session (an assignment).
+    Send(SessionSender, Message),
+}
+
+impl std::fmt::Debug for AfterCommit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AfterCommit::Reply(_, m) => write!(f, "Reply({})", m.kind()),
+            AfterCommit::Send(_, m) => write!(f, "Send({})", m.kind()),
+        }
+    }
+}
+
+impl AfterCommit {
+    /// Does it.
+    pub fn run(self) {
+        match self {
+            AfterCommit::Reply(responder, message) => responder.reply(message),
+            AfterCommit::Send(sender, message) => {
+                if let Err(err) = sender.try_reply(0, message) {
+                    tracing::debug!(%err, "message after commit dropped");
+                }
+            }
+        }
+    }
+}
+
+struct Batch {
+    changes: Vec<Change>,
+    after: Vec<AfterCommit>,
+}
+
+/// Hands batches to the store worker thread.
+#[derive(Clone)]
+pub struct StoreHandle {
+    tx: crossbeam::channel::Sender<Batch>,
+}
+
+impl std::fmt::Debug for StoreHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StoreHandle")
+    }
+}
+
+impl StoreHandle {
+    /// Starts the worker thread for `store`. A commit failure is fatal: the
+    /// server cannot keep its promise of durability, so it exits with the
+    /// error rather than acknowledging work it may lose.
+    pub fn spawn(mut store: Box<dyn Store>, metrics: Arc<Metrics>) -> Self {
+        let (tx, rx) = crossbeam::channel::bounded::<Batch>(1024);
+        std::thread::Builder::new()
+            .name("valkyrie-store".into())
+            .spawn(move || {
+                while let Ok(first) = rx.recv() {
+                    let mut changes = first.changes;
+                    let mut after = first.after;
+                    // Group commit: everything already waiting goes in too.
+                    while let Ok(more) = rx.try_recv() {
+                        changes.extend(more.changes);
+                        after.extend(more.after);
+                        if changes.len() > 50_000 {
+                            break;
+                        }
+                    }
+                    let started = Instant::now();
+                    if let Err(err) = store.commit(&changes) {
+                        tracing::error!(%err, "store commit failed; stopping");
+                        eprintln!("valkyrie-server: store commit failed: {err}");
+                        std::process::exit(70);
+                    }
+                    metrics
+                        .store_commit_latency
+                        .observe(started.elapsed().as_secs_f64());
+                    for action in after {
+                        action.run();
+                    }
+                }
+            })
+            .expect("spawn the store thread");
+        Self { tx }
+    }
+
+    /// Queues a batch; `after` runs once it is durable.
+    pub fn submit(&self, changes: Vec<Change>, after: Vec<AfterCommit>) {
+        if self.tx.send(Batch { changes, after }).is_err() {
+            tracing::error!("store worker is gone");
+        }
+    }
+}

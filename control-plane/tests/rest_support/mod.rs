@@ -1,0 +1,216 @@
+//! Shared builders for the REST tests: a core, the REST router on
+//! 127.0.0.1:0, optionally a protocol listener with an in-process agent,
+//! and a reqwest client with helpers for each role.
+
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use reqwest::{Method, Response, StatusCode};
+use tokio::sync::watch;
+use valkyrie::transport::{Listener, ListenerOptions};
+use valkyrie::Endpoint;
+use valkyrie_control_plane::auth::{random_token, Tokens};
+use valkyrie_control_plane::rest::auth::{JwtKeys, Role};
+use valkyrie_control_plane::rest::error::ErrorBody;
+use valkyrie_control_plane::rest::{self, RestConfig};
+use valkyrie_control_plane::{server, spawn_core, CoreConfig, CoreHandle};
+use valkyrie_runner_agent::job::JobDefaults;
+use valkyrie_runner_agent::{Agent, AgentConfig};
+
+/// A pipeline that validates and runs quickly.
+pub const HELLO_YAML: &str = "name: hello\nstages: [build, test]\njobs:\n  compile:\n    stage: build\n    steps:\n      - run: echo compiling; echo compiled\n  unit:\n    stage: test\n    steps:\n      - run: echo unit-1; echo unit-2\n";
+
+/// A pipeline with one error at a known position (5:13) and a hint.
+pub const BROKEN_YAML: &str =
+    "jobs:\n  build:\n    steps: [make]\n  test:\n    needs: [buld]\n    steps: [make test]\n";
+
+/// How long a test waits for anything.
+pub const DEADLINE: Duration = Duration::from_secs(20);
+
+pub struct TestServer {
+    pub base: String,
+    pub api_token: String,
+    pub jwt: JwtKeys,
+    pub http: reqwest::Client,
+    pub core: CoreHandle,
+    stop_agents: Option<watch::Sender<bool>>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+/// A core and the REST API over it; `configure` adjusts the REST config
+/// (rate limiting is off unless it sets it).
+pub async fn start(configure: impl FnOnce(RestConfig) -> RestConfig) -> TestServer {
+    start_inner(configure, false).await
+}
+
+/// Also a protocol listener and one agent with two slots, registered.
+pub async fn start_with_agent() -> TestServer {
+    start_inner(|c| c, true).await
+}
+
+async fn start_inner(configure: impl FnOnce(RestConfig) -> RestConfig, agent: bool) -> TestServer {
+    let (api_token, runner_token) = (random_token(), random_token());
+    let tokens = Arc::new(Tokens::new(api_token.clone(), runner_token.clone()));
+    let core = spawn_core(CoreConfig::default(), tokens.clone(), Default::default());
+    let secret = random_token();
+    let config = configure(RestConfig::new(JwtKeys::new(secret.as_bytes())).rate_limit(0.0, 0.0));
+    let router = rest::router(core.clone(), tokens.clone(), config);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(rest::serve(listener, router));
+    let mut server = TestServer {
+        base,
+        api_token,
+        jwt: JwtKeys::new(secret.as_bytes()),
+        http: reqwest::Client::new(),
+        core: core.clone(),
+        stop_agents: None,
+        _dir: None,
+    };
+    if agent {
+        let dir = tempfile::tempdir().unwrap();
+        let endpoint = Endpoint::Unix(dir.path().join("valkyrie.sock"));
+        let listener = Listener::bind(
+            &endpoint,
+            server::listener_options(tokens, ListenerOptions::default()),
+        )
+        .await
+        .unwrap();
+        tokio::spawn(server::serve(listener, core));
+        let (stop, mut stop_rx) = watch::channel(false);
+        let work_dir = dir.path().join("agent");
+        std::fs::create_dir_all(&work_dir).unwrap();
+        let config = AgentConfig {
+            server: endpoint,
+            token: runner_token,
+            name: "agent-1".into(),
+            tags: vec!["linux".into()],
+            slots: 2,
+            work_dir,
+            defaults: JobDefaults {
+                shell: vec!["sh".into(), "-c".into()],
+                kill_grace: Duration::from_secs(2),
+                output_limit_bytes: 1 << 20,
+            },
+            heartbeat_interval: Duration::from_millis(500),
+            drain_timeout: Duration::from_secs(5),
+            client: Default::default(),
+        };
+        tokio::spawn(async move {
+            let _ = Agent::new(config)
+                .run(async move {
+                    let _ = stop_rx.wait_for(|s| *s).await;
+                })
+                .await;
+        });
+        server.stop_agents = Some(stop);
+        server._dir = Some(dir);
+        let admin = server.token(Role::Admin);
+        eventually("the agent registers", || async {
+            let runners: Vec<serde_json::Value> =
+                server.get("/api/runners", &admin).await.json().await.unwrap();
+            (!runners.is_empty()).then_some(())
+        })
+        .await;
+    }
+    server
+}
+
+impl TestServer {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    /// A JWT for `role`, valid for an hour.
+    pub fn token(&self, role: Role) -> String {
+        self.jwt.mint(role.as_str(), role, Duration::from_secs(3600))
+    }
+
+    pub async fn request(&self, method: Method, path: &str, token: &str) -> Response {
+        self.http
+            .request(method, self.url(path))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn get(&self, path: &str, token: &str) -> Response {
+        self.request(Method::GET, path, token).await
+    }
+
+    pub async fn post(&self, path: &str, token: &str) -> Response {
+        self.request(Method::POST, path, token).await
+    }
+
+    pub async fn post_yaml(&self, path: &str, token: &str, yaml: &str) -> Response {
+        self.http
+            .post(self.url(path))
+            .bearer_auth(token)
+            .header("content-type", "application/yaml")
+            .body(yaml.to_owned())
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// Creates `HELLO_YAML` as admin; returns its id.
+    pub async fn create_hello(&self) -> u64 {
+        let response = self
+            .post_yaml("/api/ci/pipelines", &self.api_token, HELLO_YAML)
+            .await;
+        assert_eq!(response.status(), StatusCode::CREATED);
+        let body: serde_json::Value = response.json().await.unwrap();
+        body["id"].as_u64().unwrap()
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(stop) = &self.stop_agents {
+            let _ = stop.send(true);
+        }
+    }
+}
+
+/// Checks a response is an error with `status` and category `error`, in the API's format.
+pub async fn expect_error(response: Response, status: StatusCode, error: &str) -> ErrorBody {
+    assert_eq!(response.status(), status, "status of {}", response.url());
+    let content_type = response.headers()["content-type"].to_str().unwrap().to_owned();
+    assert!(content_type.starts_with("application/json"), "{content_type}");
+    let raw: serde_json::Value = response.json().await.unwrap();
+    for key in ["error", "message", "details", "suggestions", "timestamp"] {
+        assert!(raw.get(key).is_some(), "error body lacks `{key}`: {raw}");
+    }
+    let body: ErrorBody = serde_json::from_value(raw).unwrap();
+    assert_eq!(body.error, error, "{body:?}");
+    assert!(!body.message.is_empty());
+    assert!(
+        body.timestamp.len() >= 20 && body.timestamp.ends_with('Z'),
+        "ISO 8601 UTC timestamp: {}",
+        body.timestamp
+    );
+    body
+}
+
+/// Polls `check` until it returns `Some`, or panics after [`DEADLINE`].
+pub async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting until {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
