@@ -86,6 +86,7 @@ async fn serve_client(mut session: Session, core: CoreHandle) {
                     sender: sender.clone(),
                     correlation: incoming.correlation,
                 },
+                resume_from: None,
             },
             other => {
                 reply.fail(

@@ -106,6 +106,9 @@ pub enum Command {
         replay: bool,
         /// Where events go.
         sink: EventSink,
+        /// Internal: continue a replay from this log sequence number (the
+        /// core's own follow-up after sending a long history).
+        resume_from: Option<u64>,
     },
     /// An agent registers on a session.
     Register {
@@ -248,6 +251,9 @@ pub struct Core {
     counters_dirty: bool,
     /// Unfinished runs with a timeout, checked on each tick.
     timed_runs: std::collections::BTreeSet<u64>,
+    /// The core's own queue, for work it hands itself later (weak, so the
+    /// core still ends when every handle is gone).
+    self_tx: mpsc::WeakSender<Command>,
 }
 
 /// Starts the core task with its state in memory only; returns its handle.
@@ -306,6 +312,7 @@ fn spawn_inner(
         dirty_runs: Default::default(),
         counters_dirty: false,
         timed_runs: Default::default(),
+        self_tx: tx.downgrade(),
     };
     if let Some(loaded) = loaded {
         core.recover(loaded);
@@ -418,7 +425,8 @@ impl Core {
                 logs,
                 replay,
                 sink,
-            } => self.subscribe(job.map(JobId), logs, replay, sink),
+                resume_from,
+            } => self.subscribe(job.map(JobId), logs, replay, sink, resume_from),
             Command::Register {
                 msg,
                 sender,
@@ -685,7 +693,22 @@ impl Core {
         }
     }
 
-    fn subscribe(&mut self, job: Option<JobId>, logs: bool, replay: bool, sink: EventSink) {
+    /// Starts a subscription. With `replay`, a job's stored history goes
+    /// first, in history order (a final state after the output). A long
+    /// history is sent from a task that waits for the subscriber (the core
+    /// never does), after which the core is asked to continue from the next
+    /// log sequence number; once what is left fits the subscriber's queue,
+    /// the rest is queued and live events follow with no gap or duplicate.
+    fn subscribe(
+        &mut self,
+        job: Option<JobId>,
+        logs: bool,
+        replay: bool,
+        sink: EventSink,
+        resume_from: Option<u64>,
+    ) {
+        /// Log chunks queued at once without waiting for the subscriber.
+        const QUEUED_REPLAY_CHUNKS: usize = 128;
         let respond = sink.responder();
         if let Some(id) = job {
             let Some(record) = self.jobs.get(&id) else {
@@ -700,29 +723,37 @@ impl Core {
                     exit_code: record.exit_code,
                     message: self.job_info(record).reason,
                 };
-                // History order: a final state came after all the output,
-                // and a client may stop reading at a final state.
                 let terminal = record.state().is_terminal();
-                let mut state = Some(state);
-                let mut events = Vec::new();
-                if !terminal {
-                    events.extend(state.take());
-                }
-                if logs {
-                    if let Some(stored) = self.logs.get(&id) {
-                        events.extend(stored.chunks.iter().map(|c| EventBody::Log {
+                let from = resume_from.unwrap_or(0);
+                let chunks: Vec<EventBody> = match self.logs.get(&id).filter(|_| logs) {
+                    Some(stored) => stored
+                        .chunks
+                        .iter()
+                        .filter(|c| c.seq >= from)
+                        .map(|c| EventBody::Log {
                             stream: c.stream,
                             seq: c.seq,
                             data: c.data.clone(),
-                        }));
-                    }
+                        })
+                        .collect(),
+                    None => Vec::new(),
+                };
+                let mut events = Vec::new();
+                if !terminal && resume_from.is_none() {
+                    events.push(state.clone());
                 }
-                events.extend(state);
-                events.push(EventBody::ReplayDone);
-                if terminal {
-                    // No live event can follow a final state, so the history
-                    // may be sent with backpressure, whatever its size,
-                    // without the core waiting on the subscriber.
+                if terminal || chunks.len() > QUEUED_REPLAY_CHUNKS {
+                    let next = match chunks.last() {
+                        Some(EventBody::Log { seq, .. }) => seq + 1,
+                        _ => from,
+                    };
+                    events.extend(chunks);
+                    if terminal {
+                        // No live event can follow a final state.
+                        events.push(state);
+                        events.push(EventBody::ReplayDone);
+                    }
+                    let core = self.self_tx.clone();
                     tokio::spawn(async move {
                         for body in events {
                             let event = valkyrie::message::Event { job_id: id.0, body };
@@ -730,17 +761,29 @@ impl Core {
                                 return;
                             }
                         }
+                        if !terminal {
+                            if let Some(core) = core.upgrade() {
+                                let again = Command::Subscribe {
+                                    job: Some(id.0),
+                                    logs,
+                                    replay,
+                                    sink,
+                                    resume_from: Some(next),
+                                };
+                                let _ = core.send(again).await;
+                            }
+                        }
                     });
                     return;
                 }
+                events.extend(chunks);
+                events.push(EventBody::ReplayDone);
                 for body in events {
                     let event = valkyrie::message::Event { job_id: id.0, body };
                     if sink.try_send(event).is_err() {
-                        // The replay did not fit the subscriber's queue: say
-                        // so rather than silently starting mid-stream.
                         respond.fail(
                             ErrorCode::CONFLICT,
-                            "history too large to replay at once; fetch logs again to resume",
+                            "the subscriber's queue is full; subscribe again once it has caught up",
                         );
                         return;
                     }

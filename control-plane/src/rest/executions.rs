@@ -241,6 +241,7 @@ async fn follow(state: AppState, mut run: RunInfo, out: mpsc::Sender<SseEvent>) 
                 logs: true,
                 replay: true,
                 sink,
+                resume_from: None,
             };
             if !state.core.send(subscribe).await {
                 return;

@@ -63,19 +63,29 @@ pub fn binary(name: &str) -> PathBuf {
 }
 
 /// Polls `check` until it returns `Some`, failing the test after [`DEADLINE`].
-pub async fn wait_until<T, F, Fut>(what: &str, mut check: F) -> T
+pub async fn wait_until<T, F, Fut>(what: &str, check: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,
 {
-    let deadline = Instant::now() + DEADLINE;
+    wait_until_within(what, DEADLINE, check).await
+}
+
+/// Polls `check` until it returns `Some`, failing the test after `limit`
+/// (for waits on bulk work, longer than any single event may take).
+pub async fn wait_until_within<T, F, Fut>(what: &str, limit: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + limit;
     loop {
         if let Some(value) = check().await {
             return value;
         }
         assert!(
             Instant::now() < deadline,
-            "timed out after {DEADLINE:?} waiting for {what}"
+            "timed out after {limit:?} waiting for {what}"
         );
         tokio::time::sleep(POLL).await;
     }
@@ -333,6 +343,12 @@ impl ServerBuilder<'_> {
     pub fn tokens(mut self, api: &str, runner: &str) -> Self {
         self.api_token = Some(api.into());
         self.runner_token = Some(runner.into());
+        self
+    }
+
+    /// Extra flags, after the fast timing flags (e.g. `--store URI`).
+    pub fn args(mut self, args: &[&str]) -> Self {
+        self.args.extend(args.iter().map(|s| s.to_string()));
         self
     }
 
