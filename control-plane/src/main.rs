@@ -16,6 +16,7 @@ use valkyrie_control_plane::metrics::Metrics;
 use valkyrie_control_plane::rest::auth::{JwtKeys, Role};
 use valkyrie_control_plane::rest::{self, RestConfig};
 use valkyrie_control_plane::store::embedded::EmbeddedStore;
+use valkyrie_control_plane::store::mongo::MongoStore;
 use valkyrie_control_plane::store::{Durability, Store, StoreHandle};
 use valkyrie_control_plane::{server, CoreConfig};
 
@@ -245,7 +246,7 @@ fn open_store(
     match store {
         "embedded" => Ok(Box::new(EmbeddedStore::open(data_dir, durability)?)),
         uri if uri.starts_with("mongodb://") || uri.starts_with("mongodb+srv://") => {
-            bail!("the MongoDB store is not available in this build (requested {uri}); use --store embedded")
+            Ok(Box::new(MongoStore::connect(uri, durability)?))
         }
         other => bail!("unknown store `{other}`: use `embedded` or a mongodb:// URI"),
     }

@@ -10,6 +10,7 @@
 //! directory) and the MongoDB store.
 
 pub mod embedded;
+pub mod mongo;
 
 use std::path::PathBuf;
 use std::sync::Arc;

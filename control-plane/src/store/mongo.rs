@@ -1,0 +1,641 @@
+//! The MongoDB store: `--store mongodb://host:port/database` (or
+//! `mongodb+srv://…`), for running the control plane on a database that is
+//! already operated and backed up. The database is the URI's path
+//! (`valkyrie` if it has none).
+//!
+//! | collection  | `_id`          | holds                         | indexes                    |
+//! |-------------|----------------|-------------------------------|----------------------------|
+//! | `pipelines` | pipeline id    | [`PipelineDef`]               |                            |
+//! | `runs`      | run id         | [`RunRow`]                    | `state`                    |
+//! | `jobs`      | job id         | [`JobRecord`]                 | `state`, `runner`          |
+//! | `runners`   | runner id      | [`RunnerRow`]                 |                            |
+//! | `logs`      | (generated)    | `job`, `seq`, `stream`, `data`| unique (`job`, `seq`)      |
+//! | `meta`      | `"counters"`   | [`Counters`]                  |                            |
+//!
+//! There is no `events` collection: a job's events are its state history,
+//! which is its record in `jobs` (each transition replaces it, fenced by the
+//! attempt number, below) together with its output in `logs`; the live event
+//! stream is rebuilt from those on start, as with the embedded store.
+//!
+//! # Writes
+//!
+//! A commit is one write command per collection that has changes (`update`
+//! with many statements, `insert`, `delete`; unordered), not one round trip
+//! per change: the store worker hands over everything that waited, and a
+//! thousand job changes cost one `update` command. Changes to the same key
+//! within a commit are folded first, the last one winning, as they would
+//! inside one transaction.
+//!
+//! MongoDB has no transaction across these commands without a replica set,
+//! so a commit that fails half-way is not rolled back. The order keeps a
+//! partial commit harmless: the id counters go first (so an id is never
+//! handed out twice), then deletions, pipelines, runners, jobs, logs, and
+//! runs last (a run points at its jobs). A failed commit stops the server
+//! anyway (see [`StoreHandle`](super::StoreHandle)), and writing the same
+//! batch again is idempotent.
+//!
+//! # Fencing
+//!
+//! A job is replaced only by a record of the same or a newer attempt: the
+//! filter is `{_id: id, attempt: {$lte: attempt}}` with upsert. If a newer
+//! attempt is stored, the filter matches nothing, the upsert tries to insert
+//! a second document with that `_id`, and the server refuses it with a
+//! duplicate-key error: the stale writer loses and its write is skipped (and
+//! logged at debug). Two servers pointed at one database therefore cannot
+//! move a job back to an older attempt; the attempt number is the same
+//! fencing token the protocol uses for reports.
+//!
+//! # Durability
+//!
+//! [`Durability::Fsync`] writes with `{w: "majority", j: true}` (acknowledged
+//! once journaled on a majority), [`Durability::None`] with `{w: 1, j:
+//! false}`; a `w` in the URI is overridden by the flag.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::Duration;
+
+use mongodb::bson::{self, doc, spec::BinarySubtype, Binary, Bson, Document};
+use mongodb::options::{ClientOptions, IndexOptions};
+use mongodb::sync::{Client, Database};
+use mongodb::IndexModel;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use valkyrie::message::OutputStream;
+
+use super::{Change, Counters, Durability, Loaded, LogRow, RunRow, RunnerRow, Store, StoreError};
+use crate::core::PipelineDef;
+use crate::job::JobRecord;
+
+const PIPELINES: &str = "pipelines";
+const RUNS: &str = "runs";
+const JOBS: &str = "jobs";
+const RUNNERS: &str = "runners";
+const LOGS: &str = "logs";
+const META: &str = "meta";
+const COUNTERS_ID: &str = "counters";
+
+/// Database used when the URI names none.
+pub const DEFAULT_DATABASE: &str = "valkyrie";
+
+/// How long to look for a server before giving up, unless the URI sets
+/// `serverSelectionTimeoutMS`: a wrong URI fails at start, not after 30 s.
+const SERVER_SELECTION_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// MongoDB's duplicate-key error code.
+const DUPLICATE_KEY: i64 = 11000;
+
+/// Statements per write command. Servers accept 100,000
+/// (`maxWriteBatchSize`); smaller commands keep each reply small.
+const MAX_STATEMENTS_PER_COMMAND: usize = 10_000;
+
+/// Bytes of statements per write command. A command must fit in one BSON
+/// document (16 MiB, `maxBsonObjectSize`); half of it leaves room for the
+/// command's own fields.
+const MAX_BYTES_PER_COMMAND: usize = 8 * 1024 * 1024;
+
+/// The MongoDB-backed store.
+pub struct MongoStore {
+    // Kept so that the connection pool lives as long as the store.
+    _client: Client,
+    db: Database,
+    /// The URI without its password, for messages.
+    shown: String,
+    write_concern: Document,
+}
+
+impl std::fmt::Debug for MongoStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MongoStore")
+            .field("uri", &self.shown)
+            .field("database", &self.db.name())
+            .finish()
+    }
+}
+
+impl MongoStore {
+    /// Connects to the server named by `uri`, checks that it answers, and
+    /// creates the indexes the server's queries use (a no-op if they exist).
+    ///
+    /// Fails within about five seconds (or the URI's
+    /// `serverSelectionTimeoutMS`) if no server answers.
+    pub fn connect(uri: &str, durability: Durability) -> Result<Self, StoreError> {
+        let shown = redact(uri);
+        off_async_runtime(|| {
+            let mut options = ClientOptions::parse(uri).run().map_err(|e| StoreError::Io {
+                what: format!("invalid MongoDB URI {shown}"),
+                detail: e.to_string(),
+            })?;
+            options
+                .server_selection_timeout
+                .get_or_insert(SERVER_SELECTION_TIMEOUT);
+            options.connect_timeout.get_or_insert(SERVER_SELECTION_TIMEOUT);
+            options.app_name.get_or_insert_with(|| "valkyrie-server".into());
+            let database = options
+                .default_database
+                .clone()
+                .unwrap_or_else(|| DEFAULT_DATABASE.to_owned());
+            let client = Client::with_options(options).map_err(|e| StoreError::Io {
+                what: format!("cannot use MongoDB URI {shown}"),
+                detail: e.to_string(),
+            })?;
+            let db = client.database(&database);
+            let store = Self {
+                _client: client,
+                db,
+                shown: shown.clone(),
+                write_concern: match durability {
+                    Durability::Fsync => doc! { "w": "majority", "j": true },
+                    Durability::None => doc! { "w": 1, "j": false },
+                },
+            };
+            store.ping_blocking()?;
+            store.create_indexes()?;
+            Ok(store)
+        })
+    }
+
+    fn ping_blocking(&self) -> Result<(), StoreError> {
+        self.db
+            .run_command(doc! { "ping": 1 })
+            .run()
+            .map(drop)
+            .map_err(|e| StoreError::Io {
+                what: format!("cannot reach MongoDB at {}", self.shown),
+                detail: e.to_string(),
+            })
+    }
+
+    fn create_indexes(&self) -> Result<(), StoreError> {
+        let index = |keys: Document, unique: bool| {
+            IndexModel::builder()
+                .keys(keys)
+                .options(IndexOptions::builder().unique(unique.then_some(true)).build())
+                .build()
+        };
+        let wanted = [
+            (
+                JOBS,
+                vec![
+                    index(doc! { "state": 1 }, false),
+                    index(doc! { "runner": 1 }, false),
+                ],
+            ),
+            (RUNS, vec![index(doc! { "state": 1 }, false)]),
+            (LOGS, vec![index(doc! { "job": 1, "seq": 1 }, true)]),
+        ];
+        for (collection, indexes) in wanted {
+            self.db
+                .collection::<Document>(collection)
+                .create_indexes(indexes)
+                .run()
+                .map_err(|e| self.io(&format!("cannot create the indexes of `{collection}` in"), e))?;
+        }
+        Ok(())
+    }
+
+    fn io(&self, what: &str, err: impl std::fmt::Display) -> StoreError {
+        StoreError::Io {
+            what: format!("{what} MongoDB at {} (database `{}`)", self.shown, self.db.name()),
+            detail: err.to_string(),
+        }
+    }
+
+    /// Every document of `collection`, in `sort` order.
+    fn all(&self, collection: &str, sort: Document) -> Result<Vec<Document>, StoreError> {
+        let what = format!("cannot read `{collection}` from");
+        self.db
+            .collection::<Document>(collection)
+            .find(doc! {})
+            .sort(sort)
+            .run()
+            .map_err(|e| self.io(&what, e))?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| self.io(&what, e))
+    }
+
+    fn rows<T: DeserializeOwned>(&self, collection: &str, kind: &'static str) -> Result<Vec<T>, StoreError> {
+        self.all(collection, doc! { "_id": 1 })?
+            .into_iter()
+            .map(|doc| decode(kind, doc))
+            .collect()
+    }
+
+    fn load_blocking(&self) -> Result<Loaded, StoreError> {
+        let mut loaded = Loaded {
+            jobs: self.rows(JOBS, "job")?,
+            runs: self.rows(RUNS, "run")?,
+            pipelines: self.rows(PIPELINES, "pipeline")?,
+            runners: self.rows(RUNNERS, "runner")?,
+            ..Loaded::default()
+        };
+        for doc in self.all(LOGS, doc! { "job": 1, "seq": 1 })? {
+            loaded.logs.push(log_of(doc)?);
+        }
+        if let Some(counters) = self
+            .all(META, doc! { "_id": 1 })?
+            .into_iter()
+            .find(|doc| doc.get_str("_id") == Ok(COUNTERS_ID))
+        {
+            loaded.counters = decode("meta", counters)?;
+        }
+        Ok(loaded)
+    }
+
+    fn commit_blocking(&self, changes: &[Change]) -> Result<(), StoreError> {
+        let folded = Folded::of(changes);
+        if let Some(counters) = folded.counters {
+            let statement = replace(
+                doc! { "_id": COUNTERS_ID },
+                to_doc("meta", COUNTERS_ID, counters)?,
+            );
+            self.write(META, Write::Update, vec![statement])?;
+        }
+        if !folded.deleted_jobs.is_empty() {
+            let ids: Vec<Bson> = folded.deleted_jobs.iter().map(|id| id_bson(*id)).collect();
+            let logs = doc! { "q": { "job": { "$in": ids.clone() } }, "limit": 0 };
+            self.write(LOGS, Write::Delete, vec![logs])?;
+            let jobs = doc! { "q": { "_id": { "$in": ids } }, "limit": 0 };
+            self.write(JOBS, Write::Delete, vec![jobs])?;
+        }
+        let pipelines = folded
+            .pipelines
+            .values()
+            .map(|def| keyed_replace("pipeline", def.id, def))
+            .collect::<Result<_, _>>()?;
+        self.write(PIPELINES, Write::Update, pipelines)?;
+        let runners = folded
+            .runners
+            .values()
+            .map(|row| keyed_replace("runner", row.id, row))
+            .collect::<Result<_, _>>()?;
+        self.write(RUNNERS, Write::Update, runners)?;
+        let jobs = folded
+            .jobs
+            .values()
+            .map(|job| {
+                let id = job.id.0;
+                let mut row = to_doc("job", id, job)?;
+                row.insert("_id", id_bson(id));
+                // Fencing: see the module doc.
+                let filter = doc! { "_id": id_bson(id), "attempt": { "$lte": i64::from(job.attempt) } };
+                Ok(replace(filter, row))
+            })
+            .collect::<Result<_, _>>()?;
+        let stale = self.write(JOBS, Write::Update, jobs)?;
+        for index in stale {
+            if let Some(job) = folded.jobs.values().nth(index) {
+                tracing::debug!(
+                    job_id = job.id.0,
+                    attempt = job.attempt,
+                    "job not stored: a newer attempt is already in MongoDB"
+                );
+            }
+        }
+        let logs = folded.logs.iter().map(|log| log_doc(log)).collect();
+        let duplicates = self.write(LOGS, Write::Insert, logs)?;
+        if !duplicates.is_empty() {
+            tracing::debug!(count = duplicates.len(), "log chunks already stored");
+        }
+        let runs = folded
+            .runs
+            .values()
+            .map(|row| keyed_replace("run", row.id, row))
+            .collect::<Result<_, _>>()?;
+        self.write(RUNS, Write::Update, runs)?;
+        Ok(())
+    }
+
+    /// Sends `statements` as few write commands as the size limits allow.
+    /// Returns the indexes of the statements the server refused as
+    /// duplicate keys (stale job attempts, log chunks already stored); any
+    /// other refusal is an error.
+    fn write(
+        &self,
+        collection: &str,
+        kind: Write,
+        statements: Vec<Document>,
+    ) -> Result<Vec<usize>, StoreError> {
+        let mut duplicates = Vec::new();
+        let mut start = 0;
+        for chunk in chunks(statements) {
+            let count = chunk.len();
+            // The command's name must be its first field.
+            let mut command = Document::new();
+            command.insert(kind.command(), collection);
+            command.insert(kind.field(), chunk);
+            command.insert("ordered", false);
+            command.insert("writeConcern", self.write_concern.clone());
+            let what = format!("cannot write to `{collection}` in");
+            let reply = self
+                .db
+                .run_command(command)
+                .run()
+                .map_err(|e| self.io(&what, e))?;
+            if let Ok(error) = reply.get_document("writeConcernError") {
+                return Err(self.io(&what, format!("write concern not satisfied: {error}")));
+            }
+            if let Ok(errors) = reply.get_array("writeErrors") {
+                for error in errors {
+                    let error = error.as_document().cloned().unwrap_or_default();
+                    let code = error.get("code").and_then(as_i64);
+                    if code != Some(DUPLICATE_KEY) || kind == Write::Delete {
+                        return Err(self.io(&what, format!("the server refused a write: {error}")));
+                    }
+                    if let Some(index) = error.get("index").and_then(as_i64) {
+                        duplicates.push(start + usize::try_from(index).unwrap_or(usize::MAX));
+                    }
+                }
+            }
+            start += count;
+        }
+        Ok(duplicates)
+    }
+}
+
+impl Store for MongoStore {
+    fn load(&mut self) -> Result<Loaded, StoreError> {
+        off_async_runtime(|| self.load_blocking())
+    }
+
+    fn commit(&mut self, changes: &[Change]) -> Result<(), StoreError> {
+        if changes.is_empty() {
+            return Ok(());
+        }
+        off_async_runtime(|| self.commit_blocking(changes))
+    }
+
+    fn ping(&mut self) -> Result<(), StoreError> {
+        off_async_runtime(|| self.ping_blocking())
+    }
+}
+
+/// The changes of one commit, the last change of each key winning.
+#[derive(Default)]
+struct Folded<'a> {
+    counters: Option<&'a Counters>,
+    /// Jobs whose record and logs go; applied before the writes below, so a
+    /// log appended after the deletion (same commit) survives it.
+    deleted_jobs: BTreeSet<u64>,
+    pipelines: BTreeMap<u64, &'a PipelineDef>,
+    runners: BTreeMap<u64, &'a RunnerRow>,
+    jobs: BTreeMap<u64, &'a JobRecord>,
+    logs: Vec<&'a LogRow>,
+    runs: BTreeMap<u64, &'a RunRow>,
+}
+
+impl<'a> Folded<'a> {
+    fn of(changes: &'a [Change]) -> Self {
+        let mut folded = Self::default();
+        // Position of the last deletion of each job, to drop its earlier logs.
+        let mut deleted_at: HashMap<u64, usize> = HashMap::new();
+        let mut logs = Vec::new();
+        for (position, change) in changes.iter().enumerate() {
+            match change {
+                Change::Job(job) => {
+                    folded.jobs.insert(job.id.0, job);
+                }
+                Change::DeleteJob(id) => {
+                    folded.jobs.remove(id);
+                    folded.deleted_jobs.insert(*id);
+                    deleted_at.insert(*id, position);
+                }
+                Change::Run(run) => {
+                    folded.runs.insert(run.id, run);
+                }
+                Change::Pipeline(def) => {
+                    folded.pipelines.insert(def.id, def);
+                }
+                Change::Runner(runner) => {
+                    folded.runners.insert(runner.id, runner);
+                }
+                Change::Log(log) => logs.push((position, log)),
+                Change::Counters(counters) => folded.counters = Some(counters),
+            }
+        }
+        folded.logs = logs
+            .into_iter()
+            .filter(|(position, log)| deleted_at.get(&log.job).is_none_or(|d| d < position))
+            .map(|(_, log)| log)
+            .collect();
+        folded
+    }
+}
+
+/// The three write commands.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Write {
+    Insert,
+    Update,
+    Delete,
+}
+
+impl Write {
+    fn command(self) -> &'static str {
+        match self {
+            Write::Insert => "insert",
+            Write::Update => "update",
+            Write::Delete => "delete",
+        }
+    }
+
+    fn field(self) -> &'static str {
+        match self {
+            Write::Insert => "documents",
+            Write::Update => "updates",
+            Write::Delete => "deletes",
+        }
+    }
+}
+
+/// Splits statements into commands under the count and size limits.
+fn chunks(statements: Vec<Document>) -> Vec<Vec<Document>> {
+    let mut out: Vec<Vec<Document>> = Vec::new();
+    let mut current = Vec::new();
+    let mut bytes = 0;
+    for statement in statements {
+        let size = bson::to_vec(&statement).map(|v| v.len()).unwrap_or(0);
+        if !current.is_empty()
+            && (current.len() == MAX_STATEMENTS_PER_COMMAND || bytes + size > MAX_BYTES_PER_COMMAND)
+        {
+            out.push(std::mem::take(&mut current));
+            bytes = 0;
+        }
+        bytes += size;
+        current.push(statement);
+    }
+    if !current.is_empty() {
+        out.push(current);
+    }
+    out
+}
+
+/// An upserting replace statement.
+fn replace(filter: Document, row: Document) -> Document {
+    doc! { "q": filter, "u": row, "upsert": true }
+}
+
+/// A row stored under `_id` = its numeric id, replaced whole.
+fn keyed_replace<T: Serialize>(kind: &'static str, id: u64, row: &T) -> Result<Document, StoreError> {
+    let mut doc = to_doc(kind, id, row)?;
+    doc.insert("_id", id_bson(id));
+    Ok(replace(doc! { "_id": id_bson(id) }, doc))
+}
+
+fn to_doc<T: Serialize>(kind: &'static str, id: impl ToString, row: &T) -> Result<Document, StoreError> {
+    bson::to_document(row).map_err(|e| StoreError::Io {
+        what: format!("cannot store {kind} {} in MongoDB", id.to_string()),
+        detail: e.to_string(),
+    })
+}
+
+fn decode<T: DeserializeOwned>(kind: &'static str, mut doc: Document) -> Result<T, StoreError> {
+    let id = doc.remove("_id").map(|id| id.to_string()).unwrap_or_default();
+    bson::from_document(doc).map_err(|e| StoreError::Decode {
+        kind,
+        id,
+        detail: e.to_string(),
+    })
+}
+
+/// BSON has no unsigned integers; ids stay far below `i64::MAX`.
+fn id_bson(id: u64) -> Bson {
+    i64::try_from(id).map_or_else(|_| Bson::Double(id as f64), Bson::Int64)
+}
+
+fn as_i64(value: &Bson) -> Option<i64> {
+    match value {
+        Bson::Int32(v) => Some(i64::from(*v)),
+        Bson::Int64(v) => Some(*v),
+        Bson::Double(v) if v.fract() == 0.0 => Some(*v as i64),
+        _ => None,
+    }
+}
+
+fn log_doc(log: &LogRow) -> Document {
+    let stream = bson::to_bson(&log.stream).unwrap_or(Bson::Null);
+    doc! {
+        "job": id_bson(log.job),
+        "seq": id_bson(log.seq),
+        "stream": stream,
+        "data": Binary { subtype: BinarySubtype::Generic, bytes: log.data.clone() },
+    }
+}
+
+fn log_of(doc: Document) -> Result<LogRow, StoreError> {
+    let bad = |detail: &str| StoreError::Decode {
+        kind: "log",
+        id: format!("{:?}/{:?}", doc.get("job"), doc.get("seq")),
+        detail: detail.to_owned(),
+    };
+    let number = |field: &str| {
+        doc.get(field)
+            .and_then(as_i64)
+            .and_then(|v| u64::try_from(v).ok())
+            .ok_or_else(|| bad(&format!("`{field}` is not a non-negative integer")))
+    };
+    let job = number("job")?;
+    let seq = number("seq")?;
+    let stream = doc
+        .get("stream")
+        .cloned()
+        .and_then(|s| bson::from_bson::<OutputStream>(s).ok())
+        .ok_or_else(|| bad("`stream` is not stdout, stderr or system"))?;
+    let data = match doc.get("data") {
+        Some(Bson::Binary(binary)) => binary.bytes.clone(),
+        _ => return Err(bad("`data` is not binary")),
+    };
+    Ok(LogRow {
+        job,
+        seq,
+        stream,
+        data,
+    })
+}
+
+/// The URI with any password replaced, for messages and logs.
+fn redact(uri: &str) -> String {
+    let Some((scheme, rest)) = uri.split_once("://") else {
+        return uri.to_owned();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => {
+            let user = rest[..at].split(':').next().unwrap_or_default();
+            format!("{scheme}://{user}:***@{}", &rest[at + 1..])
+        }
+        None => uri.to_owned(),
+    }
+}
+
+/// The sync driver blocks on its own Tokio runtime, which panics inside
+/// another runtime's context; `valkyrie-server` opens and loads its store
+/// from `async fn main`. There, the call runs on a short-lived thread of
+/// its own. (The store worker thread is not in a runtime: no extra thread.)
+fn off_async_runtime<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    if tokio::runtime::Handle::try_current().is_err() {
+        return f();
+    }
+    std::thread::scope(|scope| match scope.spawn(f).join() {
+        Ok(result) => result,
+        Err(panic) => std::panic::resume_unwind(panic),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scheduler::JobId;
+    use valkyrie::message::JobSpec;
+
+    #[test]
+    fn a_password_never_appears_in_messages() {
+        assert_eq!(
+            redact("mongodb://ci:s3cret@db.example:27017/valkyrie?w=1"),
+            "mongodb://ci:***@db.example:27017/valkyrie?w=1"
+        );
+        assert_eq!(redact("mongodb://127.0.0.1:27017"), "mongodb://127.0.0.1:27017");
+        assert_eq!(
+            redact("mongodb+srv://ci@cluster.example/x"),
+            "mongodb+srv://ci:***@cluster.example/x"
+        );
+    }
+
+    #[test]
+    fn the_last_change_of_a_key_wins_and_a_deletion_drops_earlier_logs() {
+        let job = |attempt| {
+            let mut job = JobRecord::new(JobId(1), JobSpec::shell("j", "true"), 0);
+            job.attempt = attempt;
+            Change::Job(Box::new(job))
+        };
+        let log = |seq| {
+            Change::Log(LogRow {
+                job: 1,
+                seq,
+                stream: OutputStream::Stdout,
+                data: vec![],
+            })
+        };
+        let changes = [job(1), log(0), job(2), Change::DeleteJob(1), log(1)];
+        let folded = Folded::of(&changes);
+        assert!(folded.jobs.is_empty());
+        assert_eq!(folded.deleted_jobs, BTreeSet::from([1]));
+        assert_eq!(folded.logs.iter().map(|l| l.seq).collect::<Vec<_>>(), [1]);
+
+        let changes = [Change::DeleteJob(1), job(1), job(3)];
+        let folded = Folded::of(&changes);
+        assert_eq!(folded.jobs[&1].attempt, 3);
+    }
+
+    #[test]
+    fn commands_are_split_by_count_and_size() {
+        let small: Vec<Document> = (0..25_000).map(|i| doc! { "i": i }).collect();
+        let sizes: Vec<usize> = chunks(small).iter().map(Vec::len).collect();
+        assert_eq!(sizes, [10_000, 10_000, 5_000]);
+        let big = |n: usize| doc! { "b": Binary { subtype: BinarySubtype::Generic, bytes: vec![0; n] } };
+        let sizes: Vec<usize> = chunks(vec![big(5 << 20), big(5 << 20), big(1 << 20)])
+            .iter()
+            .map(Vec::len)
+            .collect();
+        assert_eq!(sizes, [1, 2]);
+    }
+}
