@@ -71,6 +71,15 @@ struct Args {
     /// Where state is kept: `embedded` (a file in the data directory) or a `mongodb://` URI.
     #[arg(long, env = "VALKYRIE_STORE", default_value = "embedded")]
     store: String,
+    /// Finished jobs and their logs older than this are deleted.
+    #[arg(long, env = "VALKYRIE_RETENTION", default_value = "30d", value_parser = humantime::parse_duration)]
+    retention: Duration,
+    /// At most this many finished jobs (and their logs) are kept; the oldest go first.
+    #[arg(long, env = "VALKYRIE_MAX_FINISHED_JOBS", default_value_t = 100_000)]
+    max_finished_jobs: usize,
+    /// Output stored per job for `vk logs` and replay (the agent truncates at its own limit).
+    #[arg(long, env = "VALKYRIE_LOG_LIMIT_BYTES", default_value_t = 64 << 20)]
+    log_limit_bytes: usize,
     /// `fsync`: every commit reaches the disk before what depends on it is acknowledged;
     /// `none`: commits are not fsynced (benchmarks, throwaway CI).
     #[arg(long, env = "VALKYRIE_DURABILITY", value_enum, default_value = "fsync")]
@@ -184,7 +193,9 @@ async fn run() -> anyhow::Result<()> {
         assign_lease: args.assign_lease,
         runner_lost_after: args.runner_lost_after,
         kill_grace: args.kill_grace,
-        ..CoreConfig::default()
+        log_retention_bytes: args.log_limit_bytes,
+        finished_job_retention: args.max_finished_jobs,
+        retention: args.retention,
     };
     let metrics: Arc<Metrics> = Default::default();
     let mut store = open_store(&args.store, &args.data_dir, args.durability)?;

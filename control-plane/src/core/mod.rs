@@ -51,8 +51,10 @@ pub struct CoreConfig {
     pub kill_grace: Duration,
     /// Stored log bytes per job, for replay. Default 64 MiB.
     pub log_retention_bytes: usize,
-    /// Finished jobs kept in memory. Default 100,000.
+    /// Finished jobs kept (with their logs). Default 100,000.
     pub finished_job_retention: usize,
+    /// Finished jobs (and their logs) older than this are deleted. Default 30 days.
+    pub retention: Duration,
 }
 
 impl Default for CoreConfig {
@@ -63,6 +65,7 @@ impl Default for CoreConfig {
             kill_grace: Duration::from_secs(10),
             log_retention_bytes: 64 << 20,
             finished_job_retention: 100_000,
+            retention: Duration::from_secs(30 * 24 * 3600),
         }
     }
 }
@@ -216,6 +219,8 @@ struct PendingResult {
     result: valkyrie::message::JobResult,
     /// Record it anyway after this, missing chunks or not.
     deadline: Instant,
+    /// The agent's request, acknowledged once the result is durable.
+    ack: Option<Responder>,
 }
 
 /// The state the core owns.
@@ -659,7 +664,26 @@ impl Core {
             self.advance_run(run);
         }
         self.finished.push_back(id);
-        while self.finished.len() > self.config.finished_job_retention {
+        self.expire_finished(now_ms());
+    }
+
+    /// Deletes the oldest finished jobs and their logs beyond the retention
+    /// count or age. Jobs finish in order, so only the front is looked at.
+    fn expire_finished(&mut self, now_ms: u64) {
+        let cutoff = now_ms.saturating_sub(self.config.retention.as_millis() as u64);
+        loop {
+            let Some(&front) = self.finished.front() else {
+                break;
+            };
+            let too_many = self.finished.len() > self.config.finished_job_retention;
+            let too_old = self
+                .jobs
+                .get(&front)
+                .and_then(|j| j.finished_at_ms)
+                .is_none_or(|t| t < cutoff);
+            if !too_many && !too_old {
+                break;
+            }
             if let Some(old) = self.finished.pop_front() {
                 self.jobs.remove(&old);
                 self.dirty_jobs.insert(old);
@@ -862,6 +886,18 @@ impl Core {
                 }
                 _ => stale.push(RunningAttempt { job_id, attempt }),
             }
+            // The agent runs it, so it took the assignment, even if its
+            // AssignAck never arrived or was not stored before a crash:
+            // left assigned, the lease would expire and the job run twice.
+            if let Some(job) = self
+                .jobs
+                .get_mut(&jid)
+                .filter(|j| j.state() == JobState::Assigned && false)
+            {
+                if job.acknowledge(id, attempt, now_ms()).is_ok() {
+                    self.publish_state(jid);
+                }
+            }
         }
         if let Some(r) = self.runners.get_mut(&id) {
             r.jobs = kept.clone();
@@ -999,6 +1035,11 @@ impl Core {
                     }),
                 };
                 if check.is_ok() {
+                    // The agent forgets a result once it is acknowledged, so
+                    // the acknowledgement waits until the result is durable:
+                    // acknowledged earlier, a crash would lose the result and
+                    // the finished job would run again.
+                    let ack = sender.clone().map(|s| Responder::new(s, correlation));
                     let received = self.logs.get(&id).map_or(0, |l| l.agent_chunks);
                     if received < result.log_chunks {
                         // Log chunks travel on the bulk lane and may still be
@@ -1010,13 +1051,20 @@ impl Core {
                                 runner,
                                 result,
                                 deadline,
+                                ack,
                             },
                         );
                     } else {
-                        self.record_result(runner, result);
+                        self.record_pending(PendingResult {
+                            runner,
+                            result,
+                            deadline: Instant::now(),
+                            ack,
+                        });
                     }
+                } else {
+                    reply(check);
                 }
-                reply(check);
             }
             other => {
                 if let Some(sender) = &sender {
@@ -1026,6 +1074,14 @@ impl Core {
                     );
                 }
             }
+        }
+    }
+
+    /// Records a result and acknowledges it to its agent once durable.
+    fn record_pending(&mut self, pending: PendingResult) {
+        self.record_result(pending.runner, pending.result);
+        if let Some(ack) = pending.ack {
+            self.after_commit(AfterCommit::Reply(ack, valkyrie::message::Ack {}.into()));
         }
     }
 
@@ -1095,7 +1151,7 @@ impl Core {
             .is_some_and(|p| chunks >= p.result.log_chunks)
         {
             if let Some(pending) = self.pending_results.remove(&id) {
-                self.record_result(pending.runner, pending.result);
+                self.record_pending(pending);
             }
         }
     }
@@ -1104,6 +1160,7 @@ impl Core {
 
     fn on_tick(&mut self, now: Instant) {
         self.subscribers.flush_markers();
+        self.expire_finished(now_ms());
         let runs = &self.runs;
         self.timed_runs
             .retain(|id| runs.get(id).is_some_and(|r| !r.state().is_terminal()));
@@ -1130,7 +1187,7 @@ impl Core {
                     job_id = id.0,
                     "recording a result whose log chunks did not all arrive"
                 );
-                self.record_result(pending.runner, pending.result);
+                self.record_pending(pending);
             }
         }
         // Leases that ran out and server-side deadlines.
