@@ -105,13 +105,24 @@ struct DispatchArgs {
     /// A job whose terminal event has not arrived after this many seconds is reported missing.
     #[arg(long, env = "VALKYRIE_BENCH_JOB_TIMEOUT_SECS", default_value_t = 10)]
     job_timeout_secs: u64,
+    /// Where the control plane keeps state: `memory`, `embedded` (redb, fsync per
+    /// commit), `embedded-none` (redb without fsync) or a `mongodb://` URI. Repeat to
+    /// measure several stores in one run.
+    #[arg(
+        long = "store",
+        env = "VALKYRIE_BENCH_STORE",
+        value_delimiter = ',',
+        default_value = "memory"
+    )]
+    stores: Vec<String>,
     /// Print JSON instead of a table.
     #[arg(long, env = "VALKYRIE_BENCH_JSON")]
     json: bool,
 }
 
-/// One wake mode's figures.
+/// One store and wake mode's figures.
 struct ModeResult {
+    store: String,
     mode: WakeMode,
     ping_pong: Summary,
     relay: Summary,
@@ -151,10 +162,32 @@ async fn run(
     system_rt: tokio::runtime::Handle,
     dir: std::path::PathBuf,
 ) -> anyhow::Result<Vec<ModeResult>> {
-    let system = System::start(&system_rt, args.transport, dir.clone(), args.agents, args.slots)
-        .await
-        .context("cannot start the control plane and agents")?;
-    let servers = raw::start_servers(&system_rt, args.transport, dir, system.raw_tls.clone())
+    let mut results = Vec::new();
+    for (i, store) in args.stores.iter().enumerate() {
+        let store_dir = dir.join(format!("store-{i}"));
+        std::fs::create_dir_all(&store_dir)?;
+        results.extend(run_store(args, &system_rt, store_dir, store).await?);
+    }
+    Ok(results)
+}
+
+async fn run_store(
+    args: &DispatchArgs,
+    system_rt: &tokio::runtime::Handle,
+    dir: std::path::PathBuf,
+    store: &str,
+) -> anyhow::Result<Vec<ModeResult>> {
+    let system = System::start(
+        system_rt,
+        args.transport,
+        dir.clone(),
+        args.agents,
+        args.slots,
+        store,
+    )
+    .await
+    .with_context(|| format!("cannot start the control plane (store {store}) and agents"))?;
+    let servers = raw::start_servers(system_rt, args.transport, dir, system.raw_tls.clone())
         .await
         .context("cannot start the baseline servers")?;
     let connector = raw::Connector::new(system.raw_tls.as_ref())?;
@@ -198,6 +231,7 @@ async fn run(
         };
         let dispatch = dispatch::run(&clients, &load).await?;
         results.push(ModeResult {
+            store: store.to_owned(),
             mode,
             ping_pong,
             relay,
@@ -241,7 +275,7 @@ fn print_table(args: &DispatchArgs, results: &[ModeResult]) {
     );
     for r in results {
         println!();
-        println!("wake mode: {}", r.mode.label());
+        println!("store: {}, wake mode: {}", r.store, r.mode.label());
         println!(
             "  {:<34} {:>8} {:>10} {:>10} {:>10} {:>10} {:>11}",
             "measurement", "samples", "p50 µs", "p99 µs", "p99.9 µs", "max µs", "per second"
@@ -314,6 +348,7 @@ fn to_json(args: &DispatchArgs, results: &[ModeResult]) -> serde_json::Value {
         "modes": results.iter().map(|r| {
             let d = &r.dispatch.latency;
             serde_json::json!({
+                "store": r.store,
                 "wake_mode": r.mode.label(),
                 "raw_ping_pong": r.ping_pong.to_json(),
                 "two_hop_relay": r.relay.to_json(),

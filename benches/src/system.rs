@@ -12,6 +12,11 @@ use tokio::sync::oneshot;
 use valkyrie::transport::{dev_certificate, ClientOptions, ClientTls, ListenerOptions, ServerTls};
 use valkyrie::{ConnectionConfig, Endpoint};
 use valkyrie_control_plane::auth::Tokens;
+use valkyrie_control_plane::core::spawn_with_store;
+use valkyrie_control_plane::metrics::Metrics;
+use valkyrie_control_plane::store::embedded::EmbeddedStore;
+use valkyrie_control_plane::store::mongo::MongoStore;
+use valkyrie_control_plane::store::{Durability, Store, StoreHandle};
 use valkyrie_control_plane::{server, spawn_core, CoreConfig};
 use valkyrie_runner_agent::job::JobDefaults;
 use valkyrie_runner_agent::{Agent, AgentConfig};
@@ -45,6 +50,7 @@ impl System {
         dir: PathBuf,
         agents: u32,
         slots: u32,
+        store: &str,
     ) -> anyhow::Result<Self> {
         let listen: Endpoint = match transport {
             Transport::Unix => format!("unix://{}", dir.join("valkyrie.sock").display()),
@@ -70,6 +76,8 @@ impl System {
         let work_root = dir.join("work");
         std::fs::create_dir_all(&work_root)?;
         let agent_options = client_options.clone();
+        let store_dir = dir.clone();
+        let store = store.to_owned();
         let (endpoint, agent_stops) = system
             .spawn(async move {
                 let tokens = Arc::new(Tokens::new(API_TOKEN.into(), RUNNER_TOKEN.into()));
@@ -81,7 +89,15 @@ impl System {
                     authenticate: None,
                 };
                 let options = server::listener_options(tokens.clone(), base);
-                let core = spawn_core(CoreConfig::default(), tokens, Default::default());
+                let core = match open_store(&store, &store_dir)? {
+                    None => spawn_core(CoreConfig::default(), tokens, Default::default()),
+                    Some(mut store) => {
+                        let metrics: Arc<Metrics> = Default::default();
+                        let loaded = store.load()?;
+                        let handle = StoreHandle::spawn(store, metrics.clone());
+                        spawn_with_store(CoreConfig::default(), tokens, metrics, handle, loaded)
+                    }
+                };
                 let listener = server::bind_all(std::slice::from_ref(&listen), &options)
                     .await?
                     .pop()
@@ -164,4 +180,15 @@ impl System {
             let _ = stop.send(());
         }
     }
+}
+
+/// The store named on the command line; `None` keeps state in memory.
+fn open_store(name: &str, dir: &std::path::Path) -> anyhow::Result<Option<Box<dyn Store>>> {
+    Ok(match name {
+        "memory" => None,
+        "embedded" => Some(Box::new(EmbeddedStore::open(dir, Durability::Fsync)?)),
+        "embedded-none" => Some(Box::new(EmbeddedStore::open(dir, Durability::None)?)),
+        uri if uri.starts_with("mongodb://") => Some(Box::new(MongoStore::connect(uri, Durability::Fsync)?)),
+        other => bail!("unknown store `{other}`: use memory, embedded, embedded-none or a mongodb:// URI"),
+    })
 }

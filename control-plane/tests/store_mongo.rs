@@ -7,8 +7,9 @@
 
 use std::io::{BufRead, BufReader};
 use std::net::{TcpListener, TcpStream};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use valkyrie::message::{GetJob, JobSpec, JobState, Message, OutputStream, Role, RunState, SubmitJob};
@@ -39,7 +40,7 @@ impl Mongo {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let log = std::fs::File::create(dir.path().join("nx.out")).unwrap();
-        let child = Command::new(NX)
+        let child = Command::new(nx_program())
             .args(["--db", "memory", "--host", "127.0.0.1", "--port"])
             .arg(port.to_string())
             // Its defaults are shared files in /tmp; tests run in parallel.
@@ -97,6 +98,37 @@ impl Drop for Mongo {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// `nx-27017` on `PATH`, or where pip put it if that is not on `PATH`
+/// (e.g. `pip install --user` and no `~/.local/bin` in `PATH`).
+fn nx_program() -> &'static Path {
+    static PROGRAM: OnceLock<PathBuf> = OnceLock::new();
+    PROGRAM.get_or_init(|| {
+        let path = std::env::var_os("PATH").unwrap_or_default();
+        let on_path = std::env::split_paths(&path).map(|dir| dir.join(NX));
+        let script_dirs = Command::new("python3")
+            .args([
+                "-c",
+                "import os, sysconfig\n\
+                 print(sysconfig.get_path('scripts'))\n\
+                 print(sysconfig.get_path('scripts', os.name + '_user'))",
+            ])
+            .output()
+            .map(|out| String::from_utf8_lossy(&out.stdout).into_owned())
+            .unwrap_or_default();
+        let from_pip = script_dirs.lines().map(|dir| Path::new(dir).join(NX));
+        on_path
+            .chain(from_pip)
+            .find(|candidate| candidate.is_file())
+            .unwrap_or_else(|| {
+                panic!(
+                    "`{NX}` is not installed (not on PATH, nor in python3's script directories): these \
+                 tests need this MongoDB wire-protocol server; install it with \
+                 `python3 -m pip install nx-27017` (.ci/run does)"
+                )
+            })
+    })
 }
 
 /// A port nothing listens on (the OS's pick, released at once).

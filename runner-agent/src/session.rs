@@ -75,14 +75,17 @@ pub struct Agent {
     credential: Option<String>,
 }
 
+/// The attempts this agent still holds: those running, and those finished
+/// whose result the server has not acknowledged. The latter are reported
+/// too, so that a server that restarted keeps them on this runner until
+/// their result, sent again right after registering, arrives; otherwise it
+/// would take them for lost and run them again.
 fn running_attempts(state: &State) -> Vec<RunningAttempt> {
-    state
-        .running
-        .iter()
-        .map(|(job, r)| RunningAttempt {
-            job_id: *job,
-            attempt: r.attempt,
-        })
+    let running = state.running.iter().map(|(job, r)| (*job, r.attempt));
+    let finished = state.unacked.keys().copied();
+    running
+        .chain(finished)
+        .map(|(job_id, attempt)| RunningAttempt { job_id, attempt })
         .collect()
 }
 

@@ -3,67 +3,11 @@
 
 mod support;
 
-use std::time::Duration;
-
-use support::{sh_path, text, wait_file, wait_final, within, Harness, Server};
-use valkyrie::message::{JobOutcome, JobResult, Message, RegisterRunner, Role};
-use valkyrie::transport::{connect, hello, RequestError};
-use valkyrie::{ClientOptions, Endpoint, ErrorCode, Session};
+use support::{raw_agent, sh_path, text, wait_file, wait_final, within, Harness};
+use valkyrie::message::{JobOutcome, JobResult, Message};
+use valkyrie::transport::RequestError;
+use valkyrie::ErrorCode;
 use valkyrie_sdk::{JobSpec, JobState};
-
-/// Connects to `server` as an agent speaking the raw protocol, registers
-/// as `name`, and keeps the session alive with heartbeats.
-async fn raw_agent(server: &Server, name: &str, tags: &[&str]) -> Session {
-    let endpoint: Endpoint = server.endpoint().parse().unwrap();
-    let mut session = within(
-        "a raw agent connection",
-        connect(
-            &endpoint,
-            hello(Role::Agent, &server.runner_token, "raw-test-agent"),
-            &ClientOptions::default(),
-        ),
-    )
-    .await
-    .expect("raw agent connects");
-    session
-        .sender()
-        .send(RegisterRunner {
-            name: name.into(),
-            tags: tags.iter().map(|t| t.to_string()).collect(),
-            os: "linux".into(),
-            arch: "x86_64".into(),
-            slots: 1,
-            version: "test".into(),
-            running: Vec::new(),
-        })
-        .await
-        .expect("send RegisterRunner");
-    let registered = within("RunnerRegistered", async {
-        loop {
-            let incoming = session.recv().await.expect("session open until registered");
-            if let Message::RunnerRegistered(r) = incoming.message {
-                return r;
-            }
-        }
-    })
-    .await;
-    assert!(registered.runner_id > 0);
-    let sender = session.sender();
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_millis(200));
-        loop {
-            tick.tick().await;
-            if sender
-                .send(valkyrie::message::Heartbeat { running: 0 })
-                .await
-                .is_err()
-            {
-                return;
-            }
-        }
-    });
-    session
-}
 
 /// An agent killed with SIGKILL mid-job: the job is retried on the other
 /// agent and succeeds as attempt 2; a late result for attempt 1 is refused
@@ -103,7 +47,7 @@ async fn killed_agent_job_is_retried_elsewhere_and_late_report_refused() {
     // The dead agent's attempt reports late, under its old name and under
     // a name the server has never seen.
     for name in [a.name.as_str(), "impostor"] {
-        let late = raw_agent(&server, name, &[]).await;
+        let late = raw_agent(&server, name, &[], &[]).await;
         let answer = within(
             "the answer to a late JobResult",
             late.sender().request(JobResult {
@@ -142,7 +86,7 @@ async fn unacknowledged_assignment_is_reassigned_after_lease() {
     let h = Harness::new();
     let server = h.server().start();
     let client = server.client().await;
-    let mut fake = raw_agent(&server, "fake-agent", &["fake"]).await;
+    let mut fake = raw_agent(&server, "fake-agent", &["fake"], &[]).await;
 
     let mut spec = JobSpec::shell("never-acked", "true");
     spec.tags = vec!["fake".into()];

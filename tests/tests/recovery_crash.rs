@@ -23,11 +23,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use support::{
-    sh_path, text, wait_file, wait_final, wait_state, wait_until, wait_until_within, within, Agent, Harness,
-    Server, DEADLINE,
+    raw_agent_registered, sh_path, text, wait_file, wait_final, wait_state, wait_until, wait_until_within,
+    within, Agent, Harness, Server, DEADLINE,
 };
 use tokio::sync::watch;
 use tokio::task::JoinSet;
+use valkyrie::message::{JobOutcome, JobResult, Message, RunningAttempt};
 use valkyrie_sdk::{Client, EventBody, JobInfo, JobSpec, JobState, StepSpec};
 
 const API_TOKEN: &str = "crash-api-secret";
@@ -56,6 +57,11 @@ async fn embedded_store_keeps_every_acknowledged_job_across_repeated_kills() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn embedded_store_reattaches_jobs_running_during_a_kill() {
     running_jobs_are_reattached_after_a_kill(EMBEDDED).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_store_takes_a_reported_attempt_as_acknowledged_after_a_kill() {
+    reported_attempt_is_acknowledged_after_a_kill(EMBEDDED).await;
 }
 
 /// A server that can be killed and started again on the same socket, data
@@ -424,6 +430,20 @@ async fn acknowledged_jobs_survive_repeated_kills(store: &[&str]) {
         markers.finished_then_rerun.len(),
         markers.finished_then_rerun,
     );
+    // An attempt that ran to its end is never run again: its result is
+    // kept by the agent until the server has stored it.
+    assert!(
+        markers.finished_then_rerun.is_empty(),
+        "jobs run again after an attempt finished: {:?}",
+        markers.finished_then_rerun
+    );
+    // Only attempts whose assignment was stored but not yet sent when the
+    // server died are tried again: a handful per kill.
+    assert!(
+        retried.len() < JOBS / 20,
+        "{} jobs needed more than one attempt",
+        retried.len()
+    );
     assert!(
         not_succeeded.is_empty(),
         "{} acknowledged jobs did not succeed: {:#?}",
@@ -570,4 +590,68 @@ async fn running_jobs_are_reattached_after_a_kill(store: &[&str]) {
         agent.process.try_wait().is_none(),
         "the agent exited; it must ride out a server crash"
     );
+}
+
+/// An agent got an assignment, and the server died before it stored the
+/// agent's acknowledgement (here: the agent never sent one). After the
+/// restart the agent re-reports the attempt as running: that is its
+/// acknowledgement. Left assigned, the lease would run out and the job run
+/// a second time while the first attempt still runs. The attempt's result
+/// is then acknowledged, and recorded as attempt 1.
+async fn reported_attempt_is_acknowledged_after_a_kill(store: &[&str]) {
+    let h = Harness::new();
+    let mut servers = Restartable::new(&h, "acked", store);
+    let mut server = servers.start();
+    let client = server.client().await;
+    let (mut session, _) = raw_agent_registered(&server, "raw-runner", &["raw"], &[]).await;
+    let mut spec = JobSpec::shell("raw-job", "true");
+    spec.tags = vec!["raw".into()];
+    let id = client.submit(spec).await.expect("submit");
+    let assign = within("the Assign frame", async {
+        loop {
+            let incoming = session.recv().await.expect("raw agent session open");
+            if let Message::Assign(assign) = incoming.message {
+                return assign;
+            }
+        }
+    })
+    .await;
+    assert_eq!((assign.job_id, assign.attempt), (id, 1));
+    // Sent only once stored: the restarted server knows the assignment.
+
+    servers.kill_and_restart(&mut server);
+    drop(session);
+    let client = server.client().await;
+    let running = [RunningAttempt {
+        job_id: id,
+        attempt: 1,
+    }];
+    let (session, registered) = raw_agent_registered(&server, "raw-runner", &["raw"], &running).await;
+    assert!(
+        registered.stale.is_empty(),
+        "the re-reported attempt is current: {:?}",
+        registered.stale
+    );
+    let job = client.job(id).await.expect("job after restart");
+    assert_eq!(
+        (job.state, job.attempt),
+        (JobState::Running, 1),
+        "a re-reported attempt counts as acknowledged: {job:?}"
+    );
+    let answer = within(
+        "the answer to the JobResult",
+        session.sender().request(JobResult {
+            job_id: id,
+            attempt: 1,
+            outcome: JobOutcome::Succeeded,
+            exit_code: Some(0),
+            duration_ms: 10,
+            message: String::new(),
+            log_chunks: 0,
+        }),
+    )
+    .await;
+    assert!(answer.is_ok(), "the result is acknowledged: {answer:?}");
+    let job = wait_final(&client, id).await;
+    assert_eq!((job.state, job.attempt), (JobState::Succeeded, 1), "{job:?}");
 }

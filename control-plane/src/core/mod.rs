@@ -671,10 +671,7 @@ impl Core {
     /// count or age. Jobs finish in order, so only the front is looked at.
     fn expire_finished(&mut self, now_ms: u64) {
         let cutoff = now_ms.saturating_sub(self.config.retention.as_millis() as u64);
-        loop {
-            let Some(&front) = self.finished.front() else {
-                break;
-            };
+        while let Some(&front) = self.finished.front() {
             let too_many = self.finished.len() > self.config.finished_job_retention;
             let too_old = self
                 .jobs
@@ -892,7 +889,7 @@ impl Core {
             if let Some(job) = self
                 .jobs
                 .get_mut(&jid)
-                .filter(|j| j.state() == JobState::Assigned && false)
+                .filter(|j| j.state() == JobState::Assigned)
             {
                 if job.acknowledge(id, attempt, now_ms()).is_ok() {
                     self.publish_state(jid);
@@ -1327,6 +1324,14 @@ impl Core {
 
 /// Checks a submitted job before it is queued.
 fn validate(spec: &JobSpec) -> Result<(), String> {
+    /// Longer timeouts are surely mistakes (and would not fit every store).
+    const MAX_TIMEOUT_MS: u64 = 30 * 24 * 3600 * 1000;
+    if spec.timeout_ms > MAX_TIMEOUT_MS {
+        return Err(format!(
+            "job `{}` has a timeout of {} ms; the maximum is 30 days",
+            spec.name, spec.timeout_ms
+        ));
+    }
     if spec.steps.is_empty() {
         return Err(format!("job `{}` has no steps: add at least one step", spec.name));
     }

@@ -47,9 +47,20 @@
 //!
 //! # Durability
 //!
-//! [`Durability::Fsync`] writes with `{w: "majority", j: true}` (acknowledged
-//! once journaled on a majority), [`Durability::None`] with `{w: 1, j:
-//! false}`; a `w` in the URI is overridden by the flag.
+//! [`Durability::Fsync`] writes with `{w: "majority", j: true, wtimeout:
+//! 30000}` (acknowledged once journaled on a majority; a majority that does
+//! not answer in 30 s fails the commit), [`Durability::None`] with `{w: 1,
+//! j: false}`; a `w` in the URI is overridden by the flag.
+//!
+//! # Servers
+//!
+//! Only plain commands (`find`, `insert`, `update`, `delete`,
+//! `createIndexes`, `ping`) are used, so any MongoDB since 3.6 will do, and
+//! so does `nx-27017`, the wire-protocol server the tests run against. Two
+//! of its differences shape the code: it orders numeric `_id`s as text (so
+//! rows are sorted here after loading, not by the server), and an upsert
+//! does not copy `_id` from the filter (so every replacement names its own).
+//! It accepts the write concern (it is a single node).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
@@ -80,6 +91,11 @@ pub const DEFAULT_DATABASE: &str = "valkyrie";
 /// How long to look for a server before giving up, unless the URI sets
 /// `serverSelectionTimeoutMS`: a wrong URI fails at start, not after 30 s.
 const SERVER_SELECTION_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long a commit waits for a majority to journal it. Without a bound a
+/// replica set that lost its majority would hang the store silently; with
+/// it, the commit fails and the server stops with the reason.
+const MAJORITY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// MongoDB's duplicate-key error code.
 const DUPLICATE_KEY: i64 = 11000;
@@ -144,7 +160,11 @@ impl MongoStore {
                 db,
                 shown: shown.clone(),
                 write_concern: match durability {
-                    Durability::Fsync => doc! { "w": "majority", "j": true },
+                    Durability::Fsync => doc! {
+                        "w": "majority",
+                        "j": true,
+                        "wtimeout": i64::try_from(MAJORITY_TIMEOUT.as_millis()).unwrap_or(i64::MAX),
+                    },
                     Durability::None => doc! { "w": 1, "j": false },
                 },
             };
@@ -160,7 +180,10 @@ impl MongoStore {
             .run()
             .map(drop)
             .map_err(|e| StoreError::Io {
-                what: format!("cannot reach MongoDB at {}", self.shown),
+                what: format!(
+                    "cannot reach MongoDB at {} (is it running, and is the URI right?)",
+                    self.shown
+                ),
                 detail: e.to_string(),
             })
     }
@@ -200,39 +223,52 @@ impl MongoStore {
         }
     }
 
-    /// Every document of `collection`, in `sort` order.
-    fn all(&self, collection: &str, sort: Document) -> Result<Vec<Document>, StoreError> {
+    /// Every document of `collection`, in no particular order: callers
+    /// sort, because not every wire-protocol server orders numeric `_id`s
+    /// numerically (nx-27017 compares them as text).
+    fn all(&self, collection: &str) -> Result<Vec<Document>, StoreError> {
         let what = format!("cannot read `{collection}` from");
         self.db
             .collection::<Document>(collection)
             .find(doc! {})
-            .sort(sort)
             .run()
             .map_err(|e| self.io(&what, e))?
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| self.io(&what, e))
     }
 
-    fn rows<T: DeserializeOwned>(&self, collection: &str, kind: &'static str) -> Result<Vec<T>, StoreError> {
-        self.all(collection, doc! { "_id": 1 })?
+    /// The rows of `collection`, in id order.
+    fn rows<T: DeserializeOwned>(
+        &self,
+        collection: &str,
+        kind: &'static str,
+        id: impl Fn(&T) -> u64,
+    ) -> Result<Vec<T>, StoreError> {
+        let mut rows = self
+            .all(collection)?
             .into_iter()
             .map(|doc| decode(kind, doc))
-            .collect()
+            .collect::<Result<Vec<T>, _>>()?;
+        rows.sort_by_key(id);
+        Ok(rows)
     }
 
     fn load_blocking(&self) -> Result<Loaded, StoreError> {
         let mut loaded = Loaded {
-            jobs: self.rows(JOBS, "job")?,
-            runs: self.rows(RUNS, "run")?,
-            pipelines: self.rows(PIPELINES, "pipeline")?,
-            runners: self.rows(RUNNERS, "runner")?,
+            jobs: self.rows(JOBS, "job", |job: &JobRecord| job.id.0)?,
+            runs: self.rows(RUNS, "run", |run: &RunRow| run.id)?,
+            pipelines: self.rows(PIPELINES, "pipeline", |def: &PipelineDef| def.id)?,
+            runners: self.rows(RUNNERS, "runner", |runner: &RunnerRow| runner.id)?,
             ..Loaded::default()
         };
-        for doc in self.all(LOGS, doc! { "job": 1, "seq": 1 })? {
-            loaded.logs.push(log_of(doc)?);
-        }
+        loaded.logs = self
+            .all(LOGS)?
+            .into_iter()
+            .map(log_of)
+            .collect::<Result<_, _>>()?;
+        loaded.logs.sort_by_key(|log| (log.job, log.seq));
         if let Some(counters) = self
-            .all(META, doc! { "_id": 1 })?
+            .all(META)?
             .into_iter()
             .find(|doc| doc.get_str("_id") == Ok(COUNTERS_ID))
         {
@@ -244,10 +280,11 @@ impl MongoStore {
     fn commit_blocking(&self, changes: &[Change]) -> Result<(), StoreError> {
         let folded = Folded::of(changes);
         if let Some(counters) = folded.counters {
-            let statement = replace(
-                doc! { "_id": COUNTERS_ID },
-                to_doc("meta", COUNTERS_ID, counters)?,
-            );
+            let mut row = to_doc("meta", COUNTERS_ID, counters)?;
+            // Named in the replacement as well: not every server copies an
+            // upserted `_id` from the filter (nx-27017 generates one).
+            row.insert("_id", COUNTERS_ID);
+            let statement = replace(doc! { "_id": COUNTERS_ID }, row);
             self.write(META, Write::Update, vec![statement])?;
         }
         if !folded.deleted_jobs.is_empty() {

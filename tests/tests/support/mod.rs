@@ -21,8 +21,11 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use valkyrie::message::RunnerState;
-use valkyrie::Endpoint;
+use valkyrie::message::{
+    Heartbeat, Message, RegisterRunner, Role, RunnerRegistered, RunnerState, RunningAttempt,
+};
+use valkyrie::transport::{connect, hello};
+use valkyrie::{Endpoint, Session};
 use valkyrie_sdk::{Client, ClientOptions, ClientTls, JobInfo, JobState, RunnerInfo};
 
 /// How long any single awaited event may take before the test fails.
@@ -677,4 +680,65 @@ pub async fn wait_file(path: &Path) {
 /// Shell-quotes a path for use inside a job's command line.
 pub fn sh_path(path: &Path) -> String {
     format!("'{}'", path.display().to_string().replace('\'', r"'\''"))
+}
+
+/// Connects to `server` as an agent speaking the raw protocol, registers
+/// as `name` re-reporting the `running` attempts, and keeps the session
+/// alive with heartbeats. Returns the session and what the server answered.
+pub async fn raw_agent_registered(
+    server: &Server,
+    name: &str,
+    tags: &[&str],
+    running: &[RunningAttempt],
+) -> (Session, RunnerRegistered) {
+    let endpoint: Endpoint = server.endpoint().parse().expect("endpoint");
+    let mut session = within(
+        "a raw agent connection",
+        connect(
+            &endpoint,
+            hello(Role::Agent, &server.runner_token, "raw-test-agent"),
+            &valkyrie::ClientOptions::default(),
+        ),
+    )
+    .await
+    .expect("raw agent connects");
+    session
+        .sender()
+        .send(RegisterRunner {
+            name: name.into(),
+            tags: tags.iter().map(|t| t.to_string()).collect(),
+            os: "linux".into(),
+            arch: "x86_64".into(),
+            slots: 1,
+            version: "test".into(),
+            running: running.to_vec(),
+        })
+        .await
+        .expect("send RegisterRunner");
+    let registered = within("RunnerRegistered", async {
+        loop {
+            let incoming = session.recv().await.expect("session open until registered");
+            if let Message::RunnerRegistered(r) = incoming.message {
+                return r;
+            }
+        }
+    })
+    .await;
+    assert!(registered.runner_id > 0);
+    let sender = session.sender();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(200));
+        loop {
+            tick.tick().await;
+            if sender.send(Heartbeat { running: 0 }).await.is_err() {
+                return;
+            }
+        }
+    });
+    (session, registered)
+}
+
+/// [`raw_agent_registered`], keeping only the session.
+pub async fn raw_agent(server: &Server, name: &str, tags: &[&str], running: &[RunningAttempt]) -> Session {
+    raw_agent_registered(server, name, tags, running).await.0
 }
