@@ -155,7 +155,7 @@ fn log(job: u64, seq: u64, data: &[u8]) -> LogRow {
     LogRow {
         job,
         seq,
-        stream: if seq % 2 == 0 {
+        stream: if seq.is_multiple_of(2) {
             OutputStream::Stdout
         } else {
             OutputStream::Stderr

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use support::{
     raw_agent_registered, sh_path, text, wait_file, wait_final, wait_state, wait_until, wait_until_within,
-    within, Agent, Harness, Server, DEADLINE,
+    within, Agent, Harness, MongoServer, Server, DEADLINE,
 };
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -62,6 +62,24 @@ async fn embedded_store_reattaches_jobs_running_during_a_kill() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn embedded_store_takes_a_reported_attempt_as_acknowledged_after_a_kill() {
     reported_attempt_is_acknowledged_after_a_kill(EMBEDDED).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mongodb_store_keeps_every_acknowledged_job_across_repeated_kills() {
+    let mongo = MongoServer::start();
+    acknowledged_jobs_survive_repeated_kills(&["--store", &mongo.uri()]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mongodb_store_reattaches_jobs_running_during_a_kill() {
+    let mongo = MongoServer::start();
+    running_jobs_are_reattached_after_a_kill(&["--store", &mongo.uri()]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mongodb_store_takes_a_reported_attempt_as_acknowledged_after_a_kill() {
+    let mongo = MongoServer::start();
+    reported_attempt_is_acknowledged_after_a_kill(&["--store", &mongo.uri()]).await;
 }
 
 /// A server that can be killed and started again on the same socket, data
@@ -110,7 +128,7 @@ impl<'h> Restartable<'h> {
 /// The spec of the `index`-th job of the repeated-kill scenario.
 fn crash_job(index: usize, marks: &Path) -> JobSpec {
     let name = format!("crash-{index}");
-    if index % MARKED_EVERY != 0 {
+    if !index.is_multiple_of(MARKED_EVERY) {
         return JobSpec::with_steps(name, vec![StepSpec::noop()]);
     }
     let line = format!(

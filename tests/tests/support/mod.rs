@@ -742,3 +742,137 @@ pub async fn raw_agent_registered(
 pub async fn raw_agent(server: &Server, name: &str, tags: &[&str], running: &[RunningAttempt]) -> Session {
     raw_agent_registered(server, name, tags, running).await.0
 }
+
+/// The MongoDB wire-protocol server the MongoDB variants run against.
+const NX: &str = "nx-27017";
+
+/// `nx-27017 --db memory` (a MongoDB wire-protocol server on SQLite, from
+/// PyPI: `python3 -m pip install nx-27017`) on a free port, for one test;
+/// killed (SIGKILL) on drop. A missing `nx-27017` fails the test: the
+/// MongoDB variants are not skipped.
+///
+/// No MongoDB server can be installed here; `nx-27017` speaks the same wire
+/// protocol. Its data lives in memory, so it must outlive every
+/// `valkyrie-server` restart of the test, which it does: only the
+/// `valkyrie-server` is killed.
+pub struct MongoServer {
+    child: Child,
+    port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl MongoServer {
+    /// Starts it and waits (up to [`DEADLINE`]) until it accepts connections.
+    pub fn start() -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("vkt-nx")
+            .tempdir()
+            .expect("temporary directory");
+        let port = free_port();
+        let out = std::fs::File::create(dir.path().join("nx.out")).expect("nx-27017 output file");
+        let child = Command::new(nx_program())
+            .args(["--db", "memory", "--host", "127.0.0.1", "--port"])
+            .arg(port.to_string())
+            // Its defaults are shared files in /tmp; tests run in parallel.
+            .arg("--log-file")
+            .arg(dir.path().join("nx.log"))
+            .arg("--pid-file")
+            .arg(dir.path().join("nx.pid"))
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().expect("nx-27017 output file"))
+            .stderr(out)
+            .spawn()
+            .unwrap_or_else(|err| {
+                panic!(
+                    "cannot start `{NX}` ({err}): the MongoDB variants need this MongoDB \
+                     wire-protocol server; install it with `python3 -m pip install nx-27017` \
+                     (.ci/run does)"
+                )
+            });
+        let mut mongo = Self { child, port, dir };
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return mongo;
+            }
+            if let Some(status) = mongo.child.try_wait().expect("poll nx-27017") {
+                panic!(
+                    "`{NX} --db memory --port {port}` exited ({status}) before accepting \
+                     connections:\n{}",
+                    mongo.output()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "`{NX}` did not accept connections on port {port} within {DEADLINE:?}:\n{}",
+                mongo.output()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The URI of database `valkyrie` on it, for `--store`.
+    pub fn uri(&self) -> String {
+        format!("mongodb://127.0.0.1:{}/valkyrie", self.port)
+    }
+
+    /// What it printed so far.
+    pub fn output(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("nx.out")).unwrap_or_default()
+    }
+}
+
+impl Drop for MongoServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            let output = self.output();
+            let lines: Vec<&str> = output.lines().collect();
+            eprintln!(
+                "---- last lines of {NX} on port {} ----\n{}\n----",
+                self.port,
+                lines[lines.len().saturating_sub(40)..].join("\n")
+            );
+        }
+    }
+}
+
+/// `nx-27017` on `PATH`, or where pip put it if that is not on `PATH`
+/// (e.g. `pip install --user` and no `~/.local/bin` in `PATH`).
+fn nx_program() -> &'static Path {
+    static PROGRAM: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    PROGRAM.get_or_init(|| {
+        let path = std::env::var_os("PATH").unwrap_or_default();
+        let on_path = std::env::split_paths(&path).map(|dir| dir.join(NX));
+        let script_dirs = Command::new("python3")
+            .args([
+                "-c",
+                "import os, sysconfig\n\
+                 print(sysconfig.get_path('scripts'))\n\
+                 print(sysconfig.get_path('scripts', os.name + '_user'))",
+            ])
+            .output()
+            .map(|out| String::from_utf8_lossy(&out.stdout).into_owned())
+            .unwrap_or_default();
+        let from_pip = script_dirs.lines().map(|dir| Path::new(dir).join(NX));
+        on_path
+            .chain(from_pip)
+            .find(|candidate| candidate.is_file())
+            .unwrap_or_else(|| {
+                panic!(
+                    "`{NX}` is not installed (not on PATH, nor in python3's script directories): \
+                     the MongoDB variants need this MongoDB wire-protocol server; install it with \
+                     `python3 -m pip install nx-27017` (.ci/run does)"
+                )
+            })
+    })
+}
+
+/// A port nothing listens on (the OS's pick, released at once).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free local port")
+        .port()
+}
