@@ -179,8 +179,14 @@ messages! {
         slots: u32,
         /// Agent version.
         version: String,
-        /// Attempts the agent is still running, re-reported after a reconnect
-        /// as (job_id, attempt) pairs.
+        /// Attempts the agent still holds, re-reported after a reconnect as
+        /// (job_id, attempt) pairs: those it is running, and those that
+        /// finished but whose `JobResult` the server has not yet acknowledged
+        /// (the agent sends those results again right after registering).
+        /// The server re-attaches the attempts that match its records (the
+        /// others come back in `RunnerRegistered::stale`) and counts a
+        /// re-reported attempt as acknowledged: an assigned job becomes
+        /// running, even if its `AssignAck` was lost.
         running: Vec<RunningAttempt>,
     }
 
