@@ -12,13 +12,16 @@ use valkyrie::transport::{dev_certificate, ListenerOptions, ServerTls};
 use valkyrie::{ConnectionConfig, Endpoint};
 use valkyrie_control_plane::auth::Tokens;
 use valkyrie_control_plane::core::spawn_with_store;
+use valkyrie_control_plane::core::{Command, CoreHandle};
 use valkyrie_control_plane::metrics::Metrics;
+use valkyrie_control_plane::responder::Responder;
 use valkyrie_control_plane::rest::auth::{JwtKeys, Role};
 use valkyrie_control_plane::rest::{self, RestConfig};
 use valkyrie_control_plane::store::embedded::EmbeddedStore;
 use valkyrie_control_plane::store::mongo::MongoStore;
+use valkyrie_control_plane::store::seal::{SealedStore, SecretsKey};
 use valkyrie_control_plane::store::{Durability, Store, StoreHandle};
-use valkyrie_control_plane::{server, CoreConfig};
+use valkyrie_control_plane::{audit, server, CoreConfig};
 
 /// The Valkyrie control plane: schedules CI jobs onto runner agents.
 #[derive(Parser, Debug)]
@@ -71,6 +74,10 @@ struct Args {
     /// Where state is kept: `embedded` (a file in the data directory) or a `mongodb://` URI.
     #[arg(long, env = "VALKYRIE_STORE", default_value = "embedded")]
     store: String,
+    /// File holding the key that seals secrets at rest (64 hex digits; from a KMS or secret manager).
+    /// If unset, `secrets-key` in the data directory is used, generated on first start.
+    #[arg(long, env = "VALKYRIE_SECRETS_KEY_FILE")]
+    secrets_key_file: Option<PathBuf>,
     /// Finished jobs and their logs older than this are deleted.
     #[arg(long, env = "VALKYRIE_RETENTION", default_value = "30d", value_parser = humantime::parse_duration)]
     retention: Duration,
@@ -144,14 +151,29 @@ async fn run() -> anyhow::Result<()> {
         data_dir,
     }) = &args.command
     {
-        std::fs::create_dir_all(data_dir)
+        valkyrie::private_fs::create_dir_all(data_dir)
             .with_context(|| format!("cannot create data directory {}", data_dir.display()))?;
         let (keys, _) = JwtKeys::load_or_generate(data_dir)
             .with_context(|| format!("cannot read or store jwt-secret in {}", data_dir.display()))?;
-        println!("{}", keys.mint(subject, *role, *ttl));
+        let token = keys.mint(subject, *role, *ttl);
+        // The audit log learns of it through the data directory (the
+        // store belongs to the running server).
+        let record = audit::inbox::MintRecord {
+            at_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0),
+            user: std::env::var("USER").unwrap_or_else(|_| "unknown".into()),
+            subject: subject.clone(),
+            role: role.as_str().to_owned(),
+            ttl_secs: ttl.as_secs(),
+        };
+        audit::inbox::write(data_dir, &record)
+            .with_context(|| format!("cannot record the minted token in {}", data_dir.display()))?;
+        println!("{token}");
         return Ok(());
     }
-    std::fs::create_dir_all(&args.data_dir)
+    valkyrie::private_fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("cannot create data directory {}", args.data_dir.display()))?;
     let (tokens, generated) =
         Tokens::load_or_generate(&args.data_dir, args.api_token.clone(), args.runner_token.clone())
@@ -198,10 +220,21 @@ async fn run() -> anyhow::Result<()> {
         retention: args.retention,
     };
     let metrics: Arc<Metrics> = Default::default();
-    let mut store = open_store(&args.store, &args.data_dir, args.durability)?;
+    let key = match &args.secrets_key_file {
+        Some(path) => SecretsKey::load(path)?,
+        None => {
+            let (key, generated) = SecretsKey::load_or_generate(&args.data_dir)?;
+            if generated {
+                eprintln!("generated secrets key: {}", key.path().display());
+            }
+            key
+        }
+    };
+    let mut store = SealedStore::new(open_store(&args.store, &args.data_dir, args.durability)?, key);
     let loaded = store.load().context("cannot load the stored state")?;
-    let store = StoreHandle::spawn(store, metrics.clone());
+    let store = StoreHandle::spawn(Box::new(store), metrics.clone());
     let core = spawn_with_store(core_config, tokens.clone(), metrics, store, loaded);
+    tokio::spawn(import_minted_tokens(args.data_dir.clone(), core.clone()));
     let listeners_bound = Arc::new(AtomicBool::new(false));
     if let Some(addr) = args.http {
         let (jwt, generated) = JwtKeys::load_or_generate(&args.data_dir)
@@ -237,6 +270,38 @@ async fn run() -> anyhow::Result<()> {
     shutdown_signal().await;
     eprintln!("shutting down");
     Ok(())
+}
+
+/// How often the server looks for tokens minted by `valkyrie-server token`.
+const AUDIT_INBOX_INTERVAL: Duration = Duration::from_secs(2);
+
+/// Moves records of minted tokens from the data directory's inbox into the
+/// audit log, at start and then every [`AUDIT_INBOX_INTERVAL`]; each file
+/// is deleted once its record is stored.
+async fn import_minted_tokens(data_dir: PathBuf, core: CoreHandle) {
+    let mut tick = tokio::time::interval(AUDIT_INBOX_INTERVAL);
+    loop {
+        tick.tick().await;
+        let dir = data_dir.clone();
+        let Ok(found) = tokio::task::spawn_blocking(move || audit::inbox::read(&dir)).await else {
+            continue;
+        };
+        if found.is_empty() {
+            continue;
+        }
+        let (files, records): (Vec<PathBuf>, Vec<_>) = found.into_iter().unzip();
+        let (reply, stored) = Responder::channel();
+        if !core.send(Command::ImportAudit { records, reply }).await {
+            return;
+        }
+        if stored.await.is_ok() {
+            for file in files {
+                if let Err(err) = std::fs::remove_file(&file) {
+                    tracing::warn!(%err, file = %file.display(), "cannot remove an imported audit record");
+                }
+            }
+        }
+    }
 }
 
 async fn shutdown_signal() {

@@ -201,6 +201,7 @@ fn what_is_committed_is_loaded_back() {
         description: "the pipeline".into(),
         file_name: "ci.yaml".into(),
         yaml: "jobs: {}".into(),
+        source: "jobs: {}".into(),
         stages: vec!["build".into(), "test".into()],
         jobs: 2,
         created_at_ms: 5,
@@ -221,6 +222,7 @@ fn what_is_committed_is_loaded_back() {
         next_run: 4,
         next_pipeline: 5,
         next_runner: 3,
+        next_audit: 1,
     };
     // Logs out of order, and bytes that are not UTF-8.
     let logs = [log(8, 1, b"b"), log(7, 0, &[0xff, 0, b'\n']), log(8, 0, b"a")];
@@ -304,6 +306,7 @@ fn counters_survive_a_reconnect_and_are_replaced() {
         next_run: 2,
         next_pipeline: 1,
         next_runner: 5,
+        next_audit: 1,
     };
     let second = Counters {
         next_job: 11,
@@ -504,4 +507,110 @@ fn the_server_keeps_its_jobs_in_mongodb_across_a_kill() {
         other => panic!("expected JobAccepted, got {other:?}"),
     };
     assert!(next > job_id, "{next} reuses an id (first was {job_id})");
+}
+
+/// Every document of every collection of `database`, as extended JSON.
+fn raw_documents(mongo: &Mongo, database: &str) -> String {
+    let client = mongodb::sync::Client::with_uri_str(mongo.uri(database)).unwrap();
+    let db = client.database(database);
+    let mut all = String::new();
+    for collection in ["pipelines", "runs", "jobs", "runners", "logs", "meta"] {
+        let cursor = db
+            .collection::<mongodb::bson::Document>(collection)
+            .find(mongodb::bson::doc! {})
+            .run()
+            .unwrap();
+        for doc in cursor {
+            all.push_str(&doc.unwrap().to_string());
+            all.push('\n');
+        }
+    }
+    all
+}
+
+/// Job secrets, pipeline texts and runner credentials reach MongoDB only
+/// as ciphertext, and load back in the clear with the same key; another
+/// key is refused before anything is read.
+#[test]
+fn secret_fields_are_stored_only_as_ciphertext() {
+    use valkyrie_control_plane::store::seal::{SealedStore, SecretsKey, SEALED_PREFIX};
+    let mongo = Mongo::start();
+    let secret = "sealed-secret-4242";
+    let yaml = format!("secrets: {{TOKEN: {secret}}}\njobs:\n  a:\n    steps: [{{run: echo}}]\n");
+    let key = || SecretsKey::from_bytes(&[7; 32], "key-7");
+    let sealed = |key: SecretsKey| SealedStore::new(Box::new(mongo.store("sealed")), key);
+    let mut spec = JobSpec::shell("j", "echo hi");
+    spec.secrets = vec![("TOKEN".into(), secret.into())];
+    let job = JobRecord::new(JobId(1), spec, 1);
+    let run = RunRow {
+        id: 1,
+        file_name: "ci.yaml".into(),
+        yaml: yaml.clone(),
+        slots: vec![SlotRow::Waiting],
+        state: RunState::Running,
+        message: String::new(),
+        created_at_ms: 1,
+        finished_at_ms: None,
+        ending: None,
+        deadline_ms: None,
+    };
+    let pipeline = PipelineDef {
+        id: 1,
+        name: "ci".into(),
+        description: String::new(),
+        file_name: "ci.yaml".into(),
+        yaml: "secrets: {TOKEN: ***}".into(),
+        source: yaml.clone(),
+        stages: vec![],
+        jobs: 1,
+        created_at_ms: 1,
+        updated_at_ms: 1,
+    };
+    let credential = format!("credential-{secret}");
+    let runner = RunnerRow {
+        id: 1,
+        name: "r".into(),
+        tags: vec![],
+        os: "linux".into(),
+        arch: "x86_64".into(),
+        slots: 1,
+        version: "0".into(),
+        credential: credential.clone(),
+    };
+    {
+        let mut store = sealed(key());
+        store.load().unwrap();
+        store
+            .commit(&[
+                Change::Job(Box::new(job)),
+                Change::Run(Box::new(run)),
+                Change::Pipeline(Box::new(pipeline)),
+                Change::Runner(Box::new(runner)),
+            ])
+            .unwrap();
+    }
+    let raw = raw_documents(&mongo, "sealed");
+    assert!(
+        !raw.contains(secret),
+        "a secret reached MongoDB in the clear:\n{raw}"
+    );
+    assert!(
+        raw.matches(SEALED_PREFIX).count() >= 5,
+        "sealed values and the key check:\n{raw}"
+    );
+    // The same key reads everything back.
+    let loaded = sealed(key()).load().unwrap();
+    assert_eq!(
+        loaded.jobs[0].spec.secrets,
+        [("TOKEN".to_owned(), secret.to_owned())]
+    );
+    assert_eq!(loaded.runs[0].yaml, yaml);
+    assert_eq!(loaded.pipelines[0].source, yaml);
+    assert_eq!(loaded.runners[0].credential, credential);
+    // Another key is refused at once, naming its file.
+    let err = sealed(SecretsKey::from_bytes(&[8; 32], "key-8"))
+        .load()
+        .unwrap_err();
+    assert!(matches!(err, StoreError::WrongKey { .. }), "{err}");
+    assert!(err.to_string().contains("key-8"), "{err}");
 }

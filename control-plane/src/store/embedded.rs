@@ -1,5 +1,5 @@
-//! The embedded store: one redb file, `valkyrie.redb`, in the data
-//! directory. Nothing to install. redb holds an exclusive lock on the file,
+//! The embedded store: one redb file, `valkyrie.redb` (mode 0600), in the
+//! data directory. Nothing to install. redb holds an exclusive lock on the file,
 //! so a second server on the same directory is refused; every commit is one
 //! redb write transaction.
 
@@ -17,6 +17,7 @@ const RUNNERS: TableDefinition<u64, &[u8]> = TableDefinition::new("runners");
 /// (job, seq) → stream byte followed by the data.
 const LOGS: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("logs");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
 
 /// The redb-backed store.
 pub struct EmbeddedStore {
@@ -34,6 +35,12 @@ impl EmbeddedStore {
     /// Opens (or creates) the store in `data_dir`.
     pub fn open(data_dir: &Path, durability: Durability) -> Result<Self, StoreError> {
         let path = Self::file_in(data_dir);
+        // Private to the server's user, whatever the umask; an older,
+        // wider file is narrowed.
+        valkyrie::private_fs::ensure_private_file(&path).map_err(|e| StoreError::Io {
+            what: format!("cannot open {}", path.display()),
+            detail: e.to_string(),
+        })?;
         let db = Database::create(&path).map_err(|err| match err {
             DatabaseError::DatabaseAlreadyOpen => StoreError::Locked { path: path.clone() },
             DatabaseError::Storage(redb::StorageError::Corrupted(detail)) => StoreError::Corrupt {
@@ -117,6 +124,7 @@ impl Store for EmbeddedStore {
         rows!(RUNS, "run", loaded.runs);
         rows!(PIPELINES, "pipeline", loaded.pipelines);
         rows!(RUNNERS, "runner", loaded.runners);
+        rows!(AUDIT, "audit", loaded.audit);
         let logs = txn.open_table(LOGS).map_err(|e| self.io("cannot read", e))?;
         for entry in logs.iter().map_err(|e| self.io("cannot read", e))? {
             let (key, value) = entry.map_err(|e| self.io("cannot read", e))?;
@@ -133,6 +141,9 @@ impl Store for EmbeddedStore {
         let meta = txn.open_table(META).map_err(|e| self.io("cannot read", e))?;
         if let Some(counters) = meta.get("counters").map_err(|e| self.io("cannot read", e))? {
             loaded.counters = decode::<Counters>("meta", "counters", counters.value())?;
+        }
+        if let Some(check) = meta.get("key_check").map_err(|e| self.io("cannot read", e))? {
+            loaded.key_check = Some(decode::<String>("meta", "key_check", check.value())?);
         }
         Ok(loaded)
     }
@@ -151,6 +162,7 @@ impl Store for EmbeddedStore {
             let mut runners = txn.open_table(RUNNERS).map_err(w)?;
             let mut logs = txn.open_table(LOGS).map_err(w)?;
             let mut meta = txn.open_table(META).map_err(w)?;
+            let mut audit = txn.open_table(AUDIT).map_err(w)?;
             let w = |e: redb::StorageError| self.io("cannot write", e);
             for change in changes {
                 match change {
@@ -186,6 +198,17 @@ impl Store for EmbeddedStore {
                     Change::Counters(counters) => {
                         meta.insert("counters", encode(counters).as_slice()).map_err(w)?;
                     }
+                    Change::Audit(record) => {
+                        audit
+                            .insert(record.id, encode(record.as_ref()).as_slice())
+                            .map_err(w)?;
+                    }
+                    Change::DeleteAudit(id) => {
+                        audit.remove(id).map_err(w)?;
+                    }
+                    Change::KeyCheck(check) => {
+                        meta.insert("key_check", encode(check).as_slice()).map_err(w)?;
+                    }
                 }
             }
         }
@@ -217,6 +240,7 @@ mod tests {
                 next_run: 1,
                 next_pipeline: 1,
                 next_runner: 2,
+                next_audit: 1,
             };
             store
                 .commit(&[

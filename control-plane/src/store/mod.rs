@@ -11,6 +11,7 @@
 
 pub mod embedded;
 pub mod mongo;
+pub mod seal;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -20,6 +21,7 @@ use serde::{Deserialize, Serialize};
 use valkyrie::message::{JobState, Message, OutputStream, RunState};
 use valkyrie::SessionSender;
 
+use crate::audit::AuditRecord;
 use crate::core::PipelineDef;
 use crate::job::JobRecord;
 use crate::metrics::Metrics;
@@ -60,6 +62,26 @@ pub enum StoreError {
         what: String,
         /// The cause.
         detail: String,
+    },
+    /// The store was written with another secrets key.
+    #[error("the store was written with another secrets key than {key}: start with the key file it was written with (--secrets-key-file or the data directory's secrets-key)")]
+    WrongKey {
+        /// The key file in use.
+        key: PathBuf,
+    },
+    /// A sealed field of a stored record does not open.
+    #[error(
+        "a stored {kind} record {id} holds a sealed value that does not open with the key {key}: {detail}"
+    )]
+    Sealed {
+        /// jobs, runs, …
+        kind: &'static str,
+        /// Its key.
+        id: String,
+        /// The key file in use.
+        key: PathBuf,
+        /// Why.
+        detail: seal::OpenSealedError,
     },
     /// A stored record does not decode.
     #[error("a stored {kind} record {id} does not decode: {detail}")]
@@ -165,6 +187,9 @@ pub struct Counters {
     pub next_pipeline: u64,
     /// Next runner id.
     pub next_runner: u64,
+    /// Next audit record id.
+    #[serde(default)]
+    pub next_audit: u64,
 }
 
 /// One change to durable state.
@@ -184,6 +209,13 @@ pub enum Change {
     Log(LogRow),
     /// Id counters.
     Counters(Counters),
+    /// Insert an audit record.
+    Audit(Box<AuditRecord>),
+    /// Forget an audit record (retention).
+    DeleteAudit(u64),
+    /// The sealed value that proves which secrets key wrote the store
+    /// ([`seal`]).
+    KeyCheck(String),
 }
 
 /// Everything a store holds, as loaded at start.
@@ -199,8 +231,12 @@ pub struct Loaded {
     pub runners: Vec<RunnerRow>,
     /// Log chunks, in (job, seq) order.
     pub logs: Vec<LogRow>,
+    /// Audit records, oldest first.
+    pub audit: Vec<AuditRecord>,
     /// Id counters.
     pub counters: Counters,
+    /// The secrets key check value, if one was stored ([`seal`]).
+    pub key_check: Option<String>,
 }
 
 /// A durable store. Methods block; they run on the store worker thread.

@@ -10,7 +10,13 @@
 //! | `jobs`      | job id         | [`JobRecord`]                 | `state`, `runner`          |
 //! | `runners`   | runner id      | [`RunnerRow`]                 |                            |
 //! | `logs`      | (generated)    | `job`, `seq`, `stream`, `data`| unique (`job`, `seq`)      |
+//! | `audit`     | record id      | [`AuditRecord`]               |                            |
 //! | `meta`      | `"counters"`   | [`Counters`]                  |                            |
+//! | `meta`      | `"key_check"`  | `value`: the sealed key check |                            |
+//!
+//! Secret fields (job secrets, pipeline texts, runner credentials) hold
+//! only ciphertext when the server wraps this store in a
+//! [`SealedStore`](super::seal::SealedStore), as `valkyrie-server` does.
 //!
 //! There is no `events` collection: a job's events are its state history,
 //! which is its record in `jobs` (each transition replaces it, fenced by the
@@ -74,6 +80,7 @@ use serde::Serialize;
 use valkyrie::message::OutputStream;
 
 use super::{Change, Counters, Durability, Loaded, LogRow, RunRow, RunnerRow, Store, StoreError};
+use crate::audit::AuditRecord;
 use crate::core::PipelineDef;
 use crate::job::JobRecord;
 
@@ -83,7 +90,9 @@ const JOBS: &str = "jobs";
 const RUNNERS: &str = "runners";
 const LOGS: &str = "logs";
 const META: &str = "meta";
+const AUDIT: &str = "audit";
 const COUNTERS_ID: &str = "counters";
+const KEY_CHECK_ID: &str = "key_check";
 
 /// Database used when the URI names none.
 pub const DEFAULT_DATABASE: &str = "valkyrie";
@@ -259,6 +268,7 @@ impl MongoStore {
             runs: self.rows(RUNS, "run", |run: &RunRow| run.id)?,
             pipelines: self.rows(PIPELINES, "pipeline", |def: &PipelineDef| def.id)?,
             runners: self.rows(RUNNERS, "runner", |runner: &RunnerRow| runner.id)?,
+            audit: self.rows(AUDIT, "audit", |record: &AuditRecord| record.id)?,
             ..Loaded::default()
         };
         loaded.logs = self
@@ -267,12 +277,19 @@ impl MongoStore {
             .map(log_of)
             .collect::<Result<_, _>>()?;
         loaded.logs.sort_by_key(|log| (log.job, log.seq));
-        if let Some(counters) = self
-            .all(META)?
-            .into_iter()
-            .find(|doc| doc.get_str("_id") == Ok(COUNTERS_ID))
-        {
-            loaded.counters = decode("meta", counters)?;
+        for doc in self.all(META)? {
+            match doc.get_str("_id") {
+                Ok(COUNTERS_ID) => loaded.counters = decode("meta", doc)?,
+                Ok(KEY_CHECK_ID) => {
+                    let value = doc.get_str("value").map_err(|e| StoreError::Decode {
+                        kind: "meta",
+                        id: KEY_CHECK_ID.into(),
+                        detail: e.to_string(),
+                    })?;
+                    loaded.key_check = Some(value.to_owned());
+                }
+                _ => {}
+            }
         }
         Ok(loaded)
     }
@@ -287,6 +304,11 @@ impl MongoStore {
             let statement = replace(doc! { "_id": COUNTERS_ID }, row);
             self.write(META, Write::Update, vec![statement])?;
         }
+        if let Some(check) = folded.key_check {
+            let row = doc! { "_id": KEY_CHECK_ID, "value": check.as_str() };
+            let statement = replace(doc! { "_id": KEY_CHECK_ID }, row);
+            self.write(META, Write::Update, vec![statement])?;
+        }
         if !folded.deleted_jobs.is_empty() {
             let ids: Vec<Bson> = folded.deleted_jobs.iter().map(|id| id_bson(*id)).collect();
             let logs = doc! { "q": { "job": { "$in": ids.clone() } }, "limit": 0 };
@@ -294,6 +316,17 @@ impl MongoStore {
             let jobs = doc! { "q": { "_id": { "$in": ids } }, "limit": 0 };
             self.write(JOBS, Write::Delete, vec![jobs])?;
         }
+        if !folded.deleted_audit.is_empty() {
+            let ids: Vec<Bson> = folded.deleted_audit.iter().map(|id| id_bson(*id)).collect();
+            let statement = doc! { "q": { "_id": { "$in": ids } }, "limit": 0 };
+            self.write(AUDIT, Write::Delete, vec![statement])?;
+        }
+        let audit = folded
+            .audit
+            .values()
+            .map(|record| keyed_replace("audit", record.id, record))
+            .collect::<Result<_, _>>()?;
+        self.write(AUDIT, Write::Update, audit)?;
         let pipelines = folded
             .pipelines
             .values()
@@ -410,6 +443,9 @@ impl Store for MongoStore {
 #[derive(Default)]
 struct Folded<'a> {
     counters: Option<&'a Counters>,
+    key_check: Option<&'a String>,
+    audit: BTreeMap<u64, &'a AuditRecord>,
+    deleted_audit: BTreeSet<u64>,
     /// Jobs whose record and logs go; applied before the writes below, so a
     /// log appended after the deletion (same commit) survives it.
     deleted_jobs: BTreeSet<u64>,
@@ -447,6 +483,15 @@ impl<'a> Folded<'a> {
                 }
                 Change::Log(log) => logs.push((position, log)),
                 Change::Counters(counters) => folded.counters = Some(counters),
+                Change::KeyCheck(check) => folded.key_check = Some(check),
+                Change::Audit(record) => {
+                    folded.deleted_audit.remove(&record.id);
+                    folded.audit.insert(record.id, record);
+                }
+                Change::DeleteAudit(id) => {
+                    folded.audit.remove(id);
+                    folded.deleted_audit.insert(*id);
+                }
             }
         }
         folded.logs = logs
