@@ -54,6 +54,7 @@ impl Core {
                 next_run: self.next_run,
                 next_pipeline: self.next_pipeline,
                 next_runner: self.next_runner,
+                next_audit: self.next_audit,
             }));
         }
         if self.changes.is_empty() && self.after.is_empty() {
@@ -88,7 +89,18 @@ impl Core {
         self.next_run = counters.next_run.max(1);
         self.next_pipeline = counters.next_pipeline.max(1);
         self.next_runner = counters.next_runner.max(1);
-        for def in loaded.pipelines {
+        self.next_audit = counters.next_audit.max(1);
+        for record in loaded.audit {
+            self.next_audit = self.next_audit.max(record.id + 1);
+            self.audit_log.push_back(record);
+        }
+        self.expire_audit(now_ms());
+        for mut def in loaded.pipelines {
+            if def.source.is_empty() {
+                // Stored before texts were masked: `yaml` is the source.
+                def.source = std::mem::take(&mut def.yaml);
+                def.yaml = crate::masking::masked_pipeline_text(&def.file_name, &def.source);
+            }
             self.next_pipeline = self.next_pipeline.max(def.id + 1);
             self.pipelines.insert(def.id, def);
         }

@@ -19,8 +19,13 @@ pub struct PipelineDef {
     pub description: String,
     /// File name it was submitted as.
     pub file_name: String,
-    /// The YAML text, as submitted.
+    /// The YAML text as shown: as submitted, with every secret value
+    /// replaced by `***` ([`crate::masking`]).
     pub yaml: String,
+    /// The YAML text as submitted, secrets included: what runs are made
+    /// from. Never shown; sealed in the store.
+    #[serde(default)]
+    pub source: String,
     /// Stage names.
     pub stages: Vec<String>,
     /// Jobs after matrix expansion.
@@ -46,7 +51,8 @@ impl Core {
             name: pipeline.name.clone(),
             description: pipeline.description.clone(),
             file_name: file_name.to_owned(),
-            yaml: yaml.to_owned(),
+            yaml: crate::masking::mask(yaml, &crate::masking::secret_values(&pipeline)),
+            source: yaml.to_owned(),
             stages: pipeline.stages.clone(),
             jobs: pipeline.jobs.len(),
             created_at_ms: now,
@@ -54,6 +60,15 @@ impl Core {
         };
         self.pipelines.insert(id, def.clone());
         self.record(crate::store::Change::Pipeline(Box::new(def.clone())));
+        let detail = crate::masking::mask(
+            &format!("pipeline `{}` ({file_name})", def.name),
+            &crate::masking::secret_values(&pipeline),
+        );
+        self.audit(
+            crate::audit::AuditAction::CreatePipeline,
+            format!("pipeline {id}"),
+            detail,
+        );
         self.counters_dirty = true;
         Ok(def)
     }
@@ -64,7 +79,7 @@ impl Core {
             .pipelines
             .get(&id)
             .ok_or_else(|| format!("no pipeline {id}"))?;
-        let (file_name, yaml) = (def.file_name.clone(), def.yaml.clone());
+        let (file_name, yaml) = (def.file_name.clone(), def.source.clone());
         // Stored definitions were validated when created; parse again to
         // get the plan (the format is pure and cheap to parse).
         let pipeline = valkyrie::pipeline::parse(&file_name, &yaml).map_err(|e| e.to_string())?;
@@ -74,6 +89,11 @@ impl Core {
         run.set_source(&file_name, &yaml);
         self.runs.insert(run_id, run);
         self.dirty_runs.insert(run_id);
+        self.audit(
+            crate::audit::AuditAction::TriggerPipeline,
+            format!("pipeline {id}"),
+            format!("run {run_id}"),
+        );
         self.counters_dirty = true;
         self.advance_run(run_id);
         Ok(run_id)

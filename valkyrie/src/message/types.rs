@@ -280,7 +280,10 @@ impl Default for RetryPolicy {
 }
 
 /// Everything needed to run a job, as submitted and as assigned.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+///
+/// Its `Debug` form shows secret names with `***` for their values, so a
+/// spec in a log line or an error message never carries a secret.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JobSpec {
     /// Display name.
     pub name: String,
@@ -302,6 +305,28 @@ pub struct JobSpec {
     pub retry: RetryPolicy,
     /// Shell argv the step line is appended to; empty means `sh -c`.
     pub shell: Vec<String>,
+}
+
+impl std::fmt::Debug for JobSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let secrets: Vec<(&str, &str)> = self
+            .secrets
+            .iter()
+            .map(|(name, _)| (name.as_str(), "***"))
+            .collect();
+        f.debug_struct("JobSpec")
+            .field("name", &self.name)
+            .field("project", &self.project)
+            .field("priority", &self.priority)
+            .field("tags", &self.tags)
+            .field("steps", &self.steps)
+            .field("env", &self.env)
+            .field("secrets", &secrets)
+            .field("timeout_ms", &self.timeout_ms)
+            .field("retry", &self.retry)
+            .field("shell", &self.shell)
+            .finish()
+    }
 }
 
 impl JobSpec {
@@ -480,6 +505,52 @@ impl RunnerInfo {
         self.state.write(w);
         w.u64(self.last_seen_ms_ago);
         w.string(&self.version);
+    }
+}
+
+/// One audit record: who did what, and when (see [`AuditList`](super::AuditList)).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    /// Increasing id; the paging cursor.
+    pub id: u64,
+    /// When, in milliseconds since the Unix epoch.
+    pub at_ms: u64,
+    /// How the actor was authenticated: `jwt`, `api_token`, `runner`,
+    /// `local` or `server`.
+    pub actor_kind: String,
+    /// Who: JWT subject, client software, runner name or local user.
+    pub actor: String,
+    /// What: `submit_job`, `submit_pipeline`, `create_pipeline`,
+    /// `trigger_pipeline`, `cancel_job`, `cancel_run`, `drain_runner`,
+    /// `register_runner` or `mint_token`.
+    pub action: String,
+    /// What it was done to, e.g. `job 12`.
+    pub target: String,
+    /// Names and settings for a reader; never a secret value.
+    pub detail: String,
+}
+
+impl AuditEntry {
+    pub(crate) fn read(r: &mut Reader) -> Result<Self, DecodeError> {
+        Ok(Self {
+            id: r.u64("audit.id")?,
+            at_ms: r.u64("audit.at_ms")?,
+            actor_kind: r.string("audit.actor_kind")?,
+            actor: r.string("audit.actor")?,
+            action: r.string("audit.action")?,
+            target: r.string("audit.target")?,
+            detail: r.string("audit.detail")?,
+        })
+    }
+
+    pub(crate) fn write(&self, w: &mut Writer) {
+        w.u64(self.id);
+        w.u64(self.at_ms);
+        w.string(&self.actor_kind);
+        w.string(&self.actor);
+        w.string(&self.action);
+        w.string(&self.target);
+        w.string(&self.detail);
     }
 }
 
@@ -767,5 +838,19 @@ impl RunInfo {
         w.u64(self.created_at_ms);
         w.option(&self.finished_at_ms, |w, v| w.u64(*v));
         w.list(&self.jobs, |w, j| j.write(w));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_debug_form_of_a_spec_never_shows_secret_values() {
+        let mut spec = JobSpec::shell("j", "echo hi");
+        spec.secrets = vec![("TOKEN".into(), "hunter2-value".into())];
+        let shown = format!("{spec:?} {:#?}", spec);
+        assert!(shown.contains("TOKEN") && shown.contains("***"), "{shown}");
+        assert!(!shown.contains("hunter2"), "{shown}");
     }
 }
