@@ -117,16 +117,7 @@ impl Tokens {
 
 /// Writes a secret file readable only by its owner (mode 0600).
 pub(crate) fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)?;
-    file.write_all(contents.as_bytes())?;
-    file.write_all(b"\n")
+    valkyrie::private_fs::write_file(path, format!("{contents}\n").as_bytes())
 }
 
 #[cfg(test)]

@@ -81,7 +81,7 @@ async fn run() -> anyhow::Result<()> {
             .and_then(|h| h.into_string().ok())
             .unwrap_or_else(|| "runner".into())
     });
-    std::fs::create_dir_all(&args.work_dir)?;
+    valkyrie::private_fs::create_dir_all(&args.work_dir)?;
     let work_dir = std::fs::canonicalize(&args.work_dir)?;
     let config = AgentConfig {
         server: args.server,

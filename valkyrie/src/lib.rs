@@ -8,6 +8,9 @@
 //! ([`transport`]) drives that state machine over Unix sockets, TCP, TLS 1.3
 //! and QUIC, chosen by URI.
 //!
+//! [`private_fs`] creates the files and directories of the server and the
+//! agent private to their user (0600/0700).
+//!
 //! The wire format is specified in `spec/protocol.md`; `spec/vectors/` holds
 //! the test vectors every implementation must pass.
 
@@ -19,6 +22,7 @@ pub mod frame;
 pub mod message;
 #[cfg(feature = "pipeline")]
 pub mod pipeline;
+pub mod private_fs;
 pub mod transport;
 
 pub use connection::{Connection, ConnectionConfig, Event as ConnectionEvent, Side};

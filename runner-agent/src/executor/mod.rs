@@ -253,7 +253,11 @@ pub async fn run_job(
         // Jobs of no-op steps start no process and need no directory.
         let needs_workspace = plan.steps.iter().any(|s| !matches!(s.command, StepCommand::Noop));
         let created = if needs_workspace {
-            tokio::fs::create_dir_all(&plan.workspace).await
+            // Private (0700): other users of the machine see no job's files.
+            let workspace = plan.workspace.clone();
+            tokio::task::spawn_blocking(move || valkyrie::private_fs::create_dir_all(&workspace))
+                .await
+                .unwrap_or_else(|join| Err(std::io::Error::other(join)))
         } else {
             Ok(())
         };

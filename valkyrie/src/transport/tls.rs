@@ -127,7 +127,7 @@ impl ClientTls {
 /// Paths of a generated development certificate.
 #[derive(Clone, Debug)]
 pub struct DevCertificate {
-    /// The self-signed certificate (PEM); clients trust this file.
+    /// The self-signed certificate (PEM, mode 0600); clients trust this file.
     pub cert: PathBuf,
     /// Its private key (PEM, mode 0600).
     pub key: PathBuf,
@@ -145,26 +145,15 @@ pub fn dev_certificate(dir: &Path, names: &[&str]) -> Result<DevCertificate, Tls
     let names: Vec<String> = names.iter().map(|s| s.to_string()).collect();
     let generated =
         rcgen::generate_simple_self_signed(names).map_err(|e| TlsSetupError::Generate(e.to_string()))?;
-    let write = |path: &Path, data: String, mode: u32| -> Result<(), TlsSetupError> {
-        use std::io::Write;
-        use std::os::unix::fs::OpenOptionsExt;
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(mode)
-            .open(path)
-            .map_err(|source| TlsSetupError::Read {
-                path: path.into(),
-                source,
-            })?;
-        f.write_all(data.as_bytes())
-            .map_err(|source| TlsSetupError::Read {
-                path: path.into(),
-                source,
-            })
+    // Both private (0600), like every file the server writes; clients are
+    // given the certificate by whoever runs them.
+    let write = |path: &Path, data: String| -> Result<(), TlsSetupError> {
+        crate::private_fs::write_file(path, data.as_bytes()).map_err(|source| TlsSetupError::Read {
+            path: path.into(),
+            source,
+        })
     };
-    write(&key, generated.key_pair.serialize_pem(), 0o600)?;
-    write(&cert, generated.cert.pem(), 0o644)?;
+    write(&key, generated.key_pair.serialize_pem())?;
+    write(&cert, generated.cert.pem())?;
     Ok(DevCertificate { cert, key })
 }
