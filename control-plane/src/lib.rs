@@ -6,9 +6,11 @@
 //! Not here: the wire format (the `valkyrie` crate), running processes (the
 //! runner agent), durable storage (in memory for now).
 
+pub mod audit;
 pub mod auth;
 pub mod core;
 pub mod job;
+pub mod masking;
 pub mod metrics;
 pub mod responder;
 pub mod rest;

@@ -11,12 +11,16 @@ use valkyrie::message::{Message, Role};
 use valkyrie::transport::{Listener, ListenerOptions};
 use valkyrie::{Endpoint, ErrorCode, Session};
 
+use crate::audit::Actor;
 use crate::auth::Tokens;
 use crate::core::{Command, CoreHandle};
 use crate::metrics::TransportLabel;
 use crate::responder::{EventSink, Responder};
 
 static SESSIONS: AtomicU64 = AtomicU64::new(1);
+
+/// Characters of a client's software name kept in the audit log.
+const MAX_CLIENT_NAME_CHARS: usize = 64;
 
 /// Listener options whose authenticator checks `tokens`.
 pub fn listener_options(tokens: Arc<Tokens>, base: ListenerOptions) -> ListenerOptions {
@@ -62,6 +66,23 @@ pub async fn bind_all(
 
 async fn serve_client(mut session: Session, core: CoreHandle) {
     let sender = session.sender();
+    // Clients hold the API token; the software name they gave is kept as a
+    // hint of which client it was (bounded, printable: it is theirs to say).
+    let software: String = session
+        .hello()
+        .map(|h| {
+            h.agent
+                .chars()
+                .filter(|c| !c.is_control())
+                .take(MAX_CLIENT_NAME_CHARS)
+                .collect()
+        })
+        .unwrap_or_default();
+    let actor = Actor::api_token(if software.is_empty() {
+        crate::rest::auth::API_TOKEN_SUBJECT.to_owned()
+    } else {
+        software
+    });
     while let Some(incoming) = session.recv().await {
         let reply = Responder::new(sender.clone(), incoming.correlation);
         let command = match incoming.message {
@@ -78,6 +99,11 @@ async fn serve_client(mut session: Session, core: CoreHandle) {
             Message::GetRun(m) => Command::GetRun(m.run_id, reply),
             Message::ListRuns(m) => Command::ListRuns(m.limit, reply),
             Message::CancelRun(m) => Command::CancelRun(m.run_id, reply),
+            Message::ListAudit(m) => Command::ListAudit {
+                limit: m.limit,
+                before: m.before,
+                reply,
+            },
             Message::Subscribe(m) => Command::Subscribe {
                 job: m.job_id,
                 logs: m.logs,
@@ -95,6 +121,10 @@ async fn serve_client(mut session: Session, core: CoreHandle) {
                 );
                 continue;
             }
+        };
+        let command = Command::As {
+            actor: actor.clone(),
+            command: Box::new(command),
         };
         if !core.send(command).await {
             return;

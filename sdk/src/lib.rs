@@ -18,15 +18,15 @@ pub mod local;
 
 use tokio::sync::mpsc;
 use valkyrie::message::{
-    CancelJob, CancelRun, GetJob, GetRun, ListJobs, ListRunners, ListRuns, Message, Role, SubmitJob,
-    SubmitPipeline, Subscribe,
+    CancelJob, CancelRun, GetJob, GetRun, ListAudit, ListJobs, ListRunners, ListRuns, Message, Role,
+    SubmitJob, SubmitPipeline, Subscribe,
 };
 use valkyrie::transport::{connect, hello, ConnectError, RequestError};
 use valkyrie::{Endpoint, SessionSender};
 
 pub use valkyrie::message::{
-    Event, EventBody, JobInfo, JobSpec, JobState, OutputStream, RetryOn, RetryPolicy, RunInfo, RunJobInfo,
-    RunJobState, RunState, RunnerInfo, StepSpec,
+    AuditEntry, Event, EventBody, JobInfo, JobSpec, JobState, OutputStream, RetryOn, RetryPolicy, RunInfo,
+    RunJobInfo, RunJobState, RunState, RunnerInfo, StepSpec,
 };
 pub use valkyrie::pipeline;
 pub use valkyrie::transport::{ClientOptions, ClientTls};
@@ -134,6 +134,16 @@ impl Client {
     pub async fn runs(&self, limit: u32) -> Result<Vec<RunInfo>, ClientError> {
         match self.call(ListRuns { limit }).await? {
             Message::RunList(l) => Ok(l.runs),
+            other => Err(ClientError::Unexpected(other.kind())),
+        }
+    }
+
+    /// A page of the audit log, newest first: at most `limit` records (0
+    /// means the server's default, 100; the server answers at most 1,000)
+    /// with ids below `before` (0: from the newest).
+    pub async fn audit(&self, limit: u32, before: u64) -> Result<Vec<AuditEntry>, ClientError> {
+        match self.call(ListAudit { limit, before }).await? {
+            Message::AuditList(l) => Ok(l.entries),
             other => Err(ClientError::Unexpected(other.kind())),
         }
     }

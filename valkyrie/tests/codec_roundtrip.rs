@@ -143,6 +143,24 @@ fn job_info() -> impl Strategy<Value = JobInfo> {
         )
 }
 
+fn audit_entry() -> impl Strategy<Value = AuditEntry> {
+    (
+        (any::<u64>(), any::<u64>(), text()),
+        (text(), text(), text(), text()),
+    )
+        .prop_map(
+            |((id, at_ms, actor_kind), (actor, action, target, detail))| AuditEntry {
+                id,
+                at_ms,
+                actor_kind,
+                actor,
+                action,
+                target,
+                detail,
+            },
+        )
+}
+
 fn runner_info() -> impl Strategy<Value = RunnerInfo> {
     (
         (any::<u64>(), text(), texts(), text(), text()),
@@ -492,6 +510,12 @@ fn message() -> impl Strategy<Value = Message> {
             .boxed(),
         any::<u64>()
             .prop_map(|run_id| CancelRun { run_id }.into())
+            .boxed(),
+        (any::<u32>(), any::<u64>())
+            .prop_map(|(limit, before)| ListAudit { limit, before }.into())
+            .boxed(),
+        vec(audit_entry(), 0..3)
+            .prop_map(|entries| AuditList { entries }.into())
             .boxed(),
     ];
     Union::new(arms)

@@ -1009,6 +1009,36 @@ fn message_cases() -> Vec<MessageCase> {
             .into(),
         ),
         ("cancel_run", 113, none, CancelRun { run_id: 17 }.into()),
+        // ---- audit ----
+        ("list_audit", 114, none, ListAudit { limit: 2, before: 0 }.into()),
+        (
+            "audit_list",
+            114,
+            reply(),
+            AuditList {
+                entries: vec![
+                    AuditEntry {
+                        id: 42,
+                        at_ms: 1_732_240_800_000,
+                        actor_kind: "jwt".into(),
+                        actor: "alice".into(),
+                        action: "trigger_pipeline".into(),
+                        target: "pipeline 3".into(),
+                        detail: "run 16".into(),
+                    },
+                    AuditEntry {
+                        id: 41,
+                        at_ms: 1_732_240_700_000,
+                        actor_kind: "api_token".into(),
+                        actor: "vk/0.1.0".into(),
+                        action: "cancel_job".into(),
+                        target: "job 1990".into(),
+                        detail: String::new(),
+                    },
+                ],
+            }
+            .into(),
+        ),
     ]
 }
 

@@ -8,6 +8,7 @@
 //! submissions cost one scheduling pass. A 100 ms tick enforces leases,
 //! server-side timeouts, and lost runners.
 
+mod audit;
 mod events;
 mod persist;
 mod pipelines;
@@ -28,6 +29,7 @@ use valkyrie::message::{
 };
 use valkyrie::{ErrorCode, SessionSender};
 
+use crate::audit::{Actor, AuditAction, AuditRecord};
 use crate::auth::Tokens;
 use crate::job::{Disposition, JobRecord, TransitionError};
 use crate::metrics::Metrics;
@@ -154,6 +156,31 @@ pub enum Command {
     DrainRunner(u64, oneshot::Sender<Result<(), String>>),
     /// A summary of the state, for health checks and metrics.
     Snapshot(oneshot::Sender<CoreSnapshot>),
+    /// `command`, done on behalf of `actor` (what it changes is recorded
+    /// in the audit log under that actor).
+    As {
+        /// Who asks.
+        actor: Actor,
+        /// What.
+        command: Box<Command>,
+    },
+    /// A page of the audit log, newest first; answered with AuditList.
+    ListAudit {
+        /// At most this many (0: the default page; capped).
+        limit: u32,
+        /// Only records with an id below this (0: from the newest).
+        before: u64,
+        /// Where the answer goes.
+        reply: Responder,
+    },
+    /// Audit records made outside the server (JWTs minted with
+    /// `valkyrie-server token`); answered with Ack once stored.
+    ImportAudit {
+        /// (who, what, target, detail, when in ms since the epoch).
+        records: Vec<(Actor, AuditAction, String, String, u64)>,
+        /// Where the answer goes.
+        reply: Responder,
+    },
     /// A runner's session ended.
     RunnerDisconnected {
         /// Runner.
@@ -259,6 +286,11 @@ pub struct Core {
     /// The core's own queue, for work it hands itself later (weak, so the
     /// core still ends when every handle is gone).
     self_tx: mpsc::WeakSender<Command>,
+    /// Audit records kept, oldest first.
+    audit_log: std::collections::VecDeque<AuditRecord>,
+    next_audit: u64,
+    /// Who the command being handled is for ([`Command::As`]).
+    actor: Option<Actor>,
 }
 
 /// Starts the core task with its state in memory only; returns its handle.
@@ -318,6 +350,9 @@ fn spawn_inner(
         counters_dirty: false,
         timed_runs: Default::default(),
         self_tx: tx.downgrade(),
+        audit_log: Default::default(),
+        next_audit: 1,
+        actor: None,
     };
     if let Some(loaded) = loaded {
         core.recover(loaded);
@@ -354,7 +389,10 @@ impl Core {
     fn handle(&mut self, command: Command) {
         match command {
             Command::Submit(spec, reply) => self.submit(spec, reply),
-            Command::Cancel(job, reply) => self.cancel(JobId(job), reply),
+            Command::Cancel(job, reply) => {
+                self.audit(AuditAction::CancelJob, format!("job {job}"), String::new());
+                self.cancel(JobId(job), reply)
+            }
             Command::GetJob(job, reply) => match self.jobs.get(&JobId(job)) {
                 Some(record) => reply.reply(JobDetails {
                     job: self.job_info(record),
@@ -395,6 +433,12 @@ impl Core {
                 let _ = reply.send(self.trigger_pipeline(id));
             }
             Command::DrainRunner(id, reply) => {
+                let name = self
+                    .runners
+                    .get(&RunnerId(id))
+                    .map(|r| r.name.clone())
+                    .unwrap_or_default();
+                self.audit(AuditAction::DrainRunner, format!("runner {id}"), name);
                 let _ = reply.send(self.drain_runner(id));
             }
             Command::Snapshot(reply) => {
@@ -423,6 +467,7 @@ impl Core {
                 reply.reply(RunList { runs });
             }
             Command::CancelRun(id, reply) => {
+                self.audit(AuditAction::CancelRun, format!("run {id}"), String::new());
                 self.end_run(id, RunState::Cancelled, "cancelled by user", reply)
             }
             Command::Subscribe {
@@ -446,6 +491,18 @@ impl Core {
                 correlation,
                 message,
             } => self.on_runner_message(runner, session, correlation, message),
+            Command::As { actor, command } => {
+                self.actor = Some(actor);
+                self.handle(*command);
+                self.actor = None;
+            }
+            Command::ListAudit { limit, before, reply } => self.list_audit(limit, before, reply),
+            Command::ImportAudit { records, reply } => {
+                for (actor, action, target, detail, at_ms) in records {
+                    self.audit_as(actor, action, target, detail, at_ms);
+                }
+                self.after_commit(AfterCommit::Reply(reply, valkyrie::message::Ack {}.into()));
+            }
             Command::RunnerDisconnected { runner, session } => {
                 if let Some(r) = self.runners.get_mut(&runner) {
                     if r.is_session(session) {
@@ -465,7 +522,9 @@ impl Core {
             reply.fail(ErrorCode::INVALID_REQUEST, problem);
             return;
         }
+        let detail = crate::masking::mask(&spec.name, &spec_secret_values(&spec));
         let id = self.create_job(spec);
+        self.audit(AuditAction::SubmitJob, format!("job {}", id.0), detail);
         // spec: a submit is acknowledged only once it is durable.
         self.after_commit(AfterCommit::Reply(reply, JobAccepted { job_id: id.0 }.into()));
     }
@@ -496,6 +555,14 @@ impl Core {
         let id = self.next_run;
         self.next_run += 1;
         info!(run_id = id, pipeline = %pipeline.name, jobs = pipeline.jobs.len(), "run created");
+        self.audit(
+            AuditAction::SubmitPipeline,
+            format!("run {id}"),
+            crate::masking::mask(
+                &format!("pipeline `{}` ({file_name})", pipeline.name),
+                &crate::masking::secret_values(&pipeline),
+            ),
+        );
         self.runs
             .insert(id, Run::new(id, pipeline, now_ms(), Instant::now()));
         if let Some(run) = self.runs.get_mut(&id) {
@@ -838,10 +905,17 @@ impl Core {
                 id
             }
         };
-        let credential = match self.runners.get(&id) {
-            Some(existing) => existing.credential.clone(),
-            None => self.tokens.issue_runner_credential(),
+        let (credential, detail) = match self.runners.get(&id) {
+            Some(existing) => (existing.credential.clone(), "registered again"),
+            None => (self.tokens.issue_runner_credential(), "credential issued"),
         };
+        self.audit_as(
+            Actor::runner(msg.name.clone()),
+            AuditAction::RegisterRunner,
+            format!("runner {}", id.0),
+            detail.to_owned(),
+            now_ms(),
+        );
         let previous_jobs = self.runners.get(&id).map(|r| r.jobs.clone()).unwrap_or_default();
         let record = RunnerRecord {
             id,
@@ -1158,6 +1232,7 @@ impl Core {
     fn on_tick(&mut self, now: Instant) {
         self.subscribers.flush_markers();
         self.expire_finished(now_ms());
+        self.expire_audit(now_ms());
         let runs = &self.runs;
         self.timed_runs
             .retain(|id| runs.get(id).is_some_and(|r| !r.state().is_terminal()));
@@ -1323,6 +1398,11 @@ impl Core {
 }
 
 /// Checks a submitted job before it is queued.
+/// The secret values of a job, for masking what is recorded about it.
+fn spec_secret_values(spec: &JobSpec) -> Vec<String> {
+    spec.secrets.iter().map(|(_, value)| value.clone()).collect()
+}
+
 fn validate(spec: &JobSpec) -> Result<(), String> {
     /// Longer timeouts are surely mistakes (and would not fit every store).
     const MAX_TIMEOUT_MS: u64 = 30 * 24 * 3600 * 1000;

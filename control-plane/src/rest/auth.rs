@@ -173,9 +173,24 @@ pub struct Caller {
     pub sub: String,
     /// What they may do.
     pub role: Role,
+    /// Whether they presented the API token (not a JWT whose `sub` merely
+    /// says `api-token`).
+    pub is_api_token: bool,
 }
 
+/// The `sub` of a caller holding the API token.
+pub const API_TOKEN_SUBJECT: &str = "api-token";
+
 impl Caller {
+    /// Who the caller is, for the audit log.
+    pub fn actor(&self) -> crate::audit::Actor {
+        if self.is_api_token {
+            crate::audit::Actor::api_token(API_TOKEN_SUBJECT)
+        } else {
+            crate::audit::Actor::jwt(self.sub.clone())
+        }
+    }
+
     /// Refuses with 403 unless the caller's role includes `needed`.
     pub fn require(&self, needed: Role) -> Result<(), ApiError> {
         if self.role >= needed {
@@ -212,8 +227,9 @@ impl FromRequestParts<AppState> for Caller {
             .ok_or_else(|| ApiError::unauthenticated("the Authorization header is not `Bearer <token>`"))?;
         let caller = if state.tokens.is_api_token(token) {
             Caller {
-                sub: "api-token".into(),
+                sub: API_TOKEN_SUBJECT.into(),
                 role: Role::Admin,
+                is_api_token: true,
             }
         } else {
             let claims = state
@@ -223,6 +239,7 @@ impl FromRequestParts<AppState> for Caller {
             Caller {
                 sub: claims.sub,
                 role: claims.role,
+                is_api_token: false,
             }
         };
         state.limiter.check(token)?;
@@ -283,6 +300,7 @@ mod tests {
         let viewer = Caller {
             sub: "v".into(),
             role: Role::Viewer,
+            is_api_token: false,
         };
         assert!(viewer.require(Role::Viewer).is_ok());
         assert_eq!(

@@ -175,7 +175,9 @@ pub async fn cancel(
     ApiPath(id): ApiPath<u64>,
 ) -> Result<(axum::http::StatusCode, Json<Cancelled>), ApiError> {
     caller.require(Role::Submitter)?;
-    state.ask(|reply| Command::CancelRun(id, reply)).await?;
+    state
+        .ask_as(&caller, |reply| Command::CancelRun(id, reply))
+        .await?;
     Ok((
         axum::http::StatusCode::ACCEPTED,
         Json(Cancelled {

@@ -10,11 +10,12 @@
 //! | `GET /api/healthchecker`, `/healthz`, `/readyz`, `/metrics`, `/api/openapi.json` | none |
 //! | `GET /api/ci/pipelines[/{id}]`, `/api/ci/executions[/{id}[/logs]]`, `/api/runners` | viewer |
 //! | `POST /api/ci/pipelines[/upload]`, `/api/ci/pipelines/{id}/trigger`, `/api/ci/executions/{id}/cancel` | submitter |
-//! | `POST /api/runners/{id}/drain` | admin |
+//! | `POST /api/runners/{id}/drain`, `GET /api/audit` | admin |
 //!
 //! Errors are [`error::ErrorBody`]; authentication and roles are in
 //! [`auth`]; rate limiting in [`limits`].
 
+pub mod audit;
 pub mod auth;
 pub mod error;
 pub mod executions;
@@ -127,6 +128,34 @@ impl Shared {
         }
     }
 
+    /// [`ask`](Self::ask), on behalf of `caller` (recorded in the audit log).
+    async fn ask_as(
+        &self,
+        caller: &auth::Caller,
+        command: impl FnOnce(Responder) -> Command,
+    ) -> Result<Message, ApiError> {
+        let actor = caller.actor();
+        self.ask(|reply| Command::As {
+            actor,
+            command: Box::new(command(reply)),
+        })
+        .await
+    }
+
+    /// [`call`](Self::call), on behalf of `caller` (recorded in the audit log).
+    async fn call_as<T>(
+        &self,
+        caller: &auth::Caller,
+        command: impl FnOnce(oneshot::Sender<T>) -> Command,
+    ) -> Result<T, ApiError> {
+        let actor = caller.actor();
+        self.call(|reply| Command::As {
+            actor,
+            command: Box::new(command(reply)),
+        })
+        .await
+    }
+
     /// Sends a command answered on a oneshot and awaits its answer.
     async fn call<T>(&self, command: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T, ApiError> {
         let (tx, rx) = oneshot::channel();
@@ -212,6 +241,7 @@ pub fn router(core: CoreHandle, tokens: Arc<Tokens>, config: RestConfig) -> Rout
         .route("/api/ci/executions/{id}/logs", get(executions::logs))
         .route("/api/runners", get(runners::list))
         .route("/api/runners/{id}/drain", post(runners::drain))
+        .route("/api/audit", get(audit::list))
         .fallback(|| async {
             ApiError::not_found("no such route").suggest("see /api/openapi.json for the routes")
         })

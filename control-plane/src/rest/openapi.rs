@@ -6,7 +6,7 @@ use axum::Json;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{error, executions, health, metrics, pipelines, runners};
+use super::{audit, error, executions, health, metrics, pipelines, runners};
 
 /// The REST API's description.
 #[derive(OpenApi)]
@@ -16,11 +16,12 @@ use super::{error, executions, health, metrics, pipelines, runners};
         health::healthchecker, health::healthz, health::readyz, metrics::metrics, openapi_json,
         pipelines::create, pipelines::upload, pipelines::list, pipelines::get_one, pipelines::trigger,
         executions::list, executions::get_one, executions::cancel, executions::logs,
-        runners::list, runners::drain,
+        runners::list, runners::drain, audit::list,
     ),
     components(schemas(
         error::ErrorBody, health::Health, pipelines::Pipeline, pipelines::CreatePipeline, pipelines::Triggered,
         executions::Execution, executions::ExecutionJob, executions::Cancelled, runners::Runner, runners::Draining,
+        audit::AuditPage, audit::AuditRecordJson,
     )),
     modifiers(&BearerAuth),
 )]

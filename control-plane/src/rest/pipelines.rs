@@ -95,11 +95,12 @@ fn body_error(rejection: BytesRejection) -> ApiError {
 
 async fn store(
     state: &AppState,
+    caller: &Caller,
     file_name: String,
     yaml: String,
 ) -> Result<(StatusCode, Json<Pipeline>), ApiError> {
     let def = state
-        .call(|reply| Command::CreatePipeline {
+        .call_as(caller, |reply| Command::CreatePipeline {
             file_name,
             yaml,
             reply,
@@ -144,7 +145,7 @@ pub async fn create(
     } else {
         (default_name, text)
     };
-    store(&state, file_name, yaml).await
+    store(&state, &caller, file_name, yaml).await
 }
 
 /// Creates a pipeline from an uploaded file (multipart, field `file`, up to 10 MiB).
@@ -181,7 +182,7 @@ pub async fn upload(
         let data = field.bytes().await.map_err(read_error)?;
         let yaml = String::from_utf8(data.to_vec())
             .map_err(|_| ApiError::bad_request(format!("{file_name} is not UTF-8 text")))?;
-        return store(&state, file_name, yaml).await;
+        return store(&state, &caller, file_name, yaml).await;
     }
     Err(ApiError::bad_request("the form has no file").suggest("send the YAML in a part named `file`"))
 }
@@ -229,7 +230,7 @@ pub async fn trigger(
 ) -> Result<(StatusCode, Json<Triggered>), ApiError> {
     caller.require(Role::Submitter)?;
     let execution_id = state
-        .call(|reply| Command::TriggerPipeline(id, reply))
+        .call_as(&caller, |reply| Command::TriggerPipeline(id, reply))
         .await?
         .map_err(|message| {
             if message.starts_with("no pipeline") {

@@ -87,7 +87,7 @@ pub async fn drain(
 ) -> Result<(StatusCode, Json<Draining>), ApiError> {
     caller.require(Role::Admin)?;
     state
-        .call(|reply| Command::DrainRunner(id, reply))
+        .call_as(&caller, |reply| Command::DrainRunner(id, reply))
         .await?
         .map_err(|message| ApiError::not_found(message).suggest("list runners with GET /api/runners"))?;
     Ok((

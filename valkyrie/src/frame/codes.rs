@@ -102,6 +102,10 @@ kinds! {
     RUN_LIST = 0x45;
     /// A client cancels a run.
     CANCEL_RUN = 0x46;
+    /// A client asks for a page of the audit log.
+    LIST_AUDIT = 0x50;
+    /// A page of the audit log.
+    AUDIT_LIST = 0x51;
 }
 
 impl fmt::Debug for FrameKind {

@@ -143,5 +143,6 @@ struct_field!(
     StepSpec = 11,
     JobInfo = 40,
     RunnerInfo = 40,
+    AuditEntry = 36,
     EventBody = 1
 );

@@ -426,6 +426,23 @@ messages! {
         /// Which.
         run_id: u64,
     }
+
+    // ---- audit ----
+
+    /// Client → server: a page of the audit log, newest first.
+    ListAudit = LIST_AUDIT on Control {
+        /// At most this many; 0 means the server's default (100); the
+        /// server answers at most 1,000.
+        limit: u32,
+        /// Only records whose id is below this; 0 means from the newest.
+        before: u64,
+    }
+
+    /// Server → client: audit records, newest first.
+    AuditList = AUDIT_LIST on Control {
+        /// The records.
+        entries: Vec<AuditEntry>,
+    }
 }
 
 /// A (job, attempt) pair an agent is running.

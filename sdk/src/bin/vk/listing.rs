@@ -70,6 +70,29 @@ pub fn print_runs(runs: &[RunInfo]) {
     }
 }
 
+/// The audit log, newest first: when (UTC), who, what, to what.
+pub fn print_audit(entries: &[valkyrie_sdk::AuditEntry]) {
+    println!(
+        "{:<6} {:<20} {:<28} {:<17} {:<12}  DETAIL",
+        "ID", "WHEN (UTC)", "ACTOR", "ACTION", "TARGET"
+    );
+    for e in entries {
+        let when = humantime::format_rfc3339_seconds(
+            std::time::UNIX_EPOCH + std::time::Duration::from_millis(e.at_ms),
+        )
+        .to_string();
+        println!(
+            "{:<6} {:<20} {:<28} {:<17} {:<12}  {}",
+            e.id,
+            when.trim_end_matches('Z').replace('T', " "),
+            truncate(&format!("{}:{}", e.actor_kind, e.actor), 28),
+            e.action,
+            e.target,
+            e.detail
+        );
+    }
+}
+
 /// `1.2s`, `3m04s`.
 pub fn format_ms(ms: u64) -> String {
     if ms < 60_000 {

@@ -165,6 +165,16 @@ enum Command {
         /// Job id, or run id with an r prefix.
         target: Target,
     },
+    /// Show the audit log: who submitted, cancelled, drained, triggered or minted what, newest first.
+    #[command(after_help = "Examples:\n  vk audit\n  vk audit --json --limit 500")]
+    Audit {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        /// At most this many records (1 to 1000).
+        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=1000))]
+        limit: u32,
+    },
     /// Print a shell completion script.
     #[command(
         after_help = "Examples:\n  vk completions bash > /etc/bash_completion.d/vk\n  vk completions zsh > ~/.zfunc/_vk"
@@ -359,6 +369,15 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     EventBody::ReplayDone => break,
                     _ => {}
                 }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Audit { json, limit } => {
+            let entries = client.audit(limit, 0).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&entries)?);
+            } else {
+                listing::print_audit(&entries);
             }
             Ok(ExitCode::SUCCESS)
         }
