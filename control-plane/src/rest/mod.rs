@@ -16,6 +16,7 @@
 //! [`auth`]; rate limiting in [`limits`].
 
 pub mod auth;
+pub mod body;
 pub mod error;
 pub mod executions;
 pub mod health;
@@ -30,7 +31,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use axum::extract::rejection::{PathRejection, QueryRejection};
-use axum::extract::{FromRequestParts, Path, Query};
+use axum::extract::{DefaultBodyLimit, FromRequestParts, Path, Query};
 use axum::http::request::Parts;
 use axum::http::{HeaderValue, Method};
 use axum::routing::{get, post};
@@ -45,9 +46,6 @@ use crate::responder::Responder;
 use auth::JwtKeys;
 use error::ApiError;
 use limits::{RateLimit, RateLimiter};
-
-/// Largest request body: pipeline files (created or uploaded) up to 10 MiB.
-pub const MAX_BODY_BYTES: usize = 10 << 20;
 
 /// Configuration of the REST adapter.
 #[derive(Debug)]
@@ -189,7 +187,7 @@ pub fn router(core: CoreHandle, tokens: Arc<Tokens>, config: RestConfig) -> Rout
         limiter: RateLimiter::new(config.rate_limit),
         ready: config.ready,
     }));
-    let upload_limit = axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES);
+    let upload_limit = DefaultBodyLimit::max(body::MAX_PIPELINE_BODY_BYTES);
     let mut router = Router::new()
         .route("/api/healthchecker", get(health::healthchecker))
         .route("/healthz", get(health::healthz))
@@ -216,6 +214,8 @@ pub fn router(core: CoreHandle, tokens: Arc<Tokens>, config: RestConfig) -> Rout
             ApiError::not_found("no such route").suggest("see /api/openapi.json for the routes")
         })
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
+        .layer(DefaultBodyLimit::max(body::MAX_OTHER_BODY_BYTES))
+        .layer(axum::middleware::from_fn(body::check_length))
         .with_state(state);
     if !config.cors_origins.is_empty() {
         router = router.layer(cors(&config.cors_origins));
@@ -244,4 +244,15 @@ fn cors(origins: &[String]) -> tower_http::cors::CorsLayer {
 /// Serves `router` on `listener` until the process ends.
 pub async fn serve(listener: tokio::net::TcpListener, router: Router) -> std::io::Result<()> {
     axum::serve(listener, router).await
+}
+
+/// Serves `router` on `listener` until `stop` completes, then stops
+/// accepting and returns once the requests in flight have finished (the
+/// caller bounds how long it waits for that).
+pub async fn serve_until(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router).with_graceful_shutdown(stop).await
 }
