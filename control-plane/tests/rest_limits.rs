@@ -11,20 +11,6 @@ use rest_support::*;
 use serde_json::Value;
 use valkyrie_control_plane::rest::auth::Role;
 
-/// A legal pipeline of `jobs` jobs in two stages, each with a `run:` of
-/// about 1 KB: several MB of YAML that takes the validator a while.
-fn large_pipeline(jobs: usize) -> String {
-    let filler = "x".repeat(1000);
-    let mut yaml = String::from("name: large\nstages: [build, test]\njobs:\n");
-    for i in 0..jobs {
-        let stage = if i % 2 == 0 { "build" } else { "test" };
-        yaml.push_str(&format!(
-            "  job-{i}:\n    stage: {stage}\n    steps:\n      - run: echo {filler}\n"
-        ));
-    }
-    yaml
-}
-
 /// How long a GET may take while a large pipeline is being created (it
 /// takes milliseconds when the core is free; the old core stalled for
 /// tens of seconds).
