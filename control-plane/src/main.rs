@@ -103,6 +103,10 @@ struct Args {
     /// REST requests a token may make at once before the rate limit applies.
     #[arg(long, env = "VALKYRIE_RATE_LIMIT_BURST", default_value_t = 200.0)]
     rate_limit_burst: f64,
+    /// After SIGTERM or Ctrl-C, how long HTTP requests in flight get to finish; the process
+    /// exits within this time whatever is still running (a second signal exits at once).
+    #[arg(long, env = "VALKYRIE_SHUTDOWN_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
+    shutdown_grace: Duration,
 }
 
 #[derive(Subcommand, Debug)]
@@ -124,9 +128,24 @@ enum Cmd {
     },
 }
 
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
-    match run().await {
+/// Of the shutdown grace, what is kept for stopping the runtime once the
+/// HTTP server has drained (or its share of the grace is over).
+const RUNTIME_STOP: Duration = Duration::from_millis(500);
+
+fn main() -> std::process::ExitCode {
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("valkyrie-server: cannot start the async runtime: {err}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let outcome = runtime.block_on(run());
+    // Not a plain drop: dropping a runtime waits for every blocking task
+    // (a pipeline being validated) and for every worker stuck in a long
+    // poll, without limit. What is still running now is abandoned.
+    runtime.shutdown_timeout(RUNTIME_STOP);
+    match outcome {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("valkyrie-server: {err:#}");
@@ -236,6 +255,8 @@ async fn run() -> anyhow::Result<()> {
     let core = spawn_with_store(core_config, tokens.clone(), metrics, store, loaded);
     tokio::spawn(import_minted_tokens(args.data_dir.clone(), core.clone()));
     let listeners_bound = Arc::new(AtomicBool::new(false));
+    let (stop_http, http_stopped) = tokio::sync::watch::channel(false);
+    let mut http_task = None;
     if let Some(addr) = args.http {
         let (jwt, generated) = JwtKeys::load_or_generate(&args.data_dir)
             .with_context(|| format!("cannot store jwt-secret in {}", args.data_dir.display()))?;
@@ -254,11 +275,15 @@ async fn run() -> anyhow::Result<()> {
             .with_context(|| format!("cannot listen for HTTP on {addr}"))?;
         println!("serving HTTP on http://{}", http.local_addr()?);
         let router = rest::router(core.clone(), tokens, config);
-        tokio::spawn(async move {
-            if let Err(err) = rest::serve(http, router).await {
+        let mut stopped = http_stopped;
+        let stop = async move {
+            let _ = stopped.wait_for(|stop| *stop).await;
+        };
+        http_task = Some(tokio::spawn(async move {
+            if let Err(err) = rest::serve_until(http, router, stop).await {
                 tracing::error!(%err, "the HTTP server stopped");
             }
-        });
+        }));
     }
     let listeners = server::bind_all(&args.listen, &options).await?;
     for listener in listeners {
@@ -267,8 +292,20 @@ async fn run() -> anyhow::Result<()> {
         tokio::spawn(server::serve(listener, core.clone()));
     }
     listeners_bound.store(true, Ordering::Release);
-    shutdown_signal().await;
-    eprintln!("shutting down");
+    let mut signals = Signals::new()?;
+    signals.next().await;
+    let grace = args.shutdown_grace;
+    eprintln!("shutting down (grace {})", humantime::format_duration(grace));
+    listeners_bound.store(false, Ordering::Release);
+    let _ = stop_http.send(true);
+    if let Some(task) = http_task {
+        // Requests in flight may finish within the grace; a second signal
+        // or the end of the grace cuts them short.
+        tokio::select! {
+            _ = tokio::time::timeout(grace.saturating_sub(RUNTIME_STOP), task) => {}
+            _ = signals.next() => eprintln!("second signal: exiting now"),
+        }
+    }
     Ok(())
 }
 
@@ -304,12 +341,27 @@ async fn import_minted_tokens(data_dir: PathBuf, core: CoreHandle) {
     }
 }
 
-async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
+/// SIGTERM and SIGINT (Ctrl-C).
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> anyhow::Result<Self> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Self {
+            term: signal(SignalKind::terminate()).context("cannot handle SIGTERM")?,
+            int: signal(SignalKind::interrupt()).context("cannot handle SIGINT")?,
+        })
+    }
+
+    /// Waits for the next of either.
+    async fn next(&mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
     }
 }
 

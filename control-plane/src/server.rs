@@ -13,7 +13,7 @@ use valkyrie::{Endpoint, ErrorCode, Session};
 
 use crate::audit::Actor;
 use crate::auth::Tokens;
-use crate::core::{Command, CoreHandle};
+use crate::core::{Command, CoreHandle, ValidatePipelineError};
 use crate::metrics::TransportLabel;
 use crate::responder::{EventSink, Responder};
 
@@ -91,10 +91,23 @@ async fn serve_client(mut session: Session, core: CoreHandle) {
             Message::GetJob(m) => Command::GetJob(m.job_id, reply),
             Message::ListJobs(m) => Command::ListJobs(m.limit, reply),
             Message::ListRunners(_) => Command::ListRunners(reply),
-            Message::SubmitPipeline(m) => Command::SubmitPipeline {
-                file_name: m.file_name,
-                yaml: m.yaml,
-                reply,
+            // Validated here, off the core; this session's next request
+            // waits for it (requests keep their order).
+            Message::SubmitPipeline(m) => match core.validate_pipeline(m.file_name, m.yaml).await {
+                Ok(pipeline) => Command::SubmitPipeline {
+                    pipeline: Box::new(pipeline),
+                    reply,
+                },
+                Err(err) => {
+                    let code = match err {
+                        ValidatePipelineError::Busy | ValidatePipelineError::Internal(_) => {
+                            ErrorCode::INTERNAL
+                        }
+                        _ => ErrorCode::INVALID_REQUEST,
+                    };
+                    reply.fail(code, err.to_string());
+                    continue;
+                }
             },
             Message::GetRun(m) => Command::GetRun(m.run_id, reply),
             Message::ListRuns(m) => Command::ListRuns(m.limit, reply),

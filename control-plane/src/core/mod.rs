@@ -38,7 +38,9 @@ use crate::run::Run;
 use crate::scheduler::{Availability, JobId, QueuedJob, RunnerId, Scheduler, SchedulerConfig};
 use crate::store::{AfterCommit, Change, Loaded, LogRow, StoreHandle};
 pub use events::Subscribers;
-pub use pipelines::PipelineDef;
+pub use pipelines::{
+    PipelineDef, ValidatePipelineError, ValidatedPipeline, CONCURRENT_VALIDATIONS, VALIDATE_TIMEOUT,
+};
 pub use runners::{Link, RunnerRecord};
 pub use snapshot::CoreSnapshot;
 
@@ -85,13 +87,11 @@ pub enum Command {
     ListJobs(u32, Responder),
     /// Runners; answered with RunnerList.
     ListRunners(Responder),
-    /// Start a run of a pipeline file; answered with RunAccepted, or with
-    /// RequestFailed listing every validation error.
+    /// Start a run of a pipeline file (validated by the session, off the
+    /// core); answered with RunAccepted.
     SubmitPipeline {
-        /// File name, for error positions.
-        file_name: String,
-        /// The YAML text.
-        yaml: String,
+        /// The validated file.
+        pipeline: Box<ValidatedPipeline>,
         /// Where the answer goes.
         reply: Responder,
     },
@@ -137,21 +137,27 @@ pub enum Command {
         /// The message.
         message: Message,
     },
-    /// Store a pipeline definition (validated).
+    /// Store a pipeline definition (validated off the core).
     CreatePipeline {
-        /// File name, for error positions.
-        file_name: String,
-        /// The YAML text.
-        yaml: String,
-        /// The stored definition, or every validation error.
-        reply: oneshot::Sender<Result<PipelineDef, valkyrie::pipeline::PipelineErrors>>,
+        /// The validated file.
+        pipeline: Box<ValidatedPipeline>,
+        /// The stored definition.
+        reply: oneshot::Sender<PipelineDef>,
     },
     /// Every stored pipeline definition, newest first.
     ListPipelines(oneshot::Sender<Vec<PipelineDef>>),
     /// One stored pipeline definition.
     GetPipeline(u64, oneshot::Sender<Option<PipelineDef>>),
-    /// Start a run of a stored pipeline; answers the run id.
-    TriggerPipeline(u64, oneshot::Sender<Result<u64, String>>),
+    /// Start a run of a stored pipeline, from its plan (validated off the
+    /// core from the stored text); answers the run id.
+    TriggerPipeline {
+        /// The stored pipeline's id.
+        id: u64,
+        /// Its validated plan.
+        pipeline: Box<ValidatedPipeline>,
+        /// The run id, or why not.
+        reply: oneshot::Sender<Result<u64, String>>,
+    },
     /// Ask a runner to drain.
     DrainRunner(u64, oneshot::Sender<Result<(), String>>),
     /// A summary of the state, for health checks and metrics.
@@ -195,6 +201,7 @@ pub enum Command {
 pub struct CoreHandle {
     tx: mpsc::Sender<Command>,
     metrics: Arc<Metrics>,
+    validations: pipelines::Validations,
 }
 
 impl CoreHandle {
@@ -359,7 +366,11 @@ fn spawn_inner(
         core.flush();
     }
     tokio::spawn(core.run(rx));
-    CoreHandle { tx, metrics }
+    CoreHandle {
+        tx,
+        metrics,
+        validations: Default::default(),
+    }
 }
 
 impl Core {
@@ -416,12 +427,8 @@ impl Core {
                 runners.sort_by_key(|r| r.runner_id);
                 reply.reply(RunnerList { runners });
             }
-            Command::CreatePipeline {
-                file_name,
-                yaml,
-                reply,
-            } => {
-                let _ = reply.send(self.create_pipeline(&file_name, &yaml));
+            Command::CreatePipeline { pipeline, reply } => {
+                let _ = reply.send(self.create_pipeline(*pipeline));
             }
             Command::ListPipelines(reply) => {
                 let _ = reply.send(self.pipelines.values().rev().cloned().collect());
@@ -429,8 +436,8 @@ impl Core {
             Command::GetPipeline(id, reply) => {
                 let _ = reply.send(self.pipelines.get(&id).cloned());
             }
-            Command::TriggerPipeline(id, reply) => {
-                let _ = reply.send(self.trigger_pipeline(id));
+            Command::TriggerPipeline { id, pipeline, reply } => {
+                let _ = reply.send(self.trigger_pipeline(id, *pipeline));
             }
             Command::DrainRunner(id, reply) => {
                 let name = self
@@ -444,11 +451,7 @@ impl Core {
             Command::Snapshot(reply) => {
                 let _ = reply.send(self.snapshot());
             }
-            Command::SubmitPipeline {
-                file_name,
-                yaml,
-                reply,
-            } => self.submit_pipeline(&file_name, &yaml, reply),
+            Command::SubmitPipeline { pipeline, reply } => self.submit_pipeline(*pipeline, reply),
             Command::GetRun(id, reply) => match self.runs.get(&id) {
                 Some(run) => reply.reply(RunDetails {
                     run: self.run_info(run),
@@ -544,32 +547,13 @@ impl Core {
 
     // ---- runs ----
 
-    fn submit_pipeline(&mut self, file_name: &str, yaml: &str, reply: Responder) {
-        let pipeline = match valkyrie::pipeline::parse(file_name, yaml) {
-            Ok(p) => p,
-            Err(errors) => {
-                reply.fail(ErrorCode::INVALID_REQUEST, errors.to_string());
-                return;
-            }
-        };
-        let id = self.next_run;
-        self.next_run += 1;
-        info!(run_id = id, pipeline = %pipeline.name, jobs = pipeline.jobs.len(), "run created");
-        self.audit(
-            AuditAction::SubmitPipeline,
-            format!("run {id}"),
-            crate::masking::mask(
-                &format!("pipeline `{}` ({file_name})", pipeline.name),
-                &crate::masking::secret_values(&pipeline),
-            ),
+    fn submit_pipeline(&mut self, pipeline: ValidatedPipeline, reply: Responder) {
+        let detail = crate::masking::mask(
+            &format!("pipeline `{}` ({})", pipeline.pipeline().name, pipeline.file_name()),
+            &crate::masking::secret_values(pipeline.pipeline()),
         );
-        self.runs
-            .insert(id, Run::new(id, pipeline, now_ms(), Instant::now()));
-        if let Some(run) = self.runs.get_mut(&id) {
-            run.set_source(file_name, yaml);
-        }
-        self.counters_dirty = true;
-        self.dirty_runs.insert(id);
+        let id = self.start_run(pipeline);
+        self.audit(AuditAction::SubmitPipeline, format!("run {id}"), detail);
         self.after_commit(AfterCommit::Reply(reply, RunAccepted { run_id: id }.into()));
         self.advance_run(id);
     }

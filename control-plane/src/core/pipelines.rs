@@ -1,12 +1,122 @@
 //! Stored pipeline definitions (the REST API's `/api/ci/pipelines`): a
 //! validated YAML file kept under an id, from which runs are triggered.
+//!
+//! Pipeline files are parsed and validated *before* they reach the core,
+//! on a blocking thread ([`CoreHandle::validate_pipeline`]): the core only
+//! ever receives a [`ValidatedPipeline`], so a large file never stalls the
+//! task that serves every other request. Validation is bounded: at most
+//! [`CONCURRENT_VALIDATIONS`] files are validated at once (which bounds the
+//! memory they take), and a caller gets an answer within
+//! [`VALIDATE_TIMEOUT`] whatever the file.
 
-use std::time::Instant;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use valkyrie::pipeline::PipelineErrors;
+use tokio::sync::Semaphore;
+use valkyrie::pipeline::{Pipeline, PipelineErrors};
 
-use super::{now_ms, Core};
+use super::{now_ms, Core, CoreHandle};
 use crate::run::Run;
+
+/// Longest a caller waits for a pipeline file to be validated (including
+/// the wait for a free validation slot).
+pub const VALIDATE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Pipeline files validated at once, server-wide; more wait their turn.
+pub const CONCURRENT_VALIDATIONS: usize = 2;
+
+/// A pipeline file that parsed and validated, with its source. Only
+/// [`CoreHandle::validate_pipeline`] makes one, so the core can trust it.
+#[derive(Debug, Clone)]
+pub struct ValidatedPipeline {
+    file_name: String,
+    yaml: String,
+    pipeline: Pipeline,
+}
+
+impl ValidatedPipeline {
+    /// The validated plan.
+    pub fn pipeline(&self) -> &Pipeline {
+        &self.pipeline
+    }
+
+    /// The file name it was submitted as.
+    pub fn file_name(&self) -> &str {
+        &self.file_name
+    }
+}
+
+/// Why a pipeline file was not validated.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum ValidatePipelineError {
+    /// The submitter's file has errors (each with its position).
+    #[error("{0}")]
+    Invalid(PipelineErrors),
+    /// The file took longer than [`VALIDATE_TIMEOUT`] to validate: it is too
+    /// large or too complex (the submitter's to split).
+    #[error("validating {file} took longer than the limit of {} s; split the pipeline into smaller files", limit.as_secs())]
+    TooSlow {
+        /// The file.
+        file: String,
+        /// The limit.
+        limit: Duration,
+    },
+    /// Every validation slot stayed busy for [`VALIDATE_TIMEOUT`] (the
+    /// server is overloaded; retry later).
+    #[error("the server is busy validating other pipelines; retry later")]
+    Busy,
+    /// The validator failed (a bug: it panicked).
+    #[error("the pipeline validator failed: {0}")]
+    Internal(String),
+}
+
+/// The validation slots shared by every session and REST request.
+#[derive(Debug, Clone)]
+pub(super) struct Validations(Arc<Semaphore>);
+
+impl Default for Validations {
+    fn default() -> Self {
+        Self(Arc::new(Semaphore::new(CONCURRENT_VALIDATIONS)))
+    }
+}
+
+impl CoreHandle {
+    /// Parses and validates a pipeline file on a blocking thread, off the
+    /// core, within [`VALIDATE_TIMEOUT`]. A file still being validated at
+    /// the deadline keeps its slot until its thread is done, so slow files
+    /// can never pile up beyond [`CONCURRENT_VALIDATIONS`].
+    pub async fn validate_pipeline(
+        &self,
+        file_name: String,
+        yaml: String,
+    ) -> Result<ValidatedPipeline, ValidatePipelineError> {
+        let deadline = tokio::time::Instant::now() + VALIDATE_TIMEOUT;
+        let permit = tokio::time::timeout_at(deadline, self.validations.0.clone().acquire_owned())
+            .await
+            .map_err(|_| ValidatePipelineError::Busy)?
+            .map_err(|_| ValidatePipelineError::Internal("the validation slots are closed".into()))?;
+        let file = file_name.clone();
+        tracing::debug!(file = %file, bytes = yaml.len(), "validating a pipeline");
+        let task = tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            let pipeline = valkyrie::pipeline::parse(&file_name, &yaml)?;
+            Ok(ValidatedPipeline {
+                file_name,
+                yaml,
+                pipeline,
+            })
+        });
+        match tokio::time::timeout_at(deadline, task).await {
+            Ok(Ok(result)) => result.map_err(ValidatePipelineError::Invalid),
+            Ok(Err(join)) => Err(ValidatePipelineError::Internal(join.to_string())),
+            Err(_) => Err(ValidatePipelineError::TooSlow {
+                file,
+                limit: VALIDATE_TIMEOUT,
+            }),
+        }
+    }
+}
 
 /// A stored pipeline definition.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -37,12 +147,13 @@ pub struct PipelineDef {
 }
 
 impl Core {
-    pub(super) fn create_pipeline(
-        &mut self,
-        file_name: &str,
-        yaml: &str,
-    ) -> Result<PipelineDef, PipelineErrors> {
-        let pipeline = valkyrie::pipeline::parse(file_name, yaml)?;
+    /// Stores a validated pipeline under a new id.
+    pub(super) fn create_pipeline(&mut self, valid: ValidatedPipeline) -> PipelineDef {
+        let ValidatedPipeline {
+            file_name,
+            yaml,
+            pipeline,
+        } = valid;
         let id = self.next_pipeline;
         self.next_pipeline += 1;
         let now = now_ms();
@@ -50,9 +161,9 @@ impl Core {
             id,
             name: pipeline.name.clone(),
             description: pipeline.description.clone(),
-            file_name: file_name.to_owned(),
-            yaml: crate::masking::mask(yaml, &crate::masking::secret_values(&pipeline)),
-            source: yaml.to_owned(),
+            file_name: file_name.clone(),
+            yaml: crate::masking::mask(&yaml, &crate::masking::secret_values(&pipeline)),
+            source: yaml,
             stages: pipeline.stages.clone(),
             jobs: pipeline.jobs.len(),
             created_at_ms: now,
@@ -70,33 +181,42 @@ impl Core {
             detail,
         );
         self.counters_dirty = true;
-        Ok(def)
+        def
     }
 
-    /// Starts a run of a stored pipeline; returns the run id.
-    pub(super) fn trigger_pipeline(&mut self, id: u64) -> Result<u64, String> {
-        let def = self
-            .pipelines
-            .get(&id)
-            .ok_or_else(|| format!("no pipeline {id}"))?;
-        let (file_name, yaml) = (def.file_name.clone(), def.source.clone());
-        // Stored definitions were validated when created; parse again to
-        // get the plan (the format is pure and cheap to parse).
-        let pipeline = valkyrie::pipeline::parse(&file_name, &yaml).map_err(|e| e.to_string())?;
-        let run_id = self.next_run;
-        self.next_run += 1;
-        let mut run = Run::new(run_id, pipeline, now_ms(), Instant::now());
-        run.set_source(&file_name, &yaml);
-        self.runs.insert(run_id, run);
-        self.dirty_runs.insert(run_id);
+    /// Starts a run of stored pipeline `id` from its plan (validated off
+    /// the core from the stored text); returns the run id.
+    pub(super) fn trigger_pipeline(&mut self, id: u64, valid: ValidatedPipeline) -> Result<u64, String> {
+        if !self.pipelines.contains_key(&id) {
+            return Err(format!("no pipeline {id}"));
+        }
+        let run_id = self.start_run(valid);
         self.audit(
             crate::audit::AuditAction::TriggerPipeline,
             format!("pipeline {id}"),
             format!("run {run_id}"),
         );
-        self.counters_dirty = true;
         self.advance_run(run_id);
         Ok(run_id)
+    }
+
+    /// Starts a run of a validated pipeline (its jobs are released by
+    /// [`Core::advance_run`], which the caller calls); returns its id.
+    pub(super) fn start_run(&mut self, valid: ValidatedPipeline) -> u64 {
+        let ValidatedPipeline {
+            file_name,
+            yaml,
+            pipeline,
+        } = valid;
+        let run_id = self.next_run;
+        self.next_run += 1;
+        tracing::info!(run_id, pipeline = %pipeline.name, jobs = pipeline.jobs.len(), "run created");
+        let mut run = Run::new(run_id, pipeline, now_ms(), Instant::now());
+        run.set_source(&file_name, &yaml);
+        self.runs.insert(run_id, run);
+        self.dirty_runs.insert(run_id);
+        self.counters_dirty = true;
+        run_id
     }
 
     /// Asks a runner to drain: it takes no new jobs and finishes its own.

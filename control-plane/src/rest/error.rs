@@ -13,6 +13,8 @@ use utoipa::ToSchema;
 use valkyrie::pipeline::PipelineErrors;
 use valkyrie::ErrorCode;
 
+use crate::core::ValidatePipelineError;
+
 /// The JSON body of every error response.
 #[derive(Debug, Clone, Serialize, serde::Deserialize, ToSchema)]
 pub struct ErrorBody {
@@ -120,6 +122,25 @@ impl ApiError {
         .details(details);
         err.suggestions = errors.0.iter().filter_map(|e| e.hint.clone()).collect();
         err
+    }
+
+    /// A pipeline file that could not be validated: 422 for the
+    /// submitter's errors (and files too slow to validate), 503 when the
+    /// validator is busy, 500 if it failed.
+    pub fn from_validate(err: ValidatePipelineError) -> Self {
+        match err {
+            ValidatePipelineError::Invalid(errors) => Self::invalid_pipeline(&errors),
+            ValidatePipelineError::TooSlow { .. } => {
+                Self::new(StatusCode::UNPROCESSABLE_ENTITY, "ValidationError", err.to_string())
+                    .suggest("split the pipeline into smaller files")
+            }
+            ValidatePipelineError::Busy => {
+                let mut busy = Self::unavailable(err.to_string()).suggest("retry after the Retry-After header's delay");
+                busy.retry_after = Some(Duration::from_secs(1));
+                busy
+            }
+            _ => Self::internal(err.to_string()),
+        }
     }
 
     /// 429, with the time after which a retry will be admitted.

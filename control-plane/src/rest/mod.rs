@@ -17,6 +17,7 @@
 
 pub mod audit;
 pub mod auth;
+pub mod body;
 pub mod error;
 pub mod executions;
 pub mod health;
@@ -31,7 +32,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use axum::extract::rejection::{PathRejection, QueryRejection};
-use axum::extract::{FromRequestParts, Path, Query};
+use axum::extract::{DefaultBodyLimit, FromRequestParts, Path, Query};
 use axum::http::request::Parts;
 use axum::http::{HeaderValue, Method};
 use axum::routing::{get, post};
@@ -46,9 +47,6 @@ use crate::responder::Responder;
 use auth::JwtKeys;
 use error::ApiError;
 use limits::{RateLimit, RateLimiter};
-
-/// Largest request body: pipeline files (created or uploaded) up to 10 MiB.
-pub const MAX_BODY_BYTES: usize = 10 << 20;
 
 /// Configuration of the REST adapter.
 #[derive(Debug)]
@@ -218,7 +216,7 @@ pub fn router(core: CoreHandle, tokens: Arc<Tokens>, config: RestConfig) -> Rout
         limiter: RateLimiter::new(config.rate_limit),
         ready: config.ready,
     }));
-    let upload_limit = axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES);
+    let upload_limit = DefaultBodyLimit::max(body::MAX_PIPELINE_BODY_BYTES);
     let mut router = Router::new()
         .route("/api/healthchecker", get(health::healthchecker))
         .route("/healthz", get(health::healthz))
@@ -246,6 +244,8 @@ pub fn router(core: CoreHandle, tokens: Arc<Tokens>, config: RestConfig) -> Rout
             ApiError::not_found("no such route").suggest("see /api/openapi.json for the routes")
         })
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
+        .layer(DefaultBodyLimit::max(body::MAX_OTHER_BODY_BYTES))
+        .layer(axum::middleware::from_fn(body::check_length))
         .with_state(state);
     if !config.cors_origins.is_empty() {
         router = router.layer(cors(&config.cors_origins));
@@ -274,4 +274,15 @@ fn cors(origins: &[String]) -> tower_http::cors::CorsLayer {
 /// Serves `router` on `listener` until the process ends.
 pub async fn serve(listener: tokio::net::TcpListener, router: Router) -> std::io::Result<()> {
     axum::serve(listener, router).await
+}
+
+/// Serves `router` on `listener` until `stop` completes, then stops
+/// accepting and returns once the requests in flight have finished (the
+/// caller bounds how long it waits for that).
+pub async fn serve_until(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router).with_graceful_shutdown(stop).await
 }

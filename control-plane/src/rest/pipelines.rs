@@ -11,7 +11,8 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::auth::{Caller, Role};
 use super::error::{ApiError, ErrorBody};
-use super::{ApiPath, ApiQuery, AppState, MAX_BODY_BYTES};
+use super::body::MAX_PIPELINE_BODY_BYTES;
+use super::{ApiPath, ApiQuery, AppState};
 use crate::core::{Command, PipelineDef};
 
 /// A stored pipeline definition.
@@ -87,26 +88,30 @@ const DEFAULT_FILE_NAME: &str = "pipeline.yaml";
 
 fn body_error(rejection: BytesRejection) -> ApiError {
     if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-        ApiError::too_large(MAX_BODY_BYTES)
+        ApiError::too_large(MAX_PIPELINE_BODY_BYTES)
     } else {
         ApiError::bad_request("the request body could not be read").details(rejection.body_text())
     }
 }
 
+/// Validates a pipeline file off the core, then has the core store it.
 async fn store(
     state: &AppState,
     caller: &Caller,
     file_name: String,
     yaml: String,
 ) -> Result<(StatusCode, Json<Pipeline>), ApiError> {
+    let pipeline = state
+        .core
+        .validate_pipeline(file_name, yaml)
+        .await
+        .map_err(ApiError::from_validate)?;
     let def = state
         .call_as(caller, |reply| Command::CreatePipeline {
-            file_name,
-            yaml,
+            pipeline: Box::new(pipeline),
             reply,
         })
-        .await?
-        .map_err(|errors| ApiError::invalid_pipeline(&errors))?;
+        .await?;
     Ok((StatusCode::CREATED, Json(def.into())))
 }
 
@@ -165,7 +170,7 @@ pub async fn upload(
         .map_err(|e| ApiError::bad_request("the body is not a multipart form").details(e.body_text()))?;
     let read_error = |e: axum::extract::multipart::MultipartError| {
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::too_large(MAX_BODY_BYTES)
+            ApiError::too_large(MAX_PIPELINE_BODY_BYTES)
         } else {
             ApiError::bad_request("the multipart form could not be read").details(e.body_text())
         }
@@ -212,10 +217,11 @@ pub async fn get_one(
         .call(|reply| Command::GetPipeline(id, reply))
         .await?
         .map(|def| Json(def.into()))
-        .ok_or_else(|| {
-            ApiError::not_found(format!("no pipeline {id}"))
-                .suggest("list pipelines with GET /api/ci/pipelines")
-        })
+        .ok_or_else(|| no_pipeline(id))
+}
+
+fn no_pipeline(id: u64) -> ApiError {
+    ApiError::not_found(format!("no pipeline {id}")).suggest("list pipelines with GET /api/ci/pipelines")
 }
 
 /// Starts a run (an execution) of a stored pipeline.
@@ -229,8 +235,22 @@ pub async fn trigger(
     ApiPath(id): ApiPath<u64>,
 ) -> Result<(StatusCode, Json<Triggered>), ApiError> {
     caller.require(Role::Submitter)?;
+    let def = state
+        .call(|reply| Command::GetPipeline(id, reply))
+        .await?
+        .ok_or_else(|| no_pipeline(id))?;
+    // The stored text is parsed again for the plan, off the core.
+    let pipeline = state
+        .core
+        .validate_pipeline(def.file_name, def.source)
+        .await
+        .map_err(ApiError::from_validate)?;
     let execution_id = state
-        .call_as(&caller, |reply| Command::TriggerPipeline(id, reply))
+        .call_as(&caller, |reply| Command::TriggerPipeline {
+            id,
+            pipeline: Box::new(pipeline),
+            reply,
+        })
         .await?
         .map_err(|message| {
             if message.starts_with("no pipeline") {

@@ -30,6 +30,114 @@ pub const BROKEN_YAML: &str =
 /// How long a test waits for anything.
 pub const DEADLINE: Duration = Duration::from_secs(20);
 
+/// A legal pipeline of `jobs` jobs in two stages, each with a `run:` of
+/// about 1 KB: several MB of YAML that takes the validator a while.
+pub fn large_pipeline(jobs: usize) -> String {
+    let filler = "x".repeat(1000);
+    let mut yaml = String::from("name: large\nstages: [build, test]\njobs:\n");
+    for i in 0..jobs {
+        let stage = if i % 2 == 0 { "build" } else { "test" };
+        yaml.push_str(&format!(
+            "  job-{i}:\n    stage: {stage}\n    steps:\n      - run: echo {filler}\n"
+        ));
+    }
+    yaml
+}
+
+/// A `valkyrie-server` process with the REST API on 127.0.0.1 (protocol
+/// on a Unix socket, store in a temporary directory, API token known).
+pub struct ServerProcess {
+    pub child: std::process::Child,
+    /// `http://127.0.0.1:PORT`.
+    pub base: String,
+    pub api_token: String,
+    /// The server's stderr, line by line.
+    pub stderr: std::sync::mpsc::Receiver<String>,
+    pub dir: tempfile::TempDir,
+}
+
+impl ServerProcess {
+    /// Starts the server with `args` added, and `env`; waits until it serves HTTP.
+    pub fn start(args: &[&str], env: &[(&str, &str)]) -> Self {
+        use std::io::{BufRead, BufReader};
+        use std::process::{Command, Stdio};
+        let dir = tempfile::tempdir().unwrap();
+        let api_token = random_token();
+        let mut command = Command::new(env!("CARGO_BIN_EXE_valkyrie-server"));
+        for (key, _) in std::env::vars_os() {
+            if key.to_string_lossy().starts_with("VALKYRIE_") {
+                command.env_remove(key);
+            }
+        }
+        let socket = format!("unix://{}", dir.path().join("valkyrie.sock").display());
+        command
+            .args(["--http", "127.0.0.1:0", "--durability", "none", "--listen", &socket])
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .args(["--api-token", &api_token])
+            .args(args)
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = command.spawn().unwrap();
+        let (tx, stderr) = std::sync::mpsc::channel();
+        let err = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut out = BufReader::new(child.stdout.take().unwrap());
+        let mut base = None;
+        let mut line = String::new();
+        while base.is_none() {
+            line.clear();
+            if out.read_line(&mut line).unwrap() == 0 {
+                let _ = child.kill();
+                let lines: Vec<String> = stderr.try_iter().collect();
+                panic!("the server exited before serving HTTP: {}", lines.join("\n"));
+            }
+            base = line.trim().strip_prefix("serving HTTP on ").map(str::to_owned);
+        }
+        // Keep draining stdout so the server never blocks on it.
+        std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
+        Self {
+            child,
+            base: base.unwrap(),
+            api_token,
+            stderr,
+            dir,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    /// Waits (up to `deadline`) for a stderr line containing `needle`.
+    pub fn wait_for_stderr(&self, needle: &str, deadline: Duration) -> String {
+        let end = std::time::Instant::now() + deadline;
+        loop {
+            let left = end.saturating_duration_since(std::time::Instant::now());
+            match self.stderr.recv_timeout(left) {
+                Ok(line) if line.contains(needle) => return line,
+                Ok(_) => {}
+                Err(_) => panic!("no stderr line with `{needle}` within {deadline:?}"),
+            }
+        }
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 pub struct TestServer {
     pub base: String,
     pub api_token: String,
