@@ -23,6 +23,7 @@ use valkyrie_control_plane::{server, CoreConfig};
 /// The Valkyrie control plane: schedules CI jobs onto runner agents.
 #[derive(Parser, Debug)]
 #[command(
+    name = "valkyrie-server",
     version,
     args_conflicts_with_subcommands = true,
     after_help = "Examples:\n  valkyrie-server --listen tcp://0.0.0.0:7700 --data-dir /var/lib/valkyrie\n  valkyrie-server --listen unix:///run/valkyrie.sock --listen quic://0.0.0.0:7701\n  valkyrie-server --http 127.0.0.1:8080\n  valkyrie-server token --role viewer --ttl 24h --data-dir /var/lib/valkyrie"

@@ -12,6 +12,7 @@ use valkyrie_runner_agent::{Agent, AgentConfig};
 /// Runs CI jobs handed out by a Valkyrie control plane.
 #[derive(Parser, Debug)]
 #[command(
+    name = "valkyrie-agent",
     version,
     after_help = "Example:\n  valkyrie-agent --server tcp://ci.example.com:7700 --token $(cat runner-token) --name build-1 --tags linux,docker --slots 4"
 )]
