@@ -217,3 +217,72 @@ async fn status_shows_durations_and_json_has_attempts() {
     assert!(gated["duration_ms"].is_null());
     c.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn json_uses_the_protocol_field_names_and_detach_prints_json() {
+    let c = cluster().await;
+    let file = c.dir().join("d.yaml");
+    std::fs::write(&file, "jobs:\n  a:\n    steps: [echo a]\n").unwrap();
+    let out = vk(&c, &["run", file.to_str().unwrap(), "--json", "--detach"]).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let detached: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON, not a bare id");
+    let run = detached["run_id"].as_u64().expect("run_id");
+    let client = c.client().await.unwrap();
+    wait_run(&client, run, |r| r.state.is_terminal()).await;
+
+    let out = vk(&c, &["runners", "--json"]).await;
+    let runners: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    for key in ["runner_id", "name", "state", "slots", "busy", "last_seen_ms_ago"] {
+        assert!(runners[0].get(key).is_some(), "runners have `{key}`: {runners}");
+    }
+    let out = vk(&c, &["runs", "--json"]).await;
+    let runs: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(runs[0]["run_id"], run);
+    assert_eq!(runs[0]["state"], "succeeded");
+    assert!(runs[0]["duration_ms"].is_u64(), "{runs}");
+    assert_eq!(runs[0]["jobs"][0]["state"], "succeeded");
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn interrupting_vk_run_cancels_the_run_and_exits_130() {
+    let c = cluster().await;
+    let client = c.client().await.unwrap();
+    let file = c.dir().join("long.yaml");
+    std::fs::write(&file, "jobs:\n  sleeper:\n    steps: [sleep 600]\n").unwrap();
+    let child = command(&c, &["run", file.to_str().unwrap(), "--plain"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait for the job to run, then Ctrl-C (SIGINT) the real process.
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        let runs = client.runs(1).await.unwrap();
+        if runs
+            .first()
+            .is_some_and(|r| r.jobs[0].state == RunJobState::Running)
+        {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the job never ran");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let pid = child.id().unwrap().to_string();
+    let kill = std::process::Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let out = tokio::time::timeout(DEADLINE, child.wait_with_output())
+        .await
+        .expect("vk run ends after Ctrl-C")
+        .unwrap();
+    assert_eq!(out.status.code(), Some(130), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("cancelling run"),
+        "{}",
+        text(&out.stderr)
+    );
+    c.shutdown().await;
+}

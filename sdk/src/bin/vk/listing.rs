@@ -129,11 +129,28 @@ pub fn job_duration_ms(job: &RunJobInfo, now_ms: u64) -> Option<u64> {
     Some(job.finished_at_ms.unwrap_or(now_ms).saturating_sub(started))
 }
 
-/// `vk status --json`: the run as the protocol has it, each job with its
-/// current `attempt` (0 before the first assignment) and `duration_ms`.
-pub async fn run_json(client: &Client, run: &RunInfo) -> anyhow::Result<serde_json::Value> {
-    let mut value = serde_json::to_value(run)?;
+/// `vk runs --json`: a run as the protocol names its fields (the REST API
+/// uses the same names), with `duration_ms` for the run (once finished) and
+/// each job (once started; so far, while it runs).
+pub fn run_json(run: &RunInfo) -> serde_json::Value {
+    let mut value = serde_json::to_value(run).expect("a RunInfo serializes");
     let now = now_ms();
+    value["duration_ms"] = run
+        .finished_at_ms
+        .map(|f| f.saturating_sub(run.created_at_ms))
+        .into();
+    if let Some(jobs) = value.get_mut("jobs").and_then(|j| j.as_array_mut()) {
+        for (json, job) in jobs.iter_mut().zip(&run.jobs) {
+            json["duration_ms"] = job_duration_ms(job, now).into();
+        }
+    }
+    value
+}
+
+/// `vk status --json`: [`run_json`], each job also with its current
+/// `attempt` (0 before the first assignment).
+pub async fn run_status_json(client: &Client, run: &RunInfo) -> anyhow::Result<serde_json::Value> {
+    let mut value = run_json(run);
     if let Some(jobs) = value.get_mut("jobs").and_then(|j| j.as_array_mut()) {
         for (json, job) in jobs.iter_mut().zip(&run.jobs) {
             let attempt = match job.job_id {
@@ -141,7 +158,6 @@ pub async fn run_json(client: &Client, run: &RunInfo) -> anyhow::Result<serde_js
                 None => 0,
             };
             json["attempt"] = attempt.into();
-            json["duration_ms"] = job_duration_ms(job, now).into();
         }
     }
     Ok(value)

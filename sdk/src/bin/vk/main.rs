@@ -337,6 +337,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Runs { json, limit } => {
             let runs = client.runs(limit).await?;
             if json {
+                let runs: Vec<_> = runs.iter().map(listing::run_json).collect();
                 outln!("{}", serde_json::to_string_pretty(&runs)?);
             } else {
                 listing::print_runs(&runs);
@@ -348,7 +349,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             if json {
                 outln!(
                     "{}",
-                    serde_json::to_string_pretty(&listing::run_json(&client, &info).await?)?
+                    serde_json::to_string_pretty(&listing::run_status_json(&client, &info).await?)?
                 );
             } else {
                 listing::print_runs(std::slice::from_ref(&info));

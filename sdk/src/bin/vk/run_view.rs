@@ -115,6 +115,8 @@ pub async fn follow_run(
     let mut names: HashMap<u64, String> = HashMap::new();
     // The latest step line of each job (its system output), shown in the table.
     let mut steps: HashMap<String, String> = HashMap::new();
+    // The last output chunk shown per job id.
+    let mut shown: HashMap<u64, u64> = HashMap::new();
     let mut tick = tokio::time::interval(DRAW_INTERVAL);
     let mut last_refresh = Instant::now();
     let mut interrupted = false;
@@ -158,7 +160,7 @@ pub async fn follow_run(
             event = async { match events.as_mut() { Some(e) => e.recv().await, None => std::future::pending().await } } => {
                 match event {
                     Some(Ok(event)) => {
-                        if let EventBody::Log { stream, data, .. } = &event.body {
+                        if let EventBody::Log { stream, data, seq } = &event.body {
                             if !names.contains_key(&event.job_id) {
                                 // A job released since the last refresh: learn its name.
                                 run = client.run(run_id).await?;
@@ -170,21 +172,13 @@ pub async fn follow_run(
                                 }
                             }
                             if let Some(name) = names.get(&event.job_id) {
-                                let lines = log_lines(name, event.job_id, *stream, data, options.json);
                                 if *stream == OutputStream::System {
                                     if let Some(last) = String::from_utf8_lossy(data).lines().last() {
                                         steps.insert(name.clone(), last.trim().to_owned());
                                     }
                                 }
-                                match screen.as_mut() {
-                                    Some(screen) => {
-                                        for line in lines {
-                                            screen.log(name, line);
-                                        }
-                                        draw(screen.poll(Instant::now()));
-                                    }
-                                    None => lines.iter().for_each(|line| outln!("{line}")),
-                                }
+                                shown.insert(event.job_id, *seq);
+                                show_chunk(&mut screen, name, event.job_id, *stream, data, options.json);
                             }
                         }
                     }
@@ -209,6 +203,29 @@ pub async fn follow_run(
             last_refresh = Instant::now();
         }
     }
+    if options.logs {
+        // Output still on its way when the run ended (fast jobs end before
+        // their last chunks reach this subscriber): replay each job's stored
+        // output after the last chunk shown.
+        for job in &run.jobs {
+            let Some(job_id) = job.job_id else { continue };
+            let Ok(mut replay) = client.watch(Some(job_id), true, true).await else {
+                continue;
+            };
+            while let Some(Ok(event)) = replay.recv().await {
+                match event.body {
+                    EventBody::Log { stream, seq, data } => {
+                        if shown.get(&job_id).is_none_or(|last| seq > *last) {
+                            shown.insert(job_id, seq);
+                            show_chunk(&mut screen, &job.name, job_id, stream, &data, options.json);
+                        }
+                    }
+                    EventBody::ReplayDone => break,
+                    _ => {}
+                }
+            }
+        }
+    }
     if let Some(screen) = screen.as_mut() {
         let table = run.jobs.iter().map(|job| job_line(job, width, None)).collect();
         screen.set_table(table);
@@ -231,17 +248,38 @@ pub async fn follow_run(
             }
         }
     }
-    Ok((exit_code(run.state, interrupted), run))
+    Ok((exit_code(run.state), run))
 }
 
 /// The exit code of `vk run` (see the README's table): 0 succeeded, 130
-/// cancelled by Ctrl-C here, 124 timed out, 1 otherwise.
-pub fn exit_code(state: RunState, interrupted: bool) -> ExitCode {
+/// cancelled (by Ctrl-C here or by anyone), 124 timed out, 1 otherwise.
+pub fn exit_code(state: RunState) -> ExitCode {
     match state {
         RunState::Succeeded => ExitCode::SUCCESS,
-        RunState::Cancelled if interrupted => ExitCode::from(130),
+        RunState::Cancelled => ExitCode::from(130),
         RunState::TimedOut => ExitCode::from(124),
         _ => ExitCode::from(1),
+    }
+}
+
+/// Shows one chunk of a job's output: on the live screen, or as lines.
+fn show_chunk(
+    screen: &mut Option<LiveScreen<std::io::Stdout>>,
+    name: &str,
+    job_id: u64,
+    stream: OutputStream,
+    data: &[u8],
+    json: bool,
+) {
+    let lines = log_lines(name, job_id, stream, data, json);
+    match screen.as_mut() {
+        Some(screen) => {
+            for line in lines {
+                screen.log(name, line);
+            }
+            draw(screen.poll(Instant::now()));
+        }
+        None => lines.iter().for_each(|line| outln!("{line}")),
     }
 }
 
