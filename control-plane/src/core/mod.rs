@@ -1111,7 +1111,7 @@ impl Core {
         if agent_seq == 0 && logs.agent_chunks == 0 && logs.next_seq > 0 {
             // The first output of a retried attempt: a header line keeps
             // `vk logs` from running the attempts together.
-            if let Some(job) = self.jobs.get(&id) {
+            if let Some(job) = self.jobs.get(&id).filter(|job| job.attempt > 1) {
                 let header = format!(
                     "── attempt {} on {} ──\n",
                     job.attempt,
