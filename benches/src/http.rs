@@ -147,7 +147,7 @@ async fn run(args: &HttpArgs, base: &str, keys: &JwtKeys) -> anyhow::Result<Vec<
         .await?
         .json()
         .await?;
-    let run = triggered["execution_id"].as_u64().context("no execution id")?;
+    let run = triggered["run_id"].as_u64().context("no execution id")?;
 
     let viewer = keys.mint("bench-viewer", Role::Viewer, Duration::from_secs(3600));
     let submitter = keys.mint("bench-submitter", Role::Submitter, Duration::from_secs(3600));

@@ -26,6 +26,7 @@ use valkyrie_control_plane::{audit, server, CoreConfig};
 /// The Valkyrie control plane: schedules CI jobs onto runner agents.
 #[derive(Parser, Debug)]
 #[command(
+    name = "valkyrie-server",
     version,
     args_conflicts_with_subcommands = true,
     after_help = "Examples:\n  valkyrie-server --listen tcp://0.0.0.0:7700 --data-dir /var/lib/valkyrie\n  valkyrie-server --listen unix:///run/valkyrie.sock --listen quic://0.0.0.0:7701\n  valkyrie-server --http 127.0.0.1:8080\n  valkyrie-server token --role viewer --ttl 24h --data-dir /var/lib/valkyrie"
@@ -33,6 +34,10 @@ use valkyrie_control_plane::{audit, server, CoreConfig};
 struct Args {
     #[command(subcommand)]
     command: Option<Cmd>,
+    /// TOML file with any of these flags as keys in snake_case (`data_dir = "/srv/ci"`);
+    /// flags and environment variables override it.
+    #[arg(long, env = "VALKYRIE_CONFIG")]
+    config: Option<PathBuf>,
     /// Where to listen: unix:///path, tcp://host:port, tls://host:port, quic://host:port. Repeatable.
     #[arg(
         long = "listen",
@@ -41,9 +46,13 @@ struct Args {
         default_value = "tcp://127.0.0.1:7700"
     )]
     listen: Vec<Endpoint>,
-    /// Directory for tokens, certificates and state.
-    #[arg(long, env = "VALKYRIE_DATA_DIR", default_value = "valkyrie-data")]
-    data_dir: PathBuf,
+    /// Directory for tokens, certificates and state [default: /var/lib/valkyrie as root,
+    /// else $XDG_STATE_HOME/valkyrie or ~/.local/state/valkyrie].
+    #[arg(long, env = "VALKYRIE_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Log lines as `text` or `json` (filter with VALKYRIE_LOG, e.g. `debug`).
+    #[arg(long, env = "VALKYRIE_LOG_FORMAT", value_enum, default_value = "text")]
+    log_format: LogFormat,
     /// Token agents present to register (generated into the data directory if unset).
     #[arg(long, env = "VALKYRIE_RUNNER_TOKEN", hide_env_values = true)]
     runner_token: Option<String>,
@@ -122,9 +131,9 @@ enum Cmd {
         /// Who the token is for (its `sub` claim).
         #[arg(long, default_value = "cli")]
         subject: String,
-        /// The server's data directory.
-        #[arg(long, env = "VALKYRIE_DATA_DIR", default_value = "valkyrie-data")]
-        data_dir: PathBuf,
+        /// The server's data directory [default: as the server's].
+        #[arg(long, env = "VALKYRIE_DATA_DIR")]
+        data_dir: Option<PathBuf>,
     },
 }
 
@@ -155,14 +164,8 @@ fn main() -> std::process::ExitCode {
 }
 
 async fn run() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("VALKYRIE_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    let args = Args::parse();
+    let mut args: Args = valkyrie::config_file::parse_with_config("VALKYRIE_CONFIG")?;
+    init_logging(args.log_format);
     if let Some(Cmd::Token {
         role,
         ttl,
@@ -170,6 +173,10 @@ async fn run() -> anyhow::Result<()> {
         data_dir,
     }) = &args.command
     {
+        let data_dir = &match data_dir {
+            Some(dir) => dir.clone(),
+            None => default_state_dir("valkyrie")?,
+        };
         valkyrie::private_fs::create_dir_all(data_dir)
             .with_context(|| format!("cannot create data directory {}", data_dir.display()))?;
         let (keys, _) = JwtKeys::load_or_generate(data_dir)
@@ -192,11 +199,15 @@ async fn run() -> anyhow::Result<()> {
         println!("{token}");
         return Ok(());
     }
-    valkyrie::private_fs::create_dir_all(&args.data_dir)
-        .with_context(|| format!("cannot create data directory {}", args.data_dir.display()))?;
+    let data_dir = match args.data_dir.take() {
+        Some(dir) => dir,
+        None => default_state_dir("valkyrie")?,
+    };
+    valkyrie::private_fs::create_dir_all(&data_dir)
+        .with_context(|| format!("cannot create data directory {}", data_dir.display()))?;
     let (tokens, generated) =
-        Tokens::load_or_generate(&args.data_dir, args.api_token.clone(), args.runner_token.clone())
-            .with_context(|| format!("cannot store tokens in {}", args.data_dir.display()))?;
+        Tokens::load_or_generate(&data_dir, args.api_token.clone(), args.runner_token.clone())
+            .with_context(|| format!("cannot store tokens in {}", data_dir.display()))?;
     for token in &generated {
         eprintln!("generated {} token: {}", token.kind, token.path.display());
     }
@@ -206,7 +217,7 @@ async fn run() -> anyhow::Result<()> {
         let (cert, key) = match (&args.tls_cert, &args.tls_key) {
             (Some(cert), Some(key)) => (cert.clone(), key.clone()),
             _ => {
-                let dev = dev_certificate(&args.data_dir, &["localhost", "127.0.0.1", "::1"])?;
+                let dev = dev_certificate(&data_dir, &["localhost", "127.0.0.1", "::1"])?;
                 eprintln!(
                     "using development TLS certificate {} (clients: --ca-cert {})",
                     dev.cert.display(),
@@ -242,29 +253,26 @@ async fn run() -> anyhow::Result<()> {
     let key = match &args.secrets_key_file {
         Some(path) => SecretsKey::load(path)?,
         None => {
-            let (key, generated) = SecretsKey::load_or_generate(&args.data_dir)?;
+            let (key, generated) = SecretsKey::load_or_generate(&data_dir)?;
             if generated {
                 eprintln!("generated secrets key: {}", key.path().display());
             }
             key
         }
     };
-    let mut store = SealedStore::new(open_store(&args.store, &args.data_dir, args.durability)?, key);
+    let mut store = SealedStore::new(open_store(&args.store, &data_dir, args.durability)?, key);
     let loaded = store.load().context("cannot load the stored state")?;
     let store = StoreHandle::spawn(Box::new(store), metrics.clone());
     let core = spawn_with_store(core_config, tokens.clone(), metrics, store, loaded);
-    tokio::spawn(import_minted_tokens(args.data_dir.clone(), core.clone()));
+    tokio::spawn(import_minted_tokens(data_dir.clone(), core.clone()));
     let listeners_bound = Arc::new(AtomicBool::new(false));
     let (stop_http, http_stopped) = tokio::sync::watch::channel(false);
     let mut http_task = None;
     if let Some(addr) = args.http {
-        let (jwt, generated) = JwtKeys::load_or_generate(&args.data_dir)
-            .with_context(|| format!("cannot store jwt-secret in {}", args.data_dir.display()))?;
+        let (jwt, generated) = JwtKeys::load_or_generate(&data_dir)
+            .with_context(|| format!("cannot store jwt-secret in {}", data_dir.display()))?;
         if generated {
-            eprintln!(
-                "generated JWT secret: {}",
-                args.data_dir.join("jwt-secret").display()
-            );
+            eprintln!("generated JWT secret: {}", data_dir.join("jwt-secret").display());
         }
         let config = RestConfig::new(jwt)
             .cors_origins(args.cors_origin.clone())
@@ -338,6 +346,49 @@ async fn import_minted_tokens(data_dir: PathBuf, core: CoreHandle) {
                 }
             }
         }
+    }
+}
+
+/// How log lines are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    /// For people; coloured only when stderr is a terminal (and NO_COLOR is unset).
+    Text,
+    /// One JSON object per line, for log collectors.
+    Json,
+}
+
+/// Logs go to stderr, filtered by `VALKYRIE_LOG` (an `EnvFilter` directive
+/// such as `info` or `valkyrie_control_plane=debug`; default `info`).
+fn init_logging(format: LogFormat) {
+    use std::io::IsTerminal;
+    let filter = tracing_subscriber::EnvFilter::try_from_env("VALKYRIE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => {
+            let colour =
+                std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+            builder.with_ansi(colour).init();
+        }
+        LogFormat::Json => builder.json().with_ansi(false).init(),
+    }
+}
+
+/// The default state directory: `/var/lib/NAME` for root, else
+/// `$XDG_STATE_HOME/NAME` or `~/.local/state/NAME`.
+fn default_state_dir(name: &str) -> anyhow::Result<PathBuf> {
+    if nix::unistd::geteuid().is_root() {
+        return Ok(PathBuf::from("/var/lib").join(name));
+    }
+    if let Some(state) = std::env::var_os("XDG_STATE_HOME").filter(|v| !v.is_empty()) {
+        return Ok(PathBuf::from(state).join(name));
+    }
+    match std::env::var_os("HOME").filter(|v| !v.is_empty()) {
+        Some(home) => Ok(PathBuf::from(home).join(".local/state").join(name)),
+        None => anyhow::bail!("no default directory: neither XDG_STATE_HOME nor HOME is set; pass one"),
     }
 }
 

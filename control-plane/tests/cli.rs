@@ -98,3 +98,110 @@ fn starts_generates_private_tokens_and_stops_on_sigterm() {
     let status = child.0.wait().unwrap();
     assert!(status.success(), "exits 0 on SIGTERM: {status}");
 }
+
+/// The first line the server prints on stdout, once it listens; and stderr.
+fn first_line_and_stderr(mut command: Command) -> (String, KillOnDrop) {
+    let mut child = KillOnDrop(
+        command
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let stdout = child.0.stdout.take().unwrap();
+    let first = BufReader::new(stdout)
+        .lines()
+        .next()
+        .map(|l| l.unwrap())
+        .unwrap_or_default();
+    (first, child)
+}
+
+#[test]
+fn a_config_file_sets_flags_and_flags_and_environment_override_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let file = dir.path().join("server.toml");
+    let from_file = dir.path().join("file.sock");
+    std::fs::write(
+        &file,
+        format!(
+            "listen = [\"unix://{}\"]\ndata_dir = \"{}\"\nassign_lease = \"3s\"\nlog_format = \"json\"\n",
+            from_file.display(),
+            data.display()
+        ),
+    )
+    .unwrap();
+    // The file alone: its listen address and data directory are used, and
+    // logs are JSON lines.
+    let mut command = server();
+    command.arg("--config").arg(&file);
+    let (first, mut child) = first_line_and_stderr(command);
+    assert_eq!(first, format!("listening on unix://{}", from_file.display()));
+    assert!(data.join("api-token").is_file(), "data_dir from the file");
+    let _ = child.0.kill();
+    let _ = child.0.wait();
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.0.stderr.take().unwrap(), &mut stderr).unwrap();
+    for line in stderr.lines().filter(|l| l.starts_with('{')) {
+        serde_json::from_str::<serde_json::Value>(line).expect("JSON log line");
+    }
+    assert!(!stderr.contains('\u{1b}'), "no colour when redirected: {stderr}");
+
+    // A flag beats the file; so does the environment (VALKYRIE_CONFIG names the file).
+    let from_flag = dir.path().join("flag.sock");
+    let mut command = server();
+    command
+        .env("VALKYRIE_CONFIG", &file)
+        .arg("--listen")
+        .arg(format!("unix://{}", from_flag.display()));
+    let (first, _child) = first_line_and_stderr(command);
+    assert_eq!(first, format!("listening on unix://{}", from_flag.display()));
+    let from_env = dir.path().join("env.sock");
+    let mut command = server();
+    command
+        .arg("--config")
+        .arg(&file)
+        .env("VALKYRIE_LISTEN", format!("unix://{}", from_env.display()));
+    let (first, _child) = first_line_and_stderr(command);
+    assert_eq!(first, format!("listening on unix://{}", from_env.display()));
+}
+
+#[test]
+fn a_config_file_with_an_unknown_key_or_a_bad_value_is_refused_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("server.toml");
+    for (text, expected) in [
+        (
+            "data_dri = \"/x\"\n",
+            "unknown key `data_dri`; did you mean `data_dir`?",
+        ),
+        ("assign_lease = \"soon\"\n", "`assign_lease`"),
+        ("max_connections = \"many\"\n", "`max_connections`"),
+    ] {
+        std::fs::write(&file, text).unwrap();
+        let out = server()
+            .arg("--config")
+            .arg(&file)
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{text}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(expected), "{text}: {stderr}");
+        assert!(
+            stderr.contains(&file.display().to_string()),
+            "names the file: {stderr}"
+        );
+    }
+}
+
+#[test]
+fn version_names_the_binary() {
+    let out = server().arg("--version").output().unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("valkyrie-server {}", env!("CARGO_PKG_VERSION"))
+    );
+}

@@ -165,7 +165,7 @@ async fn pipelines_are_created_listed_fetched_and_triggered() {
         .await;
     assert_eq!(response.status(), StatusCode::CREATED);
     let triggered: Value = response.json().await.unwrap();
-    let run = triggered["execution_id"].as_u64().unwrap();
+    let run = triggered["run_id"].as_u64().unwrap();
     assert_eq!(triggered["status_url"], format!("/api/ci/executions/{run}"));
     let execution: Value = server
         .get(&format!("/api/ci/executions/{run}"), &viewer)
@@ -173,12 +173,12 @@ async fn pipelines_are_created_listed_fetched_and_triggered() {
         .json()
         .await
         .unwrap();
-    assert_eq!(execution["id"], run);
-    assert_eq!(execution["pipeline"], "hello");
-    assert_eq!(execution["status"], "running");
+    assert_eq!(execution["run_id"], run);
+    assert_eq!(execution["name"], "hello");
+    assert_eq!(execution["state"], "running");
     assert_eq!(execution["jobs"].as_array().unwrap().len(), 2);
-    assert_eq!(execution["jobs"][0]["status"], "queued");
-    assert_eq!(execution["jobs"][1]["status"], "waiting");
+    assert_eq!(execution["jobs"][0]["state"], "queued");
+    assert_eq!(execution["jobs"][1]["state"], "waiting");
     let list: Vec<Value> = server
         .get("/api/ci/executions?limit=10", &viewer)
         .await
@@ -200,7 +200,7 @@ async fn pipelines_are_created_listed_fetched_and_triggered() {
         .json()
         .await
         .unwrap();
-    assert_eq!(execution["status"], "cancelled");
+    assert_eq!(execution["state"], "cancelled");
     assert!(execution["duration_ms"].is_u64());
     let response = server.get("/api/ci/executions/999", &viewer).await;
     expect_error(response, StatusCode::NOT_FOUND, "NotFound").await;

@@ -84,7 +84,7 @@ async fn sse_follows_an_execution_live_then_replays_it() {
     let response = server
         .post(&format!("/api/ci/pipelines/{id}/trigger"), &server.api_token)
         .await;
-    let run = response.json::<Value>().await.unwrap()["execution_id"]
+    let run = response.json::<Value>().await.unwrap()["run_id"]
         .as_u64()
         .unwrap();
 
@@ -102,7 +102,7 @@ async fn sse_follows_an_execution_live_then_replays_it() {
         "{live:#?}"
     );
     let end: Value = serde_json::from_str(&live.last().unwrap().data).unwrap();
-    assert_eq!(end["status"], "succeeded");
+    assert_eq!(end["state"], "succeeded");
     let finals: Vec<Value> = live
         .iter()
         .filter(|e| e.event == "state")
@@ -118,10 +118,10 @@ async fn sse_follows_an_execution_live_then_replays_it() {
         .json()
         .await
         .unwrap();
-    assert_eq!(execution["status"], "succeeded");
+    assert_eq!(execution["state"], "succeeded");
     assert!(execution["duration_ms"].is_u64());
     for job in execution["jobs"].as_array().unwrap() {
-        assert_eq!(job["status"], "succeeded");
+        assert_eq!(job["state"], "succeeded");
         assert_eq!(job["runner"], "agent-1");
         assert_eq!(job["exit_code"], 0);
         assert!(job["duration_ms"].is_u64(), "{job}");
@@ -146,23 +146,23 @@ async fn a_running_execution_is_cancelled() {
     let response = server
         .post(&format!("/api/ci/pipelines/{id}/trigger"), &submitter)
         .await;
-    let run = response.json::<Value>().await.unwrap()["execution_id"]
+    let run = response.json::<Value>().await.unwrap()["run_id"]
         .as_u64()
         .unwrap();
     let path = format!("/api/ci/executions/{run}");
     eventually("the job runs", || async {
         let execution: Value = server.get(&path, &submitter).await.json().await.unwrap();
-        (execution["jobs"][0]["status"] == "running").then_some(())
+        (execution["jobs"][0]["state"] == "running").then_some(())
     })
     .await;
     let response = server.post(&format!("{path}/cancel"), &submitter).await;
     assert_eq!(response.status(), StatusCode::ACCEPTED);
     let execution = eventually("the job is cancelled", || async {
         let execution: Value = server.get(&path, &submitter).await.json().await.unwrap();
-        (execution["jobs"][0]["status"] == "cancelled").then_some(execution)
+        (execution["jobs"][0]["state"] == "cancelled").then_some(execution)
     })
     .await;
-    assert_eq!(execution["status"], "cancelled");
+    assert_eq!(execution["state"], "cancelled");
 }
 
 #[tokio::test]
@@ -173,10 +173,10 @@ async fn runners_are_listed_and_drained_by_admins() {
     assert_eq!(runners.len(), 1);
     let runner = &runners[0];
     assert_eq!(runner["name"], "agent-1");
-    assert_eq!(runner["status"], "idle");
-    assert_eq!(runner["capacity"], 2);
+    assert_eq!(runner["state"], "idle");
+    assert_eq!(runner["slots"], 2);
     assert_eq!(runner["tags"], serde_json::json!(["linux"]));
-    let id = runner["id"].as_u64().unwrap();
+    let id = runner["runner_id"].as_u64().unwrap();
 
     let response = server
         .post(
@@ -192,7 +192,7 @@ async fn runners_are_listed_and_drained_by_admins() {
     eventually("the runner is draining", || async {
         let runners: Vec<Value> = server.get("/api/runners", &viewer).await.json().await.unwrap();
         // A drained agent with no work may also leave at once.
-        (runners.is_empty() || ["draining", "lost"].contains(&runners[0]["status"].as_str().unwrap_or("")))
+        (runners.is_empty() || ["draining", "lost"].contains(&runners[0]["state"].as_str().unwrap_or("")))
             .then_some(())
     })
     .await;

@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use anyhow::Context;
 use clap::Parser;
 use valkyrie::transport::{ClientOptions, ClientTls};
 use valkyrie::Endpoint;
@@ -12,10 +13,15 @@ use valkyrie_runner_agent::{Agent, AgentConfig};
 /// Runs CI jobs handed out by a Valkyrie control plane.
 #[derive(Parser, Debug)]
 #[command(
+    name = "valkyrie-agent",
     version,
     after_help = "Example:\n  valkyrie-agent --server tcp://ci.example.com:7700 --token $(cat runner-token) --name build-1 --tags linux,docker --slots 4"
 )]
 struct Args {
+    /// TOML file with any of these flags as keys in snake_case (`data_dir = "/srv/ci"`);
+    /// flags and environment variables override it.
+    #[arg(long, env = "VALKYRIE_CONFIG")]
+    config: Option<PathBuf>,
     /// The control plane: unix:///path, tcp://host:port, tls://host:port or quic://host:port.
     #[arg(long, env = "VALKYRIE_SERVER", default_value = "tcp://127.0.0.1:7700")]
     server: Endpoint,
@@ -31,9 +37,13 @@ struct Args {
     /// Jobs run at once.
     #[arg(long, env = "VALKYRIE_SLOTS", default_value_t = 4)]
     slots: u32,
-    /// Directory for per-job workspaces.
-    #[arg(long, env = "VALKYRIE_WORK_DIR", default_value = "valkyrie-work")]
-    work_dir: PathBuf,
+    /// Directory for per-job workspaces [default: /var/lib/valkyrie-agent as root,
+    /// else $XDG_STATE_HOME/valkyrie-agent or ~/.local/state/valkyrie-agent].
+    #[arg(long, env = "VALKYRIE_WORK_DIR")]
+    work_dir: Option<PathBuf>,
+    /// Log lines as `text` or `json` (filter with VALKYRIE_LOG, e.g. `debug`).
+    #[arg(long, env = "VALKYRIE_LOG_FORMAT", value_enum, default_value = "text")]
+    log_format: LogFormat,
     /// Shell a step line is passed to (the line is appended as the last argument).
     #[arg(long, env = "VALKYRIE_SHELL", default_value = "sh -c")]
     shell: String,
@@ -66,14 +76,8 @@ async fn main() -> std::process::ExitCode {
 }
 
 async fn run() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("VALKYRIE_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    let args = Args::parse();
+    let args: Args = valkyrie::config_file::parse_with_config("VALKYRIE_CONFIG")?;
+    init_logging(args.log_format);
     let tls = args.ca_cert.as_deref().map(ClientTls::from_ca_file).transpose()?;
     let name = args.name.unwrap_or_else(|| {
         nix::unistd::gethostname()
@@ -81,8 +85,13 @@ async fn run() -> anyhow::Result<()> {
             .and_then(|h| h.into_string().ok())
             .unwrap_or_else(|| "runner".into())
     });
-    valkyrie::private_fs::create_dir_all(&args.work_dir)?;
-    let work_dir = std::fs::canonicalize(&args.work_dir)?;
+    let work_dir = match args.work_dir {
+        Some(dir) => dir,
+        None => default_state_dir("valkyrie-agent")?,
+    };
+    valkyrie::private_fs::create_dir_all(&work_dir)
+        .with_context(|| format!("cannot create work directory {}", work_dir.display()))?;
+    let work_dir = std::fs::canonicalize(&work_dir)?;
     let config = AgentConfig {
         server: args.server,
         token: args.token,
@@ -104,6 +113,49 @@ async fn run() -> anyhow::Result<()> {
     };
     Agent::new(config).run(shutdown_signal()).await?;
     Ok(())
+}
+
+/// How log lines are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    /// For people; coloured only when stderr is a terminal (and NO_COLOR is unset).
+    Text,
+    /// One JSON object per line, for log collectors.
+    Json,
+}
+
+/// Logs go to stderr, filtered by `VALKYRIE_LOG` (an `EnvFilter` directive
+/// such as `info` or `valkyrie_runner_agent=debug`; default `info`).
+fn init_logging(format: LogFormat) {
+    use std::io::IsTerminal;
+    let filter = tracing_subscriber::EnvFilter::try_from_env("VALKYRIE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => {
+            let colour =
+                std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+            builder.with_ansi(colour).init();
+        }
+        LogFormat::Json => builder.json().with_ansi(false).init(),
+    }
+}
+
+/// The default state directory: `/var/lib/NAME` for root, else
+/// `$XDG_STATE_HOME/NAME` or `~/.local/state/NAME`.
+fn default_state_dir(name: &str) -> anyhow::Result<PathBuf> {
+    if nix::unistd::geteuid().is_root() {
+        return Ok(PathBuf::from("/var/lib").join(name));
+    }
+    if let Some(state) = std::env::var_os("XDG_STATE_HOME").filter(|v| !v.is_empty()) {
+        return Ok(PathBuf::from(state).join(name));
+    }
+    match std::env::var_os("HOME").filter(|v| !v.is_empty()) {
+        Some(home) => Ok(PathBuf::from(home).join(".local/state").join(name)),
+        None => anyhow::bail!("no default directory: neither XDG_STATE_HOME nor HOME is set; pass one"),
+    }
 }
 
 async fn shutdown_signal() {

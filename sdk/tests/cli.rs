@@ -48,10 +48,87 @@ fn unreachable_server_exits_2_naming_it() {
     let uri = format!("unix://{}", dir.path().join("nobody-here.sock").display());
     let out = vk(&["--server", &uri, "--token", "t", "jobs"]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains(&format!("cannot connect to {uri}")),
-        "{}",
+    assert_eq!(
+        stderr(&out).matches(&format!("cannot connect to {uri}")).count(),
+        1,
+        "named once: {}",
         stderr(&out)
+    );
+}
+
+#[test]
+fn pointing_vk_at_an_http_port_says_it_answered_in_http() {
+    // A real HTTP/1.1 server's answer to bytes it cannot parse.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        let (mut conn, _) = listener.accept().unwrap();
+        let mut buf = [0u8; 64];
+        let _ = conn.read(&mut buf);
+        let _ = conn.write_all(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+    });
+    let out = vk(&["--server", &format!("tcp://{addr}"), "--token", "t", "jobs"]);
+    server.join().unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("answered in HTTP"), "{err}");
+    assert!(err.contains("--listen"), "says what to use instead: {err}");
+    assert!(!err.contains("version 72"), "{err}");
+}
+
+#[test]
+fn a_closed_stdout_pipe_ends_vk_quietly() {
+    // The reader is gone before vk writes a byte: every write is EPIPE.
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = Command::new(env!("CARGO_BIN_EXE_vk"))
+        .args(["completions", "bash"])
+        .stdout(writer)
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(stderr(&out), "");
+}
+
+#[test]
+fn unknown_exec_flags_are_usage_errors_not_part_of_the_command() {
+    let out = vk(&["exec", "--tag", "gpu", "--", "echo", "hi"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("--tag"), "{err}");
+    assert!(
+        err.contains("similar argument exists: '--tags'"),
+        "did you mean: {err}"
+    );
+    // Flags after the command (or after `--`) are the command's: these parse
+    // and go on to connect (and fail there, with no server).
+    let dir = tempfile::tempdir().unwrap();
+    let uri = format!("unix://{}", dir.path().join("none.sock").display());
+    for args in [
+        vec!["exec", "--", "ls", "-la"],
+        vec!["exec", "ls", "-la", "--tags", "x"],
+        vec!["exec", "--tags", "gpu", "--", "echo", "--tag"],
+    ] {
+        let mut full = vec!["--server", uri.as_str(), "--token", "t"];
+        full.extend(args.iter().copied());
+        let out = vk(&full);
+        assert!(
+            stderr(&out).contains("cannot connect"),
+            "{args:?}: {}",
+            stderr(&out)
+        );
+    }
+}
+
+#[test]
+fn version_names_the_tool() {
+    let out = vk(&["--version"]);
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("vk {}", env!("CARGO_PKG_VERSION"))
     );
 }
 

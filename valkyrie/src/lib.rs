@@ -16,6 +16,8 @@
 
 #![warn(missing_docs)]
 
+#[cfg(feature = "config-file")]
+pub mod config_file;
 pub mod connection;
 pub mod error;
 pub mod frame;

@@ -1165,6 +1165,19 @@ impl Core {
     }
 
     fn store_log(&mut self, id: JobId, agent_seq: u64, stream: OutputStream, data: Bytes) {
+        let logs = self.logs.entry(id).or_default();
+        if agent_seq == 0 && logs.agent_chunks == 0 && logs.next_seq > 0 {
+            // The first output of a retried attempt: a header line keeps
+            // `vk logs` from running the attempts together.
+            if let Some(job) = self.jobs.get(&id).filter(|job| job.attempt > 1) {
+                let header = format!(
+                    "── attempt {} on {} ──\n",
+                    job.attempt,
+                    job.runner_name.as_deref().unwrap_or("?")
+                );
+                self.append_log(id, OutputStream::System, Bytes::from(header));
+            }
+        }
         self.metrics.log_bytes.inc_by(data.len() as u64);
         let logs = self.logs.entry(id).or_default();
         logs.agent_chunks += 1;
@@ -1177,6 +1190,23 @@ impl Core {
             );
         }
         logs.next_agent_seq = agent_seq + 1;
+        self.append_log(id, stream, data);
+        let chunks = self.logs.get(&id).map_or(0, |l| l.agent_chunks);
+        if self
+            .pending_results
+            .get(&id)
+            .is_some_and(|p| chunks >= p.result.log_chunks)
+        {
+            if let Some(pending) = self.pending_results.remove(&id) {
+                self.record_pending(pending);
+            }
+        }
+    }
+
+    /// Stores (within the retention limit), persists and publishes one chunk
+    /// of a job's output under the job's next sequence number.
+    fn append_log(&mut self, id: JobId, stream: OutputStream, data: Bytes) {
+        let logs = self.logs.entry(id).or_default();
         let seq = logs.next_seq;
         logs.next_seq += 1;
         if logs.bytes + data.len() <= self.config.log_retention_bytes {
@@ -1198,16 +1228,6 @@ impl Core {
         if !self.subscribers.is_empty() {
             self.subscribers
                 .publish(id, &EventBody::Log { stream, seq, data });
-        }
-        let chunks = logs.agent_chunks;
-        if self
-            .pending_results
-            .get(&id)
-            .is_some_and(|p| chunks >= p.result.log_chunks)
-        {
-            if let Some(pending) = self.pending_results.remove(&id) {
-                self.record_pending(pending);
-            }
         }
     }
 

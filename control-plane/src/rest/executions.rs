@@ -23,19 +23,19 @@ use crate::responder::EventSink;
 /// A pipeline run.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct Execution {
-    /// Id.
-    pub id: u64,
+    /// Run id (`vk` shows it as `r12`).
+    pub run_id: u64,
     /// Pipeline name.
-    pub pipeline: String,
+    pub name: String,
     /// running, succeeded, failed, cancelled or timed_out.
-    pub status: String,
+    pub state: String,
     /// Why it ended, for people.
     pub message: String,
-    /// Start, ms since the Unix epoch.
-    pub started_at_ms: u64,
+    /// Creation, ms since the Unix epoch.
+    pub created_at_ms: u64,
     /// End, ms since the Unix epoch.
     pub finished_at_ms: Option<u64>,
-    /// `finished_at_ms - started_at_ms`, once finished.
+    /// `finished_at_ms - created_at_ms`, once finished.
     pub duration_ms: Option<u64>,
     /// Its jobs, in pipeline order.
     pub jobs: Vec<ExecutionJob>,
@@ -49,7 +49,7 @@ pub struct ExecutionJob {
     /// Stage.
     pub stage: String,
     /// waiting, queued, assigned, running, succeeded, failed, cancelled, timed_out, lost or skipped.
-    pub status: String,
+    pub state: String,
     /// The job's id once released to the scheduler.
     pub job_id: Option<u64>,
     /// The runner that ran it.
@@ -77,7 +77,7 @@ impl From<RunJobInfo> for ExecutionJob {
                 .map(|(s, f)| f.saturating_sub(s)),
             name: job.name,
             stage: job.stage,
-            status: job.state.as_str().into(),
+            state: job.state.as_str().into(),
             job_id: job.job_id,
             runner: job.runner,
             exit_code: job.exit_code,
@@ -92,11 +92,11 @@ impl From<RunJobInfo> for ExecutionJob {
 impl From<RunInfo> for Execution {
     fn from(run: RunInfo) -> Self {
         Self {
-            id: run.run_id,
-            pipeline: run.name,
-            status: run.state.as_str().into(),
+            run_id: run.run_id,
+            name: run.name,
+            state: run.state.as_str().into(),
             message: run.message,
-            started_at_ms: run.created_at_ms,
+            created_at_ms: run.created_at_ms,
             duration_ms: run.finished_at_ms.map(|f| f.saturating_sub(run.created_at_ms)),
             finished_at_ms: run.finished_at_ms,
             jobs: run.jobs.into_iter().map(ExecutionJob::from).collect(),
@@ -114,10 +114,10 @@ pub struct ListQuery {
 /// An accepted cancel.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct Cancelled {
-    /// The execution.
-    pub execution_id: u64,
+    /// The execution (run).
+    pub run_id: u64,
     /// Always `cancelling`: its jobs are being stopped.
-    pub status: String,
+    pub state: String,
 }
 
 impl Shared {
@@ -181,8 +181,8 @@ pub async fn cancel(
     Ok((
         axum::http::StatusCode::ACCEPTED,
         Json(Cancelled {
-            execution_id: id,
-            status: "cancelling".into(),
+            run_id: id,
+            state: "cancelling".into(),
         }),
     ))
 }
@@ -255,8 +255,8 @@ async fn follow(state: AppState, mut run: RunInfo, out: mpsc::Sender<SseEvent>) 
         if let Some(at) = ended_at {
             if open.is_empty() || at.elapsed() > END_GRACE {
                 let end = serde_json::json!({
-                    "execution_id": run_id,
-                    "status": run.state.as_str(),
+                    "run_id": run_id,
+                    "state": run.state.as_str(),
                     "message": run.message,
                 });
                 let _ = out

@@ -77,7 +77,7 @@ pub struct FileNameQuery {
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct Triggered {
     /// The new execution's id.
-    pub execution_id: u64,
+    pub run_id: u64,
     /// The pipeline it runs.
     pub pipeline_id: u64,
     /// Where to follow it.
@@ -262,7 +262,7 @@ pub async fn trigger(
     Ok((
         StatusCode::CREATED,
         Json(Triggered {
-            execution_id,
+            run_id: execution_id,
             pipeline_id: id,
             status_url: format!("/api/ci/executions/{execution_id}"),
         }),

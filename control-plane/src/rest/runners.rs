@@ -15,12 +15,12 @@ use crate::core::Command;
 /// A registered runner.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct Runner {
-    /// Id.
-    pub id: u64,
+    /// Runner id.
+    pub runner_id: u64,
     /// Name, unique per server.
     pub name: String,
     /// idle, busy, draining or lost.
-    pub status: String,
+    pub state: String,
     /// Tags it matches.
     pub tags: Vec<String>,
     /// Operating system.
@@ -28,11 +28,11 @@ pub struct Runner {
     /// CPU architecture.
     pub arch: String,
     /// Concurrent job slots.
-    pub capacity: u32,
+    pub slots: u32,
     /// Slots in use.
     pub busy: u32,
     /// Time since it was last heard from, ms.
-    pub last_heartbeat_ms_ago: u64,
+    pub last_seen_ms_ago: u64,
     /// Agent version.
     pub version: String,
 }
@@ -40,15 +40,15 @@ pub struct Runner {
 impl From<RunnerInfo> for Runner {
     fn from(r: RunnerInfo) -> Self {
         Self {
-            id: r.runner_id,
+            runner_id: r.runner_id,
             name: r.name,
-            status: r.state.as_str().into(),
+            state: r.state.as_str().into(),
             tags: r.tags,
             os: r.os,
             arch: r.arch,
-            capacity: r.slots,
+            slots: r.slots,
             busy: r.busy,
-            last_heartbeat_ms_ago: r.last_seen_ms_ago,
+            last_seen_ms_ago: r.last_seen_ms_ago,
             version: r.version,
         }
     }
@@ -60,7 +60,7 @@ pub struct Draining {
     /// The runner.
     pub runner_id: u64,
     /// Always `draining`: it takes no new jobs and finishes its own.
-    pub status: String,
+    pub state: String,
 }
 
 /// Every registered runner.
@@ -94,7 +94,7 @@ pub async fn drain(
         StatusCode::ACCEPTED,
         Json(Draining {
             runner_id: id,
-            status: "draining".into(),
+            state: "draining".into(),
         }),
     ))
 }

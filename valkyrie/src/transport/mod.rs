@@ -22,7 +22,7 @@ pub use session::{Authenticator, Incoming, RequestError, Session, SessionSender}
 pub use tls::{dev_certificate, ClientTls, DevCertificate, ServerTls, TlsSetupError, ALPN};
 
 use crate::connection::{Connection, ConnectionConfig};
-use crate::error::ConnectionError;
+use crate::error::{ConnectionError, DecodeError};
 use crate::frame::ErrorCode;
 use crate::message::{Hello, Role};
 use session::{session_pair, Handshake};
@@ -60,6 +60,10 @@ pub enum ConnectError {
     /// The connection ended during the handshake for another reason.
     #[error("handshake failed: {0}")]
     Handshake(ConnectionError),
+    /// The server answered in HTTP (its first byte, `H`, read as a frame
+    /// version of 72): the address is a REST port, not a protocol listener.
+    #[error("{0} answered in HTTP, not the Valkyrie protocol: that looks like the server's --http (REST) port; use one of its --listen addresses (e.g. tcp://host:7700)")]
+    AnsweredHttp(Endpoint),
 }
 
 /// How to connect.
@@ -193,6 +197,9 @@ pub async fn connect(
             Err(match result {
                 Some(Err(ConnectionError::ClosedByPeer { code, reason })) => {
                     ConnectError::Refused { code, reason }
+                }
+                Some(Err(ConnectionError::Decode(DecodeError::UnsupportedVersion(b'H')))) => {
+                    ConnectError::AnsweredHttp(endpoint.clone())
                 }
                 Some(Err(err)) => ConnectError::Handshake(err),
                 _ => ConnectError::Handshake(ConnectionError::Reset),

@@ -8,6 +8,7 @@ use anyhow::Context;
 use valkyrie_control_plane::CoreConfig;
 use valkyrie_sdk::local::{LocalAgent, LocalCluster};
 
+use crate::out::outln;
 use crate::run_view::{follow_run, subscribe, ViewOptions};
 
 /// The demo pipeline, built into the binary so `vk demo` works from anywhere.
@@ -21,13 +22,13 @@ pub async fn demo(options: ViewOptions) -> anyhow::Result<ExitCode> {
     let cluster = LocalCluster::start(CoreConfig::default(), &agents)
         .await
         .context("cannot start the demo cluster")?;
-    println!(
+    outln!(
         "control plane listening on {} (temporary directory {})",
         cluster.endpoint,
         cluster.dir().display()
     );
     for agent in &agents {
-        println!(
+        outln!(
             "agent {} registered with tags {}",
             agent.name,
             agent.tags.join(",")
@@ -38,7 +39,7 @@ pub async fn demo(options: ViewOptions) -> anyhow::Result<ExitCode> {
     let run_id = client
         .submit_pipeline("examples/demo.yaml", DEMO_PIPELINE)
         .await?;
-    println!("running examples/demo.yaml as run r{run_id}\n");
+    outln!("running examples/demo.yaml as run r{run_id}\n");
     let (code, _run) = follow_run(&client, run_id, options, events).await?;
     cluster.shutdown().await;
     Ok(code)

@@ -1,15 +1,69 @@
-//! Following one job: its output live, and an exit code that mirrors its outcome.
+//! Following one job: its output live, and an exit code that mirrors its
+//! outcome. A lost connection is reconnected (the output resumes after the
+//! last chunk shown, by sequence number, so nothing is shown twice); if that
+//! fails, `vk` says that the job keeps running and how to follow it.
 
-use std::io::Write;
+use std::future::Future;
 use std::process::ExitCode;
+use std::time::Duration;
 
-use valkyrie_sdk::{Client, EventBody, JobState, OutputStream};
+use valkyrie_sdk::{Client, ClientError, EventBody, JobState, OutputStream};
 
-/// Streams a job's output until it ends; the exit code mirrors the job's.
-pub async fn follow_job(client: &Client, job: u64, cancel_on_interrupt: bool) -> anyhow::Result<ExitCode> {
+use crate::out::{self, outln};
+
+/// How long `vk` keeps trying to reconnect before it gives up.
+const RECONNECT_FOR: Duration = Duration::from_secs(30);
+
+/// Where a job's output goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Output {
+    /// `vk exec`: the job's stdout on stdout, its stderr and the system
+    /// lines on stderr, as if it ran here.
+    Split,
+    /// `vk logs`: every stream on stdout in the job's order, as CI log
+    /// views show it.
+    Merged,
+    /// `vk logs --json`: one JSON object per chunk, with its stream.
+    Json,
+}
+
+/// Writes one chunk of a job's output.
+pub fn write_chunk(output: Output, job: u64, stream: OutputStream, seq: u64, data: &[u8]) {
+    match (output, stream) {
+        (Output::Json, _) => {
+            let line = serde_json::json!({
+                "job_id": job,
+                "seq": seq,
+                "stream": stream,
+                "text": String::from_utf8_lossy(data),
+            });
+            outln!("{line}");
+        }
+        (Output::Merged, _) | (Output::Split, OutputStream::Stdout) => out::bytes(data),
+        (Output::Split, _) => out::err_bytes(data),
+    }
+}
+
+/// Streams a job's output until it ends; the exit code mirrors the job's
+/// (see the README's table). `reconnect` makes a new client after a lost
+/// connection.
+pub async fn follow_job<F, Fut>(
+    client: &Client,
+    job: u64,
+    output: Output,
+    cancel_on_interrupt: bool,
+    reconnect: F,
+) -> anyhow::Result<ExitCode>
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = anyhow::Result<Client>>,
+{
+    let mut client = client.clone();
     let mut events = client.watch(Some(job), true, true).await?;
     let mut interrupted = false;
     let mut said_waiting = false;
+    // The last output chunk shown, so that a replay after a reconnect resumes after it.
+    let mut shown: Option<u64> = None;
     loop {
         let event = tokio::select! {
             event = events.recv() => event,
@@ -20,11 +74,44 @@ pub async fn follow_job(client: &Client, job: u64, cancel_on_interrupt: bool) ->
                 continue;
             }
         };
-        let Some(event) = event else {
-            anyhow::bail!("connection to the server ended before job {job} finished")
+        let event = match event {
+            Some(Ok(event)) => event,
+            Some(Err(ClientError::Request(err))) if !is_connection_loss(&err) => {
+                return Err(err.into());
+            }
+            Some(Err(ClientError::Unexpected(kind))) => {
+                anyhow::bail!("the server answered with an unexpected {kind} message")
+            }
+            lost => {
+                let why = match lost {
+                    Some(Err(err)) => err.to_string(),
+                    _ => "the connection ended".to_owned(),
+                };
+                eprintln!(
+                    "vk: lost the connection to the server ({why}); job {job} keeps running there; reconnecting…"
+                );
+                match reconnect_and_watch(&reconnect, job).await {
+                    Some((new_client, new_events)) => {
+                        eprintln!("vk: reconnected; following job {job} again");
+                        client = new_client;
+                        events = new_events;
+                        continue;
+                    }
+                    None => anyhow::bail!(
+                        "could not reconnect within {}s; job {job} may still be running: follow it with `vk logs {job} -f`, cancel it with `vk cancel {job}`",
+                        RECONNECT_FOR.as_secs()
+                    ),
+                }
+            }
         };
-        match event?.body {
-            EventBody::Log { stream, data, .. } => write_output(stream, &data),
+        match event.body {
+            EventBody::Log { stream, data, seq } => {
+                if shown.is_some_and(|last| seq <= last) {
+                    continue;
+                }
+                shown = Some(seq);
+                write_chunk(output, job, stream, seq, &data);
+            }
             EventBody::Skipped { missed } => {
                 eprintln!("vk: {missed} events skipped because this client fell behind; `vk logs {job}` shows all output")
             }
@@ -47,7 +134,7 @@ pub async fn follow_job(client: &Client, job: u64, cancel_on_interrupt: bool) ->
                 if !state.is_terminal() {
                     continue;
                 }
-                let _ = std::io::stdout().flush();
+                out::flush();
                 return Ok(match state {
                     JobState::Succeeded => ExitCode::SUCCESS,
                     JobState::Failed => {
@@ -80,9 +167,29 @@ pub async fn follow_job(client: &Client, job: u64, cancel_on_interrupt: bool) ->
     }
 }
 
-pub fn write_output(stream: OutputStream, data: &[u8]) {
-    let _ = match stream {
-        OutputStream::Stdout => std::io::stdout().write_all(data),
-        OutputStream::Stderr | OutputStream::System => std::io::stderr().write_all(data),
-    };
+/// Whether a request error means the connection is gone (worth reconnecting)
+/// rather than a refusal by the server.
+fn is_connection_loss(err: &valkyrie::transport::RequestError) -> bool {
+    !matches!(err, valkyrie::transport::RequestError::Failed { .. })
+}
+
+/// Reconnects with backoff for up to [`RECONNECT_FOR`] and subscribes again
+/// (with replay: the caller skips what it already showed).
+async fn reconnect_and_watch<F, Fut>(reconnect: &F, job: u64) -> Option<(Client, valkyrie_sdk::EventStream)>
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = anyhow::Result<Client>>,
+{
+    let deadline = tokio::time::Instant::now() + RECONNECT_FOR;
+    let mut backoff = Duration::from_millis(200);
+    while tokio::time::Instant::now() < deadline {
+        if let Ok(client) = reconnect().await {
+            if let Ok(events) = client.watch(Some(job), true, true).await {
+                return Some((client, events));
+            }
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+    None
 }

@@ -1,15 +1,21 @@
 //! Human-readable tables for `vk jobs`, `vk runners` and `vk runs`.
 
-use valkyrie_sdk::{JobInfo, RunInfo, RunnerInfo};
+use valkyrie_sdk::{Client, JobInfo, RunInfo, RunJobInfo, RunnerInfo};
+
+use crate::out::outln;
 
 pub fn print_jobs(jobs: &[JobInfo]) {
-    println!(
+    outln!(
         "{:<8} {:<10} {:<24} {:<16} {:>4}  REASON",
-        "ID", "STATE", "NAME", "RUNNER", "EXIT"
+        "ID",
+        "STATE",
+        "NAME",
+        "RUNNER",
+        "EXIT"
     );
     for j in jobs {
         let exit = j.exit_code.map(|c| c.to_string()).unwrap_or_else(|| "-".into());
-        println!(
+        outln!(
             "{:<8} {:<10} {:<24} {:<16} {:>4}  {}",
             j.job_id,
             j.state.as_str(),
@@ -22,12 +28,16 @@ pub fn print_jobs(jobs: &[JobInfo]) {
 }
 
 pub fn print_runners(runners: &[RunnerInfo]) {
-    println!(
+    outln!(
         "{:<6} {:<20} {:<9} {:>9}  {:<12} TAGS",
-        "ID", "NAME", "STATE", "BUSY", "OS/ARCH"
+        "ID",
+        "NAME",
+        "STATE",
+        "BUSY",
+        "OS/ARCH"
     );
     for r in runners {
-        println!(
+        outln!(
             "{:<6} {:<20} {:<9} {:>9}  {:<12} {}",
             r.runner_id,
             truncate(&r.name, 20),
@@ -49,16 +59,20 @@ pub fn truncate(s: &str, max: usize) -> String {
 }
 
 pub fn print_runs(runs: &[RunInfo]) {
-    println!(
+    outln!(
         "{:<8} {:<10} {:<24} {:>5} {:>9}  MESSAGE",
-        "ID", "STATE", "PIPELINE", "JOBS", "DURATION"
+        "ID",
+        "STATE",
+        "PIPELINE",
+        "JOBS",
+        "DURATION"
     );
     for r in runs {
         let duration = r
             .finished_at_ms
             .map(|f| format_ms(f.saturating_sub(r.created_at_ms)))
             .unwrap_or_else(|| "-".into());
-        println!(
+        outln!(
             "{:<8} {:<10} {:<24} {:>5} {:>9}  {}",
             format!("r{}", r.run_id),
             r.state.as_str(),
@@ -103,19 +117,71 @@ pub fn format_ms(ms: u64) -> String {
 }
 
 pub fn print_run_jobs(run: &RunInfo) {
-    println!(
-        "{:<32} {:<10} {:<8} {:<16} {:>4}  REASON",
-        "JOB", "STATE", "ID", "RUNNER", "EXIT"
+    outln!(
+        "{:<32} {:<10} {:<8} {:<16} {:>4} {:>9}  REASON",
+        "JOB",
+        "STATE",
+        "ID",
+        "RUNNER",
+        "EXIT",
+        "DURATION"
     );
     for j in &run.jobs {
-        println!(
-            "{:<32} {:<10} {:<8} {:<16} {:>4}  {}",
+        outln!(
+            "{:<32} {:<10} {:<8} {:<16} {:>4} {:>9}  {}",
             truncate(&j.name, 32),
             j.state.as_str(),
             j.job_id.map(|i| i.to_string()).unwrap_or_else(|| "-".into()),
             j.runner.as_deref().unwrap_or("-"),
             j.exit_code.map(|c| c.to_string()).unwrap_or_else(|| "-".into()),
+            job_duration_ms(j, now_ms()).map_or_else(|| "-".into(), format_ms),
             j.reason
         );
     }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// How long a job ran (so far, if it still runs), once it started.
+pub fn job_duration_ms(job: &RunJobInfo, now_ms: u64) -> Option<u64> {
+    let started = job.started_at_ms?;
+    Some(job.finished_at_ms.unwrap_or(now_ms).saturating_sub(started))
+}
+
+/// `vk runs --json`: a run as the protocol names its fields (the REST API
+/// uses the same names), with `duration_ms` for the run (once finished) and
+/// each job (once started; so far, while it runs).
+pub fn run_json(run: &RunInfo) -> serde_json::Value {
+    let mut value = serde_json::to_value(run).expect("a RunInfo serializes");
+    let now = now_ms();
+    value["duration_ms"] = run
+        .finished_at_ms
+        .map(|f| f.saturating_sub(run.created_at_ms))
+        .into();
+    if let Some(jobs) = value.get_mut("jobs").and_then(|j| j.as_array_mut()) {
+        for (json, job) in jobs.iter_mut().zip(&run.jobs) {
+            json["duration_ms"] = job_duration_ms(job, now).into();
+        }
+    }
+    value
+}
+
+/// `vk status --json`: [`run_json`], each job also with its current
+/// `attempt` (0 before the first assignment).
+pub async fn run_status_json(client: &Client, run: &RunInfo) -> anyhow::Result<serde_json::Value> {
+    let mut value = run_json(run);
+    if let Some(jobs) = value.get_mut("jobs").and_then(|j| j.as_array_mut()) {
+        for (json, job) in jobs.iter_mut().zip(&run.jobs) {
+            let attempt = match job.job_id {
+                Some(id) => client.job(id).await?.attempt,
+                None => 0,
+            };
+            json["attempt"] = attempt.into();
+        }
+    }
+    Ok(value)
 }

@@ -4,6 +4,8 @@ mod demo;
 mod follow;
 mod ids;
 mod listing;
+mod live;
+mod out;
 mod run_view;
 
 use std::io::IsTerminal;
@@ -14,14 +16,17 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{CommandFactory, Parser, Subcommand};
 use valkyrie::Endpoint;
-use valkyrie_sdk::{pipeline, Client, ClientOptions, ClientTls, EventBody, JobSpec};
+use valkyrie_sdk::{pipeline, Client, ClientError, ClientOptions, ClientTls, EventBody, JobSpec};
 
+use follow::Output;
 use ids::Target;
+use out::outln;
 use run_view::ViewOptions;
 
 /// Run and watch CI jobs and pipelines on a Valkyrie control plane.
 #[derive(Parser, Debug)]
 #[command(
+    name = "vk",
     version,
     after_help = "Examples:\n  vk demo\n  vk exec -- cargo test\n  vk run .valkyrie.yaml --logs\n  vk jobs"
 )]
@@ -82,8 +87,9 @@ enum Command {
         /// Project, for fair share.
         #[arg(long, default_value = "default")]
         project: String,
-        /// The command and its arguments.
-        #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+        /// The command and its arguments; flags of `vk exec` go before it
+        /// (an unknown one is an error, not part of the command).
+        #[arg(required = true, trailing_var_arg = true)]
         command: Vec<String>,
     },
     /// Validate a pipeline file, submit it, and show the run live; exits 0 only if the run succeeded.
@@ -149,15 +155,21 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Print a job's output.
-    #[command(after_help = "Examples:\n  vk logs 42\n  vk logs 42 -f")]
+    /// Print a job's output: every stream on stdout, in order; attempts of
+    /// a retried job are separated by a header line.
+    #[command(
+        after_help = "Examples:\n  vk logs 42\n  vk logs 42 -f\n  vk logs 42 --json | jq -r 'select(.stream == \"stderr\") | .text'"
+    )]
     Logs {
         /// Job id.
         #[arg(value_parser = parse_job)]
         job: u64,
-        /// Keep following until the job ends.
+        /// Keep following until the job ends (exit code as `vk exec`).
         #[arg(short, long)]
         follow: bool,
+        /// One JSON object per output chunk: job_id, seq, stream (stdout, stderr, system), text.
+        #[arg(long)]
+        json: bool,
     },
     /// Cancel a job (42) or a run (r12).
     #[command(after_help = "Examples:\n  vk cancel 42\n  vk cancel r12")]
@@ -200,7 +212,10 @@ async fn main() -> ExitCode {
     console::set_colors_enabled(colour);
     console::set_colors_enabled_stderr(colour && std::io::stderr().is_terminal());
     match run(cli).await {
-        Ok(code) => code,
+        Ok(code) => {
+            out::flush();
+            code
+        }
         Err(err) => {
             eprintln!("vk: {err:#}");
             ExitCode::from(2)
@@ -208,18 +223,41 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn connect(cli: &Cli) -> anyhow::Result<Client> {
-    let tls = cli.ca_cert.as_deref().map(ClientTls::from_ca_file).transpose()?;
-    Client::connect(
-        &cli.server,
-        &cli.token,
-        ClientOptions {
+/// What `vk` needs to (re)connect.
+#[derive(Clone, Debug)]
+struct Connector {
+    server: Endpoint,
+    token: String,
+    ca_cert: Option<PathBuf>,
+}
+
+impl Connector {
+    fn new(cli: &Cli) -> Self {
+        Self {
+            server: cli.server.clone(),
+            token: cli.token.clone(),
+            ca_cert: cli.ca_cert.clone(),
+        }
+    }
+
+    async fn connect(&self) -> anyhow::Result<Client> {
+        use valkyrie::transport::ConnectError;
+        let tls = self.ca_cert.as_deref().map(ClientTls::from_ca_file).transpose()?;
+        let options = ClientOptions {
             tls,
             ..Default::default()
-        },
-    )
-    .await
-    .with_context(|| format!("cannot connect to {}", cli.server))
+        };
+        match Client::connect(&self.server, &self.token, options).await {
+            Ok(client) => Ok(client),
+            // These name the server already: no second "cannot connect to".
+            Err(
+                err @ ClientError::Connect(
+                    ConnectError::Io { .. } | ConnectError::MissingTls(_) | ConnectError::AnsweredHttp(_),
+                ),
+            ) => Err(err.into()),
+            Err(err) => Err(anyhow::Error::new(err).context(format!("cannot connect to {}", self.server))),
+        }
+    }
 }
 
 fn read_pipeline(file: &PathBuf) -> anyhow::Result<(String, String)> {
@@ -241,7 +279,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let (name, text) = read_pipeline(file)?;
             return Ok(match pipeline::parse(&name, &text) {
                 Ok(p) => {
-                    println!(
+                    outln!(
                         "{name}: valid pipeline `{}` with {} jobs in {} stages",
                         p.name,
                         p.jobs.len(),
@@ -257,12 +295,16 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             });
         }
         Command::Completions { shell } => {
-            clap_complete::generate(*shell, &mut Cli::command(), "vk", &mut std::io::stdout());
+            let mut script = Vec::new();
+            clap_complete::generate(*shell, &mut Cli::command(), "vk", &mut script);
+            out::bytes(&script);
             return Ok(ExitCode::SUCCESS);
         }
         _ => {}
     }
-    let client = connect(&cli).await?;
+    let connector = Connector::new(&cli);
+    let client = connector.connect().await?;
+    let reconnect = || connector.connect();
     match cli.command {
         Command::Demo { .. } | Command::Validate { .. } | Command::Completions { .. } => {
             unreachable!("handled above")
@@ -289,7 +331,14 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             let run_id = client.submit_pipeline(&name, &text).await?;
             if detach {
-                println!("r{run_id}");
+                if json {
+                    outln!(
+                        "{}",
+                        serde_json::json!({"type": "run", "run_id": run_id, "state": "running"})
+                    );
+                } else {
+                    outln!("r{run_id}");
+                }
                 return Ok(ExitCode::SUCCESS);
             }
             let (code, _) = run_view::follow_run(&client, run_id, options, events).await?;
@@ -298,7 +347,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Runs { json, limit } => {
             let runs = client.runs(limit).await?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&runs)?);
+                let runs: Vec<_> = runs.iter().map(listing::run_json).collect();
+                outln!("{}", serde_json::to_string_pretty(&runs)?);
             } else {
                 listing::print_runs(&runs);
             }
@@ -307,10 +357,13 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Status { run, json } => {
             let info = client.run(run).await?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&info)?);
+                outln!(
+                    "{}",
+                    serde_json::to_string_pretty(&listing::run_status_json(&client, &info).await?)?
+                );
             } else {
                 listing::print_runs(std::slice::from_ref(&info));
-                println!();
+                outln!();
                 listing::print_run_jobs(&info);
             }
             Ok(ExitCode::SUCCESS)
@@ -335,15 +388,15 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             spec.project = project;
             let job = client.submit(spec).await?;
             if detach {
-                println!("{job}");
+                outln!("{job}");
                 return Ok(ExitCode::SUCCESS);
             }
-            follow::follow_job(&client, job, true).await
+            follow::follow_job(&client, job, Output::Split, true, reconnect).await
         }
         Command::Jobs { json, limit } => {
             let jobs = client.jobs(limit).await?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&jobs)?);
+                outln!("{}", serde_json::to_string_pretty(&jobs)?);
             } else {
                 listing::print_jobs(&jobs);
             }
@@ -352,20 +405,23 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Runners { json } => {
             let runners = client.runners().await?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&runners)?);
+                outln!("{}", serde_json::to_string_pretty(&runners)?);
             } else {
                 listing::print_runners(&runners);
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Logs { job, follow } => {
+        Command::Logs { job, follow, json } => {
+            let output = if json { Output::Json } else { Output::Merged };
             if follow {
-                return follow::follow_job(&client, job, false).await;
+                return follow::follow_job(&client, job, output, false, reconnect).await;
             }
             let mut events = client.watch(Some(job), true, true).await?;
             while let Some(event) = events.recv().await {
                 match event?.body {
-                    EventBody::Log { stream, data, .. } => follow::write_output(stream, &data),
+                    EventBody::Log { stream, seq, data } => {
+                        follow::write_chunk(output, job, stream, seq, &data)
+                    }
                     EventBody::ReplayDone => break,
                     _ => {}
                 }

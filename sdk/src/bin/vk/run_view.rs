@@ -8,12 +8,13 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use console::style;
-use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use valkyrie_sdk::{
     Client, EventBody, EventStream, OutputStream, RunInfo, RunJobInfo, RunJobState, RunState,
 };
 
 use crate::listing::format_ms;
+use crate::live::LiveScreen;
+use crate::out::outln;
 
 /// How to show a run.
 #[derive(Clone, Copy, Debug)]
@@ -52,7 +53,7 @@ fn elapsed(job: &RunJobInfo) -> String {
     }
 }
 
-fn job_line(job: &RunJobInfo, width: usize) -> String {
+fn job_line(job: &RunJobInfo, width: usize, step: Option<&String>) -> String {
     let mut line = format!(
         "{:<width$}  {} {:<14} {:>7}",
         job.name,
@@ -65,6 +66,9 @@ fn job_line(job: &RunJobInfo, width: usize) -> String {
     }
     if job.state == RunJobState::Failed && job.allow_failure {
         line.push_str(&format!("  {}", style("(allowed to fail)").dim()));
+    }
+    if let Some(step) = step.filter(|_| job.state == RunJobState::Running) {
+        line.push_str(&format!("  {}", style(step).dim()));
     }
     if job.state == RunJobState::Skipped {
         line.push_str(&format!("  {}", style(&job.reason).dim()));
@@ -81,7 +85,12 @@ pub async fn subscribe(client: &Client, options: ViewOptions) -> anyhow::Result<
     })
 }
 
-/// Follows run `run_id` until it ends; exit code 0 only if it succeeded.
+/// How often the terminal display is redrawn at most.
+const DRAW_INTERVAL: Duration = Duration::from_millis(100);
+/// How often the run is fetched again for its table.
+const REFRESH_INTERVAL: Duration = Duration::from_millis(250);
+
+/// Follows run `run_id` until it ends; see [`exit_code`] for its exit code.
 ///
 /// `events` must be subscribed before the run was submitted (see
 /// [`subscribe`]) so that no early output is missed.
@@ -94,59 +103,54 @@ pub async fn follow_run(
     let tty = std::io::stdout().is_terminal() && !options.plain && !options.json;
     let mut run = client.run(run_id).await?;
     let width = run.jobs.iter().map(|j| j.name.len()).max().unwrap_or(8).max(8);
-    let multi = MultiProgress::with_draw_target(if tty {
-        ProgressDrawTarget::stdout()
-    } else {
-        ProgressDrawTarget::hidden()
+    let mut screen = tty.then(|| {
+        let columns = console::Term::stdout().size().1 as usize;
+        LiveScreen::new(std::io::stdout(), columns, DRAW_INTERVAL)
     });
-    let bars: Vec<ProgressBar> = if tty {
-        run.jobs
-            .iter()
-            .map(|_| {
-                let bar = multi.add(ProgressBar::new_spinner());
-                bar.set_style(ProgressStyle::with_template("{spinner} {msg}").expect("template"));
-                bar
-            })
-            .collect()
-    } else {
-        Vec::new()
-    };
     let started = Instant::now();
     if !options.json && !tty {
-        println!("run r{run_id} of `{}`: {} jobs", run.name, run.jobs.len());
+        outln!("run r{run_id} of `{}`: {} jobs", run.name, run.jobs.len());
     }
     let mut last_states: Vec<Option<RunJobState>> = vec![None; run.jobs.len()];
     let mut names: HashMap<u64, String> = HashMap::new();
-    let mut tick = tokio::time::interval(Duration::from_millis(150));
+    // The latest step line of each job (its system output), shown in the table.
+    let mut steps: HashMap<String, String> = HashMap::new();
+    // The last output chunk shown per job id.
+    let mut shown: HashMap<u64, u64> = HashMap::new();
+    let mut tick = tokio::time::interval(DRAW_INTERVAL);
+    let mut last_refresh = Instant::now();
     let mut interrupted = false;
     loop {
-        // Redraw or report changes.
-        for (i, job) in run.jobs.iter().enumerate() {
+        for job in &run.jobs {
             if let Some(id) = job.job_id {
                 names.insert(id, job.name.clone());
             }
-            if tty {
-                if job.state.is_terminal() {
-                    if !bars[i].is_finished() {
-                        bars[i].finish_with_message(job_line(job, width));
-                    }
-                } else {
-                    bars[i].set_message(job_line(job, width));
-                    bars[i].tick();
+        }
+        if let Some(screen) = screen.as_mut() {
+            let table = run
+                .jobs
+                .iter()
+                .map(|job| job_line(job, width, steps.get(&job.name)))
+                .collect();
+            screen.set_table(table);
+            draw(screen.poll(Instant::now()));
+        } else {
+            for (i, job) in run.jobs.iter().enumerate() {
+                if last_states[i] == Some(job.state) {
+                    continue;
                 }
-            } else if last_states[i] != Some(job.state) {
+                last_states[i] = Some(job.state);
                 if options.json {
                     let line = serde_json::json!({
                         "type": "job", "run_id": run_id, "name": job.name, "state": job.state,
                         "job_id": job.job_id, "runner": job.runner, "exit_code": job.exit_code,
                         "reason": job.reason,
                     });
-                    println!("{line}");
+                    outln!("{line}");
                 } else {
-                    println!("{}", job_line(job, width));
+                    outln!("{}", job_line(job, width, None));
                 }
             }
-            last_states[i] = Some(job.state);
         }
         if run.state.is_terminal() {
             break;
@@ -154,41 +158,84 @@ pub async fn follow_run(
         tokio::select! {
             _ = tick.tick() => {}
             event = async { match events.as_mut() { Some(e) => e.recv().await, None => std::future::pending().await } } => {
-                if let Some(Ok(event)) = event {
-                    if let EventBody::Log { stream, data, .. } = &event.body {
-                        if !names.contains_key(&event.job_id) {
-                            // A job released since the last refresh: learn its name.
-                            run = client.run(run_id).await?;
-                            for job in &run.jobs {
-                                if let Some(id) = job.job_id {
-                                    names.insert(id, job.name.clone());
+                match event {
+                    Some(Ok(event)) => {
+                        if let EventBody::Log { stream, data, seq } = &event.body {
+                            if !names.contains_key(&event.job_id) {
+                                // A job released since the last refresh: learn its name.
+                                run = client.run(run_id).await?;
+                                last_refresh = Instant::now();
+                                for job in &run.jobs {
+                                    if let Some(id) = job.job_id {
+                                        names.insert(id, job.name.clone());
+                                    }
                                 }
                             }
-                        }
-                        if let Some(name) = names.get(&event.job_id) {
-                            print_log(&multi, tty, options.json, name, *stream, data);
+                            if let Some(name) = names.get(&event.job_id) {
+                                if *stream == OutputStream::System {
+                                    if let Some(last) = String::from_utf8_lossy(data).lines().last() {
+                                        steps.insert(name.clone(), last.trim().to_owned());
+                                    }
+                                }
+                                shown.insert(event.job_id, *seq);
+                                show_chunk(&mut screen, name, event.job_id, *stream, data, options.json);
+                            }
                         }
                     }
+                    // The subscription ended: keep polling the run.
+                    Some(Err(_)) | None => events = None,
                 }
-                continue;
+                if last_refresh.elapsed() < REFRESH_INTERVAL {
+                    continue;
+                }
             }
             _ = tokio::signal::ctrl_c(), if !interrupted => {
                 interrupted = true;
-                let _ = multi.println(format!("vk: cancelling run r{run_id}…"));
-                if !tty { eprintln!("vk: cancelling run r{run_id}…"); }
+                match screen.as_mut() {
+                    Some(screen) => screen.log("", format!("vk: cancelling run r{run_id}…")),
+                    None => eprintln!("vk: cancelling run r{run_id}…"),
+                }
                 client.cancel_run(run_id).await?;
             }
         }
-        run = client.run(run_id).await?;
+        if last_refresh.elapsed() >= REFRESH_INTERVAL {
+            run = client.run(run_id).await?;
+            last_refresh = Instant::now();
+        }
     }
-    for bar in &bars {
-        bar.finish();
+    if options.logs {
+        // Output still on its way when the run ended (fast jobs end before
+        // their last chunks reach this subscriber): replay each job's stored
+        // output after the last chunk shown.
+        for job in &run.jobs {
+            let Some(job_id) = job.job_id else { continue };
+            let Ok(mut replay) = client.watch(Some(job_id), true, true).await else {
+                continue;
+            };
+            while let Some(Ok(event)) = replay.recv().await {
+                match event.body {
+                    EventBody::Log { stream, seq, data } => {
+                        if shown.get(&job_id).is_none_or(|last| seq > *last) {
+                            shown.insert(job_id, seq);
+                            show_chunk(&mut screen, &job.name, job_id, stream, &data, options.json);
+                        }
+                    }
+                    EventBody::ReplayDone => break,
+                    _ => {}
+                }
+            }
+        }
+    }
+    if let Some(screen) = screen.as_mut() {
+        let table = run.jobs.iter().map(|job| job_line(job, width, None)).collect();
+        screen.set_table(table);
+        draw(screen.finish(Instant::now()));
     }
     let total = started.elapsed();
     if options.json {
         let line =
             serde_json::json!({"type": "run", "run_id": run_id, "state": run.state, "message": run.message});
-        println!("{line}");
+        outln!("{line}");
     } else {
         print_summary(&run, total);
         for job in run
@@ -201,29 +248,66 @@ pub async fn follow_run(
             }
         }
     }
-    let code = if run.state == RunState::Succeeded {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
-    };
-    Ok((code, run))
+    Ok((exit_code(run.state), run))
 }
 
-fn print_log(multi: &MultiProgress, tty: bool, json: bool, name: &str, stream: OutputStream, data: &[u8]) {
-    let text = String::from_utf8_lossy(data);
-    for line in text.lines() {
-        if json {
-            let out = serde_json::json!({"type": "log", "name": name, "stream": stream, "line": line});
-            println!("{out}");
-        } else {
-            let prefixed = format!("{} {line}", style(format!("[{name}]")).blue());
-            if tty {
-                let _ = multi.println(prefixed);
-            } else {
-                println!("{prefixed}");
+/// The exit code of `vk run` (see the README's table): 0 succeeded, 130
+/// cancelled (by Ctrl-C here or by anyone), 124 timed out, 1 otherwise.
+pub fn exit_code(state: RunState) -> ExitCode {
+    match state {
+        RunState::Succeeded => ExitCode::SUCCESS,
+        RunState::Cancelled => ExitCode::from(130),
+        RunState::TimedOut => ExitCode::from(124),
+        _ => ExitCode::from(1),
+    }
+}
+
+/// Shows one chunk of a job's output: on the live screen, or as lines.
+fn show_chunk(
+    screen: &mut Option<LiveScreen<std::io::Stdout>>,
+    name: &str,
+    job_id: u64,
+    stream: OutputStream,
+    data: &[u8],
+    json: bool,
+) {
+    let lines = log_lines(name, job_id, stream, data, json);
+    match screen.as_mut() {
+        Some(screen) => {
+            for line in lines {
+                screen.log(name, line);
             }
+            draw(screen.poll(Instant::now()));
+        }
+        None => lines.iter().for_each(|line| outln!("{line}")),
+    }
+}
+
+/// A failed terminal write: a closed pipe ends `vk` quietly, like any other output.
+fn draw(result: std::io::Result<()>) {
+    if let Err(err) = result {
+        if err.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
         }
     }
+}
+
+/// One chunk of a job's output as display lines: `[name] line`, system lines
+/// (step names, durations, markers) set apart; JSON lines with `--json`.
+fn log_lines(name: &str, job_id: u64, stream: OutputStream, data: &[u8], json: bool) -> Vec<String> {
+    let text = String::from_utf8_lossy(data);
+    text.lines()
+        .map(|line| {
+            if json {
+                serde_json::json!({"type": "log", "name": name, "job_id": job_id, "stream": stream, "line": line})
+                    .to_string()
+            } else if stream == OutputStream::System {
+                format!("{} {}", style(format!("[{name}]")).blue(), style(format!("▸ {line}")).dim())
+            } else {
+                format!("{} {line}", style(format!("[{name}]")).blue())
+            }
+        })
+        .collect()
 }
 
 fn print_summary(run: &RunInfo, total: Duration) {
@@ -231,8 +315,8 @@ fn print_summary(run: &RunInfo, total: Duration) {
         RunState::Succeeded => style("succeeded").green().bold(),
         other => style(other.as_str()).red().bold(),
     };
-    println!();
-    println!(
+    outln!();
+    outln!(
         "run r{} `{}` {verdict} in {}: {}",
         run.run_id,
         run.name,
@@ -241,7 +325,7 @@ fn print_summary(run: &RunInfo, total: Duration) {
     );
     for job in &run.jobs {
         let took = elapsed(job);
-        println!(
+        outln!(
             "  {:<32} {:<10} {:>7}  {}",
             job.name,
             job.state.as_str(),
