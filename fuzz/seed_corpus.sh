@@ -43,6 +43,11 @@ deep = {
     "deep-block-mapping": "".join(" " * i + f"k{i}:\n" for i in range(180)) + " " * 180 + "v\n",
 }
 pipelines.update(deep)
+# A matrix before a later stage: expansion and every-earlier-job dependencies.
+pipelines["matrix-stages"] = (
+    "stages: [build, test]\njobs:\n  b:\n    stage: build\n    matrix:\n"
+    "      os: [linux, mac, win]\n      arch: [x86, arm]\n    steps: [make ${{ matrix.os }}]\n"
+    "  t:\n    stage: test\n    matrix:\n      n: [1, 2]\n    steps: [test]\n")
 write("pipeline", pipelines)
 
 # rest: byte 0 route, byte 1 Content-Type, byte 2 credentials (indices in rest.rs).
