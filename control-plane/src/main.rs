@@ -144,6 +144,10 @@ async fn run() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
+    // Installed before anything is printed: a SIGTERM sent as soon as
+    // `listening on` appears must find the handler in place.
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("cannot install the SIGTERM handler")?;
     if let Some(Cmd::Token {
         role,
         ttl,
@@ -267,7 +271,7 @@ async fn run() -> anyhow::Result<()> {
         tokio::spawn(server::serve(listener, core.clone()));
     }
     listeners_bound.store(true, Ordering::Release);
-    shutdown_signal().await;
+    shutdown_signal(&mut term).await;
     eprintln!("shutting down");
     Ok(())
 }
@@ -304,9 +308,7 @@ async fn import_minted_tokens(data_dir: PathBuf, core: CoreHandle) {
     }
 }
 
-async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+async fn shutdown_signal(term: &mut tokio::signal::unix::Signal) {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
