@@ -166,6 +166,9 @@ fn main() -> std::process::ExitCode {
 async fn run() -> anyhow::Result<()> {
     let mut args: Args = valkyrie::config_file::parse_with_config("VALKYRIE_CONFIG")?;
     init_logging(args.log_format);
+    // Installed before anything is printed: a SIGTERM sent as soon as
+    // `listening on` appears must find the handler in place.
+    let mut signals = Signals::new()?;
     if let Some(Cmd::Token {
         role,
         ttl,
@@ -300,7 +303,6 @@ async fn run() -> anyhow::Result<()> {
         tokio::spawn(server::serve(listener, core.clone()));
     }
     listeners_bound.store(true, Ordering::Release);
-    let mut signals = Signals::new()?;
     signals.next().await;
     let grace = args.shutdown_grace;
     eprintln!("shutting down (grace {})", humantime::format_duration(grace));

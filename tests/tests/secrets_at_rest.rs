@@ -12,10 +12,13 @@ use support::{sh_path, text, wait_file, wait_until, within, Harness, MongoServer
 
 const SECRET: &str = "at-rest-secret-9137";
 
-/// A pipeline whose job checks it got the secret and leaves a marker.
-fn pipeline(marker: &Path) -> String {
+/// A pipeline whose job checks it got the secret (against `expected`, so
+/// that the value is nowhere in the pipeline but its `secrets`) and leaves
+/// a marker.
+fn pipeline(expected: &Path, marker: &Path) -> String {
     format!(
-        "name: sealed\nsecrets:\n  TOKEN: {SECRET}\njobs:\n  check:\n    steps:\n      - run: test \"$TOKEN\" = \"{SECRET}\" && echo \"got $TOKEN\" && touch {}\n",
+        "name: sealed\nsecrets:\n  TOKEN: {SECRET}\njobs:\n  check:\n    steps:\n      - run: test \"$TOKEN\" = \"$(cat {})\" && echo \"got $TOKEN\" && touch {}\n",
+        sh_path(expected),
         sh_path(marker)
     )
 }
@@ -41,7 +44,9 @@ async fn secrets_survive_a_restart_sealed(store: &[&str]) {
     let data = h.path().join("data");
     let marker = h.path().join("got-the-secret");
     let file = h.path().join("sealed.yaml");
-    std::fs::write(&file, pipeline(&marker)).unwrap();
+    let expected = h.path().join("expected");
+    std::fs::write(&expected, SECRET).unwrap();
+    std::fs::write(&file, pipeline(&expected, &marker)).unwrap();
     let socket = format!("unix://{}", h.path().join("sealed.sock").display());
     let start = || h.server().listen(&[&socket]).data_dir(&data).args(store).start();
 
