@@ -155,8 +155,10 @@ fn a_config_file_sets_flags_and_flags_and_environment_override_it() {
         .env("VALKYRIE_CONFIG", &file)
         .arg("--listen")
         .arg(format!("unix://{}", from_flag.display()));
-    let (first, _child) = first_line_and_stderr(command);
+    let (first, child) = first_line_and_stderr(command);
     assert_eq!(first, format!("listening on unix://{}", from_flag.display()));
+    // The next server uses the same data directory: this one must be gone.
+    drop(child);
     let from_env = dir.path().join("env.sock");
     let mut command = server();
     command

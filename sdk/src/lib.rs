@@ -26,7 +26,7 @@ use valkyrie::{Endpoint, SessionSender};
 
 pub use valkyrie::message::{
     AuditEntry, Event, EventBody, JobInfo, JobSpec, JobState, OutputStream, RetryOn, RetryPolicy, RunInfo,
-    RunJobInfo, RunJobState, RunState, RunnerInfo, StepSpec,
+    RunJobInfo, RunJobState, RunState, RunnerInfo, RunnerState, StepSpec,
 };
 pub use valkyrie::pipeline;
 pub use valkyrie::transport::{ClientOptions, ClientTls};

@@ -3,8 +3,8 @@
 mod support;
 
 use nix::sys::signal::Signal;
-use support::{sh_path, wait_file, wait_final, Harness};
-use valkyrie_sdk::{JobSpec, JobState};
+use support::{sh_path, wait_file, wait_final, wait_until, Harness};
+use valkyrie_sdk::{JobSpec, JobState, RunnerState};
 
 /// SIGTERM while a job runs: the job finishes and succeeds, then the agent
 /// exits 0.
@@ -32,4 +32,12 @@ async fn sigterm_lets_running_job_finish_then_exits_zero() {
     assert_eq!(job.state, JobState::Succeeded, "{job:?}");
     let out = server.vk(&["logs", &id.to_string()]).await;
     assert_eq!(support::text(&out.stdout), "finished\n");
+    // Drained and gone: listed as stopped, not lost.
+    let (client, name) = (&client, agent.name.as_str());
+    wait_until("the drained runner to be listed as stopped", || async move {
+        let runners = client.runners().await.expect("runners");
+        let state = runners.iter().find(|r| r.name == name).map(|r| r.state);
+        (state == Some(RunnerState::Stopped)).then_some(())
+    })
+    .await;
 }

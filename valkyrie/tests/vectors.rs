@@ -856,6 +856,26 @@ fn message_cases() -> Vec<MessageCase> {
             }
             .into(),
         ),
+        (
+            "runner_list_stopped",
+            105,
+            reply(),
+            RunnerList {
+                runners: vec![RunnerInfo {
+                    runner_id: 8,
+                    name: "linux-x64-08".into(),
+                    tags: strings(&["linux"]),
+                    os: "linux".into(),
+                    arch: "x86_64".into(),
+                    slots: 2,
+                    busy: 0,
+                    state: RunnerState::Stopped,
+                    last_seen_ms_ago: 60_000,
+                    version: "0.1.0".into(),
+                }],
+            }
+            .into(),
+        ),
         ("get_job", 106, none, GetJob { job_id: 1042 }.into()),
         (
             "job_details",

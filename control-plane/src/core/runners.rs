@@ -70,6 +70,11 @@ impl RunnerRecord {
     /// The registry state shown to people.
     pub fn state(&self) -> RunnerState {
         match self.link {
+            // A drained agent that went away with nothing left to do was
+            // stopped on purpose (SIGTERM), not lost.
+            Link::Lost | Link::Disconnected(_) if self.draining && self.jobs.is_empty() => {
+                RunnerState::Stopped
+            }
             Link::Lost | Link::Disconnected(_) => RunnerState::Lost,
             Link::Connected { .. } if self.draining => RunnerState::Draining,
             Link::Connected { .. } if self.jobs.len() as u32 >= self.slots => RunnerState::Busy,

@@ -629,7 +629,7 @@ impl Agent {
                 );
             }
             if let Some(info) = runner(client, &self.name).await {
-                if info.state != RunnerState::Lost {
+                if !matches!(info.state, RunnerState::Lost | RunnerState::Stopped) {
                     return info;
                 }
             }

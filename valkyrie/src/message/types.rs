@@ -146,6 +146,8 @@ wire_enum! {
         Draining = 2,
         /// Silent for longer than `runner_lost_after`.
         Lost = 3,
+        /// Stopped cleanly: it said it drains, then disconnected with no job left.
+        Stopped = 4,
     }
 }
 
@@ -157,6 +159,7 @@ impl RunnerState {
             Self::Busy => "busy",
             Self::Draining => "draining",
             Self::Lost => "lost",
+            Self::Stopped => "stopped",
         }
     }
 }
