@@ -104,7 +104,8 @@ impl Tokens {
     /// `PERMISSION_DENIED`, so the operator learns which token to use.
     pub fn authenticate(&self, hello: &Hello) -> Result<(), (ErrorCode, String)> {
         let is_api = constant_time_eq(&hello.token, &self.api);
-        let is_runner = constant_time_eq(&hello.token, &self.runner) || self.credentials.contains(&hello.token);
+        let is_runner =
+            constant_time_eq(&hello.token, &self.runner) || self.credentials.contains(&hello.token);
         let (ok, other_role) = match hello.role {
             Role::Client => (is_api, is_runner),
             Role::Agent => (is_runner, is_api),

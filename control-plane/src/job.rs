@@ -472,7 +472,10 @@ mod tests {
         }
         // The report of an attempt that was handed back is over, and says so.
         let err = j.acknowledge(r, 2, 2).unwrap_err();
-        assert_eq!(err.to_string(), "job-1 attempt 2 is no longer current: the job is now queued");
+        assert_eq!(
+            err.to_string(),
+            "job-1 attempt 2 is no longer current: the job is now queued"
+        );
         // An attempt that starts resets the count; it ran, so it is the one
         // attempt `retry: 0` allows.
         j.assign(r, "r", Instant::now()).unwrap();
@@ -486,7 +489,10 @@ mod tests {
         let err = j
             .complete(r, 3, JobOutcome::Succeeded, Some(0), "ok".into(), 5)
             .unwrap_err();
-        assert_eq!(err.to_string(), "job-1 attempt 3 is no longer current: the job is now succeeded");
+        assert_eq!(
+            err.to_string(),
+            "job-1 attempt 3 is no longer current: the job is now succeeded"
+        );
 
         // The cap ends the job, naming it and the last reason.
         let mut j = job(RetryPolicy::default());

@@ -131,7 +131,11 @@ async fn serve_client(mut session: Session, core: CoreHandle) {
 /// Drain before it are ignored (there is no runner yet to apply them to);
 /// a refused registration is answered with RequestFailed and the agent may
 /// try again on the same connection; any other message closes it.
-async fn register_agent(session: &mut Session, core: &CoreHandle, session_id: u64) -> Option<(RunnerId, String)> {
+async fn register_agent(
+    session: &mut Session,
+    core: &CoreHandle,
+    session_id: u64,
+) -> Option<(RunnerId, String)> {
     let sender = session.sender();
     let token = session.hello().map(|h| h.token.clone()).unwrap_or_default();
     loop {
@@ -143,7 +147,10 @@ async fn register_agent(session: &mut Session, core: &CoreHandle, session_id: u6
                 if incoming.correlation == 0 && refuse_uncorrelated(&sender, &other).await {
                     return None;
                 }
-                let reason = format!("an agent must register first (RegisterRunner); got {}", other.kind());
+                let reason = format!(
+                    "an agent must register first (RegisterRunner); got {}",
+                    other.kind()
+                );
                 sender.close(ErrorCode::UNEXPECTED_MESSAGE, reason).await;
                 return None;
             }

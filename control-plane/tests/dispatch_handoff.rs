@@ -54,7 +54,11 @@ async fn a_refused_assignment_is_queued_again_without_spending_a_retry() {
     assert_eq!((first.job_id, first.attempt), (id, 1));
     ack(&agent, id, 1, Some("all 1 slots busy")).await;
     let second = next_assign(&mut agent).await;
-    assert_eq!((second.job_id, second.attempt), (id, 2), "offered again as a new attempt");
+    assert_eq!(
+        (second.job_id, second.attempt),
+        (id, 2),
+        "offered again as a new attempt"
+    );
     ack(&agent, id, 2, None).await;
     succeed(&agent, id, 2).await;
     let job = wait_job(&client, id, "the job to finish", |j| j.state.is_terminal()).await;
@@ -77,7 +81,11 @@ async fn an_expired_lease_is_queued_again_and_the_late_acceptance_is_cancelled()
     let first = next_assign(&mut agent).await;
     assert_eq!(first.attempt, 1);
     let second = next_assign(&mut agent).await;
-    assert_eq!((second.job_id, second.attempt), (id, 2), "queued again after the lease");
+    assert_eq!(
+        (second.job_id, second.attempt),
+        (id, 2),
+        "queued again after the lease"
+    );
     ack(&agent, id, 2, None).await;
     // The acceptance of attempt 1 arrives late: the server stops that attempt.
     ack(&agent, id, 1, None).await;
@@ -110,9 +118,14 @@ async fn the_handoff_limit_ends_the_job_lost_and_says_why() {
     }
     let job = wait_job(&client, id, "the job to end", |j| j.state.is_terminal()).await;
     assert_eq!(job.state, JobState::Lost, "{job:?}");
-    assert!(job.reason.contains("3 hand-offs"), "names the cap: {}", job.reason);
     assert!(
-        job.reason.contains("runner `refuser` refused it: all 1 slots busy"),
+        job.reason.contains("3 hand-offs"),
+        "names the cap: {}",
+        job.reason
+    );
+    assert!(
+        job.reason
+            .contains("runner `refuser` refused it: all 1 slots busy"),
         "names the last refusal: {}",
         job.reason
     );
@@ -143,9 +156,17 @@ async fn draining_a_runner_during_a_handoff_requeues_the_job_and_its_run_succeed
     let assign = next_assign(&mut first).await;
     // The operator drains the runner while the Assign is in flight.
     let (tx, rx) = tokio::sync::oneshot::channel();
-    assert!(server.core.send(Command::DrainRunner(registered.runner_id, tx)).await);
+    assert!(
+        server
+            .core
+            .send(Command::DrainRunner(registered.runner_id, tx))
+            .await
+    );
     within("the drain", rx).await.unwrap().expect("drain accepted");
-    next(&mut first, "the Drain", |m| matches!(m, Message::Drain(_)).then_some(())).await;
+    next(&mut first, "the Drain", |m| {
+        matches!(m, Message::Drain(_)).then_some(())
+    })
+    .await;
     ack(&first, assign.job_id, assign.attempt, Some("agent is draining")).await;
 
     let (mut second, _) = server.agent("healthy", &["x"], 1).await;

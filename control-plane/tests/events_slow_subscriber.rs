@@ -36,7 +36,9 @@ async fn a_slow_subscriber_gets_every_terminal_state() {
     let sender = agent.sender();
     tokio::spawn(async move {
         while let Some(incoming) = agent.recv().await {
-            let Message::Assign(assign) = incoming.message else { continue };
+            let Message::Assign(assign) = incoming.message else {
+                continue;
+            };
             let ack = AssignAck {
                 job_id: assign.job_id,
                 attempt: assign.attempt,
@@ -91,11 +93,16 @@ async fn a_slow_subscriber_gets_every_terminal_state() {
         }
     })
     .await;
-    assert!(skipped > 0, "the subscriber never fell behind: the test proves nothing");
+    assert!(
+        skipped > 0,
+        "the subscriber never fell behind: the test proves nothing"
+    );
     assert_eq!(last.keys().copied().collect::<BTreeSet<_>>(), ids);
     assert!(
         last.values().all(|s| *s == JobState::Succeeded),
         "{:?}",
-        last.iter().filter(|(_, s)| **s != JobState::Succeeded).collect::<Vec<_>>()
+        last.iter()
+            .filter(|(_, s)| **s != JobState::Succeeded)
+            .collect::<Vec<_>>()
     );
 }

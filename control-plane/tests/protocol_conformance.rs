@@ -10,7 +10,7 @@ use bytes::Bytes;
 use protocol_support::{job, next_assign, register, start, submit, within};
 use valkyrie::message::{
     AssignAck, EventBody, Heartbeat, JobOutcome, JobResult, JobStarted, JobState, ListJobs, ListRunners,
-    LogChunk, Message, OutputStream, Role, RunnerState, StepOutcome, StepResult, Subscribe, SubmitJob,
+    LogChunk, Message, OutputStream, Role, RunnerState, StepOutcome, StepResult, SubmitJob, Subscribe,
 };
 use valkyrie::transport::{ConnectError, RequestError};
 use valkyrie::{ConnectionError, ErrorCode, Session};
@@ -72,7 +72,11 @@ async fn a_runner_that_only_pings_is_lost_and_one_that_heartbeats_stays() {
     let server = start(config).await;
     let (_beating, _) = server.agent("beating", &[], 1).await;
     let mut pinging = server.agent_session().await;
-    let answer = within("RunnerRegistered", pinging.sender().request(register("pinging", &[], 1))).await;
+    let answer = within(
+        "RunnerRegistered",
+        pinging.sender().request(register("pinging", &[], 1)),
+    )
+    .await;
     assert!(matches!(answer, Ok(Message::RunnerRegistered(_))), "{answer:?}");
     // The session pings on its own (the transport's heartbeat); nothing else.
     within("the silent runner's session to close", async {
@@ -103,7 +107,9 @@ async fn a_runner_that_only_pings_is_lost_and_one_that_heartbeats_stays() {
 async fn listings_are_truncated_and_oversized_events_become_skipped_markers() {
     let server = start(CoreConfig::default()).await;
     let client = server.client().await;
-    let small = server.connect_limited(Role::Client, &server.api_token, 4096).await;
+    let small = server
+        .connect_limited(Role::Client, &server.api_token, 4096)
+        .await;
     for i in 0..60 {
         submit(&client, job(&format!("{i:03}-{}", "x".repeat(100)), "nowhere", 0)).await;
     }
@@ -170,7 +176,9 @@ async fn listings_are_truncated_and_oversized_events_become_skipped_markers() {
         }
     })
     .await;
-    let skipped = seen.iter().position(|b| matches!(b, EventBody::Skipped { missed: 1 }));
+    let skipped = seen
+        .iter()
+        .position(|b| matches!(b, EventBody::Skipped { missed: 1 }));
     let small_log = seen
         .iter()
         .position(|b| matches!(b, EventBody::Log { data, .. } if data.as_ref() == b"small\n"));
@@ -247,12 +255,19 @@ async fn a_connected_runners_name_cannot_be_taken_over() {
         .connect(Role::Agent, &registered.credential)
         .await
         .expect("the credential is accepted");
-    let answer = within("RunnerRegistered", again.sender().request(register("dup", &[], 1))).await;
+    let answer = within(
+        "RunnerRegistered",
+        again.sender().request(register("dup", &[], 1)),
+    )
+    .await;
     match answer {
         Ok(Message::RunnerRegistered(r)) => assert_eq!(r.runner_id, registered.runner_id),
         other => panic!("{other:?}"),
     }
-    within("the replaced connection to close", async { while first.recv().await.is_some() {} }).await;
+    within("the replaced connection to close", async {
+        while first.recv().await.is_some() {}
+    })
+    .await;
 }
 
 /// §6.1: a Heartbeat before RegisterRunner is ignored (it used to close
@@ -262,7 +277,11 @@ async fn a_heartbeat_before_registering_is_ignored() {
     let server = start(CoreConfig::default()).await;
     let agent = server.agent_session().await;
     agent.sender().send(Heartbeat { running: 0 }).await.unwrap();
-    let answer = within("RunnerRegistered", agent.sender().request(register("early", &[], 1))).await;
+    let answer = within(
+        "RunnerRegistered",
+        agent.sender().request(register("early", &[], 1)),
+    )
+    .await;
     assert!(matches!(answer, Ok(Message::RunnerRegistered(_))), "{answer:?}");
 }
 
@@ -302,7 +321,10 @@ async fn subscribing_to_all_jobs_with_replay_ends_with_replay_done() {
     // Live events follow.
     let c = submit(&client, job("c", "nowhere", 0)).await;
     let live = within("a live event", events.recv()).await;
-    assert!(matches!(live, Some(Message::Event(ref e)) if e.job_id == c), "{live:?}");
+    assert!(
+        matches!(live, Some(Message::Event(ref e)) if e.job_id == c),
+        "{live:?}"
+    );
 }
 
 /// §5: a request with correlation id 0 can never be answered; it ends the
@@ -319,7 +341,10 @@ async fn a_request_with_correlation_id_zero_is_refused_and_not_executed() {
         })
         .await
         .unwrap();
-    within("the connection to close", async { while rogue.recv().await.is_some() {} }).await;
+    within("the connection to close", async {
+        while rogue.recv().await.is_some() {}
+    })
+    .await;
     match rogue.sender().close_reason() {
         Some(Err(ConnectionError::ClosedByPeer { code, reason })) => {
             assert_eq!(code, ErrorCode::PROTOCOL_ERROR, "{reason}");

@@ -569,7 +569,8 @@ impl Connection {
         match self.push(lane, correlation, flags, message) {
             // spec §3.2: a listing is truncated to fit the peer's limit; an
             // Event too large for it becomes a `skipped` marker.
-            Err(err @ SendError::TooLarge { .. }) => match message.fitted(self.peer_max_frame_bytes as usize) {
+            Err(err @ SendError::TooLarge { .. }) => match message.fitted(self.peer_max_frame_bytes as usize)
+            {
                 Some(fitted) => self.push(lane, correlation, flags, &fitted),
                 None => Err(err),
             },

@@ -903,7 +903,11 @@ impl Core {
         // credential proves the same agent reconnecting (its old connection
         // is dead but not yet noticed): the new connection replaces it.
         // Anyone else is refused instead of silently taking the record over.
-        if let Some(existing) = self.runner_names.get(&msg.name).and_then(|id| self.runners.get(id)) {
+        if let Some(existing) = self
+            .runner_names
+            .get(&msg.name)
+            .and_then(|id| self.runners.get(id))
+        {
             if let Link::Connected { sender: old, .. } = &existing.link {
                 if !crate::auth::same_token(token, &existing.credential) {
                     return Err((
@@ -1258,9 +1262,10 @@ impl Core {
         }
         if !self.subscribers.is_empty() {
             let jobs = &self.jobs;
-            self.subscribers.publish(id, &EventBody::Log { stream, seq, data }, |j| {
-                jobs.get(&j).map(state_event)
-            });
+            self.subscribers
+                .publish(id, &EventBody::Log { stream, seq, data }, |j| {
+                    jobs.get(&j).map(state_event)
+                });
         }
         let chunks = logs.agent_chunks;
         if self

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use valkyrie::message::{
-    Assign, GetJob, Heartbeat, JobDetails, JobInfo, JobSpec, Message, RegisterRunner, RunnerRegistered, Role,
+    Assign, GetJob, Heartbeat, JobDetails, JobInfo, JobSpec, Message, RegisterRunner, Role, RunnerRegistered,
     StepSpec, SubmitJob,
 };
 use valkyrie::transport::{connect, hello, ConnectError, Listener, ListenerOptions};
@@ -68,7 +68,11 @@ impl TestServer {
     pub async fn connect(&self, role: Role, token: &str) -> Result<Session, ConnectError> {
         within(
             "a connection",
-            connect(&self.endpoint, hello(role, token, "protocol-test"), &Default::default()),
+            connect(
+                &self.endpoint,
+                hello(role, token, "protocol-test"),
+                &Default::default(),
+            ),
         )
         .await
     }
@@ -105,7 +109,11 @@ impl TestServer {
     /// Heartbeat every 200 ms (as a live agent does) until its session ends.
     pub async fn agent(&self, name: &str, tags: &[&str], slots: u32) -> (Session, RunnerRegistered) {
         let session = self.agent_session().await;
-        let registered = match within("RunnerRegistered", session.sender().request(register(name, tags, slots))).await
+        let registered = match within(
+            "RunnerRegistered",
+            session.sender().request(register(name, tags, slots)),
+        )
+        .await
         {
             Ok(Message::RunnerRegistered(r)) => r,
             other => panic!("RegisterRunner answered with {other:?}"),
@@ -180,7 +188,10 @@ pub async fn wait_job(client: &Session, job_id: u64, what: &str, done: impl Fn(&
 pub async fn next<T>(session: &mut Session, what: &str, mut pick: impl FnMut(Message) -> Option<T>) -> T {
     within(what, async {
         loop {
-            let incoming = session.recv().await.unwrap_or_else(|| panic!("session ended waiting for {what}"));
+            let incoming = session
+                .recv()
+                .await
+                .unwrap_or_else(|| panic!("session ended waiting for {what}"));
             if let Some(t) = pick(incoming.message) {
                 return t;
             }
