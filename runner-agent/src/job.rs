@@ -14,12 +14,24 @@ use crate::executor::{self, ExecEvent, JobPlan, StepCommand, StepOutcome, StepPl
 /// Settings the agent applies to every job.
 #[derive(Clone, Debug)]
 pub struct JobDefaults {
-    /// Shell argv when the job names none.
+    /// Shell argv when the job names none. Default
+    /// [`executor::default_shell`] (`bash -eo pipefail -c` where bash
+    /// exists, `sh -e -c` otherwise).
     pub shell: Vec<String>,
-    /// SIGTERM → SIGKILL grace.
+    /// SIGTERM → SIGKILL grace. Default [`executor::DEFAULT_KILL_GRACE`].
     pub kill_grace: Duration,
-    /// Output limit per job.
+    /// Output limit per job. Default [`executor::DEFAULT_OUTPUT_LIMIT_BYTES`].
     pub output_limit_bytes: u64,
+}
+
+impl Default for JobDefaults {
+    fn default() -> Self {
+        Self {
+            shell: executor::default_shell(),
+            kill_grace: executor::DEFAULT_KILL_GRACE,
+            output_limit_bytes: executor::DEFAULT_OUTPUT_LIMIT_BYTES,
+        }
+    }
 }
 
 /// Builds the executor plan for an attempt.

@@ -6,6 +6,7 @@ use std::time::Duration;
 use clap::Parser;
 use valkyrie::transport::{ClientOptions, ClientTls};
 use valkyrie::Endpoint;
+use valkyrie_runner_agent::executor;
 use valkyrie_runner_agent::job::JobDefaults;
 use valkyrie_runner_agent::{Agent, AgentConfig};
 
@@ -34,9 +35,11 @@ struct Args {
     /// Directory for per-job workspaces.
     #[arg(long, env = "VALKYRIE_WORK_DIR", default_value = "valkyrie-work")]
     work_dir: PathBuf,
-    /// Shell a step line is passed to (the line is appended as the last argument).
-    #[arg(long, env = "VALKYRIE_SHELL", default_value = "sh -c")]
-    shell: String,
+    /// Shell a step line is passed to when the job names none, split on spaces
+    /// (the line is appended as the last argument). Default: `bash -eo pipefail -c`
+    /// when bash is on PATH, `sh -e -c` otherwise, so a failing line fails the step.
+    #[arg(long, env = "VALKYRIE_SHELL")]
+    shell: Option<String>,
     /// Grace between SIGTERM and SIGKILL when a job is cancelled or times out.
     #[arg(long, env = "VALKYRIE_KILL_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
     kill_grace: Duration,
@@ -91,7 +94,11 @@ async fn run() -> anyhow::Result<()> {
         slots: args.slots.max(1),
         work_dir,
         defaults: JobDefaults {
-            shell: args.shell.split_whitespace().map(String::from).collect(),
+            shell: args
+                .shell
+                .map(|s| s.split_whitespace().map(String::from).collect::<Vec<_>>())
+                .filter(|s| !s.is_empty())
+                .unwrap_or_else(executor::default_shell),
             kill_grace: args.kill_grace,
             output_limit_bytes: args.output_limit_bytes,
         },

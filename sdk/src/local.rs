@@ -109,7 +109,7 @@ impl LocalCluster {
                 slots: agent.slots,
                 work_dir,
                 defaults: JobDefaults {
-                    shell: vec!["sh".into(), "-c".into()],
+                    shell: valkyrie_runner_agent::executor::default_shell(),
                     kill_grace: config.kill_grace,
                     output_limit_bytes: 64 << 20,
                 },

@@ -25,6 +25,7 @@
 mod output;
 mod pipe;
 mod process_group;
+mod program;
 mod step;
 
 use std::path::PathBuf;
@@ -36,6 +37,7 @@ use tokio::time::Instant;
 use tracing::Instrument;
 
 pub use output::{MAX_CHUNK_BYTES, MIN_SECRET_BYTES, SECRET_MASK};
+pub use program::{default_shell, BASH_SHELL, SH_SHELL};
 
 use output::{OutputLog, Secrets};
 
@@ -57,7 +59,9 @@ pub struct JobPlan {
     /// Fresh per-job directory, created by [`run_job`]; the steps' cwd.
     pub workspace: PathBuf,
     /// Program and leading arguments; a step's line is appended as the last
-    /// argument. Default `["sh", "-c"]`.
+    /// argument. Default [`default_shell`]: `bash -eo pipefail -c` where
+    /// bash exists, `sh -e -c` otherwise, so a failing line of a
+    /// multi-line script fails the step.
     pub shell: Vec<String>,
     /// Limit for the whole job, all steps together. Default: none.
     pub timeout: Option<Duration>,
@@ -78,7 +82,7 @@ impl JobPlan {
             env: Vec::new(),
             secrets: Vec::new(),
             workspace: workspace.into(),
-            shell: vec!["sh".to_owned(), "-c".to_owned()],
+            shell: default_shell(),
             timeout: None,
             kill_grace: DEFAULT_KILL_GRACE,
             output_limit_bytes: DEFAULT_OUTPUT_LIMIT_BYTES,

@@ -638,8 +638,67 @@ fn debug_output_of_a_plan_never_shows_secret_values() {
 #[test]
 fn plan_defaults() {
     let plan = JobPlan::new(1, "/tmp/ws");
-    assert_eq!(plan.shell, ["sh", "-c"]);
+    // bash is on the PATH of every machine these tests run on.
+    assert_eq!(plan.shell, BASH_SHELL);
     assert_eq!(plan.kill_grace, Duration::from_secs(10));
     assert_eq!(plan.output_limit_bytes, 64 * 1024 * 1024);
     assert_eq!(plan.timeout, None);
+}
+
+#[tokio::test]
+async fn a_failing_first_line_of_a_block_fails_the_step_in_the_default_shell() {
+    let root = tempfile::tempdir().unwrap();
+    let plan = plan(
+        &root,
+        vec![
+            StepPlan::shell("block", "false\necho after the failure\n"),
+            StepPlan::shell("next", "echo next"),
+        ],
+    );
+    let (events, report) = run_to_end(plan).await;
+    assert_eq!(output(&events, OutputStream::Stdout), "");
+    assert_eq!(
+        finished(&events),
+        [
+            (0, StepOutcome::Failed, Some(1), None),
+            (1, StepOutcome::Skipped, None, None)
+        ]
+    );
+    assert_eq!(report.outcome, JobOutcome::Failed);
+}
+
+#[tokio::test]
+async fn a_failing_command_inside_a_pipe_fails_the_step_under_bash() {
+    let root = tempfile::tempdir().unwrap();
+    let plan = plan(
+        &root,
+        vec![StepPlan::shell("pipe", "(echo piped; exit 3) | cat\necho after the pipe")],
+    );
+    assert_eq!(plan.shell, BASH_SHELL);
+    let (events, report) = run_to_end(plan).await;
+    assert_eq!(output(&events, OutputStream::Stdout), "piped\n");
+    assert_eq!(finished(&events), [(0, StepOutcome::Failed, Some(3), None)]);
+    assert_eq!(report.outcome, JobOutcome::Failed);
+}
+
+#[tokio::test]
+async fn the_sh_fallback_fails_on_the_first_failing_line_too() {
+    let root = tempfile::tempdir().unwrap();
+    let mut plan = plan(&root, vec![StepPlan::shell("block", "echo one\nfalse\necho two")]);
+    plan.shell = SH_SHELL.iter().map(|s| s.to_string()).collect();
+    let (events, report) = run_to_end(plan).await;
+    assert_eq!(output(&events, OutputStream::Stdout), "one\n");
+    assert_eq!(finished(&events), [(0, StepOutcome::Failed, Some(1), None)]);
+    assert_eq!(report.outcome, JobOutcome::Failed);
+}
+
+#[tokio::test]
+async fn an_explicit_shell_without_e_keeps_its_semantics() {
+    let root = tempfile::tempdir().unwrap();
+    let mut plan = plan(&root, vec![StepPlan::shell("block", "false\necho after the failure")]);
+    plan.shell = vec!["sh".to_owned(), "-c".to_owned()];
+    let (events, report) = run_to_end(plan).await;
+    assert_eq!(output(&events, OutputStream::Stdout), "after the failure\n");
+    assert_eq!(finished(&events), [(0, StepOutcome::Succeeded, Some(0), None)]);
+    assert_eq!(report.outcome, JobOutcome::Succeeded);
 }

@@ -165,7 +165,8 @@ impl RunnerState {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum StepCommand {
-    /// A command line run by the job's shell (`sh -c LINE` by default).
+    /// A command line run by the job's shell (by default `bash -eo pipefail
+    /// -c LINE`, or `sh -e -c LINE` where there is no bash).
     Shell(String),
     /// Starts no process and succeeds (benchmarks, health checks).
     Noop,
@@ -300,7 +301,8 @@ pub struct JobSpec {
     pub timeout_ms: u64,
     /// Retry policy.
     pub retry: RetryPolicy,
-    /// Shell argv the step line is appended to; empty means `sh -c`.
+    /// Shell argv the step line is appended to; empty means the agent's
+    /// default (`bash -eo pipefail -c`, or `sh -e -c` without bash).
     pub shell: Vec<String>,
 }
 
