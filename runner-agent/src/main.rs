@@ -52,6 +52,12 @@ struct Args {
     /// On SIGTERM, how long running jobs may finish before they are cancelled.
     #[arg(long, env = "VALKYRIE_DRAIN_TIMEOUT", default_value = "10m", value_parser = humantime::parse_duration)]
     drain_timeout: Duration,
+    /// More variables of the agent's environment to pass on to jobs, comma-separated
+    /// (e.g. HTTP_PROXY). Jobs get only PATH, HOME, USER, LOGNAME, SHELL, LANG,
+    /// LANGUAGE, LC_*, TZ, TMPDIR and TERM otherwise; VALKYRIE_* variables, the
+    /// agent's own settings and credentials, are never passed on.
+    #[arg(long, env = "VALKYRIE_PASS_ENV", value_delimiter = ',')]
+    pass_env: Vec<String>,
     /// CA certificate (PEM) to trust for tls:// and quic:// servers.
     #[arg(long, env = "VALKYRIE_CA_CERT")]
     ca_cert: Option<PathBuf>,
@@ -77,6 +83,13 @@ async fn run() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
+    let pass_env: Vec<String> = args.pass_env.into_iter().filter(|n| !n.is_empty()).collect();
+    if let Some(name) = pass_env.iter().find(|n| n.starts_with("VALKYRIE_")) {
+        anyhow::bail!(
+            "--pass-env {name}: VALKYRIE_* variables configure the agent (and hold its \
+             credentials); they are never passed to jobs. Give the job its own variable instead"
+        );
+    }
     let tls = args.ca_cert.as_deref().map(ClientTls::from_ca_file).transpose()?;
     let name = args.name.unwrap_or_else(|| {
         nix::unistd::gethostname()
@@ -101,6 +114,7 @@ async fn run() -> anyhow::Result<()> {
                 .unwrap_or_else(executor::default_shell),
             kill_grace: args.kill_grace,
             output_limit_bytes: args.output_limit_bytes,
+            base_env: executor::env::agent_environment(&pass_env),
         },
         heartbeat_interval: args.heartbeat_interval,
         drain_timeout: args.drain_timeout,

@@ -109,9 +109,8 @@ impl LocalCluster {
                 slots: agent.slots,
                 work_dir,
                 defaults: JobDefaults {
-                    shell: valkyrie_runner_agent::executor::default_shell(),
                     kill_grace: config.kill_grace,
-                    output_limit_bytes: 64 << 20,
+                    ..JobDefaults::default()
                 },
                 heartbeat_interval: Duration::from_millis(500),
                 drain_timeout: Duration::from_secs(10),
