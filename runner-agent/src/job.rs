@@ -50,6 +50,7 @@ pub fn plan(job_id: u64, attempt: u32, spec: &JobSpec, work_dir: &Path, defaults
             command: match &s.command {
                 WireStep::Shell(line) => StepCommand::Shell(line.clone()),
                 WireStep::Noop => StepCommand::Noop,
+                WireStep::Argv(argv) => StepCommand::Argv(argv.clone()),
             },
             env: s.env.clone(),
             working_directory: s.working_directory.clone(),
@@ -64,7 +65,10 @@ pub fn plan(job_id: u64, attempt: u32, spec: &JobSpec, work_dir: &Path, defaults
         ("VALKYRIE_JOB_ID".to_owned(), job_id.to_string()),
         ("VALKYRIE_JOB_ATTEMPT".to_owned(), attempt.to_string()),
         ("VALKYRIE_JOB_NAME".to_owned(), spec.name.clone()),
-        ("VALKYRIE_WORKSPACE".to_owned(), plan.workspace.display().to_string()),
+        (
+            "VALKYRIE_WORKSPACE".to_owned(),
+            plan.workspace.display().to_string(),
+        ),
     ]);
     plan.env = spec.env.clone();
     plan.secrets = spec.secrets.clone();
@@ -189,7 +193,9 @@ pub async fn run_attempt(
             (msg::JobOutcome::Cancelled, _) => "job cancelled; its processes were terminated".into(),
             (_, Some((name, _, _, Some(error)))) => format!("step `{name}` {error}"),
             (_, Some((name, Some(code), _, None))) => format!("step `{name}` exited with code {code}"),
-            (_, Some((name, None, Some(signal), None))) => format!("step `{name}` was killed by signal {signal}"),
+            (_, Some((name, None, Some(signal), None))) => {
+                format!("step `{name}` was killed by signal {signal}")
+            }
             (_, _) => match report.error {
                 Some(error) => error,
                 None => "a step failed".into(),
@@ -234,7 +240,11 @@ mod tests {
         let mut spec = JobSpec::shell("build", "true");
         spec.env = vec![("CI".into(), "overridden".into())];
         let plan = plan(7, 2, &spec, Path::new("/work"), &defaults());
-        let base: Vec<(&str, &str)> = plan.base_env.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
+        let base: Vec<(&str, &str)> = plan
+            .base_env
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.as_str()))
+            .collect();
         assert_eq!(
             base,
             [

@@ -93,7 +93,9 @@ impl Env {
     /// Sets `name` to `raw` with its `$VAR`s expanded against this
     /// environment as it is now.
     pub fn set_expanded(&mut self, name: &str, raw: &str) -> Result<(), ExpandError> {
-        let value = expand(raw, |var| self.get(var)).ok_or_else(|| ExpandError { name: name.to_owned() })?;
+        let value = expand(raw, |var| self.get(var)).ok_or_else(|| ExpandError {
+            name: name.to_owned(),
+        })?;
         self.set(name, value);
         Ok(())
     }
@@ -286,7 +288,10 @@ mod tests {
     #[test]
     fn a_dollar_without_a_name_stays() {
         let e = env(&[("A", "x")]);
-        assert_eq!(ex("$ $1 $- ${ ${A ${1A} ${{ matrix.os }} end$", &e), "$ $1 $- ${ ${A ${1A} ${{ matrix.os }} end$");
+        assert_eq!(
+            ex("$ $1 $- ${ ${A ${1A} ${{ matrix.os }} end$", &e),
+            "$ $1 $- ${ ${A ${1A} ${{ matrix.os }} end$"
+        );
     }
 
     #[test]
@@ -346,8 +351,14 @@ mod tests {
 
     #[test]
     fn env_file_errors_name_the_line() {
-        assert_eq!(parse_env_file("A=1\nnot a line\n"), Err(EnvFileError::BadLine { line: 2 }));
-        assert_eq!(parse_env_file("bad-name=1"), Err(EnvFileError::BadLine { line: 1 }));
+        assert_eq!(
+            parse_env_file("A=1\nnot a line\n"),
+            Err(EnvFileError::BadLine { line: 2 })
+        );
+        assert_eq!(
+            parse_env_file("bad-name=1"),
+            Err(EnvFileError::BadLine { line: 1 })
+        );
         let err = parse_env_file("A=1\nM<<END\nx\n").unwrap_err();
         assert!(err.to_string().contains("line 2"), "{err}");
         assert!(err.to_string().contains("`END`"), "{err}");

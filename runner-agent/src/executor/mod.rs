@@ -109,7 +109,10 @@ impl std::fmt::Debug for JobPlan {
         f.debug_struct("JobPlan")
             .field("job_id", &self.job_id)
             .field("steps", &self.steps)
-            .field("base_env", &self.base_env.iter().map(|(n, _)| n).collect::<Vec<_>>())
+            .field(
+                "base_env",
+                &self.base_env.iter().map(|(n, _)| n).collect::<Vec<_>>(),
+            )
             .field("env", &self.env)
             .field("secrets", &secret_names)
             .field("workspace", &self.workspace)
@@ -162,6 +165,9 @@ pub enum StepCommand {
     Shell(String),
     /// Starts no process and succeeds immediately (benchmarks, health checks).
     Noop,
+    /// A program and its arguments, started directly (no shell) as the
+    /// leader of the step's process group, so signals reach it.
+    Argv(Vec<String>),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -272,7 +278,8 @@ fn job_environment(plan: &JobPlan) -> Result<Env, String> {
         env.set(name, value.clone());
     }
     for (name, value) in &plan.env {
-        env.set_expanded(name, value).map_err(|e| format!("job env {e}"))?;
+        env.set_expanded(name, value)
+            .map_err(|e| format!("job env {e}"))?;
     }
     for (name, value) in &plan.secrets {
         env.set(name, value.clone());
@@ -420,7 +427,32 @@ pub async fn run_job(
                     StepCommand::Shell(line) => {
                         let mut argv = plan.shell.clone();
                         argv.push(line.clone());
-                        run_process_step(&plan, index, step, argv, &mut job_env, &files, deadline, &mut sink, &mut cancel).await
+                        run_process_step(
+                            &plan,
+                            index,
+                            step,
+                            argv,
+                            &mut job_env,
+                            &files,
+                            deadline,
+                            &mut sink,
+                            &mut cancel,
+                        )
+                        .await
+                    }
+                    StepCommand::Argv(argv) => {
+                        run_process_step(
+                            &plan,
+                            index,
+                            step,
+                            argv.clone(),
+                            &mut job_env,
+                            &files,
+                            deadline,
+                            &mut sink,
+                            &mut cancel,
+                        )
+                        .await
                     }
                 }
             };
@@ -464,7 +496,11 @@ pub async fn run_job(
 
 /// Creates `dir` (and its parents), readable by the agent's user only.
 async fn create_private_dir(dir: &Path) -> std::io::Result<()> {
-    tokio::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).await
+    tokio::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .await
 }
 
 /// Runs one step that starts a process, with the job's environment plus
@@ -505,7 +541,10 @@ async fn run_process_step(
         deadline,
     };
     let mut result = run.run(sink, cancel).await;
-    if !matches!(result.outcome, StepOutcome::Succeeded | StepOutcome::FailedAllowed) {
+    if !matches!(
+        result.outcome,
+        StepOutcome::Succeeded | StepOutcome::FailedAllowed
+    ) {
         return result;
     }
     match files.read().await {
@@ -518,7 +557,8 @@ async fn run_process_step(
             }
         }
         Err(error) => {
-            sink.system(&format!("[valkyrie] step `{}`: {error}\n", step.name)).await;
+            sink.system(&format!("[valkyrie] step `{}`: {error}\n", step.name))
+                .await;
             result.outcome = if step.continue_on_error {
                 StepOutcome::FailedAllowed
             } else {

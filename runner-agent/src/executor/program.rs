@@ -76,7 +76,10 @@ mod tests {
         let cwd = Path::new("/");
         assert_eq!(find_program("/nonexistent/sh", Some("/bin"), cwd), None);
         assert!(find_program("/bin/sh", None, cwd).is_some());
-        assert_eq!(find_program("./bin/sh", None, cwd), Some(PathBuf::from("/./bin/sh")));
+        assert_eq!(
+            find_program("./bin/sh", None, cwd),
+            Some(PathBuf::from("/./bin/sh"))
+        );
         assert_eq!(find_program("./bin/sh", None, Path::new("/nonexistent")), None);
     }
 

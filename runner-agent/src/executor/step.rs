@@ -120,9 +120,11 @@ impl ProcessStep<'_> {
                 }
             }
         })?;
-        process_group::spawn(&resolved, &self.argv, &cwd, env.iter()).map_err(|source| StartStepError::Spawn {
-            program: program.clone(),
-            source,
+        process_group::spawn(&resolved, &self.argv, &cwd, env.iter()).map_err(|source| {
+            StartStepError::Spawn {
+                program: program.clone(),
+                source,
+            }
         })
     }
 

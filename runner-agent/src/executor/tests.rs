@@ -673,7 +673,10 @@ async fn a_failing_command_inside_a_pipe_fails_the_step_under_bash() {
     let root = tempfile::tempdir().unwrap();
     let plan = plan(
         &root,
-        vec![StepPlan::shell("pipe", "(echo piped; exit 3) | cat\necho after the pipe")],
+        vec![StepPlan::shell(
+            "pipe",
+            "(echo piped; exit 3) | cat\necho after the pipe",
+        )],
     );
     assert_eq!(plan.shell, BASH_SHELL);
     let (events, report) = run_to_end(plan).await;
@@ -696,7 +699,10 @@ async fn the_sh_fallback_fails_on_the_first_failing_line_too() {
 #[tokio::test]
 async fn an_explicit_shell_without_e_keeps_its_semantics() {
     let root = tempfile::tempdir().unwrap();
-    let mut plan = plan(&root, vec![StepPlan::shell("block", "false\necho after the failure")]);
+    let mut plan = plan(
+        &root,
+        vec![StepPlan::shell("block", "false\necho after the failure")],
+    );
     plan.shell = vec!["sh".to_owned(), "-c".to_owned()];
     let (events, report) = run_to_end(plan).await;
     assert_eq!(output(&events, OutputStream::Stdout), "after the failure\n");
@@ -727,7 +733,16 @@ async fn steps_see_the_base_env_and_job_vars_and_nothing_of_the_agent() {
     // bash itself adds PWD, SHLVL and `_`.
     assert_eq!(
         names,
-        ["HOME", "JOB_VAR", "PATH", "PWD", "SHLVL", "VALKYRIE_ENV", "VALKYRIE_PATH", "_"]
+        [
+            "HOME",
+            "JOB_VAR",
+            "PATH",
+            "PWD",
+            "SHLVL",
+            "VALKYRIE_ENV",
+            "VALKYRIE_PATH",
+            "_"
+        ]
     );
 }
 
@@ -766,7 +781,10 @@ echo "$PWD/tools" >> "$VALKYRIE_PATH""#;
         vec![
             StepPlan::shell("setup", setup),
             StepPlan::shell("use", r#"echo "$GREETING"; echo "$BLOCK"; valkyrie-test-tool"#),
-            StepPlan::shell("files are fresh per step", r#"cat "$VALKYRIE_ENV" "$VALKYRIE_PATH""#),
+            StepPlan::shell(
+                "files are fresh per step",
+                r#"cat "$VALKYRIE_ENV" "$VALKYRIE_PATH""#,
+            ),
         ],
     );
     let files = files_dir(&plan.workspace);
@@ -785,7 +803,10 @@ async fn a_bad_valkyrie_env_line_fails_the_step_and_names_the_line() {
     let plan = plan(
         &root,
         vec![
-            StepPlan::shell("setup", r#"printf 'OK=1\nnot an assignment\n' >> "$VALKYRIE_ENV""#),
+            StepPlan::shell(
+                "setup",
+                r#"printf 'OK=1\nnot an assignment\n' >> "$VALKYRIE_ENV""#,
+            ),
             StepPlan::shell("never", "echo never"),
         ],
     );
@@ -858,4 +879,62 @@ async fn an_env_chain_over_the_limit_fails_the_job_before_any_step() {
     let error = report.error.expect("a job error");
     assert!(error.contains("job env `V"), "{error}");
     assert!(error.contains("131072 bytes"), "{error}");
+}
+
+fn argv_step(name: &str, argv: &[&str]) -> StepPlan {
+    StepPlan {
+        command: StepCommand::Argv(argv.iter().map(|s| (*s).to_owned()).collect()),
+        ..StepPlan::shell(name, "")
+    }
+}
+
+#[tokio::test]
+async fn argv_steps_run_the_program_directly_with_arguments_as_given() {
+    let root = tempfile::tempdir().unwrap();
+    let plan = plan(
+        &root,
+        vec![argv_step("printf", &["printf", "%s|", "a b", "'c'", "$HOME"])],
+    );
+    let (events, report) = run_to_end(plan).await;
+    assert_eq!(report.outcome, JobOutcome::Succeeded);
+    assert_eq!(output(&events, OutputStream::Stdout), "a b|'c'|$HOME|");
+}
+
+#[tokio::test]
+async fn an_argv_program_not_on_path_is_named() {
+    let root = tempfile::tempdir().unwrap();
+    let plan = plan(
+        &root,
+        vec![argv_step("missing", &["valkyrie-no-such-program", "x"])],
+    );
+    let (events, report) = run_to_end(plan).await;
+    assert_eq!(report.outcome, JobOutcome::Failed);
+    let system = output(&events, OutputStream::System);
+    assert!(
+        system.contains("program `valkyrie-no-such-program` was not found on the step's PATH"),
+        "{system}"
+    );
+}
+
+#[tokio::test]
+async fn cancel_reaches_the_trap_of_an_argv_shell() {
+    let root = tempfile::tempdir().unwrap();
+    let mut plan = plan(
+        &root,
+        vec![argv_step(
+            "trap",
+            &[
+                "sh",
+                "-c",
+                "trap 'echo got TERM; exit 0' TERM; echo ready; sleep 1000 & wait",
+            ],
+        )],
+    );
+    plan.kill_grace = Duration::from_secs(3600);
+    let mut run = start(plan);
+    let seen = run.events_until(|seen| saw_stdout(seen, "ready\n")).await;
+    run.cancel.send(true).unwrap();
+    let (events, report) = run.finish(seen).await;
+    assert_eq!(output(&events, OutputStream::Stdout), "ready\ngot TERM\n");
+    assert_eq!(report.outcome, JobOutcome::Cancelled);
 }

@@ -170,6 +170,10 @@ pub enum StepCommand {
     Shell(String),
     /// Starts no process and succeeds (benchmarks, health checks).
     Noop,
+    /// A program and its arguments, run directly, with no shell in between
+    /// (`vk exec -- argv…`): signals reach the program itself. The program
+    /// is looked up on the step's `PATH`.
+    Argv(Vec<String>),
 }
 
 /// One step of a job.
@@ -200,6 +204,17 @@ impl StepSpec {
         }
     }
 
+    /// A step running `argv` directly, named after it.
+    pub fn argv(argv: Vec<String>) -> Self {
+        Self {
+            name: argv.join(" "),
+            command: StepCommand::Argv(argv),
+            env: Vec::new(),
+            working_directory: None,
+            continue_on_error: false,
+        }
+    }
+
     /// A no-op step.
     pub fn noop() -> Self {
         Self {
@@ -216,6 +231,7 @@ impl StepSpec {
         let command = match r.u8("step.command")? {
             0 => StepCommand::Shell(r.string("step.run")?),
             1 => StepCommand::Noop,
+            2 => StepCommand::Argv(r.strings("step.argv")?),
             other => return Err(r.invalid("step.command", other.into())),
         };
         Ok(Self {
@@ -235,6 +251,10 @@ impl StepSpec {
                 w.string(line);
             }
             StepCommand::Noop => w.u8(1),
+            StepCommand::Argv(argv) => {
+                w.u8(2);
+                w.strings(argv);
+            }
         }
         w.pairs(&self.env);
         w.option(&self.working_directory, |w, d| w.string(d));
