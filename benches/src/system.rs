@@ -120,6 +120,7 @@ impl System {
                             shell: vec!["sh".into(), "-c".into()],
                             kill_grace: Duration::from_secs(10),
                             output_limit_bytes: 64 << 20,
+                            ..JobDefaults::default()
                         },
                         heartbeat_interval: Duration::from_secs(2),
                         drain_timeout: Duration::from_secs(1),

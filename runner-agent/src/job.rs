@@ -14,12 +14,29 @@ use crate::executor::{self, ExecEvent, JobPlan, StepCommand, StepOutcome, StepPl
 /// Settings the agent applies to every job.
 #[derive(Clone, Debug)]
 pub struct JobDefaults {
-    /// Shell argv when the job names none.
+    /// Shell argv when the job names none. Default
+    /// [`executor::default_shell`] (`bash -eo pipefail -c` where bash
+    /// exists, `sh -e -c` otherwise).
     pub shell: Vec<String>,
-    /// SIGTERM → SIGKILL grace.
+    /// SIGTERM → SIGKILL grace. Default [`executor::DEFAULT_KILL_GRACE`].
     pub kill_grace: Duration,
-    /// Output limit per job.
+    /// Output limit per job. Default [`executor::DEFAULT_OUTPUT_LIMIT_BYTES`].
     pub output_limit_bytes: u64,
+    /// The part of the agent's environment every step inherits. Default
+    /// [`executor::env::agent_environment`] with no extra names: never a
+    /// `VALKYRIE_*` variable, so never the agent's credentials.
+    pub base_env: Vec<(String, String)>,
+}
+
+impl Default for JobDefaults {
+    fn default() -> Self {
+        Self {
+            shell: executor::default_shell(),
+            kill_grace: executor::DEFAULT_KILL_GRACE,
+            output_limit_bytes: executor::DEFAULT_OUTPUT_LIMIT_BYTES,
+            base_env: executor::env::agent_environment(&[]),
+        }
+    }
 }
 
 /// Builds the executor plan for an attempt.
@@ -33,17 +50,27 @@ pub fn plan(job_id: u64, attempt: u32, spec: &JobSpec, work_dir: &Path, defaults
             command: match &s.command {
                 WireStep::Shell(line) => StepCommand::Shell(line.clone()),
                 WireStep::Noop => StepCommand::Noop,
+                WireStep::Argv(argv) => StepCommand::Argv(argv.clone()),
             },
             env: s.env.clone(),
             working_directory: s.working_directory.clone(),
             continue_on_error: s.continue_on_error,
         })
         .collect();
+    // What the agent sets for every job comes before the job's own env (a
+    // pipeline may override it) and is never `$`-expanded.
+    plan.base_env = defaults.base_env.clone();
+    plan.base_env.extend([
+        ("CI".to_owned(), "true".to_owned()),
+        ("VALKYRIE_JOB_ID".to_owned(), job_id.to_string()),
+        ("VALKYRIE_JOB_ATTEMPT".to_owned(), attempt.to_string()),
+        ("VALKYRIE_JOB_NAME".to_owned(), spec.name.clone()),
+        (
+            "VALKYRIE_WORKSPACE".to_owned(),
+            plan.workspace.display().to_string(),
+        ),
+    ]);
     plan.env = spec.env.clone();
-    plan.env.push(("VALKYRIE_JOB_ID".into(), job_id.to_string()));
-    plan.env
-        .push(("VALKYRIE_JOB_ATTEMPT".into(), attempt.to_string()));
-    plan.env.push(("VALKYRIE_JOB_NAME".into(), spec.name.clone()));
     plan.secrets = spec.secrets.clone();
     plan.shell = if spec.shell.is_empty() {
         defaults.shell.clone()
@@ -92,7 +119,7 @@ pub async fn run_attempt(
         let (ev_tx, mut ev_rx) = mpsc::channel(256);
         let exec = tokio::spawn(executor::run_job(plan, ev_tx, cancel));
         let mut log_chunks = 0u64;
-        let mut failed_step: Option<(String, Option<i32>, Option<i32>)> = None;
+        let mut failed_step: Option<(String, Option<i32>, Option<i32>, Option<String>)> = None;
         while let Some(event) = ev_rx.recv().await {
             let message: msg::Message = match event {
                 ExecEvent::StepStarted { .. } => continue,
@@ -113,6 +140,7 @@ pub async fn run_attempt(
                     signal,
                     duration,
                     outcome,
+                    error,
                 } => {
                     if matches!(
                         outcome,
@@ -120,7 +148,7 @@ pub async fn run_attempt(
                     ) && failed_step.is_none()
                     {
                         let name = step_names.get(index as usize).cloned().unwrap_or_default();
-                        failed_step = Some((name, exit_code, signal));
+                        failed_step = Some((name, exit_code, signal, error));
                     }
                     msg::StepResult {
                         job_id,
@@ -163,9 +191,15 @@ pub async fn run_attempt(
             (msg::JobOutcome::Succeeded, _) => format!("{} step(s) succeeded", step_names.len()),
             (msg::JobOutcome::TimedOut, _) => "job timed out; its processes were terminated".into(),
             (msg::JobOutcome::Cancelled, _) => "job cancelled; its processes were terminated".into(),
-            (_, Some((name, Some(code), _))) => format!("step `{name}` exited with code {code}"),
-            (_, Some((name, None, Some(signal)))) => format!("step `{name}` was killed by signal {signal}"),
-            (_, _) => "a step failed".into(),
+            (_, Some((name, _, _, Some(error)))) => format!("step `{name}` {error}"),
+            (_, Some((name, Some(code), _, None))) => format!("step `{name}` exited with code {code}"),
+            (_, Some((name, None, Some(signal), None))) => {
+                format!("step `{name}` was killed by signal {signal}")
+            }
+            (_, _) => match report.error {
+                Some(error) => error,
+                None => "a step failed".into(),
+            },
         };
         info!(
             ?outcome,
@@ -188,4 +222,67 @@ pub async fn run_attempt(
     }
     .instrument(span)
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn defaults() -> JobDefaults {
+        JobDefaults {
+            base_env: vec![("PATH".into(), "/usr/bin:/bin".into())],
+            ..JobDefaults::default()
+        }
+    }
+
+    #[test]
+    fn every_job_gets_ci_and_its_ids_before_its_own_env() {
+        let mut spec = JobSpec::shell("build", "true");
+        spec.env = vec![("CI".into(), "overridden".into())];
+        let plan = plan(7, 2, &spec, Path::new("/work"), &defaults());
+        let base: Vec<(&str, &str)> = plan
+            .base_env
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.as_str()))
+            .collect();
+        assert_eq!(
+            base,
+            [
+                ("PATH", "/usr/bin:/bin"),
+                ("CI", "true"),
+                ("VALKYRIE_JOB_ID", "7"),
+                ("VALKYRIE_JOB_ATTEMPT", "2"),
+                ("VALKYRIE_JOB_NAME", "build"),
+                ("VALKYRIE_WORKSPACE", "/work/job-7-2"),
+            ]
+        );
+        assert_eq!(plan.env, [("CI".to_owned(), "overridden".to_owned())]);
+    }
+
+    /// The job's reason names the step and why it could not start.
+    #[tokio::test]
+    async fn the_job_result_says_why_a_step_could_not_start() {
+        let root = tempfile::tempdir().unwrap();
+        let mut step = msg::StepSpec::shell("pwd");
+        step.name = "in sub".into();
+        step.working_directory = Some("sub/dir".into());
+        let spec = JobSpec::with_steps("j", vec![step]);
+        let plan = plan(3, 1, &spec, root.path(), &defaults());
+        let (outbox, mut rx) = mpsc::channel(64);
+        let (_cancel, cancel_rx) = watch::channel(false);
+        run_attempt(3, 1, plan, outbox, cancel_rx).await;
+        let mut result = None;
+        while let Ok(message) = rx.try_recv() {
+            if let msg::Message::JobResult(r) = message {
+                result = Some(r);
+            }
+        }
+        let result = result.expect("a JobResult");
+        assert_eq!(result.outcome, msg::JobOutcome::Failed);
+        assert_eq!(
+            result.message,
+            "step `in sub` could not start: working directory `sub/dir` does not exist in the job \
+             workspace; create it in an earlier step or fix the path"
+        );
+    }
 }

@@ -7,6 +7,7 @@ use anyhow::Context;
 use clap::Parser;
 use valkyrie::transport::{ClientOptions, ClientTls};
 use valkyrie::Endpoint;
+use valkyrie_runner_agent::executor;
 use valkyrie_runner_agent::job::JobDefaults;
 use valkyrie_runner_agent::{Agent, AgentConfig};
 
@@ -44,9 +45,11 @@ struct Args {
     /// Log lines as `text` or `json` (filter with VALKYRIE_LOG, e.g. `debug`).
     #[arg(long, env = "VALKYRIE_LOG_FORMAT", value_enum, default_value = "text")]
     log_format: LogFormat,
-    /// Shell a step line is passed to (the line is appended as the last argument).
-    #[arg(long, env = "VALKYRIE_SHELL", default_value = "sh -c")]
-    shell: String,
+    /// Shell a step line is passed to when the job names none, split on spaces
+    /// (the line is appended as the last argument). Default: `bash -eo pipefail -c`
+    /// when bash is on PATH, `sh -e -c` otherwise, so a failing line fails the step.
+    #[arg(long, env = "VALKYRIE_SHELL")]
+    shell: Option<String>,
     /// Grace between SIGTERM and SIGKILL when a job is cancelled or times out.
     #[arg(long, env = "VALKYRIE_KILL_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
     kill_grace: Duration,
@@ -59,6 +62,12 @@ struct Args {
     /// On SIGTERM, how long running jobs may finish before they are cancelled.
     #[arg(long, env = "VALKYRIE_DRAIN_TIMEOUT", default_value = "10m", value_parser = humantime::parse_duration)]
     drain_timeout: Duration,
+    /// More variables of the agent's environment to pass on to jobs, comma-separated
+    /// (e.g. HTTP_PROXY). Jobs get only PATH, HOME, USER, LOGNAME, SHELL, LANG,
+    /// LANGUAGE, LC_*, TZ, TMPDIR and TERM otherwise; VALKYRIE_* variables, the
+    /// agent's own settings and credentials, are never passed on.
+    #[arg(long, env = "VALKYRIE_PASS_ENV", value_delimiter = ',')]
+    pass_env: Vec<String>,
     /// CA certificate (PEM) to trust for tls:// and quic:// servers.
     #[arg(long, env = "VALKYRIE_CA_CERT")]
     ca_cert: Option<PathBuf>,
@@ -78,6 +87,13 @@ async fn main() -> std::process::ExitCode {
 async fn run() -> anyhow::Result<()> {
     let args: Args = valkyrie::config_file::parse_with_config("VALKYRIE_CONFIG")?;
     init_logging(args.log_format);
+    let pass_env: Vec<String> = args.pass_env.into_iter().filter(|n| !n.is_empty()).collect();
+    if let Some(name) = pass_env.iter().find(|n| n.starts_with("VALKYRIE_")) {
+        anyhow::bail!(
+            "--pass-env {name}: VALKYRIE_* variables configure the agent (and hold its \
+             credentials); they are never passed to jobs. Give the job its own variable instead"
+        );
+    }
     let tls = args.ca_cert.as_deref().map(ClientTls::from_ca_file).transpose()?;
     let name = args.name.unwrap_or_else(|| {
         nix::unistd::gethostname()
@@ -100,9 +116,14 @@ async fn run() -> anyhow::Result<()> {
         slots: args.slots.max(1),
         work_dir,
         defaults: JobDefaults {
-            shell: args.shell.split_whitespace().map(String::from).collect(),
+            shell: args
+                .shell
+                .map(|s| s.split_whitespace().map(String::from).collect::<Vec<_>>())
+                .filter(|s| !s.is_empty())
+                .unwrap_or_else(executor::default_shell),
             kill_grace: args.kill_grace,
             output_limit_bytes: args.output_limit_bytes,
+            base_env: executor::env::agent_environment(&pass_env),
         },
         heartbeat_interval: args.heartbeat_interval,
         drain_timeout: args.drain_timeout,

@@ -109,9 +109,8 @@ impl LocalCluster {
                 slots: agent.slots,
                 work_dir,
                 defaults: JobDefaults {
-                    shell: vec!["sh".into(), "-c".into()],
                     kill_grace: config.kill_grace,
-                    output_limit_bytes: 64 << 20,
+                    ..JobDefaults::default()
                 },
                 heartbeat_interval: Duration::from_millis(500),
                 drain_timeout: Duration::from_secs(10),

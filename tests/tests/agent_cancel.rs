@@ -86,3 +86,45 @@ async fn timeout_kills_step_children_and_exits_124() {
     })
     .await;
 }
+
+/// `vk exec -- sh -c '…'` runs its argv directly (no shell wrapped around
+/// it), so a cancel's SIGTERM reaches the command's own trap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_reaches_the_trap_of_an_exec_command() {
+    let h = Harness::new();
+    let server = h.server().start();
+    let client = server.client().await;
+    let _agent = h.agent(&server).start(&client).await;
+
+    let id = server
+        .vk_detach(&[
+            "--",
+            "sh",
+            "-c",
+            "trap 'echo got TERM; exit 0' TERM; echo ready; sleep 1000 & wait",
+        ])
+        .await;
+    let mut events = client.watch(Some(id), true, true).await.expect("watch");
+    let mut output = Vec::new();
+    within("`ready` in the job's output", async {
+        while !text(&output).contains("ready") {
+            let event = events.recv().await.expect("subscription open").expect("event");
+            if let EventBody::Log { data, .. } = event.body {
+                output.extend_from_slice(&data);
+            }
+        }
+    })
+    .await;
+    let out = server.vk(&["cancel", &id.to_string()]).await;
+    assert!(out.status.success(), "vk cancel failed: {}", text(&out.stderr));
+    within("`got TERM` in the job's output", async {
+        while !text(&output).contains("got TERM") {
+            let event = events.recv().await.expect("subscription open").expect("event");
+            if let EventBody::Log { data, .. } = event.body {
+                output.extend_from_slice(&data);
+            }
+        }
+    })
+    .await;
+    wait_state(&client, id, JobState::Cancelled).await;
+}

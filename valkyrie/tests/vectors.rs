@@ -736,6 +736,22 @@ fn message_cases() -> Vec<MessageCase> {
             }
             .into(),
         ),
+        (
+            "submit_job_argv",
+            103,
+            none,
+            SubmitJob {
+                spec: JobSpec::with_steps(
+                    "sh -c trap",
+                    vec![StepSpec::argv(strings(&[
+                        "sh",
+                        "-c",
+                        "trap 'exit 0' TERM; sleep 9 & wait",
+                    ]))],
+                ),
+            }
+            .into(),
+        ),
         ("job_accepted", 100, reply(), JobAccepted { job_id: 1042 }.into()),
         ("cancel_job", 101, none, CancelJob { job_id: 1042 }.into()),
         (

@@ -202,6 +202,7 @@ async fn start_inner(configure: impl FnOnce(RestConfig) -> RestConfig, agent: bo
                 shell: vec!["sh".into(), "-c".into()],
                 kill_grace: Duration::from_secs(2),
                 output_limit_bytes: 1 << 20,
+                ..JobDefaults::default()
             },
             heartbeat_interval: Duration::from_millis(500),
             drain_timeout: Duration::from_secs(5),

@@ -21,13 +21,18 @@
 //! Output is exactly what the processes wrote, with secret values replaced
 //! by `***`; the System stream carries only the agent's own messages (the
 //! truncation marker, a step that could not be started).
+//!
+//! A step's environment is built by [`env`]: nothing of the agent's own
+//! environment but [`JobPlan::base_env`] reaches it.
 
+pub mod env;
 mod output;
 mod pipe;
 mod process_group;
+mod program;
 mod step;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -36,7 +41,9 @@ use tokio::time::Instant;
 use tracing::Instrument;
 
 pub use output::{MAX_CHUNK_BYTES, MIN_SECRET_BYTES, SECRET_MASK};
+pub use program::{default_shell, BASH_SHELL, SH_SHELL};
 
+use env::{Additions, Env, EnvFileError, MAX_ENV_FILE_BYTES};
 use output::{OutputLog, Secrets};
 
 /// Default grace between SIGTERM and SIGKILL when a step is stopped.
@@ -49,7 +56,13 @@ pub const DEFAULT_OUTPUT_LIMIT_BYTES: u64 = 64 * 1024 * 1024;
 pub struct JobPlan {
     pub job_id: u64,
     pub steps: Vec<StepPlan>,
-    /// Job environment, on top of the agent's own environment.
+    /// What every step inherits, taken literally: the allow-listed part of
+    /// the agent's environment and the variables the agent sets for every
+    /// job. Steps see nothing else of the agent's environment. Default
+    /// [`env::agent_environment`] with no extra names.
+    pub base_env: Vec<(String, String)>,
+    /// Job environment, on top of `base_env`; each value is `$VAR`-expanded
+    /// ([`env::expand`]) against the variables set before it.
     pub env: Vec<(String, String)>,
     /// Exported as environment variables too; their values (3 bytes or
     /// longer) are replaced by `***` in all output.
@@ -57,7 +70,9 @@ pub struct JobPlan {
     /// Fresh per-job directory, created by [`run_job`]; the steps' cwd.
     pub workspace: PathBuf,
     /// Program and leading arguments; a step's line is appended as the last
-    /// argument. Default `["sh", "-c"]`.
+    /// argument. Default [`default_shell`]: `bash -eo pipefail -c` where
+    /// bash exists, `sh -e -c` otherwise, so a failing line of a
+    /// multi-line script fails the step.
     pub shell: Vec<String>,
     /// Limit for the whole job, all steps together. Default: none.
     pub timeout: Option<Duration>,
@@ -75,10 +90,11 @@ impl JobPlan {
         JobPlan {
             job_id,
             steps: Vec::new(),
+            base_env: env::agent_environment(&[]),
             env: Vec::new(),
             secrets: Vec::new(),
             workspace: workspace.into(),
-            shell: vec!["sh".to_owned(), "-c".to_owned()],
+            shell: default_shell(),
             timeout: None,
             kill_grace: DEFAULT_KILL_GRACE,
             output_limit_bytes: DEFAULT_OUTPUT_LIMIT_BYTES,
@@ -93,6 +109,10 @@ impl std::fmt::Debug for JobPlan {
         f.debug_struct("JobPlan")
             .field("job_id", &self.job_id)
             .field("steps", &self.steps)
+            .field(
+                "base_env",
+                &self.base_env.iter().map(|(n, _)| n).collect::<Vec<_>>(),
+            )
             .field("env", &self.env)
             .field("secrets", &secret_names)
             .field("workspace", &self.workspace)
@@ -108,7 +128,8 @@ impl std::fmt::Debug for JobPlan {
 pub struct StepPlan {
     pub name: String,
     pub command: StepCommand,
-    /// Step environment, on top of the job's environment and secrets.
+    /// Step environment, on top of the job's environment, secrets and what
+    /// earlier steps added; `$VAR`-expanded like the job's.
     pub env: Vec<(String, String)>,
     /// Relative to the workspace; must not be absolute or contain `..`.
     pub working_directory: Option<String>,
@@ -144,6 +165,9 @@ pub enum StepCommand {
     Shell(String),
     /// Starts no process and succeeds immediately (benchmarks, health checks).
     Noop,
+    /// A program and its arguments, started directly (no shell) as the
+    /// leader of the step's process group, so signals reach it.
+    Argv(Vec<String>),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -176,6 +200,9 @@ pub enum ExecEvent {
         signal: Option<i32>,
         duration: Duration,
         outcome: StepOutcome,
+        /// Why the step failed without its process deciding it: it could
+        /// not be started, or left an unusable `$VALKYRIE_ENV` file.
+        error: Option<String>,
     },
 }
 
@@ -207,15 +234,19 @@ pub struct JobReport {
     pub exit_code: Option<i32>,
     pub duration: Duration,
     pub output_truncated: bool,
+    /// Why the job failed before any step could run (its workspace or its
+    /// environment), for people.
+    pub error: Option<String>,
 }
 
 /// How one step ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 struct StepResult {
     exit_code: Option<i32>,
     signal: Option<i32>,
     duration: Duration,
     outcome: StepOutcome,
+    error: Option<String>,
 }
 
 impl StepResult {
@@ -225,8 +256,94 @@ impl StepResult {
             signal: None,
             duration: Duration::ZERO,
             outcome,
+            error: None,
         }
     }
+}
+
+/// Where a job's `$VALKYRIE_ENV` and `$VALKYRIE_PATH` files live: next to
+/// its workspace (`<workspace>.valkyrie`), so that nothing the job does to
+/// its workspace touches them. Removed when the job ends.
+pub fn files_dir(workspace: &Path) -> PathBuf {
+    let mut dir = workspace.as_os_str().to_owned();
+    dir.push(".valkyrie");
+    PathBuf::from(dir)
+}
+
+/// The job's environment before its first step: `base_env`, the job's
+/// `env` expanded in order, then its secrets (literal).
+fn job_environment(plan: &JobPlan) -> Result<Env, String> {
+    let mut env = Env::default();
+    for (name, value) in &plan.base_env {
+        env.set(name, value.clone());
+    }
+    for (name, value) in &plan.env {
+        env.set_expanded(name, value)
+            .map_err(|e| format!("job env {e}"))?;
+    }
+    for (name, value) in &plan.secrets {
+        env.set(name, value.clone());
+    }
+    Ok(env)
+}
+
+/// Paths of one step's `$VALKYRIE_ENV` and `$VALKYRIE_PATH` files.
+struct StepFiles {
+    env: PathBuf,
+    path: PathBuf,
+}
+
+impl StepFiles {
+    fn new(dir: &Path) -> Self {
+        StepFiles {
+            env: dir.join("env"),
+            path: dir.join("path"),
+        }
+    }
+
+    /// Empties both files (0600) for the next step.
+    async fn reset(&self) -> std::io::Result<()> {
+        for file in [&self.env, &self.path] {
+            tokio::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(file)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// What the step wrote to them.
+    async fn read(&self) -> Result<Additions, String> {
+        let env = read_bounded(&self.env, "$VALKYRIE_ENV").await?;
+        let path = read_bounded(&self.path, "$VALKYRIE_PATH").await?;
+        Ok(Additions {
+            env: env::parse_env_file(&env).map_err(|e: EnvFileError| e.to_string())?,
+            path: env::parse_path_file(&path),
+        })
+    }
+}
+
+/// Reads a step's file, refusing one over [`MAX_ENV_FILE_BYTES`] before
+/// reading it. A missing file (the step removed it) is empty.
+async fn read_bounded(file: &Path, what: &str) -> Result<String, String> {
+    match tokio::fs::metadata(file).await {
+        Ok(meta) if meta.len() > MAX_ENV_FILE_BYTES => {
+            return Err(format!(
+                "{what} holds {} bytes, over the {MAX_ENV_FILE_BYTES}-byte limit",
+                meta.len()
+            ))
+        }
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(String::new()),
+        Err(e) => return Err(format!("cannot read {what}: {e}")),
+    }
+    let bytes = tokio::fs::read(file)
+        .await
+        .map_err(|e| format!("cannot read {what}: {e}"))?;
+    String::from_utf8(bytes).map_err(|_| format!("{what} is not UTF-8"))
 }
 
 /// Runs `plan` to completion, cancellation (`cancel` becomes `true`) or
@@ -249,27 +366,40 @@ pub async fn run_job(
         };
 
         let mut ended: Option<JobOutcome> = None;
+        let mut job_error: Option<String> = None;
         let mut exit_code = None;
         // Jobs of no-op steps start no process and need no directory.
         let needs_workspace = plan.steps.iter().any(|s| !matches!(s.command, StepCommand::Noop));
+        let files = StepFiles::new(&files_dir(&plan.workspace));
         let created = if needs_workspace {
-            // Private (0700): other users of the machine see no job's files.
-            let workspace = plan.workspace.clone();
-            tokio::task::spawn_blocking(move || valkyrie::private_fs::create_dir_all(&workspace))
-                .await
-                .unwrap_or_else(|join| Err(std::io::Error::other(join)))
+            match create_private_dir(&plan.workspace).await {
+                Ok(()) => create_private_dir(&files_dir(&plan.workspace)).await,
+                Err(e) => Err(e),
+            }
         } else {
             Ok(())
         };
         if let Err(error) = created {
             tracing::warn!(workspace = %plan.workspace.display(), %error, "could not create workspace");
-            sink.system(&format!(
-                "[valkyrie] could not create the job workspace {}: {error}\n",
+            let message = format!(
+                "could not create the job workspace {}: {error}",
                 plan.workspace.display()
-            ))
-            .await;
+            );
+            sink.system(&format!("[valkyrie] {message}\n")).await;
+            job_error = Some(message);
             ended = Some(JobOutcome::Failed);
         }
+        let mut job_env = match job_environment(&plan) {
+            Ok(env) => env,
+            Err(error) => {
+                if ended.is_none() {
+                    sink.system(&format!("[valkyrie] {error}\n")).await;
+                    job_error = Some(error.to_string());
+                    ended = Some(JobOutcome::Failed);
+                }
+                Env::default()
+            }
+        };
 
         for (index, step) in plan.steps.iter().enumerate() {
             // Step counts come from a pipeline file; more than u32::MAX is absurd.
@@ -295,14 +425,34 @@ pub async fn run_job(
                         StepResult::not_started(StepOutcome::Succeeded)
                     }
                     StepCommand::Shell(line) => {
-                        let step_run = step::ShellStep {
-                            plan: &plan,
+                        let mut argv = plan.shell.clone();
+                        argv.push(line.clone());
+                        run_process_step(
+                            &plan,
                             index,
                             step,
-                            line,
+                            argv,
+                            &mut job_env,
+                            &files,
                             deadline,
-                        };
-                        step_run.run(&mut sink, &mut cancel).await
+                            &mut sink,
+                            &mut cancel,
+                        )
+                        .await
+                    }
+                    StepCommand::Argv(argv) => {
+                        run_process_step(
+                            &plan,
+                            index,
+                            step,
+                            argv.clone(),
+                            &mut job_env,
+                            &files,
+                            deadline,
+                            &mut sink,
+                            &mut cancel,
+                        )
+                        .await
                     }
                 }
             };
@@ -312,6 +462,7 @@ pub async fn run_job(
                 signal: result.signal,
                 duration: result.duration,
                 outcome: result.outcome,
+                error: result.error.clone(),
             })
             .await;
             if result.outcome == StepOutcome::Skipped {
@@ -331,12 +482,93 @@ pub async fn run_job(
             exit_code,
             duration: started.elapsed(),
             output_truncated: sink.log.truncated(),
+            error: job_error,
         };
+        if needs_workspace {
+            let _ = tokio::fs::remove_dir_all(files_dir(&plan.workspace)).await;
+        }
         tracing::info!(outcome = ?report.outcome, exit_code = ?report.exit_code, "job finished");
         report
     }
     .instrument(span)
     .await
+}
+
+/// Creates `dir` (and its parents), readable by the agent's user only.
+/// Creates `dir` (and its parents) private to the agent's user (0700):
+/// other users of the machine see no job's files.
+async fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    let dir = dir.to_owned();
+    tokio::task::spawn_blocking(move || valkyrie::private_fs::create_dir_all(&dir))
+        .await
+        .unwrap_or_else(|join| Err(std::io::Error::other(join)))
+}
+
+/// Runs one step that starts a process, with the job's environment plus
+/// the step's, and folds what it wrote to `$VALKYRIE_ENV` and
+/// `$VALKYRIE_PATH` into `job_env` for the steps after it.
+#[allow(clippy::too_many_arguments)]
+async fn run_process_step(
+    plan: &JobPlan,
+    index: u32,
+    step: &StepPlan,
+    argv: Vec<String>,
+    job_env: &mut Env,
+    files: &StepFiles,
+    deadline: Option<Instant>,
+    sink: &mut EventSink,
+    cancel: &mut watch::Receiver<bool>,
+) -> StepResult {
+    let files_ready = files.reset().await;
+    let mut env = job_env.clone();
+    let mut expanded = Ok(());
+    for (name, value) in &step.env {
+        if let Err(e) = env.set_expanded(name, value) {
+            expanded = Err(e);
+            break;
+        }
+    }
+    env.set("VALKYRIE_ENV", files.env.display().to_string());
+    env.set("VALKYRIE_PATH", files.path.display().to_string());
+    if let Err(error) = files_ready {
+        tracing::warn!(%error, "could not prepare $VALKYRIE_ENV / $VALKYRIE_PATH");
+    }
+    let run = step::ProcessStep {
+        plan,
+        index,
+        step,
+        argv,
+        env: expanded.map(|()| env),
+        deadline,
+    };
+    let mut result = run.run(sink, cancel).await;
+    if !matches!(
+        result.outcome,
+        StepOutcome::Succeeded | StepOutcome::FailedAllowed
+    ) {
+        return result;
+    }
+    match files.read().await {
+        Ok(additions) => {
+            for (name, value) in additions.env {
+                job_env.set(&name, value);
+            }
+            for dir in additions.path {
+                job_env.prepend_path(&dir);
+            }
+        }
+        Err(error) => {
+            sink.system(&format!("[valkyrie] step `{}`: {error}\n", step.name))
+                .await;
+            result.outcome = if step.continue_on_error {
+                StepOutcome::FailedAllowed
+            } else {
+                StepOutcome::Failed
+            };
+            result.error = Some(error);
+        }
+    }
+    result
 }
 
 /// Where events go: numbering, limit and masking in front of the channel.

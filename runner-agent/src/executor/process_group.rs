@@ -1,4 +1,4 @@
-//! Spawning a step's shell in its own process group, and signalling that
+//! Spawning a step's process in its own process group, and signalling that
 //! group.
 //!
 //! Guarantees:
@@ -30,21 +30,24 @@ pub(crate) struct StepProcess {
     group_released: bool,
 }
 
-/// Starts `shell... line` as the leader of a new process group.
+/// Starts `program` (the resolved path of `argv[0]`) with `argv` as the
+/// leader of a new process group, in `cwd`, with exactly the environment
+/// `env` (nothing of the agent's own).
 pub(crate) fn spawn<'a>(
-    shell: &[String],
-    line: &str,
+    program: &Path,
+    argv: &[String],
     cwd: &Path,
     env: impl IntoIterator<Item = (&'a str, &'a str)>,
 ) -> io::Result<StepProcess> {
-    let (program, args) = shell
+    let (arg0, args) = argv
         .split_first()
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "the job's shell command is empty"))?;
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "the step's command is empty"))?;
     let mut command = Command::new(program);
     command
+        .arg0(arg0)
         .args(args)
-        .arg(line)
         .current_dir(cwd)
+        .env_clear()
         .envs(env)
         // Steps are non-interactive: a read from stdin sees EOF instead of
         // hanging on the agent's terminal.

@@ -1,4 +1,4 @@
-//! Running one shell step: spawn, stream both pipes, stop on cancel or
+//! Running one step's process: spawn, stream both pipes, stop on cancel or
 //! timeout, clean up the process group.
 //!
 //! Stopping a step (cancel or job timeout): SIGTERM to the group, then up to
@@ -18,8 +18,10 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::Instrument;
 
+use super::env::{Env, ExpandError};
 use super::pipe::PipeReader;
 use super::process_group::{self, StepProcess};
+use super::program;
 use super::{EventSink, ExecEvent, JobPlan, OutputStream, StepOutcome, StepPlan, StepResult};
 
 /// After the leader exited and the group was killed, the pipes normally hit
@@ -34,17 +36,65 @@ enum StopReason {
     TimedOut,
 }
 
-/// One `StepCommand::Shell` step of a job.
-pub(super) struct ShellStep<'a> {
+/// Why a step's process could not be started. Every variant names what
+/// was wrong (the directory, the program, the variable) and how to fix it.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub(super) enum StartStepError {
+    /// `working_directory` is absolute or has `..`.
+    #[error("working_directory `{0}` must be a relative path inside the workspace, without `..`")]
+    WorkingDirectoryOutside(String),
+    /// `working_directory` does not exist.
+    #[error(
+        "working directory `{0}` does not exist in the job workspace; \
+         create it in an earlier step or fix the path"
+    )]
+    WorkingDirectoryMissing(String),
+    /// `working_directory` is a file.
+    #[error("working directory `{0}` is not a directory")]
+    WorkingDirectoryNotADirectory(String),
+    /// The command (shell or argv) is empty.
+    #[error("the step's command is empty (an empty `shell`?)")]
+    EmptyCommand,
+    /// No executable of that name on the step's `PATH`.
+    #[error("program `{program}` was not found on the step's PATH `{path}`; install it on the runner or fix `PATH`")]
+    ProgramNotOnPath {
+        /// The program.
+        program: String,
+        /// The step's `PATH` (`<unset>` when it has none).
+        path: String,
+    },
+    /// A program given with a `/` is missing or not executable.
+    #[error("program `{0}` does not exist or is not executable")]
+    ProgramMissing(String),
+    /// A step `env` value is too long after expansion.
+    #[error("step env {0}")]
+    Env(#[from] ExpandError),
+    /// `spawn` itself failed.
+    #[error("could not start `{program}`: {source}")]
+    Spawn {
+        /// The program.
+        program: String,
+        /// What the OS said.
+        source: io::Error,
+    },
+}
+
+/// One step of a job that runs a process: a shell line (`argv` is the
+/// job's shell plus the line) or an argv step.
+pub(super) struct ProcessStep<'a> {
     pub(super) plan: &'a JobPlan,
     pub(super) index: u32,
     pub(super) step: &'a StepPlan,
-    pub(super) line: &'a str,
+    /// Program and arguments.
+    pub(super) argv: Vec<String>,
+    /// The step's whole environment; nothing else reaches the process.
+    pub(super) env: Result<Env, ExpandError>,
     /// The job's deadline, which also bounds this step.
     pub(super) deadline: Option<Instant>,
 }
 
-impl ShellStep<'_> {
+impl ProcessStep<'_> {
     pub(super) async fn run(self, sink: &mut EventSink, cancel: &mut watch::Receiver<bool>) -> StepResult {
         let span = tracing::info_span!(
             "step",
@@ -55,11 +105,32 @@ impl ShellStep<'_> {
         self.run_in_span(sink, cancel).instrument(span).await
     }
 
+    fn spawn(&self) -> Result<StepProcess, StartStepError> {
+        let env = self.env.as_ref().map_err(|e| StartStepError::Env(e.clone()))?;
+        let cwd = working_directory(&self.plan.workspace, self.step.working_directory.as_deref())?;
+        let program = self.argv.first().ok_or(StartStepError::EmptyCommand)?;
+        let path = env.get("PATH");
+        let resolved = program::find_program(program, path, &cwd).ok_or_else(|| {
+            if program.contains('/') {
+                StartStepError::ProgramMissing(program.clone())
+            } else {
+                StartStepError::ProgramNotOnPath {
+                    program: program.clone(),
+                    path: path.unwrap_or("<unset>").to_owned(),
+                }
+            }
+        })?;
+        process_group::spawn(&resolved, &self.argv, &cwd, env.iter()).map_err(|source| {
+            StartStepError::Spawn {
+                program: program.clone(),
+                source,
+            }
+        })
+    }
+
     async fn run_in_span(self, sink: &mut EventSink, cancel: &mut watch::Receiver<bool>) -> StepResult {
         let started = Instant::now();
-        let spawned = working_directory(&self.plan.workspace, self.step.working_directory.as_deref())
-            .and_then(|cwd| process_group::spawn(&self.plan.shell, self.line, &cwd, self.env()));
-        let process = match spawned {
+        let process = match self.spawn() {
             Ok(process) => process,
             Err(error) => {
                 tracing::warn!(%error, "could not start step");
@@ -70,8 +141,8 @@ impl ShellStep<'_> {
                 })
                 .await;
                 sink.system(&format!(
-                    "[valkyrie] could not start step `{}` with {:?}: {error}\n",
-                    self.step.name, self.plan.shell
+                    "[valkyrie] could not start step `{}`: {error}\n",
+                    self.step.name
                 ))
                 .await;
                 return StepResult {
@@ -79,6 +150,7 @@ impl ShellStep<'_> {
                     signal: None,
                     duration: started.elapsed(),
                     outcome: self.failed(),
+                    error: Some(format!("could not start: {error}")),
                 };
             }
         };
@@ -103,6 +175,7 @@ impl ShellStep<'_> {
             signal: status.and_then(|s| s.signal()),
             duration: started.elapsed(),
             outcome,
+            error: None,
         };
         tracing::info!(?result.outcome, ?result.exit_code, ?result.signal, "step finished");
         result
@@ -114,17 +187,6 @@ impl ShellStep<'_> {
         } else {
             StepOutcome::Failed
         }
-    }
-
-    /// Agent environment (inherited) + job env + secrets + step env; later
-    /// entries win.
-    fn env(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.plan
-            .env
-            .iter()
-            .chain(&self.plan.secrets)
-            .chain(&self.step.env)
-            .map(|(name, value)| (name.as_str(), value.as_str()))
     }
 
     /// Streams output until the leader has exited and both pipes are done.
@@ -215,23 +277,22 @@ async fn sleep_until(at: Option<Instant>) {
 
 /// The step's cwd: the workspace, or a directory inside it. Refuses paths
 /// that would leave the workspace, so a pipeline cannot run steps elsewhere
-/// on the runner by accident.
-fn working_directory(workspace: &Path, relative: Option<&str>) -> io::Result<PathBuf> {
+/// on the runner by accident, and names a directory that is missing.
+fn working_directory(workspace: &Path, relative: Option<&str>) -> Result<PathBuf, StartStepError> {
     let Some(relative) = relative else {
         return Ok(workspace.to_path_buf());
     };
     let path = Path::new(relative);
-    if path
+    if !path
         .components()
         .all(|c| matches!(c, Component::Normal(_) | Component::CurDir))
     {
-        Ok(workspace.join(path))
-    } else {
-        Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!(
-                "working_directory `{relative}` must be a relative path inside the workspace, without `..`"
-            ),
-        ))
+        return Err(StartStepError::WorkingDirectoryOutside(relative.to_owned()));
+    }
+    let cwd = workspace.join(path);
+    match std::fs::metadata(&cwd) {
+        Ok(meta) if meta.is_dir() => Ok(cwd),
+        Ok(_) => Err(StartStepError::WorkingDirectoryNotADirectory(relative.to_owned())),
+        Err(_) => Err(StartStepError::WorkingDirectoryMissing(relative.to_owned())),
     }
 }

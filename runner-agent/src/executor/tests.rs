@@ -610,6 +610,7 @@ async fn noop_steps_start_no_process_and_write_nothing() {
                 signal: None,
                 duration: Duration::ZERO,
                 outcome: StepOutcome::Succeeded,
+                error: None,
             },
         ]
     );
@@ -638,8 +639,302 @@ fn debug_output_of_a_plan_never_shows_secret_values() {
 #[test]
 fn plan_defaults() {
     let plan = JobPlan::new(1, "/tmp/ws");
-    assert_eq!(plan.shell, ["sh", "-c"]);
+    // bash is on the PATH of every machine these tests run on.
+    assert_eq!(plan.shell, BASH_SHELL);
     assert_eq!(plan.kill_grace, Duration::from_secs(10));
     assert_eq!(plan.output_limit_bytes, 64 * 1024 * 1024);
     assert_eq!(plan.timeout, None);
+}
+
+#[tokio::test]
+async fn a_failing_first_line_of_a_block_fails_the_step_in_the_default_shell() {
+    let root = tempfile::tempdir().unwrap();
+    let plan = plan(
+        &root,
+        vec![
+            StepPlan::shell("block", "false\necho after the failure\n"),
+            StepPlan::shell("next", "echo next"),
+        ],
+    );
+    let (events, report) = run_to_end(plan).await;
+    assert_eq!(output(&events, OutputStream::Stdout), "");
+    assert_eq!(
+        finished(&events),
+        [
+            (0, StepOutcome::Failed, Some(1), None),
+            (1, StepOutcome::Skipped, None, None)
+        ]
+    );
+    assert_eq!(report.outcome, JobOutcome::Failed);
+}
+
+#[tokio::test]
+async fn a_failing_command_inside_a_pipe_fails_the_step_under_bash() {
+    let root = tempfile::tempdir().unwrap();
+    let plan = plan(
+        &root,
+        vec![StepPlan::shell(
+            "pipe",
+            "(echo piped; exit 3) | cat\necho after the pipe",
+        )],
+    );
+    assert_eq!(plan.shell, BASH_SHELL);
+    let (events, report) = run_to_end(plan).await;
+    assert_eq!(output(&events, OutputStream::Stdout), "piped\n");
+    assert_eq!(finished(&events), [(0, StepOutcome::Failed, Some(3), None)]);
+    assert_eq!(report.outcome, JobOutcome::Failed);
+}
+
+#[tokio::test]
+async fn the_sh_fallback_fails_on_the_first_failing_line_too() {
+    let root = tempfile::tempdir().unwrap();
+    let mut plan = plan(&root, vec![StepPlan::shell("block", "echo one\nfalse\necho two")]);
+    plan.shell = SH_SHELL.iter().map(|s| s.to_string()).collect();
+    let (events, report) = run_to_end(plan).await;
+    assert_eq!(output(&events, OutputStream::Stdout), "one\n");
+    assert_eq!(finished(&events), [(0, StepOutcome::Failed, Some(1), None)]);
+    assert_eq!(report.outcome, JobOutcome::Failed);
+}
+
+#[tokio::test]
+async fn an_explicit_shell_without_e_keeps_its_semantics() {
+    let root = tempfile::tempdir().unwrap();
+    let mut plan = plan(
+        &root,
+        vec![StepPlan::shell("block", "false\necho after the failure")],
+    );
+    plan.shell = vec!["sh".to_owned(), "-c".to_owned()];
+    let (events, report) = run_to_end(plan).await;
+    assert_eq!(output(&events, OutputStream::Stdout), "after the failure\n");
+    assert_eq!(finished(&events), [(0, StepOutcome::Succeeded, Some(0), None)]);
+    assert_eq!(report.outcome, JobOutcome::Succeeded);
+}
+
+fn base_env() -> Vec<(String, String)> {
+    vec![
+        ("PATH".to_owned(), "/usr/local/bin:/usr/bin:/bin".to_owned()),
+        ("HOME".to_owned(), "/home/valkyrie-test".to_owned()),
+    ]
+}
+
+#[tokio::test]
+async fn steps_see_the_base_env_and_job_vars_and_nothing_of_the_agent() {
+    let root = tempfile::tempdir().unwrap();
+    let mut plan = plan(&root, vec![StepPlan::shell("env", "env")]);
+    plan.base_env = base_env();
+    plan.env = vec![("JOB_VAR".to_owned(), "job".to_owned())];
+    let (events, report) = run_to_end(plan).await;
+    assert_eq!(report.outcome, JobOutcome::Succeeded);
+    let mut names: Vec<String> = output(&events, OutputStream::Stdout)
+        .lines()
+        .filter_map(|l| l.split_once('=').map(|(n, _)| n.to_owned()))
+        .collect();
+    names.sort();
+    // bash itself adds PWD, SHLVL and `_`.
+    assert_eq!(
+        names,
+        [
+            "HOME",
+            "JOB_VAR",
+            "PATH",
+            "PWD",
+            "SHLVL",
+            "VALKYRIE_ENV",
+            "VALKYRIE_PATH",
+            "_"
+        ]
+    );
+}
+
+#[tokio::test]
+async fn env_values_expand_earlier_variables() {
+    let root = tempfile::tempdir().unwrap();
+    let mut step = StepPlan::shell("show", r#"echo "$PATH|$GREETING|$COST|$EMPTY|$STEP_VAR""#);
+    step.env = vec![("STEP_VAR".to_owned(), "${GREETING}-step".to_owned())];
+    let mut plan = plan(&root, vec![step]);
+    plan.base_env = base_env();
+    plan.env = vec![
+        ("PATH".to_owned(), "/opt/valkyrie-test/bin:$PATH".to_owned()),
+        ("GREETING".to_owned(), "hi $HOME".to_owned()),
+        ("COST".to_owned(), "$$5".to_owned()),
+        ("EMPTY".to_owned(), "[$UNDEFINED]".to_owned()),
+    ];
+    let (events, report) = run_to_end(plan).await;
+    assert_eq!(report.outcome, JobOutcome::Succeeded, "{events:?}");
+    assert_eq!(
+        output(&events, OutputStream::Stdout),
+        "/opt/valkyrie-test/bin:/usr/local/bin:/usr/bin:/bin|hi /home/valkyrie-test|$5|[]|hi /home/valkyrie-test-step\n"
+    );
+}
+
+#[tokio::test]
+async fn valkyrie_env_and_path_files_reach_later_steps() {
+    let root = tempfile::tempdir().unwrap();
+    let setup = r#"echo "GREETING=hello world" >> "$VALKYRIE_ENV"
+printf 'BLOCK<<END\nline one\nline two\nEND\n' >> "$VALKYRIE_ENV"
+mkdir -p tools
+printf '#!/bin/sh\necho tool ran\n' > tools/valkyrie-test-tool
+chmod +x tools/valkyrie-test-tool
+echo "$PWD/tools" >> "$VALKYRIE_PATH""#;
+    let plan = plan(
+        &root,
+        vec![
+            StepPlan::shell("setup", setup),
+            StepPlan::shell("use", r#"echo "$GREETING"; echo "$BLOCK"; valkyrie-test-tool"#),
+            StepPlan::shell(
+                "files are fresh per step",
+                r#"cat "$VALKYRIE_ENV" "$VALKYRIE_PATH""#,
+            ),
+        ],
+    );
+    let files = files_dir(&plan.workspace);
+    let (events, report) = run_to_end(plan).await;
+    assert_eq!(report.outcome, JobOutcome::Succeeded, "{events:?}");
+    assert_eq!(
+        output(&events, OutputStream::Stdout),
+        "hello world\nline one\nline two\ntool ran\n"
+    );
+    assert!(!files.exists(), "the job's files are removed when it ends");
+}
+
+#[tokio::test]
+async fn a_bad_valkyrie_env_line_fails_the_step_and_names_the_line() {
+    let root = tempfile::tempdir().unwrap();
+    let plan = plan(
+        &root,
+        vec![
+            StepPlan::shell(
+                "setup",
+                r#"printf 'OK=1\nnot an assignment\n' >> "$VALKYRIE_ENV""#,
+            ),
+            StepPlan::shell("never", "echo never"),
+        ],
+    );
+    let (events, report) = run_to_end(plan).await;
+    assert_eq!(report.outcome, JobOutcome::Failed);
+    let system = output(&events, OutputStream::System);
+    assert!(system.contains("$VALKYRIE_ENV line 2"), "{system}");
+    let error = events.iter().find_map(|e| match e {
+        ExecEvent::StepFinished { error, .. } => error.clone(),
+        _ => None,
+    });
+    assert!(error.unwrap().contains("line 2"));
+    assert_eq!(
+        finished(&events),
+        [
+            (0, StepOutcome::Failed, Some(0), None),
+            (1, StepOutcome::Skipped, None, None)
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_missing_working_directory_is_named() {
+    let root = tempfile::tempdir().unwrap();
+    let mut step = StepPlan::shell("in sub", "pwd");
+    step.working_directory = Some("sub/dir".to_owned());
+    let (events, report) = run_to_end(plan(&root, vec![step])).await;
+    assert_eq!(report.outcome, JobOutcome::Failed);
+    let system = output(&events, OutputStream::System);
+    assert!(
+        system.contains("working directory `sub/dir` does not exist"),
+        "{system}"
+    );
+    let error = events.iter().find_map(|e| match e {
+        ExecEvent::StepFinished { error, .. } => error.clone(),
+        _ => None,
+    });
+    assert_eq!(
+        error.as_deref(),
+        Some("could not start: working directory `sub/dir` does not exist in the job workspace; create it in an earlier step or fix the path")
+    );
+}
+
+#[tokio::test]
+async fn a_shell_missing_from_path_is_named_with_the_path() {
+    let root = tempfile::tempdir().unwrap();
+    let mut plan = plan(&root, vec![StepPlan::shell("x", "echo hi")]);
+    plan.shell = vec!["sh".to_owned(), "-c".to_owned()];
+    plan.base_env = base_env();
+    plan.env = vec![("PATH".to_owned(), "/opt/valkyrie-nothing-here".to_owned())];
+    let (events, report) = run_to_end(plan).await;
+    assert_eq!(report.outcome, JobOutcome::Failed);
+    let system = output(&events, OutputStream::System);
+    assert!(
+        system.contains("program `sh` was not found on the step's PATH `/opt/valkyrie-nothing-here`"),
+        "{system}"
+    );
+}
+
+#[tokio::test]
+async fn an_env_chain_over_the_limit_fails_the_job_before_any_step() {
+    let root = tempfile::tempdir().unwrap();
+    let mut plan = plan(&root, vec![StepPlan::shell("x", "echo never")]);
+    plan.env = (1..40)
+        .map(|i| (format!("V{i}"), format!("${{V{p}}}${{V{p}}}x", p = i - 1)))
+        .collect();
+    let (events, report) = run_to_end(plan).await;
+    assert_eq!(report.outcome, JobOutcome::Failed);
+    assert_eq!(finished(&events), [(0, StepOutcome::Skipped, None, None)]);
+    let error = report.error.expect("a job error");
+    assert!(error.contains("job env `V"), "{error}");
+    assert!(error.contains("131072 bytes"), "{error}");
+}
+
+fn argv_step(name: &str, argv: &[&str]) -> StepPlan {
+    StepPlan {
+        command: StepCommand::Argv(argv.iter().map(|s| (*s).to_owned()).collect()),
+        ..StepPlan::shell(name, "")
+    }
+}
+
+#[tokio::test]
+async fn argv_steps_run_the_program_directly_with_arguments_as_given() {
+    let root = tempfile::tempdir().unwrap();
+    let plan = plan(
+        &root,
+        vec![argv_step("printf", &["printf", "%s|", "a b", "'c'", "$HOME"])],
+    );
+    let (events, report) = run_to_end(plan).await;
+    assert_eq!(report.outcome, JobOutcome::Succeeded);
+    assert_eq!(output(&events, OutputStream::Stdout), "a b|'c'|$HOME|");
+}
+
+#[tokio::test]
+async fn an_argv_program_not_on_path_is_named() {
+    let root = tempfile::tempdir().unwrap();
+    let plan = plan(
+        &root,
+        vec![argv_step("missing", &["valkyrie-no-such-program", "x"])],
+    );
+    let (events, report) = run_to_end(plan).await;
+    assert_eq!(report.outcome, JobOutcome::Failed);
+    let system = output(&events, OutputStream::System);
+    assert!(
+        system.contains("program `valkyrie-no-such-program` was not found on the step's PATH"),
+        "{system}"
+    );
+}
+
+#[tokio::test]
+async fn cancel_reaches_the_trap_of_an_argv_shell() {
+    let root = tempfile::tempdir().unwrap();
+    let mut plan = plan(
+        &root,
+        vec![argv_step(
+            "trap",
+            &[
+                "sh",
+                "-c",
+                "trap 'echo got TERM; exit 0' TERM; echo ready; sleep 1000 & wait",
+            ],
+        )],
+    );
+    plan.kill_grace = Duration::from_secs(3600);
+    let mut run = start(plan);
+    let seen = run.events_until(|seen| saw_stdout(seen, "ready\n")).await;
+    run.cancel.send(true).unwrap();
+    let (events, report) = run.finish(seen).await;
+    assert_eq!(output(&events, OutputStream::Stdout), "ready\ngot TERM\n");
+    assert_eq!(report.outcome, JobOutcome::Cancelled);
 }

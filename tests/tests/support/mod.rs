@@ -3,9 +3,10 @@
 //! temporary directory, killed when their guard is dropped.
 //!
 //! Every process a test starts carries `VKTEST_SCOPE=<its temporary
-//! directory>` in its environment, and agents pass their environment on to
-//! job steps, so [`Harness`] can find (and, on drop, kill) every process of
-//! its test, including job processes that outlived a killed agent.
+//! directory>` in its environment, and agents pass it on to job steps
+//! (`--pass-env VKTEST_SCOPE`), so [`Harness`] can find (and, on drop,
+//! kill) every process of its test, including job processes that outlived
+//! a killed agent.
 //!
 //! Nothing here sleeps for a fixed time: waits poll a condition until a
 //! deadline ([`wait_until`]) or read a child's output.
@@ -45,7 +46,14 @@ pub const FAST_SERVER: &[&str] = &[
     "200ms",
 ];
 /// Agent flags that keep the scenarios fast.
-pub const FAST_AGENT: &[&str] = &["--heartbeat-interval", "200ms", "--kill-grace", "1s"];
+pub const FAST_AGENT: &[&str] = &[
+    "--heartbeat-interval",
+    "200ms",
+    "--kill-grace",
+    "1s",
+    "--pass-env",
+    "VKTEST_SCOPE",
+];
 
 /// Path of a workspace binary, next to the test executable's directory
 /// (`target/debug/deps/<test>` → `target/debug/<name>`).
@@ -191,6 +199,7 @@ impl Harness {
             slots: 1,
             token: server.runner_token.clone(),
             args: FAST_AGENT.iter().map(|s| s.to_string()).collect(),
+            envs: Vec::new(),
         }
     }
 
@@ -531,9 +540,16 @@ pub struct AgentBuilder<'a> {
     slots: u32,
     token: String,
     args: Vec<String>,
+    envs: Vec<(String, String)>,
 }
 
 impl AgentBuilder<'_> {
+    /// Sets a variable in the agent's environment.
+    pub fn env(mut self, name: &str, value: &str) -> Self {
+        self.envs.push((name.into(), value.into()));
+        self
+    }
+
     /// Runner name.
     pub fn name(mut self, name: &str) -> Self {
         self.name = name.into();
@@ -592,6 +608,7 @@ impl AgentBuilder<'_> {
             command.arg("--ca-cert").arg(ca);
         }
         command.args(&self.args);
+        command.envs(self.envs.iter().map(|(n, v)| (n, v)));
         let log = self.harness.path().join(format!("{}.log", self.name));
         let process = spawn_logged(command, &self.name, log, Stdio::null());
         Agent {

@@ -168,10 +168,15 @@ impl RunnerState {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum StepCommand {
-    /// A command line run by the job's shell (`sh -c LINE` by default).
+    /// A command line run by the job's shell (by default `bash -eo pipefail
+    /// -c LINE`, or `sh -e -c LINE` where there is no bash).
     Shell(String),
     /// Starts no process and succeeds (benchmarks, health checks).
     Noop,
+    /// A program and its arguments, run directly, with no shell in between
+    /// (`vk exec -- argv…`): signals reach the program itself. The program
+    /// is looked up on the step's `PATH`.
+    Argv(Vec<String>),
 }
 
 /// One step of a job.
@@ -202,6 +207,17 @@ impl StepSpec {
         }
     }
 
+    /// A step running `argv` directly, named after it.
+    pub fn argv(argv: Vec<String>) -> Self {
+        Self {
+            name: argv.join(" "),
+            command: StepCommand::Argv(argv),
+            env: Vec::new(),
+            working_directory: None,
+            continue_on_error: false,
+        }
+    }
+
     /// A no-op step.
     pub fn noop() -> Self {
         Self {
@@ -218,6 +234,7 @@ impl StepSpec {
         let command = match r.u8("step.command")? {
             0 => StepCommand::Shell(r.string("step.run")?),
             1 => StepCommand::Noop,
+            2 => StepCommand::Argv(r.strings("step.argv")?),
             other => return Err(r.invalid("step.command", other.into())),
         };
         Ok(Self {
@@ -237,6 +254,10 @@ impl StepSpec {
                 w.string(line);
             }
             StepCommand::Noop => w.u8(1),
+            StepCommand::Argv(argv) => {
+                w.u8(2);
+                w.strings(argv);
+            }
         }
         w.pairs(&self.env);
         w.option(&self.working_directory, |w, d| w.string(d));
@@ -306,7 +327,8 @@ pub struct JobSpec {
     pub timeout_ms: u64,
     /// Retry policy.
     pub retry: RetryPolicy,
-    /// Shell argv the step line is appended to; empty means `sh -c`.
+    /// Shell argv the step line is appended to; empty means the agent's
+    /// default (`bash -eo pipefail -c`, or `sh -e -c` without bash).
     pub shell: Vec<String>,
 }
 

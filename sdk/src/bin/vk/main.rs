@@ -16,7 +16,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{CommandFactory, Parser, Subcommand};
 use valkyrie::Endpoint;
-use valkyrie_sdk::{pipeline, Client, ClientError, ClientOptions, ClientTls, EventBody, JobSpec};
+use valkyrie_sdk::{pipeline, Client, ClientError, ClientOptions, ClientTls, EventBody, JobSpec, StepSpec};
 
 use follow::Output;
 use ids::Target;
@@ -376,12 +376,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             project,
             command,
         } => {
-            let line = command
-                .iter()
-                .map(|a| shell_quote(a))
-                .collect::<Vec<_>>()
-                .join(" ");
-            let mut spec = JobSpec::shell(command.join(" "), line);
+            // Run argv directly, with no shell in between, so a cancel's
+            // SIGTERM reaches the program itself.
+            let mut spec = JobSpec::with_steps(command.join(" "), vec![StepSpec::argv(command.clone())]);
             spec.tags = tags.into_iter().filter(|t| !t.is_empty()).collect();
             spec.timeout_ms = timeout.map_or(0, |t| t.as_millis() as u64);
             spec.priority = priority;
@@ -445,17 +442,5 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             eprintln!("cancel requested for {target}");
             Ok(ExitCode::SUCCESS)
         }
-    }
-}
-
-fn shell_quote(arg: &str) -> String {
-    if !arg.is_empty()
-        && arg
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_./=:,+@%".contains(c))
-    {
-        arg.to_owned()
-    } else {
-        format!("'{}'", arg.replace('\'', r"'\''"))
     }
 }
