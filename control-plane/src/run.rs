@@ -53,6 +53,10 @@ pub struct Run {
     /// rebuilt after a restart.
     file_name: String,
     yaml: String,
+    /// Job indices, each after everything it depends on: one pass of
+    /// [`advance`](Self::advance) in this order decides every job that can
+    /// be decided.
+    order: Vec<usize>,
 }
 
 impl Run {
@@ -61,8 +65,10 @@ impl Run {
         let deadline =
             (pipeline.timeout_ms > 0).then(|| now + std::time::Duration::from_millis(pipeline.timeout_ms));
         let slots = vec![Slot::Waiting; pipeline.jobs.len()];
+        let order = pipeline.dependency_order();
         Self {
             id,
+            order,
             pipeline,
             slots,
             state: RunState::Running,
@@ -151,6 +157,7 @@ impl Run {
             .map(|d| now + std::time::Duration::from_millis(d.saturating_sub(now_ms)));
         Ok(Self {
             id: row.id,
+            order: pipeline.dependency_order(),
             pipeline,
             slots,
             state: row.state,
@@ -183,70 +190,96 @@ impl Run {
     }
 
     /// Decides every waiting job whose dependencies are all final: returns
-    /// the indices to release now and marks the skipped ones. Repeats until
-    /// nothing changes, since a skip can decide its dependents.
+    /// the indices to release now and marks the skipped ones. One pass in
+    /// dependency order, so a skip decides its dependents in the same pass;
+    /// linear in the pipeline's size.
     pub fn advance(&mut self) -> Vec<usize> {
         let mut release = Vec::new();
-        loop {
-            let mut changed = false;
-            for i in 0..self.slots.len() {
-                if self.slots[i] != Slot::Waiting || release.contains(&i) {
-                    continue;
-                }
+        let mut releasing = vec![false; self.slots.len()];
+        // What the jobs of each stage came to, filled in as the pass goes:
+        // every job of the earlier stages precedes a stage-ordered job.
+        let mut stages = vec![Outcome::default(); self.pipeline.stages.len()];
+        for o in 0..self.order.len() {
+            let i = self.order[o];
+            if self.slots[i] == Slot::Waiting {
                 if self.ending.is_some() {
                     self.slots[i] = Slot::Skipped {
                         reason: "run ended".into(),
                         because_of_failure: false,
                     };
-                    changed = true;
-                    continue;
-                }
-                match self.decide(i) {
-                    Decision::Wait => {}
-                    Decision::Release => release.push(i),
-                    Decision::Skip {
-                        reason,
-                        because_of_failure,
-                    } => {
-                        self.slots[i] = Slot::Skipped {
+                } else {
+                    match self.decide(i, &releasing, &stages) {
+                        Decision::Wait => {}
+                        Decision::Release => {
+                            releasing[i] = true;
+                            release.push(i);
+                        }
+                        Decision::Skip {
                             reason,
                             because_of_failure,
-                        };
-                        changed = true;
+                        } => {
+                            self.slots[i] = Slot::Skipped {
+                                reason,
+                                because_of_failure,
+                            };
+                        }
                     }
                 }
             }
-            if !changed {
-                return release;
+            let job = &self.pipeline.jobs[i];
+            if let Some(stage) = stages.get_mut(job.stage_index) {
+                stage.add(self.outcome(i, &releasing));
             }
         }
+        release.sort_unstable();
+        release
     }
 
-    fn decide(&self, i: usize) -> Decision {
-        let job = &self.pipeline.jobs[i];
-        let mut failed = None;
-        let mut skipped = None;
-        for &d in &job.depends_on {
-            let dep = &self.pipeline.jobs[d];
-            match &self.slots[d] {
-                Slot::Waiting => return Decision::Wait,
-                Slot::Released { state, .. } if !state.is_terminal() => return Decision::Wait,
-                Slot::Released { state, .. } => {
-                    if *state != JobState::Succeeded && !dep.allow_failure && failed.is_none() {
-                        failed = Some(format!("`{}` {}", dep.name, state.as_str()));
-                    }
+    /// How job `d` counts for the jobs that wait for it.
+    fn outcome(&self, d: usize, releasing: &[bool]) -> Outcome {
+        let dep = &self.pipeline.jobs[d];
+        let mut out = Outcome::default();
+        match &self.slots[d] {
+            Slot::Waiting => out.pending = true,
+            Slot::Released { state, .. } if !state.is_terminal() => out.pending = true,
+            Slot::Released { state, .. } => {
+                if *state != JobState::Succeeded && !dep.allow_failure {
+                    out.failed = Some(format!("`{}` {}", dep.name, state.as_str()));
                 }
-                Slot::Skipped {
-                    because_of_failure, ..
-                } => {
-                    if *because_of_failure && failed.is_none() {
-                        failed = Some(format!("`{}` was skipped after a failure", dep.name));
-                    } else if skipped.is_none() {
-                        skipped = Some(format!("`{}` was skipped", dep.name));
-                    }
+            }
+            Slot::Skipped {
+                because_of_failure, ..
+            } => {
+                if *because_of_failure {
+                    out.failed = Some(format!("`{}` was skipped after a failure", dep.name));
+                } else {
+                    out.skipped = Some(format!("`{}` was skipped", dep.name));
                 }
             }
         }
+        out.pending |= releasing[d];
+        out
+    }
+
+    fn decide(&self, i: usize, releasing: &[bool], stages: &[Outcome]) -> Decision {
+        let job = &self.pipeline.jobs[i];
+        let mut deps = Outcome::default();
+        if job.waits_for_earlier_stages {
+            for stage in &stages[..job.stage_index.min(stages.len())] {
+                deps.add(stage.clone());
+            }
+        } else {
+            for &d in &job.depends_on {
+                deps.add(self.outcome(d, releasing));
+                if deps.pending {
+                    break;
+                }
+            }
+        }
+        if deps.pending {
+            return Decision::Wait;
+        }
+        let (failed, skipped) = (deps.failed, deps.skipped);
         match job.condition {
             Condition::Always => Decision::Release,
             Condition::OnSuccess => match (failed, skipped) {
@@ -357,6 +390,19 @@ impl Run {
 
     /// The listing view; `job` looks up released jobs.
     pub fn info<'a>(&self, job: impl Fn(JobId) -> Option<(&'a JobRecord, String)>) -> RunInfo {
+        let unfinished = |s: &Slot| match s {
+            Slot::Waiting => true,
+            Slot::Released { state, .. } => !state.is_terminal(),
+            Slot::Skipped { .. } => false,
+        };
+        let mut unfinished_stage = vec![false; self.pipeline.stages.len()];
+        for (pj, slot) in self.pipeline.jobs.iter().zip(&self.slots) {
+            if unfinished(slot) {
+                if let Some(s) = unfinished_stage.get_mut(pj.stage_index) {
+                    *s = true;
+                }
+            }
+        }
         let jobs = self
             .pipeline
             .jobs
@@ -376,15 +422,18 @@ impl Run {
                     reason: String::new(),
                 };
                 match slot {
+                    Slot::Waiting if pj.waits_for_earlier_stages => {
+                        let stages: Vec<&str> = (0..pj.stage_index)
+                            .filter(|&s| unfinished_stage[s])
+                            .map(|s| self.pipeline.stages[s].as_str())
+                            .collect();
+                        info.reason = format!("waiting for stage {}", stages.join(", "));
+                    }
                     Slot::Waiting => {
                         let waiting_on: Vec<&str> = pj
                             .depends_on
                             .iter()
-                            .filter(|&&d| match &self.slots[d] {
-                                Slot::Waiting => true,
-                                Slot::Released { state, .. } => !state.is_terminal(),
-                                Slot::Skipped { .. } => false,
-                            })
+                            .filter(|&&d| unfinished(&self.slots[d]))
                             .map(|&d| self.pipeline.jobs[d].name.as_str())
                             .collect();
                         info.reason = format!("waiting for {}", waiting_on.join(", "));
@@ -416,6 +465,27 @@ impl Run {
             created_at_ms: self.created_at_ms,
             finished_at_ms: self.finished_at_ms,
             jobs,
+        }
+    }
+}
+
+/// What a set of dependencies came to: whether any is unfinished, and the
+/// first failure and the first skip among them.
+#[derive(Debug, Clone, Default)]
+struct Outcome {
+    pending: bool,
+    failed: Option<String>,
+    skipped: Option<String>,
+}
+
+impl Outcome {
+    fn add(&mut self, other: Outcome) {
+        self.pending |= other.pending;
+        if self.failed.is_none() {
+            self.failed = other.failed;
+        }
+        if self.skipped.is_none() {
+            self.skipped = other.skipped;
         }
     }
 }

@@ -4,6 +4,9 @@
 //! validates the same text with the same code.
 
 mod error;
+mod graph;
+mod hints;
+pub mod limits;
 mod model;
 mod parse;
 

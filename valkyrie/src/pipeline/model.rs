@@ -22,9 +22,15 @@ pub struct PipelineJob {
     pub name: String,
     /// Stage it belongs to.
     pub stage: String,
-    /// Indices of the jobs it waits for: its `needs`, or else every job of
-    /// the earlier stages.
+    /// Index of `stage` in [`Pipeline::stages`].
+    pub stage_index: usize,
+    /// Indices of the jobs its `needs` name (every expansion of a needed
+    /// matrix job), in order, without repeats.
     pub depends_on: Vec<usize>,
+    /// It has no `needs`, so it waits for every job of the earlier stages.
+    /// Those jobs are not listed in `depends_on`: listing them would make a
+    /// pipeline's size quadratic in its job count.
+    pub waits_for_earlier_stages: bool,
     /// When it runs.
     pub condition: Condition,
     /// Its failure does not fail the run nor skip its dependents.
@@ -46,4 +52,36 @@ pub struct Pipeline {
     pub timeout_ms: u64,
     /// Jobs in file order (matrix expansions in place).
     pub jobs: Vec<PipelineJob>,
+}
+
+impl Pipeline {
+    /// Every job index, each after everything it depends on (its `needs`,
+    /// or every job of the earlier stages). Linear in the pipeline's size.
+    pub fn dependency_order(&self) -> Vec<usize> {
+        let deps: Vec<super::graph::Deps<'_>> = self
+            .jobs
+            .iter()
+            .map(|j| super::graph::Deps {
+                stage: j.stage_index,
+                needs: (!j.waits_for_earlier_stages).then_some(j.depends_on.as_slice()),
+            })
+            .collect();
+        // A validated pipeline has no cycle; should one be built by hand,
+        // the jobs left out of the order go last, in file order.
+        super::graph::order(&deps, self.stages.len()).unwrap_or_else(|_| (0..self.jobs.len()).collect())
+    }
+
+    /// The jobs pipeline job `index` waits for, listed one by one (its
+    /// `depends_on`, or every job of the earlier stages). Linear in the
+    /// number of jobs.
+    pub fn dependencies(&self, index: usize) -> Vec<usize> {
+        let job = &self.jobs[index];
+        if job.waits_for_earlier_stages {
+            (0..self.jobs.len())
+                .filter(|&i| self.jobs[i].stage_index < job.stage_index)
+                .collect()
+        } else {
+            job.depends_on.clone()
+        }
+    }
 }

@@ -2,12 +2,15 @@
 //! node's position), collects every problem instead of stopping at the
 //! first, then expands matrices and resolves dependencies.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use marked_yaml::types::{MarkedMappingNode, MarkedScalarNode};
 use marked_yaml::{LoadError, LoaderOptions, Node, Span};
 
 use super::error::{did_you_mean, PipelineError, PipelineErrors};
+use super::graph;
+use super::hints::{self, Level};
+use super::limits::{self, *};
 use super::model::{Condition, Pipeline, PipelineJob};
 use crate::message::{JobSpec, RetryOn, RetryPolicy, StepCommand, StepSpec};
 
@@ -19,8 +22,10 @@ const TOP_KEYS: &[&str] = &[
     "secrets",
     "stages",
     "timeout",
+    "defaults",
     "jobs",
 ];
+const DEFAULTS_KEYS: &[&str] = &["shell", "env", "timeout", "tags", "retry"];
 const STAGE_KEYS: &[&str] = &["name", "env"];
 const JOB_KEYS: &[&str] = &[
     "stage",
@@ -44,6 +49,8 @@ const RETRY_KEYS: &[&str] = &["max", "when"];
 struct Ctx<'a> {
     file: &'a str,
     errors: Vec<PipelineError>,
+    /// Errors found beyond [`MAX_ERRORS`], counted, not kept.
+    suppressed: usize,
 }
 
 fn position(span: &Span) -> (usize, usize) {
@@ -52,6 +59,10 @@ fn position(span: &Span) -> (usize, usize) {
 
 impl Ctx<'_> {
     fn error(&mut self, span: &Span, message: impl Into<String>, hint: Option<String>) {
+        if self.errors.len() >= MAX_ERRORS {
+            self.suppressed += 1;
+            return;
+        }
         let (line, column) = position(span);
         self.errors.push(PipelineError {
             file: self.file.to_owned(),
@@ -65,7 +76,21 @@ impl Ctx<'_> {
     fn check_keys(&mut self, map: &MarkedMappingNode, allowed: &[&str], what: &str) {
         for key in map.keys() {
             if !allowed.contains(&key.as_str()) {
-                let hint = did_you_mean(key.as_str(), allowed.iter().copied())
+                // Well-known keys of other CI systems first: edit distance
+                // would suggest a key that merely looks alike.
+                let level = if std::ptr::eq(allowed, TOP_KEYS) {
+                    Some(Level::Pipeline)
+                } else if std::ptr::eq(allowed, JOB_KEYS) {
+                    Some(Level::Job)
+                } else if std::ptr::eq(allowed, STEP_KEYS) {
+                    Some(Level::Step)
+                } else {
+                    None
+                };
+                let hint = level
+                    .and_then(|level| hints::well_known(level, key.as_str()))
+                    .or_else(|| (key.as_str() == "<<").then(limits::anchors_hint))
+                    .or_else(|| did_you_mean(key.as_str(), allowed.iter().copied()))
                     .or_else(|| Some(format!("{what} accepts: {}", allowed.join(", "))));
                 self.error(
                     key.span(),
@@ -82,6 +107,56 @@ impl Ctx<'_> {
             self.error(node.span(), format!("{what} must be a mapping"), None);
         }
         map
+    }
+
+    /// Whether `text` fits in `max` bytes; an error at `span` if not.
+    fn fits(&mut self, span: &Span, text: &str, max: usize, what: &str) -> bool {
+        if text.len() <= max {
+            return true;
+        }
+        self.error(
+            span,
+            format!(
+                "{what} is {} bytes long, over the limit of {max} bytes",
+                text.len()
+            ),
+            None,
+        );
+        false
+    }
+
+    /// Whether a collection of `count` items fits in `max`; an error at
+    /// `span` if not (the items are then not looked at).
+    fn few_enough(&mut self, span: &Span, count: usize, max: usize, what: &str) -> bool {
+        if count <= max {
+            return true;
+        }
+        self.error(
+            span,
+            format!("{what} has {count} entries, over the limit of {max}"),
+            None,
+        );
+        false
+    }
+
+    /// A name: a single value of at most [`MAX_NAME_BYTES`].
+    fn name(&mut self, node: &Node, what: &str) -> Option<String> {
+        let s = self.scalar(node, what)?;
+        self.fits(s.span(), s.as_str(), MAX_NAME_BYTES, what)
+            .then(|| s.as_str().to_owned())
+    }
+
+    /// A list of names, at most `max` of them.
+    fn names(&mut self, node: &Node, what: &str, max: usize) -> Vec<(String, Span)> {
+        if let Node::Sequence(seq) = node {
+            if !self.few_enough(seq.span(), seq.len(), max, what) {
+                return Vec::new();
+            }
+        }
+        let all = self.strings(node, what);
+        all.into_iter()
+            .filter(|(s, span)| self.fits(span, s, MAX_NAME_BYTES, what))
+            .collect()
     }
 
     fn scalar<'n>(&mut self, node: &'n Node, what: &str) -> Option<&'n MarkedScalarNode> {
@@ -139,9 +214,20 @@ impl Ctx<'_> {
         let Some(map) = self.mapping(node, what) else {
             return Vec::new();
         };
+        if !self.few_enough(map.span(), map.len(), MAX_ENV_VARS, what) {
+            return Vec::new();
+        }
         let mut out = Vec::new();
         for (key, value) in map.iter() {
             let name = key.as_str();
+            if !self.fits(
+                key.span(),
+                name,
+                MAX_NAME_BYTES,
+                &format!("a variable name in {what}"),
+            ) {
+                continue;
+            }
             if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
                 self.error(
                     key.span(),
@@ -150,8 +236,11 @@ impl Ctx<'_> {
                 );
                 continue;
             }
-            if let Some(v) = self.string(value, &format!("{what}.{name}")) {
-                out.push((name.to_owned(), v));
+            let value_what = format!("{what}.{name}");
+            if let Some(v) = self.string(value, &value_what) {
+                if self.fits(value.span(), &v, MAX_ENV_VALUE_BYTES, &value_what) {
+                    out.push((name.to_owned(), v));
+                }
             }
         }
         out
@@ -178,18 +267,25 @@ struct RawJob {
     name: String,
     span: Span,
     stage: String,
+    stage_index: usize,
     needs: Option<Vec<(String, Span)>>,
     condition: Condition,
     allow_failure: bool,
     matrix: Vec<(String, Vec<String>)>,
+    /// How many jobs it expands into.
+    legs: usize,
     spec: JobSpec,
 }
 
 /// Parses and validates a pipeline file. `file` names it in error messages.
 pub fn parse(file: &str, text: &str) -> Result<Pipeline, PipelineErrors> {
+    // Size, depth and node count first: the tree loader below recurses
+    // once per nesting level and allocates per node.
+    limits::check_document(file, text).map_err(|e| PipelineErrors(vec![e]))?;
     let mut cx = Ctx {
         file,
         errors: Vec::new(),
+        suppressed: 0,
     };
     let options = LoaderOptions::default().error_on_duplicate_keys(true);
     let root = match marked_yaml::parse_yaml_with_options(0, text, options) {
@@ -203,7 +299,7 @@ pub fn parse(file: &str, text: &str) -> Result<Pipeline, PipelineErrors> {
 
     let name = top
         .get_node("name")
-        .and_then(|n| cx.string(n, "name"))
+        .and_then(|n| cx.name(n, "name"))
         .unwrap_or_else(|| "pipeline".into());
     let description = top
         .get_node("description")
@@ -212,7 +308,7 @@ pub fn parse(file: &str, text: &str) -> Result<Pipeline, PipelineErrors> {
     if let Some(triggers) = top.get_node("triggers") {
         // Accepted for compatibility with the original design; runs start
         // when a pipeline is submitted or triggered through the API.
-        let _ = cx.strings(triggers, "triggers");
+        let _ = cx.names(triggers, "triggers", MAX_TAGS);
     }
     let env = top.get_node("env").map(|n| cx.env(n, "env")).unwrap_or_default();
     let secrets = top
@@ -224,17 +320,23 @@ pub fn parse(file: &str, text: &str) -> Result<Pipeline, PipelineErrors> {
         .and_then(|n| cx.duration_ms(n, "timeout"))
         .unwrap_or(0);
 
+    let defaults = match top.get_node("defaults") {
+        Some(node) => parse_defaults(&mut cx, node),
+        None => Defaults::default(),
+    };
+
     // Stages: names, or mappings with a name and an env.
     let mut stages: Vec<(String, Vec<(String, String)>)> = Vec::new();
+    let mut stage_index: HashMap<String, usize> = HashMap::new();
     if let Some(node) = top.get_node("stages") {
         match node.as_sequence() {
-            Some(seq) => {
+            Some(seq) if cx.few_enough(seq.span(), seq.len(), MAX_STAGES, "stages") => {
                 for item in seq.iter() {
                     let stage = match item {
-                        Node::Scalar(s) => Some((s.as_str().to_owned(), Vec::new())),
+                        Node::Scalar(_) => cx.name(item, "stage name").map(|n| (n, Vec::new())),
                         Node::Mapping(m) => {
                             cx.check_keys(m, STAGE_KEYS, "a stage");
-                            let name = m.get_node("name").and_then(|n| cx.string(n, "stage name"));
+                            let name = m.get_node("name").and_then(|n| cx.name(n, "stage name"));
                             if name.is_none() && m.get_node("name").is_none() {
                                 cx.error(m.span(), "a stage mapping needs a `name`", None);
                             }
@@ -250,21 +352,29 @@ pub fn parse(file: &str, text: &str) -> Result<Pipeline, PipelineErrors> {
                         }
                     };
                     if let Some((stage_name, env)) = stage {
-                        if stages.iter().any(|(n, _)| *n == stage_name) {
+                        if stage_index.contains_key(&stage_name) {
                             cx.error(item.span(), format!("stage `{stage_name}` is listed twice"), None);
                         } else {
+                            stage_index.insert(stage_name.clone(), stages.len());
                             stages.push((stage_name, env));
                         }
                     }
                 }
             }
+            Some(_) => {}
             None => cx.error(node.span(), "stages must be a list of stage names", None),
         }
     }
     let declared_stages = !stages.is_empty();
     if !declared_stages {
+        stage_index.insert("default".into(), 0);
         stages.push(("default".into(), Vec::new()));
     }
+    let stage_names = Stages {
+        list: &stages,
+        index: &stage_index,
+        declared: declared_stages,
+    };
 
     let mut raw_jobs: Vec<RawJob> = Vec::new();
     match top.get_node("jobs") {
@@ -282,9 +392,12 @@ pub fn parse(file: &str, text: &str) -> Result<Pipeline, PipelineErrors> {
                         Some("add at least one job".into()),
                     );
                 }
-                for (key, value) in jobs.iter() {
-                    if let Some(job) = parse_job(&mut cx, key, value, &stages, declared_stages) {
-                        raw_jobs.push(job);
+                // Refused before any job is looked at.
+                if cx.few_enough(jobs.span(), jobs.len(), MAX_JOBS, "`jobs`") {
+                    for (key, value) in jobs.iter() {
+                        if let Some(job) = parse_job(&mut cx, key, value, &stage_names, &defaults) {
+                            raw_jobs.push(job);
+                        }
                     }
                 }
             }
@@ -293,59 +406,64 @@ pub fn parse(file: &str, text: &str) -> Result<Pipeline, PipelineErrors> {
 
     // Every job gets the pipeline's env and secrets under its own.
     for job in &mut raw_jobs {
-        let stage_env = stages
-            .iter()
-            .find(|(n, _)| *n == job.stage)
-            .map(|(_, e)| e.clone())
-            .unwrap_or_default();
-        job.spec.env = merge(&merge(&env, &stage_env), &job.spec.env);
+        let stage_env = &stages[job.stage_index].1;
+        job.spec.env = merge(&merge(&merge(&env, &defaults.env), stage_env), &job.spec.env);
         job.spec.secrets = merge(&secrets, &job.spec.secrets);
     }
 
-    let stage_index: HashMap<&str, usize> = stages
+    // `needs` by name, in one pass over a name index.
+    let index: HashMap<&str, usize> = raw_jobs
         .iter()
         .enumerate()
-        .map(|(i, (n, _))| (n.as_str(), i))
+        .map(|(i, j)| (j.name.as_str(), i))
         .collect();
-    let names: Vec<String> = raw_jobs.iter().map(|j| j.name.clone()).collect();
-    // Effective dependencies between written jobs (by index).
-    let mut edges: Vec<Vec<usize>> = Vec::with_capacity(raw_jobs.len());
+    let mut needs: Vec<Option<Vec<usize>>> = Vec::with_capacity(raw_jobs.len());
     for job in &raw_jobs {
-        let deps = match &job.needs {
-            Some(needs) => {
-                let mut deps = Vec::new();
-                for (need, span) in needs {
-                    match names.iter().position(|n| n == need) {
-                        Some(i) if names[i] == job.name => {
-                            cx.error(span, format!("job `{}` needs itself", job.name), None)
-                        }
-                        Some(i) => deps.push(i),
-                        None => {
-                            let hint = did_you_mean(need, names.iter().map(String::as_str));
-                            cx.error(
-                                span,
-                                format!("job `{}` needs `{need}`, which is not defined", job.name),
-                                hint.or_else(|| Some(format!("defined jobs: {}", names.join(", ")))),
-                            );
-                        }
+        let Some(named) = &job.needs else {
+            needs.push(None);
+            continue;
+        };
+        let mut deps = Vec::with_capacity(named.len());
+        let mut seen = HashSet::with_capacity(named.len());
+        for (need, span) in named {
+            match index.get(need.as_str()) {
+                Some(_) if *need == job.name => {
+                    cx.error(span, format!("job `{}` needs itself", job.name), None)
+                }
+                Some(&i) => {
+                    if seen.insert(i) {
+                        deps.push(i);
                     }
                 }
-                deps
+                None => {
+                    // Suggestions compare with every name: only for the
+                    // errors that are kept, so at most MAX_ERRORS × jobs.
+                    let hint = if cx.errors.len() < MAX_ERRORS {
+                        did_you_mean(need, raw_jobs.iter().map(|j| j.name.as_str()))
+                            .or_else(|| Some(defined_jobs(&raw_jobs)))
+                    } else {
+                        None
+                    };
+                    cx.error(
+                        span,
+                        format!("job `{}` needs `{need}`, which is not defined", job.name),
+                        hint,
+                    );
+                }
             }
-            None => {
-                let mine = stage_index.get(job.stage.as_str()).copied().unwrap_or(0);
-                raw_jobs
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, other)| stage_index.get(other.stage.as_str()).copied().unwrap_or(0) < mine)
-                    .map(|(i, _)| i)
-                    .collect()
-            }
-        };
-        edges.push(deps);
+        }
+        needs.push(Some(deps));
     }
-    if let Some(cycle) = find_cycle(&edges) {
-        let path: Vec<&str> = cycle.iter().map(|&i| names[i].as_str()).collect();
+    let deps: Vec<graph::Deps<'_>> = raw_jobs
+        .iter()
+        .zip(&needs)
+        .map(|(job, needs)| graph::Deps {
+            stage: job.stage_index,
+            needs: needs.as_deref(),
+        })
+        .collect();
+    if let Err(cycle) = graph::order(&deps, stages.len()) {
+        let path: Vec<&str> = cycle.iter().map(|&i| raw_jobs[i].name.as_str()).collect();
         let first = &raw_jobs[cycle[0]];
         cx.error(
             &first.span,
@@ -357,13 +475,68 @@ pub fn parse(file: &str, text: &str) -> Result<Pipeline, PipelineErrors> {
         );
     }
 
+    // Matrix sizes and the expanded pipeline's size, before expanding.
+    let mut expanded_jobs = 0usize;
+    let mut expanded_bytes = 0usize;
+    for job in &raw_jobs {
+        let legs = job.legs;
+        expanded_jobs = expanded_jobs.saturating_add(legs);
+        expanded_bytes = expanded_bytes.saturating_add(legs.saturating_mul(spec_bytes(&job.spec)));
+    }
+    if let Some(jobs) = top.get_node("jobs") {
+        if expanded_jobs > MAX_JOBS {
+            cx.error(
+                jobs.span(),
+                format!("the pipeline expands into {expanded_jobs} jobs, over the limit of {MAX_JOBS}"),
+                Some("use fewer matrix values, or split the pipeline".into()),
+            );
+        } else if expanded_bytes > MAX_EXPANDED_BYTES {
+            cx.error(
+                jobs.span(),
+                format!(
+                    "the pipeline's jobs come to {expanded_bytes} bytes after matrix expansion, over the limit of {MAX_EXPANDED_BYTES}"
+                ),
+                Some("use fewer matrix values or shorter steps, or split the pipeline".into()),
+            );
+        }
+    }
+    let mut edges = 0usize;
+    for (job, needs) in raw_jobs.iter().zip(&needs) {
+        let per_leg: usize = needs.iter().flatten().map(|&d| raw_jobs[d].legs).sum();
+        edges = edges.saturating_add(per_leg.saturating_mul(job.legs));
+    }
+    if edges > MAX_DEPENDENCIES {
+        if let Some(jobs) = top.get_node("jobs") {
+            cx.error(
+                jobs.span(),
+                format!(
+                    "the jobs' `needs` come to {edges} dependencies after matrix expansion, over the limit of {MAX_DEPENDENCIES}"
+                ),
+                Some("need fewer matrix jobs, or put the jobs in stages instead".into()),
+            );
+        }
+    }
+
     if !cx.errors.is_empty() {
         cx.errors.sort_by_key(|e| (e.line, e.column));
+        if cx.suppressed > 0 {
+            let last = cx.errors.last().map_or(1, |e| e.line);
+            cx.errors.push(PipelineError {
+                file: file.to_owned(),
+                line: last,
+                column: 1,
+                message: format!(
+                    "{} more problems not shown (at most {MAX_ERRORS} are reported)",
+                    cx.suppressed
+                ),
+                hint: Some("fix these and validate again".into()),
+            });
+        }
         return Err(PipelineErrors(cx.errors));
     }
 
     // Expand matrices, then resolve dependencies to expanded indices.
-    let mut jobs = Vec::new();
+    let mut jobs = Vec::with_capacity(expanded_jobs);
     let mut expansions: Vec<Vec<usize>> = Vec::with_capacity(raw_jobs.len());
     for job in &raw_jobs {
         let mut mine = Vec::new();
@@ -373,7 +546,13 @@ pub fn parse(file: &str, text: &str) -> Result<Pipeline, PipelineErrors> {
         }
         expansions.push(mine);
     }
-    for (raw_index, deps) in edges.iter().enumerate() {
+    for (raw_index, deps) in needs.iter().enumerate() {
+        let Some(deps) = deps else {
+            for &expanded in &expansions[raw_index] {
+                jobs[expanded].waits_for_earlier_stages = true;
+            }
+            continue;
+        };
         let resolved: Vec<usize> = deps.iter().flat_map(|&d| expansions[d].iter().copied()).collect();
         for &expanded in &expansions[raw_index] {
             jobs[expanded].depends_on = resolved.clone();
@@ -388,10 +567,48 @@ pub fn parse(file: &str, text: &str) -> Result<Pipeline, PipelineErrors> {
     })
 }
 
+/// The declared stages and how to find one.
+struct Stages<'a> {
+    list: &'a [(String, Vec<(String, String)>)],
+    index: &'a HashMap<String, usize>,
+    declared: bool,
+}
+
+/// "defined jobs: a, b, …" with at most a few names.
+fn defined_jobs(jobs: &[RawJob]) -> String {
+    const SHOWN: usize = 10;
+    let names: Vec<&str> = jobs.iter().take(SHOWN).map(|j| j.name.as_str()).collect();
+    let more = jobs.len().saturating_sub(SHOWN);
+    if more > 0 {
+        format!("defined jobs: {}, and {more} more", names.join(", "))
+    } else {
+        format!("defined jobs: {}", names.join(", "))
+    }
+}
+
+/// What one copy of a job weighs: its step commands and names, environment
+/// and secrets.
+fn spec_bytes(spec: &JobSpec) -> usize {
+    let pairs = |v: &[(String, String)]| v.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>();
+    let steps: usize = spec
+        .steps
+        .iter()
+        .map(|s| {
+            let command = match &s.command {
+                StepCommand::Shell(line) => line.len(),
+                _ => 0,
+            };
+            s.name.len() + command + pairs(&s.env)
+        })
+        .sum();
+    spec.name.len() + steps + pairs(&spec.env) + pairs(&spec.secrets)
+}
+
 fn merge(base: &[(String, String)], over: &[(String, String)]) -> Vec<(String, String)> {
+    let overridden: HashSet<&str> = over.iter().map(|(k, _)| k.as_str()).collect();
     let mut out: Vec<(String, String)> = base
         .iter()
-        .filter(|(k, _)| !over.iter().any(|(o, _)| o == k))
+        .filter(|(k, _)| !overridden.contains(k.as_str()))
         .cloned()
         .collect();
     out.extend(over.iter().cloned());
@@ -427,42 +644,86 @@ fn load_error(file: &str, err: LoadError) -> PipelineError {
     }
 }
 
+/// `defaults:`: settings for every job that does not set its own.
+#[derive(Default)]
+struct Defaults {
+    shell: Option<Vec<String>>,
+    env: Vec<(String, String)>,
+    timeout_ms: Option<u64>,
+    tags: Option<Vec<String>>,
+    retry: Option<RetryPolicy>,
+}
+
+fn parse_defaults(cx: &mut Ctx<'_>, node: &Node) -> Defaults {
+    let Some(map) = cx.mapping(node, "defaults") else {
+        return Defaults::default();
+    };
+    cx.check_keys(map, DEFAULTS_KEYS, "defaults");
+    Defaults {
+        shell: map
+            .get_node("shell")
+            .and_then(|n| cx.string(n, "defaults.shell"))
+            .map(|s| s.split_whitespace().map(String::from).collect()),
+        env: map
+            .get_node("env")
+            .map(|n| cx.env(n, "defaults.env"))
+            .unwrap_or_default(),
+        timeout_ms: map
+            .get_node("timeout")
+            .and_then(|n| cx.duration_ms(n, "defaults.timeout")),
+        tags: map.get_node("tags").map(|n| {
+            cx.names(n, "tags", MAX_TAGS)
+                .into_iter()
+                .map(|(t, _)| t)
+                .collect()
+        }),
+        retry: map.get_node("retry").map(|n| parse_retry(cx, n, "defaults")),
+    }
+}
+
 fn parse_job(
     cx: &mut Ctx<'_>,
     key: &MarkedScalarNode,
     value: &Node,
-    stages: &[(String, Vec<(String, String)>)],
-    declared_stages: bool,
+    stages: &Stages<'_>,
+    defaults: &Defaults,
 ) -> Option<RawJob> {
     let name = key.as_str().to_owned();
     let what = format!("job `{name}`");
+    if !cx.fits(key.span(), &name, MAX_NAME_BYTES, "a job name") {
+        return None;
+    }
     let map = cx.mapping(value, &what)?;
     cx.check_keys(map, JOB_KEYS, &what);
 
-    let stage = match map.get_node("stage").and_then(|n| cx.string(n, "stage")) {
+    let (stage, stage_index) = match map.get_node("stage").and_then(|n| cx.name(n, "stage")) {
         Some(stage) => {
-            if declared_stages && !stages.iter().any(|(n, _)| *n == stage) {
-                let span = *map.get_node("stage").map(Node::span).unwrap_or(key.span());
-                let hint = did_you_mean(&stage, stages.iter().map(|(n, _)| n.as_str()))
-                    .or_else(|| Some("add it to `stages:` or use a declared stage".into()));
-                cx.error(
-                    &span,
-                    format!("{what} is in stage `{stage}`, which is not declared"),
-                    hint,
-                );
-            } else if !declared_stages {
-                let span = *map.get_node("stage").map(Node::span).unwrap_or(key.span());
-                cx.error(
-                    &span,
-                    format!("{what} names stage `{stage}` but the pipeline declares no `stages`"),
-                    None,
-                );
+            let span = *map.get_node("stage").map(Node::span).unwrap_or(key.span());
+            match stages.index.get(&stage) {
+                Some(&i) if stages.declared => (stage, i),
+                _ if stages.declared => {
+                    let hint = did_you_mean(&stage, stages.list.iter().map(|(n, _)| n.as_str()))
+                        .or_else(|| Some("add it to `stages:` or use a declared stage".into()));
+                    cx.error(
+                        &span,
+                        format!("{what} is in stage `{stage}`, which is not declared"),
+                        hint,
+                    );
+                    (stage, 0)
+                }
+                _ => {
+                    cx.error(
+                        &span,
+                        format!("{what} names stage `{stage}` but the pipeline declares no `stages`"),
+                        None,
+                    );
+                    (stage, 0)
+                }
             }
-            stage
         }
-        None => stages[0].0.clone(),
+        None => (stages.list[0].0.clone(), 0),
     };
-    let needs = map.get_node("needs").map(|n| cx.strings(n, "needs"));
+    let needs = map.get_node("needs").map(|n| cx.names(n, "needs", MAX_JOBS));
     let condition = match map.get_scalar("if") {
         None => {
             if let Some(n) = map.get_node("if") {
@@ -488,10 +749,14 @@ fn parse_job(
         .get_node("allow_failure")
         .and_then(|n| cx.boolean(n, "allow_failure"))
         .unwrap_or(false);
-    let tags = map
-        .get_node("tags")
-        .map(|n| cx.strings(n, "tags"))
-        .unwrap_or_default();
+    let tags: Vec<String> = match map.get_node("tags") {
+        Some(n) => cx
+            .names(n, "tags", MAX_TAGS)
+            .into_iter()
+            .map(|(t, _)| t)
+            .collect(),
+        None => defaults.tags.clone().unwrap_or_default(),
+    };
     let env = map
         .get_node("env")
         .map(|n| cx.env(n, &format!("{what} env")))
@@ -500,10 +765,10 @@ fn parse_job(
         .get_node("secrets")
         .map(|n| cx.env(n, &format!("{what} secrets")))
         .unwrap_or_default();
-    let timeout_ms = map
-        .get_node("timeout")
-        .and_then(|n| cx.duration_ms(n, &format!("{what} timeout")))
-        .unwrap_or(0);
+    let timeout_ms = match map.get_node("timeout") {
+        Some(n) => cx.duration_ms(n, &format!("{what} timeout")).unwrap_or(0),
+        None => defaults.timeout_ms.unwrap_or(0),
+    };
     let priority = match map.get_scalar("priority") {
         None => 0,
         Some(s) => s.as_str().parse::<u8>().unwrap_or_else(|_| {
@@ -517,35 +782,61 @@ fn parse_job(
     };
     let project = map
         .get_node("project")
-        .and_then(|n| cx.string(n, "project"))
+        .and_then(|n| cx.name(n, "project"))
         .unwrap_or_else(|| "default".into());
-    let shell = map
-        .get_node("shell")
-        .and_then(|n| cx.string(n, "shell"))
-        .map(|s| s.split_whitespace().map(String::from).collect())
-        .unwrap_or_default();
-    let retry = map
-        .get_node("retry")
-        .map(|n| parse_retry(cx, n, &what))
-        .unwrap_or_default();
+    let shell = match map.get_node("shell") {
+        Some(n) => cx
+            .string(n, "shell")
+            .map(|s| s.split_whitespace().map(String::from).collect())
+            .unwrap_or_default(),
+        None => defaults.shell.clone().unwrap_or_default(),
+    };
+    let retry = match map.get_node("retry") {
+        Some(n) => parse_retry(cx, n, &what),
+        None => defaults.retry.unwrap_or_default(),
+    };
 
     let mut matrix = Vec::new();
+    let mut legs = 1usize;
     if let Some(node) = map.get_node("matrix") {
         if let Some(m) = cx.mapping(node, &format!("{what} matrix")) {
-            for (k, v) in m.iter() {
-                let values: Vec<String> = cx
-                    .strings(v, "matrix values")
-                    .into_iter()
-                    .map(|(s, _)| s)
-                    .collect();
-                if values.is_empty() {
+            if cx.few_enough(m.span(), m.len(), MAX_MATRIX_KEYS, &format!("{what} matrix")) {
+                for (k, v) in m.iter() {
+                    if !cx.fits(k.span(), k.as_str(), MAX_NAME_BYTES, "a matrix key") {
+                        continue;
+                    }
+                    if matches!(k.as_str(), "include" | "exclude") {
+                        cx.error(
+                            k.span(),
+                            format!("matrix `{}` is not supported yet", k.as_str()),
+                            Some("list only the values to combine, or write the extra combination as a job of its own".into()),
+                        );
+                        continue;
+                    }
+                    let values: Vec<String> = cx
+                        .names(v, "matrix values", MAX_MATRIX_COMBINATIONS)
+                        .into_iter()
+                        .map(|(s, _)| s)
+                        .collect();
+                    if values.is_empty() {
+                        cx.error(
+                            k.span(),
+                            format!("matrix key `{}` has no values", k.as_str()),
+                            None,
+                        );
+                    }
+                    legs = legs.saturating_mul(values.len().max(1));
+                    matrix.push((k.as_str().to_owned(), values));
+                }
+                if legs > MAX_MATRIX_COMBINATIONS {
                     cx.error(
-                        k.span(),
-                        format!("matrix key `{}` has no values", k.as_str()),
-                        None,
+                        m.span(),
+                        format!(
+                            "{what} matrix has {legs} combinations, over the limit of {MAX_MATRIX_COMBINATIONS}"
+                        ),
+                        Some("use fewer values, or split the job".into()),
                     );
                 }
-                matrix.push((k.as_str().to_owned(), values));
             }
         }
     }
@@ -563,6 +854,9 @@ fn parse_job(
             Some("add at least one `- run: ...`".into()),
         ),
         Some(Node::Sequence(seq)) => {
+            if !cx.few_enough(seq.span(), seq.len(), MAX_STEPS_PER_JOB, &format!("{what} steps")) {
+                return None;
+            }
             for item in seq.iter() {
                 if let Some(step) = parse_step(cx, item, &what) {
                     steps.push(step);
@@ -576,7 +870,7 @@ fn parse_job(
         name: name.clone(),
         project,
         priority,
-        tags: tags.into_iter().map(|(t, _)| t).collect(),
+        tags,
         steps,
         env,
         secrets,
@@ -588,10 +882,12 @@ fn parse_job(
         name,
         span: *key.span(),
         stage,
+        stage_index,
         needs,
         condition,
         allow_failure,
         matrix,
+        legs,
         spec,
     })
 }
@@ -668,7 +964,9 @@ fn parse_retry(cx: &mut Ctx<'_>, node: &Node, what: &str) -> RetryPolicy {
 
 fn parse_step(cx: &mut Ctx<'_>, node: &Node, what: &str) -> Option<StepSpec> {
     match node {
-        Node::Scalar(s) => Some(StepSpec::shell(s.as_str())),
+        Node::Scalar(s) => cx
+            .fits(s.span(), s.as_str(), MAX_RUN_BYTES, &format!("a step of {what}"))
+            .then(|| StepSpec::shell(s.as_str())),
         Node::Mapping(m) => {
             cx.check_keys(m, STEP_KEYS, &format!("a step of {what}"));
             let run = match m.get_node("run") {
@@ -682,10 +980,20 @@ fn parse_step(cx: &mut Ctx<'_>, node: &Node, what: &str) -> Option<StepSpec> {
                     return None;
                 }
             };
+            if let Some(n) = m.get_node("run") {
+                if !cx.fits(
+                    n.span(),
+                    &run,
+                    MAX_RUN_BYTES,
+                    &format!("the `run` of a step of {what}"),
+                ) {
+                    return None;
+                }
+            }
             if run.trim().is_empty() {
                 cx.error(m.span(), format!("a step of {what} has an empty `run`"), None);
             }
-            let name = m.get_node("name").and_then(|n| cx.string(n, "step name"));
+            let name = m.get_node("name").and_then(|n| cx.name(n, "step name"));
             let mut step = StepSpec::shell(run);
             if let Some(name) = name {
                 step.name = name;
@@ -762,57 +1070,11 @@ fn expand(job: &RawJob, combination: &[(String, String)]) -> PipelineJob {
     PipelineJob {
         name,
         stage: job.stage.clone(),
+        stage_index: job.stage_index,
         depends_on: Vec::new(),
+        waits_for_earlier_stages: false,
         condition: job.condition,
         allow_failure: job.allow_failure,
         spec,
     }
-}
-
-/// A cycle in the dependency graph, as a path that starts and ends on the
-/// same job.
-fn find_cycle(edges: &[Vec<usize>]) -> Option<Vec<usize>> {
-    #[derive(Clone, Copy, PartialEq)]
-    enum Mark {
-        New,
-        Active,
-        Done,
-    }
-    fn visit(
-        n: usize,
-        edges: &[Vec<usize>],
-        marks: &mut [Mark],
-        stack: &mut Vec<usize>,
-    ) -> Option<Vec<usize>> {
-        marks[n] = Mark::Active;
-        stack.push(n);
-        for &m in &edges[n] {
-            match marks[m] {
-                Mark::Active => {
-                    let start = stack.iter().position(|&s| s == m).unwrap_or(0);
-                    let mut cycle = stack[start..].to_vec();
-                    cycle.push(m);
-                    return Some(cycle);
-                }
-                Mark::New => {
-                    if let Some(c) = visit(m, edges, marks, stack) {
-                        return Some(c);
-                    }
-                }
-                Mark::Done => {}
-            }
-        }
-        stack.pop();
-        marks[n] = Mark::Done;
-        None
-    }
-    let mut marks = vec![Mark::New; edges.len()];
-    let mut stack = Vec::new();
-    (0..edges.len()).find_map(|n| {
-        if marks[n] == Mark::New {
-            visit(n, edges, &mut marks, &mut stack)
-        } else {
-            None
-        }
-    })
 }

@@ -34,8 +34,9 @@ fn stages_order_jobs_and_needs_form_a_dag() {
     .unwrap();
     let idx = |n: &str| p.jobs.iter().position(|j| j.name == n).unwrap();
     assert_eq!(p.jobs[idx("a")].depends_on, Vec::<usize>::new());
+    assert!(p.jobs[idx("t")].waits_for_earlier_stages);
     assert_eq!(
-        p.jobs[idx("t")].depends_on,
+        p.dependencies(idx("t")),
         vec![idx("a"), idx("b")],
         "stage order: every earlier job"
     );
@@ -208,4 +209,354 @@ fn bad_values_are_named() {
         );
         assert!(errs.iter().all(|e| e.line >= 1 && e.column >= 1));
     }
+}
+
+// ---- limits (spec/pipeline.md, "Limits") ----
+
+use super::limits::*;
+use std::fmt::Write as _;
+
+/// `count` jobs, one stage, one step each.
+fn jobs_yaml(count: usize) -> String {
+    let mut y = String::from("jobs:\n");
+    for i in 0..count {
+        let _ = writeln!(y, "  j{i}:\n    steps: [echo {i}]");
+    }
+    y
+}
+
+#[test]
+fn a_pipeline_at_the_job_cap_validates_and_one_over_it_is_refused() {
+    let p = parse("ci.yaml", &jobs_yaml(MAX_JOBS)).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(p.jobs.len(), MAX_JOBS);
+    let e = one_error(&jobs_yaml(MAX_JOBS + 1));
+    assert_eq!(e.line, 2, "{e}");
+    assert!(
+        e.message.contains(&format!(
+            "`jobs` has {} entries, over the limit of {MAX_JOBS}",
+            MAX_JOBS + 1
+        )),
+        "{e}"
+    );
+}
+
+#[test]
+fn matrix_expansion_counts_against_the_job_cap() {
+    // Each job is under the matrix limit; together they are over the job cap.
+    let values: Vec<String> = (0..16).map(|v| format!("v{v}")).collect();
+    let mut y = String::from("jobs:\n");
+    for i in 0..=(MAX_JOBS / 256) {
+        let _ = writeln!(
+            y,
+            "  j{i}:\n    matrix:\n      a: [{0}]\n      b: [{0}]\n    steps: [x]",
+            values.join(", ")
+        );
+    }
+    let e = one_error(&y);
+    assert!(e.message.contains("expands into"), "{e}");
+    assert!(
+        e.message.contains(&format!("over the limit of {MAX_JOBS}")),
+        "{e}"
+    );
+
+    let e = one_error("jobs:\n  j:\n    matrix:\n      a: [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17]\n      b: [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16]\n    steps: [x]\n");
+    assert!(
+        e.message.contains(&format!(
+            "matrix has 272 combinations, over the limit of {MAX_MATRIX_COMBINATIONS}"
+        )),
+        "{e}"
+    );
+}
+
+#[test]
+fn deep_nesting_is_refused_before_it_is_loaded() {
+    // 5,000 levels: the recursive tree loader would overflow the stack.
+    for text in [
+        format!(
+            "jobs:\n  a:\n    steps: {}{}\n",
+            "[".repeat(5000),
+            "]".repeat(5000)
+        ),
+        format!(
+            "jobs:\n  a:\n    steps: {}{}\n",
+            "{a: ".repeat(5000),
+            "}".repeat(5000)
+        ),
+        // Block nesting 1,000 deep (5,000 deep is over the byte cap).
+        {
+            let mut y = String::from("jobs:\n");
+            for i in 0..1000 {
+                let _ = writeln!(y, "{}k{i}:", " ".repeat(i + 1));
+            }
+            y
+        },
+        {
+            let mut y = String::from("jobs:\n");
+            for i in 0..1000 {
+                let _ = writeln!(y, "{}-", " ".repeat(i + 1));
+            }
+            y
+        },
+    ] {
+        let e = one_error(&text);
+        assert!(
+            e.message.contains(&format!("nested more than {MAX_DEPTH} deep"))
+                || e.message.contains("invalid YAML"),
+            "{e}"
+        );
+    }
+    let mut y = String::from("jobs:\n");
+    for i in 0..5000 {
+        let _ = writeln!(y, "{}k{i}:", " ".repeat(i + 1));
+    }
+    let e = one_error(&y);
+    assert!(e.message.contains("over the limit of"), "{e}");
+    let e = one_error(&format!(
+        "jobs:\n  a:\n    steps: {}{}\n",
+        "[".repeat(40),
+        "]".repeat(40)
+    ));
+    assert!(
+        e.message.contains(&format!("nested more than {MAX_DEPTH} deep")),
+        "{e}"
+    );
+    assert_eq!(e.line, 3);
+}
+
+#[test]
+fn oversized_files_and_values_are_refused_with_the_limit_named() {
+    let big = format!(
+        "jobs:\n  a:\n    steps: [{}]\n",
+        "x,".repeat(MAX_PIPELINE_BYTES / 2)
+    );
+    let e = one_error(&big);
+    assert!(
+        e.message
+            .contains(&format!("over the limit of {MAX_PIPELINE_BYTES} bytes")),
+        "{e}"
+    );
+
+    let many: String = (0..MAX_NODES).map(|i| format!("{},", i % 10)).collect();
+    let e = one_error(&format!("jobs:\n  a:\n    steps: [{many}]\n"));
+    assert!(
+        e.message.contains(&format!("more than {MAX_NODES} YAML values")),
+        "{e}"
+    );
+
+    let e = one_error(&format!(
+        "jobs:\n  a:\n    steps:\n      - run: '{}'\n",
+        "x".repeat(MAX_RUN_BYTES + 1)
+    ));
+    assert!(
+        e.message
+            .contains(&format!("over the limit of {MAX_RUN_BYTES} bytes")),
+        "{e}"
+    );
+    assert_eq!(e.line, 4);
+
+    let e = one_error(&format!(
+        "jobs:\n  {}:\n    steps: [x]\n",
+        "j".repeat(MAX_NAME_BYTES + 1)
+    ));
+    assert!(e.message.contains("a job name is 256 bytes long"), "{e}");
+
+    let env: String = (0..=MAX_ENV_VARS).map(|i| format!("V{i}: x, ")).collect();
+    let e = one_error(&format!("env: {{{env}}}\njobs:\n  a:\n    steps: [x]\n"));
+    assert!(
+        e.message.contains(&format!(
+            "env has {} entries, over the limit of {MAX_ENV_VARS}",
+            MAX_ENV_VARS + 1
+        )),
+        "{e}"
+    );
+
+    let steps = "x, ".repeat(MAX_STEPS_PER_JOB + 1);
+    let e = one_error(&format!("jobs:\n  a:\n    steps: [{steps}]\n"));
+    assert!(
+        e.message
+            .contains(&format!("over the limit of {MAX_STEPS_PER_JOB}")),
+        "{e}"
+    );
+
+    let tags = "t, ".repeat(MAX_TAGS + 1);
+    let e = one_error(&format!("jobs:\n  a:\n    tags: [{tags}]\n    steps: [x]\n"));
+    assert!(
+        e.message.contains(&format!("tags has {} entries", MAX_TAGS + 1)),
+        "{e}"
+    );
+}
+
+#[test]
+fn anchors_aliases_tags_and_second_documents_are_refused_with_a_reason() {
+    let e = one_error("x: &common {A: 1}\njobs:\n  a:\n    env: *common\n    steps: [x]\n");
+    assert!(e.message.contains("anchors and aliases"), "{e}");
+    assert!(e.hint.as_deref().unwrap_or("").contains("defaults:"), "{e:?}");
+    assert_eq!(e.line, 1);
+    let e = one_error("jobs:\n  a:\n    steps: [!!str x]\n");
+    assert!(e.message.contains("YAML tags"), "{e}");
+    let e = one_error("jobs:\n  a:\n    steps: [x]\n---\njobs: {}\n");
+    assert!(e.message.contains("more than one YAML document"), "{e}");
+}
+
+#[test]
+fn errors_beyond_the_cap_are_counted_not_listed() {
+    let mut y = String::from("jobs:\n");
+    for i in 0..(MAX_ERRORS + 50) {
+        let _ = writeln!(y, "  j{i}:\n    needs: [nope{i}]\n    steps: [x]");
+    }
+    let errs = errors(&y);
+    assert_eq!(errs.len(), MAX_ERRORS + 1);
+    assert!(
+        errs[MAX_ERRORS].message.contains("50 more problems not shown"),
+        "{:?}",
+        errs[MAX_ERRORS]
+    );
+}
+
+#[test]
+fn long_chains_and_wide_stages_validate_without_listing_every_edge() {
+    // A chain of `needs` as long as the job cap: the cycle check is not
+    // recursive.
+    let mut y = String::from("jobs:\n  j0:\n    steps: [x]\n");
+    for i in 1..MAX_JOBS {
+        let _ = writeln!(y, "  j{i}:\n    needs: [j{}]\n    steps: [x]", i - 1);
+    }
+    let p = parse("ci.yaml", &y).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(p.jobs[MAX_JOBS - 1].depends_on, [MAX_JOBS - 2]);
+    let order = p.dependency_order();
+    assert_eq!(order, (0..MAX_JOBS).collect::<Vec<_>>());
+
+    // Two stages: the second stage's jobs wait for the first without a
+    // list of n² edges.
+    let mut y = String::from("stages: [a, b]\njobs:\n");
+    for i in 0..MAX_JOBS {
+        let _ = writeln!(
+            y,
+            "  j{i}:\n    stage: {}\n    steps: [x]",
+            if i < MAX_JOBS / 2 { "a" } else { "b" }
+        );
+    }
+    let p = parse("ci.yaml", &y).unwrap();
+    let last = &p.jobs[MAX_JOBS - 1];
+    assert!(last.waits_for_earlier_stages && last.depends_on.is_empty());
+    assert_eq!(last.stage_index, 1);
+    assert_eq!(
+        p.dependencies(MAX_JOBS - 1),
+        (0..MAX_JOBS / 2).collect::<Vec<_>>()
+    );
+    let order = p.dependency_order();
+    let pos = |i: usize| order.iter().position(|&o| o == i).unwrap();
+    assert!(pos(0) < pos(MAX_JOBS - 1) && pos(MAX_JOBS / 2 - 1) < pos(MAX_JOBS / 2));
+}
+
+#[test]
+fn cycles_through_stage_order_are_found() {
+    // `a` (stage 2, no needs) waits for `b` (stage 1), which needs `a`.
+    let e = one_error("stages: [one, two]\njobs:\n  b:\n    stage: one\n    needs: [a]\n    steps: [x]\n  a:\n    stage: two\n    steps: [x]\n");
+    assert!(
+        e.message.contains("cycle: b -> a -> b") || e.message.contains("cycle: a -> b -> a"),
+        "{e}"
+    );
+}
+
+// ---- defaults and hints for users of other CI systems ----
+
+#[test]
+fn defaults_apply_to_every_job_that_does_not_set_its_own() {
+    let p = parse(
+        "ci.yaml",
+        "env: {A: pipeline}\ndefaults:\n  shell: bash -eo pipefail -c\n  env: {A: defaults, B: defaults}\n  timeout: 10m\n  tags: [linux]\n  retry: 1\njobs:\n  plain:\n    steps: [x]\n  own:\n    shell: sh -c\n    env: {B: job}\n    timeout: 1m\n    tags: [mac]\n    retry: 0\n    steps: [x]\n",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let plain = &p.jobs[0].spec;
+    assert_eq!(plain.shell, ["bash", "-eo", "pipefail", "-c"]);
+    assert_eq!(
+        plain.env,
+        [("A".into(), "defaults".into()), ("B".into(), "defaults".into())]
+    );
+    assert_eq!(
+        (plain.timeout_ms, plain.tags.as_slice()),
+        (600_000, &["linux".to_owned()][..])
+    );
+    assert_eq!(plain.retry.max_retries, 1);
+    let own = &p.jobs[1].spec;
+    assert_eq!(own.shell, ["sh", "-c"]);
+    assert_eq!(
+        own.env,
+        [("A".into(), "defaults".into()), ("B".into(), "job".into())]
+    );
+    assert_eq!(
+        (own.timeout_ms, own.tags.as_slice()),
+        (60_000, &["mac".to_owned()][..])
+    );
+    assert_eq!(own.retry.max_retries, 0);
+    let e = one_error("defaults:\n  image: x\njobs:\n  a:\n    steps: [x]\n");
+    assert!(e.message.contains("unknown key `image` in defaults"), "{e}");
+}
+
+#[test]
+fn github_and_gitlab_keys_get_the_valkyrie_equivalent() {
+    for (yaml, needle) in [
+        ("on: push\njobs:\n  a:\n    steps: [x]\n", "`triggers:`"),
+        ("variables: {A: 1}\njobs:\n  a:\n    steps: [x]\n", "use `env:`"),
+        ("default: {}\njobs:\n  a:\n    steps: [x]\n", "use `defaults:`"),
+        (
+            "jobs:\n  a:\n    strategy: {}\n    steps: [x]\n",
+            "put `matrix:` directly in the job",
+        ),
+        (
+            "jobs:\n  a:\n    services: [db]\n    steps: [x]\n",
+            "no service containers",
+        ),
+        (
+            "jobs:\n  a:\n    continue-on-error: true\n    steps: [x]\n",
+            "`allow_failure: true`",
+        ),
+        ("jobs:\n  a:\n    runs-on: linux\n    steps: [x]\n", "use `tags:`"),
+        ("jobs:\n  a:\n    script: [make]\n", "use `steps:`"),
+        (
+            "jobs:\n  a:\n    before_script: [x]\n    steps: [x]\n",
+            "put the commands in `steps:`",
+        ),
+        (
+            "jobs:\n  a:\n    image: rust\n    steps: [x]\n",
+            "not in a container image",
+        ),
+        ("jobs:\n  a:\n    when: manual\n    steps: [x]\n", "use `if:`"),
+        ("jobs:\n  a:\n    only: [main]\n    steps: [x]\n", "no rules"),
+        ("jobs:\n  a:\n    except: [main]\n    steps: [x]\n", "no rules"),
+        ("jobs:\n  a:\n    rules: []\n    steps: [x]\n", "no rules"),
+        (
+            "jobs:\n  a:\n    timeout-minutes: 5\n    steps: [x]\n",
+            "`timeout: 30m`",
+        ),
+        (
+            "jobs:\n  a:\n    steps:\n      - run: x\n        working-directory: sub\n",
+            "use `working_directory`",
+        ),
+        (
+            "jobs:\n  a:\n    steps:\n      - uses: actions/checkout@v4\n",
+            "no actions",
+        ),
+        ("jobs:\n  a:\n    <<: {x: 1}\n    steps: [x]\n", "defaults:"),
+    ] {
+        let errs = errors(yaml);
+        assert!(
+            errs.iter().any(
+                |e| e.message.contains("unknown key") && e.hint.as_deref().unwrap_or("").contains(needle)
+            ),
+            "{yaml:?}: {errs:#?}"
+        );
+        assert!(
+            errs.iter()
+                .all(|e| !e.hint.as_deref().unwrap_or("").contains("`stage`?")
+                    && !e.hint.as_deref().unwrap_or("").contains("`secrets`?")),
+            "{yaml:?}: {errs:#?}"
+        );
+    }
+    let e = one_error(
+        "jobs:\n  a:\n    matrix:\n      os: [linux]\n      include: [{os: mac}]\n    steps: [x]\n",
+    );
+    assert!(e.message.contains("matrix `include` is not supported yet"), "{e}");
+    assert!(!e.message.contains("has no values"), "{e}");
 }

@@ -1,0 +1,92 @@
+//! Hints for keys that users of GitHub Actions and GitLab CI write out of
+//! habit. Looked up before the edit-distance suggestion, which would
+//! otherwise offer a key that merely looks alike (`strategy` is not
+//! `stage`, `services` is not `secrets`).
+
+/// Where an unknown key was found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Level {
+    Pipeline,
+    Job,
+    Step,
+}
+
+/// The hint for a well-known key at `level`, if there is one.
+pub(crate) fn well_known(level: Level, key: &str) -> Option<String> {
+    let hint: &str = match (level, key) {
+        // Pipeline level.
+        (Level::Pipeline, "on") => {
+            "Valkyrie's `triggers:` lists triggers (informational); a run starts when the pipeline is submitted or triggered through the API"
+        }
+        (Level::Pipeline, "variables") => "use `env:` (GitLab `variables`)",
+        (Level::Pipeline, "default") => "use `defaults:` (shell, env, timeout, tags, retry for every job)",
+        (Level::Pipeline, "run-name") => "use `name:`",
+        (Level::Pipeline, "workflow") => {
+            "Valkyrie has no `workflow:` rules yet; a run starts when the pipeline is submitted or triggered"
+        }
+        (Level::Pipeline, "include") => "Valkyrie does not include other files yet; put the jobs in this file",
+        (Level::Pipeline, "concurrency" | "permissions") => "Valkyrie has no `concurrency` or `permissions` yet",
+        (Level::Pipeline, "image" | "services" | "before_script" | "after_script" | "cache") => {
+            "GitLab's global keywords have no Valkyrie equivalent at pipeline level; shared settings go in `defaults:`"
+        }
+        // Job level.
+        (Level::Job, "runs-on") => "use `tags:`: a runner must have every tag listed",
+        (Level::Job, "strategy") => {
+            "Valkyrie has no `strategy`: put `matrix:` directly in the job (`include`, `exclude`, `fail-fast` and `max-parallel` are not supported yet; every leg runs)"
+        }
+        (Level::Job, "fail-fast" | "fail_fast") => {
+            "fail-fast is not supported yet: every leg of a matrix runs to its end"
+        }
+        (Level::Job, "continue-on-error") => {
+            "use `allow_failure: true` on the job (or `continue_on_error: true` on a step)"
+        }
+        (Level::Job, "timeout-minutes") => "use `timeout:` with a unit, e.g. `timeout: 30m`",
+        (Level::Job, "script") => "use `steps:`, a list of commands (`- make`) or of `- run: ...` mappings (GitLab `script`)",
+        (Level::Job, "before_script" | "after_script") => {
+            "put the commands in `steps:` (first or last); for cleanup that must run after a failure, use a job with `if: always`"
+        }
+        (Level::Job, "variables") => "use `env:` (GitLab `variables`)",
+        (Level::Job, "when") => {
+            "use `if:` (on_success, on_failure or always); manual and delayed jobs are not supported yet"
+        }
+        (Level::Job, "only" | "except" | "rules") => {
+            "Valkyrie has no rules to include or exclude jobs by branch or change yet; use `if:` for on_success, on_failure, always"
+        }
+        (Level::Job, "image" | "container") => {
+            "Valkyrie runs steps on the runner's host, not in a container image; choose runners with `tags:`"
+        }
+        (Level::Job, "services") => "Valkyrie has no service containers yet; start what you need in a step",
+        (Level::Job, "dependencies") => "use `needs:` (the jobs this one waits for)",
+        (Level::Job, "parallel") => "use `matrix:` (one job per combination of values)",
+        (Level::Job, "extends") => "Valkyrie has no `extends`; put what jobs share in `defaults:`",
+        (Level::Job, "environment" | "outputs" | "artifacts" | "cache" | "permissions" | "concurrency") => {
+            "not supported yet"
+        }
+        (Level::Job, "uses" | "with") => "Valkyrie jobs have no reusable actions or workflows; write the commands in `steps:`",
+        (Level::Job, "runs_on") => "use `tags:`",
+        (Level::Job, "defaults") => "`defaults:` is a pipeline-level key: move it to the top of the file",
+        // Step level.
+        (Level::Step, "uses" | "with") => "Valkyrie steps have no actions; write the command in `run:`",
+        (Level::Step, "script") => "use `run:`",
+        (Level::Step, "shell") => "the shell is set per job (`shell:`) or for every job in `defaults:`",
+        (Level::Step, "id") => "steps have no ids; name them with `name:`",
+        (Level::Step, "timeout-minutes" | "timeout") => "steps have no timeout of their own; set the job's `timeout:`",
+        _ => {
+            // `continue-on-error`, `working-directory`, `allow-failure`...:
+            // the same key with underscores.
+            if key.contains('-') {
+                let snake = key.replace('-', "_");
+                let known: &[&str] = match level {
+                    Level::Pipeline => &["defaults"],
+                    Level::Job => &["allow_failure"],
+                    Level::Step => &["continue_on_error", "working_directory"],
+                };
+                if known.contains(&snake.as_str()) {
+                    return Some(format!("use `{snake}` (Valkyrie's keys use underscores)"));
+                }
+            }
+            return None;
+        }
+    };
+    Some(hint.to_owned())
+}
