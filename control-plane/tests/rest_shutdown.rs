@@ -40,7 +40,9 @@ async fn sigterm_exits_within_the_grace_while_requests_are_in_flight() {
         .await
         .unwrap();
     assert_eq!(response.status(), StatusCode::CREATED);
-    let run = response.json::<Value>().await.unwrap()["execution_id"].as_u64().unwrap();
+    let run = response.json::<Value>().await.unwrap()["execution_id"]
+        .as_u64()
+        .unwrap();
     let logs = http
         .get(server.url(&format!("/api/ci/executions/{run}/logs")))
         .bearer_auth(&token)
