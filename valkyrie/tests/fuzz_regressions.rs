@@ -4,7 +4,7 @@
 //! thread gives the server: each must get a clean list of errors, never a
 //! panic or a stack overflow.
 //!
-//! Inputs that still crash wait in `fuzz/regressions/pending/`; the fix
+//! Inputs that still crash would wait in `fuzz/regressions/pending/`; the fix
 //! moves them here.
 
 #![cfg(feature = "pipeline")]
