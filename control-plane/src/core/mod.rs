@@ -565,7 +565,11 @@ impl Core {
 
     fn submit_pipeline(&mut self, pipeline: ValidatedPipeline, reply: Responder) {
         let detail = crate::masking::mask(
-            &format!("pipeline `{}` ({})", pipeline.pipeline().name, pipeline.file_name()),
+            &format!(
+                "pipeline `{}` ({})",
+                pipeline.pipeline().name,
+                pipeline.file_name()
+            ),
             &crate::masking::secret_values(pipeline.pipeline()),
         );
         let id = self.start_run(pipeline);

@@ -130,12 +130,15 @@ impl ApiError {
     pub fn from_validate(err: ValidatePipelineError) -> Self {
         match err {
             ValidatePipelineError::Invalid(errors) => Self::invalid_pipeline(&errors),
-            ValidatePipelineError::TooSlow { .. } => {
-                Self::new(StatusCode::UNPROCESSABLE_ENTITY, "ValidationError", err.to_string())
-                    .suggest("split the pipeline into smaller files")
-            }
+            ValidatePipelineError::TooSlow { .. } => Self::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "ValidationError",
+                err.to_string(),
+            )
+            .suggest("split the pipeline into smaller files"),
             ValidatePipelineError::Busy => {
-                let mut busy = Self::unavailable(err.to_string()).suggest("retry after the Retry-After header's delay");
+                let mut busy =
+                    Self::unavailable(err.to_string()).suggest("retry after the Retry-After header's delay");
                 busy.retry_after = Some(Duration::from_secs(1));
                 busy
             }

@@ -10,8 +10,8 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use super::auth::{Caller, Role};
-use super::error::{ApiError, ErrorBody};
 use super::body::MAX_PIPELINE_BODY_BYTES;
+use super::error::{ApiError, ErrorBody};
 use super::{ApiPath, ApiQuery, AppState};
 use crate::core::{Command, PipelineDef};
 

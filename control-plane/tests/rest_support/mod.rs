@@ -71,7 +71,14 @@ impl ServerProcess {
         }
         let socket = format!("unix://{}", dir.path().join("valkyrie.sock").display());
         command
-            .args(["--http", "127.0.0.1:0", "--durability", "none", "--listen", &socket])
+            .args([
+                "--http",
+                "127.0.0.1:0",
+                "--durability",
+                "none",
+                "--listen",
+                &socket,
+            ])
             .arg("--data-dir")
             .arg(dir.path().join("data"))
             .args(["--api-token", &api_token])
