@@ -67,7 +67,7 @@ async fn rest_actions_are_audited_under_their_caller() {
         .json()
         .await
         .unwrap();
-    let run = triggered["execution_id"].as_u64().unwrap();
+    let run = triggered["run_id"].as_u64().unwrap();
     let response = server
         .post(&format!("/api/ci/executions/{run}/cancel"), &server.api_token)
         .await;

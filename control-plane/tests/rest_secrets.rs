@@ -65,7 +65,7 @@ async fn a_stored_pipeline_is_served_with_its_secrets_masked() {
         .post(&format!("/api/ci/pipelines/{id}/trigger"), &admin)
         .await;
     let triggered = response.text().await.unwrap();
-    let run = serde_json::from_str::<Value>(&triggered).unwrap()["execution_id"]
+    let run = serde_json::from_str::<Value>(&triggered).unwrap()["run_id"]
         .as_u64()
         .unwrap_or_else(|| panic!("a run id in {triggered}"));
     let execution = eventually("the run to end", || async {
@@ -76,7 +76,7 @@ async fn a_stored_pipeline_is_served_with_its_secrets_masked() {
             .await
             .unwrap();
         let value: Value = serde_json::from_str(&body).unwrap();
-        (value["status"] != "running").then_some(body)
+        (value["state"] != "running").then_some(body)
     })
     .await;
     assert!(execution.contains("\"succeeded\""), "{execution}");

@@ -40,7 +40,7 @@ async fn sigterm_exits_within_the_grace_while_requests_are_in_flight() {
         .await
         .unwrap();
     assert_eq!(response.status(), StatusCode::CREATED);
-    let run = response.json::<Value>().await.unwrap()["execution_id"]
+    let run = response.json::<Value>().await.unwrap()["run_id"]
         .as_u64()
         .unwrap();
     let logs = http
@@ -52,7 +52,7 @@ async fn sigterm_exits_within_the_grace_while_requests_are_in_flight() {
     assert_eq!(logs.status(), StatusCode::OK);
 
     // Large pipelines being validated (more than there are validation slots).
-    let yaml = large_pipeline(4000);
+    let yaml = large_pipeline(2000);
     let mut creates = Vec::new();
     for _ in 0..3 {
         let request = http

@@ -102,6 +102,10 @@ fn wire_step_outcome(o: StepOutcome) -> msg::StepOutcome {
     }
 }
 
+/// The first step that failed: its name, exit code, signal, and why it
+/// could not start.
+type FailedStep = (String, Option<i32>, Option<i32>, Option<String>);
+
 /// Runs one attempt to completion, sending its messages to `outbox`.
 /// Returns when the JobResult has been queued.
 pub async fn run_attempt(
@@ -119,7 +123,7 @@ pub async fn run_attempt(
         let (ev_tx, mut ev_rx) = mpsc::channel(256);
         let exec = tokio::spawn(executor::run_job(plan, ev_tx, cancel));
         let mut log_chunks = 0u64;
-        let mut failed_step: Option<(String, Option<i32>, Option<i32>, Option<String>)> = None;
+        let mut failed_step: Option<FailedStep> = None;
         while let Some(event) = ev_rx.recv().await {
             let message: msg::Message = match event {
                 ExecEvent::StepStarted { .. } => continue,

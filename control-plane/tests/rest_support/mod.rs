@@ -33,7 +33,9 @@ pub const DEADLINE: Duration = Duration::from_secs(20);
 /// A legal pipeline of `jobs` jobs in two stages, each with a `run:` of
 /// about 1 KB: several MB of YAML that takes the validator a while.
 pub fn large_pipeline(jobs: usize) -> String {
-    let filler = "x".repeat(1000);
+    // Sized so that the most jobs a pipeline may have (2,000) stay under
+    // the 1 MiB file limit.
+    let filler = "x".repeat(400);
     let mut yaml = String::from("name: large\nstages: [build, test]\njobs:\n");
     for i in 0..jobs {
         let stage = if i % 2 == 0 { "build" } else { "test" };
