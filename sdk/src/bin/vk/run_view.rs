@@ -214,11 +214,11 @@ pub async fn follow_run(
             };
             while let Some(Ok(event)) = replay.recv().await {
                 match event.body {
-                    EventBody::Log { stream, seq, data } => {
-                        if shown.get(&job_id).is_none_or(|last| seq > *last) {
-                            shown.insert(job_id, seq);
-                            show_chunk(&mut screen, &job.name, job_id, stream, &data, options.json);
-                        }
+                    EventBody::Log { stream, seq, data }
+                        if shown.get(&job_id).is_none_or(|last| seq > *last) =>
+                    {
+                        shown.insert(job_id, seq);
+                        show_chunk(&mut screen, &job.name, job_id, stream, &data, options.json);
                     }
                     EventBody::ReplayDone => break,
                     _ => {}
