@@ -19,8 +19,8 @@ use crate::core::ValidatePipelineError;
 #[derive(Debug, Clone, Serialize, serde::Deserialize, ToSchema)]
 pub struct ErrorBody {
     /// Category: ValidationError, AuthenticationError, AuthorizationError,
-    /// NotFound, Conflict, RateLimited, PayloadTooLarge, BadRequest,
-    /// Unavailable, InternalError.
+    /// NotFound, MethodNotAllowed, Conflict, RateLimited, PayloadTooLarge,
+    /// UnsupportedMediaType, BadRequest, Unavailable, InternalError.
     pub error: String,
     /// What went wrong, for people.
     pub message: String,
@@ -102,6 +102,15 @@ impl ApiError {
         .suggest("split the pipeline file, or remove generated content from it")
     }
 
+    /// 415: a body of a type the route does not parse.
+    pub fn unsupported_media_type(message: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "UnsupportedMediaType",
+            message,
+        )
+    }
+
     /// 422: a pipeline file that does not validate; every error keeps its position.
     pub fn invalid_pipeline(errors: &PipelineErrors) -> Self {
         let count = errors.0.len();
@@ -130,12 +139,15 @@ impl ApiError {
     pub fn from_validate(err: ValidatePipelineError) -> Self {
         match err {
             ValidatePipelineError::Invalid(errors) => Self::invalid_pipeline(&errors),
-            ValidatePipelineError::TooSlow { .. } => {
-                Self::new(StatusCode::UNPROCESSABLE_ENTITY, "ValidationError", err.to_string())
-                    .suggest("split the pipeline into smaller files")
-            }
+            ValidatePipelineError::TooSlow { .. } => Self::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "ValidationError",
+                err.to_string(),
+            )
+            .suggest("split the pipeline into smaller files"),
             ValidatePipelineError::Busy => {
-                let mut busy = Self::unavailable(err.to_string()).suggest("retry after the Retry-After header's delay");
+                let mut busy =
+                    Self::unavailable(err.to_string()).suggest("retry after the Retry-After header's delay");
                 busy.retry_after = Some(Duration::from_secs(1));
                 busy
             }
