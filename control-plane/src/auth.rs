@@ -37,6 +37,11 @@ fn constant_time_eq(a: &str, b: &str) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// Whether two tokens are equal, compared in constant time.
+pub(crate) fn same_token(a: &str, b: &str) -> bool {
+    constant_time_eq(a, b)
+}
+
 impl Tokens {
     /// Tokens from configuration.
     pub fn new(api: String, runner: String) -> Self {
@@ -94,16 +99,32 @@ impl Tokens {
     }
 
     /// Judges a Hello: the API token for clients; the registration token or
-    /// an issued credential for agents.
+    /// an issued credential for agents. spec §6.1.4: a wrong token is
+    /// `UNAUTHENTICATED`; a valid token for a role it does not grant is
+    /// `PERMISSION_DENIED`, so the operator learns which token to use.
     pub fn authenticate(&self, hello: &Hello) -> Result<(), (ErrorCode, String)> {
-        let ok = match hello.role {
-            Role::Client => constant_time_eq(&hello.token, &self.api),
-            Role::Agent => {
-                constant_time_eq(&hello.token, &self.runner) || self.credentials.contains(&hello.token)
-            }
+        let is_api = constant_time_eq(&hello.token, &self.api);
+        let is_runner =
+            constant_time_eq(&hello.token, &self.runner) || self.credentials.contains(&hello.token);
+        let (ok, other_role) = match hello.role {
+            Role::Client => (is_api, is_runner),
+            Role::Agent => (is_runner, is_api),
         };
         if ok {
             return Ok(());
+        }
+        if other_role {
+            let why = match hello.role {
+                Role::Client => {
+                    "this is a runner token, which does not grant the client role; \
+                     pass the server's API token with --token or VALKYRIE_TOKEN"
+                }
+                Role::Agent => {
+                    "this is the API token, which does not grant the agent role; \
+                     pass the server's runner token with --token or VALKYRIE_RUNNER_TOKEN"
+                }
+            };
+            return Err((ErrorCode::PERMISSION_DENIED, why.into()));
         }
         let what = match hello.role {
             Role::Client => "API token; pass the server's API token with --token or VALKYRIE_TOKEN",

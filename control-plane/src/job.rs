@@ -7,17 +7,25 @@
 //!   +---------->  queued  --------------------------------> cancelled
 //!   |               | scheduler picks a runner (attempt += 1)
 //!   |               v
-//!   |  lease     assigned --- lease expires -----+
-//!   |  expired,     | agent acks                 |
-//!   |  runner lost, v                            |
-//!   |  retryable  running --> succeeded | failed | cancelled | timed_out
-//!   |  failure      |                          (failed/timed_out may retry)
+//!   |  hand-off  assigned --- hand-off fails `handoff_limit` times in a row --> lost
+//!   |  failed       | agent acks
+//!   |  (refused,    v
+//!   |  lease, gone) running --> succeeded | failed | cancelled | timed_out
+//!   |  runner lost, |                          (failed/timed_out may retry)
+//!   |  retryable    |
 //!   +---------------+ runner lost --> lost (no retries left)
 //! ```
 //!
 //! Every transition is a method that refuses an illegal event with
 //! [`TransitionError`]. Each assignment starts a new attempt; the attempt
 //! number is the fencing token: a report naming another attempt is stale.
+//!
+//! A **hand-off** is an assignment not yet acknowledged. When it fails (the
+//! agent refuses it for want of a slot or because it drains, the lease runs
+//! out, the runner goes away first) nothing of the job ran, so it is not
+//! the job's fault: the job goes back to the queue without spending a
+//! retry. Only a cap on failed hand-offs in a row can end it (`lost`, with
+//! the reason). Retries count attempts that started.
 
 use std::time::Instant;
 
@@ -30,7 +38,7 @@ use crate::scheduler::{JobId, RunnerId};
 #[non_exhaustive]
 pub enum TransitionError {
     /// The report names an attempt that is not the current one.
-    #[error("job {job} attempt {got} is stale: the current attempt is {current}")]
+    #[error("{job} attempt {got} is stale: the current attempt is {current}")]
     StaleAttempt {
         /// The job.
         job: JobId,
@@ -39,8 +47,19 @@ pub enum TransitionError {
         /// The current attempt.
         current: u32,
     },
+    /// The report names the current attempt number, but that attempt is
+    /// over: the job was queued again (its hand-off failed) or finished.
+    #[error("{job} attempt {attempt} is no longer current: the job is now {state}")]
+    AttemptOver {
+        /// The job.
+        job: JobId,
+        /// Attempt named by the report.
+        attempt: u32,
+        /// The job's state.
+        state: &'static str,
+    },
     /// The event is not allowed in the job's state.
-    #[error("job {job} is {state}: cannot {event}")]
+    #[error("{job} is {state}: cannot {event}")]
     Illegal {
         /// The job.
         job: JobId,
@@ -56,6 +75,12 @@ pub enum TransitionError {
 pub enum Disposition {
     /// Queued again for another attempt.
     Retry,
+    /// The hand-off failed (`failures` in a row): queued again, without
+    /// spending a retry; the caller may delay it.
+    HandBack {
+        /// Failed hand-offs in a row, this one included.
+        failures: u32,
+    },
     /// Final.
     Final(JobState),
 }
@@ -83,6 +108,14 @@ pub struct JobRecord {
     pub kill_deadline: Option<Instant>,
     /// A cancel was requested while the job was on a runner.
     pub cancel_requested: bool,
+    /// Attempts that started (acknowledged by their agent): what retries
+    /// count.
+    #[serde(default)]
+    pub started_attempts: u32,
+    /// Hand-offs in a row that failed (refused, lease expired, runner gone
+    /// before acknowledging); reset when an attempt starts.
+    #[serde(default)]
+    pub failed_handoffs: u32,
     /// Submission time (ms since epoch).
     pub submitted_at_ms: u64,
     /// Start of the current attempt (ms since epoch).
@@ -108,6 +141,8 @@ impl JobRecord {
             lease_deadline: None,
             kill_deadline: None,
             cancel_requested: false,
+            started_attempts: 0,
+            failed_handoffs: 0,
             submitted_at_ms: now_ms,
             started_at_ms: None,
             finished_at_ms: None,
@@ -131,11 +166,18 @@ impl JobRecord {
 
     /// Checks that a report names the current attempt on the current runner.
     pub fn check_attempt(&self, runner: RunnerId, attempt: u32) -> Result<(), TransitionError> {
-        if attempt != self.attempt || self.runner != Some(runner) || self.state.is_terminal() {
+        if attempt != self.attempt || self.runner.is_some_and(|r| r != runner) {
             return Err(TransitionError::StaleAttempt {
                 job: self.id,
                 got: attempt,
                 current: self.attempt,
+            });
+        }
+        if self.runner.is_none() || self.state.is_terminal() {
+            return Err(TransitionError::AttemptOver {
+                job: self.id,
+                attempt,
+                state: self.state.as_str(),
             });
         }
         Ok(())
@@ -172,6 +214,8 @@ impl JobRecord {
                 self.state = JobState::Running;
                 self.lease_deadline = None;
                 self.started_at_ms = Some(now_ms);
+                self.started_attempts += 1;
+                self.failed_handoffs = 0;
                 Ok(())
             }
             // A duplicate ack (e.g. re-sent after a reconnect) changes nothing.
@@ -200,8 +244,10 @@ impl JobRecord {
         self.finished_at_ms = Some(now_ms);
     }
 
+    /// Whether another attempt may follow the current one: hand-offs that
+    /// failed do not count, only attempts that started.
     fn retries_left(&self) -> bool {
-        self.attempt <= self.spec.retry.max_retries
+        self.started_attempts <= self.spec.retry.max_retries
     }
 
     /// The attempt ended: reported by its agent (running or assigned → final,
@@ -216,6 +262,11 @@ impl JobRecord {
         now_ms: u64,
     ) -> Result<Disposition, TransitionError> {
         self.check_attempt(runner, attempt)?;
+        if self.state == JobState::Assigned {
+            // A result means the attempt ran, acknowledged or not.
+            self.started_attempts += 1;
+            self.failed_handoffs = 0;
+        }
         let (state, retry_on) = match outcome {
             JobOutcome::Succeeded => (JobState::Succeeded, None),
             JobOutcome::Failed => (JobState::Failed, Some(RetryOn::FAILED)),
@@ -236,15 +287,41 @@ impl JobRecord {
         Ok(Disposition::Final(state))
     }
 
-    /// The attempt's runner vanished or never acknowledged: retry while the
-    /// policy allows, else the job is lost.
-    pub fn lose_attempt(&mut self, why: String, now_ms: u64) -> Result<Disposition, TransitionError> {
+    /// The attempt is gone without a result. Still assigned (refused, the
+    /// lease ran out, the runner went away before acknowledging), it is a
+    /// failed hand-off: back to the queue without spending a retry, unless
+    /// `handoff_limit` hand-offs in a row have now failed. Running (the
+    /// runner vanished), it is retried while the policy allows, else the
+    /// job is lost.
+    pub fn lose_attempt(
+        &mut self,
+        why: String,
+        handoff_limit: u32,
+        now_ms: u64,
+    ) -> Result<Disposition, TransitionError> {
         if !matches!(self.state, JobState::Assigned | JobState::Running) {
             return Err(self.illegal("lose its attempt"));
         }
         if self.cancel_requested {
             self.finish(JobState::Cancelled, None, format!("cancelled ({why})"), now_ms);
             return Ok(Disposition::Final(JobState::Cancelled));
+        }
+        if self.state == JobState::Assigned {
+            self.failed_handoffs += 1;
+            let failures = self.failed_handoffs;
+            if failures >= handoff_limit.max(1) {
+                let message = format!(
+                    "{failures} hand-offs to runners in a row failed without the job starting \
+                     (the limit); the last: {why}"
+                );
+                self.finish(JobState::Lost, None, message, now_ms);
+                return Ok(Disposition::Final(JobState::Lost));
+            }
+            self.requeue(format!(
+                "hand-off of attempt {} failed ({why}); queued again",
+                self.attempt
+            ));
+            return Ok(Disposition::HandBack { failures });
         }
         if self.spec.retry.on.contains(RetryOn::LOST) && self.retries_left() {
             self.requeue(format!("attempt {} lost: {why}; retrying", self.attempt));
@@ -323,7 +400,8 @@ mod tests {
         let mut j = job(RetryPolicy::default());
         let (r1, r2) = (RunnerId(1), RunnerId(2));
         j.assign(r1, "a", Instant::now()).unwrap();
-        assert_eq!(j.lose_attempt("gone".into(), 1).unwrap(), Disposition::Retry);
+        j.acknowledge(r1, 1, 1).unwrap();
+        assert_eq!(j.lose_attempt("gone".into(), 10, 1).unwrap(), Disposition::Retry);
         j.assign(r2, "b", Instant::now()).unwrap();
         let err = j
             .complete(r1, 1, JobOutcome::Succeeded, Some(0), String::new(), 2)
@@ -366,10 +444,69 @@ mod tests {
             on: RetryOn::FAILED,
         });
         j.assign(r, "r", Instant::now()).unwrap();
+        j.acknowledge(r, 1, 1).unwrap();
         assert_eq!(
-            j.lose_attempt("gone".into(), 1).unwrap(),
+            j.lose_attempt("gone".into(), 10, 1).unwrap(),
             Disposition::Final(JobState::Lost)
         );
+    }
+
+    /// A hand-off that fails (refused, lease expired) is not the job's
+    /// fault: the job is queued again without spending a retry, even with
+    /// `retry: 0`, until the cap on failed hand-offs in a row.
+    #[test]
+    fn failed_handoffs_requeue_without_spending_retries() {
+        let mut j = job(RetryPolicy {
+            max_retries: 0,
+            on: RetryOn(0),
+        });
+        let r = RunnerId(1);
+        for n in 1..3 {
+            j.assign(r, "r", Instant::now()).unwrap();
+            assert_eq!(
+                j.lose_attempt("all 1 slots busy".into(), 3, 1).unwrap(),
+                Disposition::HandBack { failures: n }
+            );
+            assert_eq!(j.state(), JobState::Queued);
+            assert!(j.message.contains("all 1 slots busy"), "{}", j.message);
+        }
+        // The report of an attempt that was handed back is over, and says so.
+        let err = j.acknowledge(r, 2, 2).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "job-1 attempt 2 is no longer current: the job is now queued"
+        );
+        // An attempt that starts resets the count; it ran, so it is the one
+        // attempt `retry: 0` allows.
+        j.assign(r, "r", Instant::now()).unwrap();
+        j.acknowledge(r, 3, 3).unwrap();
+        assert_eq!(j.failed_handoffs, 0);
+        assert_eq!(
+            j.complete(r, 3, JobOutcome::Succeeded, Some(0), "ok".into(), 4)
+                .unwrap(),
+            Disposition::Final(JobState::Succeeded)
+        );
+        let err = j
+            .complete(r, 3, JobOutcome::Succeeded, Some(0), "ok".into(), 5)
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "job-1 attempt 3 is no longer current: the job is now succeeded"
+        );
+
+        // The cap ends the job, naming it and the last reason.
+        let mut j = job(RetryPolicy::default());
+        for _ in 0..2 {
+            j.assign(r, "r", Instant::now()).unwrap();
+            j.lose_attempt("agent is draining".into(), 3, 1).unwrap();
+        }
+        j.assign(r, "r", Instant::now()).unwrap();
+        assert_eq!(
+            j.lose_attempt("agent is draining".into(), 3, 1).unwrap(),
+            Disposition::Final(JobState::Lost)
+        );
+        assert!(j.message.contains("3 hand-offs"), "{}", j.message);
+        assert!(j.message.contains("agent is draining"), "{}", j.message);
     }
 
     #[test]
@@ -382,7 +519,7 @@ mod tests {
         j.assign(r, "r", Instant::now()).unwrap();
         j.cancel_requested = true;
         assert_eq!(
-            j.lose_attempt("gone".into(), 1).unwrap(),
+            j.lose_attempt("gone".into(), 10, 1).unwrap(),
             Disposition::Final(JobState::Cancelled)
         );
     }

@@ -68,6 +68,10 @@ struct Args {
     /// How long an agent has to acknowledge an assignment before the job is queued again.
     #[arg(long, env = "VALKYRIE_ASSIGN_LEASE", default_value = "5s", value_parser = humantime::parse_duration)]
     assign_lease: Duration,
+    /// Failed hand-offs in a row (assignment refused, lease expired) after which a job ends lost.
+    /// A failed hand-off otherwise sends the job back to the queue without spending a retry.
+    #[arg(long, env = "VALKYRIE_HANDOFF_LIMIT", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
+    handoff_limit: u32,
     /// A runner silent or disconnected this long is lost and its jobs retried.
     #[arg(long, env = "VALKYRIE_RUNNER_LOST_AFTER", default_value = "10s", value_parser = humantime::parse_duration)]
     runner_lost_after: Duration,
@@ -251,6 +255,7 @@ async fn run() -> anyhow::Result<()> {
         log_retention_bytes: args.log_limit_bytes,
         finished_job_retention: args.max_finished_jobs,
         retention: args.retention,
+        handoff_limit: args.handoff_limit,
     };
     let metrics: Arc<Metrics> = Default::default();
     let key = match &args.secrets_key_file {

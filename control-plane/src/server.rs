@@ -9,13 +9,14 @@ use tokio::sync::oneshot;
 use tracing::{info, warn};
 use valkyrie::message::{Message, Role};
 use valkyrie::transport::{Listener, ListenerOptions};
-use valkyrie::{Endpoint, ErrorCode, Session};
+use valkyrie::{Endpoint, ErrorCode, Session, SessionSender};
 
 use crate::audit::Actor;
 use crate::auth::Tokens;
 use crate::core::{Command, CoreHandle, ValidatePipelineError};
 use crate::metrics::TransportLabel;
 use crate::responder::{EventSink, Responder};
+use crate::scheduler::RunnerId;
 
 static SESSIONS: AtomicU64 = AtomicU64::new(1);
 
@@ -64,6 +65,21 @@ pub async fn bind_all(
     Ok(listeners)
 }
 
+/// spec §5: a request carries a fresh non-zero correlation id. One with id
+/// 0 could never be answered (its reply would be dropped while it still
+/// took effect), so it ends the connection with a reason instead.
+async fn refuse_uncorrelated(sender: &SessionSender, message: &Message) -> bool {
+    if !message.is_request() {
+        return false;
+    }
+    let reason = format!(
+        "{} carries correlation id 0; a request needs a fresh non-zero correlation id (spec §5)",
+        message.kind()
+    );
+    sender.close(ErrorCode::PROTOCOL_ERROR, reason).await;
+    true
+}
+
 async fn serve_client(mut session: Session, core: CoreHandle) {
     let sender = session.sender();
     // Clients hold the API token; the software name they gave is kept as a
@@ -84,6 +100,9 @@ async fn serve_client(mut session: Session, core: CoreHandle) {
         software
     });
     while let Some(incoming) = session.recv().await {
+        if incoming.correlation == 0 && refuse_uncorrelated(&sender, &incoming.message).await {
+            return;
+        }
         let reply = Responder::new(sender.clone(), incoming.correlation);
         let command = match incoming.message {
             Message::SubmitJob(m) => Command::Submit(m.spec, reply),
@@ -127,6 +146,9 @@ async fn serve_client(mut session: Session, core: CoreHandle) {
                 },
                 resume_from: None,
             },
+            // spec §8: a message the client role never sends is refused
+            // alone (RequestFailed, when it has a correlation id to answer);
+            // the connection stays open.
             other => {
                 reply.fail(
                     ErrorCode::PERMISSION_DENIED,
@@ -145,42 +167,68 @@ async fn serve_client(mut session: Session, core: CoreHandle) {
     }
 }
 
+/// Reads an agent's session until it registers. Returns the runner and its
+/// name, or `None` when the session ended first.
+///
+/// spec §6.1: the agent's first request is RegisterRunner. Heartbeat and
+/// Drain before it are ignored (there is no runner yet to apply them to);
+/// a refused registration is answered with RequestFailed and the agent may
+/// try again on the same connection; any other message closes it.
+async fn register_agent(
+    session: &mut Session,
+    core: &CoreHandle,
+    session_id: u64,
+) -> Option<(RunnerId, String)> {
+    let sender = session.sender();
+    let token = session.hello().map(|h| h.token.clone()).unwrap_or_default();
+    loop {
+        let incoming = session.recv().await?;
+        let register = match incoming.message {
+            Message::RegisterRunner(m) if incoming.correlation != 0 => m,
+            Message::Heartbeat(_) | Message::Drain(_) => continue,
+            other => {
+                if incoming.correlation == 0 && refuse_uncorrelated(&sender, &other).await {
+                    return None;
+                }
+                let reason = format!(
+                    "an agent must register first (RegisterRunner); got {}",
+                    other.kind()
+                );
+                sender.close(ErrorCode::UNEXPECTED_MESSAGE, reason).await;
+                return None;
+            }
+        };
+        let name = register.name.clone();
+        let (done_tx, done_rx) = oneshot::channel();
+        let command = Command::Register {
+            msg: register,
+            sender: sender.clone(),
+            session: session_id,
+            correlation: incoming.correlation,
+            token: token.clone(),
+            done: done_tx,
+        };
+        if !core.send(command).await {
+            return None;
+        }
+        match done_rx.await.ok()? {
+            Ok(runner) => return Some((runner, name)),
+            Err((code, reason)) => Responder::new(sender.clone(), incoming.correlation).fail(code, reason),
+        }
+    }
+}
+
 async fn serve_agent(mut session: Session, core: CoreHandle, transport: &'static str) {
     let sender = session.sender();
     let session_id = SESSIONS.fetch_add(1, Ordering::Relaxed);
-    // spec: an agent's first message after the handshake is RegisterRunner.
-    let register = match session.recv().await {
-        Some(incoming) => match incoming.message {
-            Message::RegisterRunner(m) => m,
-            other => {
-                let reason = format!("an agent must register first; got {}", other.kind());
-                sender.close(ErrorCode::UNEXPECTED_MESSAGE, reason).await;
-                return;
-            }
-        },
-        None => return,
-    };
-    let name = register.name.clone();
-    let (done_tx, done_rx) = oneshot::channel();
-    let command = Command::Register {
-        msg: register,
-        sender: sender.clone(),
-        session: session_id,
-        done: done_tx,
-    };
-    if !core.send(command).await {
+    let Some((runner, name)) = register_agent(&mut session, &core, session_id).await else {
         return;
-    }
-    let runner = match done_rx.await {
-        Ok(Ok(runner)) => runner,
-        Ok(Err(reason)) => {
-            sender.close(ErrorCode::INVALID_REQUEST, reason).await;
-            return;
-        }
-        Err(_) => return,
     };
     info!(runner = %name, transport, "agent session open");
     while let Some(incoming) = session.recv().await {
+        if incoming.correlation == 0 && refuse_uncorrelated(&sender, &incoming.message).await {
+            break;
+        }
         let command = Command::FromRunner {
             runner,
             session: session_id,

@@ -127,11 +127,10 @@ impl Agent {
             };
             let session = match session {
                 Ok(s) => s,
-                Err(ConnectError::Refused {
-                    code: ErrorCode::UNAUTHENTICATED,
-                    reason,
-                }) => {
-                    if self.credential.take().is_some() {
+                Err(ConnectError::Refused { code, reason })
+                    if code == ErrorCode::UNAUTHENTICATED || code == ErrorCode::PERMISSION_DENIED =>
+                {
+                    if code == ErrorCode::UNAUTHENTICATED && self.credential.take().is_some() {
                         // The server forgot us (e.g. restarted): register afresh.
                         continue;
                     }
@@ -160,17 +159,16 @@ impl Agent {
                 version: env!("CARGO_PKG_VERSION").into(),
                 running,
             };
-            if sender.send(register).await.is_err() {
-                continue;
-            }
-            // Wait for RunnerRegistered.
-            let registered = loop {
-                match incoming.recv().await {
-                    Some(inc) => match inc.message {
-                        Message::RunnerRegistered(r) => break Some(r),
-                        other => warn!(kind = %other.kind(), "unexpected message before registration"),
-                    },
-                    None => break None,
+            // A request: RunnerRegistered answers it with the same correlation id.
+            let registered = match sender.request(register).await {
+                Ok(Message::RunnerRegistered(r)) => Some(r),
+                Ok(other) => {
+                    warn!(kind = %other.kind(), "unexpected answer to RegisterRunner");
+                    None
+                }
+                Err(err) => {
+                    warn!(%err, "registration failed");
+                    None
                 }
             };
             let Some(registered) = registered else {

@@ -18,16 +18,28 @@ async fn vk_with_wrong_token_is_refused_with_reason() {
     assert!(stderr.contains("UNAUTHENTICATED"), "{stderr}");
     assert!(stderr.contains("invalid API token"), "{stderr}");
 
-    // The runner token is not an API token either.
+    // The runner token is valid, but not for clients (spec §6.1.4).
     let out = server
         .vk_on(server.endpoint(), &server.runner_token, &["jobs"])
         .await;
     assert!(!out.status.success());
-    assert!(
-        text(&out.stderr).contains("invalid API token"),
-        "{}",
-        text(&out.stderr)
-    );
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("PERMISSION_DENIED"), "{stderr}");
+    assert!(stderr.contains("does not grant the client role"), "{stderr}");
+    assert!(stderr.contains("API token"), "names the token to use: {stderr}");
+}
+
+/// An agent given the API token is told it is the wrong kind of token
+/// (PERMISSION_DENIED) and exits instead of retrying forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_with_the_api_token_is_denied_and_exits() {
+    let h = Harness::new();
+    let server = h.server().start();
+    let mut agent = h.agent(&server).token(&server.api_token).spawn();
+    let status = agent.process.exited().await;
+    assert!(!status.success(), "{status}");
+    let log = agent.process.log();
+    assert!(log.contains("does not grant the agent role"), "{log}");
 }
 
 /// An agent with a wrong registration token exits non-zero with the

@@ -311,15 +311,8 @@ impl Connection {
             }
         };
         // spec: a frame MUST travel on its kind's lane.
-        if frame.lane != message.lane() {
-            let err = DecodeError::UnknownLane(frame.lane as u8);
-            let reason = format!(
-                "{} frame sent on the {:?} lane; it belongs on {:?}",
-                frame.kind,
-                frame.lane,
-                message.lane()
-            );
-            self.fail(ConnectionError::Decode(err), ErrorCode::PROTOCOL_ERROR, reason);
+        if let Err(err) = crate::frame::check_lane(&frame, &message) {
+            self.fail(ConnectionError::Decode(err.clone()), err.code(), err.to_string());
             return;
         }
         match (self.state, message) {
@@ -573,7 +566,16 @@ impl Connection {
         if !self.can_send(lane) {
             return Err(SendError::QueueFull(lane));
         }
-        self.push(lane, correlation, flags, message)
+        match self.push(lane, correlation, flags, message) {
+            // spec §3.2: a listing is truncated to fit the peer's limit; an
+            // Event too large for it becomes a `skipped` marker.
+            Err(err @ SendError::TooLarge { .. }) => match message.fitted(self.peer_max_frame_bytes as usize)
+            {
+                Some(fitted) => self.push(lane, correlation, flags, &fitted),
+                None => Err(err),
+            },
+            other => other,
+        }
     }
 
     fn queue_internal(&mut self, message: Message, correlation: u64) {

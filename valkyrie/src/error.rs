@@ -3,7 +3,7 @@
 //! time, and the local caller's mistakes. Each maps to the [`ErrorCode`] sent
 //! on the wire when it ends a connection.
 
-use crate::frame::{ErrorCode, FrameKind};
+use crate::frame::{ErrorCode, FrameKind, Lane};
 
 /// Why a byte sequence is not a valid frame.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -51,6 +51,17 @@ pub enum DecodeError {
     /// The lane byte names no lane.
     #[error("unknown lane {0}")]
     UnknownLane(u8),
+    /// A frame of a known kind travels on another lane than its kind's
+    /// (spec §4). Checked after the payload decodes.
+    #[error("{kind} frame sent on the {lane:?} lane; it belongs on the {expected:?} lane")]
+    WrongLane {
+        /// Kind of the frame.
+        kind: FrameKind,
+        /// The lane in its header.
+        lane: Lane,
+        /// The lane of its kind.
+        expected: Lane,
+    },
     /// The payload ended before a field was complete.
     #[error("{kind} payload ends inside field `{field}`")]
     PayloadTruncated {
@@ -112,7 +123,8 @@ impl DecodeError {
             Self::UnsupportedVersion(_)
             | Self::UnknownKind(_)
             | Self::UnknownRequiredFlags(_)
-            | Self::UnknownLane(_) => DecodeCause::Incompatible,
+            | Self::UnknownLane(_)
+            | Self::WrongLane { .. } => DecodeCause::Incompatible,
             Self::PayloadTruncated { .. }
             | Self::PayloadTrailingBytes { .. }
             | Self::InvalidUtf8 { .. }
@@ -140,6 +152,7 @@ impl DecodeError {
             Self::UnknownKind(_) => "unknown_kind",
             Self::UnknownRequiredFlags(_) => "unknown_required_flags",
             Self::UnknownLane(_) => "unknown_lane",
+            Self::WrongLane { .. } => "wrong_lane",
             Self::PayloadTruncated { .. } => "payload_truncated",
             Self::PayloadTrailingBytes { .. } => "payload_trailing_bytes",
             Self::InvalidUtf8 { .. } => "invalid_utf8",

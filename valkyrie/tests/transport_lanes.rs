@@ -99,3 +99,79 @@ async fn bulk_flood_does_not_delay_a_control_message() {
         drop(client);
     }
 }
+
+/// A request keeps its place on its own lane: a JobResult (a dispatch-lane
+/// request) sent after StepResults arrives after them. It used to go
+/// through the control lane's queue, which the writer serves first, so it
+/// overtook the reports queued before it and the server refused those as
+/// stale. On one thread the writer runs only once both queues hold frames,
+/// so the old order shows every time.
+#[tokio::test(flavor = "current_thread")]
+async fn a_request_keeps_its_place_behind_earlier_frames_of_its_lane() {
+    use valkyrie::message::{Ack, JobOutcome, JobResult, StepOutcome, StepResult};
+    const STEPS: u32 = 50;
+    let fx = Fixture::new();
+    for t in ALL {
+        let mut listener = fx.bind(t, fx.listener_options(ConnectionConfig::default())).await;
+        let client = within(
+            "connect",
+            connect(
+                listener.local_endpoint(),
+                hello("x"),
+                &fx.client_options(ConnectionConfig::default()),
+            ),
+        )
+        .await
+        .unwrap();
+        let mut server = within("accept", listener.accept()).await.unwrap();
+        let sender = client.sender();
+        for step in 0..STEPS {
+            let report = StepResult {
+                job_id: 1,
+                attempt: 1,
+                step,
+                outcome: StepOutcome::Succeeded,
+                exit_code: Some(0),
+                duration_ms: 1,
+            };
+            sender.send(report).await.unwrap();
+        }
+        let result = JobResult {
+            job_id: 1,
+            attempt: 1,
+            outcome: JobOutcome::Succeeded,
+            exit_code: Some(0),
+            duration_ms: 1,
+            message: String::new(),
+            log_chunks: 0,
+        };
+        let request = sender.request(result);
+        tokio::pin!(request);
+        // Queue the request without yielding to the connection's driver.
+        tokio::select! {
+            biased;
+            answer = &mut request => panic!("{t:?}: answered before it was sent: {answer:?}"),
+            () = std::future::ready(()) => {}
+        }
+        let serve = async {
+            let mut steps = 0;
+            loop {
+                let incoming = server.recv().await.expect("client connected");
+                match incoming.message {
+                    Message::StepResult(s) => {
+                        assert_eq!(s.step, steps, "{t:?}: step results stay in order");
+                        steps += 1;
+                    }
+                    Message::JobResult(_) => {
+                        assert_eq!(steps, STEPS, "{t:?}: the JobResult overtook step results");
+                        server.sender().reply(incoming.correlation, Ack {}).await.unwrap();
+                        return;
+                    }
+                    other => panic!("{t:?}: unexpected {other:?}"),
+                }
+            }
+        };
+        let (answer, ()) = within("the exchange", async { tokio::join!(&mut request, serve) }).await;
+        assert!(matches!(answer, Ok(Message::Ack(_))), "{t:?}: {answer:?}");
+    }
+}

@@ -25,7 +25,7 @@ const MESSAGES_FILE: &str = "messages.json";
 const MALFORMED_FILE: &str = "malformed.json";
 
 /// Every `DecodeError::name()`; each must be reached by a malformed vector.
-const ERROR_NAMES: [&str; 12] = [
+const ERROR_NAMES: [&str; 13] = [
     "truncated_header",
     "truncated_payload",
     "trailing_bytes",
@@ -34,6 +34,7 @@ const ERROR_NAMES: [&str; 12] = [
     "unknown_kind",
     "unknown_required_flags",
     "unknown_lane",
+    "wrong_lane",
     "payload_truncated",
     "payload_trailing_bytes",
     "invalid_utf8",
@@ -1217,7 +1218,44 @@ fn malformed_cases() -> Vec<MalformedCase> {
             with_header(header(1, 0x03, 0x10, 0, 8, 0), &nonce),
             "unknown_required_flags",
         ),
+        case(
+            "wrong_lane",
+            "A Heartbeat (a control-lane kind) on the bulk lane, with a valid payload. The lane is \
+             checked once the payload has decoded.",
+            with_header(header(1, 0x12, 0, 2, 4, 0), &2u32.to_le_bytes()),
+            "wrong_lane",
+        ),
+        case(
+            "payload_error_before_wrong_lane",
+            "A Heartbeat on the bulk lane whose payload is 2 bytes: the payload is decoded before the \
+             lane is checked, so the error is payload_truncated.",
+            with_header(header(1, 0x12, 0, 2, 2, 0), &[0x02, 0x00]),
+            "payload_truncated",
+        ),
+        case(
+            "trailing_bytes_before_payload_errors",
+            "A Ping whose 9-byte payload has one byte after the `nonce`, followed by one byte after the \
+             frame: bytes after the frame are checked before the payload is decoded, so the error is \
+             trailing_bytes.",
+            [
+                &frame(FrameKind::PING, &[&nonce[..], &[0xAA]].concat())[..],
+                &[0x00],
+            ]
+            .concat(),
+            "trailing_bytes",
+        ),
         // ---- payload ----
+        case(
+            "field_error_before_payload_trailing_bytes",
+            "A Close whose `reason` is the bytes FF FE (not UTF-8), then one more payload byte: fields \
+             are decoded in order and trailing payload bytes are checked last, so the error is \
+             invalid_utf8.",
+            frame(
+                FrameKind::CLOSE,
+                &[&0u16.to_le_bytes()[..], &lp(&[0xFF, 0xFE]), &[0x00]].concat(),
+            ),
+            "invalid_utf8",
+        ),
         case(
             "payload_truncated_fixed",
             "A Heartbeat whose payload is 2 bytes: the u32 `running` needs 4.",

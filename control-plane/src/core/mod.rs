@@ -59,6 +59,9 @@ pub struct CoreConfig {
     pub finished_job_retention: usize,
     /// Finished jobs (and their logs) older than this are deleted. Default 30 days.
     pub retention: Duration,
+    /// Failed hand-offs in a row (assignment refused, lease expired, runner
+    /// gone before acknowledging) after which a job ends `lost`. Default 10.
+    pub handoff_limit: u32,
 }
 
 impl Default for CoreConfig {
@@ -70,6 +73,7 @@ impl Default for CoreConfig {
             log_retention_bytes: 64 << 20,
             finished_job_retention: 100_000,
             retention: Duration::from_secs(30 * 24 * 3600),
+            handoff_limit: 10,
         }
     }
 }
@@ -123,8 +127,14 @@ pub enum Command {
         sender: SessionSender,
         /// The session's number.
         session: u64,
-        /// Gets the runner id once registered, or the refusal.
-        done: oneshot::Sender<Result<RunnerId, String>>,
+        /// The RegisterRunner's correlation id: RunnerRegistered echoes it.
+        correlation: u64,
+        /// The token of the session's Hello: the runner's own credential
+        /// lets a reconnecting agent replace its old connection.
+        token: String,
+        /// Gets the runner id once registered, or the refusal (code and
+        /// reason for RequestFailed).
+        done: oneshot::Sender<Result<RunnerId, (ErrorCode, String)>>,
     },
     /// A frame from a registered agent.
     FromRunner {
@@ -290,6 +300,9 @@ pub struct Core {
     counters_dirty: bool,
     /// Unfinished runs with a timeout, checked on each tick.
     timed_runs: std::collections::BTreeSet<u64>,
+    /// Jobs whose hand-off failed, queued again once the instant passes
+    /// (so a runner that refuses is not offered the job in a hot loop).
+    held: Vec<(Instant, JobId)>,
     /// The core's own queue, for work it hands itself later (weak, so the
     /// core still ends when every handle is gone).
     self_tx: mpsc::WeakSender<Command>,
@@ -356,6 +369,7 @@ fn spawn_inner(
         dirty_runs: Default::default(),
         counters_dirty: false,
         timed_runs: Default::default(),
+        held: Vec::new(),
         self_tx: tx.downgrade(),
         audit_log: Default::default(),
         next_audit: 1,
@@ -484,9 +498,11 @@ impl Core {
                 msg,
                 sender,
                 session,
+                correlation,
+                token,
                 done,
             } => {
-                let _ = done.send(self.register(msg, sender, session));
+                let _ = done.send(self.register(msg, sender, session, correlation, &token));
             }
             Command::FromRunner {
                 runner,
@@ -695,14 +711,10 @@ impl Core {
             return;
         }
         let Some(job) = self.jobs.get(&id) else { return };
-        let body = EventBody::State {
-            state: job.state(),
-            attempt: job.attempt,
-            runner: job.runner_name.clone(),
-            exit_code: job.exit_code,
-            message: job.message.clone(),
-        };
-        self.subscribers.publish(id, &body);
+        let body = state_event(job);
+        let jobs = &self.jobs;
+        self.subscribers
+            .publish(id, &body, |j| jobs.get(&j).map(state_event));
     }
 
     /// A job reached a final state: free its slot, tell subscribers, and
@@ -765,7 +777,47 @@ impl Core {
     fn apply_disposition(&mut self, id: JobId, runner: Option<RunnerId>, disposition: Disposition) {
         match disposition {
             Disposition::Retry => self.retry(id, runner),
+            Disposition::HandBack { failures } => self.hand_back(id, runner, failures),
             Disposition::Final(_) => self.finished_job(id),
+        }
+    }
+
+    /// A hand-off failed: the job goes back to the queue after a delay that
+    /// doubles with each failure in a row (100 ms, 200 ms, … at most 5 s),
+    /// so a runner that refuses is not offered it again in a hot loop.
+    fn hand_back(&mut self, id: JobId, previous_runner: Option<RunnerId>, failures: u32) {
+        const FIRST_DELAY: Duration = Duration::from_millis(100);
+        const MAX_DELAY: Duration = Duration::from_secs(5);
+        self.scheduler.job_finished(id);
+        if let Some(r) = previous_runner.and_then(|r| self.runners.get_mut(&r)) {
+            r.jobs.remove(&id);
+        }
+        if let Some(logs) = self.logs.get_mut(&id) {
+            logs.next_agent_seq = 0;
+            logs.agent_chunks = 0;
+        }
+        let delay = FIRST_DELAY
+            .saturating_mul(1 << failures.saturating_sub(1).min(16))
+            .min(MAX_DELAY);
+        self.held.push((Instant::now() + delay, id));
+        self.publish_state(id);
+    }
+
+    /// Queues the held jobs whose delay has passed (and that are still
+    /// queued: one may have been cancelled meanwhile).
+    fn release_held(&mut self, now: Instant) {
+        if self.held.is_empty() {
+            return;
+        }
+        let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.held)
+            .into_iter()
+            .partition(|(at, _)| *at <= now);
+        self.held = later;
+        for (_, id) in due {
+            if let Some(job) = self.jobs.get(&id).filter(|j| j.state() == JobState::Queued) {
+                let job = job.clone();
+                self.enqueue(&job);
+            }
         }
     }
 
@@ -866,6 +918,20 @@ impl Core {
                 }
             }
         }
+        if job.is_none() && replay {
+            // The history of every job is the current state of the
+            // unfinished ones (finished ones are read with ListJobs).
+            let unfinished = self
+                .jobs
+                .values()
+                .filter(|j| !j.state().is_terminal())
+                .map(|j| j.id)
+                .collect();
+            let jobs = &self.jobs;
+            self.subscribers
+                .add_replaying(sink, logs, unfinished, |j| jobs.get(&j).map(state_event));
+            return;
+        }
         self.subscribers.add(sink, job, logs);
     }
 
@@ -876,12 +942,44 @@ impl Core {
         msg: RegisterRunner,
         sender: SessionSender,
         session: u64,
-    ) -> Result<RunnerId, String> {
+        correlation: u64,
+        token: &str,
+    ) -> Result<RunnerId, (ErrorCode, String)> {
         if msg.slots == 0 {
-            return Err("slots must be at least 1".into());
+            return Err((
+                ErrorCode::INVALID_REQUEST,
+                "slots must be at least 1 (the number of jobs this runner runs at once)".into(),
+            ));
         }
         if msg.name.is_empty() {
-            return Err("runner name must not be empty".into());
+            return Err((ErrorCode::INVALID_REQUEST, "runner name must not be empty".into()));
+        }
+        // A name belongs to one connected agent at a time. The runner's own
+        // credential proves the same agent reconnecting (its old connection
+        // is dead but not yet noticed): the new connection replaces it.
+        // Anyone else is refused instead of silently taking the record over.
+        if let Some(existing) = self
+            .runner_names
+            .get(&msg.name)
+            .and_then(|id| self.runners.get(id))
+        {
+            if let Link::Connected { sender: old, .. } = &existing.link {
+                if !crate::auth::same_token(token, &existing.credential) {
+                    return Err((
+                        ErrorCode::CONFLICT,
+                        format!(
+                            "runner name `{}` is in use by a connected agent (runner {}); give this agent \
+                             another name (--name), or stop the other agent first",
+                            msg.name, existing.id.0
+                        ),
+                    ));
+                }
+                let old = old.clone();
+                tokio::spawn(async move {
+                    old.close(ErrorCode::NORMAL, "replaced by a newer connection of this runner")
+                        .await
+                });
+            }
         }
         let now = Instant::now();
         let id = match self.runner_names.get(&msg.name) {
@@ -965,8 +1063,9 @@ impl Core {
             self.lose(*jid, Some(id), "its runner reconnected without it");
         }
         info!(runner = %msg.name, runner_id = id.0, slots = msg.slots, reattached = kept.len(), "runner registered");
+        // spec: the reply echoes the request's correlation id (REPLY flag).
         let _ = sender.try_reply(
-            0,
+            correlation,
             RunnerRegistered {
                 runner_id: id.0,
                 credential,
@@ -978,7 +1077,7 @@ impl Core {
 
     fn lose(&mut self, id: JobId, runner: Option<RunnerId>, why: &str) {
         let Some(job) = self.jobs.get_mut(&id) else { return };
-        let result = job.lose_attempt(why.to_owned(), now_ms());
+        let result = job.lose_attempt(why.to_owned(), self.config.handoff_limit, now_ms());
         if let Ok(disposition) = result {
             warn!(job_id = id.0, why, "job attempt lost");
             self.apply_disposition(id, runner, disposition);
@@ -1002,6 +1101,12 @@ impl Core {
                     Ok(()) => responder.ack(),
                     Err(err @ TransitionError::StaleAttempt { .. }) => {
                         warn!(%err, "stale report refused");
+                        responder.fail(ErrorCode::STALE_ATTEMPT, err.to_string())
+                    }
+                    // A late report of an attempt that ended (its hand-off
+                    // failed, or the job finished): expected, not alarming.
+                    Err(err @ TransitionError::AttemptOver { .. }) => {
+                        debug!(%err, "report of an ended attempt refused");
                         responder.fail(ErrorCode::STALE_ATTEMPT, err.to_string())
                     }
                     Err(err) => responder.fail(ErrorCode::CONFLICT, err.to_string()),
@@ -1039,14 +1144,32 @@ impl Core {
                     // A refusal is handled below, once the borrow ends.
                     Some(job) => job.check_attempt(runner, ack.attempt),
                 };
-                if result.is_ok() && !ack.accepted {
-                    self.lose(
-                        id,
-                        Some(runner),
-                        &format!("runner refused the assignment: {}", ack.reason),
-                    );
+                let assigned = self
+                    .jobs
+                    .get(&id)
+                    .is_some_and(|j| j.state() == JobState::Assigned);
+                if result.is_ok() && !ack.accepted && assigned {
+                    // Not the job's fault: it goes back to the queue.
+                    let name = self.runners.get(&runner).map_or("?", |r| r.name.as_str());
+                    let why = format!("runner `{name}` refused it: {}", ack.reason);
+                    self.lose(id, Some(runner), &why);
                 } else if result.is_ok() {
                     self.publish_state(id);
+                }
+                if ack.accepted && result.is_err() {
+                    // The agent took an attempt the server no longer counts
+                    // (its lease ran out, or it was handed back): stop it,
+                    // so that it does not hold a slot for nothing.
+                    if let Some(sender) = &sender {
+                        let cancel = CancelAssignment {
+                            job_id: ack.job_id,
+                            attempt: ack.attempt,
+                            reason: "this attempt is no longer current (its lease ran out)".into(),
+                        };
+                        if let Err(err) = sender.try_reply(0, cancel) {
+                            debug!(%err, job_id = id.0, "could not cancel an ended attempt");
+                        }
+                    }
                 }
                 reply(result);
             }
@@ -1230,15 +1353,20 @@ impl Core {
             });
         }
         if !self.subscribers.is_empty() {
+            let jobs = &self.jobs;
             self.subscribers
-                .publish(id, &EventBody::Log { stream, seq, data });
+                .publish(id, &EventBody::Log { stream, seq, data }, |j| {
+                    jobs.get(&j).map(state_event)
+                });
         }
     }
 
     // ---- time ----
 
     fn on_tick(&mut self, now: Instant) {
-        self.subscribers.flush_markers();
+        let jobs = &self.jobs;
+        self.subscribers.flush_markers(|j| jobs.get(&j).map(state_event));
+        self.release_held(now);
         self.expire_finished(now_ms());
         self.expire_audit(now_ms());
         let runs = &self.runs;
@@ -1402,6 +1530,17 @@ impl Core {
             }
             self.publish_state(job_id);
         }
+    }
+}
+
+/// A job's current state as an event.
+fn state_event(job: &JobRecord) -> EventBody {
+    EventBody::State {
+        state: job.state(),
+        attempt: job.attempt,
+        runner: job.runner_name.clone(),
+        exit_code: job.exit_code,
+        message: job.message.clone(),
     }
 }
 

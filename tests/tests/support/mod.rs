@@ -709,7 +709,7 @@ pub async fn raw_agent_registered(
     running: &[RunningAttempt],
 ) -> (Session, RunnerRegistered) {
     let endpoint: Endpoint = server.endpoint().parse().expect("endpoint");
-    let mut session = within(
+    let session = within(
         "a raw agent connection",
         connect(
             &endpoint,
@@ -719,28 +719,19 @@ pub async fn raw_agent_registered(
     )
     .await
     .expect("raw agent connects");
-    session
-        .sender()
-        .send(RegisterRunner {
-            name: name.into(),
-            tags: tags.iter().map(|t| t.to_string()).collect(),
-            os: "linux".into(),
-            arch: "x86_64".into(),
-            slots: 1,
-            version: "test".into(),
-            running: running.to_vec(),
-        })
-        .await
-        .expect("send RegisterRunner");
-    let registered = within("RunnerRegistered", async {
-        loop {
-            let incoming = session.recv().await.expect("session open until registered");
-            if let Message::RunnerRegistered(r) = incoming.message {
-                return r;
-            }
-        }
-    })
-    .await;
+    let register = RegisterRunner {
+        name: name.into(),
+        tags: tags.iter().map(|t| t.to_string()).collect(),
+        os: "linux".into(),
+        arch: "x86_64".into(),
+        slots: 1,
+        version: "test".into(),
+        running: running.to_vec(),
+    };
+    let registered = match within("RunnerRegistered", session.sender().request(register)).await {
+        Ok(Message::RunnerRegistered(r)) => r,
+        other => panic!("RegisterRunner answered with {other:?}"),
+    };
     assert!(registered.runner_id > 0);
     let sender = session.sender();
     tokio::spawn(async move {

@@ -101,7 +101,21 @@ pub fn decode_exact(bytes: &[u8], max_payload_bytes: u32) -> Result<(Frame, Mess
         });
     }
     let message = frame.message()?;
+    check_lane(&frame, &message)?;
     Ok((frame, message))
+}
+
+/// spec §4: a frame MUST travel on its kind's lane. Checked once the
+/// payload has decoded (so payload errors come first).
+pub fn check_lane(frame: &Frame, message: &Message) -> Result<(), DecodeError> {
+    if frame.lane != message.lane() {
+        return Err(DecodeError::WrongLane {
+            kind: frame.kind,
+            lane: frame.lane,
+            expected: message.lane(),
+        });
+    }
+    Ok(())
 }
 
 /// An incremental frame decoder. Feed it bytes in any split (one byte at a

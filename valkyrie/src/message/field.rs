@@ -139,10 +139,10 @@ macro_rules! struct_field {
 struct_field!(
     RunInfo = 30,
     RunJobInfo = 19,
-    JobSpec = 40,
+    JobSpec = 42,
     StepSpec = 11,
-    JobInfo = 40,
-    RunnerInfo = 40,
+    JobInfo = 42,
+    RunnerInfo = 45,
     AuditEntry = 36,
     EventBody = 1
 );

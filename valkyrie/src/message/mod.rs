@@ -467,3 +467,103 @@ impl WireField for RunningAttempt {
         w.u32(self.attempt);
     }
 }
+
+impl Message {
+    /// What to send instead of a message whose payload is over the peer's
+    /// `max_payload_bytes` (spec §3.2), or `None` when nothing can stand in
+    /// for it. A listing (JobList, RunnerList, RunList) keeps as many of its
+    /// items, from the front, as fit: the server truncates listings. An
+    /// Event becomes a `skipped` marker counting the one event dropped, so
+    /// a subscriber always knows it missed something.
+    pub fn fitted(&self, max_payload_bytes: usize) -> Option<Message> {
+        match self {
+            Message::JobList(m) => Some(
+                JobList {
+                    jobs: fit_items(&m.jobs, max_payload_bytes),
+                }
+                .into(),
+            ),
+            Message::RunnerList(m) => Some(
+                RunnerList {
+                    runners: fit_items(&m.runners, max_payload_bytes),
+                }
+                .into(),
+            ),
+            Message::RunList(m) => Some(
+                RunList {
+                    runs: fit_items(&m.runs, max_payload_bytes),
+                }
+                .into(),
+            ),
+            Message::Event(e) if !matches!(e.body, EventBody::Skipped { .. }) => Some(
+                Event {
+                    job_id: e.job_id,
+                    body: EventBody::Skipped { missed: 1 },
+                }
+                .into(),
+            ),
+            _ => None,
+        }
+    }
+}
+
+/// The longest prefix of `items` whose encoded list fits `max_bytes`.
+fn fit_items<T: WireField + Clone>(items: &[T], max_bytes: usize) -> Vec<T> {
+    let mut scratch = BytesMut::new();
+    let mut total = 4; // the list's count
+    let mut keep = 0;
+    for item in items {
+        scratch.clear();
+        item.write(&mut Writer::new(&mut scratch));
+        if total + scratch.len() > max_bytes {
+            break;
+        }
+        total += scratch.len();
+        keep += 1;
+    }
+    items[..keep].to_vec()
+}
+
+impl Message {
+    /// Whether this kind is a request (spec §5): it MUST carry a fresh
+    /// non-zero correlation id, and its answer carries that id back.
+    pub fn is_request(&self) -> bool {
+        matches!(
+            self,
+            Message::SubmitJob(_)
+                | Message::CancelJob(_)
+                | Message::Subscribe(_)
+                | Message::ListJobs(_)
+                | Message::ListRunners(_)
+                | Message::GetJob(_)
+                | Message::RegisterRunner(_)
+                | Message::SubmitPipeline(_)
+                | Message::GetRun(_)
+                | Message::ListRuns(_)
+                | Message::CancelRun(_)
+        )
+    }
+}
+
+impl Message {
+    /// Whether this kind answers a request (spec §5), carrying the
+    /// request's correlation id: the REPLY flag is implied by these kinds.
+    /// An Event answers its Subscribe for as long as the subscription lasts.
+    pub fn is_reply(&self) -> bool {
+        matches!(
+            self,
+            Message::Ack(_)
+                | Message::RequestFailed(_)
+                | Message::JobAccepted(_)
+                | Message::JobList(_)
+                | Message::RunnerList(_)
+                | Message::JobDetails(_)
+                | Message::RunnerRegistered(_)
+                | Message::RunAccepted(_)
+                | Message::RunDetails(_)
+                | Message::RunList(_)
+                | Message::Event(_)
+                | Message::Pong(_)
+        )
+    }
+}

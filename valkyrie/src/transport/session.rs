@@ -155,7 +155,10 @@ impl SessionSender {
         let message = message.into();
         let (tx, rx) = oneshot::channel();
         let correlation = self.correlation();
-        self.lane(Lane::Control)
+        // On its own lane's queue, behind what was sent before it on that
+        // lane: a JobResult (dispatch) must not overtake the AssignAck and
+        // StepResults queued before it.
+        self.lane(message.lane())
             .send(Command::Request {
                 correlation,
                 message,
@@ -184,7 +187,7 @@ impl SessionSender {
         let message = message.into();
         let (tx, rx) = mpsc::channel(buffer.max(1));
         let correlation = self.correlation();
-        self.lane(Lane::Control)
+        self.lane(message.lane())
             .send(Command::Request {
                 correlation,
                 message,
@@ -443,9 +446,11 @@ impl DriverEnds {
     }
 
     async fn deliver(&mut self, correlation: u64, flags: Flags, message: Message) {
-        // Only a REPLY answers one of our requests: the peer numbers its own
+        // Only a reply answers one of our requests: the peer numbers its own
         // requests from 1 too, so a bare id match would steal its request.
-        if correlation != 0 && flags.contains(Flags::REPLY) {
+        // spec §5: the REPLY flag is optional (implied by the kind), so a
+        // reply kind counts as a reply with or without it.
+        if correlation != 0 && (flags.contains(Flags::REPLY) || message.is_reply()) {
             if let Some(route) = self.routes.remove(&correlation) {
                 match route {
                     Route::Once(tx) => {
