@@ -156,8 +156,8 @@ mod tests {
         assert!(tokens.authenticate(&hello(Role::Client, "reg")).is_err());
         assert!(tokens.authenticate(&hello(Role::Agent, "reg")).is_ok());
         let (code, reason) = tokens.authenticate(&hello(Role::Agent, "api")).unwrap_err();
-        assert_eq!(code, ErrorCode::UNAUTHENTICATED);
-        assert!(reason.contains("runner registration token"), "{reason}");
+        assert_eq!(code, ErrorCode::PERMISSION_DENIED);
+        assert!(reason.contains("runner token"), "{reason}");
         let credential = tokens.issue_runner_credential();
         assert!(tokens.authenticate(&hello(Role::Agent, &credential)).is_ok());
     }
