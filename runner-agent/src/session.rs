@@ -144,7 +144,7 @@ impl Agent {
                     let wait = backoff.mul_f64(0.5 + fastrand::f64() * 0.5);
                     warn!(%err, retry_in_ms = wait.as_millis() as u64, "cannot reach the server");
                     tokio::time::sleep(wait).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    backoff = (backoff * 2).min(valkyrie::transport::MAX_RECONNECT_INTERVAL);
                     continue;
                 }
             };

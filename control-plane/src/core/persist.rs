@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use tracing::{info, warn};
 use valkyrie::message::JobState;
+use valkyrie::transport::MAX_RECONNECT_INTERVAL;
 
 use super::{now_ms, Core, JobLogs, Link, RunnerRecord, StoredLog};
 use crate::run::Run;
@@ -123,7 +124,10 @@ impl Core {
                     slots: row.slots,
                     version: row.version,
                     credential: row.credential,
-                    link: Link::Disconnected(now),
+                    // The lost clock starts once the agent had time to come
+                    // back: it may be waiting out its reconnect back-off
+                    // (at most MAX_RECONNECT_INTERVAL) while we were down.
+                    link: Link::Disconnected(now + MAX_RECONNECT_INTERVAL),
                     draining: false,
                     last_seen: now,
                     jobs: BTreeSet::new(),
@@ -142,13 +146,14 @@ impl Core {
                     // The lease and the server-side timeout start again.
                     if job.state() == JobState::Assigned {
                         job.lease_deadline =
-                            Some(now + self.config.runner_lost_after + self.config.assign_lease);
+                            Some(now + MAX_RECONNECT_INTERVAL + self.config.runner_lost_after + self.config.assign_lease);
                     }
                     if job.spec.timeout_ms > 0 || job.cancel_requested {
                         job.kill_deadline = Some(
                             now + Duration::from_millis(job.spec.timeout_ms)
                                 + self.config.kill_grace
-                                + self.config.runner_lost_after,
+                                + self.config.runner_lost_after
+                                + MAX_RECONNECT_INTERVAL,
                         );
                     }
                     match job.runner.and_then(|r| self.runners.get_mut(&r)) {

@@ -249,6 +249,14 @@ impl Drop for Harness {
     fn drop(&mut self) {
         // Job processes outlive a killed agent: take them down too.
         self.kill_processes_with_env(&[]);
+        // VKTEST_KEEP=1 keeps the directory (logs, data) of a failing test.
+        if std::thread::panicking() && std::env::var_os("VKTEST_KEEP").is_some() {
+            let dir = std::mem::replace(
+                &mut self.dir,
+                tempfile::Builder::new().prefix("vkt").tempdir().expect("temporary directory"),
+            );
+            eprintln!("test directory kept: {}", dir.keep().display());
+        }
     }
 }
 

@@ -18,6 +18,13 @@ use tracing::{info_span, Instrument};
 
 pub use endpoint::{Endpoint, HostPort, ParseEndpointError};
 pub use listener::{BindError, Listener, ListenerOptions};
+/// The longest an agent waits between two attempts to reach an unreachable
+/// server (spec §6.2): its reconnect back-off doubles up to this. A server
+/// that restarts gives the runners it knew this much more than
+/// `runner_lost_after` to come back, so no attempt is retried only because
+/// its agent was waiting out its back-off.
+pub const MAX_RECONNECT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+
 pub use session::{Authenticator, Incoming, RequestError, Session, SessionSender};
 pub use tls::{dev_certificate, ClientTls, DevCertificate, ServerTls, TlsSetupError, ALPN};
 
