@@ -111,6 +111,7 @@ impl System {
                     std::fs::create_dir_all(&work_dir)?;
                     let config = AgentConfig {
                         server: endpoint.clone(),
+                        more_servers: Vec::new(),
                         token: RUNNER_TOKEN.into(),
                         name: format!("bench-agent-{i}"),
                         tags: Vec::new(),

@@ -20,7 +20,8 @@ use valkyrie_control_plane::rest::{self, RestConfig};
 use valkyrie_control_plane::store::embedded::EmbeddedStore;
 use valkyrie_control_plane::store::mongo::MongoStore;
 use valkyrie_control_plane::store::seal::{SealedStore, SecretsKey};
-use valkyrie_control_plane::store::{Durability, Store, StoreHandle};
+use valkyrie_control_plane::store::leader::LeaseConfig;
+use valkyrie_control_plane::store::{step_down, Durability, Store, StoreHandle};
 use valkyrie_control_plane::{audit, server, CoreConfig};
 
 /// The Valkyrie control plane: schedules CI jobs onto runner agents.
@@ -72,6 +73,17 @@ struct Args {
     /// A failed hand-off otherwise sends the job back to the queue without spending a retry.
     #[arg(long, env = "VALKYRIE_HANDOFF_LIMIT", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
     handoff_limit: u32,
+    /// With a MongoDB store, several servers form one group and one leads: how long its lease
+    /// lasts without renewal (a standby takes over that long after the leader stops renewing).
+    #[arg(long, env = "VALKYRIE_LEASE_TTL", default_value = "3s", value_parser = humantime::parse_duration)]
+    lease_ttl: Duration,
+    /// How often the leader renews its lease (well inside --lease-ttl).
+    #[arg(long, env = "VALKYRIE_LEASE_RENEW", default_value = "1s", value_parser = humantime::parse_duration)]
+    lease_renew: Duration,
+    /// URIs where agents and clients reach this server, told to them by the standbys
+    /// (comma-separated or repeated). Default: the --listen URIs.
+    #[arg(long, env = "VALKYRIE_ADVERTISE", value_delimiter = ',')]
+    advertise: Vec<String>,
     /// A runner silent or disconnected this long is lost and its jobs retried.
     #[arg(long, env = "VALKYRIE_RUNNER_LOST_AFTER", default_value = "10s", value_parser = humantime::parse_duration)]
     runner_lost_after: Duration,
@@ -268,7 +280,8 @@ async fn run() -> anyhow::Result<()> {
             key
         }
     };
-    let mut store = SealedStore::new(open_store(&args.store, &data_dir, args.durability)?, key);
+    let store = open_store(&args, &data_dir).await?;
+    let mut store = SealedStore::new(store, key);
     let loaded = store.load().context("cannot load the stored state")?;
     let store = StoreHandle::spawn(Box::new(store), metrics.clone());
     let core = spawn_with_store(core_config, tokens.clone(), metrics, store, loaded);
@@ -423,17 +436,87 @@ impl Signals {
     }
 }
 
-/// Opens the store named by `--store`.
-fn open_store(
-    store: &str,
-    data_dir: &std::path::Path,
-    durability: Durability,
-) -> anyhow::Result<Box<dyn Store>> {
-    match store {
-        "embedded" => Ok(Box::new(EmbeddedStore::open(data_dir, durability)?)),
-        uri if uri.starts_with("mongodb://") || uri.starts_with("mongodb+srv://") => {
-            Ok(Box::new(MongoStore::connect(uri, durability)?))
+/// Opens the store named by `--store`. With MongoDB, waits (as a standby)
+/// until this server leads the group of servers sharing the database.
+async fn open_store(args: &Args, data_dir: &std::path::Path) -> anyhow::Result<Box<dyn Store>> {
+    let uri = args.store.as_str();
+    if uri == "embedded" {
+        return Ok(Box::new(EmbeddedStore::open(data_dir, args.durability)?));
+    }
+    if !(uri.starts_with("mongodb://") || uri.starts_with("mongodb+srv://")) {
+        bail!("unknown store `{uri}`: use `embedded` or a mongodb:// URI");
+    }
+    if args.lease_renew.saturating_mul(2) > args.lease_ttl {
+        bail!(
+            "--lease-renew ({}) must be at most half of --lease-ttl ({})",
+            humantime::format_duration(args.lease_renew),
+            humantime::format_duration(args.lease_ttl)
+        );
+    }
+    let mut mongo = MongoStore::connect(uri, args.durability)?;
+    let advertise = if args.advertise.is_empty() {
+        args.listen.iter().map(ToString::to_string).collect()
+    } else {
+        args.advertise.clone()
+    };
+    let config = LeaseConfig {
+        server_id: server_id(data_dir)?,
+        advertise,
+        ttl: args.lease_ttl,
+        renew_every: args.lease_renew,
+    };
+    let election = mongo.election(config);
+    // The MongoDB driver's blocking calls run on a thread of their own.
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        let fence = election
+            .acquire(|leader| {
+                tracing::info!(leader = %leader.holder, epoch = leader.epoch, "standby");
+                eprintln!(
+                    "standby: server {} leads (epoch {}) at {}",
+                    leader.holder,
+                    leader.epoch,
+                    leader.advertise.join(", ")
+                );
+            })
+            .and_then(|fence| election.claim(&fence).map(|()| fence));
+        let _ = tx.send((election, fence));
+    });
+    let (election, fence) = rx.await.context("the election thread ended")?;
+    let fence = fence.context("cannot take the lead of the servers sharing the store")?;
+    eprintln!("leading the servers on this store (epoch {})", fence.epoch());
+    tracing::info!(epoch = fence.epoch(), "leading");
+    mongo.set_fence(fence.clone());
+    election.keep(fence, |err| step_down(&err));
+    Ok(Box::new(mongo))
+}
+
+/// This server's id in its group: kept in the data directory, which it
+/// locks, so that one id is one live process (a restart takes over at once).
+fn server_id(data_dir: &std::path::Path) -> anyhow::Result<String> {
+    let lock_path = data_dir.join("server.lock");
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .with_context(|| format!("cannot open {}", lock_path.display()))?;
+    if lock.try_lock().is_err() {
+        bail!(
+            "{} is in use by another valkyrie-server (only one server may use a data directory)",
+            data_dir.display()
+        );
+    }
+    // Held (and locked) for the life of the process.
+    std::mem::forget(lock);
+    let path = data_dir.join("server-id");
+    match std::fs::read_to_string(&path) {
+        Ok(id) if !id.trim().is_empty() => Ok(id.trim().to_owned()),
+        _ => {
+            let id = format!("{:016x}", fastrand::u64(..));
+            valkyrie::private_fs::write_file(&path, id.as_bytes())
+                .with_context(|| format!("cannot write {}", path.display()))?;
+            Ok(id)
         }
-        other => bail!("unknown store `{other}`: use `embedded` or a mongodb:// URI"),
     }
 }

@@ -24,8 +24,10 @@ struct Args {
     #[arg(long, env = "VALKYRIE_CONFIG")]
     config: Option<PathBuf>,
     /// The control plane: unix:///path, tcp://host:port, tls://host:port or quic://host:port.
-    #[arg(long, env = "VALKYRIE_SERVER", default_value = "tcp://127.0.0.1:7700")]
-    server: Endpoint,
+    /// Several (comma-separated) for a group of servers on one MongoDB store: the agent
+    /// tries them in turn until it reaches the leader.
+    #[arg(long, env = "VALKYRIE_SERVER", value_delimiter = ',', default_value = "tcp://127.0.0.1:7700")]
+    server: Vec<Endpoint>,
     /// Runner registration token.
     #[arg(long, env = "VALKYRIE_RUNNER_TOKEN", hide_env_values = true)]
     token: String,
@@ -108,8 +110,11 @@ async fn run() -> anyhow::Result<()> {
     valkyrie::private_fs::create_dir_all(&work_dir)
         .with_context(|| format!("cannot create work directory {}", work_dir.display()))?;
     let work_dir = std::fs::canonicalize(&work_dir)?;
+    let mut servers = args.server.into_iter();
+    let server = servers.next().context("--server names no server")?;
     let config = AgentConfig {
-        server: args.server,
+        server,
+        more_servers: servers.collect(),
         token: args.token,
         name,
         tags: args.tags.into_iter().filter(|t| !t.is_empty()).collect(),

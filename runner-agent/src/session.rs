@@ -24,6 +24,9 @@ use crate::job::{plan, run_attempt, JobDefaults};
 pub struct AgentConfig {
     /// The control plane.
     pub server: Endpoint,
+    /// The other control planes of its group (MongoDB store): when one
+    /// cannot be reached (a standby does not listen), the next is tried.
+    pub more_servers: Vec<Endpoint>,
     /// Registration token (replaced by the issued credential after registering).
     pub token: String,
     /// Runner name.
@@ -108,13 +111,20 @@ impl Agent {
         tokio::pin!(shutdown);
         let mut backoff = Duration::from_millis(100);
         let mut drain_deadline: Option<tokio::time::Instant> = None;
+        let servers: Vec<Endpoint> = std::iter::once(self.config.server.clone())
+            .chain(self.config.more_servers.iter().cloned())
+            .collect();
+        // The server tried now; failures in a row since the last session.
+        let mut current = 0;
+        let mut failures = 0;
         loop {
+            let server = &servers[current % servers.len()];
             let token = self
                 .credential
                 .clone()
                 .unwrap_or_else(|| self.config.token.clone());
             let connecting = connect(
-                &self.config.server,
+                server,
                 hello(Role::Agent, token, agent_id()),
                 &self.config.client,
             );
@@ -140,9 +150,17 @@ impl Agent {
                     if drain_deadline.is_some() && self.state.lock().expect("state").running.is_empty() {
                         return Ok(());
                     }
-                    // Full jitter: a fleet of agents does not reconnect in lockstep.
+                    // The next server of the group, at once; after a whole
+                    // round, a back-off with full jitter (a fleet of agents
+                    // does not reconnect in lockstep).
+                    current += 1;
+                    failures += 1;
+                    if failures % servers.len() != 0 {
+                        warn!(%err, %server, "cannot reach the server; trying the next one");
+                        continue;
+                    }
                     let wait = backoff.mul_f64(0.5 + fastrand::f64() * 0.5);
-                    warn!(%err, retry_in_ms = wait.as_millis() as u64, "cannot reach the server");
+                    warn!(%err, %server, retry_in_ms = wait.as_millis() as u64, "cannot reach the server");
                     tokio::time::sleep(wait).await;
                     backoff = (backoff * 2).min(valkyrie::transport::MAX_RECONNECT_INTERVAL);
                     continue;
@@ -179,8 +197,9 @@ impl Agent {
                 continue;
             };
             backoff = Duration::from_millis(100);
+            failures = 0;
             self.credential = Some(registered.credential.clone());
-            info!(runner_id = registered.runner_id, server = %self.config.server, "registered");
+            info!(runner_id = registered.runner_id, %server, "registered");
             {
                 let mut state = self.state.lock().expect("state");
                 for stale in &registered.stale {
@@ -242,7 +261,7 @@ impl Agent {
                     return Ok(());
                 }
             }
-            warn!(server = %self.config.server, "disconnected from the server; reconnecting");
+            warn!(%server, "disconnected from the server; reconnecting");
         }
     }
 

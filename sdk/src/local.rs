@@ -103,6 +103,7 @@ impl LocalCluster {
             std::fs::create_dir_all(&work_dir)?;
             let agent_config = AgentConfig {
                 server: endpoint.clone(),
+                more_servers: Vec::new(),
                 token: runner_token.clone(),
                 name: agent.name.clone(),
                 tags: agent.tags.clone(),

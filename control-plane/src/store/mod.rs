@@ -10,6 +10,7 @@
 //! directory) and the MongoDB store.
 
 pub mod embedded;
+pub mod leader;
 pub mod mongo;
 pub mod seal;
 
@@ -84,6 +85,11 @@ pub enum StoreError {
         detail: seal::OpenSealedError,
     },
     /// A stored record does not decode.
+    #[error("this server no longer leads (epoch {epoch}): {detail}")]
+    Deposed {
+        epoch: u64,
+        detail: String,
+    },
     #[error("a stored {kind} record {id} does not decode: {detail}")]
     Decode {
         /// jobs, runs, …
@@ -288,6 +294,18 @@ struct Batch {
     after: Vec<AfterCommit>,
 }
 
+/// Exit status of a server that lost the leadership (EX_TEMPFAIL): its
+/// supervisor starts it again, as a standby.
+pub const DEPOSED_EXIT: i32 = 75;
+
+/// Ends a server that no longer leads: it cannot know what the new leader
+/// did, so it keeps nothing and exits; started again, it is a standby.
+pub fn step_down(err: &StoreError) -> ! {
+    tracing::error!(%err, "stepping down");
+    eprintln!("valkyrie-server: {err}; exiting (status {DEPOSED_EXIT}) so that it can start again as a standby");
+    std::process::exit(DEPOSED_EXIT)
+}
+
 /// Hands batches to the store worker thread.
 #[derive(Clone)]
 pub struct StoreHandle {
@@ -322,6 +340,10 @@ impl StoreHandle {
                     }
                     let started = Instant::now();
                     if let Err(err) = store.commit(&changes) {
+                        if let StoreError::Deposed { .. } = err {
+                            // Nothing of this batch is acknowledged or sent.
+                            step_down(&err);
+                        }
                         tracing::error!(%err, "store commit failed; stopping");
                         eprintln!("valkyrie-server: store commit failed: {err}");
                         std::process::exit(70);

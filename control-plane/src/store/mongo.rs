@@ -79,7 +79,9 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use valkyrie::message::OutputStream;
 
+use super::leader::{Election, Fence, LeaseConfig};
 use super::{Change, Counters, Durability, Loaded, LogRow, RunRow, RunnerRow, Store, StoreError};
+use std::sync::Arc;
 use crate::audit::AuditRecord;
 use crate::core::PipelineDef;
 use crate::job::JobRecord;
@@ -126,6 +128,8 @@ pub struct MongoStore {
     /// The URI without its password, for messages.
     shown: String,
     write_concern: Document,
+    /// The leader's epoch and lease: every write is conditional on them.
+    fence: Option<Arc<Fence>>,
 }
 
 impl std::fmt::Debug for MongoStore {
@@ -176,11 +180,46 @@ impl MongoStore {
                     },
                     Durability::None => doc! { "w": 1, "j": false },
                 },
+                fence: None,
             };
             store.ping_blocking()?;
             store.create_indexes()?;
             Ok(store)
         })
+    }
+
+    /// The leader election among the servers sharing this database.
+    pub fn election(&self, config: LeaseConfig) -> Election {
+        Election::new(self.db.clone(), config)
+    }
+
+    /// From now on every write carries `fence`'s epoch and is made only
+    /// while its lease holds.
+    pub fn set_fence(&mut self, fence: Arc<Fence>) {
+        self.fence = Some(fence);
+    }
+
+    /// `filter`, restricted to documents no newer leader has claimed.
+    fn fenced(&self, mut filter: Document) -> Document {
+        if let Some(fence) = &self.fence {
+            filter.insert("epoch", doc! { "$lte": id_bson(fence.epoch()) });
+        }
+        filter
+    }
+
+    /// `row`, stamped with the writer's epoch.
+    fn stamped(&self, mut row: Document) -> Document {
+        if let Some(fence) = &self.fence {
+            row.insert("epoch", id_bson(fence.epoch()));
+        }
+        row
+    }
+
+    /// An upserting replace of a row stored under its numeric id.
+    fn keyed_replace<T: Serialize>(&self, kind: &'static str, id: u64, row: &T) -> Result<Document, StoreError> {
+        let mut doc = to_doc(kind, id, row)?;
+        doc.insert("_id", id_bson(id));
+        Ok(replace(self.fenced(doc! { "_id": id_bson(id) }), self.stamped(doc)))
     }
 
     fn ping_blocking(&self) -> Result<(), StoreError> {
@@ -301,42 +340,42 @@ impl MongoStore {
             // Named in the replacement as well: not every server copies an
             // upserted `_id` from the filter (nx-27017 generates one).
             row.insert("_id", COUNTERS_ID);
-            let statement = replace(doc! { "_id": COUNTERS_ID }, row);
+            let statement = replace(self.fenced(doc! { "_id": COUNTERS_ID }), self.stamped(row));
             self.write(META, Write::Update, vec![statement])?;
         }
         if let Some(check) = folded.key_check {
             let row = doc! { "_id": KEY_CHECK_ID, "value": check.as_str() };
-            let statement = replace(doc! { "_id": KEY_CHECK_ID }, row);
+            let statement = replace(self.fenced(doc! { "_id": KEY_CHECK_ID }), self.stamped(row));
             self.write(META, Write::Update, vec![statement])?;
         }
         if !folded.deleted_jobs.is_empty() {
             let ids: Vec<Bson> = folded.deleted_jobs.iter().map(|id| id_bson(*id)).collect();
             let logs = doc! { "q": { "job": { "$in": ids.clone() } }, "limit": 0 };
             self.write(LOGS, Write::Delete, vec![logs])?;
-            let jobs = doc! { "q": { "_id": { "$in": ids } }, "limit": 0 };
+            let jobs = doc! { "q": self.fenced(doc! { "_id": { "$in": ids } }), "limit": 0 };
             self.write(JOBS, Write::Delete, vec![jobs])?;
         }
         if !folded.deleted_audit.is_empty() {
             let ids: Vec<Bson> = folded.deleted_audit.iter().map(|id| id_bson(*id)).collect();
-            let statement = doc! { "q": { "_id": { "$in": ids } }, "limit": 0 };
+            let statement = doc! { "q": self.fenced(doc! { "_id": { "$in": ids } }), "limit": 0 };
             self.write(AUDIT, Write::Delete, vec![statement])?;
         }
         let audit = folded
             .audit
             .values()
-            .map(|record| keyed_replace("audit", record.id, record))
+            .map(|record| self.keyed_replace("audit", record.id, record))
             .collect::<Result<_, _>>()?;
         self.write(AUDIT, Write::Update, audit)?;
         let pipelines = folded
             .pipelines
             .values()
-            .map(|def| keyed_replace("pipeline", def.id, def))
+            .map(|def| self.keyed_replace("pipeline", def.id, def))
             .collect::<Result<_, _>>()?;
         self.write(PIPELINES, Write::Update, pipelines)?;
         let runners = folded
             .runners
             .values()
-            .map(|row| keyed_replace("runner", row.id, row))
+            .map(|row| self.keyed_replace("runner", row.id, row))
             .collect::<Result<_, _>>()?;
         self.write(RUNNERS, Write::Update, runners)?;
         let jobs = folded
@@ -348,7 +387,7 @@ impl MongoStore {
                 row.insert("_id", id_bson(id));
                 // Fencing: see the module doc.
                 let filter = doc! { "_id": id_bson(id), "attempt": { "$lte": i64::from(job.attempt) } };
-                Ok(replace(filter, row))
+                Ok(replace(self.fenced(filter), self.stamped(row)))
             })
             .collect::<Result<_, _>>()?;
         let stale = self.write(JOBS, Write::Update, jobs)?;
@@ -369,9 +408,14 @@ impl MongoStore {
         let runs = folded
             .runs
             .values()
-            .map(|row| keyed_replace("run", row.id, row))
+            .map(|row| self.keyed_replace("run", row.id, row))
             .collect::<Result<_, _>>()?;
         self.write(RUNS, Write::Update, runs)?;
+        // Whatever waits for this commit (acknowledgements, assignments)
+        // goes out only if the lease held until the end of it.
+        if let Some(fence) = &self.fence {
+            fence.check()?;
+        }
         Ok(())
     }
 
@@ -388,6 +432,9 @@ impl MongoStore {
         let mut duplicates = Vec::new();
         let mut start = 0;
         for chunk in chunks(statements) {
+            if let Some(fence) = &self.fence {
+                fence.check()?;
+            }
             let count = chunk.len();
             // The command's name must be its first field.
             let mut command = Document::new();
@@ -410,6 +457,14 @@ impl MongoStore {
                     let code = error.get("code").and_then(as_i64);
                     if code != Some(DUPLICATE_KEY) || kind == Write::Delete {
                         return Err(self.io(&what, format!("the server refused a write: {error}")));
+                    }
+                    // A replace that matches nothing because a newer leader
+                    // stamped the document (see `leader`).
+                    if let (Some(fence), Write::Update) = (&self.fence, kind) {
+                        return Err(StoreError::Deposed {
+                            epoch: fence.epoch(),
+                            detail: format!("a newer leader owns a document of `{collection}`"),
+                        });
                     }
                     if let Some(index) = error.get("index").and_then(as_i64) {
                         duplicates.push(start + usize::try_from(index).unwrap_or(usize::MAX));
@@ -556,12 +611,6 @@ fn replace(filter: Document, row: Document) -> Document {
     doc! { "q": filter, "u": row, "upsert": true }
 }
 
-/// A row stored under `_id` = its numeric id, replaced whole.
-fn keyed_replace<T: Serialize>(kind: &'static str, id: u64, row: &T) -> Result<Document, StoreError> {
-    let mut doc = to_doc(kind, id, row)?;
-    doc.insert("_id", id_bson(id));
-    Ok(replace(doc! { "_id": id_bson(id) }, doc))
-}
 
 fn to_doc<T: Serialize>(kind: &'static str, id: impl ToString, row: &T) -> Result<Document, StoreError> {
     bson::to_document(row).map_err(|e| StoreError::Io {
@@ -572,6 +621,8 @@ fn to_doc<T: Serialize>(kind: &'static str, id: impl ToString, row: &T) -> Resul
 
 fn decode<T: DeserializeOwned>(kind: &'static str, mut doc: Document) -> Result<T, StoreError> {
     let id = doc.remove("_id").map(|id| id.to_string()).unwrap_or_default();
+    // The writer's epoch (see `leader`) is the store's, not the row's.
+    doc.remove("epoch");
     bson::from_document(doc).map_err(|e| StoreError::Decode {
         kind,
         id,

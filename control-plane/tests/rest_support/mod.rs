@@ -202,6 +202,7 @@ async fn start_inner(configure: impl FnOnce(RestConfig) -> RestConfig, agent: bo
         std::fs::create_dir_all(&work_dir).unwrap();
         let config = AgentConfig {
             server: endpoint,
+            more_servers: Vec::new(),
             token: runner_token,
             name: "agent-1".into(),
             tags: vec!["linux".into()],

@@ -372,8 +372,24 @@ impl ServerBuilder<'_> {
         self
     }
 
-    /// Starts the server and waits until every listener is ready.
-    pub fn start(self) -> Server {
+    /// Starts a server that may not listen at once (a standby of a group
+    /// of servers on one MongoDB store): its endpoints are the `listen`
+    /// URIs as given.
+    pub fn start_standby(self) -> Server {
+        let (process, _listening, _name) = self.spawn();
+        let api_token = self.api_token.clone().expect("a standby needs fixed tokens");
+        let runner_token = self.runner_token.clone().expect("a standby needs fixed tokens");
+        Server {
+            process,
+            endpoints: self.listen.clone(),
+            api_token,
+            runner_token,
+            ca_cert: None,
+            harness_scope: self.harness.scope(),
+        }
+    }
+
+    fn spawn(&self) -> (Guarded, mpsc::Receiver<String>, String) {
         let mut command = self.harness.command("valkyrie-server");
         command.arg("--data-dir").arg(&self.data_dir);
         for uri in &self.listen {
@@ -399,6 +415,12 @@ impl ServerBuilder<'_> {
                 }
             }
         });
+        (process, rx, name)
+    }
+
+    /// Starts the server and waits until every listener is ready.
+    pub fn start(self) -> Server {
+        let (mut process, rx, name) = self.spawn();
         let deadline = Instant::now() + DEADLINE;
         let mut endpoints = Vec::new();
         while endpoints.len() < self.listen.len() {

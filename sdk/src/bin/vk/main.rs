@@ -36,9 +36,10 @@ struct Cli {
         long,
         global = true,
         env = "VALKYRIE_SERVER",
+        value_delimiter = ',',
         default_value = "tcp://127.0.0.1:7700"
     )]
-    server: Endpoint,
+    server: Vec<Endpoint>,
     /// API token.
     #[arg(
         long,
@@ -226,7 +227,8 @@ async fn main() -> ExitCode {
 /// What `vk` needs to (re)connect.
 #[derive(Clone, Debug)]
 struct Connector {
-    server: Endpoint,
+    /// The servers of the group, tried in turn (the leader answers).
+    servers: Vec<Endpoint>,
     token: String,
     ca_cert: Option<PathBuf>,
 }
@@ -234,20 +236,34 @@ struct Connector {
 impl Connector {
     fn new(cli: &Cli) -> Self {
         Self {
-            server: cli.server.clone(),
+            servers: cli.server.clone(),
             token: cli.token.clone(),
             ca_cert: cli.ca_cert.clone(),
         }
     }
 
     async fn connect(&self) -> anyhow::Result<Client> {
-        use valkyrie::transport::ConnectError;
         let tls = self.ca_cert.as_deref().map(ClientTls::from_ca_file).transpose()?;
         let options = ClientOptions {
             tls,
             ..Default::default()
         };
-        match Client::connect(&self.server, &self.token, options).await {
+        let mut last = None;
+        for server in &self.servers {
+            match self.connect_to(server, options.clone()).await {
+                Ok(client) => return Ok(client),
+                Err(err) => {
+                    tracing::debug!(%server, "{err:#}");
+                    last = Some(err);
+                }
+            }
+        }
+        Err(last.unwrap_or_else(|| anyhow::anyhow!("--server names no server")))
+    }
+
+    async fn connect_to(&self, server: &Endpoint, options: ClientOptions) -> anyhow::Result<Client> {
+        use valkyrie::transport::ConnectError;
+        match Client::connect(server, &self.token, options).await {
             Ok(client) => Ok(client),
             // These name the server already: no second "cannot connect to".
             Err(
@@ -255,7 +271,7 @@ impl Connector {
                     ConnectError::Io { .. } | ConnectError::MissingTls(_) | ConnectError::AnsweredHttp(_),
                 ),
             ) => Err(err.into()),
-            Err(err) => Err(anyhow::Error::new(err).context(format!("cannot connect to {}", self.server))),
+            Err(err) => Err(anyhow::Error::new(err).context(format!("cannot connect to {server}"))),
         }
     }
 }

@@ -1,0 +1,373 @@
+//! One leader among the control planes that share a MongoDB store.
+//!
+//! Every server pointed at the same database joins one group. The leader
+//! holds a **lease**: the document `{_id: "leader"}` of the `meta`
+//! collection, with the holder's id, an **epoch** (raised by each
+//! takeover), a renewal counter `seq`, the lease's time to live and the
+//! holder's advertised URIs. Every change to it is a conditional `update`
+//! (compare-and-set on `epoch` and `seq`), atomic on one document.
+//!
+//! * **Renewal.** The leader bumps `seq` every `renew_every`, on the
+//!   condition that the epoch is still its own. A renewal sent at `t` lets
+//!   it write until `t + ttl - margin` by its own monotonic clock (its
+//!   [`Fence`] deadline). A refused renewal (a newer epoch exists), or a
+//!   deadline that passes while the store does not answer, ends the
+//!   process: it cannot know that it still leads (the pattern of
+//!   Kubernetes' leader election; a supervisor starts it again, as a
+//!   standby).
+//! * **Takeover.** A standby reads the lease every `poll`; once it has
+//!   seen the same `(epoch, seq)` for a whole `ttl` by its own clock, the
+//!   leader has stopped writing (its deadline was earlier), and the
+//!   standby swaps in itself with `epoch + 1`, conditional on that same
+//!   `(epoch, seq)`: of several standbys exactly one wins.
+//! * **Fencing.** The new leader stamps every stored document with its
+//!   epoch ([`Election::claim`]) before it loads them, and every write it
+//!   makes carries the condition `epoch <= its epoch`. A deposed leader
+//!   that wakes up (a paused process, a partition) finds its deadline past
+//!   and writes nothing; a write it had already sent when paused matches
+//!   no stamped document, is refused as a duplicate key, and the store
+//!   stops the process.
+//! * A server restarted with the same data directory (which it locks) is
+//!   the holder's own earlier life: it takes over at once.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use mongodb::bson::{doc, Bson, Document};
+use mongodb::sync::Database;
+use serde::Serialize;
+
+use super::StoreError;
+
+/// The collection of the lease (and the id counters).
+const META: &str = "meta";
+/// The lease document's `_id`.
+const LEASE_ID: &str = "leader";
+/// The collections whose documents carry the writer's epoch.
+pub(super) const FENCED: &[&str] = &["jobs", "runs", "runners", "pipelines", "audit", "meta"];
+
+/// How an election behaves.
+#[derive(Debug, Clone)]
+pub struct LeaseConfig {
+    /// This server's id (stable across restarts of one data directory).
+    pub server_id: String,
+    /// URIs where peers reach this server (shown to peers by standbys).
+    pub advertise: Vec<String>,
+    /// How long a lease lasts without renewal.
+    pub ttl: Duration,
+    /// How often the leader renews it.
+    pub renew_every: Duration,
+}
+
+impl LeaseConfig {
+    /// The part of the lease the leader does not use, for writes in flight.
+    fn margin(&self) -> Duration {
+        (self.ttl / 4).max(Duration::from_millis(100))
+    }
+
+    /// How often a standby reads the lease.
+    fn poll(&self) -> Duration {
+        (self.renew_every / 2).max(Duration::from_millis(50))
+    }
+}
+
+/// The current leader, as a standby sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LeaderInfo {
+    /// The leader's server id.
+    pub holder: String,
+    /// Its epoch.
+    pub epoch: u64,
+    /// Its advertised URIs.
+    pub advertise: Vec<String>,
+    /// Its lease's time to live (ms).
+    pub ttl_ms: u64,
+    /// When it last renewed, by its clock (ms since the Unix epoch).
+    pub renewed_at_ms: u64,
+}
+
+/// The leader's right to write: its epoch and the instant until which its
+/// lease certainly holds. The store checks it before and after each write.
+#[derive(Debug)]
+pub struct Fence {
+    epoch: u64,
+    base: Instant,
+    /// Nanoseconds after `base`.
+    deadline_ns: AtomicU64,
+}
+
+impl Fence {
+    fn new(epoch: u64, deadline: Instant) -> Self {
+        let base = Instant::now();
+        let fence = Self {
+            epoch,
+            base,
+            deadline_ns: AtomicU64::new(0),
+        };
+        fence.extend(deadline);
+        fence
+    }
+
+    /// The epoch every write is stamped with.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    fn extend(&self, deadline: Instant) {
+        let ns = deadline.saturating_duration_since(self.base).as_nanos();
+        self.deadline_ns
+            .fetch_max(u64::try_from(ns).unwrap_or(u64::MAX), Ordering::AcqRel);
+    }
+
+    /// Whether the lease still holds now.
+    pub fn check(&self) -> Result<(), StoreError> {
+        let deadline = self.base + Duration::from_nanos(self.deadline_ns.load(Ordering::Acquire));
+        if Instant::now() < deadline {
+            Ok(())
+        } else {
+            Err(StoreError::Deposed {
+                epoch: self.epoch,
+                detail: "the lease ran out before it could be renewed".into(),
+            })
+        }
+    }
+}
+
+/// The election of one server.
+pub struct Election {
+    db: Database,
+    config: LeaseConfig,
+}
+
+impl std::fmt::Debug for Election {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Election").field("config", &self.config).finish()
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+fn int(doc: &Document, key: &str) -> u64 {
+    match doc.get(key) {
+        Some(Bson::Int32(v)) => u64::try_from(*v).unwrap_or(0),
+        Some(Bson::Int64(v)) => u64::try_from(*v).unwrap_or(0),
+        Some(Bson::Double(v)) => *v as u64,
+        _ => 0,
+    }
+}
+
+fn info_of(doc: &Document) -> LeaderInfo {
+    LeaderInfo {
+        holder: doc.get_str("holder").unwrap_or_default().to_owned(),
+        epoch: int(doc, "epoch"),
+        advertise: doc
+            .get_array("advertise")
+            .map(|a| a.iter().filter_map(|u| u.as_str().map(str::to_owned)).collect())
+            .unwrap_or_default(),
+        ttl_ms: int(doc, "ttl_ms"),
+        renewed_at_ms: int(doc, "renewed_at_ms"),
+    }
+}
+
+fn i64_of(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+impl Election {
+    pub(super) fn new(db: Database, config: LeaseConfig) -> Self {
+        Self { db, config }
+    }
+
+    fn io(&self, what: &str, err: impl std::fmt::Display) -> StoreError {
+        StoreError::Io {
+            what: what.to_owned(),
+            detail: err.to_string(),
+        }
+    }
+
+    /// The lease document, if any.
+    fn read(&self) -> Result<Option<Document>, StoreError> {
+        self.db
+            .collection::<Document>(META)
+            .find_one(doc! { "_id": LEASE_ID })
+            .run()
+            .map_err(|e| self.io("cannot read the leader lease", e))
+    }
+
+    /// Runs a one-statement `update` and returns how many documents matched.
+    fn update_one(&self, filter: Document, update: Document) -> Result<u64, StoreError> {
+        let reply = self
+            .db
+            .run_command(doc! {
+                "update": META,
+                "updates": [ { "q": filter, "u": update } ],
+                "writeConcern": { "w": "majority", "j": true },
+            })
+            .run()
+            .map_err(|e| self.io("cannot write the leader lease", e))?;
+        Ok(int(&reply, "n"))
+    }
+
+    fn holder_fields(&self, epoch: u64) -> Document {
+        doc! {
+            "holder": &self.config.server_id,
+            "epoch": i64_of(epoch),
+            "seq": 0_i64,
+            "ttl_ms": i64_of(u64::try_from(self.config.ttl.as_millis()).unwrap_or(u64::MAX)),
+            "renewed_at_ms": i64_of(now_ms()),
+            "advertise": self.config.advertise.clone(),
+        }
+    }
+
+    /// Tries to create the first lease; `true` if this server now holds it.
+    fn create(&self) -> Result<bool, StoreError> {
+        let mut lease = self.holder_fields(1);
+        lease.insert("_id", LEASE_ID);
+        let reply = self
+            .db
+            .run_command(doc! {
+                "insert": META,
+                "documents": [lease],
+                "writeConcern": { "w": "majority", "j": true },
+            })
+            .run()
+            .map_err(|e| self.io("cannot write the leader lease", e))?;
+        Ok(int(&reply, "n") == 1)
+    }
+
+    /// Swaps in this server with `epoch + 1` if the lease is still at
+    /// `(epoch, seq)`; `true` if it won.
+    fn take_over(&self, epoch: u64, seq: u64) -> Result<bool, StoreError> {
+        let matched = self.update_one(
+            doc! { "_id": LEASE_ID, "epoch": i64_of(epoch), "seq": i64_of(seq) },
+            doc! { "$set": self.holder_fields(epoch + 1) },
+        )?;
+        Ok(matched == 1)
+    }
+
+    /// Waits until this server leads; `standby` is told who leads
+    /// meanwhile (each time that changes). Returns the fence of the new
+    /// epoch. Errors only when the store cannot be reached at all.
+    pub fn acquire(&self, mut standby: impl FnMut(&LeaderInfo)) -> Result<Arc<Fence>, StoreError> {
+        // (epoch, seq) last seen, and since when (by our clock).
+        let mut seen: Option<((u64, u64), Instant)> = None;
+        let mut shown: Option<LeaderInfo> = None;
+        loop {
+            let sent = Instant::now();
+            let won = match self.read()? {
+                None => self.create()?.then_some(1),
+                Some(lease) => {
+                    let info = info_of(&lease);
+                    let key = (info.epoch, int(&lease, "seq"));
+                    let own = info.holder == self.config.server_id;
+                    let ttl = Duration::from_millis(info.ttl_ms);
+                    let expired = match seen {
+                        Some((k, since)) if k == key => since.elapsed() >= ttl,
+                        _ => {
+                            seen = Some((key, Instant::now()));
+                            false
+                        }
+                    };
+                    if own || expired {
+                        self.take_over(key.0, key.1)?.then_some(info.epoch + 1)
+                    } else {
+                        if shown.as_ref() != Some(&info) {
+                            standby(&info);
+                            shown = Some(info);
+                        }
+                        None
+                    }
+                }
+            };
+            if let Some(epoch) = won {
+                let deadline = sent + self.config.ttl - self.config.margin();
+                return Ok(Arc::new(Fence::new(epoch, deadline)));
+            }
+            std::thread::sleep(self.config.poll());
+        }
+    }
+
+    /// Stamps every stored document with the new epoch, so that no write of
+    /// an earlier leader can replace or delete it any more.
+    pub fn claim(&self, fence: &Fence) -> Result<(), StoreError> {
+        fence.check()?;
+        for collection in FENCED {
+            let reply = self
+                .db
+                .run_command(doc! {
+                    "update": *collection,
+                    "updates": [ {
+                        "q": { "_id": { "$ne": LEASE_ID } },
+                        "u": { "$max": { "epoch": i64_of(fence.epoch) } },
+                        "multi": true,
+                    } ],
+                    "writeConcern": { "w": "majority", "j": true },
+                })
+                .run()
+                .map_err(|e| self.io(&format!("cannot claim `{collection}` for the new epoch"), e))?;
+            if let Ok(errors) = reply.get_array("writeErrors") {
+                return Err(self.io(
+                    &format!("cannot claim `{collection}` for the new epoch"),
+                    format!("{errors:?}"),
+                ));
+            }
+        }
+        fence.check()
+    }
+
+    /// Renews the lease every `renew_every` on a thread of its own, for as
+    /// long as the process lives. When this server is no longer sure to
+    /// lead, `deposed` is called with the reason (the server exits there).
+    pub fn keep(self, fence: Arc<Fence>, deposed: impl FnOnce(StoreError) + Send + 'static) {
+        std::thread::Builder::new()
+            .name("valkyrie-lease".into())
+            .spawn(move || {
+                let reason = loop {
+                    std::thread::sleep(self.config.renew_every);
+                    let sent = Instant::now();
+                    let renewed = self.update_one(
+                        doc! {
+                            "_id": LEASE_ID,
+                            "epoch": i64_of(fence.epoch),
+                            "holder": &self.config.server_id,
+                        },
+                        doc! {
+                            "$inc": { "seq": 1_i64 },
+                            "$set": { "renewed_at_ms": i64_of(now_ms()) },
+                        },
+                    );
+                    match renewed {
+                        Ok(1) => fence.extend(sent + self.config.ttl - self.config.margin()),
+                        Ok(_) => {
+                            let leader = self.read().ok().flatten().map(|d| info_of(&d));
+                            break StoreError::Deposed {
+                                epoch: fence.epoch,
+                                detail: match leader {
+                                    Some(l) => format!(
+                                        "server {} took over with epoch {} ({})",
+                                        l.holder,
+                                        l.epoch,
+                                        l.advertise.join(", ")
+                                    ),
+                                    None => "the lease is gone".into(),
+                                },
+                            };
+                        }
+                        Err(err) => {
+                            tracing::warn!(%err, "cannot renew the leader lease");
+                            if let Err(expired) = fence.check() {
+                                break expired;
+                            }
+                        }
+                    }
+                };
+                deposed(reason);
+            })
+            .expect("spawn the lease thread");
+    }
+}
