@@ -332,10 +332,37 @@ async fn requests_without_valid_credentials_get_401() {
         role: Role::Admin,
         exp: 1,
         iat: 0,
+        nbf: None,
     });
     let response = server.get("/api/ci/pipelines", &expired).await;
     let body = expect_error(response, StatusCode::UNAUTHORIZED, "AuthenticationError").await;
     assert!(body.message.contains("expired"), "{}", body.message);
+
+    // Not valid yet (nbf in the future), or issued in the future.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let early = server.jwt.sign(&Claims {
+        sub: "early".into(),
+        role: Role::Admin,
+        exp: now + 7200,
+        iat: now,
+        nbf: Some(now + 3600),
+    });
+    let response = server.get("/api/ci/pipelines", &early).await;
+    let body = expect_error(response, StatusCode::UNAUTHORIZED, "AuthenticationError").await;
+    assert!(body.message.contains("not valid yet"), "{}", body.message);
+    let future = server.jwt.sign(&Claims {
+        sub: "future".into(),
+        role: Role::Admin,
+        exp: now + 7200,
+        iat: now + 3600,
+        nbf: None,
+    });
+    let response = server.get("/api/ci/pipelines", &future).await;
+    let body = expect_error(response, StatusCode::UNAUTHORIZED, "AuthenticationError").await;
+    assert!(body.message.contains("issue time"), "{}", body.message);
 
     // The open routes need no token.
     for path in [

@@ -144,8 +144,25 @@ pub enum Command {
         /// The stored definition.
         reply: oneshot::Sender<PipelineDef>,
     },
-    /// Every stored pipeline definition, newest first.
-    ListPipelines(oneshot::Sender<Vec<PipelineDef>>),
+    /// Stored pipeline definitions, newest first, without their YAML: at
+    /// most `limit`, with ids below `before` if given.
+    ListPipelines {
+        /// Only ids below this.
+        before: Option<u64>,
+        /// At most this many.
+        limit: usize,
+        /// The page.
+        reply: oneshot::Sender<Vec<PipelineDef>>,
+    },
+    /// Runs, newest first: at most `limit`, with ids below `before` if given.
+    ListRunsPage {
+        /// Only ids below this.
+        before: Option<u64>,
+        /// At most this many.
+        limit: usize,
+        /// The page.
+        reply: oneshot::Sender<Vec<valkyrie::message::RunInfo>>,
+    },
     /// One stored pipeline definition.
     GetPipeline(u64, oneshot::Sender<Option<PipelineDef>>),
     /// Start a run of a stored pipeline, from its plan (validated off the
@@ -288,6 +305,8 @@ pub struct Core {
     dirty_jobs: std::collections::BTreeSet<JobId>,
     dirty_runs: std::collections::BTreeSet<u64>,
     counters_dirty: bool,
+    /// When each queued job entered the queue, for the dispatch latency.
+    queued_since: HashMap<JobId, Instant>,
     /// Unfinished runs with a timeout, checked on each tick.
     timed_runs: std::collections::BTreeSet<u64>,
     /// The core's own queue, for work it hands itself later (weak, so the
@@ -356,6 +375,7 @@ fn spawn_inner(
         dirty_runs: Default::default(),
         counters_dirty: false,
         timed_runs: Default::default(),
+        queued_since: HashMap::new(),
         self_tx: tx.downgrade(),
         audit_log: Default::default(),
         next_audit: 1,
@@ -430,8 +450,25 @@ impl Core {
             Command::CreatePipeline { pipeline, reply } => {
                 let _ = reply.send(self.create_pipeline(*pipeline));
             }
-            Command::ListPipelines(reply) => {
-                let _ = reply.send(self.pipelines.values().rev().cloned().collect());
+            Command::ListPipelines { before, limit, reply } => {
+                let page = self
+                    .pipelines
+                    .range(..before.unwrap_or(u64::MAX))
+                    .rev()
+                    .take(limit)
+                    .map(|(_, def)| def.without_yaml())
+                    .collect();
+                let _ = reply.send(page);
+            }
+            Command::ListRunsPage { before, limit, reply } => {
+                let page = self
+                    .runs
+                    .range(..before.unwrap_or(u64::MAX))
+                    .rev()
+                    .take(limit)
+                    .map(|(_, run)| self.run_info(run))
+                    .collect();
+                let _ = reply.send(page);
             }
             Command::GetPipeline(id, reply) => {
                 let _ = reply.send(self.pipelines.get(&id).cloned());
@@ -623,6 +660,8 @@ impl Core {
         };
         if let Err(err) = self.scheduler.enqueue(queued) {
             warn!(%err, "job already known to the scheduler");
+        } else {
+            self.queued_since.insert(record.id, Instant::now());
         }
     }
 
@@ -639,6 +678,7 @@ impl Core {
         match job.state() {
             JobState::Queued => {
                 self.scheduler.remove_job(id);
+                self.queued_since.remove(&id);
                 let _ = job.force_final(JobState::Cancelled, "cancelled while queued".into(), now_ms());
                 self.finished_job(id);
             }
@@ -1385,8 +1425,14 @@ impl Core {
                 }
             };
             runner.jobs.insert(job_id);
-            let waited_ms = now_ms().saturating_sub(job.submitted_at_ms);
-            self.metrics.dispatch_latency.observe(waited_ms as f64 / 1000.0);
+            // Measured with a monotonic clock at full resolution: in ms since
+            // the epoch, as it was, a dispatch in the same turn as its
+            // submission always measured 0.
+            if let Some(since) = self.queued_since.remove(&job_id) {
+                self.metrics
+                    .dispatch_latency
+                    .observe(since.elapsed().as_secs_f64());
+            }
             let assign = Assign {
                 job_id: job_id.0,
                 attempt,

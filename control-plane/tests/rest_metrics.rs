@@ -1,0 +1,174 @@
+//! `/metrics`: content negotiation, the Prometheus text format that
+//! promtool accepts, the dispatch latency of a real dispatch, HTTP request
+//! metrics by route template, and a queue depth that reads 0 when empty.
+
+mod rest_support;
+
+use std::time::Instant;
+
+use reqwest::StatusCode;
+use rest_support::*;
+use valkyrie_control_plane::rest::auth::Role;
+
+async fn scrape(server: &TestServer, accept: Option<&str>) -> (String, String) {
+    let mut request = server.http.get(server.url("/metrics"));
+    if let Some(accept) = accept {
+        request = request.header("accept", accept);
+    }
+    let response = request.send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let content_type = response.headers()["content-type"].to_str().unwrap().to_owned();
+    (content_type, response.text().await.unwrap())
+}
+
+/// The value of the sample named exactly `series` (name and labels).
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+#[tokio::test]
+async fn metrics_are_negotiated_and_promtool_accepts_them() {
+    let server = start(|c| c).await;
+    let (om_type, om) = scrape(&server, Some("application/openmetrics-text; version=1.0.0")).await;
+    assert!(om_type.starts_with("application/openmetrics-text"), "{om_type}");
+    assert!(om.ends_with("# EOF\n"));
+    for accept in [
+        Some("text/plain; version=0.0.4"),
+        Some("text/plain;version=0.0.4;q=0.5,*/*;q=0.1"),
+        None,
+    ] {
+        let (content_type, text) = scrape(&server, accept).await;
+        assert_eq!(
+            content_type, "text/plain; version=0.0.4; charset=utf-8",
+            "{accept:?}"
+        );
+        assert!(!text.contains("# EOF") && !text.contains("# UNIT"));
+        assert!(
+            text.contains("# HELP valkyrie_jobs_submitted_jobs_total "),
+            "{text}"
+        );
+        assert!(
+            text.contains("# TYPE valkyrie_logs_received_bytes_total counter"),
+            "{text}"
+        );
+    }
+    // An empty queue reads 0, not nothing.
+    let (_, text) = scrape(&server, None).await;
+    assert_eq!(
+        sample(&text, "valkyrie_queue_depth_jobs{priority=\"0\"}"),
+        Some(0.0),
+        "{text}"
+    );
+
+    match std::process::Command::new("promtool").arg("--version").output() {
+        Ok(out) if out.status.success() => {
+            let mut child = std::process::Command::new("promtool")
+                .args(["check", "metrics"])
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            use std::io::Write;
+            child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+            let out = child.wait_with_output().unwrap();
+            assert!(
+                out.status.success(),
+                "promtool check metrics: {}{}\n{text}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        _ => eprintln!("promtool not installed (apt-get install prometheus): its check is skipped"),
+    }
+}
+
+#[tokio::test]
+async fn http_requests_are_counted_by_route_template_and_status() {
+    let server = start(|c| c).await;
+    let viewer = server.token(Role::Viewer);
+    for id in [7, 8, 9] {
+        let response = server.get(&format!("/api/ci/pipelines/{id}"), &viewer).await;
+        assert_eq!(response.status(), StatusCode::NOT_FOUND);
+    }
+    let (_, text) = scrape(&server, None).await;
+    let labels = "{method=\"GET\",route=\"/api/ci/pipelines/{id}\",status=\"404\"}";
+    assert_eq!(
+        sample(&text, &format!("valkyrie_http_requests_requests_total{labels}")),
+        Some(3.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(
+            &text,
+            &format!("valkyrie_http_request_duration_seconds_count{labels}")
+        ),
+        Some(3.0),
+        "{text}"
+    );
+    assert!(
+        !text.contains("/api/ci/pipelines/7"),
+        "concrete paths leak into labels"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dispatch_latency_measures_the_wait_in_the_queue() {
+    // A job queued with no runner, then a runner: the job waited at least
+    // as long as the test took between its acceptance and the runner's start.
+    let mut server = start(|c| c).await;
+    let submitted = Instant::now();
+    let response = server
+        .post_yaml(
+            "/api/ci/pipelines",
+            &server.api_token,
+            "name: one\njobs:\n  a:\n    steps: [echo hi]\n",
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let id = response.json::<serde_json::Value>().await.unwrap()["id"]
+        .as_u64()
+        .unwrap();
+    let response = server
+        .post(&format!("/api/ci/pipelines/{id}/trigger"), &server.api_token)
+        .await;
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let accepted = Instant::now();
+    // Wait (for an event, not a fixed time) until the job is queued and
+    // some time has visibly passed, so the lower bound is not trivial.
+    eventually("the job is queued", || async {
+        let (_, text) = scrape(&server, None).await;
+        (sample(&text, "valkyrie_queue_depth_jobs{priority=\"0\"}") == Some(1.0)).then_some(())
+    })
+    .await;
+    let before_agent = accepted.elapsed();
+    server.add_agent().await;
+    let text = eventually("a dispatch is observed", || async {
+        let (_, text) = scrape(&server, None).await;
+        (sample(&text, "valkyrie_dispatch_latency_seconds_count").unwrap_or(0.0) >= 1.0).then_some(text)
+    })
+    .await;
+    let upper = submitted.elapsed();
+    let sum = sample(&text, "valkyrie_dispatch_latency_seconds_sum").unwrap();
+    let count = sample(&text, "valkyrie_dispatch_latency_seconds_count").unwrap();
+    assert!(count >= 1.0);
+    // The first job dispatched waited at least from its acceptance to the
+    // runner's registration, and at most the whole test.
+    assert!(
+        sum >= before_agent.as_secs_f64(),
+        "sum {sum} < {before_agent:?}:\n{text}"
+    );
+    assert!(
+        sum <= upper.as_secs_f64() * count,
+        "sum {sum} > {upper:?} × {count}"
+    );
+    let lowest = sample(&text, "valkyrie_dispatch_latency_seconds_bucket{le=\"1e-5\"}")
+        .or_else(|| sample(&text, "valkyrie_dispatch_latency_seconds_bucket{le=\"0.00001\"}"))
+        .expect("the lowest bucket");
+    assert_eq!(
+        lowest, 0.0,
+        "a dispatch that waited {before_agent:?} fell in the lowest bucket:\n{text}"
+    );
+}
