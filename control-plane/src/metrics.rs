@@ -116,7 +116,7 @@ impl Metrics {
             self.jobs_submitted.clone(),
         );
         valkyrie.register_with_unit(
-            "http_requests",
+            "http",
             "HTTP requests answered, by method, route template and status",
             Unit::Other("requests".into()),
             self.http_requests.clone(),

@@ -281,17 +281,28 @@ async fn uploads_are_validated_and_limited_to_10_mib() {
     let body = expect_error(response, StatusCode::PAYLOAD_TOO_LARGE, "PayloadTooLarge").await;
     assert!(body.message.contains("10485760"), "{}", body.message);
 
-    // A form without a file.
-    let form = reqwest::multipart::Form::new().text("note", "no file here");
-    let response = server
-        .http
-        .post(server.url("/api/ci/pipelines/upload"))
-        .bearer_auth(&submitter)
-        .multipart(form)
-        .send()
-        .await
-        .unwrap();
-    expect_error(response, StatusCode::BAD_REQUEST, "BadRequest").await;
+    // A form with a part other than `file`, or with no file at all.
+    let forms = [
+        (
+            reqwest::multipart::Form::new()
+                .text("note", "no file here")
+                .part("file", reqwest::multipart::Part::text(HELLO_YAML)),
+            "`note`",
+        ),
+        (reqwest::multipart::Form::new(), "form"),
+    ];
+    for (form, named) in forms {
+        let response = server
+            .http
+            .post(server.url("/api/ci/pipelines/upload"))
+            .bearer_auth(&submitter)
+            .multipart(form)
+            .send()
+            .await
+            .unwrap();
+        let body = expect_error(response, StatusCode::BAD_REQUEST, "BadRequest").await;
+        assert!(body.message.contains(named), "{}", body.message);
+    }
 }
 
 #[tokio::test]
@@ -517,7 +528,13 @@ async fn metrics_health_and_readiness() {
         .post(&format!("/api/ci/pipelines/{id}/trigger"), &server.api_token)
         .await;
     assert_eq!(response.status(), StatusCode::CREATED);
-    let response = server.http.get(server.url("/metrics")).send().await.unwrap();
+    let response = server
+        .http
+        .get(server.url("/metrics"))
+        .header("accept", "application/openmetrics-text; version=1.0.0")
+        .send()
+        .await
+        .unwrap();
     assert!(response.headers()["content-type"]
         .to_str()
         .unwrap()

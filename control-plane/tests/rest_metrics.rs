@@ -62,27 +62,68 @@ async fn metrics_are_negotiated_and_promtool_accepts_them() {
         "{text}"
     );
 
-    match std::process::Command::new("promtool").arg("--version").output() {
-        Ok(out) if out.status.success() => {
-            let mut child = std::process::Command::new("promtool")
-                .args(["check", "metrics"])
-                .stdin(std::process::Stdio::piped())
-                .stdout(std::process::Stdio::piped())
-                .stderr(std::process::Stdio::piped())
-                .spawn()
-                .unwrap();
-            use std::io::Write;
-            child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
-            let out = child.wait_with_output().unwrap();
-            assert!(
-                out.status.success(),
-                "promtool check metrics: {}{}\n{text}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        _ => eprintln!("promtool not installed (apt-get install prometheus): its check is skipped"),
+    // promtool (which reads the text format 0.0.4 only) lints the text
+    // format; prometheus-client's strict OpenMetrics parser checks the
+    // OpenMetrics answer. Both are required: scripts/test installs them.
+    let out = run_with_stdin("promtool", &["check", "metrics"], &text);
+    assert!(
+        out.status.success(),
+        "promtool check metrics refuses the text format: {}{}\n{text}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = run_with_stdin("python3", &["-c", OPENMETRICS_CHECK], &om);
+    let families = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "the OpenMetrics parser refuses the OpenMetrics answer: {families}{}\n{om}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for family in [
+        "valkyrie_jobs_submitted_jobs counter",
+        "valkyrie_dispatch_latency_seconds histogram",
+        "valkyrie_queue_depth_jobs gauge",
+    ] {
+        assert!(
+            families.lines().any(|l| l == family),
+            "{family} not parsed:\n{families}"
+        );
     }
+}
+
+/// Parses OpenMetrics from stdin with prometheus-client's parser (which
+/// refuses a missing `# EOF`, a UNIT that does not end the name, a sample
+/// outside its family, …) and prints each family's name and type.
+const OPENMETRICS_CHECK: &str = r#"
+import sys
+try:
+    from prometheus_client.openmetrics.parser import text_string_to_metric_families
+except ImportError:
+    sys.exit("prometheus-client is not installed: python3 -m pip install prometheus-client==0.26.0 (scripts/test does)")
+for family in text_string_to_metric_families(sys.stdin.read()):
+    print(family.name, family.type)
+"#;
+
+/// Runs `program` with `args` and `input` on stdin; a missing program
+/// fails the test (it is required, not optional).
+fn run_with_stdin(program: &str, args: &[&str], input: &str) -> std::process::Output {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(program)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{program} cannot be started ({e}): scripts/test installs it"));
+    // Written from another thread, so a child that answers before it has
+    // read everything cannot deadlock with us.
+    let mut stdin = child.stdin.take().unwrap();
+    let input = input.to_owned();
+    let writer = std::thread::spawn(move || stdin.write_all(input.as_bytes()));
+    let out = child.wait_with_output().unwrap();
+    let _ = writer.join();
+    out
 }
 
 #[tokio::test]
@@ -96,7 +137,7 @@ async fn http_requests_are_counted_by_route_template_and_status() {
     let (_, text) = scrape(&server, None).await;
     let labels = "{method=\"GET\",route=\"/api/ci/pipelines/{id}\",status=\"404\"}";
     assert_eq!(
-        sample(&text, &format!("valkyrie_http_requests_requests_total{labels}")),
+        sample(&text, &format!("valkyrie_http_requests_total{labels}")),
         Some(3.0),
         "{text}"
     );

@@ -749,6 +749,8 @@ impl Core {
     /// forget the oldest finished jobs beyond the retention.
     fn finished_job(&mut self, id: JobId) {
         self.scheduler.job_finished(id);
+        // A job can end while queued (cancelled, timed out): not dispatched.
+        self.queued_since.remove(&id);
         if let Some(runner) = self.jobs.get(&id).and_then(|j| j.runner) {
             if let Some(r) = self.runners.get_mut(&runner) {
                 r.jobs.remove(&id);

@@ -140,10 +140,10 @@ pub async fn list(
     ApiQuery(query): ApiQuery<PageQuery>,
 ) -> Result<Page<Execution>, ApiError> {
     caller.require(Role::Viewer)?;
-    let limit = query.limit()?;
+    let (limit, before) = (query.limit()?, query.cursor()?);
     let runs = state
         .call(|reply| Command::ListRunsPage {
-            before: query.cursor,
+            before,
             limit: limit + 1,
             reply,
         })

@@ -19,7 +19,7 @@ use super::{audit, error, executions, health, metrics, pipelines, runners};
         runners::list, runners::drain, audit::list,
     ),
     components(schemas(
-        error::ErrorBody, health::Health, pipelines::Pipeline, pipelines::PipelineSummary, pipelines::CreatePipeline, pipelines::Triggered,
+        error::ErrorBody, health::Health, pipelines::Pipeline, pipelines::PipelineSummary, pipelines::CreatePipeline, pipelines::UploadForm, pipelines::Triggered,
         executions::Execution, executions::ExecutionJob, executions::Cancelled, runners::Runner, runners::Draining,
         audit::AuditPage, audit::AuditRecordJson,
     )),

@@ -17,6 +17,11 @@ pub const DEFAULT_PAGE: u32 = 50;
 /// Most items per page.
 pub const MAX_PAGE: u32 = 200;
 
+/// Largest cursor (and id) accepted: 2^53 - 1, the largest integer every
+/// JSON reader holds exactly. Ids are handed out from 1 upwards and never
+/// come near it; a larger cursor is not one the server gave.
+pub const MAX_CURSOR: u64 = (1 << 53) - 1;
+
 /// The header carrying the next page's cursor.
 pub const NEXT_CURSOR: HeaderName = HeaderName::from_static("x-next-cursor");
 
@@ -29,6 +34,7 @@ pub struct PageQuery {
     pub limit: Option<u32>,
     /// Where the page starts: the cursor from the previous page's
     /// `X-Next-Cursor` header (or its `Link: rel="next"` URL). Default: the first page.
+    #[param(minimum = 0, maximum = 9_007_199_254_740_991_u64)]
     pub cursor: Option<u64>,
 }
 
@@ -42,6 +48,22 @@ impl PageQuery {
             ))
             .suggest("page through the list with `cursor`, from the X-Next-Cursor header")),
         }
+    }
+
+    /// The cursor, refused with 400 above [`MAX_CURSOR`].
+    pub fn cursor(&self) -> Result<Option<u64>, ApiError> {
+        check_cursor("cursor", self.cursor)
+    }
+}
+
+/// `value` of the query parameter `name`, refused with 400 above [`MAX_CURSOR`].
+pub fn check_cursor(name: &str, value: Option<u64>) -> Result<Option<u64>, ApiError> {
+    match value {
+        Some(c) if c > MAX_CURSOR => Err(ApiError::bad_request(format!(
+            "{name}={c} is out of range: cursors are at most {MAX_CURSOR}"
+        ))
+        .suggest("pass the cursor from the previous page as it was given")),
+        c => Ok(c),
     }
 }
 

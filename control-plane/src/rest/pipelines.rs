@@ -111,6 +111,15 @@ pub struct FileNameQuery {
     pub file_name: Option<String>,
 }
 
+/// The form `/upload` takes: one part, `file`; any other part is refused.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UploadForm {
+    /// The pipeline file (UTF-8 YAML); its part's file name names it in
+    /// error positions.
+    pub file: String,
+}
+
 /// The run a trigger started.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct Triggered {
@@ -206,7 +215,7 @@ fn multipart_error(e: MultipartRejection) -> ApiError {
 
 /// Creates a pipeline from an uploaded file (multipart, field `file`, up to 10 MiB).
 #[utoipa::path(post, path = "/api/ci/pipelines/upload", tag = "pipelines", operation_id = "upload_pipeline",
-    request_body(content_type = "multipart/form-data", description = "A form with a `file` part holding the YAML"),
+    request_body(content = UploadForm, content_type = "multipart/form-data", description = "A form with a `file` part holding the YAML"),
     responses((status = 201, body = Pipeline),
               (status = 400, description = "Not a readable form, or no file in it", body = ErrorBody),
               (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
@@ -242,9 +251,18 @@ async fn from_form(
             ApiError::bad_request("the multipart form could not be read").details(e.body_text())
         }
     };
+    let mut file = None;
     while let Some(field) = multipart.next_field().await.map_err(read_error)? {
-        if field.name() != Some("file") && field.file_name().is_none() {
-            continue;
+        let name = field.name().unwrap_or_default().to_owned();
+        if name != "file" {
+            return Err(
+                ApiError::bad_request(format!("the form has a part `{name}`, which is not known"))
+                    .suggest("send only the YAML, in a part named `file`"),
+            );
+        }
+        if file.is_some() {
+            return Err(ApiError::bad_request("the form has more than one `file` part")
+                .suggest("send one pipeline file per request"));
         }
         let file_name = field
             .file_name()
@@ -254,6 +272,9 @@ async fn from_form(
         let data = field.bytes().await.map_err(read_error)?;
         let yaml = String::from_utf8(data.to_vec())
             .map_err(|_| ApiError::bad_request(format!("{file_name} is not UTF-8 text")))?;
+        file = Some((file_name, yaml));
+    }
+    if let Some((file_name, yaml)) = file {
         return store(state, caller, file_name, yaml).await;
     }
     Err(ApiError::bad_request("the form has no file").suggest("send the YAML in a part named `file`"))
@@ -275,10 +296,10 @@ pub async fn list(
     ApiQuery(query): ApiQuery<PageQuery>,
 ) -> Result<Page<PipelineSummary>, ApiError> {
     caller.require(Role::Viewer)?;
-    let limit = query.limit()?;
+    let (limit, before) = (query.limit()?, query.cursor()?);
     let defs = state
         .call(|reply| Command::ListPipelines {
-            before: query.cursor,
+            before,
             limit: limit + 1,
             reply,
         })

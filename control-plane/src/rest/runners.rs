@@ -80,11 +80,10 @@ pub async fn list(
     ApiQuery(query): ApiQuery<PageQuery>,
 ) -> Result<Page<Runner>, ApiError> {
     caller.require(Role::Viewer)?;
-    let limit = query.limit()?;
+    let (limit, after) = (query.limit()?, query.cursor()?.unwrap_or(0));
     match state.ask(Command::ListRunners).await? {
         Message::RunnerList(list) => {
             // Runners are few (one per agent): paged here, ascending by id.
-            let after = query.cursor.unwrap_or(0);
             let items = list
                 .runners
                 .into_iter()
