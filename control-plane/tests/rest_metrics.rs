@@ -213,3 +213,28 @@ async fn dispatch_latency_measures_the_wait_in_the_queue() {
         "a dispatch that waited {before_agent:?} fell in the lowest bucket:\n{text}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_immediate_dispatch_measures_a_nonzero_wait() {
+    // With a free runner a job is assigned in the core turn that queued
+    // it, well under a millisecond. Measured in whole milliseconds since
+    // the epoch, as it was, such waits read 0 and the sum stayed 0.
+    let server = start_with_agent().await;
+    let started = Instant::now();
+    let id = server.create_hello().await;
+    let response = server
+        .post(&format!("/api/ci/pipelines/{id}/trigger"), &server.api_token)
+        .await;
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let text = eventually("both jobs are dispatched", || async {
+        let (_, text) = scrape(&server, None).await;
+        (sample(&text, "valkyrie_dispatch_latency_seconds_count").unwrap_or(0.0) >= 2.0).then_some(text)
+    })
+    .await;
+    let sum = sample(&text, "valkyrie_dispatch_latency_seconds_sum").unwrap();
+    assert!(sum > 0.0, "dispatches measured a zero wait:\n{text}");
+    assert!(
+        sum <= 2.0 * started.elapsed().as_secs_f64(),
+        "sum {sum} is more than the test's duration allows"
+    );
+}
