@@ -312,8 +312,14 @@ pub struct Core {
     /// The core's own queue, for work it hands itself later (weak, so the
     /// core still ends when every handle is gone).
     self_tx: mpsc::WeakSender<Command>,
-    /// Audit records kept, oldest first.
+    /// Audit records kept, in id order (and so, but for imported ones,
+    /// oldest first).
     audit_log: std::collections::VecDeque<AuditRecord>,
+    /// (at_ms, id) of the records made earlier than one before them in
+    /// `audit_log` (tokens minted while the server was busy or down, and
+    /// imported later): expiry from the front alone would keep them past
+    /// their age.
+    audit_stragglers: std::collections::BTreeSet<(u64, u64)>,
     next_audit: u64,
     /// Who the command being handled is for ([`Command::As`]).
     actor: Option<Actor>,
@@ -378,6 +384,7 @@ fn spawn_inner(
         queued_since: HashMap::new(),
         self_tx: tx.downgrade(),
         audit_log: Default::default(),
+        audit_stragglers: Default::default(),
         next_audit: 1,
         actor: None,
     };
