@@ -83,7 +83,7 @@ impl<T> Page<T> {
             items.truncate(limit);
             items
                 .last()
-                .map(|last| cursor_of(last))
+                .map(cursor_of)
                 .map(|c| (c, format!("<{path}?limit={limit}&cursor={c}>; rel=\"next\"")))
         } else {
             None
