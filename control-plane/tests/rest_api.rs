@@ -68,6 +68,24 @@ async fn openapi_lists_every_route_and_every_route_is_served() {
     );
     assert!(doc["components"]["schemas"]["ErrorBody"].is_object());
     assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
+    // Operation ids are unique, and a parameter is in the path only if
+    // the path template names it.
+    let mut ids = std::collections::HashSet::new();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, operation) in item.as_object().unwrap() {
+            let id = operation["operationId"].as_str().unwrap_or_default();
+            assert!(
+                ids.insert(id.to_owned()),
+                "operationId `{id}` repeats ({method} {path})"
+            );
+            for parameter in operation["parameters"].as_array().into_iter().flatten() {
+                let name = parameter["name"].as_str().unwrap();
+                let in_path = path.contains(&format!("{{{name}}}"));
+                let expected = if in_path { "path" } else { "query" };
+                assert_eq!(parameter["in"], expected, "{method} {path} parameter `{name}`");
+            }
+        }
+    }
 
     // Every documented route is routed: nothing answers 404 "no such route" or 405.
     let admin = server.api_token.clone();

@@ -70,7 +70,7 @@ pub struct AuditPage {
 }
 
 /// The audit log: who did what, and when, newest first.
-#[utoipa::path(get, path = "/api/audit", tag = "audit",
+#[utoipa::path(get, path = "/api/audit", tag = "audit", operation_id = "list_audit",
     params(AuditQuery),
     responses((status = 200, body = AuditPage),
               (status = 400, description = "`limit` or `before` out of range", body = ErrorBody),
