@@ -15,7 +15,9 @@
 //! and the one free-form text that could carry one (a job's name, which
 //! `vk exec` makes from the command line) is masked with the job's secrets.
 //! They are kept in the store like jobs, with the same retention (age and
-//! count), and read newest first, a page at a time (`before` is the id to
+//! count: `--retention`, `--max-finished-jobs`): the oldest beyond the
+//! count, and every record older than the age (a minted token's too, when
+//! it is imported late), are deleted from the store; and read newest first, a page at a time (`before` is the id to
 //! continue below).
 
 use serde::{Deserialize, Serialize};

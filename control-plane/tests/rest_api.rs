@@ -68,6 +68,24 @@ async fn openapi_lists_every_route_and_every_route_is_served() {
     );
     assert!(doc["components"]["schemas"]["ErrorBody"].is_object());
     assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
+    // Operation ids are unique, and a parameter is in the path only if
+    // the path template names it.
+    let mut ids = std::collections::HashSet::new();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, operation) in item.as_object().unwrap() {
+            let id = operation["operationId"].as_str().unwrap_or_default();
+            assert!(
+                ids.insert(id.to_owned()),
+                "operationId `{id}` repeats ({method} {path})"
+            );
+            for parameter in operation["parameters"].as_array().into_iter().flatten() {
+                let name = parameter["name"].as_str().unwrap();
+                let in_path = path.contains(&format!("{{{name}}}"));
+                let expected = if in_path { "path" } else { "query" };
+                assert_eq!(parameter["in"], expected, "{method} {path} parameter `{name}`");
+            }
+        }
+    }
 
     // Every documented route is routed: nothing answers 404 "no such route" or 405.
     let admin = server.api_token.clone();
@@ -281,17 +299,28 @@ async fn uploads_are_validated_and_limited_to_10_mib() {
     let body = expect_error(response, StatusCode::PAYLOAD_TOO_LARGE, "PayloadTooLarge").await;
     assert!(body.message.contains("10485760"), "{}", body.message);
 
-    // A form without a file.
-    let form = reqwest::multipart::Form::new().text("note", "no file here");
-    let response = server
-        .http
-        .post(server.url("/api/ci/pipelines/upload"))
-        .bearer_auth(&submitter)
-        .multipart(form)
-        .send()
-        .await
-        .unwrap();
-    expect_error(response, StatusCode::BAD_REQUEST, "BadRequest").await;
+    // A form with a part other than `file`, or with no file at all.
+    let forms = [
+        (
+            reqwest::multipart::Form::new()
+                .text("note", "no file here")
+                .part("file", reqwest::multipart::Part::text(HELLO_YAML)),
+            "`note`",
+        ),
+        (reqwest::multipart::Form::new(), "form"),
+    ];
+    for (form, named) in forms {
+        let response = server
+            .http
+            .post(server.url("/api/ci/pipelines/upload"))
+            .bearer_auth(&submitter)
+            .multipart(form)
+            .send()
+            .await
+            .unwrap();
+        let body = expect_error(response, StatusCode::BAD_REQUEST, "BadRequest").await;
+        assert!(body.message.contains(named), "{}", body.message);
+    }
 }
 
 #[tokio::test]
@@ -332,10 +361,37 @@ async fn requests_without_valid_credentials_get_401() {
         role: Role::Admin,
         exp: 1,
         iat: 0,
+        nbf: None,
     });
     let response = server.get("/api/ci/pipelines", &expired).await;
     let body = expect_error(response, StatusCode::UNAUTHORIZED, "AuthenticationError").await;
     assert!(body.message.contains("expired"), "{}", body.message);
+
+    // Not valid yet (nbf in the future), or issued in the future.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let early = server.jwt.sign(&Claims {
+        sub: "early".into(),
+        role: Role::Admin,
+        exp: now + 7200,
+        iat: now,
+        nbf: Some(now + 3600),
+    });
+    let response = server.get("/api/ci/pipelines", &early).await;
+    let body = expect_error(response, StatusCode::UNAUTHORIZED, "AuthenticationError").await;
+    assert!(body.message.contains("not valid yet"), "{}", body.message);
+    let future = server.jwt.sign(&Claims {
+        sub: "future".into(),
+        role: Role::Admin,
+        exp: now + 7200,
+        iat: now + 3600,
+        nbf: None,
+    });
+    let response = server.get("/api/ci/pipelines", &future).await;
+    let body = expect_error(response, StatusCode::UNAUTHORIZED, "AuthenticationError").await;
+    assert!(body.message.contains("issue time"), "{}", body.message);
 
     // The open routes need no token.
     for path in [
@@ -490,7 +546,13 @@ async fn metrics_health_and_readiness() {
         .post(&format!("/api/ci/pipelines/{id}/trigger"), &server.api_token)
         .await;
     assert_eq!(response.status(), StatusCode::CREATED);
-    let response = server.http.get(server.url("/metrics")).send().await.unwrap();
+    let response = server
+        .http
+        .get(server.url("/metrics"))
+        .header("accept", "application/openmetrics-text; version=1.0.0")
+        .send()
+        .await
+        .unwrap();
     assert!(response.headers()["content-type"]
         .to_str()
         .unwrap()

@@ -6,8 +6,10 @@
 //! `chain` (each job needs the previous one), `matrix` (jobs with 4-leg
 //! matrices), `flow` (one flow list of JOBS scalars, for the memory
 //! bound), `deep` or `deepblock` (flow lists or block mappings nested JOBS
-//! deep); prints jobs and milliseconds. Peak memory: run it under
-//! `/usr/bin/time -v`.
+//! deep), `env` (one job with JOBS env keys), `badneeds` (each job needs
+//! an undefined job: JOBS errors with did-you-mean hints), `keys` (each job
+//! with an unknown key); prints jobs and milliseconds. Peak memory: run it
+//! under `/usr/bin/time -v`.
 
 use std::fmt::Write;
 use std::time::Instant;
@@ -37,6 +39,13 @@ fn pipeline(shape: &str, jobs: usize) -> String {
             }
             return y;
         }
+        "env" => {
+            y.push_str("jobs:\n  a:\n    steps: [x]\n    env:\n");
+            for i in 0..jobs {
+                let _ = writeln!(y, "      K{i}: v");
+            }
+            return y;
+        }
         "stages" => y.push_str("stages: [s0, s1, s2, s3]\n"),
         _ => {}
     }
@@ -51,6 +60,10 @@ fn pipeline(shape: &str, jobs: usize) -> String {
                 let _ = writeln!(y, "    needs: [job-{}]", i - 1);
             }
             "matrix" => y.push_str("    matrix:\n      os: [linux, mac]\n      rust: [stable, beta]\n"),
+            "badneeds" => {
+                let _ = writeln!(y, "    needs: [jobx-{i}]");
+            }
+            "keys" => y.push_str("    stepz: 1\n"),
             _ => {}
         }
         let _ = writeln!(

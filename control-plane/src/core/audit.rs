@@ -27,6 +27,12 @@ impl Core {
         detail: String,
         at_ms: u64,
     ) {
+        let now = now_ms();
+        if at_ms < self.audit_cutoff(now) {
+            // Imported after the retention had already passed it.
+            tracing::info!(actor = %actor, action = action.as_str(), at_ms, "audit record older than the retention; not kept");
+            return;
+        }
         let record = AuditRecord {
             id: self.next_audit,
             at_ms,
@@ -45,22 +51,56 @@ impl Core {
             "audit"
         );
         self.record(Change::Audit(Box::new(record.clone())));
-        self.audit_log.push_back(record);
-        self.expire_audit(now_ms());
+        self.keep_audit(record);
+        self.expire_audit(now);
     }
 
-    /// Deletes the oldest records beyond the retention count or age (the
-    /// same settings as finished jobs).
+    /// Appends `record` (the newest id) to the log in memory.
+    pub(super) fn keep_audit(&mut self, record: AuditRecord) {
+        if self
+            .audit_log
+            .back()
+            .is_some_and(|last| last.at_ms > record.at_ms)
+        {
+            self.audit_stragglers.insert((record.at_ms, record.id));
+        }
+        self.audit_log.push_back(record);
+    }
+
+    /// Records made before this are past the retention age.
+    fn audit_cutoff(&self, now_ms: u64) -> u64 {
+        now_ms.saturating_sub(self.config.retention.as_millis() as u64)
+    }
+
+    /// Deletes the oldest records beyond the retention count, and every
+    /// record older than the retention age (the same settings as finished
+    /// jobs).
     pub(super) fn expire_audit(&mut self, now_ms: u64) {
-        let cutoff = now_ms.saturating_sub(self.config.retention.as_millis() as u64);
+        let cutoff = self.audit_cutoff(now_ms);
         while let Some(front) = self.audit_log.front() {
             let too_many = self.audit_log.len() > self.config.finished_job_retention;
             if !too_many && front.at_ms >= cutoff {
                 break;
             }
-            let id = front.id;
+            let (id, at_ms) = (front.id, front.at_ms);
             self.audit_log.pop_front();
+            self.audit_stragglers.remove(&(at_ms, id));
             self.record(Change::DeleteAudit(id));
+        }
+        // Records older than the front, further back: rare (imports), so
+        // one pass over the log when one of them is due.
+        if self.audit_stragglers.first().is_some_and(|&(at, _)| at < cutoff) {
+            let due: std::collections::BTreeSet<u64> = self
+                .audit_stragglers
+                .iter()
+                .take_while(|&&(at, _)| at < cutoff)
+                .map(|&(_, id)| id)
+                .collect();
+            self.audit_stragglers.retain(|&(at, _)| at >= cutoff);
+            self.audit_log.retain(|r| !due.contains(&r.id));
+            for id in due {
+                self.record(Change::DeleteAudit(id));
+            }
         }
     }
 

@@ -154,8 +154,25 @@ pub enum Command {
         /// The stored definition.
         reply: oneshot::Sender<PipelineDef>,
     },
-    /// Every stored pipeline definition, newest first.
-    ListPipelines(oneshot::Sender<Vec<PipelineDef>>),
+    /// Stored pipeline definitions, newest first, without their YAML: at
+    /// most `limit`, with ids below `before` if given.
+    ListPipelines {
+        /// Only ids below this.
+        before: Option<u64>,
+        /// At most this many.
+        limit: usize,
+        /// The page.
+        reply: oneshot::Sender<Vec<PipelineDef>>,
+    },
+    /// Runs, newest first: at most `limit`, with ids below `before` if given.
+    ListRunsPage {
+        /// Only ids below this.
+        before: Option<u64>,
+        /// At most this many.
+        limit: usize,
+        /// The page.
+        reply: oneshot::Sender<Vec<valkyrie::message::RunInfo>>,
+    },
     /// One stored pipeline definition.
     GetPipeline(u64, oneshot::Sender<Option<PipelineDef>>),
     /// Start a run of a stored pipeline, from its plan (validated off the
@@ -298,6 +315,8 @@ pub struct Core {
     dirty_jobs: std::collections::BTreeSet<JobId>,
     dirty_runs: std::collections::BTreeSet<u64>,
     counters_dirty: bool,
+    /// When each queued job entered the queue, for the dispatch latency.
+    queued_since: HashMap<JobId, Instant>,
     /// Unfinished runs with a timeout, checked on each tick.
     timed_runs: std::collections::BTreeSet<u64>,
     /// Jobs whose hand-off failed, queued again once the instant passes
@@ -306,8 +325,14 @@ pub struct Core {
     /// The core's own queue, for work it hands itself later (weak, so the
     /// core still ends when every handle is gone).
     self_tx: mpsc::WeakSender<Command>,
-    /// Audit records kept, oldest first.
+    /// Audit records kept, in id order (and so, but for imported ones,
+    /// oldest first).
     audit_log: std::collections::VecDeque<AuditRecord>,
+    /// (at_ms, id) of the records made earlier than one before them in
+    /// `audit_log` (tokens minted while the server was busy or down, and
+    /// imported later): expiry from the front alone would keep them past
+    /// their age.
+    audit_stragglers: std::collections::BTreeSet<(u64, u64)>,
     next_audit: u64,
     /// Who the command being handled is for ([`Command::As`]).
     actor: Option<Actor>,
@@ -370,8 +395,10 @@ fn spawn_inner(
         counters_dirty: false,
         timed_runs: Default::default(),
         held: Vec::new(),
+        queued_since: HashMap::new(),
         self_tx: tx.downgrade(),
         audit_log: Default::default(),
+        audit_stragglers: Default::default(),
         next_audit: 1,
         actor: None,
     };
@@ -444,8 +471,25 @@ impl Core {
             Command::CreatePipeline { pipeline, reply } => {
                 let _ = reply.send(self.create_pipeline(*pipeline));
             }
-            Command::ListPipelines(reply) => {
-                let _ = reply.send(self.pipelines.values().rev().cloned().collect());
+            Command::ListPipelines { before, limit, reply } => {
+                let page = self
+                    .pipelines
+                    .range(..before.unwrap_or(u64::MAX))
+                    .rev()
+                    .take(limit)
+                    .map(|(_, def)| def.without_yaml())
+                    .collect();
+                let _ = reply.send(page);
+            }
+            Command::ListRunsPage { before, limit, reply } => {
+                let page = self
+                    .runs
+                    .range(..before.unwrap_or(u64::MAX))
+                    .rev()
+                    .take(limit)
+                    .map(|(_, run)| self.run_info(run))
+                    .collect();
+                let _ = reply.send(page);
             }
             Command::GetPipeline(id, reply) => {
                 let _ = reply.send(self.pipelines.get(&id).cloned());
@@ -639,6 +683,8 @@ impl Core {
         };
         if let Err(err) = self.scheduler.enqueue(queued) {
             warn!(%err, "job already known to the scheduler");
+        } else {
+            self.queued_since.insert(record.id, Instant::now());
         }
     }
 
@@ -655,6 +701,7 @@ impl Core {
         match job.state() {
             JobState::Queued => {
                 self.scheduler.remove_job(id);
+                self.queued_since.remove(&id);
                 let _ = job.force_final(JobState::Cancelled, "cancelled while queued".into(), now_ms());
                 self.finished_job(id);
             }
@@ -721,6 +768,8 @@ impl Core {
     /// forget the oldest finished jobs beyond the retention.
     fn finished_job(&mut self, id: JobId) {
         self.scheduler.job_finished(id);
+        // A job can end while queued (cancelled, timed out): not dispatched.
+        self.queued_since.remove(&id);
         if let Some(runner) = self.jobs.get(&id).and_then(|j| j.runner) {
             if let Some(r) = self.runners.get_mut(&runner) {
                 r.jobs.remove(&id);
@@ -1513,8 +1562,14 @@ impl Core {
                 }
             };
             runner.jobs.insert(job_id);
-            let waited_ms = now_ms().saturating_sub(job.submitted_at_ms);
-            self.metrics.dispatch_latency.observe(waited_ms as f64 / 1000.0);
+            // Measured with a monotonic clock at full resolution: in ms since
+            // the epoch, as it was, a dispatch in the same turn as its
+            // submission always measured 0.
+            if let Some(since) = self.queued_since.remove(&job_id) {
+                self.metrics
+                    .dispatch_latency
+                    .observe(since.elapsed().as_secs_f64());
+            }
             let assign = Assign {
                 job_id: job_id.0,
                 attempt,

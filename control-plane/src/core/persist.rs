@@ -93,7 +93,7 @@ impl Core {
         self.next_audit = counters.next_audit.max(1);
         for record in loaded.audit {
             self.next_audit = self.next_audit.max(record.id + 1);
-            self.audit_log.push_back(record);
+            self.keep_audit(record);
         }
         self.expire_audit(now_ms());
         for mut def in loaded.pipelines {

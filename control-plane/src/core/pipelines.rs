@@ -146,6 +146,24 @@ pub struct PipelineDef {
     pub updated_at_ms: u64,
 }
 
+impl PipelineDef {
+    /// A copy with empty `yaml` and `source` (for listings).
+    pub fn without_yaml(&self) -> Self {
+        Self {
+            id: self.id,
+            name: self.name.clone(),
+            description: self.description.clone(),
+            file_name: self.file_name.clone(),
+            yaml: String::new(),
+            source: String::new(),
+            stages: self.stages.clone(),
+            jobs: self.jobs,
+            created_at_ms: self.created_at_ms,
+            updated_at_ms: self.updated_at_ms,
+        }
+    }
+}
+
 impl Core {
     /// Stores a validated pipeline under a new id.
     pub(super) fn create_pipeline(&mut self, valid: ValidatedPipeline) -> PipelineDef {

@@ -18,9 +18,11 @@ use crate::core::Command;
 #[into_params(parameter_in = Query)]
 pub struct AuditQuery {
     /// At most this many records, 1 to 1000. Default 100.
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<u32>,
     /// Only records with an id below this: the `next_before` of the
     /// previous page. Default: from the newest.
+    #[param(minimum = 0, maximum = 9_007_199_254_740_991_u64)]
     pub before: Option<u64>,
 }
 
@@ -68,11 +70,12 @@ pub struct AuditPage {
 }
 
 /// The audit log: who did what, and when, newest first.
-#[utoipa::path(get, path = "/api/audit", tag = "audit",
+#[utoipa::path(get, path = "/api/audit", tag = "audit", operation_id = "list_audit",
     params(AuditQuery),
     responses((status = 200, body = AuditPage),
-              (status = 400, description = "`limit` out of range", body = ErrorBody),
-              (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)),
+              (status = 400, description = "`limit` or `before` out of range", body = ErrorBody),
+              (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+              (status = 405, description = "Method not allowed", body = ErrorBody), (status = 429, body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn list(
     State(state): State<AppState>,
@@ -88,7 +91,7 @@ pub async fn list(
             )),
         );
     }
-    let before = query.before.unwrap_or(0);
+    let before = super::page::check_cursor("before", query.before)?.unwrap_or(0);
     match state
         .ask(|reply| Command::ListAudit { limit, before, reply })
         .await?

@@ -60,7 +60,14 @@ pub struct Claims {
     /// Issue time, seconds since the Unix epoch.
     #[serde(default)]
     pub iat: u64,
+    /// Not valid before, seconds since the Unix epoch (optional).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nbf: Option<u64>,
 }
+
+/// How far in the future a token's `iat` may be (clock skew between the
+/// minting host and this one); later than that, the token is refused.
+pub const MAX_IAT_SKEW_SECS: u64 = 60;
 
 /// Why a JWT was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -78,10 +85,17 @@ pub enum VerifyTokenError {
     /// Past its `exp`.
     #[error("the token expired")]
     Expired,
+    /// Before its `nbf`.
+    #[error("the token is not valid yet (its nbf is in the future)")]
+    NotYetValid,
+    /// Its `iat` is more than [`MAX_IAT_SKEW_SECS`] in the future, or after its `exp`.
+    #[error("the token's issue time (iat) is in the future or after its expiry; mint a new one")]
+    IssuedInFuture,
 }
 
-/// Signs and checks the server's JWTs (HS256 only, with `exp` enforced and
-/// no leeway), with the `jsonwebtoken` crate.
+/// Signs and checks the server's JWTs (HS256 only, with `exp` and `nbf`
+/// enforced with no leeway, and `iat` at most [`MAX_IAT_SKEW_SECS`] ahead),
+/// with the `jsonwebtoken` crate.
 pub struct JwtKeys {
     encoding: EncodingKey,
     decoding: DecodingKey,
@@ -106,6 +120,7 @@ impl JwtKeys {
     pub fn new(secret: &[u8]) -> Self {
         let mut validation = Validation::new(Algorithm::HS256);
         validation.leeway = 0;
+        validation.validate_nbf = true;
         validation.set_required_spec_claims(&["exp", "sub"]);
         Self {
             encoding: EncodingKey::from_secret(secret),
@@ -136,6 +151,7 @@ impl JwtKeys {
             role,
             exp: now + ttl.as_secs(),
             iat: now,
+            nbf: None,
         })
     }
 
@@ -145,13 +161,20 @@ impl JwtKeys {
             .expect("HS256 signing cannot fail")
     }
 
-    /// Checks a token's algorithm, signature and expiry.
+    /// Checks a token's algorithm, signature, expiry, `nbf` and `iat`.
     pub fn verify(&self, token: &str) -> Result<Claims, VerifyTokenError> {
         use jsonwebtoken::errors::ErrorKind;
         match jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation) {
-            Ok(data) => Ok(data.claims),
+            Ok(data) => {
+                let claims = data.claims;
+                if claims.iat > unix_now() + MAX_IAT_SKEW_SECS || claims.iat > claims.exp {
+                    return Err(VerifyTokenError::IssuedInFuture);
+                }
+                Ok(claims)
+            }
             Err(err) => Err(match err.kind() {
                 ErrorKind::ExpiredSignature => VerifyTokenError::Expired,
+                ErrorKind::ImmatureSignature => VerifyTokenError::NotYetValid,
                 ErrorKind::InvalidSignature => VerifyTokenError::Signature,
                 ErrorKind::InvalidAlgorithm => {
                     let alg = jsonwebtoken::decode_header(token)
@@ -266,6 +289,7 @@ mod tests {
             role: Role::Admin,
             exp: unix_now() - 1,
             iat: 0,
+            nbf: None,
         });
         assert_eq!(keys.verify(&expired), Err(VerifyTokenError::Expired));
 
@@ -280,6 +304,7 @@ mod tests {
             role: Role::Admin,
             exp: unix_now() + 60,
             iat: 0,
+            nbf: None,
         };
         let hs384 = jsonwebtoken::encode(
             &Header::new(Algorithm::HS384),
@@ -292,6 +317,28 @@ mod tests {
             Err(VerifyTokenError::Algorithm("HS384".into()))
         );
         assert_eq!(keys.verify("garbage"), Err(VerifyTokenError::Malformed));
+    }
+
+    #[test]
+    fn future_nbf_and_iat_are_refused() {
+        let keys = JwtKeys::new(b"secret");
+        let now = unix_now();
+        let claims = |iat: u64, nbf: Option<u64>| Claims {
+            sub: "mallory".into(),
+            role: Role::Admin,
+            exp: now + 3600,
+            iat,
+            nbf,
+        };
+        let early = keys.sign(&claims(now, Some(now + 600)));
+        assert_eq!(keys.verify(&early), Err(VerifyTokenError::NotYetValid));
+        let future = keys.sign(&claims(now + 600, None));
+        assert_eq!(keys.verify(&future), Err(VerifyTokenError::IssuedInFuture));
+        let after_exp = keys.sign(&claims(now + 7200, None));
+        assert_eq!(keys.verify(&after_exp), Err(VerifyTokenError::IssuedInFuture));
+        // Within the skew, and an nbf already past: accepted.
+        let fine = keys.sign(&claims(now + MAX_IAT_SKEW_SECS / 2, Some(now - 10)));
+        assert!(keys.verify(&fine).is_ok());
     }
 
     #[test]

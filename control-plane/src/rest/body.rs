@@ -7,9 +7,12 @@
 //! |---|---|
 //! | `POST /api/ci/pipelines`, `POST /api/ci/pipelines/upload` | [`MAX_PIPELINE_BODY_BYTES`] (10 MiB) |
 //! | every other route | [`MAX_OTHER_BODY_BYTES`] (64 KiB) |
+//!
+//! Routes that create pipelines parse only the content types of
+//! [`BodyKind`] and answer 415 to any other.
 
 use axum::extract::Request;
-use axum::http::header;
+use axum::http::{header, HeaderMap};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
@@ -42,4 +45,53 @@ pub async fn check_length(request: Request, next: Next) -> Response {
         return ApiError::too_large(limit).into_response();
     }
     next.run(request).await
+}
+
+/// What a pipeline-creating route's body is, from its Content-Type.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BodyKind {
+    /// YAML text: `application/yaml`, `application/x-yaml`, `text/yaml`,
+    /// `text/x-yaml`, `text/plain`, or no Content-Type at all.
+    Yaml,
+    /// `application/json` (or `application/*+json`).
+    Json,
+    /// `multipart/form-data`.
+    Multipart,
+}
+
+/// The types [`BodyKind::of`] accepts, for error messages.
+const ACCEPTED: &str = "application/yaml, application/x-yaml, text/yaml, text/x-yaml, text/plain, application/json or multipart/form-data";
+
+impl BodyKind {
+    /// The kind of the body `headers` describe; 415 for any other type.
+    pub fn of(headers: &HeaderMap) -> Result<Self, ApiError> {
+        let Some(value) = headers.get(header::CONTENT_TYPE) else {
+            return Ok(Self::Yaml);
+        };
+        let essence = value
+            .to_str()
+            .ok()
+            .and_then(|v| v.split(';').next())
+            .map(|v| v.trim().to_ascii_lowercase())
+            .unwrap_or_default();
+        match essence.as_str() {
+            "application/yaml" | "application/x-yaml" | "text/yaml" | "text/x-yaml" | "text/plain" => {
+                Ok(Self::Yaml)
+            }
+            "application/json" => Ok(Self::Json),
+            "multipart/form-data" => Ok(Self::Multipart),
+            t if t.starts_with("application/") && t.ends_with("+json") => Ok(Self::Json),
+            _ => Err(Self::unsupported(headers, ACCEPTED)),
+        }
+    }
+
+    /// 415 naming the Content-Type sent and the `accepted` ones.
+    pub fn unsupported(headers: &HeaderMap, accepted: &str) -> ApiError {
+        let sent = headers
+            .get(header::CONTENT_TYPE)
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+            .unwrap_or_else(|| "none".into());
+        ApiError::unsupported_media_type(format!("Content-Type `{sent}` is not accepted here"))
+            .suggest(format!("send the pipeline as {accepted}"))
+    }
 }

@@ -19,8 +19,8 @@ use crate::core::ValidatePipelineError;
 #[derive(Debug, Clone, Serialize, serde::Deserialize, ToSchema)]
 pub struct ErrorBody {
     /// Category: ValidationError, AuthenticationError, AuthorizationError,
-    /// NotFound, Conflict, RateLimited, PayloadTooLarge, BadRequest,
-    /// Unavailable, InternalError.
+    /// NotFound, MethodNotAllowed, Conflict, RateLimited, PayloadTooLarge,
+    /// UnsupportedMediaType, BadRequest, Unavailable, InternalError.
     pub error: String,
     /// What went wrong, for people.
     pub message: String,
@@ -100,6 +100,15 @@ impl ApiError {
             format!("the request body is over the limit of {limit_bytes} bytes"),
         )
         .suggest("split the pipeline file, or remove generated content from it")
+    }
+
+    /// 415: a body of a type the route does not parse.
+    pub fn unsupported_media_type(message: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "UnsupportedMediaType",
+            message,
+        )
     }
 
     /// 422: a pipeline file that does not validate; every error keeps its position.

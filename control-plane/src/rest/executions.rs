@@ -11,11 +11,12 @@ use axum::Json;
 use futures_util::Stream;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
-use utoipa::{IntoParams, ToSchema};
+use utoipa::ToSchema;
 use valkyrie::message::{EventBody, Message, RunInfo, RunJobInfo};
 
 use super::auth::{Caller, Role};
 use super::error::{ApiError, ErrorBody};
+use super::page::{Page, PageQuery};
 use super::{unexpected, ApiPath, ApiQuery, AppState, Shared};
 use crate::core::Command;
 use crate::responder::EventSink;
@@ -104,13 +105,6 @@ impl From<RunInfo> for Execution {
     }
 }
 
-/// How many executions to list.
-#[derive(Debug, Deserialize, IntoParams)]
-pub struct ListQuery {
-    /// At most this many, newest first. Default 50.
-    pub limit: Option<u32>,
-}
-
 /// An accepted cancel.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct Cancelled {
@@ -130,30 +124,43 @@ impl Shared {
     }
 }
 
-/// The newest executions.
-#[utoipa::path(get, path = "/api/ci/executions", tag = "executions",
-    params(ListQuery),
-    responses((status = 200, body = Vec<Execution>), (status = 401, body = ErrorBody)),
+/// Executions, newest first (paged: see `limit` and `cursor`; the next
+/// page is in the `Link` and `X-Next-Cursor` headers).
+#[utoipa::path(get, path = "/api/ci/executions", tag = "executions", operation_id = "list_executions",
+    params(PageQuery),
+    responses((status = 200, body = Vec<Execution>,
+                headers(("link" = String, description = "`<next page URL>; rel=\"next\"` when there is more"),
+                        ("x-next-cursor" = u64, description = "The next page's cursor, when there is more"))),
+              (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+              (status = 405, description = "Method not allowed", body = ErrorBody), (status = 429, body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn list(
     State(state): State<AppState>,
     caller: Caller,
-    ApiQuery(query): ApiQuery<ListQuery>,
-) -> Result<Json<Vec<Execution>>, ApiError> {
+    ApiQuery(query): ApiQuery<PageQuery>,
+) -> Result<Page<Execution>, ApiError> {
     caller.require(Role::Viewer)?;
-    match state
-        .ask(|reply| Command::ListRuns(query.limit.unwrap_or(50), reply))
-        .await?
-    {
-        Message::RunList(list) => Ok(Json(list.runs.into_iter().map(Execution::from).collect())),
-        other => Err(unexpected(&other)),
-    }
+    let (limit, before) = (query.limit()?, query.cursor()?);
+    let runs = state
+        .call(|reply| Command::ListRunsPage {
+            before,
+            limit: limit + 1,
+            reply,
+        })
+        .await?;
+    let items = runs.into_iter().map(Execution::from).collect();
+    Ok(Page::new(items, limit, "/api/ci/executions", |e: &Execution| {
+        e.run_id
+    }))
 }
 
 /// One execution: status, jobs and timings.
-#[utoipa::path(get, path = "/api/ci/executions/{id}", tag = "executions",
+#[utoipa::path(get, path = "/api/ci/executions/{id}", tag = "executions", operation_id = "get_execution",
     params(("id" = u64, Path, description = "Execution id")),
-    responses((status = 200, body = Execution), (status = 404, body = ErrorBody)),
+    responses((status = 200, body = Execution),
+              (status = 400, description = "The id is not a number", body = ErrorBody),
+              (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
+              (status = 405, description = "Method not allowed", body = ErrorBody), (status = 429, body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn get_one(
     State(state): State<AppState>,
@@ -165,9 +172,12 @@ pub async fn get_one(
 }
 
 /// Cancels every unfinished job of an execution.
-#[utoipa::path(post, path = "/api/ci/executions/{id}/cancel", tag = "executions",
+#[utoipa::path(post, path = "/api/ci/executions/{id}/cancel", tag = "executions", operation_id = "cancel_execution",
     params(("id" = u64, Path, description = "Execution id")),
-    responses((status = 202, body = Cancelled), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)),
+    responses((status = 202, body = Cancelled), (status = 403, body = ErrorBody), (status = 409, body = ErrorBody),
+              (status = 400, description = "The id is not a number", body = ErrorBody),
+              (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
+              (status = 405, description = "Method not allowed", body = ErrorBody), (status = 429, body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn cancel(
     State(state): State<AppState>,
@@ -196,11 +206,13 @@ const END_GRACE: Duration = Duration::from_secs(5);
 /// chunk of output (`id` = job id/seq, event name = job name, data = the
 /// text lines), `state` events as jobs change state, and a final `end`
 /// event with the execution's status. History is replayed first.
-#[utoipa::path(get, path = "/api/ci/executions/{id}/logs", tag = "executions",
+#[utoipa::path(get, path = "/api/ci/executions/{id}/logs", tag = "executions", operation_id = "follow_execution_logs",
     params(("id" = u64, Path, description = "Execution id")),
     responses((status = 200, content_type = "text/event-stream",
         description = "Events: `<job name>` (data: output lines), `state` (JSON), `end` (JSON)"),
-        (status = 404, body = ErrorBody)),
+              (status = 400, description = "The id is not a number", body = ErrorBody),
+              (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
+              (status = 405, description = "Method not allowed", body = ErrorBody), (status = 429, body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn logs(
     State(state): State<AppState>,

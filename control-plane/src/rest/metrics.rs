@@ -1,11 +1,18 @@
-//! `GET /metrics`: the core's counters and histograms, and the gauges of
-//! its state, computed from a snapshot at scrape time, in the
-//! OpenMetrics text format Prometheus scrapes. Names follow
-//! `valkyrie_<area>_<name>_<unit>`.
+//! `GET /metrics`: the core's counters and histograms, the gauges of its
+//! state (computed from a snapshot at scrape time), and the HTTP request
+//! metrics. Names follow `valkyrie_<area>_<name>_<unit>`.
+//!
+//! Content negotiation: a scraper whose `Accept` names
+//! `application/openmetrics-text` gets OpenMetrics 1.0.0; every other gets
+//! the Prometheus text format 0.0.4 (`text/plain; version=0.0.4`), which
+//! `promtool check metrics` accepts.
 
-use axum::extract::State;
-use axum::http::header;
-use axum::response::IntoResponse;
+use std::time::Instant;
+
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderMap};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -16,20 +23,17 @@ use super::AppState;
 use valkyrie::message::{JobState, RunState, RunnerState};
 
 use crate::core::CoreSnapshot;
-use crate::metrics::TransportLabel;
+use crate::metrics::{HttpLabel, PriorityLabel, TransportLabel};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StateLabel {
     state: String,
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct PriorityLabel {
-    priority: String,
-}
-
 /// The content type of the OpenMetrics text format.
-const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+pub const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+/// The content type of the Prometheus text format 0.0.4.
+pub const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// A gauge per state: every known state (at 0 when empty, so series do
 /// not vanish), plus any other the snapshot names.
@@ -53,13 +57,26 @@ fn state_gauges(
     family
 }
 
-/// Encodes the static metrics and the gauges of `snapshot`.
+/// Encodes the static metrics and the gauges of `snapshot`, in OpenMetrics.
 pub fn encode(metrics: &crate::metrics::Metrics, snapshot: &CoreSnapshot) -> String {
     for transport in ["unix", "tcp", "tls", "quic"] {
         // Zero until a connection opens, so each transport's series exists.
         drop(metrics.connections.get_or_create(&TransportLabel {
             transport: transport.into(),
         }));
+    }
+    // Every priority seen keeps its series (at 0 once none is queued), and
+    // the default one always exists, so an empty queue reads 0, not nothing.
+    for priority in 0..=u8::MAX {
+        let label = PriorityLabel {
+            priority: priority.to_string(),
+        };
+        let n = snapshot.queued_by_priority.get(&priority).copied().unwrap_or(0);
+        if n > 0 || priority == 0 {
+            metrics.queue_depth.get_or_create(&label).set(n as i64);
+        } else if let Some(gauge) = metrics.queue_depth.get(&label) {
+            gauge.set(0);
+        }
     }
     let mut registry = Registry::default();
     metrics.register(&mut registry);
@@ -69,20 +86,6 @@ pub fn encode(metrics: &crate::metrics::Metrics, snapshot: &CoreSnapshot) -> Str
         "Jobs held in memory, by state",
         Unit::Other("jobs".into()),
         state_gauges(JobState::ALL.iter().map(|s| s.as_str()), &snapshot.jobs_by_state),
-    );
-    let queue = Family::<PriorityLabel, Gauge>::default();
-    for (priority, n) in &snapshot.queued_by_priority {
-        queue
-            .get_or_create(&PriorityLabel {
-                priority: priority.to_string(),
-            })
-            .set(*n as i64);
-    }
-    valkyrie.register_with_unit(
-        "queue_depth",
-        "Queued jobs, by priority",
-        Unit::Other("jobs".into()),
-        queue,
     );
     valkyrie.register_with_unit(
         "runners_state",
@@ -104,11 +107,103 @@ pub fn encode(metrics: &crate::metrics::Metrics, snapshot: &CoreSnapshot) -> Str
     text
 }
 
+/// Rewrites OpenMetrics text as the Prometheus text format 0.0.4:
+/// counters are named with their `_total` suffix in `# HELP` and `# TYPE`
+/// (as their samples are), and `# UNIT` and `# EOF` are left out.
+/// (prometheus-client writes only OpenMetrics.)
+pub fn to_prometheus_text(openmetrics: &str) -> String {
+    let counters: std::collections::HashSet<&str> = openmetrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(openmetrics.len());
+    for line in openmetrics.lines() {
+        if line.starts_with("# UNIT ") || line == "# EOF" {
+            continue;
+        }
+        let meta = ["# HELP ", "# TYPE "]
+            .into_iter()
+            .find_map(|p| line.strip_prefix(p).map(|rest| (p, rest)));
+        match meta {
+            Some((prefix, rest)) => {
+                let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+                let suffix = if counters.contains(name) { "_total" } else { "" };
+                out.push_str(&format!("{prefix}{name}{suffix} {tail}"));
+            }
+            None => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    out
+}
+
+/// Whether `headers` ask for OpenMetrics.
+fn wants_openmetrics(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().starts_with("application/openmetrics-text"))
+}
+
 /// Prometheus metrics.
 #[utoipa::path(get, path = "/metrics", tag = "health",
-    responses((status = 200, content_type = "application/openmetrics-text", description = "Metrics")))]
-pub async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
+    responses((status = 200, description = "Metrics: OpenMetrics when asked for (Accept: application/openmetrics-text), else the Prometheus text format 0.0.4",
+        content((String = "text/plain"), (String = "application/openmetrics-text"))),
+        (status = 503, body = super::error::ErrorBody)))]
+pub async fn metrics(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<impl IntoResponse, ApiError> {
     let snapshot = state.core.snapshot().await.ok_or_else(ApiError::core_stopped)?;
     let text = encode(state.core.metrics(), &snapshot);
-    Ok(([(header::CONTENT_TYPE, CONTENT_TYPE)], text))
+    Ok(if wants_openmetrics(&headers) {
+        ([(header::CONTENT_TYPE, OPENMETRICS)], text)
+    } else {
+        (
+            [(header::CONTENT_TYPE, PROMETHEUS_TEXT)],
+            to_prometheus_text(&text),
+        )
+    })
+}
+
+/// Counts and times a routed request by method, route template (given
+/// where the route is declared) and status.
+pub async fn record_http(
+    State((state, route)): State<(AppState, &'static str)>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let started = Instant::now();
+    let method = request.method().as_str().to_owned();
+    let route = route.to_owned();
+    let response = next.run(request).await;
+    let label = HttpLabel {
+        method,
+        route,
+        status: response.status().as_u16(),
+    };
+    let metrics = state.core.metrics();
+    metrics.http_requests.get_or_create(&label).inc();
+    metrics
+        .http_request_duration
+        .get_or_create(&label)
+        .observe(started.elapsed().as_secs_f64());
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prometheus_text_names_counters_with_total() {
+        let om = "# HELP a_jobs Jobs.\n# TYPE a_jobs counter\n# UNIT a_jobs jobs\na_jobs_total 3\n# HELP b_seconds B.\n# TYPE b_seconds gauge\nb_seconds 1\n# EOF\n";
+        assert_eq!(
+            to_prometheus_text(om),
+            "# HELP a_jobs_total Jobs.\n# TYPE a_jobs_total counter\na_jobs_total 3\n# HELP b_seconds B.\n# TYPE b_seconds gauge\nb_seconds 1\n"
+        );
+    }
 }

@@ -24,6 +24,7 @@ pub mod health;
 pub mod limits;
 pub mod metrics;
 pub mod openapi;
+pub mod page;
 pub mod pipelines;
 pub mod runners;
 
@@ -35,7 +36,7 @@ use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, FromRequestParts, Path, Query};
 use axum::http::request::Parts;
 use axum::http::{HeaderValue, Method};
-use axum::routing::{get, post};
+use axum::routing::{get, post, MethodRouter};
 use axum::Router;
 use serde::de::DeserializeOwned;
 use tokio::sync::oneshot;
@@ -217,29 +218,69 @@ pub fn router(core: CoreHandle, tokens: Arc<Tokens>, config: RestConfig) -> Rout
         ready: config.ready,
     }));
     let upload_limit = DefaultBodyLimit::max(body::MAX_PIPELINE_BODY_BYTES);
+    // Each route records the HTTP metrics under its own template.
+    let timed = |route: &'static str, methods: MethodRouter<AppState>| {
+        methods.layer(axum::middleware::from_fn_with_state(
+            (state.clone(), route),
+            metrics::record_http,
+        ))
+    };
     let mut router = Router::new()
-        .route("/api/healthchecker", get(health::healthchecker))
-        .route("/healthz", get(health::healthz))
-        .route("/readyz", get(health::readyz))
-        .route("/metrics", get(metrics::metrics))
-        .route("/api/openapi.json", get(openapi::openapi_json))
+        .route(
+            "/api/healthchecker",
+            timed("/api/healthchecker", get(health::healthchecker)),
+        )
+        .route("/healthz", timed("/healthz", get(health::healthz)))
+        .route("/readyz", timed("/readyz", get(health::readyz)))
+        .route("/metrics", timed("/metrics", get(metrics::metrics)))
+        .route(
+            "/api/openapi.json",
+            timed("/api/openapi.json", get(openapi::openapi_json)),
+        )
         .route(
             "/api/ci/pipelines",
-            get(pipelines::list).post(pipelines::create).layer(upload_limit),
+            timed(
+                "/api/ci/pipelines",
+                get(pipelines::list).post(pipelines::create).layer(upload_limit),
+            ),
         )
         .route(
             "/api/ci/pipelines/upload",
-            post(pipelines::upload).layer(upload_limit),
+            timed(
+                "/api/ci/pipelines/upload",
+                post(pipelines::upload).layer(upload_limit),
+            ),
         )
-        .route("/api/ci/pipelines/{id}", get(pipelines::get_one))
-        .route("/api/ci/pipelines/{id}/trigger", post(pipelines::trigger))
-        .route("/api/ci/executions", get(executions::list))
-        .route("/api/ci/executions/{id}", get(executions::get_one))
-        .route("/api/ci/executions/{id}/cancel", post(executions::cancel))
-        .route("/api/ci/executions/{id}/logs", get(executions::logs))
-        .route("/api/runners", get(runners::list))
-        .route("/api/runners/{id}/drain", post(runners::drain))
-        .route("/api/audit", get(audit::list))
+        .route(
+            "/api/ci/pipelines/{id}",
+            timed("/api/ci/pipelines/{id}", get(pipelines::get_one)),
+        )
+        .route(
+            "/api/ci/pipelines/{id}/trigger",
+            timed("/api/ci/pipelines/{id}/trigger", post(pipelines::trigger)),
+        )
+        .route(
+            "/api/ci/executions",
+            timed("/api/ci/executions", get(executions::list)),
+        )
+        .route(
+            "/api/ci/executions/{id}",
+            timed("/api/ci/executions/{id}", get(executions::get_one)),
+        )
+        .route(
+            "/api/ci/executions/{id}/cancel",
+            timed("/api/ci/executions/{id}/cancel", post(executions::cancel)),
+        )
+        .route(
+            "/api/ci/executions/{id}/logs",
+            timed("/api/ci/executions/{id}/logs", get(executions::logs)),
+        )
+        .route("/api/runners", timed("/api/runners", get(runners::list)))
+        .route(
+            "/api/runners/{id}/drain",
+            timed("/api/runners/{id}/drain", post(runners::drain)),
+        )
+        .route("/api/audit", timed("/api/audit", get(audit::list)))
         .fallback(|| async {
             ApiError::not_found("no such route").suggest("see /api/openapi.json for the routes")
         })

@@ -19,7 +19,7 @@ use super::{audit, error, executions, health, metrics, pipelines, runners};
         runners::list, runners::drain, audit::list,
     ),
     components(schemas(
-        error::ErrorBody, health::Health, pipelines::Pipeline, pipelines::CreatePipeline, pipelines::Triggered,
+        error::ErrorBody, health::Health, pipelines::Pipeline, pipelines::PipelineSummary, pipelines::CreatePipeline, pipelines::UploadForm, pipelines::Triggered,
         executions::Execution, executions::ExecutionJob, executions::Cancelled, runners::Runner, runners::Draining,
         audit::AuditPage, audit::AuditRecordJson,
     )),
@@ -45,7 +45,7 @@ impl Modify for BearerAuth {
 }
 
 /// This document.
-#[utoipa::path(get, path = "/api/openapi.json", tag = "health",
+#[utoipa::path(get, path = "/api/openapi.json", tag = "health", operation_id = "openapi",
     responses((status = 200, description = "The OpenAPI document", content_type = "application/json")))]
 pub async fn openapi_json() -> Json<utoipa::openapi::OpenApi> {
     Json(ApiDoc::openapi())

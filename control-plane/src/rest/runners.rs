@@ -9,7 +9,8 @@ use valkyrie::message::{Message, RunnerInfo};
 
 use super::auth::{Caller, Role};
 use super::error::{ApiError, ErrorBody};
-use super::{unexpected, ApiPath, AppState};
+use super::page::{Page, PageQuery};
+use super::{unexpected, ApiPath, ApiQuery, AppState};
 use crate::core::Command;
 
 /// A registered runner.
@@ -63,22 +64,46 @@ pub struct Draining {
     pub state: String,
 }
 
-/// Every registered runner.
-#[utoipa::path(get, path = "/api/runners", tag = "runners",
-    responses((status = 200, body = Vec<Runner>), (status = 401, body = ErrorBody)),
+/// Registered runners, by id (paged: see `limit` and `cursor`; the next
+/// page is in the `Link` and `X-Next-Cursor` headers).
+#[utoipa::path(get, path = "/api/runners", tag = "runners", operation_id = "list_runners",
+    params(PageQuery),
+    responses((status = 200, body = Vec<Runner>,
+                headers(("link" = String, description = "`<next page URL>; rel=\"next\"` when there is more"),
+                        ("x-next-cursor" = u64, description = "The next page's cursor, when there is more"))),
+              (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+              (status = 405, description = "Method not allowed", body = ErrorBody), (status = 429, body = ErrorBody)),
     security(("bearer" = [])))]
-pub async fn list(State(state): State<AppState>, caller: Caller) -> Result<Json<Vec<Runner>>, ApiError> {
+pub async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiQuery(query): ApiQuery<PageQuery>,
+) -> Result<Page<Runner>, ApiError> {
     caller.require(Role::Viewer)?;
+    let (limit, after) = (query.limit()?, query.cursor()?.unwrap_or(0));
     match state.ask(Command::ListRunners).await? {
-        Message::RunnerList(list) => Ok(Json(list.runners.into_iter().map(Runner::from).collect())),
+        Message::RunnerList(list) => {
+            // Runners are few (one per agent): paged here, ascending by id.
+            let items = list
+                .runners
+                .into_iter()
+                .filter(|r| r.runner_id > after)
+                .take(limit + 1)
+                .map(Runner::from)
+                .collect();
+            Ok(Page::new(items, limit, "/api/runners", |r: &Runner| r.runner_id))
+        }
         other => Err(unexpected(&other)),
     }
 }
 
 /// Drains a runner: it takes no new jobs and finishes the ones it has.
-#[utoipa::path(post, path = "/api/runners/{id}/drain", tag = "runners",
+#[utoipa::path(post, path = "/api/runners/{id}/drain", tag = "runners", operation_id = "drain_runner",
     params(("id" = u64, Path, description = "Runner id")),
-    responses((status = 202, body = Draining), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)),
+    responses((status = 202, body = Draining),
+              (status = 400, description = "The id is not a number", body = ErrorBody),
+              (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+              (status = 405, description = "Method not allowed", body = ErrorBody), (status = 429, body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn drain(
     State(state): State<AppState>,

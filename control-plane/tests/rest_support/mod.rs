@@ -153,6 +153,8 @@ pub struct TestServer {
     pub jwt: JwtKeys,
     pub http: reqwest::Client,
     pub core: CoreHandle,
+    tokens: Arc<Tokens>,
+    runner_token: String,
     stop_agents: Option<watch::Sender<bool>>,
     _dir: Option<tempfile::TempDir>,
 }
@@ -183,27 +185,38 @@ async fn start_inner(configure: impl FnOnce(RestConfig) -> RestConfig, agent: bo
         api_token,
         jwt: JwtKeys::new(secret.as_bytes()),
         http: reqwest::Client::new(),
-        core: core.clone(),
+        core,
+        tokens,
+        runner_token,
         stop_agents: None,
         _dir: None,
     };
     if agent {
+        server.add_agent().await;
+    }
+    server
+}
+
+impl TestServer {
+    /// A protocol listener and one agent with two slots; returns once it
+    /// is registered. (Once per server.)
+    pub async fn add_agent(&mut self) {
         let dir = tempfile::tempdir().unwrap();
         let endpoint = Endpoint::Unix(dir.path().join("valkyrie.sock"));
         let listener = Listener::bind(
             &endpoint,
-            server::listener_options(tokens, ListenerOptions::default()),
+            server::listener_options(self.tokens.clone(), ListenerOptions::default()),
         )
         .await
         .unwrap();
-        tokio::spawn(server::serve(listener, core));
+        tokio::spawn(server::serve(listener, self.core.clone()));
         let (stop, mut stop_rx) = watch::channel(false);
         let work_dir = dir.path().join("agent");
         std::fs::create_dir_all(&work_dir).unwrap();
         let config = AgentConfig {
             server: endpoint,
             more_servers: Vec::new(),
-            token: runner_token,
+            token: self.runner_token.clone(),
             name: "agent-1".into(),
             tags: vec!["linux".into()],
             slots: 2,
@@ -225,20 +238,17 @@ async fn start_inner(configure: impl FnOnce(RestConfig) -> RestConfig, agent: bo
                 })
                 .await;
         });
-        server.stop_agents = Some(stop);
-        server._dir = Some(dir);
-        let admin = server.token(Role::Admin);
+        self.stop_agents = Some(stop);
+        self._dir = Some(dir);
+        let admin = self.token(Role::Admin);
         eventually("the agent registers", || async {
             let runners: Vec<serde_json::Value> =
-                server.get("/api/runners", &admin).await.json().await.unwrap();
+                self.get("/api/runners", &admin).await.json().await.unwrap();
             (!runners.is_empty()).then_some(())
         })
         .await;
     }
-    server
-}
 
-impl TestServer {
     pub fn url(&self, path: &str) -> String {
         format!("{}{}", self.base, path)
     }

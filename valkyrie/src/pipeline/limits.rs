@@ -82,12 +82,15 @@ pub(crate) fn check_document(file: &str, text: &str) -> Result<(), PipelineError
             Ok(next) => next,
             Err(e) => {
                 let m = e.marker();
-                return Err(error(
-                    m.line().max(1),
-                    m.col() + 1,
-                    format!("invalid YAML: {}", e.info()),
-                    None,
-                ));
+                // The scanner reads ahead through open flow brackets (each
+                // may start a key) and stops at its own nesting limit, deeper
+                // than ours, before we see the events: the same refusal.
+                let (message, hint) = if e.info().contains("recursion limit") {
+                    (too_deep(), Some(too_deep_hint()))
+                } else {
+                    (format!("invalid YAML: {}", e.info()), None)
+                };
+                return Err(error(m.line().max(1), m.col() + 1, message, hint));
             }
         };
         let at =
@@ -115,10 +118,7 @@ pub(crate) fn check_document(file: &str, text: &str) -> Result<(), PipelineError
                 nodes += 1;
                 depth += 1;
                 if depth > MAX_DEPTH {
-                    return Err(at(
-                        format!("lists and mappings are nested more than {MAX_DEPTH} deep"),
-                        Some(format!("a pipeline needs a few levels; the limit is {MAX_DEPTH}")),
-                    ));
+                    return Err(at(too_deep(), Some(too_deep_hint())));
                 }
                 (*anchor, tag.is_some())
             }
@@ -144,6 +144,14 @@ pub(crate) fn check_document(file: &str, text: &str) -> Result<(), PipelineError
             ));
         }
     }
+}
+
+fn too_deep() -> String {
+    format!("lists and mappings are nested more than {MAX_DEPTH} deep")
+}
+
+fn too_deep_hint() -> String {
+    format!("a pipeline needs a few levels; the limit is {MAX_DEPTH}")
 }
 
 fn anchors_unsupported() -> String {

@@ -300,8 +300,7 @@ fn deep_nesting_is_refused_before_it_is_loaded() {
     ] {
         let e = one_error(&text);
         assert!(
-            e.message.contains(&format!("nested more than {MAX_DEPTH} deep"))
-                || e.message.contains("invalid YAML"),
+            e.message.contains(&format!("nested more than {MAX_DEPTH} deep")),
             "{e}"
         );
     }
