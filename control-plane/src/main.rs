@@ -18,9 +18,9 @@ use valkyrie_control_plane::responder::Responder;
 use valkyrie_control_plane::rest::auth::{JwtKeys, Role};
 use valkyrie_control_plane::rest::{self, RestConfig};
 use valkyrie_control_plane::store::embedded::EmbeddedStore;
+use valkyrie_control_plane::store::leader::LeaseConfig;
 use valkyrie_control_plane::store::mongo::MongoStore;
 use valkyrie_control_plane::store::seal::{SealedStore, SecretsKey};
-use valkyrie_control_plane::store::leader::LeaseConfig;
 use valkyrie_control_plane::store::{step_down, Durability, Store, StoreHandle};
 use valkyrie_control_plane::{audit, server, CoreConfig};
 
@@ -75,10 +75,10 @@ struct Args {
     handoff_limit: u32,
     /// With a MongoDB store, several servers form one group and one leads: how long its lease
     /// lasts without renewal (a standby takes over that long after the leader stops renewing).
-    #[arg(long, env = "VALKYRIE_LEASE_TTL", default_value = "3s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "VALKYRIE_LEASE_TTL", default_value = "2s", value_parser = humantime::parse_duration)]
     lease_ttl: Duration,
     /// How often the leader renews its lease (well inside --lease-ttl).
-    #[arg(long, env = "VALKYRIE_LEASE_RENEW", default_value = "1s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "VALKYRIE_LEASE_RENEW", default_value = "500ms", value_parser = humantime::parse_duration)]
     lease_renew: Duration,
     /// URIs where agents and clients reach this server, told to them by the standbys
     /// (comma-separated or repeated). Default: the --listen URIs.

@@ -26,7 +26,12 @@ struct Args {
     /// The control plane: unix:///path, tcp://host:port, tls://host:port or quic://host:port.
     /// Several (comma-separated) for a group of servers on one MongoDB store: the agent
     /// tries them in turn until it reaches the leader.
-    #[arg(long, env = "VALKYRIE_SERVER", value_delimiter = ',', default_value = "tcp://127.0.0.1:7700")]
+    #[arg(
+        long,
+        env = "VALKYRIE_SERVER",
+        value_delimiter = ',',
+        default_value = "tcp://127.0.0.1:7700"
+    )]
     server: Vec<Endpoint>,
     /// Runner registration token.
     #[arg(long, env = "VALKYRIE_RUNNER_TOKEN", hide_env_values = true)]

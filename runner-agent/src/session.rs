@@ -19,6 +19,11 @@ use valkyrie::{Endpoint, ErrorCode, SessionSender};
 
 use crate::job::{plan, run_attempt, JobDefaults};
 
+/// The longest wait between two rounds of a group of servers (`--server
+/// a,b,c`): a standby takes over within seconds, and trying a standby that
+/// does not listen costs nothing.
+const GROUP_RECONNECT_INTERVAL: Duration = Duration::from_secs(1);
+
 /// How the agent runs.
 #[derive(Clone, Debug)]
 pub struct AgentConfig {
@@ -123,11 +128,7 @@ impl Agent {
                 .credential
                 .clone()
                 .unwrap_or_else(|| self.config.token.clone());
-            let connecting = connect(
-                server,
-                hello(Role::Agent, token, agent_id()),
-                &self.config.client,
-            );
+            let connecting = connect(server, hello(Role::Agent, token, agent_id()), &self.config.client);
             let session = tokio::select! {
                 result = connecting => result,
                 _ = &mut shutdown, if drain_deadline.is_none() => {
@@ -162,7 +163,13 @@ impl Agent {
                     let wait = backoff.mul_f64(0.5 + fastrand::f64() * 0.5);
                     warn!(%err, %server, retry_in_ms = wait.as_millis() as u64, "cannot reach the server");
                     tokio::time::sleep(wait).await;
-                    backoff = (backoff * 2).min(valkyrie::transport::MAX_RECONNECT_INTERVAL);
+                    // In a group one server is about to lead: come back sooner.
+                    let cap = if servers.len() > 1 {
+                        GROUP_RECONNECT_INTERVAL
+                    } else {
+                        valkyrie::transport::MAX_RECONNECT_INTERVAL
+                    };
+                    backoff = (backoff * 2).min(cap);
                     continue;
                 }
             };

@@ -145,8 +145,11 @@ impl Core {
                 JobState::Assigned | JobState::Running => {
                     // The lease and the server-side timeout start again.
                     if job.state() == JobState::Assigned {
-                        job.lease_deadline =
-                            Some(now + MAX_RECONNECT_INTERVAL + self.config.runner_lost_after + self.config.assign_lease);
+                        job.lease_deadline = Some(
+                            now + MAX_RECONNECT_INTERVAL
+                                + self.config.runner_lost_after
+                                + self.config.assign_lease,
+                        );
                     }
                     if job.spec.timeout_ms > 0 || job.cancel_requested {
                         job.kill_deadline = Some(

@@ -86,10 +86,7 @@ pub enum StoreError {
     },
     /// A stored record does not decode.
     #[error("this server no longer leads (epoch {epoch}): {detail}")]
-    Deposed {
-        epoch: u64,
-        detail: String,
-    },
+    Deposed { epoch: u64, detail: String },
     #[error("a stored {kind} record {id} does not decode: {detail}")]
     Decode {
         /// jobs, runs, …
@@ -302,7 +299,9 @@ pub const DEPOSED_EXIT: i32 = 75;
 /// did, so it keeps nothing and exits; started again, it is a standby.
 pub fn step_down(err: &StoreError) -> ! {
     tracing::error!(%err, "stepping down");
-    eprintln!("valkyrie-server: {err}; exiting (status {DEPOSED_EXIT}) so that it can start again as a standby");
+    eprintln!(
+        "valkyrie-server: {err}; exiting (status {DEPOSED_EXIT}) so that it can start again as a standby"
+    );
     std::process::exit(DEPOSED_EXIT)
 }
 

@@ -81,10 +81,10 @@ use valkyrie::message::OutputStream;
 
 use super::leader::{Election, Fence, LeaseConfig};
 use super::{Change, Counters, Durability, Loaded, LogRow, RunRow, RunnerRow, Store, StoreError};
-use std::sync::Arc;
 use crate::audit::AuditRecord;
 use crate::core::PipelineDef;
 use crate::job::JobRecord;
+use std::sync::Arc;
 
 const PIPELINES: &str = "pipelines";
 const RUNS: &str = "runs";
@@ -216,10 +216,18 @@ impl MongoStore {
     }
 
     /// An upserting replace of a row stored under its numeric id.
-    fn keyed_replace<T: Serialize>(&self, kind: &'static str, id: u64, row: &T) -> Result<Document, StoreError> {
+    fn keyed_replace<T: Serialize>(
+        &self,
+        kind: &'static str,
+        id: u64,
+        row: &T,
+    ) -> Result<Document, StoreError> {
         let mut doc = to_doc(kind, id, row)?;
         doc.insert("_id", id_bson(id));
-        Ok(replace(self.fenced(doc! { "_id": id_bson(id) }), self.stamped(doc)))
+        Ok(replace(
+            self.fenced(doc! { "_id": id_bson(id) }),
+            self.stamped(doc),
+        ))
     }
 
     fn ping_blocking(&self) -> Result<(), StoreError> {
@@ -610,7 +618,6 @@ fn chunks(statements: Vec<Document>) -> Vec<Vec<Document>> {
 fn replace(filter: Document, row: Document) -> Document {
     doc! { "q": filter, "u": row, "upsert": true }
 }
-
 
 fn to_doc<T: Serialize>(kind: &'static str, id: impl ToString, row: &T) -> Result<Document, StoreError> {
     bson::to_document(row).map_err(|e| StoreError::Io {

@@ -253,7 +253,10 @@ impl Drop for Harness {
         if std::thread::panicking() && std::env::var_os("VKTEST_KEEP").is_some() {
             let dir = std::mem::replace(
                 &mut self.dir,
-                tempfile::Builder::new().prefix("vkt").tempdir().expect("temporary directory"),
+                tempfile::Builder::new()
+                    .prefix("vkt")
+                    .tempdir()
+                    .expect("temporary directory"),
             );
             eprintln!("test directory kept: {}", dir.keep().display());
         }
