@@ -96,6 +96,7 @@ fn job_spec() -> impl Strategy<Value = JobSpec> {
                         on: RetryOn(on),
                     },
                     shell,
+                    container: None,
                 }
             },
         )
