@@ -338,4 +338,33 @@ mod tests {
              workspace; create it in an earlier step or fix the path"
         );
     }
+
+    /// A container job on a runner without Docker fails before any step,
+    /// with a reason that says where it can run.
+    #[tokio::test]
+    async fn a_container_job_on_a_shell_runner_fails_saying_why() {
+        let root = tempfile::tempdir().unwrap();
+        let spec = JobSpec {
+            container: Some(msg::ContainerSpec::image("rust:1.89")),
+            ..JobSpec::shell("boxed", "true")
+        };
+        let plan = plan(4, 1, &spec, root.path(), &defaults());
+        assert!(plan.container.is_none());
+        let (outbox, mut rx) = mpsc::channel(64);
+        let (_cancel, cancel_rx) = watch::channel(false);
+        run_attempt(4, 1, plan, outbox, cancel_rx).await;
+        let mut result = None;
+        while let Ok(message) = rx.try_recv() {
+            if let msg::Message::JobResult(r) = message {
+                result = Some(r);
+            }
+        }
+        let result = result.expect("a JobResult");
+        assert_eq!(result.outcome, msg::JobOutcome::Failed);
+        assert!(
+            result.message.contains("no Docker executor") && result.message.contains("rust:1.89"),
+            "{}",
+            result.message
+        );
+    }
 }
