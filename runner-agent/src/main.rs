@@ -89,6 +89,11 @@ struct Args {
     /// Docker executor: the image of jobs that name none; without it such jobs fail.
     #[arg(long, env = "VALKYRIE_DOCKER_DEFAULT_IMAGE")]
     docker_default_image: Option<String>,
+    /// Docker executor: give every job a network of its own (jobs with services always
+    /// get one); otherwise jobs without services share Docker's default bridge, which
+    /// saves creating a network (about 0.4 s per job) but lets them reach each other by IP.
+    #[arg(long, env = "VALKYRIE_DOCKER_NETWORK_PER_JOB")]
+    docker_network_per_job: bool,
 }
 
 /// How the agent runs steps.
@@ -128,7 +133,10 @@ async fn run() -> anyhow::Result<()> {
     }
     let docker_volumes: Vec<String> = args.docker_volume.into_iter().filter(|v| !v.is_empty()).collect();
     if args.executor == ExecutorKind::Shell
-        && (args.docker_privileged || !docker_volumes.is_empty() || args.docker_default_image.is_some())
+        && (args.docker_privileged
+            || !docker_volumes.is_empty()
+            || args.docker_default_image.is_some()
+            || args.docker_network_per_job)
     {
         anyhow::bail!("--docker-* options need --executor docker");
     }
@@ -157,6 +165,7 @@ async fn run() -> anyhow::Result<()> {
                 privileged: args.docker_privileged,
                 volumes: docker_volumes,
                 default_image: args.docker_default_image.filter(|i| !i.is_empty()),
+                network_per_job: args.docker_network_per_job,
             })
             .await?,
         ),

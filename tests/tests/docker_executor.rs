@@ -61,9 +61,11 @@ fn engine() -> Docker {
     Docker::connect_with_defaults().expect("Docker Engine socket")
 }
 
-/// Containers (running or not) and networks labelled with `label=value`.
-async fn labelled(docker: &Docker, label: &str, value: &str) -> (Vec<String>, Vec<String>) {
-    let filter = HashMap::from([("label", vec![format!("{label}={value}")])]);
+/// Containers (running or not) and networks with every one of `labels`
+/// (`name=value`). Job ids start at 1 in every test's server, so a job is
+/// named by its runner and its id.
+async fn labelled(docker: &Docker, labels: &[String]) -> (Vec<String>, Vec<String>) {
+    let filter = HashMap::from([("label", labels.to_vec())]);
     let containers = docker
         .list_containers(Some(ListContainersOptionsBuilder::new().all(true).filters(&filter).build()))
         .await
@@ -209,7 +211,7 @@ async fn a_job_runs_in_its_image_and_its_output_and_exit_code_come_back() {
         "{job:?}\n{output}"
     );
 
-    let (containers, networks) = labelled(&engine(), "io.valkyrie.runner", &name).await;
+    let (containers, networks) = labelled(&engine(), &of_runner(&name)).await;
     assert!(containers.is_empty() && networks.is_empty(), "left behind: {containers:?} {networks:?}");
 }
 
@@ -233,13 +235,21 @@ async fn a_service_is_reached_by_its_alias() {
     let job = wait_final(&client, id).await;
     assert_eq!(job.state, JobState::Succeeded, "{job:?}\n{output}");
     assert!(output.contains("hello from service"), "{output}");
-    let (containers, networks) = labelled(&engine(), "io.valkyrie.job", &id.to_string()).await;
+    let (containers, networks) = labelled(&engine(), &of_job(&name, id)).await;
     assert!(containers.is_empty() && networks.is_empty(), "left behind: {containers:?} {networks:?}");
 }
 
-/// The anonymous volumes of the job's running containers.
-async fn anonymous_volumes(docker: &Docker, job: u64) -> Vec<String> {
-    let filter = HashMap::from([("label", vec![format!("io.valkyrie.job={job}")])]);
+fn of_runner(runner: &str) -> Vec<String> {
+    vec![format!("io.valkyrie.runner={runner}")]
+}
+
+fn of_job(runner: &str, job: u64) -> Vec<String> {
+    vec![format!("io.valkyrie.runner={runner}"), format!("io.valkyrie.job={job}")]
+}
+
+/// The anonymous volumes of the job's containers.
+async fn anonymous_volumes(docker: &Docker, runner: &str, job: u64) -> Vec<String> {
+    let filter = HashMap::from([("label", of_job(runner, job))]);
     let containers = docker
         .list_containers(Some(ListContainersOptionsBuilder::new().all(true).filters(&filter).build()))
         .await
@@ -258,7 +268,13 @@ async fn cancel_and_timeout_stop_the_step_and_leave_nothing_behind() {
     let h = Harness::new();
     let server = h.server().start();
     let client = server.client().await;
-    let _agent = docker_agent(&h, &server, &client, &name).await;
+    // A network per job even without services, so that its removal is checked too.
+    let _agent = h
+        .agent(&server)
+        .name(&name)
+        .args(&["--executor", "docker", "--docker-network-per-job"])
+        .start(&client)
+        .await;
     let docker = engine();
     let line = "trap 'echo got-term; exit 0' TERM; echo ready; sleep 1000 & wait";
 
@@ -269,8 +285,10 @@ async fn cancel_and_timeout_stop_the_step_and_leave_nothing_behind() {
         }
         let id = client.submit(spec).await.expect("submit");
         wait_output(&client, id, "ready").await;
-        let volumes = anonymous_volumes(&docker, id).await;
+        let volumes = anonymous_volumes(&docker, &name, id).await;
         assert!(!volumes.is_empty(), "the image's VOLUME gives the job container an anonymous volume");
+        let (containers, networks) = labelled(&docker, &of_job(&name, id)).await;
+        assert_eq!((containers.len(), networks.len()), (1, 1), "{containers:?} {networks:?}");
         if how == "cancel" {
             client.cancel(id).await.expect("cancel");
         }
@@ -280,7 +298,7 @@ async fn cancel_and_timeout_stop_the_step_and_leave_nothing_behind() {
         assert_eq!(job.state, expected, "{job:?}");
         assert!(output.contains("got-term"), "the step saw SIGTERM first:\n{output}");
         wait_until(&format!("the {how}led job's containers, network and volumes to be gone"), || async {
-            let (containers, networks) = labelled(&docker, "io.valkyrie.job", &id.to_string()).await;
+            let (containers, networks) = labelled(&docker, &of_job(&name, id)).await;
             let mut volumes_left = Vec::new();
             for v in &volumes {
                 if docker.inspect_volume(v).await.is_ok() {
@@ -309,17 +327,15 @@ async fn a_restarted_agent_removes_what_its_killed_run_left_and_the_job_ends_onc
     let id = client.submit(spec).await.expect("submit");
     wait_output(&client, id, "ready").await;
     agent.process.kill_now();
-    let (containers, _) = labelled(&docker, "io.valkyrie.job", &id.to_string()).await;
+    let (containers, _) = labelled(&docker, &of_job(&name, id)).await;
     assert!(!containers.is_empty(), "the killed agent could not clean up");
 
     let _agent = docker_agent(&h, &server, &client, &name).await;
     wait_until("the killed run's containers and network to be removed", || async {
-        let filter = format!("{name}");
-        let (containers, networks) = labelled(&docker, "io.valkyrie.attempt", "1").await;
-        let (mine, _) = labelled(&docker, "io.valkyrie.runner", &filter).await;
-        let leftover = containers.iter().any(|c| mine.contains(c));
-        let network_left = networks.iter().any(|n| n.contains(&format!("-{id}-1-")));
-        (!leftover && !network_left).then_some(())
+        let mut first = of_job(&name, id);
+        first.push("io.valkyrie.attempt=1".into());
+        let (containers, networks) = labelled(&docker, &first).await;
+        (containers.is_empty() && networks.is_empty()).then_some(())
     })
     .await;
     let job = wait_final(&client, id).await;
