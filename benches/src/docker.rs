@@ -34,6 +34,9 @@ pub struct DockerArgs {
     /// Untimed jobs per series first.
     #[arg(long, env = "VALKYRIE_BENCH_WARMUP_JOBS", default_value_t = 5)]
     warmup_jobs: usize,
+    /// Give every container job a network of its own (the agent's `--docker-network-per-job`).
+    #[arg(long, env = "VALKYRIE_BENCH_NETWORK_PER_JOB")]
+    network_per_job: bool,
     /// Print JSON instead of a table.
     #[arg(long, env = "VALKYRIE_BENCH_JSON")]
     json: bool,
@@ -51,6 +54,7 @@ async fn run(args: DockerArgs) -> anyhow::Result<()> {
     let dir = tempfile::Builder::new().prefix("valkyrie-bench-docker-").tempdir()?;
     let docker = DockerExecutor::connect(DockerSettings {
         runner: format!("bench-{}", std::process::id()),
+        network_per_job: args.network_per_job,
         ..DockerSettings::default()
     })
     .await?;
@@ -74,6 +78,7 @@ async fn run(args: DockerArgs) -> anyhow::Result<()> {
         let report = serde_json::json!({
             "image": args.image,
             "jobs": args.jobs,
+            "network_per_job": args.network_per_job,
             "shell": shell.to_json(),
             "container": container.to_json(),
             "docker_run": cli.to_json(),
@@ -81,7 +86,12 @@ async fn run(args: DockerArgs) -> anyhow::Result<()> {
         });
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        println!("{} jobs per series, image {}", args.jobs, args.image);
+        println!(
+            "{} jobs per series, image {}{}",
+            args.jobs,
+            args.image,
+            if args.network_per_job { ", a network per job" } else { "" }
+        );
         println!("{:<28} {:>10} {:>10} {:>10}", "series", "p50 ms", "p99 ms", "max ms");
         for (name, s) in [
             ("shell executor, `true`", &shell),
