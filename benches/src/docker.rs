@@ -51,7 +51,9 @@ pub fn main(args: DockerArgs) -> anyhow::Result<()> {
 }
 
 async fn run(args: DockerArgs) -> anyhow::Result<()> {
-    let dir = tempfile::Builder::new().prefix("valkyrie-bench-docker-").tempdir()?;
+    let dir = tempfile::Builder::new()
+        .prefix("valkyrie-bench-docker-")
+        .tempdir()?;
     let docker = DockerExecutor::connect(DockerSettings {
         runner: format!("bench-{}", std::process::id()),
         network_per_job: args.network_per_job,
@@ -90,9 +92,16 @@ async fn run(args: DockerArgs) -> anyhow::Result<()> {
             "{} jobs per series, image {}{}",
             args.jobs,
             args.image,
-            if args.network_per_job { ", a network per job" } else { "" }
+            if args.network_per_job {
+                ", a network per job"
+            } else {
+                ""
+            }
         );
-        println!("{:<28} {:>10} {:>10} {:>10}", "series", "p50 ms", "p99 ms", "max ms");
+        println!(
+            "{:<28} {:>10} {:>10} {:>10}",
+            "series", "p50 ms", "p99 ms", "max ms"
+        );
         for (name, s) in [
             ("shell executor, `true`", &shell),
             ("docker executor, `true`", &container),
@@ -105,7 +114,10 @@ async fn run(args: DockerArgs) -> anyhow::Result<()> {
                 ms(s.max_ns)
             );
         }
-        println!("container overhead over shell (p50): {:.1} ms", overhead_us / 1000.0);
+        println!(
+            "container overhead over shell (p50): {:.1} ms",
+            overhead_us / 1000.0
+        );
     }
     Ok(())
 }

@@ -104,7 +104,7 @@ fn container_plan(plan: &mut JobPlan, attempt: u32, spec: &JobSpec, defaults: &J
         return;
     };
     let container = match (&spec.container, &executor.settings().default_image) {
-        (Some(container), _) => container.clone(),
+        (Some(container), _) => (**container).clone(),
         (None, Some(image)) => msg::ContainerSpec::image(image.clone()),
         (None, None) => {
             plan.refusal = Some(
@@ -116,7 +116,8 @@ fn container_plan(plan: &mut JobPlan, attempt: u32, spec: &JobSpec, defaults: &J
         }
     };
     let host_env: Vec<&str> = defaults.base_env.iter().map(|(n, _)| n.as_str()).collect();
-    plan.base_env.retain(|(name, _)| !host_env.contains(&name.as_str()));
+    plan.base_env
+        .retain(|(name, _)| !host_env.contains(&name.as_str()));
     for (name, value) in &mut plan.base_env {
         if name == "VALKYRIE_WORKSPACE" {
             *value = executor::docker::WORKSPACE_PATH.to_owned();
@@ -345,7 +346,7 @@ mod tests {
     async fn a_container_job_on_a_shell_runner_fails_saying_why() {
         let root = tempfile::tempdir().unwrap();
         let spec = JobSpec {
-            container: Some(msg::ContainerSpec::image("rust:1.89")),
+            container: Some(Box::new(msg::ContainerSpec::image("rust:1.89"))),
             ..JobSpec::shell("boxed", "true")
         };
         let plan = plan(4, 1, &spec, root.path(), &defaults());

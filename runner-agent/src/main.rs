@@ -5,9 +5,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
+use valkyrie::message::EXECUTOR_TAG_PREFIX;
 use valkyrie::transport::{ClientOptions, ClientTls};
 use valkyrie::Endpoint;
-use valkyrie::message::EXECUTOR_TAG_PREFIX;
 use valkyrie_runner_agent::executor;
 use valkyrie_runner_agent::executor::docker::{DockerExecutor, DockerSettings};
 use valkyrie_runner_agent::job::JobDefaults;
@@ -140,7 +140,10 @@ async fn run() -> anyhow::Result<()> {
     {
         anyhow::bail!("--docker-* options need --executor docker");
     }
-    if let Some(bad) = docker_volumes.iter().find(|v| v.split(':').count() < 2 || !v.starts_with('/')) {
+    if let Some(bad) = docker_volumes
+        .iter()
+        .find(|v| v.split(':').count() < 2 || !v.starts_with('/'))
+    {
         anyhow::bail!("--docker-volume {bad}: write it as /host/path:/container/path[:ro]");
     }
     let tls = args.ca_cert.as_deref().map(ClientTls::from_ca_file).transpose()?;

@@ -110,7 +110,10 @@ impl Agent {
             // Nothing runs yet: whatever carries our label is a leftover.
             match docker.remove_orphans().await {
                 Ok(0) => {}
-                Ok(n) => info!(removed = n, "removed containers and networks left by a previous run"),
+                Ok(n) => info!(
+                    removed = n,
+                    "removed containers and networks left by a previous run"
+                ),
                 Err(error) => warn!(%error, "could not remove containers left by a previous run"),
             }
         }

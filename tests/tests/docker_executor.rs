@@ -67,7 +67,12 @@ fn engine() -> Docker {
 async fn labelled(docker: &Docker, labels: &[String]) -> (Vec<String>, Vec<String>) {
     let filter = HashMap::from([("label", labels.to_vec())]);
     let containers = docker
-        .list_containers(Some(ListContainersOptionsBuilder::new().all(true).filters(&filter).build()))
+        .list_containers(Some(
+            ListContainersOptionsBuilder::new()
+                .all(true)
+                .filters(&filter)
+                .build(),
+        ))
         .await
         .expect("list containers");
     let networks = docker
@@ -94,8 +99,16 @@ impl Drop for Leftovers {
                 .output();
             if let Ok(out) = ids {
                 for id in text(&out.stdout).split_whitespace() {
-                    let rm: &[&str] = if kind == "container" { &["rm", "-f", "-v"] } else { &["rm"] };
-                    let _ = std::process::Command::new("docker").arg(kind).args(rm).arg(id).output();
+                    let rm: &[&str] = if kind == "container" {
+                        &["rm", "-f", "-v"]
+                    } else {
+                        &["rm"]
+                    };
+                    let _ = std::process::Command::new("docker")
+                        .arg(kind)
+                        .args(rm)
+                        .arg(id)
+                        .output();
                 }
             }
         }
@@ -120,7 +133,7 @@ fn container_job(name: &str, line: &str) -> JobSpec {
     let mut container = ContainerSpec::image(test_image());
     container.pull_policy = PullPolicy::Never;
     JobSpec {
-        container: Some(container),
+        container: Some(Box::new(container)),
         ..JobSpec::shell(name, line)
     }
 }
@@ -166,7 +179,11 @@ async fn a_job_runs_in_its_image_and_its_output_and_exit_code_come_back() {
     let client = server.client().await;
     let mut agent = docker_agent(&h, &server, &client, &name).await;
     let info = agent.registered(&client).await;
-    assert!(info.tags.iter().any(|t| t == "executor:docker"), "{:?}", info.tags);
+    assert!(
+        info.tags.iter().any(|t| t == "executor:docker"),
+        "{:?}",
+        info.tags
+    );
 
     let mut spec = container_job(
         "in-image",
@@ -175,7 +192,9 @@ async fn a_job_runs_in_its_image_and_its_output_and_exit_code_come_back() {
          echo \"cwd=$(pwd) ws=$VALKYRIE_WORKSPACE path=$PATH\"; echo to-stderr >&2; \
          echo kept > /workspace/file; exit 3",
     );
-    spec.steps.push(valkyrie::message::StepSpec::shell("cat /workspace/file; echo \"$GREETING\""));
+    spec.steps.push(valkyrie::message::StepSpec::shell(
+        "cat /workspace/file; echo \"$GREETING\"",
+    ));
     spec.steps[0].continue_on_error = true;
     spec.env = vec![("GREETING".into(), "hello $CI".into())];
     let id = client.submit(spec).await.expect("submit");
@@ -194,7 +213,10 @@ async fn a_job_runs_in_its_image_and_its_output_and_exit_code_come_back() {
     }
 
     // A failing step's exit code comes back as the job's.
-    let id = client.submit(container_job("fails", "exit 7")).await.expect("submit");
+    let id = client
+        .submit(container_job("fails", "exit 7"))
+        .await
+        .expect("submit");
     let job = wait_final(&client, id).await;
     assert_eq!((job.state, job.exit_code), (JobState::Failed, Some(7)), "{job:?}");
 
@@ -212,7 +234,10 @@ async fn a_job_runs_in_its_image_and_its_output_and_exit_code_come_back() {
     );
 
     let (containers, networks) = labelled(&engine(), &of_runner(&name)).await;
-    assert!(containers.is_empty() && networks.is_empty(), "left behind: {containers:?} {networks:?}");
+    assert!(
+        containers.is_empty() && networks.is_empty(),
+        "left behind: {containers:?} {networks:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -228,7 +253,9 @@ async fn a_service_is_reached_by_its_alias() {
         image: test_image().into(),
         alias: "web".into(),
         env: vec![],
-        command: ["httpd", "-f", "-p", "8080", "-h", "/www"].map(String::from).to_vec(),
+        command: ["httpd", "-f", "-p", "8080", "-h", "/www"]
+            .map(String::from)
+            .to_vec(),
     }];
     let id = client.submit(spec).await.expect("submit");
     let output = output_of(&client, id).await;
@@ -236,7 +263,10 @@ async fn a_service_is_reached_by_its_alias() {
     assert_eq!(job.state, JobState::Succeeded, "{job:?}\n{output}");
     assert!(output.contains("hello from service"), "{output}");
     let (containers, networks) = labelled(&engine(), &of_job(&name, id)).await;
-    assert!(containers.is_empty() && networks.is_empty(), "left behind: {containers:?} {networks:?}");
+    assert!(
+        containers.is_empty() && networks.is_empty(),
+        "left behind: {containers:?} {networks:?}"
+    );
 }
 
 fn of_runner(runner: &str) -> Vec<String> {
@@ -244,20 +274,28 @@ fn of_runner(runner: &str) -> Vec<String> {
 }
 
 fn of_job(runner: &str, job: u64) -> Vec<String> {
-    vec![format!("io.valkyrie.runner={runner}"), format!("io.valkyrie.job={job}")]
+    vec![
+        format!("io.valkyrie.runner={runner}"),
+        format!("io.valkyrie.job={job}"),
+    ]
 }
 
 /// The anonymous volumes of the job's containers.
 async fn anonymous_volumes(docker: &Docker, runner: &str, job: u64) -> Vec<String> {
     let filter = HashMap::from([("label", of_job(runner, job))]);
     let containers = docker
-        .list_containers(Some(ListContainersOptionsBuilder::new().all(true).filters(&filter).build()))
+        .list_containers(Some(
+            ListContainersOptionsBuilder::new()
+                .all(true)
+                .filters(&filter)
+                .build(),
+        ))
         .await
         .expect("list containers");
     containers
         .into_iter()
         .flat_map(|c| c.mounts.unwrap_or_default())
-        .filter(|m| m.typ.as_ref().is_some_and(|t| t.to_string() == "volume"))
+        .filter(|m| m.typ.as_deref() == Some("volume"))
         .filter_map(|m| m.name)
         .collect()
 }
@@ -286,27 +324,44 @@ async fn cancel_and_timeout_stop_the_step_and_leave_nothing_behind() {
         let id = client.submit(spec).await.expect("submit");
         wait_output(&client, id, "ready").await;
         let volumes = anonymous_volumes(&docker, &name, id).await;
-        assert!(!volumes.is_empty(), "the image's VOLUME gives the job container an anonymous volume");
+        assert!(
+            !volumes.is_empty(),
+            "the image's VOLUME gives the job container an anonymous volume"
+        );
         let (containers, networks) = labelled(&docker, &of_job(&name, id)).await;
-        assert_eq!((containers.len(), networks.len()), (1, 1), "{containers:?} {networks:?}");
+        assert_eq!(
+            (containers.len(), networks.len()),
+            (1, 1),
+            "{containers:?} {networks:?}"
+        );
         if how == "cancel" {
             client.cancel(id).await.expect("cancel");
         }
         let output = output_of(&client, id).await;
         let job = wait_final(&client, id).await;
-        let expected = if how == "cancel" { JobState::Cancelled } else { JobState::TimedOut };
+        let expected = if how == "cancel" {
+            JobState::Cancelled
+        } else {
+            JobState::TimedOut
+        };
         assert_eq!(job.state, expected, "{job:?}");
-        assert!(output.contains("got-term"), "the step saw SIGTERM first:\n{output}");
-        wait_until(&format!("the {how}led job's containers, network and volumes to be gone"), || async {
-            let (containers, networks) = labelled(&docker, &of_job(&name, id)).await;
-            let mut volumes_left = Vec::new();
-            for v in &volumes {
-                if docker.inspect_volume(v).await.is_ok() {
-                    volumes_left.push(v.clone());
+        assert!(
+            output.contains("got-term"),
+            "the step saw SIGTERM first:\n{output}"
+        );
+        wait_until(
+            &format!("the {how}led job's containers, network and volumes to be gone"),
+            || async {
+                let (containers, networks) = labelled(&docker, &of_job(&name, id)).await;
+                let mut volumes_left = Vec::new();
+                for v in &volumes {
+                    if docker.inspect_volume(v).await.is_ok() {
+                        volumes_left.push(v.clone());
+                    }
                 }
-            }
-            (containers.is_empty() && networks.is_empty() && volumes_left.is_empty()).then_some(())
-        })
+                (containers.is_empty() && networks.is_empty() && volumes_left.is_empty()).then_some(())
+            },
+        )
         .await;
     }
 }
@@ -331,12 +386,15 @@ async fn a_restarted_agent_removes_what_its_killed_run_left_and_the_job_ends_onc
     assert!(!containers.is_empty(), "the killed agent could not clean up");
 
     let _agent = docker_agent(&h, &server, &client, &name).await;
-    wait_until("the killed run's containers and network to be removed", || async {
-        let mut first = of_job(&name, id);
-        first.push("io.valkyrie.attempt=1".into());
-        let (containers, networks) = labelled(&docker, &first).await;
-        (containers.is_empty() && networks.is_empty()).then_some(())
-    })
+    wait_until(
+        "the killed run's containers and network to be removed",
+        || async {
+            let mut first = of_job(&name, id);
+            first.push("io.valkyrie.attempt=1".into());
+            let (containers, networks) = labelled(&docker, &first).await;
+            (containers.is_empty() && networks.is_empty()).then_some(())
+        },
+    )
     .await;
     let job = wait_final(&client, id).await;
     assert_eq!((job.state, job.attempt), (JobState::Succeeded, 2), "{job:?}");
@@ -365,10 +423,18 @@ async fn shell_and_docker_runners_side_by_side_take_their_own_jobs() {
     let server = h.server().start();
     let client = server.client().await;
     let shell_name = format!("shell-{name}");
-    let _shell = h.agent(&server).name(&shell_name).tags(&["host"]).start(&client).await;
+    let _shell = h
+        .agent(&server)
+        .name(&shell_name)
+        .tags(&["host"])
+        .start(&client)
+        .await;
 
     // Only a shell runner: the container job waits, and says why.
-    let waiting = client.submit(container_job("boxed", "echo boxed")).await.expect("submit");
+    let waiting = client
+        .submit(container_job("boxed", "echo boxed"))
+        .await
+        .expect("submit");
     let job = wait_job(&client, waiting, "to name the missing Docker executor", |j| {
         j.reason.contains("Docker executor")
     })
@@ -378,11 +444,18 @@ async fn shell_and_docker_runners_side_by_side_take_their_own_jobs() {
     host_job.tags = vec!["host".into()];
     let host = client.submit(host_job.clone()).await.expect("submit");
     let job = wait_final(&client, host).await;
-    assert_eq!((job.state, job.runner.as_deref()), (JobState::Succeeded, Some(shell_name.as_str())));
+    assert_eq!(
+        (job.state, job.runner.as_deref()),
+        (JobState::Succeeded, Some(shell_name.as_str()))
+    );
 
     let _docker = docker_agent(&h, &server, &client, &name).await;
     let job = wait_final(&client, waiting).await;
-    assert_eq!((job.state, job.runner.as_deref()), (JobState::Succeeded, Some(name.as_str())), "{job:?}");
+    assert_eq!(
+        (job.state, job.runner.as_deref()),
+        (JobState::Succeeded, Some(name.as_str())),
+        "{job:?}"
+    );
     let host = client.submit(host_job).await.expect("submit");
     let job = wait_final(&client, host).await;
     assert_eq!(job.runner.as_deref(), Some(shell_name.as_str()), "{job:?}");

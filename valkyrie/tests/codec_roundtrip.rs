@@ -73,7 +73,11 @@ fn container() -> impl Strategy<Value = ContainerSpec> {
     (
         text(),
         proptest::option::of(texts()),
-        prop_oneof![Just(PullPolicy::IfNotPresent), Just(PullPolicy::Always), Just(PullPolicy::Never)],
+        prop_oneof![
+            Just(PullPolicy::IfNotPresent),
+            Just(PullPolicy::Always),
+            Just(PullPolicy::Never)
+        ],
         vec(service, 0..3),
         any::<u32>(),
         any::<u64>(),
@@ -106,10 +110,15 @@ fn job_spec() -> impl Strategy<Value = JobSpec> {
             ])
         ],
         (pairs(), pairs(), any::<u64>(), any::<u32>(), any::<u8>(), texts()),
-        proptest::option::of(container()),
+        proptest::option::of(container().prop_map(Box::new)),
     )
         .prop_map(
-            |((name, project, priority, tags), steps, (env, secrets, timeout_ms, max_retries, on, shell), container)| {
+            |(
+                (name, project, priority, tags),
+                steps,
+                (env, secrets, timeout_ms, max_retries, on, shell),
+                container,
+            )| {
                 JobSpec {
                     name,
                     project,

@@ -758,7 +758,7 @@ fn message_cases() -> Vec<MessageCase> {
             none,
             SubmitJob {
                 spec: JobSpec {
-                    container: Some(ContainerSpec {
+                    container: Some(Box::new(ContainerSpec {
                         image: "rust:1.89".into(),
                         entrypoint: Some(vec![]),
                         pull_policy: PullPolicy::Never,
@@ -770,7 +770,7 @@ fn message_cases() -> Vec<MessageCase> {
                         }],
                         cpus_milli: 1500,
                         memory_bytes: 512 << 20,
-                    }),
+                    })),
                     ..JobSpec::shell("test", "cargo test")
                 },
             }

@@ -252,7 +252,10 @@ mod docker_tests {
         let mut s = Scheduler::default();
         let shell = s.tag_set(["linux"]);
         s.upsert_runner(RunnerId(1), shell, 4);
-        for (id, tags) in [(1, vec![DOCKER_EXECUTOR_TAG]), (2, vec![DOCKER_EXECUTOR_TAG, "gpu"])] {
+        for (id, tags) in [
+            (1, vec![DOCKER_EXECUTOR_TAG]),
+            (2, vec![DOCKER_EXECUTOR_TAG, "gpu"]),
+        ] {
             let required = s.tag_set(tags);
             let job = QueuedJob {
                 id: JobId(id),
@@ -270,7 +273,11 @@ mod docker_tests {
             "no connected runner has the Docker executor, which the job's `image:` needs \
              (start one with `valkyrie-agent --executor docker`)"
         );
-        assert!(reason(2).ends_with("; no connected runner has tags [gpu]"), "{}", reason(2));
+        assert!(
+            reason(2).ends_with("; no connected runner has tags [gpu]"),
+            "{}",
+            reason(2)
+        );
         let docker = s.tag_set([DOCKER_EXECUTOR_TAG]);
         s.upsert_runner(RunnerId(2), docker, 4);
         let plan = s.schedule(0);

@@ -30,7 +30,9 @@ use std::time::Duration;
 use bollard::container::LogOutput;
 use bollard::errors::Error as DockerError;
 use bollard::exec::{CreateExecOptions, StartExecResults};
-use bollard::models::{ContainerCreateBody, EndpointSettings, HostConfig, NetworkCreateRequest, NetworkingConfig};
+use bollard::models::{
+    ContainerCreateBody, EndpointSettings, HostConfig, NetworkCreateRequest, NetworkingConfig,
+};
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, CreateImageOptionsBuilder, KillContainerOptionsBuilder,
     ListContainersOptionsBuilder, ListNetworksOptionsBuilder, RemoveContainerOptionsBuilder,
@@ -56,7 +58,11 @@ pub const WORKSPACE_PATH: &str = "/workspace";
 pub const FILES_PATH: &str = "/valkyrie";
 /// PID 1 of a job container: sleeps until the container is removed and
 /// exits on SIGTERM. Needs only `sh` and `sleep` in the image.
-const KEEP_ALIVE: &[&str] = &["sh", "-c", "trap 'exit 0' TERM; while :; do sleep 3600 & wait $!; done"];
+const KEEP_ALIVE: &[&str] = &[
+    "sh",
+    "-c",
+    "trap 'exit 0' TERM; while :; do sleep 3600 & wait $!; done",
+];
 /// Unterminated output is released after this much quiet (as for processes).
 const PARTIAL_LINE_FLUSH: Duration = Duration::from_millis(100);
 /// How long a service may take to be running after its start.
@@ -87,7 +93,9 @@ pub struct DockerExecutor {
 
 impl std::fmt::Debug for DockerExecutor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DockerExecutor").field("settings", &self.settings).finish()
+        f.debug_struct("DockerExecutor")
+            .field("settings", &self.settings)
+            .finish()
     }
 }
 
@@ -109,6 +117,16 @@ pub(super) struct JobContainer {
     network: Option<String>,
     /// The image's own environment (`PATH` and the like), for the job's.
     pub(super) image_env: Vec<(String, String)>,
+}
+
+/// What a step runs in the container.
+pub(super) struct ExecCommand {
+    /// Program and arguments.
+    pub(super) argv: Vec<String>,
+    /// The step's whole environment, `NAME=value`.
+    pub(super) env: Vec<String>,
+    /// Working directory, a path in the container.
+    pub(super) cwd: String,
 }
 
 /// How a step in the container ended.
@@ -159,7 +177,10 @@ impl DockerExecutor {
     /// version and checks that the Engine answers.
     pub async fn connect(settings: DockerSettings) -> Result<Self, ConnectDockerError> {
         let docker = Docker::connect_with_defaults().map_err(ConnectDockerError::Unreachable)?;
-        let docker = docker.negotiate_version().await.map_err(ConnectDockerError::Unreachable)?;
+        let docker = docker
+            .negotiate_version()
+            .await
+            .map_err(ConnectDockerError::Unreachable)?;
         docker.ping().await.map_err(ConnectDockerError::Unreachable)?;
         Ok(Self {
             docker,
@@ -178,13 +199,15 @@ impl DockerExecutor {
     /// runner (one killed with -9 had no chance to clean up). Returns how
     /// many objects were removed.
     pub async fn remove_orphans(&self) -> Result<usize, DockerError> {
-        let filter = HashMap::from([(
-            "label",
-            vec![format!("{LABEL_RUNNER}={}", self.settings.runner)],
-        )]);
+        let filter = HashMap::from([("label", vec![format!("{LABEL_RUNNER}={}", self.settings.runner)])]);
         let containers = self
             .docker
-            .list_containers(Some(ListContainersOptionsBuilder::new().all(true).filters(&filter).build()))
+            .list_containers(Some(
+                ListContainersOptionsBuilder::new()
+                    .all(true)
+                    .filters(&filter)
+                    .build(),
+            ))
             .await?;
         let mut removed = 0;
         for c in containers {
@@ -236,7 +259,11 @@ impl DockerExecutor {
                 return Err(format!(
                     "image `{image}` could not be pulled: {}{}",
                     server_message(&e),
-                    if present { "" } else { " (and it is not on this runner)" }
+                    if present {
+                        ""
+                    } else {
+                        " (and it is not on this runner)"
+                    }
                 ));
             }
         }
@@ -270,7 +297,9 @@ impl JobContainer {
             network: None,
             image_env: Vec::new(),
         };
-        let result = job.start_inner(executor, spec, job_id, attempt, workspace, files).await;
+        let result = job
+            .start_inner(executor, spec, job_id, attempt, workspace, files)
+            .await;
         (job, result)
     }
 
@@ -292,7 +321,11 @@ impl JobContainer {
 
         // Unique per attempt; a random suffix so that a leftover of a
         // crashed run (not yet removed) never blocks the name.
-        let base = format!("valkyrie-{}-{job_id}-{attempt}-{:08x}", sanitize(&settings.runner), fastrand::u32(..));
+        let base = format!(
+            "valkyrie-{}-{job_id}-{attempt}-{:08x}",
+            sanitize(&settings.runner),
+            fastrand::u32(..)
+        );
         // A network of the job's own only when it has services to reach
         // (creating and removing one costs about a third of a container
         // job's overhead); otherwise Docker's default bridge, where
@@ -339,14 +372,31 @@ impl JobContainer {
             };
             let created = self
                 .docker
-                .create_container(Some(CreateContainerOptionsBuilder::new().name(&name).build()), body)
+                .create_container(
+                    Some(CreateContainerOptionsBuilder::new().name(&name).build()),
+                    body,
+                )
                 .await
-                .map_err(|e| format!("cannot create service `{}` ({}): {}", service.alias, service.image, server_message(&e)))?;
+                .map_err(|e| {
+                    format!(
+                        "cannot create service `{}` ({}): {}",
+                        service.alias,
+                        service.image,
+                        server_message(&e)
+                    )
+                })?;
             self.services.push(created.id.clone());
             self.docker
                 .start_container(&created.id, None)
                 .await
-                .map_err(|e| format!("cannot start service `{}` ({}): {}", service.alias, service.image, server_message(&e)))?;
+                .map_err(|e| {
+                    format!(
+                        "cannot start service `{}` ({}): {}",
+                        service.alias,
+                        service.image,
+                        server_message(&e)
+                    )
+                })?;
         }
         for (id, service) in self.services.iter().zip(&spec.services) {
             wait_running(&self.docker, id)
@@ -377,32 +427,47 @@ impl JobContainer {
         };
         let created = self
             .docker
-            .create_container(Some(CreateContainerOptionsBuilder::new().name(&base).build()), body)
+            .create_container(
+                Some(CreateContainerOptionsBuilder::new().name(&base).build()),
+                body,
+            )
             .await
-            .map_err(|e| format!("cannot create the job container from `{}`: {}", spec.image, server_message(&e)))?;
+            .map_err(|e| {
+                format!(
+                    "cannot create the job container from `{}`: {}",
+                    spec.image,
+                    server_message(&e)
+                )
+            })?;
         self.container = Some(created.id.clone());
         self.docker
             .start_container(&created.id, None)
             .await
-            .map_err(|e| format!("cannot start the job container from `{}`: {}", spec.image, server_message(&e)))?;
+            .map_err(|e| {
+                format!(
+                    "cannot start the job container from `{}`: {}",
+                    spec.image,
+                    server_message(&e)
+                )
+            })?;
         Ok(())
     }
 
-    /// Runs `argv` in the job container with exactly `env`, in `cwd` (a
-    /// path in the container), streaming its output to `sink`, until it
-    /// exits or is stopped by cancel or `deadline`.
+    /// Runs `command` in the job container, streaming its output to
+    /// `sink`, until it exits or is stopped by cancel or `deadline`.
     pub(super) async fn exec(
         &self,
-        argv: Vec<String>,
-        env: Vec<String>,
-        cwd: String,
+        command: ExecCommand,
         deadline: Option<Instant>,
         kill_grace: Duration,
         sink: &mut EventSink,
         cancel: &mut watch::Receiver<bool>,
     ) -> Result<ExecResult, String> {
         use super::step::StopReason;
-        let container = self.container.as_deref().ok_or("the job container is not running")?;
+        let container = self
+            .container
+            .as_deref()
+            .ok_or("the job container is not running")?;
         let exec = self
             .docker
             .create_exec(
@@ -410,9 +475,9 @@ impl JobContainer {
                 CreateExecOptions {
                     attach_stdout: Some(true),
                     attach_stderr: Some(true),
-                    env: Some(env),
-                    cmd: Some(argv),
-                    working_dir: Some(cwd),
+                    env: Some(command.env),
+                    cmd: Some(command.argv),
+                    working_dir: Some(command.cwd),
                     ..Default::default()
                 },
             )
@@ -562,10 +627,16 @@ async fn wait_running(docker: &Docker, id: &str) -> Result<(), String> {
             return Ok(());
         }
         if state.status.as_ref().is_some_and(|s| s.to_string() == "exited") {
-            return Err(format!("exited with code {} before the job started", state.exit_code.unwrap_or(-1)));
+            return Err(format!(
+                "exited with code {} before the job started",
+                state.exit_code.unwrap_or(-1)
+            ));
         }
         if Instant::now() >= deadline {
-            return Err(format!("was not running after {}s", SERVICE_START_TIMEOUT.as_secs()));
+            return Err(format!(
+                "was not running after {}s",
+                SERVICE_START_TIMEOUT.as_secs()
+            ));
         }
         tokio::time::sleep(pause).await;
         pause = (pause * 2).min(Duration::from_millis(500));
@@ -575,7 +646,13 @@ async fn wait_running(docker: &Docker, id: &str) -> Result<(), String> {
 /// Container names allow `[a-zA-Z0-9][a-zA-Z0-9_.-]`.
 fn sanitize(name: &str) -> String {
     name.chars()
-        .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-') { c } else { '-' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-') {
+                c
+            } else {
+                '-'
+            }
+        })
         .collect()
 }
 
@@ -587,8 +664,14 @@ mod tests {
     fn image_references_split_for_the_pull_api() {
         assert_eq!(split_tag("busybox"), ("busybox", "latest"));
         assert_eq!(split_tag("rust:1.89"), ("rust", "1.89"));
-        assert_eq!(split_tag("registry:5000/team/tool"), ("registry:5000/team/tool", "latest"));
-        assert_eq!(split_tag("registry:5000/team/tool:2"), ("registry:5000/team/tool", "2"));
+        assert_eq!(
+            split_tag("registry:5000/team/tool"),
+            ("registry:5000/team/tool", "latest")
+        );
+        assert_eq!(
+            split_tag("registry:5000/team/tool:2"),
+            ("registry:5000/team/tool", "2")
+        );
         assert_eq!(split_tag("redis@sha256:ab"), ("redis@sha256:ab", ""));
         assert_eq!(sanitize("build 1/ü"), "build-1--");
     }

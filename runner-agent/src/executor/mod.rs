@@ -394,8 +394,8 @@ pub async fn run_job(
         let mut exit_code = None;
         // Jobs of no-op steps start no process and need no directory
         // (unless they run in a container, which mounts it).
-        let needs_workspace = plan.container.is_some()
-            || plan.steps.iter().any(|s| !matches!(s.command, StepCommand::Noop));
+        let needs_workspace =
+            plan.container.is_some() || plan.steps.iter().any(|s| !matches!(s.command, StepCommand::Noop));
         let files = StepFiles::new(&files_dir(&plan.workspace));
         let created = if needs_workspace {
             match create_private_dir(&plan.workspace).await {
@@ -591,8 +591,18 @@ async fn run_process_step(
         Some(container) => {
             env.set("VALKYRIE_ENV", format!("{}/env", docker::FILES_PATH));
             env.set("VALKYRIE_PATH", format!("{}/path", docker::FILES_PATH));
-            run_container_step(plan, index, step, argv, expanded.map(|()| env), container, deadline, sink, cancel)
-                .await
+            run_container_step(
+                plan,
+                index,
+                step,
+                argv,
+                expanded.map(|()| env),
+                container,
+                deadline,
+                sink,
+                cancel,
+            )
+            .await
         }
         None => {
             env.set("VALKYRIE_ENV", files.env.display().to_string());
@@ -680,7 +690,12 @@ async fn run_container_step(
             Ok((env, cwd))
         })();
         let ran = match prepared {
-            Ok((env, cwd)) => container.exec(argv, env, cwd, deadline, plan.kill_grace, sink, cancel).await,
+            Ok((env, cwd)) => {
+                let command = docker::ExecCommand { argv, env, cwd };
+                container
+                    .exec(command, deadline, plan.kill_grace, sink, cancel)
+                    .await
+            }
             Err(e) => Err(e),
         };
         let result = match ran {
@@ -697,8 +712,11 @@ async fn run_container_step(
                 error: None,
             },
             Err(error) => {
-                sink.system(&format!("[valkyrie] could not start step `{}`: {error}\n", step.name))
-                    .await;
+                sink.system(&format!(
+                    "[valkyrie] could not start step `{}`: {error}\n",
+                    step.name
+                ))
+                .await;
                 StepResult {
                     exit_code: None,
                     signal: None,

@@ -333,8 +333,9 @@ pub struct JobSpec {
     pub shell: Vec<String>,
     /// The container the steps run in (`image:`); `None` runs them on the
     /// runner's host. A job with a container needs a Docker runner.
+    /// Boxed: most jobs have none, and messages stay small.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub container: Option<ContainerSpec>,
+    pub container: Option<Box<ContainerSpec>>,
 }
 
 impl std::fmt::Debug for JobSpec {
@@ -410,7 +411,7 @@ impl JobSpec {
                 on: RetryOn(r.u8("job.retry.on")?),
             },
             shell: r.strings("job.shell")?,
-            container: r.option("job.container", ContainerSpec::read)?,
+            container: r.option("job.container", |r| ContainerSpec::read(r).map(Box::new))?,
         })
     }
 

@@ -880,9 +880,10 @@ fn parse_job(
         Some(other) => cx.error(other.span(), format!("{what} steps must be a list"), None),
     }
 
-    let container = ContainerKeys::parse(cx, map, &what, true).resolve(&defaults.container, cx, key.span(), &what);
+    let container =
+        ContainerKeys::parse(cx, map, &what, true).resolve(&defaults.container, cx, key.span(), &what);
     let spec = JobSpec {
-        container,
+        container: container.map(Box::new),
         name: name.clone(),
         project,
         priority,

@@ -98,7 +98,8 @@ fn image_name(cx: &mut Ctx<'_>, node: &Node, what: &str) -> Option<String> {
         );
         return None;
     }
-    cx.fits(s.span(), name, MAX_IMAGE_BYTES, what).then(|| name.to_owned())
+    cx.fits(s.span(), name, MAX_IMAGE_BYTES, what)
+        .then(|| name.to_owned())
 }
 
 /// A command: one line split on spaces, or a list of words.
@@ -110,7 +111,10 @@ fn command(cx: &mut Ctx<'_>, node: &Node, what: &str) -> Vec<String> {
     if words.len() > MAX_COMMAND_WORDS {
         cx.error(
             node.span(),
-            format!("{what} has {} words, over the limit of {MAX_COMMAND_WORDS}", words.len()),
+            format!(
+                "{what} has {} words, over the limit of {MAX_COMMAND_WORDS}",
+                words.len()
+            ),
             None,
         );
         return Vec::new();
@@ -125,7 +129,11 @@ fn image(cx: &mut Ctx<'_>, node: &Node, what: &str) -> Option<(String, Option<Ve
         Node::Mapping(m) => {
             cx.check_keys(m, IMAGE_KEYS, &label);
             let Some(name) = m.get_node("name") else {
-                cx.error(m.span(), format!("{label} has no `name`"), Some("add `name: <image>[:tag]`".into()));
+                cx.error(
+                    m.span(),
+                    format!("{label} has no `name`"),
+                    Some("add `name: <image>[:tag]`".into()),
+                );
                 return None;
             };
             let name = image_name(cx, name, &label)?;
@@ -163,13 +171,19 @@ fn valid_alias(alias: &str) -> bool {
     !alias.is_empty()
         && alias.len() <= 63
         && alias.starts_with(|c: char| c.is_ascii_alphanumeric())
-        && alias.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        && alias
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
 fn services(cx: &mut Ctx<'_>, node: &Node, what: &str) -> Vec<ServiceSpec> {
     let label = format!("the `services` of {what}");
     let Some(seq) = node.as_sequence() else {
-        cx.error(node.span(), format!("{label} must be a list"), Some("write `services: [postgres:16]` or a list of `- name: <image>` mappings".into()));
+        cx.error(
+            node.span(),
+            format!("{label} must be a list"),
+            Some("write `services: [postgres:16]` or a list of `- name: <image>` mappings".into()),
+        );
         return Vec::new();
     };
     if !cx.few_enough(seq.span(), seq.len(), MAX_SERVICES, &label) {
@@ -181,10 +195,16 @@ fn services(cx: &mut Ctx<'_>, node: &Node, what: &str) -> Vec<ServiceSpec> {
             Node::Mapping(m) => {
                 cx.check_keys(m, SERVICE_KEYS, "a service");
                 let Some(name) = m.get_node("name") else {
-                    cx.error(m.span(), "a service has no `name`", Some("add `name: <image>[:tag]`".into()));
+                    cx.error(
+                        m.span(),
+                        "a service has no `name`",
+                        Some("add `name: <image>[:tag]`".into()),
+                    );
                     continue;
                 };
-                let Some(image) = image_name(cx, name, "a service name") else { continue };
+                let Some(image) = image_name(cx, name, "a service name") else {
+                    continue;
+                };
                 let alias = match m.get_node("alias") {
                     Some(n) => match cx.name(n, "a service alias") {
                         Some(a) => a,
@@ -192,7 +212,10 @@ fn services(cx: &mut Ctx<'_>, node: &Node, what: &str) -> Vec<ServiceSpec> {
                     },
                     None => default_alias(&image),
                 };
-                let env = m.get_node("env").map(|n| cx.env(n, "service env")).unwrap_or_default();
+                let env = m
+                    .get_node("env")
+                    .map(|n| cx.env(n, "service env"))
+                    .unwrap_or_default();
                 if env.len() > MAX_ENV_VARS {
                     continue;
                 }
@@ -207,11 +230,23 @@ fn services(cx: &mut Ctx<'_>, node: &Node, what: &str) -> Vec<ServiceSpec> {
                         Some("use `command:` (arguments to the image's entrypoint)".into()),
                     );
                 }
-                ServiceSpec { image, alias, env, command }
+                ServiceSpec {
+                    image,
+                    alias,
+                    env,
+                    command,
+                }
             }
             _ => {
-                let Some(image) = image_name(cx, item, "a service") else { continue };
-                ServiceSpec { alias: default_alias(&image), image, env: Vec::new(), command: Vec::new() }
+                let Some(image) = image_name(cx, item, "a service") else {
+                    continue;
+                };
+                ServiceSpec {
+                    alias: default_alias(&image),
+                    image,
+                    env: Vec::new(),
+                    command: Vec::new(),
+                }
             }
         };
         if !valid_alias(&service.alias) || service.alias.len() > MAX_NAME_BYTES {
@@ -251,7 +286,10 @@ fn resources(cx: &mut Ctx<'_>, node: &Node, what: &str, keys: &mut ContainerKeys
             ),
         }
     }
-    if let Some(s) = map.get_node("memory").and_then(|n| cx.scalar(n, "resources.memory")) {
+    if let Some(s) = map
+        .get_node("memory")
+        .and_then(|n| cx.scalar(n, "resources.memory"))
+    {
         match parse_memory_bytes(s.as_str()) {
             Some(bytes) => keys.memory_bytes = bytes,
             None => cx.error(
@@ -307,7 +345,7 @@ mod tests {
 
     fn container(yaml: &str) -> Vec<Option<ContainerSpec>> {
         let p = crate::pipeline::parse("ci.yaml", yaml).unwrap_or_else(|e| panic!("{e}"));
-        p.jobs.into_iter().map(|j| j.spec.container).collect()
+        p.jobs.into_iter().map(|j| j.spec.container.map(|c| *c)).collect()
     }
 
     fn error(yaml: &str) -> String {
@@ -321,7 +359,10 @@ mod tests {
             "image: alpine:3\npull_policy: never\njobs:\n  a:\n    steps: [x]\n  b:\n    image: {name: rust:1.89, entrypoint: ['']}\n    services:\n      - postgres:16\n      - name: redis:7\n        alias: cache\n        env: {A: b}\n        command: redis-server --save ''\n    resources: {cpus: 1.5, memory: 1g}\n    steps: [x]\n",
         );
         let a = jobs[0].clone().unwrap();
-        assert_eq!((a.image.as_str(), a.pull_policy, a.entrypoint), ("alpine:3", PullPolicy::Never, None));
+        assert_eq!(
+            (a.image.as_str(), a.pull_policy, a.entrypoint),
+            ("alpine:3", PullPolicy::Never, None)
+        );
         let b = jobs[1].clone().unwrap();
         assert_eq!(b.image, "rust:1.89");
         assert_eq!(b.entrypoint, Some(vec![String::new()]));
@@ -337,17 +378,29 @@ mod tests {
     #[test]
     fn bad_container_keys_are_refused_with_their_position() {
         let e = error("jobs:\n  a:\n    image: 'rust 1.89'\n    steps: [x]\n");
-        assert!(e.contains("ci.yaml:3:12: the `image` of job `a` `rust 1.89` is not an image name"), "{e}");
+        assert!(
+            e.contains("ci.yaml:3:12: the `image` of job `a` `rust 1.89` is not an image name"),
+            "{e}"
+        );
         let e = error("jobs:\n  a:\n    services: [postgres]\n    steps: [x]\n");
         assert!(e.contains("ci.yaml:2:3: job `a` sets `services`"), "{e}");
         let e = error("image: x\njobs:\n  a:\n    pull_policy: sometimes\n    steps: [x]\n");
-        assert!(e.contains("ci.yaml:4:18: job `a` has an unknown pull_policy `sometimes`"), "{e}");
+        assert!(
+            e.contains("ci.yaml:4:18: job `a` has an unknown pull_policy `sometimes`"),
+            "{e}"
+        );
         let e = error("image: x\njobs:\n  a:\n    services: [db, other/db:2]\n    steps: [x]\n");
-        assert!(e.contains("ci.yaml:4:20: two services of job `a` are reached as `db`"), "{e}");
+        assert!(
+            e.contains("ci.yaml:4:20: two services of job `a` are reached as `db`"),
+            "{e}"
+        );
         let e = error("image: x\njobs:\n  a:\n    resources: {memory: 1k}\n    steps: [x]\n");
         assert!(e.contains("resources.memory `1k` is not a memory size"), "{e}");
         let e = error("image: {entrypoint: [sh]}\njobs:\n  a:\n    steps: [x]\n");
-        assert!(e.contains("ci.yaml:1:8: the `image` of the pipeline has no `name`"), "{e}");
+        assert!(
+            e.contains("ci.yaml:1:8: the `image` of the pipeline has no `name`"),
+            "{e}"
+        );
         let e = error("jobs:\n  a:\n    image: x\n    services: [{name: db, alias: -x}]\n    steps: [x]\n");
         assert!(e.contains("service alias `-x` is not a valid host name"), "{e}");
     }
