@@ -117,6 +117,20 @@ pub(super) struct JobContainer {
     network: Option<String>,
     /// The image's own environment (`PATH` and the like), for the job's.
     pub(super) image_env: Vec<(String, String)>,
+    /// `label=value` filters naming this attempt's objects (runner, job,
+    /// attempt), for a teardown that also finds what a start interrupted
+    /// mid-request created.
+    filter: Vec<String>,
+}
+
+/// Why a container job did not get to its first step.
+pub(super) enum StartError {
+    /// Something failed; the message names it (the image, the service).
+    Failed(String),
+    /// Cancelled while pulling or starting.
+    Cancelled,
+    /// The job's timeout passed while pulling or starting.
+    TimedOut,
 }
 
 /// What a step runs in the container.
@@ -282,6 +296,11 @@ impl JobContainer {
     /// Pulls the images, creates the network, starts the services and the
     /// job container. On error, what was created is recorded in `self` so
     /// that [`Self::teardown`] removes it.
+    ///
+    /// A cancel or the job's `deadline` interrupts the start wherever it is
+    /// (a pull can take minutes); the teardown then finds what was created
+    /// by its labels.
+    #[allow(clippy::too_many_arguments)]
     pub(super) async fn start(
         executor: &DockerExecutor,
         spec: &ContainerSpec,
@@ -289,17 +308,27 @@ impl JobContainer {
         attempt: u32,
         workspace: &std::path::Path,
         files: &std::path::Path,
-    ) -> (Self, Result<(), String>) {
+        deadline: Option<Instant>,
+        cancel: &mut watch::Receiver<bool>,
+    ) -> (Self, Result<(), StartError>) {
         let mut job = JobContainer {
             docker: executor.docker.clone(),
             container: None,
             services: Vec::new(),
             network: None,
             image_env: Vec::new(),
+            filter: labels(&executor.settings.runner, job_id, attempt)
+                .into_iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect(),
         };
-        let result = job
-            .start_inner(executor, spec, job_id, attempt, workspace, files)
-            .await;
+        let result = tokio::select! {
+            result = job.start_inner(executor, spec, job_id, attempt, workspace, files) => {
+                result.map_err(StartError::Failed)
+            }
+            () = super::step::cancelled(cancel) => Err(StartError::Cancelled),
+            () = super::step::sleep_until(deadline) => Err(StartError::TimedOut),
+        };
         (job, result)
     }
 
@@ -595,14 +624,32 @@ impl JobContainer {
     /// volumes) and the network. Errors are logged: the next start of the
     /// agent removes whatever is left.
     pub(super) async fn teardown(self) {
-        for id in self.container.iter().chain(&self.services) {
+        let filter = HashMap::from([("label", self.filter.clone())]);
+        let mut containers: Vec<String> = self.container.iter().chain(&self.services).cloned().collect();
+        let mut networks: Vec<String> = self.network.iter().cloned().collect();
+        let listed = ListContainersOptionsBuilder::new()
+            .all(true)
+            .filters(&filter)
+            .build();
+        if let Ok(listed) = self.docker.list_containers(Some(listed)).await {
+            containers.extend(listed.into_iter().filter_map(|c| c.id));
+        }
+        let listed = ListNetworksOptionsBuilder::new().filters(&filter).build();
+        if let Ok(listed) = self.docker.list_networks(Some(listed)).await {
+            networks.extend(listed.into_iter().filter_map(|n| n.id));
+        }
+        containers.sort();
+        containers.dedup();
+        networks.sort();
+        networks.dedup();
+        for id in &containers {
             match self.docker.remove_container(id, Some(remove_options())).await {
                 Ok(()) => {}
                 Err(e) if not_found(&e) => {}
                 Err(error) => tracing::warn!(%error, container = %id, "could not remove container"),
             }
         }
-        if let Some(network) = &self.network {
+        for network in &networks {
             if let Err(error) = self.docker.remove_network(network).await {
                 if !not_found(&error) {
                     tracing::warn!(%error, %network, "could not remove network");

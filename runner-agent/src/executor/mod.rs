@@ -429,13 +429,20 @@ pub async fn run_job(
                 c.attempt,
                 &plan.workspace,
                 &files_dir(&plan.workspace),
+                deadline,
+                &mut cancel,
             )
             .await;
-            if let Err(error) = result {
-                tracing::warn!(%error, "could not start the job's containers");
-                sink.system(&format!("[valkyrie] {error}\n")).await;
-                job_error = Some(error);
-                ended = Some(JobOutcome::Failed);
+            match result {
+                Ok(()) => {}
+                Err(docker::StartError::Failed(error)) => {
+                    tracing::warn!(%error, "could not start the job's containers");
+                    sink.system(&format!("[valkyrie] {error}\n")).await;
+                    job_error = Some(error);
+                    ended = Some(JobOutcome::Failed);
+                }
+                Err(docker::StartError::Cancelled) => ended = Some(JobOutcome::Cancelled),
+                Err(docker::StartError::TimedOut) => ended = Some(JobOutcome::TimedOut),
             }
             container = Some(started);
         }
