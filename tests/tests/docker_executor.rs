@@ -197,6 +197,9 @@ async fn a_job_runs_in_its_image_and_its_output_and_exit_code_come_back() {
     ));
     spec.steps[0].continue_on_error = true;
     spec.env = vec![("GREETING".into(), "hello $CI".into())];
+    spec.secrets = vec![("TOKEN".into(), "s3cr3t-value".into())];
+    spec.steps
+        .push(valkyrie::message::StepSpec::shell("echo \"token=$TOKEN\""));
     let id = client.submit(spec).await.expect("submit");
     let output = output_of(&client, id).await;
     let job = wait_final(&client, id).await;
@@ -208,9 +211,11 @@ async fn a_job_runs_in_its_image_and_its_output_and_exit_code_come_back() {
         "cwd=/workspace ws=/workspace path=/bin\n",
         "to-stderr\n",
         "kept\nhello true\n",
+        "token=***\n",
     ] {
         assert!(output.contains(needle), "`{needle}` not in the output:\n{output}");
     }
+    assert!(!output.contains("s3cr3t-value"), "a secret leaked:\n{output}");
 
     // A failing step's exit code comes back as the job's.
     let id = client
@@ -459,4 +464,57 @@ async fn shell_and_docker_runners_side_by_side_take_their_own_jobs() {
     let host = client.submit(host_job).await.expect("submit");
     let job = wait_final(&client, host).await;
     assert_eq!(job.runner.as_deref(), Some(shell_name.as_str()), "{job:?}");
+}
+
+/// The pipeline file's `image:` and `services:` reach the runner: a run
+/// whose jobs use the pipeline's image, one of them with a service.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pipeline_with_image_and_services_runs_in_containers() {
+    let (name, _leftovers) = runner_name("pipeline");
+    let h = Harness::new();
+    let server = h.server().start();
+    let client = server.client().await;
+    let _agent = docker_agent(&h, &server, &client, &name).await;
+
+    let yaml = format!(
+        "image: {image}\n\
+         pull_policy: never\n\
+         jobs:\n\
+         \x20 plain:\n\
+         \x20   steps: [cat /etc/valkyrie-test-image]\n\
+         \x20 served:\n\
+         \x20   services:\n\
+         \x20     - name: {image}\n\
+         \x20       alias: files\n\
+         \x20       command: httpd -f -p 80 -h /www\n\
+         \x20   resources: {{cpus: 0.5, memory: 64m}}\n\
+         \x20   steps:\n\
+         \x20     - wget -q -O - http://files/index.html\n\
+         \x20     - cat /sys/fs/cgroup/memory.max 2>/dev/null || cat /sys/fs/cgroup/memory/memory.limit_in_bytes\n",
+        image = test_image()
+    );
+    let run_id = client
+        .submit_pipeline("ci.yaml", &yaml)
+        .await
+        .expect("submit pipeline");
+    let run = wait_until("the run to finish", || async {
+        let run = client.run(run_id).await.expect("run");
+        run.state.is_terminal().then_some(run)
+    })
+    .await;
+    assert_eq!(run.state, valkyrie_sdk::RunState::Succeeded, "{run:?}");
+    let mut outputs = Vec::new();
+    for job in &run.jobs {
+        assert_eq!(job.runner.as_deref(), Some(name.as_str()), "{job:?}");
+        outputs.push(output_of(&client, job.job_id.expect("job id")).await);
+    }
+    let all = outputs.join("");
+    assert!(
+        all.contains("valkyrie test image") && all.contains("hello from service"),
+        "{all}"
+    );
+    assert!(
+        all.contains(&format!("{}\n", 64 << 20)),
+        "the memory limit is the job's: {all}"
+    );
 }
