@@ -19,6 +19,8 @@ use valkyrie::message::{ContainerSpec, JobSpec, PullPolicy, ServiceSpec};
 use valkyrie_sdk::{Client, EventBody, JobState};
 
 const IMAGE: &str = "valkyrie-test/busybox:1";
+/// The same, with `USER 1000`: not the agent's user.
+const USER_IMAGE: &str = "valkyrie-test/busybox-user:1";
 
 /// Builds [`IMAGE`] once per test binary (`docker build` is idempotent, so
 /// other test binaries building it at the same time are harmless).
@@ -53,6 +55,17 @@ fn test_image() -> &'static str {
             text(&out.stdout),
             text(&out.stderr)
         );
+        std::fs::write(
+            dir.path().join("Dockerfile"),
+            format!("FROM {IMAGE}\nUSER 1000\n"),
+        )
+        .unwrap();
+        let out = std::process::Command::new("docker")
+            .args(["build", "-q", "-t", USER_IMAGE])
+            .arg(dir.path())
+            .output()
+            .expect("run docker build");
+        assert!(out.status.success(), "docker build failed: {}", text(&out.stderr));
     });
     IMAGE
 }
@@ -517,4 +530,30 @@ async fn a_pipeline_with_image_and_services_runs_in_containers() {
         all.contains(&format!("{}\n", 64 << 20)),
         "the memory limit is the job's: {all}"
     );
+}
+
+/// An image whose user is not the agent's can write its workspace and
+/// `$VALKYRIE_ENV`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_non_root_image_user_can_write_its_workspace_and_env_file() {
+    let (name, _leftovers) = runner_name("user");
+    let h = Harness::new();
+    let server = h.server().start();
+    let client = server.client().await;
+    let _agent = docker_agent(&h, &server, &client, &name).await;
+
+    let mut spec = container_job(
+        "as-1000",
+        "id -u; echo data > /workspace/f; echo \"SEEN=yes\" >> \"$VALKYRIE_ENV\"",
+    );
+    test_image();
+    spec.container.as_mut().unwrap().image = USER_IMAGE.into();
+    spec.steps.push(valkyrie::message::StepSpec::shell(
+        "cat /workspace/f; echo \"seen=$SEEN\"",
+    ));
+    let id = client.submit(spec).await.expect("submit");
+    let output = output_of(&client, id).await;
+    let job = wait_final(&client, id).await;
+    assert_eq!(job.state, JobState::Succeeded, "{job:?}\n{output}");
+    assert!(output.contains("1000\ndata\nseen=yes\n"), "{output}");
 }

@@ -315,26 +315,34 @@ fn job_environment(plan: &JobPlan, container: Option<&docker::JobContainer>) -> 
 struct StepFiles {
     env: PathBuf,
     path: PathBuf,
+    /// 0600, or 0666 for a container job, whose user need not be the agent's.
+    mode: u32,
 }
 
 impl StepFiles {
-    fn new(dir: &Path) -> Self {
+    fn new(dir: &Path, shared: bool) -> Self {
         StepFiles {
             env: dir.join("env"),
             path: dir.join("path"),
+            mode: if shared { 0o666 } else { 0o600 },
         }
     }
 
-    /// Empties both files (0600) for the next step.
+    /// Empties both files for the next step.
     async fn reset(&self) -> std::io::Result<()> {
+        use std::os::unix::fs::PermissionsExt;
         for file in [&self.env, &self.path] {
             tokio::fs::OpenOptions::new()
                 .write(true)
                 .create(true)
                 .truncate(true)
-                .mode(0o600)
+                .mode(self.mode)
                 .open(file)
                 .await?;
+            if self.mode != 0o600 {
+                // The umask may have narrowed the mode given at creation.
+                tokio::fs::set_permissions(file, std::fs::Permissions::from_mode(self.mode)).await?;
+            }
         }
         Ok(())
     }
@@ -396,7 +404,7 @@ pub async fn run_job(
         // (unless they run in a container, which mounts it).
         let needs_workspace =
             plan.container.is_some() || plan.steps.iter().any(|s| !matches!(s.command, StepCommand::Noop));
-        let files = StepFiles::new(&files_dir(&plan.workspace));
+        let files = StepFiles::new(&files_dir(&plan.workspace), plan.container.is_some());
         let created = if needs_workspace {
             match create_private_dir(&plan.workspace).await {
                 Ok(()) => create_private_dir(&files_dir(&plan.workspace)).await,
@@ -404,6 +412,20 @@ pub async fn run_job(
             }
         } else {
             Ok(())
+        };
+        // A container's user need not be the agent's: its two directories
+        // are opened to every user. Nobody else on the host reaches them,
+        // as the work directory above them stays private (0700).
+        let created = match created {
+            Ok(()) if plan.container.is_some() => {
+                use std::os::unix::fs::PermissionsExt;
+                let open = std::fs::Permissions::from_mode(0o777);
+                match tokio::fs::set_permissions(&plan.workspace, open.clone()).await {
+                    Ok(()) => tokio::fs::set_permissions(files_dir(&plan.workspace), open).await,
+                    Err(e) => Err(e),
+                }
+            }
+            other => other,
         };
         if let Err(error) = created {
             tracing::warn!(workspace = %plan.workspace.display(), %error, "could not create workspace");
