@@ -165,10 +165,18 @@ pub(crate) fn explain(
     tags: &TagInterner,
     now_ms: u64,
 ) -> PendingReason {
+    let required = &entry.job.required;
     if runners.len() == 0 {
+        // A container job says which kind of runner it waits for.
+        let docker = valkyrie::message::DOCKER_EXECUTOR_TAG;
+        if tags.lookup(docker).is_some_and(|id| required.contains(id)) {
+            return PendingReason::NoMatchingRunner {
+                missing_everywhere: vec![docker.to_owned()],
+                closest: None,
+            };
+        }
         return PendingReason::NoRunners;
     }
-    let required = &entry.job.required;
     let eligible: Vec<_> = runners
         .groups()
         .iter()
@@ -250,8 +258,7 @@ mod docker_tests {
     #[test]
     fn a_container_job_without_a_docker_runner_says_so() {
         let mut s = Scheduler::default();
-        let shell = s.tag_set(["linux"]);
-        s.upsert_runner(RunnerId(1), shell, 4);
+        let mut shell = None;
         for (id, tags) in [
             (1, vec![DOCKER_EXECUTOR_TAG]),
             (2, vec![DOCKER_EXECUTOR_TAG, "gpu"]),
@@ -265,6 +272,16 @@ mod docker_tests {
                 enqueued_at_ms: 0,
             };
             s.enqueue(job).unwrap();
+            if shell.is_none() {
+                // No runner at all yet: the reason still names the executor.
+                let reason = s.pending_reason(JobId(1), 0).unwrap().to_string();
+                assert!(
+                    reason.starts_with("no connected runner has the Docker executor"),
+                    "{reason}"
+                );
+                shell = Some(s.tag_set(["linux"]));
+                s.upsert_runner(RunnerId(1), shell.clone().unwrap(), 4);
+            }
         }
         assert!(s.schedule(0).is_empty(), "a shell runner took a container job");
         let reason = |id| s.pending_reason(JobId(id), 0).unwrap().to_string();
