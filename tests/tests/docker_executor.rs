@@ -557,3 +557,33 @@ async fn a_non_root_image_user_can_write_its_workspace_and_env_file() {
     assert_eq!(job.state, JobState::Succeeded, "{job:?}\n{output}");
     assert!(output.contains("1000\ndata\nseen=yes\n"), "{output}");
 }
+
+/// `vk exec --image` runs the command in the image; its output and exit
+/// code come back as for a host job.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vk_exec_image_runs_the_command_in_a_container() {
+    let (name, _leftovers) = runner_name("vk");
+    let h = Harness::new();
+    let server = h.server().start();
+    let client = server.client().await;
+    let _agent = docker_agent(&h, &server, &client, &name).await;
+
+    let out = server
+        .vk(&[
+            "exec",
+            "--image",
+            test_image(),
+            "--",
+            "sh",
+            "-c",
+            "cat /etc/valkyrie-test-image; exit 5",
+        ])
+        .await;
+    assert_eq!(
+        text(&out.stdout),
+        "valkyrie test image\n",
+        "stderr: {}",
+        text(&out.stderr)
+    );
+    assert_eq!(out.status.code(), Some(5), "stderr: {}", text(&out.stderr));
+}
