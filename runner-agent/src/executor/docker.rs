@@ -4,11 +4,15 @@
 //! Life of a container job (modelled on GitLab Runner's Docker executor):
 //!
 //! ```text
-//! pull images (pull_policy) -> network valkyrie-<runner>-<job>-<attempt>
+//! pull images (pull_policy)
+//!   -> network valkyrie-<runner>-<job>-<attempt>-<random> (only with
+//!      services, or --docker-network-per-job; else the default bridge)
 //!   -> services (alias on that network, must be running)
 //!   -> job container (workspace bind-mounted at /workspace, PID 1 a
 //!      sleep loop) -> one exec per step -> teardown
 //! ```
+//!
+//! A cancel or the job's timeout interrupts any of these phases.
 //!
 //! Guarantees:
 //! * everything the agent creates carries the labels [`LABEL_RUNNER`],
