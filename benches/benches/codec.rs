@@ -39,6 +39,7 @@ fn job_spec() -> JobSpec {
         timeout_ms: 3_600_000,
         retry: RetryPolicy::default(),
         shell: vec!["bash".into(), "-euo".into(), "pipefail".into(), "-c".into()],
+        container: None,
     }
 }
 

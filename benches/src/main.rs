@@ -8,6 +8,7 @@
 //! transport: a 64-byte ping-pong and a two-hop relay.
 
 mod dispatch;
+mod docker;
 mod http;
 mod raw;
 mod stats;
@@ -44,6 +45,9 @@ enum Command {
         after_help = "Examples:\n  valkyrie-bench http --rate 5000 --requests 25000\n  valkyrie-bench http --rate 5000 --json"
     )]
     Http(http::HttpArgs),
+    /// Measure a container job's overhead over a shell job, next to `docker run --rm IMAGE true`.
+    #[command(after_help = "Example:\n  valkyrie-bench docker --jobs 100")]
+    Docker(docker::DockerArgs),
 }
 
 /// A transport to measure.
@@ -133,6 +137,7 @@ fn main() -> anyhow::Result<()> {
     let args = match Cli::parse().command {
         Command::Dispatch(args) => args,
         Command::Http(args) => return http::main(args),
+        Command::Docker(args) => return docker::main(args),
     };
     let dir = tempfile::Builder::new().prefix("valkyrie-bench-").tempdir()?;
     let system_rt = tokio::runtime::Builder::new_multi_thread()

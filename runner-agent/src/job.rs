@@ -26,6 +26,9 @@ pub struct JobDefaults {
     /// [`executor::env::agent_environment`] with no extra names: never a
     /// `VALKYRIE_*` variable, so never the agent's credentials.
     pub base_env: Vec<(String, String)>,
+    /// The Docker executor (`--executor docker`): every job runs in a
+    /// container. Default: none, steps run on this machine.
+    pub docker: Option<executor::docker::DockerExecutor>,
 }
 
 impl Default for JobDefaults {
@@ -35,6 +38,7 @@ impl Default for JobDefaults {
             kill_grace: executor::DEFAULT_KILL_GRACE,
             output_limit_bytes: executor::DEFAULT_OUTPUT_LIMIT_BYTES,
             base_env: executor::env::agent_environment(&[]),
+            docker: None,
         }
     }
 }
@@ -80,7 +84,53 @@ pub fn plan(job_id: u64, attempt: u32, spec: &JobSpec, work_dir: &Path, defaults
     plan.timeout = (spec.timeout_ms > 0).then(|| Duration::from_millis(spec.timeout_ms));
     plan.kill_grace = defaults.kill_grace;
     plan.output_limit_bytes = defaults.output_limit_bytes;
+    container_plan(&mut plan, attempt, spec, defaults);
     plan
+}
+
+/// Sets up a container job: the container from the spec (or the runner's
+/// default image), an environment without the agent's own (the image
+/// brings its `PATH`), `sh -e -c` unless the job names a shell. A job this
+/// runner cannot run gets a `refusal`.
+fn container_plan(plan: &mut JobPlan, attempt: u32, spec: &JobSpec, defaults: &JobDefaults) {
+    let Some(executor) = &defaults.docker else {
+        if let Some(container) = &spec.container {
+            plan.refusal = Some(format!(
+                "this runner has no Docker executor, but the job runs in image `{}`; \
+                 run it on a runner started with `--executor docker`",
+                container.image
+            ));
+        }
+        return;
+    };
+    let container = match (&spec.container, &executor.settings().default_image) {
+        (Some(container), _) => (**container).clone(),
+        (None, Some(image)) => msg::ContainerSpec::image(image.clone()),
+        (None, None) => {
+            plan.refusal = Some(
+                "this runner runs jobs in containers only and the job names no `image:`; \
+                 add `image:` to the job, or start the runner with `--docker-default-image`"
+                    .to_owned(),
+            );
+            return;
+        }
+    };
+    let host_env: Vec<&str> = defaults.base_env.iter().map(|(n, _)| n.as_str()).collect();
+    plan.base_env
+        .retain(|(name, _)| !host_env.contains(&name.as_str()));
+    for (name, value) in &mut plan.base_env {
+        if name == "VALKYRIE_WORKSPACE" {
+            *value = executor::docker::WORKSPACE_PATH.to_owned();
+        }
+    }
+    if spec.shell.is_empty() {
+        plan.shell = executor::SH_SHELL.iter().map(|s| (*s).to_owned()).collect();
+    }
+    plan.container = Some(executor::ContainerPlan {
+        executor: executor.clone(),
+        spec: container,
+        attempt,
+    });
 }
 
 fn wire_stream(s: executor::OutputStream) -> msg::OutputStream {
@@ -287,6 +337,35 @@ mod tests {
             result.message,
             "step `in sub` could not start: working directory `sub/dir` does not exist in the job \
              workspace; create it in an earlier step or fix the path"
+        );
+    }
+
+    /// A container job on a runner without Docker fails before any step,
+    /// with a reason that says where it can run.
+    #[tokio::test]
+    async fn a_container_job_on_a_shell_runner_fails_saying_why() {
+        let root = tempfile::tempdir().unwrap();
+        let spec = JobSpec {
+            container: Some(Box::new(msg::ContainerSpec::image("rust:1.89"))),
+            ..JobSpec::shell("boxed", "true")
+        };
+        let plan = plan(4, 1, &spec, root.path(), &defaults());
+        assert!(plan.container.is_none());
+        let (outbox, mut rx) = mpsc::channel(64);
+        let (_cancel, cancel_rx) = watch::channel(false);
+        run_attempt(4, 1, plan, outbox, cancel_rx).await;
+        let mut result = None;
+        while let Ok(message) = rx.try_recv() {
+            if let msg::Message::JobResult(r) = message {
+                result = Some(r);
+            }
+        }
+        let result = result.expect("a JobResult");
+        assert_eq!(result.outcome, msg::JobOutcome::Failed);
+        assert!(
+            result.message.contains("no Docker executor") && result.message.contains("rust:1.89"),
+            "{}",
+            result.message
         );
     }
 }

@@ -114,6 +114,17 @@ impl Agent {
     /// refuses our credentials.
     pub async fn run(mut self, shutdown: impl std::future::Future<Output = ()>) -> Result<(), AgentError> {
         tokio::pin!(shutdown);
+        if let Some(docker) = &self.config.defaults.docker {
+            // Nothing runs yet: whatever carries our label is a leftover.
+            match docker.remove_orphans().await {
+                Ok(0) => {}
+                Ok(n) => info!(
+                    removed = n,
+                    "removed containers and networks left by a previous run"
+                ),
+                Err(error) => warn!(%error, "could not remove containers left by a previous run"),
+            }
+        }
         let mut backoff = Duration::from_millis(100);
         let mut drain_deadline: Option<tokio::time::Instant> = None;
         let servers: Vec<Endpoint> = std::iter::once(self.config.server.clone())
@@ -177,7 +188,7 @@ impl Agent {
             let running = running_attempts(&self.state.lock().expect("state"));
             let register = RegisterRunner {
                 name: self.config.name.clone(),
-                tags: self.config.tags.clone(),
+                tags: self.advertised_tags(),
                 os: std::env::consts::OS.into(),
                 arch: std::env::consts::ARCH.into(),
                 slots: self.config.slots,
@@ -275,6 +286,15 @@ impl Agent {
     fn is_drained(&self) -> bool {
         let state = self.state.lock().expect("state");
         state.running.is_empty() && state.unacked.is_empty() && self.outbox_rx.is_empty()
+    }
+
+    /// The configured tags, plus the Docker executor's when it is on.
+    fn advertised_tags(&self) -> Vec<String> {
+        let mut tags = self.config.tags.clone();
+        if self.config.defaults.docker.is_some() {
+            tags.push(valkyrie::message::DOCKER_EXECUTOR_TAG.to_owned());
+        }
+        tags
     }
 
     fn start_drain(&self) -> tokio::time::Instant {

@@ -91,3 +91,45 @@ async fn refused_token_exits_non_zero_with_the_servers_reason() {
         "{stderr}"
     );
 }
+
+/// Executor settings that cannot work are refused before connecting:
+/// the executor's reserved tag, Docker options on a shell runner, a
+/// relative volume, an unreachable Docker Engine.
+#[test]
+fn bad_executor_settings_are_refused_naming_the_fix() {
+    let dir = tempfile::tempdir().unwrap();
+    let work = dir.path().to_str().unwrap();
+    let base = ["--token", "t", "--work-dir", work];
+    for (extra, needle) in [
+        (
+            &["--tags", "linux,executor:docker"][..],
+            "set by the agent from --executor",
+        ),
+        (
+            &["--docker-privileged"][..],
+            "--docker-* options need --executor docker",
+        ),
+        (
+            &["--executor", "docker", "--docker-volume", "cache:/cache"][..],
+            "write it as /host/path:/container/path[:ro]",
+        ),
+    ] {
+        let mut args = base.to_vec();
+        args.extend_from_slice(extra);
+        let out = agent_sync(&args);
+        assert!(!out.status.success(), "{extra:?} was accepted");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(needle), "{extra:?}: {stderr}");
+    }
+    let mut command = Command::new(env!("CARGO_BIN_EXE_valkyrie-agent"));
+    let out = command
+        .args(base)
+        .args(["--executor", "docker"])
+        .env("DOCKER_HOST", format!("unix://{work}/no-such.sock"))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("cannot reach the Docker Engine"), "{stderr}");
+}

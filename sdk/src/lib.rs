@@ -25,8 +25,9 @@ use valkyrie::transport::{connect, hello, ConnectError, RequestError};
 use valkyrie::{Endpoint, SessionSender};
 
 pub use valkyrie::message::{
-    AuditEntry, Event, EventBody, JobInfo, JobSpec, JobState, OutputStream, RetryOn, RetryPolicy, RunInfo,
-    RunJobInfo, RunJobState, RunState, RunnerInfo, RunnerState, StepSpec,
+    AuditEntry, ContainerSpec, Event, EventBody, JobInfo, JobSpec, JobState, OutputStream, PullPolicy,
+    RetryOn, RetryPolicy, RunInfo, RunJobInfo, RunJobState, RunState, RunnerInfo, RunnerState, ServiceSpec,
+    StepSpec,
 };
 pub use valkyrie::pipeline;
 pub use valkyrie::transport::{ClientOptions, ClientTls};

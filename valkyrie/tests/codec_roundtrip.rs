@@ -63,6 +63,37 @@ fn step() -> impl Strategy<Value = StepSpec> {
         )
 }
 
+fn container() -> impl Strategy<Value = ContainerSpec> {
+    let service = (text(), text(), pairs(), texts()).prop_map(|(image, alias, env, command)| ServiceSpec {
+        image,
+        alias,
+        env,
+        command,
+    });
+    (
+        text(),
+        proptest::option::of(texts()),
+        prop_oneof![
+            Just(PullPolicy::IfNotPresent),
+            Just(PullPolicy::Always),
+            Just(PullPolicy::Never)
+        ],
+        vec(service, 0..3),
+        any::<u32>(),
+        any::<u64>(),
+    )
+        .prop_map(
+            |(image, entrypoint, pull_policy, services, cpus_milli, memory_bytes)| ContainerSpec {
+                image,
+                entrypoint,
+                pull_policy,
+                services,
+                cpus_milli,
+                memory_bytes,
+            },
+        )
+}
+
 fn job_spec() -> impl Strategy<Value = JobSpec> {
     (
         (text(), text(), any::<u8>(), texts()),
@@ -79,9 +110,15 @@ fn job_spec() -> impl Strategy<Value = JobSpec> {
             ])
         ],
         (pairs(), pairs(), any::<u64>(), any::<u32>(), any::<u8>(), texts()),
+        proptest::option::of(container().prop_map(Box::new)),
     )
         .prop_map(
-            |((name, project, priority, tags), steps, (env, secrets, timeout_ms, max_retries, on, shell))| {
+            |(
+                (name, project, priority, tags),
+                steps,
+                (env, secrets, timeout_ms, max_retries, on, shell),
+                container,
+            )| {
                 JobSpec {
                     name,
                     project,
@@ -96,6 +133,7 @@ fn job_spec() -> impl Strategy<Value = JobSpec> {
                         on: RetryOn(on),
                     },
                     shell,
+                    container,
                 }
             },
         )

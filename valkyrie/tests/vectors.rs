@@ -391,6 +391,7 @@ fn build_and_test_job() -> JobSpec {
             on: RetryOn(RetryOn::FAILED.0 | RetryOn::LOST.0),
         },
         shell: strings(&["bash", "-euo", "pipefail", "-c"]),
+        container: None,
     }
 }
 
@@ -749,6 +750,30 @@ fn message_cases() -> Vec<MessageCase> {
                         "trap 'exit 0' TERM; sleep 9 & wait",
                     ]))],
                 ),
+            }
+            .into(),
+        ),
+        (
+            "submit_job_container",
+            104,
+            none,
+            SubmitJob {
+                spec: JobSpec {
+                    container: Some(Box::new(ContainerSpec {
+                        image: "rust:1.89".into(),
+                        entrypoint: Some(vec![]),
+                        pull_policy: PullPolicy::Never,
+                        services: vec![ServiceSpec {
+                            image: "postgres:16".into(),
+                            alias: "db".into(),
+                            env: vec![pair("POSTGRES_PASSWORD", "ci")],
+                            command: strings(&["postgres", "-c", "fsync=off"]),
+                        }],
+                        cpus_milli: 1500,
+                        memory_bytes: 512 << 20,
+                    })),
+                    ..JobSpec::shell("test", "cargo test")
+                },
             }
             .into(),
         ),

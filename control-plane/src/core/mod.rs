@@ -673,7 +673,8 @@ impl Core {
     }
 
     fn enqueue(&mut self, record: &JobRecord) {
-        let required = self.scheduler.tag_set(&record.spec.tags);
+        // A container job also needs the Docker executor's tag.
+        let required = self.scheduler.tag_set(record.spec.required_tags());
         let queued = QueuedJob {
             id: record.id,
             priority: record.spec.priority,

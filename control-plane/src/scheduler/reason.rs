@@ -75,7 +75,23 @@ impl fmt::Display for PendingReason {
                 missing_everywhere,
                 closest,
             } => {
-                if missing_everywhere.is_empty() {
+                let docker = valkyrie::message::DOCKER_EXECUTOR_TAG;
+                let others: Vec<&str> = missing_everywhere
+                    .iter()
+                    .map(String::as_str)
+                    .filter(|t| *t != docker)
+                    .collect();
+                if others.len() < missing_everywhere.len() {
+                    // The implicit tag of `image:` jobs: say what it means.
+                    write!(
+                        f,
+                        "no connected runner has the Docker executor, which the job's `image:` needs \
+                         (start one with `valkyrie-agent --executor docker`)"
+                    )?;
+                    if !others.is_empty() {
+                        write!(f, "; no connected runner has tags [{}]", others.join(", "))?;
+                    }
+                } else if missing_everywhere.is_empty() {
                     write!(f, "no connected runner has all the required tags")?;
                 } else {
                     write!(
@@ -149,10 +165,18 @@ pub(crate) fn explain(
     tags: &TagInterner,
     now_ms: u64,
 ) -> PendingReason {
+    let required = &entry.job.required;
     if runners.len() == 0 {
+        // A container job says which kind of runner it waits for.
+        let docker = valkyrie::message::DOCKER_EXECUTOR_TAG;
+        if tags.lookup(docker).is_some_and(|id| required.contains(id)) {
+            return PendingReason::NoMatchingRunner {
+                missing_everywhere: vec![docker.to_owned()],
+                closest: None,
+            };
+        }
         return PendingReason::NoRunners;
     }
-    let required = &entry.job.required;
     let eligible: Vec<_> = runners
         .groups()
         .iter()
@@ -222,5 +246,59 @@ fn no_match(required: &TagSet, runners: &RunnerIndex, tags: &TagInterner) -> Pen
     PendingReason::NoMatchingRunner {
         missing_everywhere,
         closest,
+    }
+}
+
+#[cfg(test)]
+mod docker_tests {
+    use valkyrie::message::DOCKER_EXECUTOR_TAG;
+
+    use crate::scheduler::{JobId, QueuedJob, RunnerId, Scheduler};
+
+    #[test]
+    fn a_container_job_without_a_docker_runner_says_so() {
+        let mut s = Scheduler::default();
+        let mut shell = None;
+        for (id, tags) in [
+            (1, vec![DOCKER_EXECUTOR_TAG]),
+            (2, vec![DOCKER_EXECUTOR_TAG, "gpu"]),
+        ] {
+            let required = s.tag_set(tags);
+            let job = QueuedJob {
+                id: JobId(id),
+                priority: 0,
+                project: "p".into(),
+                required,
+                enqueued_at_ms: 0,
+            };
+            s.enqueue(job).unwrap();
+            if shell.is_none() {
+                // No runner at all yet: the reason still names the executor.
+                let reason = s.pending_reason(JobId(1), 0).unwrap().to_string();
+                assert!(
+                    reason.starts_with("no connected runner has the Docker executor"),
+                    "{reason}"
+                );
+                shell = Some(s.tag_set(["linux"]));
+                s.upsert_runner(RunnerId(1), shell.clone().unwrap(), 4);
+            }
+        }
+        assert!(s.schedule(0).is_empty(), "a shell runner took a container job");
+        let reason = |id| s.pending_reason(JobId(id), 0).unwrap().to_string();
+        assert_eq!(
+            reason(1),
+            "no connected runner has the Docker executor, which the job's `image:` needs \
+             (start one with `valkyrie-agent --executor docker`)"
+        );
+        assert!(
+            reason(2).ends_with("; no connected runner has tags [gpu]"),
+            "{}",
+            reason(2)
+        );
+        let docker = s.tag_set([DOCKER_EXECUTOR_TAG]);
+        s.upsert_runner(RunnerId(2), docker, 4);
+        let plan = s.schedule(0);
+        assert_eq!(plan.len(), 1);
+        assert_eq!((plan[0].job, plan[0].runner), (JobId(1), RunnerId(2)));
     }
 }

@@ -25,6 +25,7 @@
 //! A step's environment is built by [`env`]: nothing of the agent's own
 //! environment but [`JobPlan::base_env`] reaches it.
 
+pub mod docker;
 pub mod env;
 mod output;
 mod pipe;
@@ -52,7 +53,7 @@ pub const DEFAULT_KILL_GRACE: Duration = Duration::from_secs(10);
 pub const DEFAULT_OUTPUT_LIMIT_BYTES: u64 = 64 * 1024 * 1024;
 
 /// Everything needed to run one job.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone)]
 pub struct JobPlan {
     pub job_id: u64,
     pub steps: Vec<StepPlan>,
@@ -82,6 +83,21 @@ pub struct JobPlan {
     /// Cap on the job's total output bytes (after masking).
     /// Default [`DEFAULT_OUTPUT_LIMIT_BYTES`].
     pub output_limit_bytes: u64,
+    /// Run the steps in a container (the Docker executor). Default: none,
+    /// steps are processes on this machine.
+    pub container: Option<ContainerPlan>,
+    /// Why this runner cannot run the job (e.g. a container job on a
+    /// runner without Docker); the job fails with it before any step.
+    pub refusal: Option<String>,
+}
+
+/// The container a job's steps run in, and the executor that makes it.
+#[derive(Clone, Debug)]
+pub struct ContainerPlan {
+    pub executor: docker::DockerExecutor,
+    pub spec: valkyrie::message::ContainerSpec,
+    /// For the labels.
+    pub attempt: u32,
 }
 
 impl JobPlan {
@@ -98,6 +114,8 @@ impl JobPlan {
             timeout: None,
             kill_grace: DEFAULT_KILL_GRACE,
             output_limit_bytes: DEFAULT_OUTPUT_LIMIT_BYTES,
+            container: None,
+            refusal: None,
         }
     }
 }
@@ -120,6 +138,8 @@ impl std::fmt::Debug for JobPlan {
             .field("timeout", &self.timeout)
             .field("kill_grace", &self.kill_grace)
             .field("output_limit_bytes", &self.output_limit_bytes)
+            .field("container", &self.container.as_ref().map(|c| &c.spec))
+            .field("refusal", &self.refusal)
             .finish()
     }
 }
@@ -272,8 +292,12 @@ pub fn files_dir(workspace: &Path) -> PathBuf {
 
 /// The job's environment before its first step: `base_env`, the job's
 /// `env` expanded in order, then its secrets (literal).
-fn job_environment(plan: &JobPlan) -> Result<Env, String> {
+fn job_environment(plan: &JobPlan, container: Option<&docker::JobContainer>) -> Result<Env, String> {
     let mut env = Env::default();
+    // In a container, the image's environment (its PATH above all) first.
+    for (name, value) in container.iter().flat_map(|c| &c.image_env) {
+        env.set(name, value.clone());
+    }
     for (name, value) in &plan.base_env {
         env.set(name, value.clone());
     }
@@ -291,26 +315,34 @@ fn job_environment(plan: &JobPlan) -> Result<Env, String> {
 struct StepFiles {
     env: PathBuf,
     path: PathBuf,
+    /// 0600, or 0666 for a container job, whose user need not be the agent's.
+    mode: u32,
 }
 
 impl StepFiles {
-    fn new(dir: &Path) -> Self {
+    fn new(dir: &Path, shared: bool) -> Self {
         StepFiles {
             env: dir.join("env"),
             path: dir.join("path"),
+            mode: if shared { 0o666 } else { 0o600 },
         }
     }
 
-    /// Empties both files (0600) for the next step.
+    /// Empties both files for the next step.
     async fn reset(&self) -> std::io::Result<()> {
+        use std::os::unix::fs::PermissionsExt;
         for file in [&self.env, &self.path] {
             tokio::fs::OpenOptions::new()
                 .write(true)
                 .create(true)
                 .truncate(true)
-                .mode(0o600)
+                .mode(self.mode)
                 .open(file)
                 .await?;
+            if self.mode != 0o600 {
+                // The umask may have narrowed the mode given at creation.
+                tokio::fs::set_permissions(file, std::fs::Permissions::from_mode(self.mode)).await?;
+            }
         }
         Ok(())
     }
@@ -368,9 +400,11 @@ pub async fn run_job(
         let mut ended: Option<JobOutcome> = None;
         let mut job_error: Option<String> = None;
         let mut exit_code = None;
-        // Jobs of no-op steps start no process and need no directory.
-        let needs_workspace = plan.steps.iter().any(|s| !matches!(s.command, StepCommand::Noop));
-        let files = StepFiles::new(&files_dir(&plan.workspace));
+        // Jobs of no-op steps start no process and need no directory
+        // (unless they run in a container, which mounts it).
+        let needs_workspace =
+            plan.container.is_some() || plan.steps.iter().any(|s| !matches!(s.command, StepCommand::Noop));
+        let files = StepFiles::new(&files_dir(&plan.workspace), plan.container.is_some());
         let created = if needs_workspace {
             match create_private_dir(&plan.workspace).await {
                 Ok(()) => create_private_dir(&files_dir(&plan.workspace)).await,
@@ -378,6 +412,20 @@ pub async fn run_job(
             }
         } else {
             Ok(())
+        };
+        // A container's user need not be the agent's: its two directories
+        // are opened to every user. Nobody else on the host reaches them,
+        // as the work directory above them stays private (0700).
+        let created = match created {
+            Ok(()) if plan.container.is_some() => {
+                use std::os::unix::fs::PermissionsExt;
+                let open = std::fs::Permissions::from_mode(0o777);
+                match tokio::fs::set_permissions(&plan.workspace, open.clone()).await {
+                    Ok(()) => tokio::fs::set_permissions(files_dir(&plan.workspace), open).await,
+                    Err(e) => Err(e),
+                }
+            }
+            other => other,
         };
         if let Err(error) = created {
             tracing::warn!(workspace = %plan.workspace.display(), %error, "could not create workspace");
@@ -389,7 +437,38 @@ pub async fn run_job(
             job_error = Some(message);
             ended = Some(JobOutcome::Failed);
         }
-        let mut job_env = match job_environment(&plan) {
+        if let (None, Some(refusal)) = (ended, &plan.refusal) {
+            sink.system(&format!("[valkyrie] {refusal}\n")).await;
+            job_error = Some(refusal.clone());
+            ended = Some(JobOutcome::Failed);
+        }
+        let mut container: Option<docker::JobContainer> = None;
+        if let (None, Some(c)) = (ended, &plan.container) {
+            let (started, result) = docker::JobContainer::start(
+                &c.executor,
+                &c.spec,
+                plan.job_id,
+                c.attempt,
+                &plan.workspace,
+                &files_dir(&plan.workspace),
+                deadline,
+                &mut cancel,
+            )
+            .await;
+            match result {
+                Ok(()) => {}
+                Err(docker::StartError::Failed(error)) => {
+                    tracing::warn!(%error, "could not start the job's containers");
+                    sink.system(&format!("[valkyrie] {error}\n")).await;
+                    job_error = Some(error);
+                    ended = Some(JobOutcome::Failed);
+                }
+                Err(docker::StartError::Cancelled) => ended = Some(JobOutcome::Cancelled),
+                Err(docker::StartError::TimedOut) => ended = Some(JobOutcome::TimedOut),
+            }
+            container = Some(started);
+        }
+        let mut job_env = match job_environment(&plan, container.as_ref()) {
             Ok(env) => env,
             Err(error) => {
                 if ended.is_none() {
@@ -434,6 +513,7 @@ pub async fn run_job(
                             argv,
                             &mut job_env,
                             &files,
+                            container.as_ref(),
                             deadline,
                             &mut sink,
                             &mut cancel,
@@ -448,6 +528,7 @@ pub async fn run_job(
                             argv.clone(),
                             &mut job_env,
                             &files,
+                            container.as_ref(),
                             deadline,
                             &mut sink,
                             &mut cancel,
@@ -484,6 +565,9 @@ pub async fn run_job(
             output_truncated: sink.log.truncated(),
             error: job_error,
         };
+        if let Some(container) = container {
+            container.teardown().await;
+        }
         if needs_workspace {
             let _ = tokio::fs::remove_dir_all(files_dir(&plan.workspace)).await;
         }
@@ -515,6 +599,7 @@ async fn run_process_step(
     argv: Vec<String>,
     job_env: &mut Env,
     files: &StepFiles,
+    container: Option<&docker::JobContainer>,
     deadline: Option<Instant>,
     sink: &mut EventSink,
     cancel: &mut watch::Receiver<bool>,
@@ -528,20 +613,40 @@ async fn run_process_step(
             break;
         }
     }
-    env.set("VALKYRIE_ENV", files.env.display().to_string());
-    env.set("VALKYRIE_PATH", files.path.display().to_string());
     if let Err(error) = files_ready {
         tracing::warn!(%error, "could not prepare $VALKYRIE_ENV / $VALKYRIE_PATH");
     }
-    let run = step::ProcessStep {
-        plan,
-        index,
-        step,
-        argv,
-        env: expanded.map(|()| env),
-        deadline,
+    let mut result = match container {
+        Some(container) => {
+            env.set("VALKYRIE_ENV", format!("{}/env", docker::FILES_PATH));
+            env.set("VALKYRIE_PATH", format!("{}/path", docker::FILES_PATH));
+            run_container_step(
+                plan,
+                index,
+                step,
+                argv,
+                expanded.map(|()| env),
+                container,
+                deadline,
+                sink,
+                cancel,
+            )
+            .await
+        }
+        None => {
+            env.set("VALKYRIE_ENV", files.env.display().to_string());
+            env.set("VALKYRIE_PATH", files.path.display().to_string());
+            let run = step::ProcessStep {
+                plan,
+                index,
+                step,
+                argv,
+                env: expanded.map(|()| env),
+                deadline,
+            };
+            run.run(sink, cancel).await
+        }
     };
-    let mut result = run.run(sink, cancel).await;
     if !matches!(
         result.outcome,
         StepOutcome::Succeeded | StepOutcome::FailedAllowed
@@ -569,6 +674,92 @@ async fn run_process_step(
         }
     }
     result
+}
+
+/// Runs one step in the job's container (`docker exec`): the same events,
+/// outcomes and working-directory rules as a process step.
+#[allow(clippy::too_many_arguments)]
+async fn run_container_step(
+    plan: &JobPlan,
+    index: u32,
+    step: &StepPlan,
+    argv: Vec<String>,
+    env: Result<Env, env::ExpandError>,
+    container: &docker::JobContainer,
+    deadline: Option<Instant>,
+    sink: &mut EventSink,
+    cancel: &mut watch::Receiver<bool>,
+) -> StepResult {
+    let span = tracing::info_span!("step", index, name = %step.name);
+    async move {
+        let started = Instant::now();
+        let failed = if step.continue_on_error {
+            StepOutcome::FailedAllowed
+        } else {
+            StepOutcome::Failed
+        };
+        sink.send(ExecEvent::StepStarted {
+            index,
+            name: step.name.clone(),
+            pgid: None,
+        })
+        .await;
+        let prepared = (|| {
+            let env = env.map_err(|e| format!("step env {e}"))?;
+            step::working_directory(&plan.workspace, step.working_directory.as_deref())
+                .map_err(|e| e.to_string())?;
+            if argv.is_empty() {
+                return Err("the step's command is empty (an empty `shell`?)".to_owned());
+            }
+            let cwd = match &step.working_directory {
+                Some(dir) => format!("{}/{dir}", docker::WORKSPACE_PATH),
+                None => docker::WORKSPACE_PATH.to_owned(),
+            };
+            let env: Vec<String> = env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            Ok((env, cwd))
+        })();
+        let ran = match prepared {
+            Ok((env, cwd)) => {
+                let command = docker::ExecCommand { argv, env, cwd };
+                container
+                    .exec(command, deadline, plan.kill_grace, sink, cancel)
+                    .await
+            }
+            Err(e) => Err(e),
+        };
+        let result = match ran {
+            Ok(ran) => StepResult {
+                exit_code: ran.exit_code,
+                signal: None,
+                duration: started.elapsed(),
+                outcome: match (ran.stopped, ran.exit_code) {
+                    (Some(step::StopReason::Cancelled), _) => StepOutcome::Cancelled,
+                    (Some(step::StopReason::TimedOut), _) => StepOutcome::TimedOut,
+                    (None, Some(0)) => StepOutcome::Succeeded,
+                    (None, _) => failed,
+                },
+                error: None,
+            },
+            Err(error) => {
+                sink.system(&format!(
+                    "[valkyrie] could not start step `{}`: {error}\n",
+                    step.name
+                ))
+                .await;
+                StepResult {
+                    exit_code: None,
+                    signal: None,
+                    duration: started.elapsed(),
+                    outcome: failed,
+                    error: Some(format!("could not start: {error}")),
+                }
+            }
+        };
+        tracing::info!(?result.outcome, ?result.exit_code, "step finished");
+        result
+    }
+    .instrument(span)
+    .await
 }
 
 /// Where events go: numbering, limit and masking in front of the channel.

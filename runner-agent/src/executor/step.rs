@@ -31,7 +31,7 @@ const DRAIN_AFTER_EXIT: Duration = Duration::from_secs(1);
 
 /// Why the agent stopped a step.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum StopReason {
+pub(super) enum StopReason {
     Cancelled,
     TimedOut,
 }
@@ -261,14 +261,14 @@ impl ProcessStep<'_> {
 
 /// Completes when the cancel flag is (or becomes) true; never, if the sender
 /// is gone without cancelling.
-async fn cancelled(cancel: &mut watch::Receiver<bool>) {
+pub(super) async fn cancelled(cancel: &mut watch::Receiver<bool>) {
     if cancel.wait_for(|cancelled| *cancelled).await.is_err() {
         std::future::pending::<()>().await;
     }
 }
 
 /// Sleeps until `at`, or forever when there is no such deadline.
-async fn sleep_until(at: Option<Instant>) {
+pub(super) async fn sleep_until(at: Option<Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
@@ -278,7 +278,7 @@ async fn sleep_until(at: Option<Instant>) {
 /// The step's cwd: the workspace, or a directory inside it. Refuses paths
 /// that would leave the workspace, so a pipeline cannot run steps elsewhere
 /// on the runner by accident, and names a directory that is missing.
-fn working_directory(workspace: &Path, relative: Option<&str>) -> Result<PathBuf, StartStepError> {
+pub(super) fn working_directory(workspace: &Path, relative: Option<&str>) -> Result<PathBuf, StartStepError> {
     let Some(relative) = relative else {
         return Ok(workspace.to_path_buf());
     };

@@ -139,7 +139,7 @@ macro_rules! struct_field {
 struct_field!(
     RunInfo = 30,
     RunJobInfo = 19,
-    JobSpec = 42,
+    JobSpec = 43,
     StepSpec = 11,
     JobInfo = 42,
     RunnerInfo = 45,

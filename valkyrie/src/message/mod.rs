@@ -1,6 +1,7 @@
 //! The message catalogue: one struct per frame kind, and [`Message`], the
 //! enum of them all. Field order in each struct is the wire order.
 
+mod container;
 mod field;
 mod types;
 pub(crate) mod wire;
@@ -8,6 +9,7 @@ pub(crate) mod wire;
 use bytes::{Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
 
+pub use container::{ContainerSpec, PullPolicy, ServiceSpec, DOCKER_EXECUTOR_TAG, EXECUTOR_TAG_PREFIX};
 pub use field::WireField;
 pub use types::*;
 use wire::{Reader, Writer};

@@ -4,6 +4,7 @@
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
+use super::container::{ContainerSpec, DOCKER_EXECUTOR_TAG};
 use super::wire::{Reader, Writer};
 use crate::error::DecodeError;
 
@@ -330,6 +331,11 @@ pub struct JobSpec {
     /// Shell argv the step line is appended to; empty means the agent's
     /// default (`bash -eo pipefail -c`, or `sh -e -c` without bash).
     pub shell: Vec<String>,
+    /// The container the steps run in (`image:`); `None` runs them on the
+    /// runner's host. A job with a container needs a Docker runner.
+    /// Boxed: most jobs have none, and messages stay small.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<Box<ContainerSpec>>,
 }
 
 impl std::fmt::Debug for JobSpec {
@@ -350,6 +356,7 @@ impl std::fmt::Debug for JobSpec {
             .field("timeout_ms", &self.timeout_ms)
             .field("retry", &self.retry)
             .field("shell", &self.shell)
+            .field("container", &self.container)
             .finish()
     }
 }
@@ -373,7 +380,18 @@ impl JobSpec {
             timeout_ms: 0,
             retry: RetryPolicy::default(),
             shell: Vec::new(),
+            container: None,
         }
+    }
+
+    /// The tags a runner needs to take this job: its own `tags`, plus
+    /// [`DOCKER_EXECUTOR_TAG`] when it runs in a container.
+    pub fn required_tags(&self) -> Vec<&str> {
+        let mut tags: Vec<&str> = self.tags.iter().map(String::as_str).collect();
+        if self.container.is_some() && !tags.contains(&DOCKER_EXECUTOR_TAG) {
+            tags.push(DOCKER_EXECUTOR_TAG);
+        }
+        tags
     }
 
     pub(crate) fn read(r: &mut Reader) -> Result<Self, DecodeError> {
@@ -393,6 +411,7 @@ impl JobSpec {
                 on: RetryOn(r.u8("job.retry.on")?),
             },
             shell: r.strings("job.shell")?,
+            container: r.option("job.container", |r| ContainerSpec::read(r).map(Box::new))?,
         })
     }
 
@@ -408,6 +427,7 @@ impl JobSpec {
         w.u32(self.retry.max_retries);
         w.u8(self.retry.on.0);
         w.strings(&self.shell);
+        w.option(&self.container, |w, c| c.write(w));
     }
 }
 

@@ -26,7 +26,7 @@ pub(crate) fn well_known(level: Level, key: &str) -> Option<String> {
         }
         (Level::Pipeline, "include") => "Valkyrie does not include other files yet; put the jobs in this file",
         (Level::Pipeline, "concurrency" | "permissions") => "Valkyrie has no `concurrency` or `permissions` yet",
-        (Level::Pipeline, "image" | "services" | "before_script" | "after_script" | "cache") => {
+        (Level::Pipeline, "before_script" | "after_script" | "cache") => {
             "GitLab's global keywords have no Valkyrie equivalent at pipeline level; shared settings go in `defaults:`"
         }
         // Job level.
@@ -52,10 +52,9 @@ pub(crate) fn well_known(level: Level, key: &str) -> Option<String> {
         (Level::Job, "only" | "except" | "rules") => {
             "Valkyrie has no rules to include or exclude jobs by branch or change yet; use `if:` for on_success, on_failure, always"
         }
-        (Level::Job, "image" | "container") => {
-            "Valkyrie runs steps on the runner's host, not in a container image; choose runners with `tags:`"
+        (Level::Job, "container") => {
+            "use `image:` (`image: {name, entrypoint}` for the long form) and `services:`"
         }
-        (Level::Job, "services") => "Valkyrie has no service containers yet; start what you need in a step",
         (Level::Job, "dependencies") => "use `needs:` (the jobs this one waits for)",
         (Level::Job, "parallel") => "use `matrix:` (one job per combination of values)",
         (Level::Job, "extends") => "Valkyrie has no `extends`; put what jobs share in `defaults:`",

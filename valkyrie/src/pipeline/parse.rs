@@ -14,6 +14,9 @@ use super::limits::{self, *};
 use super::model::{Condition, Pipeline, PipelineJob};
 use crate::message::{JobSpec, RetryOn, RetryPolicy, StepCommand, StepSpec};
 
+mod container;
+use container::ContainerKeys;
+
 const TOP_KEYS: &[&str] = &[
     "name",
     "description",
@@ -24,6 +27,9 @@ const TOP_KEYS: &[&str] = &[
     "timeout",
     "defaults",
     "jobs",
+    "image",
+    "services",
+    "pull_policy",
 ];
 const DEFAULTS_KEYS: &[&str] = &["shell", "env", "timeout", "tags", "retry"];
 const STAGE_KEYS: &[&str] = &["name", "env"];
@@ -42,6 +48,10 @@ const JOB_KEYS: &[&str] = &[
     "priority",
     "project",
     "shell",
+    "image",
+    "services",
+    "pull_policy",
+    "resources",
 ];
 const STEP_KEYS: &[&str] = &["name", "run", "env", "working_directory", "continue_on_error"];
 const RETRY_KEYS: &[&str] = &["max", "when"];
@@ -320,10 +330,11 @@ pub fn parse(file: &str, text: &str) -> Result<Pipeline, PipelineErrors> {
         .and_then(|n| cx.duration_ms(n, "timeout"))
         .unwrap_or(0);
 
-    let defaults = match top.get_node("defaults") {
+    let mut defaults = match top.get_node("defaults") {
         Some(node) => parse_defaults(&mut cx, node),
         None => Defaults::default(),
     };
+    defaults.container = ContainerKeys::parse(&mut cx, top, "the pipeline", false);
 
     // Stages: names, or mappings with a name and an env.
     let mut stages: Vec<(String, Vec<(String, String)>)> = Vec::new();
@@ -652,6 +663,8 @@ struct Defaults {
     timeout_ms: Option<u64>,
     tags: Option<Vec<String>>,
     retry: Option<RetryPolicy>,
+    /// `image`, `services` and `pull_policy` at pipeline level.
+    container: ContainerKeys,
 }
 
 fn parse_defaults(cx: &mut Ctx<'_>, node: &Node) -> Defaults {
@@ -678,6 +691,7 @@ fn parse_defaults(cx: &mut Ctx<'_>, node: &Node) -> Defaults {
                 .collect()
         }),
         retry: map.get_node("retry").map(|n| parse_retry(cx, n, "defaults")),
+        container: ContainerKeys::default(),
     }
 }
 
@@ -866,7 +880,10 @@ fn parse_job(
         Some(other) => cx.error(other.span(), format!("{what} steps must be a list"), None),
     }
 
+    let container =
+        ContainerKeys::parse(cx, map, &what, true).resolve(&defaults.container, cx, key.span(), &what);
     let spec = JobSpec {
+        container: container.map(Box::new),
         name: name.clone(),
         project,
         priority,
@@ -1065,6 +1082,9 @@ fn expand(job: &RawJob, combination: &[(String, String)]) -> PipelineJob {
             }
         }
         spec.tags = spec.tags.iter().map(|t| substitute(t, combination)).collect();
+        if let Some(container) = &mut spec.container {
+            container.image = substitute(&container.image, combination);
+        }
     }
     spec.name = name.clone();
     PipelineJob {

@@ -504,10 +504,6 @@ fn github_and_gitlab_keys_get_the_valkyrie_equivalent() {
             "put `matrix:` directly in the job",
         ),
         (
-            "jobs:\n  a:\n    services: [db]\n    steps: [x]\n",
-            "no service containers",
-        ),
-        (
             "jobs:\n  a:\n    continue-on-error: true\n    steps: [x]\n",
             "`allow_failure: true`",
         ),
@@ -518,8 +514,8 @@ fn github_and_gitlab_keys_get_the_valkyrie_equivalent() {
             "put the commands in `steps:`",
         ),
         (
-            "jobs:\n  a:\n    image: rust\n    steps: [x]\n",
-            "not in a container image",
+            "jobs:\n  a:\n    container: rust\n    steps: [x]\n",
+            "use `image:`",
         ),
         ("jobs:\n  a:\n    when: manual\n    steps: [x]\n", "use `if:`"),
         ("jobs:\n  a:\n    only: [main]\n    steps: [x]\n", "no rules"),

@@ -88,6 +88,10 @@ enum Command {
         /// Project, for fair share.
         #[arg(long, default_value = "default")]
         project: String,
+        /// Run it in a container of this image, on a runner with the Docker executor
+        /// (`valkyrie-agent --executor docker`), e.g. `--image rust:1.89`.
+        #[arg(long)]
+        image: Option<String>,
         /// The command and its arguments; flags of `vk exec` go before it
         /// (an unknown one is an error, not part of the command).
         #[arg(required = true, trailing_var_arg = true)]
@@ -390,6 +394,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             detach,
             priority,
             project,
+            image,
             command,
         } => {
             // Run argv directly, with no shell in between, so a cancel's
@@ -399,6 +404,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             spec.timeout_ms = timeout.map_or(0, |t| t.as_millis() as u64);
             spec.priority = priority;
             spec.project = project;
+            spec.container = image
+                .filter(|i| !i.is_empty())
+                .map(|i| Box::new(valkyrie_sdk::ContainerSpec::image(i)));
             let job = client.submit(spec).await?;
             if detach {
                 outln!("{job}");
