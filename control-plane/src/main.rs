@@ -18,7 +18,7 @@ use valkyrie_control_plane::responder::Responder;
 use valkyrie_control_plane::rest::auth::{JwtKeys, Role};
 use valkyrie_control_plane::rest::{self, RestConfig};
 use valkyrie_control_plane::store::embedded::EmbeddedStore;
-use valkyrie_control_plane::store::leader::LeaseConfig;
+use valkyrie_control_plane::store::leader::{LeaderInfo, LeaseConfig};
 use valkyrie_control_plane::store::mongo::MongoStore;
 use valkyrie_control_plane::store::seal::{SealedStore, SecretsKey};
 use valkyrie_control_plane::store::{step_down, Durability, Store, StoreHandle};
@@ -280,7 +280,42 @@ async fn run() -> anyhow::Result<()> {
             key
         }
     };
-    let store = open_store(&args, &data_dir).await?;
+    // Bound before the store is opened: a standby answers /healthz and
+    // /readyz (not ready, naming the leader) while it waits to lead.
+    let http_listener = match args.http {
+        Some(addr) => {
+            let listener = std::net::TcpListener::bind(addr)
+                .with_context(|| format!("cannot listen for HTTP on {addr}"))?;
+            listener.set_nonblocking(true)?;
+            Some(listener)
+        }
+        None => None,
+    };
+    let leader: Arc<std::sync::Mutex<Option<LeaderInfo>>> = Arc::default();
+    let standby_http = match &http_listener {
+        Some(listener) => {
+            let listener = tokio::net::TcpListener::from_std(listener.try_clone()?)?;
+            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+            let router = standby_router(leader.clone());
+            let task = tokio::spawn(async move {
+                let stop = async move {
+                    let _ = stopped.await;
+                };
+                if let Err(err) = rest::serve_until(listener, router, stop).await {
+                    tracing::warn!(%err, "the standby HTTP server stopped");
+                }
+            });
+            Some((stop, task))
+        }
+        None => None,
+    };
+    let store = open_store(&args, &data_dir, leader).await?;
+    if let Some((stop, task)) = standby_http {
+        // Not a graceful stop: a keep-alive connection must not hold the
+        // new leader back; its next request reaches the real router.
+        let _ = stop.send(());
+        task.abort();
+    }
     let mut store = SealedStore::new(store, key);
     let loaded = store.load().context("cannot load the stored state")?;
     let store = StoreHandle::spawn(Box::new(store), metrics.clone());
@@ -289,7 +324,7 @@ async fn run() -> anyhow::Result<()> {
     let listeners_bound = Arc::new(AtomicBool::new(false));
     let (stop_http, http_stopped) = tokio::sync::watch::channel(false);
     let mut http_task = None;
-    if let Some(addr) = args.http {
+    if let Some(http_listener) = http_listener {
         let (jwt, generated) = JwtKeys::load_or_generate(&data_dir)
             .with_context(|| format!("cannot store jwt-secret in {}", data_dir.display()))?;
         if generated {
@@ -299,9 +334,7 @@ async fn run() -> anyhow::Result<()> {
             .cors_origins(args.cors_origin.clone())
             .rate_limit(args.rate_limit, args.rate_limit_burst)
             .ready_flag(listeners_bound.clone());
-        let http = tokio::net::TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("cannot listen for HTTP on {addr}"))?;
+        let http = tokio::net::TcpListener::from_std(http_listener)?;
         println!("serving HTTP on http://{}", http.local_addr()?);
         let router = rest::router(core.clone(), tokens, config);
         let mut stopped = http_stopped;
@@ -438,7 +471,11 @@ impl Signals {
 
 /// Opens the store named by `--store`. With MongoDB, waits (as a standby)
 /// until this server leads the group of servers sharing the database.
-async fn open_store(args: &Args, data_dir: &std::path::Path) -> anyhow::Result<Box<dyn Store>> {
+async fn open_store(
+    args: &Args,
+    data_dir: &std::path::Path,
+    shown_leader: Arc<std::sync::Mutex<Option<LeaderInfo>>>,
+) -> anyhow::Result<Box<dyn Store>> {
     let uri = args.store.as_str();
     if uri == "embedded" {
         return Ok(Box::new(EmbeddedStore::open(data_dir, args.durability)?));
@@ -471,6 +508,7 @@ async fn open_store(args: &Args, data_dir: &std::path::Path) -> anyhow::Result<B
     std::thread::spawn(move || {
         let fence = election
             .acquire(|leader| {
+                *shown_leader.lock().expect("leader") = Some(leader.clone());
                 tracing::info!(leader = %leader.holder, epoch = leader.epoch, "standby");
                 eprintln!(
                     "standby: server {} leads (epoch {}) at {}",
@@ -519,4 +557,42 @@ fn server_id(data_dir: &std::path::Path) -> anyhow::Result<String> {
             Ok(id)
         }
     }
+}
+
+/// What a standby serves on `--http` while it waits to lead: `/healthz`
+/// (alive) and, for everything else (`/readyz` included), 503 naming the
+/// leader, so that a load balancer sends traffic to the leader.
+fn standby_router(leader: Arc<std::sync::Mutex<Option<LeaderInfo>>>) -> axum::Router {
+    use axum::http::{header, StatusCode};
+    use axum::routing::get;
+    use axum::Json;
+    axum::Router::new()
+        .route(
+            "/healthz",
+            get(|| async { Json(serde_json::json!({ "status": "ok", "role": "standby" })) }),
+        )
+        .fallback(move || {
+            let leader = leader.lock().expect("leader").clone();
+            async move {
+                let message = match &leader {
+                    Some(l) => format!(
+                        "this server is a standby; server {} leads (epoch {}) at {}",
+                        l.holder,
+                        l.epoch,
+                        l.advertise.join(", ")
+                    ),
+                    None => "this server is a standby and has not seen a leader yet".to_owned(),
+                };
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    [(header::RETRY_AFTER, "1")],
+                    Json(serde_json::json!({
+                        "error": "standby",
+                        "message": message,
+                        "role": "standby",
+                        "leader": leader,
+                    })),
+                )
+            }
+        })
 }

@@ -135,6 +135,20 @@ async fn any_client(endpoints: &[String]) -> Client {
     .await
 }
 
+/// `GET path` over plain HTTP/1.1 on 127.0.0.1:`port`: the status code
+/// and the body, or `None` if nothing listens.
+fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(DEADLINE)).ok()?;
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let status = response.split_whitespace().nth(1)?.parse().ok()?;
+    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    Some((status, body))
+}
+
 /// A job that leaves START and END markers (with its attempt) in `marks`.
 fn marked_job(index: usize, marks: &Path) -> JobSpec {
     if index % 5 != 0 {
@@ -293,7 +307,19 @@ async fn paused_leader_steps_down_when_resumed() {
     let mongo = MongoServer::start();
     let mut group = Group::new(&h, &mongo, 2);
     group.start(0, true);
-    group.start(1, false);
+    let http = free_port();
+    let http_arg = format!("127.0.0.1:{http}");
+    let mut lease = LEASE.to_vec();
+    lease.extend(["--http", &http_arg]);
+    group.start_with(1, false, &lease);
+    // The standby answers on HTTP, not ready, naming the leader.
+    let (status, body) = wait_until("the standby's /readyz", || {
+        std::future::ready(http_get(http, "/readyz").filter(|(_, body)| body.contains("ha-0.sock")))
+    })
+    .await;
+    assert_eq!(status, 503, "a standby is not ready: {body}");
+    assert!(body.contains("standby"), "{body}");
+    assert_eq!(http_get(http, "/healthz").map(|(s, _)| s), Some(200));
     let endpoints = group.sockets.clone();
     let client = any_client(&endpoints).await;
     let all = group.all();
@@ -318,6 +344,12 @@ async fn paused_leader_steps_down_when_resumed() {
     assert_eq!(new_leader, 1);
     assert!(new_epoch > epoch);
     let client = any_client(&endpoints[1..]).await;
+    // Leading, it serves the real REST API on the same address.
+    let (_, body) = wait_until("the new leader's /readyz", || {
+        std::future::ready(http_get(http, "/readyz").filter(|(status, _)| *status == 200))
+    })
+    .await;
+    assert!(!body.contains("standby"), "{body}");
     let during = client
         .submit(JobSpec::with_steps("during", vec![StepSpec::noop()]))
         .await

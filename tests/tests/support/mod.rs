@@ -911,7 +911,7 @@ fn nx_program() -> &'static Path {
 }
 
 /// A port nothing listens on (the OS's pick, released at once).
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|listener| listener.local_addr())
         .expect("a free local port")

@@ -61,13 +61,14 @@ where
     let mut client = client.clone();
     let mut events = client.watch(Some(job), true, true).await?;
     let mut interrupted = false;
+    let mut interrupts = 0;
     let mut said_waiting = false;
     // The last output chunk shown, so that a replay after a reconnect resumes after it.
     let mut shown: Option<u64> = None;
     loop {
         let event = tokio::select! {
             event = events.recv() => event,
-            _ = tokio::signal::ctrl_c(), if cancel_on_interrupt && !interrupted => {
+            _ = crate::interrupt::next(&mut interrupts), if cancel_on_interrupt && !interrupted => {
                 interrupted = true;
                 eprintln!("vk: cancelling job {job}…");
                 client.cancel(job).await?;

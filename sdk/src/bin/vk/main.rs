@@ -3,6 +3,7 @@
 mod demo;
 mod follow;
 mod ids;
+mod interrupt;
 mod listing;
 mod live;
 mod out;
@@ -344,6 +345,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 return Ok(ExitCode::from(2));
             }
             let options = ViewOptions { logs, plain, json };
+            if !detach {
+                interrupt::install()?;
+            }
             let events = if detach {
                 None
             } else {
@@ -407,6 +411,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             spec.container = image
                 .filter(|i| !i.is_empty())
                 .map(|i| Box::new(valkyrie_sdk::ContainerSpec::image(i)));
+            if !detach {
+                interrupt::install()?;
+            }
             let job = client.submit(spec).await?;
             if detach {
                 outln!("{job}");

@@ -119,7 +119,10 @@ pub async fn follow_run(
     let mut shown: HashMap<u64, u64> = HashMap::new();
     let mut tick = tokio::time::interval(DRAW_INTERVAL);
     let mut last_refresh = Instant::now();
+    // Installed before the submit by `vk run`; here for `vk demo`.
+    crate::interrupt::install()?;
     let mut interrupted = false;
+    let mut interrupts = 0;
     loop {
         for job in &run.jobs {
             if let Some(id) = job.job_id {
@@ -189,7 +192,7 @@ pub async fn follow_run(
                     continue;
                 }
             }
-            _ = tokio::signal::ctrl_c(), if !interrupted => {
+            _ = crate::interrupt::next(&mut interrupts), if !interrupted => {
                 interrupted = true;
                 match screen.as_mut() {
                     Some(screen) => screen.log("", format!("vk: cancelling run r{run_id}…")),
