@@ -126,6 +126,14 @@ async fn main() -> std::process::ExitCode {
 async fn run() -> anyhow::Result<()> {
     let args: Args = valkyrie::config_file::parse_with_config("VALKYRIE_CONFIG")?;
     init_logging(args.log_format);
+    // Jobs run as this user: without this, any job could read the agent's
+    // environment (VALKYRIE_RUNNER_TOKEN) from /proc/<agent>/environ. A
+    // process that is not dumpable has its /proc files owned by root.
+    // Jobs are not affected: an exec makes a process dumpable again.
+    #[cfg(target_os = "linux")]
+    if let Err(err) = nix::sys::prctl::set_dumpable(false) {
+        tracing::warn!(%err, "cannot hide the agent's environment from its jobs (prctl PR_SET_DUMPABLE)");
+    }
     let pass_env: Vec<String> = args.pass_env.into_iter().filter(|n| !n.is_empty()).collect();
     if let Some(name) = pass_env.iter().find(|n| n.starts_with("VALKYRIE_")) {
         anyhow::bail!(

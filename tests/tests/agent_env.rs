@@ -57,3 +57,37 @@ async fn pass_env_refuses_the_agents_own_variables() {
     assert!(log.contains("--pass-env VALKYRIE_RUNNER_TOKEN"), "{log}");
     assert!(log.contains("never passed to jobs"), "{log}");
 }
+
+/// A job runs as the agent's user, yet cannot read the agent's environment
+/// (where `VALKYRIE_RUNNER_TOKEN` lives) through /proc: the agent makes
+/// itself non-dumpable, which gives its /proc files to root.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_cannot_read_the_agents_environment_through_proc() {
+    if nix::unistd::geteuid().is_root() {
+        // Root reads every process's /proc files (CAP_SYS_PTRACE), so a job
+        // run as root shows nothing about this protection.
+        eprintln!("skipped: running as root, which bypasses the protection under test");
+        return;
+    }
+    let h = Harness::new();
+    let server = h.server().start();
+    let client = server.client().await;
+    let agent = h
+        .agent(&server)
+        .env("VALKYRIE_RUNNER_TOKEN", &server.runner_token)
+        .env("AGENT_HOST_SECRET", "not-for-jobs")
+        .start(&client)
+        .await;
+    let pid = agent.process.pid();
+    let script = format!("cat /proc/{pid}/environ; echo \"cat exited $?\"");
+    let out = server.vk(&["exec", "--", "sh", "-c", &script]).await;
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(
+        stdout.contains("cat exited 1"),
+        "the job read /proc/{pid}/environ:\n{stdout}\n{stderr}"
+    );
+    for leaked in ["not-for-jobs", &server.runner_token] {
+        assert!(!stdout.contains(leaked), "the job sees `{leaked}`:\n{stdout}");
+    }
+    assert!(stderr.contains("Permission denied"), "{stderr}");
+}
