@@ -51,14 +51,16 @@ fn step() -> impl Strategy<Value = StepSpec> {
         pairs(),
         proptest::option::of(text()),
         any::<bool>(),
+        proptest::sample::select(StepCondition::ALL),
     )
         .prop_map(
-            |(name, command, env, working_directory, continue_on_error)| StepSpec {
+            |(name, command, env, working_directory, continue_on_error, condition)| StepSpec {
                 name,
                 command,
                 env,
                 working_directory,
                 continue_on_error,
+                condition,
             },
         )
 }

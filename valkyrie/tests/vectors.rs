@@ -372,6 +372,7 @@ fn build_and_test_job() -> JobSpec {
                 env: vec![pair("RUSTFLAGS", "-D warnings")],
                 working_directory: Some("valkyrie".into()),
                 continue_on_error: false,
+                condition: StepCondition::OnSuccess,
             },
             StepSpec {
                 name: "test".into(),
@@ -379,6 +380,7 @@ fn build_and_test_job() -> JobSpec {
                 env: vec![],
                 working_directory: None,
                 continue_on_error: true,
+                condition: StepCondition::Always,
             },
             StepSpec::noop(),
         ],

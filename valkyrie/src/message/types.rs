@@ -164,6 +164,25 @@ impl RunnerState {
     }
 }
 
+wire_enum! {
+    /// When a step runs, given how the steps before it ended (a pipeline
+    /// step's `if:`). A cancelled or timed-out job runs no further step.
+    StepCondition {
+        /// Every earlier step succeeded (or failed with `continue_on_error`). The default.
+        OnSuccess = 0,
+        /// An earlier step failed the job.
+        OnFailure = 1,
+        /// Whether or not an earlier step failed (cleanup).
+        Always = 2,
+    }
+}
+
+impl Default for StepCondition {
+    fn default() -> Self {
+        Self::OnSuccess
+    }
+}
+
 /// What a step runs.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -192,6 +211,9 @@ pub struct StepSpec {
     pub working_directory: Option<String>,
     /// A failure of this step does not fail the job.
     pub continue_on_error: bool,
+    /// When it runs, given how the earlier steps ended.
+    #[serde(default)]
+    pub condition: StepCondition,
 }
 
 impl StepSpec {
@@ -204,6 +226,7 @@ impl StepSpec {
             env: Vec::new(),
             working_directory: None,
             continue_on_error: false,
+            condition: StepCondition::OnSuccess,
         }
     }
 
@@ -215,6 +238,7 @@ impl StepSpec {
             env: Vec::new(),
             working_directory: None,
             continue_on_error: false,
+            condition: StepCondition::OnSuccess,
         }
     }
 
@@ -226,6 +250,7 @@ impl StepSpec {
             env: Vec::new(),
             working_directory: None,
             continue_on_error: false,
+            condition: StepCondition::OnSuccess,
         }
     }
 
@@ -243,6 +268,7 @@ impl StepSpec {
             env: r.pairs("step.env")?,
             working_directory: r.option("step.working_directory", |r| r.string("step.working_directory"))?,
             continue_on_error: r.bool("step.continue_on_error")?,
+            condition: StepCondition::read(r, "step.condition")?,
         })
     }
 
@@ -262,6 +288,7 @@ impl StepSpec {
         w.pairs(&self.env);
         w.option(&self.working_directory, |w, d| w.string(d));
         w.bool(self.continue_on_error);
+        self.condition.write(w);
     }
 }
 
@@ -382,9 +409,9 @@ impl JobSpec {
             project: r.string("job.project")?,
             priority: r.u8("job.priority")?,
             tags: r.strings("job.tags")?,
-            // A step takes at least 11 bytes: name (4), command (1), env (4),
-            // working_directory (1), continue_on_error (1).
-            steps: r.list("job.steps", 11, StepSpec::read)?,
+            // A step takes at least 12 bytes: name (4), command (1), env (4),
+            // working_directory (1), continue_on_error (1), condition (1).
+            steps: r.list("job.steps", 12, StepSpec::read)?,
             env: r.pairs("job.env")?,
             secrets: r.pairs("job.secrets")?,
             timeout_ms: r.u64("job.timeout_ms")?,
