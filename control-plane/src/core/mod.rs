@@ -290,6 +290,11 @@ pub struct Core {
     counters_dirty: bool,
     /// Unfinished runs with a timeout, checked on each tick.
     timed_runs: std::collections::BTreeSet<u64>,
+    /// Runs being advanced now, and those asked to advance again meanwhile:
+    /// a fail-fast cancel of a queued job finishes it at once, which
+    /// advances its run again; that call is folded into the running one
+    /// instead of nesting once per cancelled job.
+    advancing_runs: std::collections::HashMap<u64, bool>,
     /// The core's own queue, for work it hands itself later (weak, so the
     /// core still ends when every handle is gone).
     self_tx: mpsc::WeakSender<Command>,
@@ -356,6 +361,7 @@ fn spawn_inner(
         dirty_runs: Default::default(),
         counters_dirty: false,
         timed_runs: Default::default(),
+        advancing_runs: Default::default(),
         self_tx: tx.downgrade(),
         audit_log: Default::default(),
         next_audit: 1,
@@ -565,6 +571,22 @@ impl Core {
     /// Releases the jobs of run `id` that are ready, and ends the run when
     /// nothing is left.
     fn advance_run(&mut self, id: u64) {
+        if let Some(again) = self.advancing_runs.get_mut(&id) {
+            *again = true;
+            return;
+        }
+        self.advancing_runs.insert(id, false);
+        loop {
+            self.advance_run_once(id);
+            if self.advancing_runs.get(&id) != Some(&true) {
+                break;
+            }
+            self.advancing_runs.insert(id, false);
+        }
+        self.advancing_runs.remove(&id);
+    }
+
+    fn advance_run_once(&mut self, id: u64) {
         let Some(run) = self.runs.get_mut(&id) else { return };
         self.dirty_runs.insert(id);
         if run.deadline.is_some() && !run.state().is_terminal() {
@@ -580,6 +602,14 @@ impl Core {
             self.job_runs.insert(job, (id, index));
             if let Some(run) = self.runs.get_mut(&id) {
                 run.released(index, job);
+            }
+        }
+        // Fail-fast: cancel what a failure stops (once per job).
+        let stopped = self.runs.get(&id).map(Run::fail_fast_cancellations).unwrap_or_default();
+        for job in stopped {
+            if self.jobs.get(&job).is_some_and(|j| !j.cancel_requested) {
+                debug!(run_id = id, job_id = job.0, "fail-fast cancels the job");
+                self.cancel(job, Responder::detached());
             }
         }
         if let Some(run) = self.runs.get_mut(&id) {

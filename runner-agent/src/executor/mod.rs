@@ -6,8 +6,12 @@
 //!
 //! Guarantees of [`run_job`]:
 //! * every step gets exactly one `StepFinished`; a step that ran also gets a
-//!   `StepStarted` before its output. Steps after a failure, cancellation or
-//!   timeout get only `StepFinished { outcome: Skipped }`;
+//!   `StepStarted` before its output. A step that does not run gets only
+//!   `StepFinished { outcome: Skipped }`: after a failure every step but
+//!   those with condition `on_failure` or `always` is skipped, after a
+//!   cancellation or timeout every step is, and an `on_failure` step is
+//!   skipped when nothing failed. The job's outcome and exit code stay
+//!   those of the first step that failed;
 //! * `Output` events are numbered from 0 without gaps across the whole job,
 //!   and within one stream arrive in the order the process wrote them;
 //! * when `run_job` returns, the process group of every step has been sent
@@ -39,6 +43,7 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tracing::Instrument;
+pub use valkyrie::message::StepCondition;
 
 pub use output::{MAX_CHUNK_BYTES, MIN_SECRET_BYTES, SECRET_MASK};
 pub use program::{default_shell, BASH_SHELL, SH_SHELL};
@@ -136,6 +141,10 @@ pub struct StepPlan {
     /// A failure of this step is reported as `FailedAllowed` and does not
     /// fail the job.
     pub continue_on_error: bool,
+    /// When it runs: after success only (the default), only once an
+    /// earlier step failed the job, or either way. Never after a cancel or
+    /// a timeout.
+    pub condition: StepCondition,
 }
 
 impl StepPlan {
@@ -147,6 +156,7 @@ impl StepPlan {
             env: Vec::new(),
             working_directory: None,
             continue_on_error: false,
+            condition: StepCondition::OnSuccess,
         }
     }
 
@@ -404,14 +414,26 @@ pub async fn run_job(
         for (index, step) in plan.steps.iter().enumerate() {
             // Step counts come from a pipeline file; more than u32::MAX is absurd.
             let index = u32::try_from(index).unwrap_or(u32::MAX);
+            // A cancel or timeout stops every step; a failure only those
+            // that run on success.
+            let stopped = if *cancel.borrow() {
+                Some(JobOutcome::Cancelled)
+            } else if deadline.is_some_and(|deadline| Instant::now() >= deadline) {
+                Some(JobOutcome::TimedOut)
+            } else {
+                None
+            };
             if ended.is_none() {
-                if *cancel.borrow() {
-                    ended = Some(JobOutcome::Cancelled);
-                } else if deadline.is_some_and(|deadline| Instant::now() >= deadline) {
-                    ended = Some(JobOutcome::TimedOut);
-                }
+                ended = stopped;
             }
-            let result = if ended.is_some() {
+            let failing = ended == Some(JobOutcome::Failed);
+            let runs = match step.condition {
+                _ if stopped.is_some() => false,
+                StepCondition::OnSuccess => ended.is_none(),
+                StepCondition::OnFailure => failing,
+                StepCondition::Always => ended.is_none() || failing,
+            };
+            let result = if !runs {
                 StepResult::not_started(StepOutcome::Skipped)
             } else {
                 match &step.command {
@@ -468,13 +490,18 @@ pub async fn run_job(
             if result.outcome == StepOutcome::Skipped {
                 continue;
             }
-            exit_code = result.exit_code;
-            ended = match result.outcome {
+            let step_ended = match result.outcome {
                 StepOutcome::Failed => Some(JobOutcome::Failed),
                 StepOutcome::Cancelled => Some(JobOutcome::Cancelled),
                 StepOutcome::TimedOut => Some(JobOutcome::TimedOut),
                 StepOutcome::Succeeded | StepOutcome::FailedAllowed | StepOutcome::Skipped => None,
             };
+            // A cleanup step after a failure leaves the job failed, with
+            // the exit code of the step that failed it.
+            if ended.is_none() {
+                exit_code = result.exit_code;
+                ended = step_ended;
+            }
         }
 
         let report = JobReport {

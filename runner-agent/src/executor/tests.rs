@@ -305,6 +305,57 @@ async fn continue_on_error_step_fails_allowed_and_the_job_goes_on() {
     assert_eq!(report.exit_code, Some(0));
 }
 
+fn step_if(name: &str, line: &str, condition: StepCondition) -> StepPlan {
+    StepPlan {
+        condition,
+        ..StepPlan::shell(name, line)
+    }
+}
+
+#[tokio::test]
+async fn after_a_failure_only_on_failure_and_always_steps_run() {
+    let root = tempfile::tempdir().unwrap();
+    let plan = plan(
+        &root,
+        vec![
+            step_if("notify early", "echo never", StepCondition::OnFailure),
+            StepPlan::shell("build", "exit 3"),
+            StepPlan::shell("test", "echo never"),
+            step_if("notify", "echo notify", StepCondition::OnFailure),
+            step_if("clean", "echo clean; exit 5", StepCondition::Always),
+        ],
+    );
+    let (events, report) = run_to_end(plan).await;
+    assert_eq!(
+        finished(&events),
+        [
+            (0, StepOutcome::Skipped, None, None),
+            (1, StepOutcome::Failed, Some(3), None),
+            (2, StepOutcome::Skipped, None, None),
+            (3, StepOutcome::Succeeded, Some(0), None),
+            (4, StepOutcome::Failed, Some(5), None),
+        ]
+    );
+    assert_eq!(output(&events, OutputStream::Stdout), "notify\nclean\n");
+    assert_eq!(report.outcome, JobOutcome::Failed);
+    assert_eq!(report.exit_code, Some(3), "the step that failed the job");
+}
+
+#[tokio::test]
+async fn an_always_step_runs_after_success_too() {
+    let root = tempfile::tempdir().unwrap();
+    let plan = plan(
+        &root,
+        vec![
+            StepPlan::shell("build", "echo build"),
+            step_if("clean", "echo clean", StepCondition::Always),
+        ],
+    );
+    let (events, report) = run_to_end(plan).await;
+    assert_eq!(output(&events, OutputStream::Stdout), "build\nclean\n");
+    assert_eq!(report.outcome, JobOutcome::Succeeded);
+}
+
 #[tokio::test]
 async fn signalled_step_reports_the_signal_and_no_exit_code() {
     let root = tempfile::tempdir().unwrap();
