@@ -238,3 +238,71 @@ async fn the_demo_runs_and_succeeds() {
     );
     assert!(!stdout.contains('\u{1b}'), "NO_COLOR means no escape codes");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failing_matrix_leg_cancels_its_siblings_and_step_conditions_decide_cleanup() {
+    let c = cluster().await;
+    let client = c.client().await.unwrap();
+    // Legs a and d (c excluded, d included) sleep until fail-fast cancels
+    // them; leg b fails at once. A second job fails its first step, then
+    // runs only its failure and cleanup steps.
+    let yaml = r#"jobs:
+  test:
+    name: test ${{ matrix.os }}
+    matrix:
+      os: [a, b, c]
+      exclude: [{os: c}]
+      include: [{os: d}]
+    steps:
+      - run: if [ "$os" = b ]; then exit 7; fi; sleep 60
+  steps-if:
+    steps:
+      - run: echo building; exit 3
+      - run: echo never-printed
+      - name: report
+        run: echo reporting-failure
+        if: failure()
+      - name: cleanup
+        run: echo cleanup-ran
+        if: always
+"#;
+    let run = client.submit_pipeline("matrix.yaml", yaml).await.unwrap();
+    let info = wait_run(&client, run, |r| r.state.is_terminal()).await;
+    let names: Vec<&str> = info.jobs.iter().map(|j| j.name.as_str()).collect();
+    assert_eq!(names, ["test a", "test b", "test d", "steps-if"], "{info:#?}");
+    assert_eq!(info.state, RunState::Failed, "{info:#?}");
+    assert_eq!(job(&info, "test b").state, RunJobState::Failed);
+    assert_eq!(job(&info, "test b").exit_code, Some(7));
+    for leg in ["test a", "test d"] {
+        assert_eq!(job(&info, leg).state, RunJobState::Cancelled, "{leg}: {info:#?}");
+    }
+    assert_eq!(info.message, "job `test b` failed", "a failure, not a cancel, is named");
+
+    let steps_if = job(&info, "steps-if");
+    assert_eq!(steps_if.state, RunJobState::Failed);
+    assert_eq!(steps_if.exit_code, Some(3), "the exit code of the step that failed");
+    let id = steps_if.job_id.unwrap().to_string();
+    let logs = text(&vk(&c, &["logs", &id]).await.stdout);
+    assert!(logs.contains("building"), "{logs}");
+    assert!(logs.contains("reporting-failure"), "{logs}");
+    assert!(logs.contains("cleanup-ran"), "{logs}");
+    assert!(!logs.contains("never-printed"), "{logs}");
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn without_fail_fast_every_leg_runs_to_its_end() {
+    let c = cluster().await;
+    let client = c.client().await.unwrap();
+    let yaml = "jobs:\n  test:\n    fail_fast: false\n    matrix:\n      n: [1, 2, 3]\n    steps:\n      - run: test $n != 2\n";
+    let run = client.submit_pipeline("ff.yaml", yaml).await.unwrap();
+    let info = wait_run(&client, run, |r| r.state.is_terminal()).await;
+    let states: Vec<RunJobState> = info.jobs.iter().map(|j| j.state).collect();
+    assert_eq!(
+        states,
+        [RunJobState::Succeeded, RunJobState::Failed, RunJobState::Succeeded],
+        "{info:#?}"
+    );
+    assert_eq!(info.message, "job `test [n=2]` failed");
+    c.shutdown().await;
+}
