@@ -290,9 +290,7 @@ impl Run {
             .iter()
             .zip(&self.pipeline.jobs)
             .filter_map(|(slot, job)| match slot {
-                Slot::Released { job: id, state: s } if !s.is_terminal() => {
-                    state.skips(job).map(|_| *id)
-                }
+                Slot::Released { job: id, state: s } if !s.is_terminal() => state.skips(job).map(|_| *id),
                 _ => None,
             })
             .collect()
@@ -706,9 +704,16 @@ mod tests {
         finish(&mut r, "report", JobState::Succeeded);
         assert!(r.finish_if_done(1));
         assert_eq!(r.state(), RunState::Failed);
-        assert_eq!(r.info(|_| None).message, "job `t [os=b]` failed", "the failure, not the cancel");
+        assert_eq!(
+            r.info(|_| None).message,
+            "job `t [os=b]` failed",
+            "the failure, not the cancel"
+        );
         // With `fail_fast: false` every leg runs to its end.
-        let mut r = run(&MATRIX.replace("    steps: [x]\n  after", "    fail_fast: false\n    steps: [x]\n  after"));
+        let mut r = run(&MATRIX.replace(
+            "    steps: [x]\n  after",
+            "    fail_fast: false\n    steps: [x]\n  after",
+        ));
         let first = r.advance();
         release(&mut r, &first);
         finish(&mut r, "t [os=b]", JobState::Failed);
@@ -724,7 +729,11 @@ mod tests {
         release(&mut r, &first);
         finish(&mut r, "a", JobState::Failed);
         assert_eq!(r.fail_fast_cancellations(), [JobId(1)], "b, not the always job e");
-        assert_eq!(finish(&mut r, "b", JobState::Cancelled), ["d"], "c is skipped, d (always) runs");
+        assert_eq!(
+            finish(&mut r, "b", JobState::Cancelled),
+            ["d"],
+            "c is skipped, d (always) runs"
+        );
         let c = r.info(|_| None).jobs.into_iter().find(|j| j.name == "c").unwrap();
         assert_eq!(c.state, RunJobState::Skipped);
         finish(&mut r, "d", JobState::Succeeded);

@@ -276,11 +276,18 @@ async fn a_failing_matrix_leg_cancels_its_siblings_and_step_conditions_decide_cl
     for leg in ["test a", "test d"] {
         assert_eq!(job(&info, leg).state, RunJobState::Cancelled, "{leg}: {info:#?}");
     }
-    assert_eq!(info.message, "job `test b` failed", "a failure, not a cancel, is named");
+    assert_eq!(
+        info.message, "job `test b` failed",
+        "a failure, not a cancel, is named"
+    );
 
     let steps_if = job(&info, "steps-if");
     assert_eq!(steps_if.state, RunJobState::Failed);
-    assert_eq!(steps_if.exit_code, Some(3), "the exit code of the step that failed");
+    assert_eq!(
+        steps_if.exit_code,
+        Some(3),
+        "the exit code of the step that failed"
+    );
     let id = steps_if.job_id.unwrap().to_string();
     let logs = text(&vk(&c, &["logs", &id]).await.stdout);
     assert!(logs.contains("building"), "{logs}");
@@ -300,7 +307,11 @@ async fn without_fail_fast_every_leg_runs_to_its_end() {
     let states: Vec<RunJobState> = info.jobs.iter().map(|j| j.state).collect();
     assert_eq!(
         states,
-        [RunJobState::Succeeded, RunJobState::Failed, RunJobState::Succeeded],
+        [
+            RunJobState::Succeeded,
+            RunJobState::Failed,
+            RunJobState::Succeeded
+        ],
         "{info:#?}"
     );
     assert_eq!(info.message, "job `test [n=2]` failed");

@@ -605,7 +605,11 @@ impl Core {
             }
         }
         // Fail-fast: cancel what a failure stops (once per job).
-        let stopped = self.runs.get(&id).map(Run::fail_fast_cancellations).unwrap_or_default();
+        let stopped = self
+            .runs
+            .get(&id)
+            .map(Run::fail_fast_cancellations)
+            .unwrap_or_default();
         for job in stopped {
             if self.jobs.get(&job).is_some_and(|j| !j.cancel_requested) {
                 debug!(run_id = id, job_id = job.0, "fail-fast cancels the job");

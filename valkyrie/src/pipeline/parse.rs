@@ -49,7 +49,14 @@ const JOB_KEYS: &[&str] = &[
     "name",
     "fail_fast",
 ];
-const STEP_KEYS: &[&str] = &["name", "run", "env", "working_directory", "continue_on_error", "if"];
+const STEP_KEYS: &[&str] = &[
+    "name",
+    "run",
+    "env",
+    "working_directory",
+    "continue_on_error",
+    "if",
+];
 const RETRY_KEYS: &[&str] = &["max", "when"];
 
 struct Ctx<'a> {
@@ -1070,7 +1077,10 @@ fn substitute(text: &str, combination: &[(String, String)]) -> String {
 
 fn expand(job: &RawJob, combination: &[(String, String)]) -> PipelineJob {
     let mut spec = job.spec.clone();
-    let shown = job.display_name.as_ref().map_or(job.name.as_str(), |(n, _)| n.as_str());
+    let shown = job
+        .display_name
+        .as_ref()
+        .map_or(job.name.as_str(), |(n, _)| n.as_str());
     let mut name = shown.to_owned();
     if !combination.is_empty() {
         let label: Vec<String> = combination.iter().map(|(k, v)| format!("{k}={v}")).collect();

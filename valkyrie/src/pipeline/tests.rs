@@ -555,7 +555,11 @@ fn github_and_gitlab_keys_get_the_valkyrie_equivalent() {
         );
     }
     let e = one_error("jobs:\n  a:\n    fail-fast: false\n    steps: [x]\n");
-    assert_eq!(e.hint.as_deref(), Some("use `fail_fast` (Valkyrie's keys use underscores)"), "{e}");
+    assert_eq!(
+        e.hint.as_deref(),
+        Some("use `fail_fast` (Valkyrie's keys use underscores)"),
+        "{e}"
+    );
 }
 
 fn job_names(p: &Pipeline) -> Vec<&str> {
@@ -578,7 +582,10 @@ fn matrix_exclude_removes_and_include_extends_or_adds_combinations() {
             "t [os=windows, rust=stable]",
         ]
     );
-    assert_eq!(p.jobs[0].spec.steps[0].command, StepCommand::Shell("echo yes".into()));
+    assert_eq!(
+        p.jobs[0].spec.steps[0].command,
+        StepCommand::Shell("echo yes".into())
+    );
     assert!(p.jobs[3].spec.env.contains(&("os".into(), "windows".into())));
     // A matrix of includes only: one job per entry.
     let p = parse(
@@ -594,20 +601,31 @@ fn bad_matrix_include_and_exclude_entries_are_named() {
     let e = one_error(
         "jobs:\n  t:\n    matrix:\n      os: [linux, mac]\n      exclude:\n        - {oss: mac}\n    steps: [x]\n",
     );
-    assert!(e.message.contains("matrix `exclude` names `oss`, which is not a key"), "{e}");
+    assert!(
+        e.message
+            .contains("matrix `exclude` names `oss`, which is not a key"),
+        "{e}"
+    );
     assert_eq!(e.hint.as_deref(), Some("did you mean `os`?"));
     assert_eq!((e.line, e.column), (6, 12));
     let e = one_error(
         "jobs:\n  t:\n    matrix:\n      os: [linux, mac]\n      exclude:\n        - {os: macos}\n    steps: [x]\n",
     );
-    assert!(e.message.contains("sets `os` to `macos`, which is not one of its values"), "{e}");
+    assert!(
+        e.message
+            .contains("sets `os` to `macos`, which is not one of its values"),
+        "{e}"
+    );
     assert_eq!(e.hint.as_deref(), Some("did you mean `mac`?"));
     let e = one_error(
         "jobs:\n  t:\n    matrix:\n      os: [linux]\n      exclude: [{os: linux}]\n    steps: [x]\n",
     );
     assert!(e.message.contains("no combination left after `exclude`"), "{e}");
     let e = one_error("jobs:\n  t:\n    matrix:\n      include: [linux]\n    steps: [x]\n");
-    assert!(e.message.contains("a matrix `include` entry must be a mapping"), "{e}");
+    assert!(
+        e.message.contains("a matrix `include` entry must be a mapping"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -619,14 +637,26 @@ fn a_display_name_replaces_the_key_and_takes_matrix_values() {
     .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(
         job_names(&p),
-        ["Build the crate", "test on linux", "test on mac", "Lint [rust=stable]"]
+        [
+            "Build the crate",
+            "test on linux",
+            "test on mac",
+            "Lint [rust=stable]"
+        ]
     );
     assert_eq!(p.jobs[1].spec.name, "test on linux");
-    assert_eq!(p.jobs[1].depends_on, [0], "`needs` names the key, not the display name");
+    assert_eq!(
+        p.jobs[1].depends_on,
+        [0],
+        "`needs` names the key, not the display name"
+    );
     let e = one_error(
         "jobs:\n  test:\n    name: test\n    matrix:\n      os: [linux, mac]\n      rust: [a, b]\n    steps: [x]\n  t2:\n    name: ${{ matrix.os }}\n    matrix:\n      os: [linux, mac]\n      rust: [a, b]\n    steps: [x]\n",
     );
-    assert!(e.message.contains("job `t2` is shown as `linux`, like job `t2`"), "{e}");
+    assert!(
+        e.message.contains("job `t2` is shown as `linux`, like job `t2`"),
+        "{e}"
+    );
     assert_eq!((e.line, e.column), (9, 11));
 }
 
@@ -640,7 +670,11 @@ fn fail_fast_groups_the_legs_of_a_matrix_unless_turned_off() {
     let groups: Vec<Option<usize>> = p.jobs.iter().map(|j| j.fail_fast_group).collect();
     assert_eq!(groups, [Some(0), Some(0), None, None, None]);
     assert!(p.fail_fast);
-    assert!(!parse("ci.yaml", "jobs:\n  a:\n    steps: [x]\n").unwrap().fail_fast);
+    assert!(
+        !parse("ci.yaml", "jobs:\n  a:\n    steps: [x]\n")
+            .unwrap()
+            .fail_fast
+    );
     let e = one_error("jobs:\n  a:\n    fail_fast: maybe\n    steps: [x]\n");
     assert!(e.message.contains("fail_fast must be true or false"), "{e}");
 }
@@ -656,9 +690,17 @@ fn steps_take_an_if_condition() {
     let conditions: Vec<StepCondition> = p.jobs[0].spec.steps.iter().map(|s| s.condition).collect();
     assert_eq!(
         conditions,
-        [StepCondition::OnSuccess, StepCondition::OnFailure, StepCondition::Always]
+        [
+            StepCondition::OnSuccess,
+            StepCondition::OnFailure,
+            StepCondition::Always
+        ]
     );
     let e = one_error("jobs:\n  a:\n    steps:\n      - run: x\n        if: sometimes\n");
-    assert!(e.message.contains("a step of job `a` has an unknown `if` condition `sometimes`"), "{e}");
+    assert!(
+        e.message
+            .contains("a step of job `a` has an unknown `if` condition `sometimes`"),
+        "{e}"
+    );
     assert_eq!((e.line, e.column), (5, 13));
 }

@@ -183,7 +183,9 @@ pub(super) fn parse_matrix(cx: &mut Ctx<'_>, node: &Node, what: &str) -> Option<
     }
     if let Some(node) = m.get_node("exclude") {
         for entry in entries(cx, node, "matrix `exclude`") {
-            let Some(map) = cx.mapping(entry, "a matrix `exclude` entry") else { continue };
+            let Some(map) = cx.mapping(entry, "a matrix `exclude` entry") else {
+                continue;
+            };
             let mut pairs = Vec::new();
             for (key, value) in map.iter() {
                 let Some(k) = matrix.keys.iter().position(|(name, _)| name == key.as_str()) else {
@@ -191,12 +193,17 @@ pub(super) fn parse_matrix(cx: &mut Ctx<'_>, node: &Node, what: &str) -> Option<
                         .or_else(|| Some(format!("the matrix keys are: {}", key_list(&matrix))));
                     cx.error(
                         key.span(),
-                        format!("matrix `exclude` names `{}`, which is not a key of the matrix", key.as_str()),
+                        format!(
+                            "matrix `exclude` names `{}`, which is not a key of the matrix",
+                            key.as_str()
+                        ),
                         hint,
                     );
                     continue;
                 };
-                let Some(value) = cx.name(value, "a matrix `exclude` value") else { continue };
+                let Some(value) = cx.name(value, "a matrix `exclude` value") else {
+                    continue;
+                };
                 match matrix.keys[k].1.iter().position(|v| *v == value) {
                     Some(i) => pairs.push((k, i)),
                     None => {
@@ -205,14 +212,21 @@ pub(super) fn parse_matrix(cx: &mut Ctx<'_>, node: &Node, what: &str) -> Option<
                             .or_else(|| Some(format!("`{}` takes: {}", key.as_str(), values.join(", "))));
                         cx.error(
                             map.get_node(key.as_str()).map_or(key.span(), Node::span),
-                            format!("matrix `exclude` sets `{}` to `{value}`, which is not one of its values", key.as_str()),
+                            format!(
+                                "matrix `exclude` sets `{}` to `{value}`, which is not one of its values",
+                                key.as_str()
+                            ),
                             hint,
                         );
                     }
                 }
             }
             if map.is_empty() {
-                cx.error(map.span(), "a matrix `exclude` entry is empty", Some("name the values to leave out, e.g. `- {os: mac, rust: beta}`".into()));
+                cx.error(
+                    map.span(),
+                    "a matrix `exclude` entry is empty",
+                    Some("name the values to leave out, e.g. `- {os: mac, rust: beta}`".into()),
+                );
             } else {
                 matrix.exclude.push(pairs);
             }
@@ -220,7 +234,9 @@ pub(super) fn parse_matrix(cx: &mut Ctx<'_>, node: &Node, what: &str) -> Option<
     }
     if let Some(node) = m.get_node("include") {
         for entry in entries(cx, node, "matrix `include`") {
-            let Some(map) = cx.mapping(entry, "a matrix `include` entry") else { continue };
+            let Some(map) = cx.mapping(entry, "a matrix `include` entry") else {
+                continue;
+            };
             if !cx.few_enough(map.span(), map.len(), MAX_MATRIX_KEYS, "a matrix `include` entry") {
                 continue;
             }
@@ -229,14 +245,23 @@ pub(super) fn parse_matrix(cx: &mut Ctx<'_>, node: &Node, what: &str) -> Option<
                 if !cx.fits(key.span(), key.as_str(), MAX_NAME_BYTES, "a matrix key") {
                     continue;
                 }
-                let Some(value) = cx.name(value, "a matrix `include` value") else { continue };
+                let Some(value) = cx.name(value, "a matrix `include` value") else {
+                    continue;
+                };
                 match matrix.keys.iter().position(|(name, _)| name == key.as_str()) {
                     Some(k) => include.original.push((k, value)),
                     None => include.extra.push((key.as_str().to_owned(), value)),
                 }
             }
             if map.is_empty() {
-                cx.error(map.span(), "a matrix `include` entry is empty", Some("give the values of the extra combination, e.g. `- {os: windows, rust: stable}`".into()));
+                cx.error(
+                    map.span(),
+                    "a matrix `include` entry is empty",
+                    Some(
+                        "give the values of the extra combination, e.g. `- {os: windows, rust: stable}`"
+                            .into(),
+                    ),
+                );
             } else {
                 matrix.include.push(include);
             }
