@@ -125,6 +125,14 @@ async fn sse_follows_an_execution_live_then_replays_it() {
         assert_eq!(job["runner"], "agent-1");
         assert_eq!(job["exit_code"], 0);
         assert!(job["duration_ms"].is_u64(), "{job}");
+        let steps = job["steps"].as_array().expect("each job lists its steps");
+        assert!(!steps.is_empty(), "{job}");
+        for step in steps {
+            assert!(step["name"].is_string(), "{step}");
+            assert_eq!(step["state"], "succeeded", "{step}");
+            assert_eq!(step["exit_code"], 0, "{step}");
+            assert!(step["duration_ms"].is_u64(), "{step}");
+        }
     }
 
     // Replay: the finished execution's logs, then the end.

@@ -26,7 +26,7 @@ use valkyrie::{Endpoint, SessionSender};
 
 pub use valkyrie::message::{
     AuditEntry, Event, EventBody, JobInfo, JobSpec, JobState, OutputStream, RetryOn, RetryPolicy, RunInfo,
-    RunJobInfo, RunJobState, RunState, RunnerInfo, RunnerState, StepSpec,
+    RunJobInfo, RunJobState, RunState, RunnerInfo, RunnerState, StepInfo, StepOutcome, StepSpec,
 };
 pub use valkyrie::pipeline;
 pub use valkyrie::transport::{ClientOptions, ClientTls};
@@ -90,6 +90,14 @@ impl Client {
     pub async fn job(&self, job_id: u64) -> Result<JobInfo, ClientError> {
         match self.call(GetJob { job_id }).await? {
             Message::JobDetails(d) => Ok(d.job),
+            other => Err(ClientError::Unexpected(other.kind())),
+        }
+    }
+
+    /// One job with the steps of its current attempt.
+    pub async fn job_with_steps(&self, job_id: u64) -> Result<(JobInfo, Vec<StepInfo>), ClientError> {
+        match self.call(GetJob { job_id }).await? {
+            Message::JobDetails(d) => Ok((d.job, d.steps)),
             other => Err(ClientError::Unexpected(other.kind())),
         }
     }

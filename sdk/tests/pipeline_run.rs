@@ -317,3 +317,41 @@ async fn without_fail_fast_every_leg_runs_to_its_end() {
     assert_eq!(info.message, "job `test [n=2]` failed");
     c.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn vk_status_json_lists_each_steps_state_exit_code_and_duration() {
+    let c = cluster().await;
+    let client = c.client().await.unwrap();
+    let yaml = "jobs:\n  build:\n    steps:\n      - name: fetch\n        run: echo fetched\n      - name: compile\n        run: exit 4\n      - name: package\n        run: echo never\n";
+    let run = client.submit_pipeline("steps.yaml", yaml).await.unwrap();
+    wait_run(&client, run, |r| r.state.is_terminal()).await;
+    let out = vk(&c, &["status", &format!("r{run}"), "--json"]).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let status: serde_json::Value = serde_json::from_str(&text(&out.stdout)).unwrap();
+    let steps = status["jobs"][0]["steps"].as_array().expect("steps").clone();
+    let summary: Vec<(String, String, serde_json::Value)> = steps
+        .iter()
+        .map(|s| {
+            (
+                s["name"].as_str().unwrap().to_owned(),
+                s["state"].as_str().unwrap().to_owned(),
+                s["exit_code"].clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            ("fetch".to_owned(), "succeeded".to_owned(), serde_json::json!(0)),
+            ("compile".to_owned(), "failed".to_owned(), serde_json::json!(4)),
+            (
+                "package".to_owned(),
+                "skipped".to_owned(),
+                serde_json::Value::Null
+            ),
+        ],
+        "{status:#}"
+    );
+    assert!(steps.iter().all(|s| s["duration_ms"].is_u64()), "{status:#}");
+    c.shutdown().await;
+}

@@ -65,6 +65,21 @@ fn step() -> impl Strategy<Value = StepSpec> {
         )
 }
 
+fn step_info() -> impl Strategy<Value = StepInfo> {
+    (
+        text(),
+        proptest::option::of(proptest::sample::select(StepOutcome::ALL)),
+        any::<Option<i32>>(),
+        any::<Option<u64>>(),
+    )
+        .prop_map(|(name, outcome, exit_code, duration_ms)| StepInfo {
+            name,
+            outcome,
+            exit_code,
+            duration_ms,
+        })
+}
+
 fn job_spec() -> impl Strategy<Value = JobSpec> {
     (
         (text(), text(), any::<u8>(), texts()),
@@ -400,7 +415,9 @@ fn message() -> impl Strategy<Value = Message> {
             .prop_map(|runners| RunnerList { runners }.into())
             .boxed(),
         any::<u64>().prop_map(|job_id| GetJob { job_id }.into()).boxed(),
-        job_info().prop_map(|job| JobDetails { job }.into()).boxed(),
+        (job_info(), vec(step_info(), 0..4))
+            .prop_map(|(job, steps)| JobDetails { job, steps }.into())
+            .boxed(),
         (any::<u64>(), any::<u32>(), any::<u32>(), job_spec())
             .prop_map(|(job_id, attempt, lease_ms, spec)| {
                 Assign {

@@ -901,6 +901,26 @@ fn message_cases() -> Vec<MessageCase> {
             reply(),
             JobDetails {
                 job: job_info_failed(),
+                steps: vec![
+                    StepInfo {
+                        name: "build".into(),
+                        outcome: Some(StepOutcome::Succeeded),
+                        exit_code: Some(0),
+                        duration_ms: Some(41_250),
+                    },
+                    StepInfo {
+                        name: "test".into(),
+                        outcome: Some(StepOutcome::Failed),
+                        exit_code: Some(101),
+                        duration_ms: Some(2_300),
+                    },
+                    StepInfo {
+                        name: "package".into(),
+                        outcome: Some(StepOutcome::Skipped),
+                        exit_code: None,
+                        duration_ms: Some(0),
+                    },
+                ],
             }
             .into(),
         ),

@@ -413,6 +413,7 @@ impl Core {
             Command::GetJob(job, reply) => match self.jobs.get(&JobId(job)) {
                 Some(record) => reply.reply(JobDetails {
                     job: self.job_info(record),
+                    steps: record.step_infos(),
                 }),
                 None => reply.fail(ErrorCode::NOT_FOUND, format!("no job {job}")),
             },
@@ -1107,8 +1108,19 @@ impl Core {
             }
             Message::StepResult(step) => {
                 let id = JobId(step.job_id);
-                let result = match self.jobs.get(&id) {
-                    Some(job) => job.check_attempt(runner, step.attempt),
+                let result = match self.jobs.get_mut(&id) {
+                    // Kept in memory and stored with the job's next change
+                    // (at the latest its end): a store write per step would
+                    // cost an fsync each on a durable store.
+                    Some(job) => job.check_attempt(runner, step.attempt).map(|()| {
+                        job.step_finished(
+                            step.attempt,
+                            step.step,
+                            step.outcome,
+                            step.exit_code,
+                            step.duration_ms,
+                        );
+                    }),
                     None => Err(TransitionError::StaleAttempt {
                         job: id,
                         got: step.attempt,

@@ -20,7 +20,7 @@ use super::{audit, error, executions, health, metrics, pipelines, runners};
     ),
     components(schemas(
         error::ErrorBody, health::Health, pipelines::Pipeline, pipelines::CreatePipeline, pipelines::Triggered,
-        executions::Execution, executions::ExecutionJob, executions::Cancelled, runners::Runner, runners::Draining,
+        executions::Execution, executions::ExecutionJob, executions::ExecutionStep, executions::Cancelled, runners::Runner, runners::Draining,
         audit::AuditPage, audit::AuditRecordJson,
     )),
     modifiers(&BearerAuth),

@@ -284,6 +284,8 @@ messages! {
     JobDetails = JOB_INFO on Control {
         /// The job.
         job: JobInfo,
+        /// The steps of its current attempt, in order.
+        steps: Vec<StepInfo>,
     }
 
     // ---- dispatch ----

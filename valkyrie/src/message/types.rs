@@ -167,19 +167,15 @@ impl RunnerState {
 wire_enum! {
     /// When a step runs, given how the steps before it ended (a pipeline
     /// step's `if:`). A cancelled or timed-out job runs no further step.
+    #[derive(Default)]
     StepCondition {
         /// Every earlier step succeeded (or failed with `continue_on_error`). The default.
+        #[default]
         OnSuccess = 0,
         /// An earlier step failed the job.
         OnFailure = 1,
         /// Whether or not an earlier step failed (cleanup).
         Always = 2,
-    }
-}
-
-impl Default for StepCondition {
-    fn default() -> Self {
-        Self::OnSuccess
     }
 }
 
@@ -502,6 +498,69 @@ impl JobInfo {
         w.u64(self.submitted_at_ms);
         w.option(&self.started_at_ms, |w, t| w.u64(*t));
         w.option(&self.finished_at_ms, |w, t| w.u64(*t));
+    }
+}
+
+/// One step of a job's current attempt (in [`JobDetails`](super::JobDetails)).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StepInfo {
+    /// Display name, cut to at most 255 bytes.
+    pub name: String,
+    /// How it ended; none while it runs or before it starts.
+    pub outcome: Option<StepOutcome>,
+    /// Its exit code, when its process exited.
+    pub exit_code: Option<i32>,
+    /// Run time in milliseconds, once it ended.
+    pub duration_ms: Option<u64>,
+}
+
+impl StepInfo {
+    pub(crate) fn read(r: &mut Reader) -> Result<Self, DecodeError> {
+        Ok(Self {
+            name: r.string("step.name")?,
+            outcome: r.option("step.outcome", |r| StepOutcome::read(r, "step.outcome"))?,
+            exit_code: r.option("step.exit_code", |r| r.i32("step.exit_code"))?,
+            duration_ms: r.option("step.duration_ms", |r| r.u64("step.duration_ms"))?,
+        })
+    }
+
+    pub(crate) fn write(&self, w: &mut Writer) {
+        w.string(&self.name);
+        w.option(&self.outcome, |w, o| o.write(w));
+        w.option(&self.exit_code, |w, c| w.i32(*c));
+        w.option(&self.duration_ms, |w, d| w.u64(*d));
+    }
+}
+
+impl StepInfo {
+    /// The state listings show for each of a job's steps: the outcome's
+    /// name once reported; before that `running` for the first unreported
+    /// step of a running job, `pending` otherwise.
+    pub fn states(job: JobState, steps: &[StepInfo]) -> Vec<&'static str> {
+        let first_open = steps.iter().position(|s| s.outcome.is_none());
+        steps
+            .iter()
+            .enumerate()
+            .map(|(i, step)| match step.outcome {
+                Some(outcome) => outcome.as_str(),
+                None if job == JobState::Running && first_open == Some(i) => "running",
+                None => "pending",
+            })
+            .collect()
+    }
+}
+
+impl StepOutcome {
+    /// The lower-case name used in listings.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Succeeded => "succeeded",
+            Self::Failed => "failed",
+            Self::FailedAllowed => "failed_allowed",
+            Self::Cancelled => "cancelled",
+            Self::TimedOut => "timed_out",
+            Self::Skipped => "skipped",
+        }
     }
 }
 
