@@ -293,7 +293,8 @@ async fn a_failing_matrix_leg_cancels_its_siblings_and_step_conditions_decide_cl
     assert!(logs.contains("building"), "{logs}");
     assert!(logs.contains("reporting-failure"), "{logs}");
     assert!(logs.contains("cleanup-ran"), "{logs}");
-    assert!(!logs.contains("never-printed"), "{logs}");
+    assert!(logs.lines().all(|l| l != "never-printed"), "{logs}");
+    assert!(logs.contains("`echo never-printed` skipped"), "{logs}");
     c.shutdown().await;
 }
 
@@ -353,5 +354,23 @@ async fn vk_status_json_lists_each_steps_state_exit_code_and_duration() {
         "{status:#}"
     );
     assert!(steps.iter().all(|s| s["duration_ms"].is_u64()), "{status:#}");
+    // The job's log has a section line at each step's start and end.
+    let id = status["jobs"][0]["job_id"].as_u64().unwrap().to_string();
+    let logs = text(&vk(&c, &["logs", &id]).await.stdout);
+    let sections: Vec<&str> = logs
+        .lines()
+        .filter(|l| l.starts_with("[valkyrie] step "))
+        .collect();
+    assert_eq!(sections.len(), 5, "{logs}");
+    assert_eq!(sections[0], "[valkyrie] step 1/3 `fetch` started", "{logs}");
+    assert!(
+        sections[1].starts_with("[valkyrie] step 1/3 `fetch` succeeded in "),
+        "{logs}"
+    );
+    assert!(
+        sections[3].starts_with("[valkyrie] step 2/3 `compile` failed with exit code 4 in "),
+        "{logs}"
+    );
+    assert_eq!(sections[4], "[valkyrie] step 3/3 `package` skipped", "{logs}");
     c.shutdown().await;
 }

@@ -260,6 +260,25 @@ struct StepResult {
 }
 
 impl StepResult {
+    /// `succeeded in 1.20s`, `failed with exit code 4 in 0.03s`, `skipped`:
+    /// the end of a step's section line.
+    fn summary(&self) -> String {
+        let how = match self.outcome {
+            StepOutcome::Succeeded => "succeeded",
+            StepOutcome::Failed => "failed",
+            StepOutcome::FailedAllowed => "failed (continue_on_error)",
+            StepOutcome::Cancelled => "cancelled",
+            StepOutcome::TimedOut => "timed out",
+            StepOutcome::Skipped => return "skipped".into(),
+        };
+        let status = match (self.exit_code, self.signal) {
+            (Some(code), _) if code != 0 => format!(" with exit code {code}"),
+            (_, Some(signal)) => format!(" by signal {signal}"),
+            _ => String::new(),
+        };
+        format!("{how}{status} in {:.2}s", self.duration.as_secs_f64())
+    }
+
     fn not_started(outcome: StepOutcome) -> Self {
         StepResult {
             exit_code: None,
@@ -373,6 +392,7 @@ pub async fn run_job(
             events,
             log: OutputLog::new(plan.output_limit_bytes),
             secrets,
+            steps: plan.steps.len(),
         };
 
         let mut ended: Option<JobOutcome> = None;
@@ -433,17 +453,17 @@ pub async fn run_job(
                 StepCondition::OnFailure => failing,
                 StepCondition::Always => ended.is_none() || failing,
             };
+            // Section lines, as GitLab's: which step starts, and how it
+            // ended. A job of one step has none; its own state, exit code
+            // and duration say the same.
+            let sections = plan.steps.len() > 1;
+            let label = format!("step {}/{} `{}`", index + 1, plan.steps.len(), step.name);
             let result = if !runs {
                 StepResult::not_started(StepOutcome::Skipped)
             } else {
                 match &step.command {
                     StepCommand::Noop => {
-                        sink.send(ExecEvent::StepStarted {
-                            index,
-                            name: step.name.clone(),
-                            pgid: None,
-                        })
-                        .await;
+                        sink.started(index, &step.name, None).await;
                         StepResult::not_started(StepOutcome::Succeeded)
                     }
                     StepCommand::Shell(line) => {
@@ -478,6 +498,10 @@ pub async fn run_job(
                     }
                 }
             };
+            if sections {
+                sink.system(&format!("[valkyrie] {label} {}\n", result.summary()))
+                    .await;
+            }
             sink.send(ExecEvent::StepFinished {
                 index,
                 exit_code: result.exit_code,
@@ -603,6 +627,8 @@ struct EventSink {
     events: mpsc::Sender<ExecEvent>,
     log: OutputLog,
     secrets: Secrets,
+    /// Steps in the job: a job of more than one gets section lines.
+    steps: usize,
 }
 
 impl EventSink {
@@ -620,6 +646,21 @@ impl EventSink {
         }
         for event in ready {
             self.send(event).await;
+        }
+    }
+
+    /// Sends `StepStarted`, then (in a job of several steps) the section
+    /// line that opens the step in the log.
+    async fn started(&mut self, index: u32, name: &str, pgid: Option<i32>) {
+        self.send(ExecEvent::StepStarted {
+            index,
+            name: name.to_owned(),
+            pgid,
+        })
+        .await;
+        if self.steps > 1 {
+            let line = format!("[valkyrie] step {}/{} `{name}` started\n", index + 1, self.steps);
+            self.system(&line).await;
         }
     }
 
