@@ -18,8 +18,8 @@ pub mod local;
 
 use tokio::sync::mpsc;
 use valkyrie::message::{
-    CancelJob, CancelRun, GetJob, GetRun, ListAudit, ListJobs, ListRunners, ListRuns, Message, Role,
-    SubmitJob, SubmitPipeline, Subscribe,
+    CancelJob, CancelRun, GetJob, GetRun, ListAudit, ListJobs, ListRunners, ListRuns, Message, RemoveRunner,
+    Role, SubmitJob, SubmitPipeline, Subscribe,
 };
 use valkyrie::transport::{connect, hello, ConnectError, RequestError};
 use valkyrie::{Endpoint, SessionSender};
@@ -114,6 +114,19 @@ impl Client {
     pub async fn runners(&self) -> Result<Vec<RunnerInfo>, ClientError> {
         match self.call(ListRunners {}).await? {
             Message::RunnerList(l) => Ok(l.runners),
+            other => Err(ClientError::Unexpected(other.kind())),
+        }
+    }
+
+    /// Removes the record of runner `name`. A connected runner is refused,
+    /// unless `force`: then it is drained and removed once it disconnects.
+    pub async fn remove_runner(&self, name: &str, force: bool) -> Result<(), ClientError> {
+        let message = RemoveRunner {
+            name: name.to_owned(),
+            force,
+        };
+        match self.call(message).await? {
+            Message::Ack(_) => Ok(()),
             other => Err(ClientError::Unexpected(other.kind())),
         }
     }

@@ -411,6 +411,9 @@ fn message() -> impl Strategy<Value = Message> {
             .prop_map(|jobs| JobList { jobs }.into())
             .boxed(),
         Just(ListRunners {}.into()).boxed(),
+        (text(), any::<bool>())
+            .prop_map(|(name, force)| RemoveRunner { name, force }.into())
+            .boxed(),
         vec(runner_info(), 0..3)
             .prop_map(|runners| RunnerList { runners }.into())
             .boxed(),

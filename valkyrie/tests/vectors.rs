@@ -855,6 +855,16 @@ fn message_cases() -> Vec<MessageCase> {
         ),
         ("list_runners", 105, none, ListRunners {}.into()),
         (
+            "remove_runner",
+            112,
+            none,
+            RemoveRunner {
+                name: "builder-7".into(),
+                force: true,
+            }
+            .into(),
+        ),
+        (
             "runner_list",
             105,
             reply(),

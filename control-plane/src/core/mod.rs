@@ -12,6 +12,7 @@ mod audit;
 mod events;
 mod persist;
 mod pipelines;
+mod removal;
 mod runners;
 mod snapshot;
 
@@ -59,6 +60,8 @@ pub struct CoreConfig {
     pub finished_job_retention: usize,
     /// Finished jobs (and their logs) older than this are deleted. Default 30 days.
     pub retention: Duration,
+    /// Runners lost or stopped for longer than this are removed. Default 7 days.
+    pub runner_retention: Duration,
 }
 
 impl Default for CoreConfig {
@@ -70,6 +73,7 @@ impl Default for CoreConfig {
             log_retention_bytes: 64 << 20,
             finished_job_retention: 100_000,
             retention: Duration::from_secs(30 * 24 * 3600),
+            runner_retention: Duration::from_secs(7 * 24 * 3600),
         }
     }
 }
@@ -160,6 +164,15 @@ pub enum Command {
     },
     /// Ask a runner to drain.
     DrainRunner(u64, oneshot::Sender<Result<(), String>>),
+    /// Remove runner `name`'s record; answered with Ack or RequestFailed.
+    RemoveRunner {
+        /// The runner.
+        name: String,
+        /// Drain a connected runner and remove it once it disconnects.
+        force: bool,
+        /// Where the answer goes.
+        reply: Responder,
+    },
     /// A summary of the state, for health checks and metrics.
     Snapshot(oneshot::Sender<CoreSnapshot>),
     /// `command`, done on behalf of `actor` (what it changes is recorded
@@ -458,6 +471,7 @@ impl Core {
             Command::Snapshot(reply) => {
                 let _ = reply.send(self.snapshot());
             }
+            Command::RemoveRunner { name, force, reply } => self.remove_runner_by_name(&name, force, reply),
             Command::SubmitPipeline { pipeline, reply } => self.submit_pipeline(*pipeline, reply),
             Command::GetRun(id, reply) => match self.runs.get(&id) {
                 Some(run) => reply.reply(RunDetails {
@@ -519,6 +533,11 @@ impl Core {
                         info!(runner = %r.name, "runner disconnected");
                         r.link = Link::Disconnected(Instant::now());
                         self.scheduler.set_availability(runner, Availability::Lost);
+                        if r.remove_when_gone && r.jobs.is_empty() {
+                            let name = r.name.clone();
+                            self.remove_runner(runner, "it disconnected after `vk runners rm --force`");
+                            info!(runner = %name, "runner removed");
+                        }
                     }
                 }
             }
@@ -956,6 +975,7 @@ impl Core {
             draining: false,
             last_seen: now,
             jobs: Default::default(),
+            remove_when_gone: false,
         };
         let row = Self::runner_row(&record);
         self.runners.insert(id, record);
@@ -1374,6 +1394,7 @@ impl Core {
             }
             self.finished_job(id);
         }
+        self.remove_old_runners(now);
         // Runners silent or disconnected for too long are lost.
         let lost_after = self.config.runner_lost_after;
         let lost: Vec<RunnerId> = self

@@ -35,7 +35,7 @@ use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, FromRequestParts, Path, Query};
 use axum::http::request::Parts;
 use axum::http::{HeaderValue, Method};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use axum::Router;
 use serde::de::DeserializeOwned;
 use tokio::sync::oneshot;
@@ -238,6 +238,7 @@ pub fn router(core: CoreHandle, tokens: Arc<Tokens>, config: RestConfig) -> Rout
         .route("/api/ci/executions/{id}/cancel", post(executions::cancel))
         .route("/api/ci/executions/{id}/logs", get(executions::logs))
         .route("/api/runners", get(runners::list))
+        .route("/api/runners/{name}", delete(runners::remove))
         .route("/api/runners/{id}/drain", post(runners::drain))
         .route("/api/audit", get(audit::list))
         .fallback(|| async {

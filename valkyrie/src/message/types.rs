@@ -633,7 +633,7 @@ pub struct AuditEntry {
     pub actor: String,
     /// What: `submit_job`, `submit_pipeline`, `create_pipeline`,
     /// `trigger_pipeline`, `cancel_job`, `cancel_run`, `drain_runner`,
-    /// `register_runner` or `mint_token`.
+    /// `remove_runner`, `register_runner` or `mint_token`.
     pub action: String,
     /// What it was done to, e.g. `job 12`.
     pub target: String,
