@@ -150,6 +150,12 @@ impl ProcessStep<'_> {
             }
         };
         tracing::Span::current().record("pgid", process.pgid());
+        // For the next agent, should this one be killed while the step
+        // runs (see `leftovers`); removed with the directory when the job ends.
+        let record = super::files_dir(&self.plan.workspace).join(crate::leftovers::PGID_FILE);
+        if let Err(error) = std::fs::write(&record, process.pgid().to_string()) {
+            tracing::warn!(%error, "could not record the step's process group");
+        }
         tracing::info!("step started");
         sink.started(self.index, &self.step.name, Some(process.pgid()))
             .await;
