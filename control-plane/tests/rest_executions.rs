@@ -7,7 +7,7 @@ mod rest_support;
 use std::collections::BTreeMap;
 
 use futures_util::StreamExt;
-use reqwest::StatusCode;
+use reqwest::{Method, StatusCode};
 use rest_support::*;
 use serde_json::Value;
 use valkyrie_control_plane::rest::auth::Role;
@@ -185,6 +185,30 @@ async fn runners_are_listed_and_drained_by_admins() {
     assert_eq!(runner["slots"], 2);
     assert_eq!(runner["tags"], serde_json::json!(["linux"]));
     let id = runner["runner_id"].as_u64().unwrap();
+
+    // A connected runner is not removed, unless forced (then drained).
+    let admin = server.token(Role::Admin);
+    let response = server
+        .request(Method::DELETE, "/api/runners/agent-1", &admin)
+        .await;
+    assert_eq!(response.status(), StatusCode::CONFLICT);
+    let body: Value = response.json().await.unwrap();
+    assert!(
+        body["message"].as_str().unwrap().contains("is connected"),
+        "{body}"
+    );
+    let response = server
+        .request(Method::DELETE, "/api/runners/nobody", &admin)
+        .await;
+    assert_eq!(response.status(), StatusCode::NOT_FOUND);
+    let response = server
+        .request(
+            Method::DELETE,
+            "/api/runners/agent-1?force=true",
+            &server.token(Role::Viewer),
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::FORBIDDEN);
 
     let response = server
         .post(
