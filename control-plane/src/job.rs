@@ -300,9 +300,11 @@ impl JobRecord {
     }
 
     /// The steps of the current attempt, every one of the spec's, with what
-    /// is known of each.
+    /// is known of each. A step's name defaults to its command line, which
+    /// may hold a secret: names are masked like the pipeline text.
     pub fn step_infos(&self) -> Vec<StepInfo> {
         let current = self.steps_attempt == self.attempt;
+        let secrets: Vec<String> = self.spec.secrets.iter().map(|(_, value)| value.clone()).collect();
         self.spec
             .steps
             .iter()
@@ -311,7 +313,7 @@ impl JobRecord {
                 let reported = current
                     .then(|| self.steps.iter().find(|s| s.0 as usize == i))
                     .flatten();
-                let mut name = step.name.clone();
+                let mut name = crate::masking::mask(&step.name, &secrets);
                 if name.len() > 255 {
                     let mut cut = 255;
                     while !name.is_char_boundary(cut) {
