@@ -30,6 +30,7 @@ fn job_spec() -> JobSpec {
                 env: vec![pair("RUSTFLAGS", "-D warnings")],
                 working_directory: Some("valkyrie".into()),
                 continue_on_error: false,
+                condition: StepCondition::OnSuccess,
             },
             StepSpec::shell("cargo test --workspace --locked"),
             StepSpec::shell("cargo clippy --workspace -- -D warnings"),

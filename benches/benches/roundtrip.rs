@@ -35,6 +35,7 @@ fn details(job_id: u64) -> JobDetails {
             started_at_ms: None,
             finished_at_ms: None,
         },
+        steps: Vec::new(),
     }
 }
 

@@ -134,6 +134,8 @@ pub enum AuditAction {
     CancelRun,
     /// A runner drain was requested.
     DrainRunner,
+    /// A runner's record was removed (by an operator, or past the retention).
+    RemoveRunner,
     /// A runner registered (a credential issued, or presented again).
     RegisterRunner,
     /// A JWT was minted.
@@ -150,6 +152,7 @@ impl AuditAction {
             AuditAction::TriggerPipeline => "trigger_pipeline",
             AuditAction::CancelJob => "cancel_job",
             AuditAction::CancelRun => "cancel_run",
+            AuditAction::RemoveRunner => "remove_runner",
             AuditAction::DrainRunner => "drain_runner",
             AuditAction::RegisterRunner => "register_runner",
             AuditAction::MintToken => "mint_token",

@@ -29,7 +29,7 @@
 
 use std::time::Instant;
 
-use valkyrie::message::{JobInfo, JobOutcome, JobSpec, JobState, RetryOn};
+use valkyrie::message::{JobInfo, JobOutcome, JobSpec, JobState, RetryOn, StepInfo, StepOutcome};
 
 use crate::scheduler::{JobId, RunnerId};
 
@@ -126,6 +126,13 @@ pub struct JobRecord {
     pub exit_code: Option<i32>,
     /// Why it ended, or the last requeue reason.
     pub message: String,
+    /// What the runner reported of the steps of attempt `steps_attempt`:
+    /// `(step index, outcome, exit code, duration in ms)`, in report order.
+    #[serde(default)]
+    pub steps: Vec<(u32, StepOutcome, Option<i32>, u64)>,
+    /// The attempt `steps` belongs to.
+    #[serde(default)]
+    pub steps_attempt: u32,
 }
 
 impl JobRecord {
@@ -148,6 +155,8 @@ impl JobRecord {
             finished_at_ms: None,
             exit_code: None,
             message: String::new(),
+            steps: Vec::new(),
+            steps_attempt: 0,
         }
     }
 
@@ -344,6 +353,59 @@ impl JobRecord {
         }
         self.finish(state, None, message, now_ms);
         Ok(())
+    }
+
+    /// Records a step the runner reported for attempt `attempt` (already
+    /// checked to be the current one).
+    pub fn step_finished(
+        &mut self,
+        attempt: u32,
+        step: u32,
+        outcome: StepOutcome,
+        exit_code: Option<i32>,
+        duration_ms: u64,
+    ) {
+        if self.steps_attempt != attempt {
+            self.steps.clear();
+            self.steps_attempt = attempt;
+        }
+        // A reconnecting agent may report a step again; the index bounds
+        // the list by the spec's step count.
+        if (step as usize) < self.spec.steps.len() && !self.steps.iter().any(|s| s.0 == step) {
+            self.steps.push((step, outcome, exit_code, duration_ms));
+        }
+    }
+
+    /// The steps of the current attempt, every one of the spec's, with what
+    /// is known of each. A step's name defaults to its command line, which
+    /// may hold a secret: names are masked like the pipeline text.
+    pub fn step_infos(&self) -> Vec<StepInfo> {
+        let current = self.steps_attempt == self.attempt;
+        let secrets: Vec<String> = self.spec.secrets.iter().map(|(_, value)| value.clone()).collect();
+        self.spec
+            .steps
+            .iter()
+            .enumerate()
+            .map(|(i, step)| {
+                let reported = current
+                    .then(|| self.steps.iter().find(|s| s.0 as usize == i))
+                    .flatten();
+                let mut name = crate::masking::mask(&step.name, &secrets);
+                if name.len() > 255 {
+                    let mut cut = 255;
+                    while !name.is_char_boundary(cut) {
+                        cut -= 1;
+                    }
+                    name.truncate(cut);
+                }
+                StepInfo {
+                    name,
+                    outcome: reported.map(|s| s.1),
+                    exit_code: reported.and_then(|s| s.2),
+                    duration_ms: reported.map(|s| s.3),
+                }
+            })
+            .collect()
     }
 
     /// The listing view.

@@ -106,6 +106,9 @@ struct Args {
     /// Finished jobs and their logs older than this are deleted.
     #[arg(long, env = "VALKYRIE_RETENTION", default_value = "30d", value_parser = humantime::parse_duration)]
     retention: Duration,
+    /// Runners lost or stopped for longer than this are removed from the registry.
+    #[arg(long, env = "VALKYRIE_RUNNER_RETENTION", default_value = "7d", value_parser = humantime::parse_duration)]
+    runner_retention: Duration,
     /// At most this many finished jobs (and their logs) are kept; the oldest go first.
     #[arg(long, env = "VALKYRIE_MAX_FINISHED_JOBS", default_value_t = 100_000)]
     max_finished_jobs: usize,
@@ -268,6 +271,7 @@ async fn run() -> anyhow::Result<()> {
         finished_job_retention: args.max_finished_jobs,
         retention: args.retention,
         handoff_limit: args.handoff_limit,
+        runner_retention: args.runner_retention,
     };
     let metrics: Arc<Metrics> = Default::default();
     let key = match &args.secrets_key_file {

@@ -11,6 +11,12 @@
 //!        running --cancel--> (unfinished jobs cancelled, waiting skipped) --> cancelled
 //!        running --timeout--> (likewise) --> timed_out
 //! ```
+//!
+//! Fail-fast is derived from the slots, never stored: a leg of a
+//! `fail_fast` matrix that failed cancels its running siblings and skips
+//! its waiting ones; with the pipeline's `fail_fast`, a failed job does the
+//! same to every `on_success` job of the run. Rebuilding a run from its
+//! stored slots therefore decides exactly as before the restart.
 
 use std::time::Instant;
 
@@ -194,6 +200,7 @@ impl Run {
     /// dependency order, so a skip decides its dependents in the same pass;
     /// linear in the pipeline's size.
     pub fn advance(&mut self) -> Vec<usize> {
+        let fail_fast = self.fail_fast_state();
         let mut release = Vec::new();
         let mut releasing = vec![false; self.slots.len()];
         // What the jobs of each stage came to, filled in as the pass goes:
@@ -206,6 +213,11 @@ impl Run {
                     self.slots[i] = Slot::Skipped {
                         reason: "run ended".into(),
                         because_of_failure: false,
+                    };
+                } else if let Some(reason) = fail_fast.skips(&self.pipeline.jobs[i]) {
+                    self.slots[i] = Slot::Skipped {
+                        reason,
+                        because_of_failure: true,
                     };
                 } else {
                     match self.decide(i, &releasing, &stages) {
@@ -233,6 +245,55 @@ impl Run {
         }
         release.sort_unstable();
         release
+    }
+
+    /// Whether slot `i` is a failure that fails fast: failed, timed out or
+    /// lost, without `allow_failure` (a cancelled job does not: cancels are
+    /// what fail-fast sends).
+    fn fails_fast(&self, i: usize) -> bool {
+        matches!(
+            self.slots[i],
+            Slot::Released {
+                state: JobState::Failed | JobState::TimedOut | JobState::Lost,
+                ..
+            }
+        ) && !self.pipeline.jobs[i].allow_failure
+    }
+
+    /// Which matrices, and whether the whole run, are failing fast.
+    fn fail_fast_state(&self) -> FailFast {
+        let mut state = FailFast::default();
+        for i in 0..self.slots.len() {
+            if !self.fails_fast(i) {
+                continue;
+            }
+            let job = &self.pipeline.jobs[i];
+            if let Some(group) = job.fail_fast_group {
+                state.groups.entry(group).or_insert_with(|| job.name.clone());
+            }
+            if self.pipeline.fail_fast && state.run.is_none() {
+                state.run = Some(job.name.clone());
+            }
+        }
+        state
+    }
+
+    /// Released, unfinished jobs that fail-fast cancels: the other legs of
+    /// a failed `fail_fast` matrix, and with the pipeline's `fail_fast`
+    /// every `on_success` job once one job failed.
+    pub fn fail_fast_cancellations(&self) -> Vec<JobId> {
+        let state = self.fail_fast_state();
+        if state.groups.is_empty() && state.run.is_none() {
+            return Vec::new();
+        }
+        self.slots
+            .iter()
+            .zip(&self.pipeline.jobs)
+            .filter_map(|(slot, job)| match slot {
+                Slot::Released { job: id, state: s } if !s.is_terminal() => state.skips(job).map(|_| *id),
+                _ => None,
+            })
+            .collect()
     }
 
     /// How job `d` counts for the jobs that wait for it.
@@ -350,16 +411,23 @@ impl Run {
         if !done {
             return false;
         }
-        let failure = self
-            .slots
-            .iter()
-            .zip(&self.pipeline.jobs)
-            .find_map(|(s, j)| match s {
-                Slot::Released { state, .. } if *state != JobState::Succeeded && !j.allow_failure => {
-                    Some(format!("job `{}` {}", j.name, state.as_str()))
-                }
-                _ => None,
-            });
+        // Name a job that failed on its own before one that was cancelled
+        // (by fail-fast, say), whatever their order in the file.
+        let failures = || {
+            self.slots
+                .iter()
+                .zip(&self.pipeline.jobs)
+                .filter_map(|(s, j)| match s {
+                    Slot::Released { state, .. } if *state != JobState::Succeeded && !j.allow_failure => {
+                        Some((*state, format!("job `{}` {}", j.name, state.as_str())))
+                    }
+                    _ => None,
+                })
+        };
+        let failure = failures()
+            .find(|(state, _)| *state != JobState::Cancelled)
+            .or_else(|| failures().next())
+            .map(|(_, message)| message);
         self.state = match (self.ending, failure) {
             (Some(ending), _) => ending,
             (None, Some(f)) => {
@@ -490,6 +558,31 @@ impl Outcome {
     }
 }
 
+/// Who is failing fast: the first failed leg of each `fail_fast` matrix
+/// (by its group), and the first failed job when the pipeline fails fast.
+#[derive(Debug, Default)]
+struct FailFast {
+    groups: std::collections::HashMap<usize, String>,
+    run: Option<String>,
+}
+
+impl FailFast {
+    /// Why fail-fast stops `job`, if it does.
+    fn skips(&self, job: &valkyrie::pipeline::PipelineJob) -> Option<String> {
+        if let Some(failed) = job.fail_fast_group.and_then(|g| self.groups.get(&g)) {
+            return Some(format!(
+                "skipped: `{failed}` failed and the matrix fails fast (fail_fast)"
+            ));
+        }
+        match (&self.run, job.condition) {
+            (Some(failed), Condition::OnSuccess) => Some(format!(
+                "skipped: `{failed}` failed and the pipeline fails fast (fail_fast)"
+            )),
+            _ => None,
+        }
+    }
+}
+
 enum Decision {
     Wait,
     Release,
@@ -593,6 +686,60 @@ mod tests {
         let back = Run::from_row(row.clone(), 0, Instant::now()).unwrap();
         assert_eq!(back.to_row(), row);
         assert_eq!(back.info(|_| None), r.info(|_| None));
+    }
+
+    const MATRIX: &str = "jobs:\n  t:\n    matrix:\n      os: [a, b, c]\n    steps: [x]\n  after:\n    needs: [t]\n    steps: [x]\n  report:\n    if: always\n    needs: [t]\n    steps: [x]\n";
+
+    #[test]
+    fn a_failing_leg_cancels_the_other_legs_of_a_fail_fast_matrix() {
+        let mut r = run(MATRIX);
+        let first = r.advance();
+        release(&mut r, &first);
+        assert!(r.fail_fast_cancellations().is_empty());
+        finish(&mut r, "t [os=a]", JobState::Succeeded);
+        finish(&mut r, "t [os=b]", JobState::Failed);
+        assert_eq!(r.fail_fast_cancellations(), [JobId(2)], "the running leg c");
+        assert_eq!(finish(&mut r, "t [os=c]", JobState::Cancelled), ["report"]);
+        assert!(r.fail_fast_cancellations().is_empty(), "nothing left to cancel");
+        finish(&mut r, "report", JobState::Succeeded);
+        assert!(r.finish_if_done(1));
+        assert_eq!(r.state(), RunState::Failed);
+        assert_eq!(
+            r.info(|_| None).message,
+            "job `t [os=b]` failed",
+            "the failure, not the cancel"
+        );
+        // With `fail_fast: false` every leg runs to its end.
+        let mut r = run(&MATRIX.replace(
+            "    steps: [x]\n  after",
+            "    fail_fast: false\n    steps: [x]\n  after",
+        ));
+        let first = r.advance();
+        release(&mut r, &first);
+        finish(&mut r, "t [os=b]", JobState::Failed);
+        assert!(r.fail_fast_cancellations().is_empty());
+    }
+
+    #[test]
+    fn a_fail_fast_pipeline_stops_on_success_jobs_but_runs_cleanup() {
+        let yaml = "fail_fast: true\njobs:\n  a:\n    steps: [x]\n  b:\n    steps: [x]\n  c:\n    needs: [b]\n    steps: [x]\n  d:\n    if: always\n    needs: [b]\n    steps: [x]\n  e:\n    needs: []\n    if: always\n    steps: [x]\n";
+        let mut r = run(yaml);
+        let first = r.advance();
+        assert_eq!(names(&r, &first), ["a", "b", "e"]);
+        release(&mut r, &first);
+        finish(&mut r, "a", JobState::Failed);
+        assert_eq!(r.fail_fast_cancellations(), [JobId(1)], "b, not the always job e");
+        assert_eq!(
+            finish(&mut r, "b", JobState::Cancelled),
+            ["d"],
+            "c is skipped, d (always) runs"
+        );
+        let c = r.info(|_| None).jobs.into_iter().find(|j| j.name == "c").unwrap();
+        assert_eq!(c.state, RunJobState::Skipped);
+        finish(&mut r, "d", JobState::Succeeded);
+        finish(&mut r, "e", JobState::Succeeded);
+        assert!(r.finish_if_done(1));
+        assert_eq!(r.info(|_| None).message, "job `a` failed");
     }
 
     #[test]

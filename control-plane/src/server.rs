@@ -110,6 +110,11 @@ async fn serve_client(mut session: Session, core: CoreHandle) {
             Message::GetJob(m) => Command::GetJob(m.job_id, reply),
             Message::ListJobs(m) => Command::ListJobs(m.limit, reply),
             Message::ListRunners(_) => Command::ListRunners(reply),
+            Message::RemoveRunner(m) => Command::RemoveRunner {
+                name: m.name,
+                force: m.force,
+                reply,
+            },
             // Validated here, off the core; this session's next request
             // waits for it (requests keep their order).
             Message::SubmitPipeline(m) => match core.validate_pipeline(m.file_name, m.yaml).await {

@@ -35,6 +35,7 @@ const ROUTES: &[(&str, &str, &str)] = &[
     ("get", "/api/ci/executions/{id}/logs", "/api/ci/executions/1/logs"),
     ("get", "/api/runners", "/api/runners"),
     ("post", "/api/runners/{id}/drain", "/api/runners/1/drain"),
+    ("delete", "/api/runners/{name}", "/api/runners/nobody"),
     ("get", "/api/audit", "/api/audit"),
 ];
 

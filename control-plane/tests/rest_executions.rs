@@ -7,7 +7,7 @@ mod rest_support;
 use std::collections::BTreeMap;
 
 use futures_util::StreamExt;
-use reqwest::StatusCode;
+use reqwest::{Method, StatusCode};
 use rest_support::*;
 use serde_json::Value;
 use valkyrie_control_plane::rest::auth::Role;
@@ -125,6 +125,14 @@ async fn sse_follows_an_execution_live_then_replays_it() {
         assert_eq!(job["runner"], "agent-1");
         assert_eq!(job["exit_code"], 0);
         assert!(job["duration_ms"].is_u64(), "{job}");
+        let steps = job["steps"].as_array().expect("each job lists its steps");
+        assert!(!steps.is_empty(), "{job}");
+        for step in steps {
+            assert!(step["name"].is_string(), "{step}");
+            assert_eq!(step["state"], "succeeded", "{step}");
+            assert_eq!(step["exit_code"], 0, "{step}");
+            assert!(step["duration_ms"].is_u64(), "{step}");
+        }
     }
 
     // Replay: the finished execution's logs, then the end.
@@ -177,6 +185,30 @@ async fn runners_are_listed_and_drained_by_admins() {
     assert_eq!(runner["slots"], 2);
     assert_eq!(runner["tags"], serde_json::json!(["linux"]));
     let id = runner["runner_id"].as_u64().unwrap();
+
+    // A connected runner is not removed, unless forced (then drained).
+    let admin = server.token(Role::Admin);
+    let response = server
+        .request(Method::DELETE, "/api/runners/agent-1", &admin)
+        .await;
+    assert_eq!(response.status(), StatusCode::CONFLICT);
+    let body: Value = response.json().await.unwrap();
+    assert!(
+        body["message"].as_str().unwrap().contains("is connected"),
+        "{body}"
+    );
+    let response = server
+        .request(Method::DELETE, "/api/runners/nobody", &admin)
+        .await;
+    assert_eq!(response.status(), StatusCode::NOT_FOUND);
+    let response = server
+        .request(
+            Method::DELETE,
+            "/api/runners/agent-1?force=true",
+            &server.token(Role::Viewer),
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::FORBIDDEN);
 
     let response = server
         .post(

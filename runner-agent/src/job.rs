@@ -59,6 +59,7 @@ pub fn plan(job_id: u64, attempt: u32, spec: &JobSpec, work_dir: &Path, defaults
             env: s.env.clone(),
             working_directory: s.working_directory.clone(),
             continue_on_error: s.continue_on_error,
+            condition: s.condition,
         })
         .collect();
     // What the agent sets for every job comes before the job's own env (a

@@ -7,6 +7,7 @@
 
 pub mod executor;
 pub mod job;
+pub mod leftovers;
 pub mod session;
 
 pub use session::{Agent, AgentConfig, AgentError};

@@ -175,6 +175,10 @@ async fn run() -> anyhow::Result<()> {
     valkyrie::private_fs::create_dir_all(&work_dir)
         .with_context(|| format!("cannot create work directory {}", work_dir.display()))?;
     let work_dir = std::fs::canonicalize(&work_dir)?;
+    // Held until the process ends: one agent per work directory, so what
+    // is found there was left by a dead agent, never a live one.
+    let _work_dir_lock = valkyrie_runner_agent::leftovers::lock_work_dir(&work_dir)?;
+    valkyrie_runner_agent::leftovers::clean_up(&work_dir);
     let docker = match args.executor {
         ExecutorKind::Shell => None,
         ExecutorKind::Docker => Some(

@@ -18,8 +18,8 @@ pub mod local;
 
 use tokio::sync::mpsc;
 use valkyrie::message::{
-    CancelJob, CancelRun, GetJob, GetRun, ListAudit, ListJobs, ListRunners, ListRuns, Message, Role,
-    SubmitJob, SubmitPipeline, Subscribe,
+    CancelJob, CancelRun, GetJob, GetRun, ListAudit, ListJobs, ListRunners, ListRuns, Message, RemoveRunner,
+    Role, SubmitJob, SubmitPipeline, Subscribe,
 };
 use valkyrie::transport::{connect, hello, ConnectError, RequestError};
 use valkyrie::{Endpoint, SessionSender};
@@ -27,7 +27,7 @@ use valkyrie::{Endpoint, SessionSender};
 pub use valkyrie::message::{
     AuditEntry, ContainerSpec, Event, EventBody, JobInfo, JobSpec, JobState, OutputStream, PullPolicy,
     RetryOn, RetryPolicy, RunInfo, RunJobInfo, RunJobState, RunState, RunnerInfo, RunnerState, ServiceSpec,
-    StepSpec,
+    StepInfo, StepOutcome, StepSpec,
 };
 pub use valkyrie::pipeline;
 pub use valkyrie::transport::{ClientOptions, ClientTls};
@@ -95,6 +95,14 @@ impl Client {
         }
     }
 
+    /// One job with the steps of its current attempt.
+    pub async fn job_with_steps(&self, job_id: u64) -> Result<(JobInfo, Vec<StepInfo>), ClientError> {
+        match self.call(GetJob { job_id }).await? {
+            Message::JobDetails(d) => Ok((d.job, d.steps)),
+            other => Err(ClientError::Unexpected(other.kind())),
+        }
+    }
+
     /// The newest jobs (at most `limit`; 0 means the server's default).
     pub async fn jobs(&self, limit: u32) -> Result<Vec<JobInfo>, ClientError> {
         match self.call(ListJobs { limit }).await? {
@@ -107,6 +115,19 @@ impl Client {
     pub async fn runners(&self) -> Result<Vec<RunnerInfo>, ClientError> {
         match self.call(ListRunners {}).await? {
             Message::RunnerList(l) => Ok(l.runners),
+            other => Err(ClientError::Unexpected(other.kind())),
+        }
+    }
+
+    /// Removes the record of runner `name`. A connected runner is refused,
+    /// unless `force`: then it is drained and removed once it disconnects.
+    pub async fn remove_runner(&self, name: &str, force: bool) -> Result<(), ClientError> {
+        let message = RemoveRunner {
+            name: name.to_owned(),
+            force,
+        };
+        match self.call(message).await? {
+            Message::Ack(_) => Ok(()),
             other => Err(ClientError::Unexpected(other.kind())),
         }
     }

@@ -238,3 +238,139 @@ async fn the_demo_runs_and_succeeds() {
     );
     assert!(!stdout.contains('\u{1b}'), "NO_COLOR means no escape codes");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failing_matrix_leg_cancels_its_siblings_and_step_conditions_decide_cleanup() {
+    let c = cluster().await;
+    let client = c.client().await.unwrap();
+    // Legs a and d (c excluded, d included) sleep until fail-fast cancels
+    // them; leg b fails at once. A second job fails its first step, then
+    // runs only its failure and cleanup steps.
+    let yaml = r#"jobs:
+  test:
+    name: test ${{ matrix.os }}
+    matrix:
+      os: [a, b, c]
+      exclude: [{os: c}]
+      include: [{os: d}]
+    steps:
+      - run: if [ "$os" = b ]; then exit 7; fi; sleep 60
+  steps-if:
+    steps:
+      - run: echo building; exit 3
+      - run: echo never-printed
+      - name: report
+        run: echo reporting-failure
+        if: failure()
+      - name: cleanup
+        run: echo cleanup-ran
+        if: always
+"#;
+    let run = client.submit_pipeline("matrix.yaml", yaml).await.unwrap();
+    let info = wait_run(&client, run, |r| r.state.is_terminal()).await;
+    let names: Vec<&str> = info.jobs.iter().map(|j| j.name.as_str()).collect();
+    assert_eq!(names, ["test a", "test b", "test d", "steps-if"], "{info:#?}");
+    assert_eq!(info.state, RunState::Failed, "{info:#?}");
+    assert_eq!(job(&info, "test b").state, RunJobState::Failed);
+    assert_eq!(job(&info, "test b").exit_code, Some(7));
+    for leg in ["test a", "test d"] {
+        assert_eq!(job(&info, leg).state, RunJobState::Cancelled, "{leg}: {info:#?}");
+    }
+    assert_eq!(
+        info.message, "job `test b` failed",
+        "a failure, not a cancel, is named"
+    );
+
+    let steps_if = job(&info, "steps-if");
+    assert_eq!(steps_if.state, RunJobState::Failed);
+    assert_eq!(
+        steps_if.exit_code,
+        Some(3),
+        "the exit code of the step that failed"
+    );
+    let id = steps_if.job_id.unwrap().to_string();
+    let logs = text(&vk(&c, &["logs", &id]).await.stdout);
+    assert!(logs.contains("building"), "{logs}");
+    assert!(logs.contains("reporting-failure"), "{logs}");
+    assert!(logs.contains("cleanup-ran"), "{logs}");
+    assert!(logs.lines().all(|l| l != "never-printed"), "{logs}");
+    assert!(logs.contains("`echo never-printed` skipped"), "{logs}");
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn without_fail_fast_every_leg_runs_to_its_end() {
+    let c = cluster().await;
+    let client = c.client().await.unwrap();
+    let yaml = "jobs:\n  test:\n    fail_fast: false\n    matrix:\n      n: [1, 2, 3]\n    steps:\n      - run: test $n != 2\n";
+    let run = client.submit_pipeline("ff.yaml", yaml).await.unwrap();
+    let info = wait_run(&client, run, |r| r.state.is_terminal()).await;
+    let states: Vec<RunJobState> = info.jobs.iter().map(|j| j.state).collect();
+    assert_eq!(
+        states,
+        [
+            RunJobState::Succeeded,
+            RunJobState::Failed,
+            RunJobState::Succeeded
+        ],
+        "{info:#?}"
+    );
+    assert_eq!(info.message, "job `test [n=2]` failed");
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn vk_status_json_lists_each_steps_state_exit_code_and_duration() {
+    let c = cluster().await;
+    let client = c.client().await.unwrap();
+    let yaml = "jobs:\n  build:\n    steps:\n      - name: fetch\n        run: echo fetched\n      - name: compile\n        run: exit 4\n      - name: package\n        run: echo never\n";
+    let run = client.submit_pipeline("steps.yaml", yaml).await.unwrap();
+    wait_run(&client, run, |r| r.state.is_terminal()).await;
+    let out = vk(&c, &["status", &format!("r{run}"), "--json"]).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let status: serde_json::Value = serde_json::from_str(&text(&out.stdout)).unwrap();
+    let steps = status["jobs"][0]["steps"].as_array().expect("steps").clone();
+    let summary: Vec<(String, String, serde_json::Value)> = steps
+        .iter()
+        .map(|s| {
+            (
+                s["name"].as_str().unwrap().to_owned(),
+                s["state"].as_str().unwrap().to_owned(),
+                s["exit_code"].clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            ("fetch".to_owned(), "succeeded".to_owned(), serde_json::json!(0)),
+            ("compile".to_owned(), "failed".to_owned(), serde_json::json!(4)),
+            (
+                "package".to_owned(),
+                "skipped".to_owned(),
+                serde_json::Value::Null
+            ),
+        ],
+        "{status:#}"
+    );
+    assert!(steps.iter().all(|s| s["duration_ms"].is_u64()), "{status:#}");
+    // The job's log has a section line at each step's start and end.
+    let id = status["jobs"][0]["job_id"].as_u64().unwrap().to_string();
+    let logs = text(&vk(&c, &["logs", &id]).await.stdout);
+    let sections: Vec<&str> = logs
+        .lines()
+        .filter(|l| l.starts_with("[valkyrie] step "))
+        .collect();
+    assert_eq!(sections.len(), 5, "{logs}");
+    assert_eq!(sections[0], "[valkyrie] step 1/3 `fetch` started", "{logs}");
+    assert!(
+        sections[1].starts_with("[valkyrie] step 1/3 `fetch` succeeded in "),
+        "{logs}"
+    );
+    assert!(
+        sections[3].starts_with("[valkyrie] step 2/3 `compile` failed with exit code 4 in "),
+        "{logs}"
+    );
+    assert_eq!(sections[4], "[valkyrie] step 3/3 `package` skipped", "{logs}");
+    c.shutdown().await;
+}

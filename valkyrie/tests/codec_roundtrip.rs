@@ -51,14 +51,16 @@ fn step() -> impl Strategy<Value = StepSpec> {
         pairs(),
         proptest::option::of(text()),
         any::<bool>(),
+        proptest::sample::select(StepCondition::ALL),
     )
         .prop_map(
-            |(name, command, env, working_directory, continue_on_error)| StepSpec {
+            |(name, command, env, working_directory, continue_on_error, condition)| StepSpec {
                 name,
                 command,
                 env,
                 working_directory,
                 continue_on_error,
+                condition,
             },
         )
 }
@@ -92,6 +94,21 @@ fn container() -> impl Strategy<Value = ContainerSpec> {
                 memory_bytes,
             },
         )
+}
+
+fn step_info() -> impl Strategy<Value = StepInfo> {
+    (
+        text(),
+        proptest::option::of(proptest::sample::select(StepOutcome::ALL)),
+        any::<Option<i32>>(),
+        any::<Option<u64>>(),
+    )
+        .prop_map(|(name, outcome, exit_code, duration_ms)| StepInfo {
+            name,
+            outcome,
+            exit_code,
+            duration_ms,
+        })
 }
 
 fn job_spec() -> impl Strategy<Value = JobSpec> {
@@ -432,11 +449,16 @@ fn message() -> impl Strategy<Value = Message> {
             .prop_map(|jobs| JobList { jobs }.into())
             .boxed(),
         Just(ListRunners {}.into()).boxed(),
+        (text(), any::<bool>())
+            .prop_map(|(name, force)| RemoveRunner { name, force }.into())
+            .boxed(),
         vec(runner_info(), 0..3)
             .prop_map(|runners| RunnerList { runners }.into())
             .boxed(),
         any::<u64>().prop_map(|job_id| GetJob { job_id }.into()).boxed(),
-        job_info().prop_map(|job| JobDetails { job }.into()).boxed(),
+        (job_info(), vec(step_info(), 0..4))
+            .prop_map(|(job, steps)| JobDetails { job, steps }.into())
+            .boxed(),
         (any::<u64>(), any::<u32>(), any::<u32>(), job_spec())
             .prop_map(|(job_id, attempt, lease_ms, spec)| {
                 Assign {

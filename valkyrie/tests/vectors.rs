@@ -373,6 +373,7 @@ fn build_and_test_job() -> JobSpec {
                 env: vec![pair("RUSTFLAGS", "-D warnings")],
                 working_directory: Some("valkyrie".into()),
                 continue_on_error: false,
+                condition: StepCondition::OnSuccess,
             },
             StepSpec {
                 name: "test".into(),
@@ -380,6 +381,7 @@ fn build_and_test_job() -> JobSpec {
                 env: vec![],
                 working_directory: None,
                 continue_on_error: true,
+                condition: StepCondition::Always,
             },
             StepSpec::noop(),
         ],
@@ -879,6 +881,16 @@ fn message_cases() -> Vec<MessageCase> {
         ),
         ("list_runners", 105, none, ListRunners {}.into()),
         (
+            "remove_runner",
+            112,
+            none,
+            RemoveRunner {
+                name: "builder-7".into(),
+                force: true,
+            }
+            .into(),
+        ),
+        (
             "runner_list",
             105,
             reply(),
@@ -925,6 +937,26 @@ fn message_cases() -> Vec<MessageCase> {
             reply(),
             JobDetails {
                 job: job_info_failed(),
+                steps: vec![
+                    StepInfo {
+                        name: "build".into(),
+                        outcome: Some(StepOutcome::Succeeded),
+                        exit_code: Some(0),
+                        duration_ms: Some(41_250),
+                    },
+                    StepInfo {
+                        name: "test".into(),
+                        outcome: Some(StepOutcome::Failed),
+                        exit_code: Some(101),
+                        duration_ms: Some(2_300),
+                    },
+                    StepInfo {
+                        name: "package".into(),
+                        outcome: Some(StepOutcome::Skipped),
+                        exit_code: None,
+                        duration_ms: Some(0),
+                    },
+                ],
             }
             .into(),
         ),

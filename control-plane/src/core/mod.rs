@@ -12,6 +12,7 @@ mod audit;
 mod events;
 mod persist;
 mod pipelines;
+mod removal;
 mod runners;
 mod snapshot;
 
@@ -62,6 +63,8 @@ pub struct CoreConfig {
     /// Failed hand-offs in a row (assignment refused, lease expired, runner
     /// gone before acknowledging) after which a job ends `lost`. Default 10.
     pub handoff_limit: u32,
+    /// Runners lost or stopped for longer than this are removed. Default 7 days.
+    pub runner_retention: Duration,
 }
 
 impl Default for CoreConfig {
@@ -74,6 +77,7 @@ impl Default for CoreConfig {
             finished_job_retention: 100_000,
             retention: Duration::from_secs(30 * 24 * 3600),
             handoff_limit: 10,
+            runner_retention: Duration::from_secs(7 * 24 * 3600),
         }
     }
 }
@@ -187,6 +191,15 @@ pub enum Command {
     },
     /// Ask a runner to drain.
     DrainRunner(u64, oneshot::Sender<Result<(), String>>),
+    /// Remove runner `name`'s record; answered with Ack or RequestFailed.
+    RemoveRunner {
+        /// The runner.
+        name: String,
+        /// Drain a connected runner and remove it once it disconnects.
+        force: bool,
+        /// Where the answer goes.
+        reply: Responder,
+    },
     /// A summary of the state, for health checks and metrics.
     Snapshot(oneshot::Sender<CoreSnapshot>),
     /// `command`, done on behalf of `actor` (what it changes is recorded
@@ -322,6 +335,11 @@ pub struct Core {
     /// Jobs whose hand-off failed, queued again once the instant passes
     /// (so a runner that refuses is not offered the job in a hot loop).
     held: Vec<(Instant, JobId)>,
+    /// Runs being advanced now, and those asked to advance again meanwhile:
+    /// a fail-fast cancel of a queued job finishes it at once, which
+    /// advances its run again; that call is folded into the running one
+    /// instead of nesting once per cancelled job.
+    advancing_runs: std::collections::HashMap<u64, bool>,
     /// The core's own queue, for work it hands itself later (weak, so the
     /// core still ends when every handle is gone).
     self_tx: mpsc::WeakSender<Command>,
@@ -396,6 +414,7 @@ fn spawn_inner(
         timed_runs: Default::default(),
         held: Vec::new(),
         queued_since: HashMap::new(),
+        advancing_runs: Default::default(),
         self_tx: tx.downgrade(),
         audit_log: Default::default(),
         audit_stragglers: Default::default(),
@@ -448,6 +467,7 @@ impl Core {
             Command::GetJob(job, reply) => match self.jobs.get(&JobId(job)) {
                 Some(record) => reply.reply(JobDetails {
                     job: self.job_info(record),
+                    steps: record.step_infos(),
                 }),
                 None => reply.fail(ErrorCode::NOT_FOUND, format!("no job {job}")),
             },
@@ -509,6 +529,7 @@ impl Core {
             Command::Snapshot(reply) => {
                 let _ = reply.send(self.snapshot());
             }
+            Command::RemoveRunner { name, force, reply } => self.remove_runner_by_name(&name, force, reply),
             Command::SubmitPipeline { pipeline, reply } => self.submit_pipeline(*pipeline, reply),
             Command::GetRun(id, reply) => match self.runs.get(&id) {
                 Some(run) => reply.reply(RunDetails {
@@ -572,6 +593,11 @@ impl Core {
                         info!(runner = %r.name, "runner disconnected");
                         r.link = Link::Disconnected(Instant::now());
                         self.scheduler.set_availability(runner, Availability::Lost);
+                        if r.remove_when_gone && r.jobs.is_empty() {
+                            let name = r.name.clone();
+                            self.remove_runner(runner, "it disconnected after `vk runners rm --force`");
+                            info!(runner = %name, "runner removed");
+                        }
                     }
                 }
             }
@@ -625,6 +651,22 @@ impl Core {
     /// Releases the jobs of run `id` that are ready, and ends the run when
     /// nothing is left.
     fn advance_run(&mut self, id: u64) {
+        if let Some(again) = self.advancing_runs.get_mut(&id) {
+            *again = true;
+            return;
+        }
+        self.advancing_runs.insert(id, false);
+        loop {
+            self.advance_run_once(id);
+            if self.advancing_runs.get(&id) != Some(&true) {
+                break;
+            }
+            self.advancing_runs.insert(id, false);
+        }
+        self.advancing_runs.remove(&id);
+    }
+
+    fn advance_run_once(&mut self, id: u64) {
         let Some(run) = self.runs.get_mut(&id) else { return };
         self.dirty_runs.insert(id);
         if run.deadline.is_some() && !run.state().is_terminal() {
@@ -640,6 +682,18 @@ impl Core {
             self.job_runs.insert(job, (id, index));
             if let Some(run) = self.runs.get_mut(&id) {
                 run.released(index, job);
+            }
+        }
+        // Fail-fast: cancel what a failure stops (once per job).
+        let stopped = self
+            .runs
+            .get(&id)
+            .map(Run::fail_fast_cancellations)
+            .unwrap_or_default();
+        for job in stopped {
+            if self.jobs.get(&job).is_some_and(|j| !j.cancel_requested) {
+                debug!(run_id = id, job_id = job.0, "fail-fast cancels the job");
+                self.cancel(job, Responder::detached());
             }
         }
         if let Some(run) = self.runs.get_mut(&id) {
@@ -1069,6 +1123,7 @@ impl Core {
             draining: false,
             last_seen: now,
             jobs: Default::default(),
+            remove_when_gone: false,
         };
         let row = Self::runner_row(&record);
         self.runners.insert(id, record);
@@ -1246,8 +1301,19 @@ impl Core {
             }
             Message::StepResult(step) => {
                 let id = JobId(step.job_id);
-                let result = match self.jobs.get(&id) {
-                    Some(job) => job.check_attempt(runner, step.attempt),
+                let result = match self.jobs.get_mut(&id) {
+                    // Kept in memory and stored with the job's next change
+                    // (at the latest its end): a store write per step would
+                    // cost an fsync each on a durable store.
+                    Some(job) => job.check_attempt(runner, step.attempt).map(|()| {
+                        job.step_finished(
+                            step.attempt,
+                            step.step,
+                            step.outcome,
+                            step.exit_code,
+                            step.duration_ms,
+                        );
+                    }),
                     None => Err(TransitionError::StaleAttempt {
                         job: id,
                         got: step.attempt,
@@ -1506,6 +1572,7 @@ impl Core {
             }
             self.finished_job(id);
         }
+        self.remove_old_runners(now);
         // Runners silent or disconnected for too long are lost.
         let lost_after = self.config.runner_lost_after;
         let lost: Vec<RunnerId> = self

@@ -131,6 +131,7 @@ impl Core {
                     draining: false,
                     last_seen: now,
                     jobs: BTreeSet::new(),
+                    remove_when_gone: false,
                 },
             );
         }

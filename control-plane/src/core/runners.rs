@@ -51,6 +51,8 @@ pub struct RunnerRecord {
     pub last_seen: Instant,
     /// Jobs whose current attempt is on this runner.
     pub jobs: BTreeSet<JobId>,
+    /// `vk runners rm --force`: remove the record once it disconnects.
+    pub remove_when_gone: bool,
 }
 
 impl RunnerRecord {

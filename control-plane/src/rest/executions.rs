@@ -12,7 +12,7 @@ use futures_util::Stream;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use utoipa::ToSchema;
-use valkyrie::message::{EventBody, Message, RunInfo, RunJobInfo};
+use valkyrie::message::{EventBody, Message, RunInfo, RunJobInfo, StepInfo};
 
 use super::auth::{Caller, Role};
 use super::error::{ApiError, ErrorBody};
@@ -67,6 +67,23 @@ pub struct ExecutionJob {
     pub allow_failure: bool,
     /// Why it is where it is.
     pub reason: String,
+    /// Its steps, in order (the current attempt's), in
+    /// `GET /api/ci/executions/{id}` only.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub steps: Vec<ExecutionStep>,
+}
+
+/// One step of a job.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ExecutionStep {
+    /// Display name.
+    pub name: String,
+    /// pending, running, succeeded, failed, failed_allowed, cancelled, timed_out or skipped.
+    pub state: String,
+    /// Exit code, when its process exited.
+    pub exit_code: Option<i32>,
+    /// Run time, once it ended.
+    pub duration_ms: Option<u64>,
 }
 
 impl From<RunJobInfo> for ExecutionJob {
@@ -86,6 +103,7 @@ impl From<RunJobInfo> for ExecutionJob {
             finished_at_ms: job.finished_at_ms,
             allow_failure: job.allow_failure,
             reason: job.reason,
+            steps: Vec::new(),
         }
     }
 }
@@ -168,7 +186,26 @@ pub async fn get_one(
     ApiPath(id): ApiPath<u64>,
 ) -> Result<Json<Execution>, ApiError> {
     caller.require(Role::Viewer)?;
-    Ok(Json(state.run(id).await?.into()))
+    let mut execution: Execution = state.run(id).await?.into();
+    for job in &mut execution.jobs {
+        let Some(job_id) = job.job_id else { continue };
+        // A job forgotten past the retention keeps no steps.
+        if let Ok(Message::JobDetails(details)) = state.ask(|reply| Command::GetJob(job_id, reply)).await {
+            let states = StepInfo::states(details.job.state, &details.steps);
+            job.steps = details
+                .steps
+                .into_iter()
+                .zip(states)
+                .map(|(step, state)| ExecutionStep {
+                    name: step.name,
+                    state: state.into(),
+                    exit_code: step.exit_code,
+                    duration_ms: step.duration_ms,
+                })
+                .collect();
+        }
+    }
+    Ok(Json(execution))
 }
 
 /// Cancels every unfinished job of an execution.

@@ -36,7 +36,7 @@ use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, FromRequestParts, Path, Query};
 use axum::http::request::Parts;
 use axum::http::{HeaderValue, Method};
-use axum::routing::{get, post, MethodRouter};
+use axum::routing::{delete, get, post, MethodRouter};
 use axum::Router;
 use serde::de::DeserializeOwned;
 use tokio::sync::oneshot;
@@ -276,6 +276,10 @@ pub fn router(core: CoreHandle, tokens: Arc<Tokens>, config: RestConfig) -> Rout
             timed("/api/ci/executions/{id}/logs", get(executions::logs)),
         )
         .route("/api/runners", timed("/api/runners", get(runners::list)))
+        .route(
+            "/api/runners/{name}",
+            timed("/api/runners/{name}", delete(runners::remove)),
+        )
         .route(
             "/api/runners/{id}/drain",
             timed("/api/runners/{id}/drain", post(runners::drain)),

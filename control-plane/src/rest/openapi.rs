@@ -16,11 +16,11 @@ use super::{audit, error, executions, health, metrics, pipelines, runners};
         health::healthchecker, health::healthz, health::readyz, metrics::metrics, openapi_json,
         pipelines::create, pipelines::upload, pipelines::list, pipelines::get_one, pipelines::trigger,
         executions::list, executions::get_one, executions::cancel, executions::logs,
-        runners::list, runners::drain, audit::list,
+        runners::list, runners::drain, runners::remove, audit::list,
     ),
     components(schemas(
         error::ErrorBody, health::Health, pipelines::Pipeline, pipelines::PipelineSummary, pipelines::CreatePipeline, pipelines::UploadForm, pipelines::Triggered,
-        executions::Execution, executions::ExecutionJob, executions::Cancelled, runners::Runner, runners::Draining,
+        executions::Execution, executions::ExecutionJob, executions::ExecutionStep, executions::Cancelled, runners::Runner, runners::Draining, runners::Removed,
         audit::AuditPage, audit::AuditRecordJson,
     )),
     modifiers(&BearerAuth),

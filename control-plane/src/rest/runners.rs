@@ -4,7 +4,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
+use utoipa::{IntoParams, ToSchema};
 use valkyrie::message::{Message, RunnerInfo};
 
 use super::auth::{Caller, Role};
@@ -122,4 +122,58 @@ pub async fn drain(
             state: "draining".into(),
         }),
     ))
+}
+
+/// How to remove a runner.
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct RemoveQuery {
+    /// `true`: drain a connected runner and remove it once it disconnects.
+    pub force: Option<bool>,
+}
+
+/// A removed (or, with `force`, draining) runner.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct Removed {
+    /// The runner.
+    pub name: String,
+    /// `removed`, or `draining` when a connected runner is removed once it
+    /// disconnects.
+    pub state: String,
+}
+
+/// Removes the record of a runner that is not connected. A connected one
+/// is refused (409) unless `force=true`: it is then drained and removed
+/// once it disconnects.
+#[utoipa::path(delete, path = "/api/runners/{name}", tag = "runners",
+    params(("name" = String, Path, description = "Runner name"), RemoveQuery),
+    responses((status = 200, body = Removed), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn remove(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(name): ApiPath<String>,
+    ApiQuery(query): ApiQuery<RemoveQuery>,
+) -> Result<Json<Removed>, ApiError> {
+    caller.require(Role::Admin)?;
+    let force = query.force.unwrap_or(false);
+    let connected = match state.ask(Command::ListRunners).await? {
+        Message::RunnerList(list) => list
+            .runners
+            .iter()
+            .any(|r| r.name == name && !matches!(r.state.as_str(), "lost" | "stopped")),
+        other => return Err(unexpected(&other)),
+    };
+    state
+        .ask_as(&caller, |reply| Command::RemoveRunner {
+            name: name.clone(),
+            force,
+            reply,
+        })
+        .await
+        .map_err(|e| e.suggest("list runners with GET /api/runners"))?;
+    let state = if connected && force { "draining" } else { "removed" };
+    Ok(Json(Removed {
+        name,
+        state: state.into(),
+    }))
 }

@@ -189,6 +189,9 @@ impl Store for EmbeddedStore {
                             .insert(runner.id, encode(runner.as_ref()).as_slice())
                             .map_err(w)?;
                     }
+                    Change::DeleteRunner(id) => {
+                        runners.remove(id).map_err(w)?;
+                    }
                     Change::Log(log) => {
                         let mut value = Vec::with_capacity(log.data.len() + 1);
                         value.push(stream_byte(log.stream));

@@ -208,6 +208,8 @@ pub enum Change {
     Pipeline(Box<PipelineDef>),
     /// Insert or replace a runner.
     Runner(Box<RunnerRow>),
+    /// Forget a runner (`vk runners rm`, or lost past the retention).
+    DeleteRunner(u64),
     /// Append a log chunk.
     Log(LogRow),
     /// Id counters.

@@ -363,6 +363,11 @@ impl MongoStore {
             let jobs = doc! { "q": self.fenced(doc! { "_id": { "$in": ids } }), "limit": 0 };
             self.write(JOBS, Write::Delete, vec![jobs])?;
         }
+        if !folded.deleted_runners.is_empty() {
+            let ids: Vec<Bson> = folded.deleted_runners.iter().map(|id| id_bson(*id)).collect();
+            let statement = doc! { "q": { "_id": { "$in": ids } }, "limit": 0 };
+            self.write(RUNNERS, Write::Delete, vec![statement])?;
+        }
         if !folded.deleted_audit.is_empty() {
             let ids: Vec<Bson> = folded.deleted_audit.iter().map(|id| id_bson(*id)).collect();
             let statement = doc! { "q": self.fenced(doc! { "_id": { "$in": ids } }), "limit": 0 };
@@ -514,6 +519,9 @@ struct Folded<'a> {
     deleted_jobs: BTreeSet<u64>,
     pipelines: BTreeMap<u64, &'a PipelineDef>,
     runners: BTreeMap<u64, &'a RunnerRow>,
+    /// Runners whose record goes; applied after the writes below (a runner
+    /// removed in a commit is not registered again in the same one).
+    deleted_runners: BTreeSet<u64>,
     jobs: BTreeMap<u64, &'a JobRecord>,
     logs: Vec<&'a LogRow>,
     runs: BTreeMap<u64, &'a RunRow>,
@@ -541,7 +549,12 @@ impl<'a> Folded<'a> {
                 Change::Pipeline(def) => {
                     folded.pipelines.insert(def.id, def);
                 }
+                Change::DeleteRunner(id) => {
+                    folded.runners.remove(id);
+                    folded.deleted_runners.insert(*id);
+                }
                 Change::Runner(runner) => {
+                    folded.deleted_runners.remove(&runner.id);
                     folded.runners.insert(runner.id, runner);
                 }
                 Change::Log(log) => logs.push((position, log)),

@@ -165,7 +165,7 @@ pub async fn submit(client: &Session, spec: JobSpec) -> u64 {
 /// The job as the server has it.
 pub async fn job_info(client: &Session, job_id: u64) -> JobInfo {
     match within("JobDetails", client.sender().request(GetJob { job_id })).await {
-        Ok(Message::JobDetails(JobDetails { job })) => job,
+        Ok(Message::JobDetails(JobDetails { job, .. })) => job,
         other => panic!("GetJob answered with {other:?}"),
     }
 }

@@ -6,8 +6,12 @@
 //!
 //! Guarantees of [`run_job`]:
 //! * every step gets exactly one `StepFinished`; a step that ran also gets a
-//!   `StepStarted` before its output. Steps after a failure, cancellation or
-//!   timeout get only `StepFinished { outcome: Skipped }`;
+//!   `StepStarted` before its output. A step that does not run gets only
+//!   `StepFinished { outcome: Skipped }`: after a failure every step but
+//!   those with condition `on_failure` or `always` is skipped, after a
+//!   cancellation or timeout every step is, and an `on_failure` step is
+//!   skipped when nothing failed. The job's outcome and exit code stay
+//!   those of the first step that failed;
 //! * `Output` events are numbered from 0 without gaps across the whole job,
 //!   and within one stream arrive in the order the process wrote them;
 //! * when `run_job` returns, the process group of every step has been sent
@@ -40,6 +44,7 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tracing::Instrument;
+pub use valkyrie::message::StepCondition;
 
 pub use output::{MAX_CHUNK_BYTES, MIN_SECRET_BYTES, SECRET_MASK};
 pub use program::{default_shell, BASH_SHELL, SH_SHELL};
@@ -156,6 +161,10 @@ pub struct StepPlan {
     /// A failure of this step is reported as `FailedAllowed` and does not
     /// fail the job.
     pub continue_on_error: bool,
+    /// When it runs: after success only (the default), only once an
+    /// earlier step failed the job, or either way. Never after a cancel or
+    /// a timeout.
+    pub condition: StepCondition,
 }
 
 impl StepPlan {
@@ -167,6 +176,7 @@ impl StepPlan {
             env: Vec::new(),
             working_directory: None,
             continue_on_error: false,
+            condition: StepCondition::OnSuccess,
         }
     }
 
@@ -270,6 +280,25 @@ struct StepResult {
 }
 
 impl StepResult {
+    /// `succeeded in 1.20s`, `failed with exit code 4 in 0.03s`, `skipped`:
+    /// the end of a step's section line.
+    fn summary(&self) -> String {
+        let how = match self.outcome {
+            StepOutcome::Succeeded => "succeeded",
+            StepOutcome::Failed => "failed",
+            StepOutcome::FailedAllowed => "failed (continue_on_error)",
+            StepOutcome::Cancelled => "cancelled",
+            StepOutcome::TimedOut => "timed out",
+            StepOutcome::Skipped => return "skipped".into(),
+        };
+        let status = match (self.exit_code, self.signal) {
+            (Some(code), _) if code != 0 => format!(" with exit code {code}"),
+            (_, Some(signal)) => format!(" by signal {signal}"),
+            _ => String::new(),
+        };
+        format!("{how}{status} in {:.2}s", self.duration.as_secs_f64())
+    }
+
     fn not_started(outcome: StepOutcome) -> Self {
         StepResult {
             exit_code: None,
@@ -395,6 +424,7 @@ pub async fn run_job(
             events,
             log: OutputLog::new(plan.output_limit_bytes),
             secrets,
+            steps: plan.steps.len(),
         };
 
         let mut ended: Option<JobOutcome> = None;
@@ -483,24 +513,36 @@ pub async fn run_job(
         for (index, step) in plan.steps.iter().enumerate() {
             // Step counts come from a pipeline file; more than u32::MAX is absurd.
             let index = u32::try_from(index).unwrap_or(u32::MAX);
+            // A cancel or timeout stops every step; a failure only those
+            // that run on success.
+            let stopped = if *cancel.borrow() {
+                Some(JobOutcome::Cancelled)
+            } else if deadline.is_some_and(|deadline| Instant::now() >= deadline) {
+                Some(JobOutcome::TimedOut)
+            } else {
+                None
+            };
             if ended.is_none() {
-                if *cancel.borrow() {
-                    ended = Some(JobOutcome::Cancelled);
-                } else if deadline.is_some_and(|deadline| Instant::now() >= deadline) {
-                    ended = Some(JobOutcome::TimedOut);
-                }
+                ended = stopped;
             }
-            let result = if ended.is_some() {
+            let failing = ended == Some(JobOutcome::Failed);
+            let runs = match step.condition {
+                _ if stopped.is_some() => false,
+                StepCondition::OnSuccess => ended.is_none(),
+                StepCondition::OnFailure => failing,
+                StepCondition::Always => ended.is_none() || failing,
+            };
+            // Section lines, as GitLab's: which step starts, and how it
+            // ended. A job of one step has none; its own state, exit code
+            // and duration say the same.
+            let sections = plan.steps.len() > 1;
+            let label = format!("step {}/{} `{}`", index + 1, plan.steps.len(), step.name);
+            let result = if !runs {
                 StepResult::not_started(StepOutcome::Skipped)
             } else {
                 match &step.command {
                     StepCommand::Noop => {
-                        sink.send(ExecEvent::StepStarted {
-                            index,
-                            name: step.name.clone(),
-                            pgid: None,
-                        })
-                        .await;
+                        sink.started(index, &step.name, None).await;
                         StepResult::not_started(StepOutcome::Succeeded)
                     }
                     StepCommand::Shell(line) => {
@@ -537,6 +579,10 @@ pub async fn run_job(
                     }
                 }
             };
+            if sections {
+                sink.system(&format!("[valkyrie] {label} {}\n", result.summary()))
+                    .await;
+            }
             sink.send(ExecEvent::StepFinished {
                 index,
                 exit_code: result.exit_code,
@@ -549,13 +595,18 @@ pub async fn run_job(
             if result.outcome == StepOutcome::Skipped {
                 continue;
             }
-            exit_code = result.exit_code;
-            ended = match result.outcome {
+            let step_ended = match result.outcome {
                 StepOutcome::Failed => Some(JobOutcome::Failed),
                 StepOutcome::Cancelled => Some(JobOutcome::Cancelled),
                 StepOutcome::TimedOut => Some(JobOutcome::TimedOut),
                 StepOutcome::Succeeded | StepOutcome::FailedAllowed | StepOutcome::Skipped => None,
             };
+            // A cleanup step after a failure leaves the job failed, with
+            // the exit code of the step that failed it.
+            if ended.is_none() {
+                exit_code = result.exit_code;
+                ended = step_ended;
+            }
         }
 
         let report = JobReport {
@@ -767,6 +818,8 @@ struct EventSink {
     events: mpsc::Sender<ExecEvent>,
     log: OutputLog,
     secrets: Secrets,
+    /// Steps in the job: a job of more than one gets section lines.
+    steps: usize,
 }
 
 impl EventSink {
@@ -784,6 +837,21 @@ impl EventSink {
         }
         for event in ready {
             self.send(event).await;
+        }
+    }
+
+    /// Sends `StepStarted`, then (in a job of several steps) the section
+    /// line that opens the step in the log.
+    async fn started(&mut self, index: u32, name: &str, pgid: Option<i32>) {
+        self.send(ExecEvent::StepStarted {
+            index,
+            name: name.to_owned(),
+            pgid,
+        })
+        .await;
+        if self.steps > 1 {
+            let line = format!("[valkyrie] step {}/{} `{name}` started\n", index + 1, self.steps);
+            self.system(&line).await;
         }
     }
 

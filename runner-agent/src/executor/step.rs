@@ -22,7 +22,7 @@ use super::env::{Env, ExpandError};
 use super::pipe::PipeReader;
 use super::process_group::{self, StepProcess};
 use super::program;
-use super::{EventSink, ExecEvent, JobPlan, OutputStream, StepOutcome, StepPlan, StepResult};
+use super::{EventSink, JobPlan, OutputStream, StepOutcome, StepPlan, StepResult};
 
 /// After the leader exited and the group was killed, the pipes normally hit
 /// EOF at once. A process that escaped the group (`setsid`) may still hold
@@ -134,12 +134,7 @@ impl ProcessStep<'_> {
             Ok(process) => process,
             Err(error) => {
                 tracing::warn!(%error, "could not start step");
-                sink.send(ExecEvent::StepStarted {
-                    index: self.index,
-                    name: self.step.name.clone(),
-                    pgid: None,
-                })
-                .await;
+                sink.started(self.index, &self.step.name, None).await;
                 sink.system(&format!(
                     "[valkyrie] could not start step `{}`: {error}\n",
                     self.step.name
@@ -155,13 +150,15 @@ impl ProcessStep<'_> {
             }
         };
         tracing::Span::current().record("pgid", process.pgid());
+        // For the next agent, should this one be killed while the step
+        // runs (see `leftovers`); removed with the directory when the job ends.
+        let record = super::files_dir(&self.plan.workspace).join(crate::leftovers::PGID_FILE);
+        if let Err(error) = std::fs::write(&record, process.pgid().to_string()) {
+            tracing::warn!(%error, "could not record the step's process group");
+        }
         tracing::info!("step started");
-        sink.send(ExecEvent::StepStarted {
-            index: self.index,
-            name: self.step.name.clone(),
-            pgid: Some(process.pgid()),
-        })
-        .await;
+        sink.started(self.index, &self.step.name, Some(process.pgid()))
+            .await;
 
         let (status, stopped) = self.drive(process, sink, cancel).await;
         let outcome = match (stopped, status) {

@@ -185,6 +185,15 @@ async fn steps_run_in_order_and_report_each_step() {
 
     let shape: Vec<String> = events
         .iter()
+        .filter(|event| {
+            !matches!(
+                event,
+                ExecEvent::Output {
+                    stream: OutputStream::System,
+                    ..
+                }
+            )
+        })
         .map(|event| match event {
             ExecEvent::StepStarted { index, name, .. } => format!("start {index} {name}"),
             ExecEvent::Output { stream, data, .. } => {
@@ -303,6 +312,77 @@ async fn continue_on_error_step_fails_allowed_and_the_job_goes_on() {
     assert_eq!(output(&events, OutputStream::Stdout), "after\n");
     assert_eq!(report.outcome, JobOutcome::Succeeded);
     assert_eq!(report.exit_code, Some(0));
+}
+
+fn step_if(name: &str, line: &str, condition: StepCondition) -> StepPlan {
+    StepPlan {
+        condition,
+        ..StepPlan::shell(name, line)
+    }
+}
+
+#[tokio::test]
+async fn after_a_failure_only_on_failure_and_always_steps_run() {
+    let root = tempfile::tempdir().unwrap();
+    let plan = plan(
+        &root,
+        vec![
+            step_if("notify early", "echo never", StepCondition::OnFailure),
+            StepPlan::shell("build", "exit 3"),
+            StepPlan::shell("test", "echo never"),
+            step_if("notify", "echo notify", StepCondition::OnFailure),
+            step_if("clean", "echo clean; exit 5", StepCondition::Always),
+        ],
+    );
+    let (events, report) = run_to_end(plan).await;
+    assert_eq!(
+        finished(&events),
+        [
+            (0, StepOutcome::Skipped, None, None),
+            (1, StepOutcome::Failed, Some(3), None),
+            (2, StepOutcome::Skipped, None, None),
+            (3, StepOutcome::Succeeded, Some(0), None),
+            (4, StepOutcome::Failed, Some(5), None),
+        ]
+    );
+    assert_eq!(output(&events, OutputStream::Stdout), "notify\nclean\n");
+    assert_eq!(report.outcome, JobOutcome::Failed);
+    assert_eq!(report.exit_code, Some(3), "the step that failed the job");
+    // Section lines name each step, how it ended and how long it took.
+    let system = output(&events, OutputStream::System);
+    let lines: Vec<&str> = system.lines().collect();
+    assert_eq!(lines[0], "[valkyrie] step 1/5 `notify early` skipped", "{system}");
+    assert_eq!(lines[1], "[valkyrie] step 2/5 `build` started", "{system}");
+    assert!(
+        lines[2].starts_with("[valkyrie] step 2/5 `build` failed with exit code 3 in ")
+            && lines[2].ends_with('s'),
+        "{system}"
+    );
+    assert_eq!(lines[3], "[valkyrie] step 3/5 `test` skipped", "{system}");
+    assert!(
+        lines[5].starts_with("[valkyrie] step 4/5 `notify` succeeded in "),
+        "{system}"
+    );
+    assert!(
+        lines[7].starts_with("[valkyrie] step 5/5 `clean` failed with exit code 5 in "),
+        "{system}"
+    );
+    assert_eq!(lines.len(), 8, "{system}");
+}
+
+#[tokio::test]
+async fn an_always_step_runs_after_success_too() {
+    let root = tempfile::tempdir().unwrap();
+    let plan = plan(
+        &root,
+        vec![
+            StepPlan::shell("build", "echo build"),
+            step_if("clean", "echo clean", StepCondition::Always),
+        ],
+    );
+    let (events, report) = run_to_end(plan).await;
+    assert_eq!(output(&events, OutputStream::Stdout), "build\nclean\n");
+    assert_eq!(report.outcome, JobOutcome::Succeeded);
 }
 
 #[tokio::test]
@@ -447,7 +527,11 @@ async fn cancel_before_the_first_step_skips_everything() {
             (1, StepOutcome::Skipped, None, None)
         ]
     );
-    assert_eq!(events.len(), 2);
+    assert_eq!(
+        output(&events, OutputStream::System),
+        "[valkyrie] step 1/2 `a` skipped\n[valkyrie] step 2/2 `b` skipped\n"
+    );
+    assert_eq!(events.len(), 4, "a section line and StepFinished per step");
     assert_eq!(report.outcome, JobOutcome::Cancelled);
 }
 
@@ -497,9 +581,14 @@ async fn output_over_the_limit_is_cut_marked_and_dropped() {
         .sum();
     assert_eq!(emitted, 1000);
     assert_eq!(output(&events, OutputStream::Stdout), all[..1000]);
-    assert_eq!(
-        output(&events, OutputStream::System),
-        "\n[valkyrie] output truncated: job exceeded its 1000 bytes output limit\n"
+    let system = output(&events, OutputStream::System);
+    assert!(
+        system.contains("\n[valkyrie] output truncated: job exceeded its 1000 bytes output limit\n"),
+        "{system}"
+    );
+    assert!(
+        system.contains("[valkyrie] step 2/2 `after` succeeded in"),
+        "section lines go on after the truncation: {system}"
     );
     // The producer kept being drained, so it finished normally.
     assert_eq!(
@@ -564,7 +653,7 @@ async fn unstartable_shell_fails_the_step_with_an_explanation() {
     ));
     let system = output(&events, OutputStream::System);
     assert!(
-        system.starts_with("[valkyrie] could not start step `x`"),
+        system.starts_with("[valkyrie] step 1/2 `x` started\n[valkyrie] could not start step `x`"),
         "{system}"
     );
     assert!(system.contains("/nonexistent/valkyrie-shell"), "{system}");

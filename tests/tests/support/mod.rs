@@ -148,7 +148,8 @@ impl Harness {
         self.dir.path()
     }
 
-    fn scope(&self) -> String {
+    /// The value of `VKTEST_SCOPE` this test's processes carry.
+    pub fn scope(&self) -> String {
         self.dir.path().display().to_string()
     }
 

@@ -74,6 +74,8 @@ kinds! {
     GET_JOB = 0x29;
     /// One job's details.
     JOB_INFO = 0x2A;
+    /// A client removes a runner's record.
+    REMOVE_RUNNER = 0x2B;
     /// The server hands a job attempt to an agent.
     ASSIGN = 0x30;
     /// The agent accepts or refuses an assignment (ends the lease).

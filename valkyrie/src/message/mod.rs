@@ -282,10 +282,22 @@ messages! {
         job_id: u64,
     }
 
+    /// Client → server: remove the record of runner `name` (answered with
+    /// Ack). A connected runner is refused, unless `force`: then it is
+    /// drained and removed once it disconnects.
+    RemoveRunner = REMOVE_RUNNER on Control {
+        /// The runner's name.
+        name: String,
+        /// Drain a connected runner and remove it when it is gone.
+        force: bool,
+    }
+
     /// Server → client: one job's details.
     JobDetails = JOB_INFO on Control {
         /// The job.
         job: JobInfo,
+        /// The steps of its current attempt, in order.
+        steps: Vec<StepInfo>,
     }
 
     // ---- dispatch ----

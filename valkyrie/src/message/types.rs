@@ -165,6 +165,21 @@ impl RunnerState {
     }
 }
 
+wire_enum! {
+    /// When a step runs, given how the steps before it ended (a pipeline
+    /// step's `if:`). A cancelled or timed-out job runs no further step.
+    #[derive(Default)]
+    StepCondition {
+        /// Every earlier step succeeded (or failed with `continue_on_error`). The default.
+        #[default]
+        OnSuccess = 0,
+        /// An earlier step failed the job.
+        OnFailure = 1,
+        /// Whether or not an earlier step failed (cleanup).
+        Always = 2,
+    }
+}
+
 /// What a step runs.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -193,6 +208,9 @@ pub struct StepSpec {
     pub working_directory: Option<String>,
     /// A failure of this step does not fail the job.
     pub continue_on_error: bool,
+    /// When it runs, given how the earlier steps ended.
+    #[serde(default)]
+    pub condition: StepCondition,
 }
 
 impl StepSpec {
@@ -205,6 +223,7 @@ impl StepSpec {
             env: Vec::new(),
             working_directory: None,
             continue_on_error: false,
+            condition: StepCondition::OnSuccess,
         }
     }
 
@@ -216,6 +235,7 @@ impl StepSpec {
             env: Vec::new(),
             working_directory: None,
             continue_on_error: false,
+            condition: StepCondition::OnSuccess,
         }
     }
 
@@ -227,6 +247,7 @@ impl StepSpec {
             env: Vec::new(),
             working_directory: None,
             continue_on_error: false,
+            condition: StepCondition::OnSuccess,
         }
     }
 
@@ -244,6 +265,7 @@ impl StepSpec {
             env: r.pairs("step.env")?,
             working_directory: r.option("step.working_directory", |r| r.string("step.working_directory"))?,
             continue_on_error: r.bool("step.continue_on_error")?,
+            condition: StepCondition::read(r, "step.condition")?,
         })
     }
 
@@ -263,6 +285,7 @@ impl StepSpec {
         w.pairs(&self.env);
         w.option(&self.working_directory, |w, d| w.string(d));
         w.bool(self.continue_on_error);
+        self.condition.write(w);
     }
 }
 
@@ -400,9 +423,9 @@ impl JobSpec {
             project: r.string("job.project")?,
             priority: r.u8("job.priority")?,
             tags: r.strings("job.tags")?,
-            // A step takes at least 11 bytes: name (4), command (1), env (4),
-            // working_directory (1), continue_on_error (1).
-            steps: r.list("job.steps", 11, StepSpec::read)?,
+            // A step takes at least 12 bytes: name (4), command (1), env (4),
+            // working_directory (1), continue_on_error (1), condition (1).
+            steps: r.list("job.steps", 12, StepSpec::read)?,
             env: r.pairs("job.env")?,
             secrets: r.pairs("job.secrets")?,
             timeout_ms: r.u64("job.timeout_ms")?,
@@ -498,6 +521,69 @@ impl JobInfo {
     }
 }
 
+/// One step of a job's current attempt (in [`JobDetails`](super::JobDetails)).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StepInfo {
+    /// Display name, cut to at most 255 bytes.
+    pub name: String,
+    /// How it ended; none while it runs or before it starts.
+    pub outcome: Option<StepOutcome>,
+    /// Its exit code, when its process exited.
+    pub exit_code: Option<i32>,
+    /// Run time in milliseconds, once it ended.
+    pub duration_ms: Option<u64>,
+}
+
+impl StepInfo {
+    pub(crate) fn read(r: &mut Reader) -> Result<Self, DecodeError> {
+        Ok(Self {
+            name: r.string("step.name")?,
+            outcome: r.option("step.outcome", |r| StepOutcome::read(r, "step.outcome"))?,
+            exit_code: r.option("step.exit_code", |r| r.i32("step.exit_code"))?,
+            duration_ms: r.option("step.duration_ms", |r| r.u64("step.duration_ms"))?,
+        })
+    }
+
+    pub(crate) fn write(&self, w: &mut Writer) {
+        w.string(&self.name);
+        w.option(&self.outcome, |w, o| o.write(w));
+        w.option(&self.exit_code, |w, c| w.i32(*c));
+        w.option(&self.duration_ms, |w, d| w.u64(*d));
+    }
+}
+
+impl StepInfo {
+    /// The state listings show for each of a job's steps: the outcome's
+    /// name once reported; before that `running` for the first unreported
+    /// step of a running job, `pending` otherwise.
+    pub fn states(job: JobState, steps: &[StepInfo]) -> Vec<&'static str> {
+        let first_open = steps.iter().position(|s| s.outcome.is_none());
+        steps
+            .iter()
+            .enumerate()
+            .map(|(i, step)| match step.outcome {
+                Some(outcome) => outcome.as_str(),
+                None if job == JobState::Running && first_open == Some(i) => "running",
+                None => "pending",
+            })
+            .collect()
+    }
+}
+
+impl StepOutcome {
+    /// The lower-case name used in listings.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Succeeded => "succeeded",
+            Self::Failed => "failed",
+            Self::FailedAllowed => "failed_allowed",
+            Self::Cancelled => "cancelled",
+            Self::TimedOut => "timed_out",
+            Self::Skipped => "skipped",
+        }
+    }
+}
+
 /// A runner as listings show it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RunnerInfo {
@@ -567,7 +653,7 @@ pub struct AuditEntry {
     pub actor: String,
     /// What: `submit_job`, `submit_pipeline`, `create_pipeline`,
     /// `trigger_pipeline`, `cancel_job`, `cancel_run`, `drain_runner`,
-    /// `register_runner` or `mint_token`.
+    /// `remove_runner`, `register_runner` or `mint_token`.
     pub action: String,
     /// What it was done to, e.g. `job 12`.
     pub target: String,

@@ -32,10 +32,7 @@ pub(crate) fn well_known(level: Level, key: &str) -> Option<String> {
         // Job level.
         (Level::Job, "runs-on") => "use `tags:`: a runner must have every tag listed",
         (Level::Job, "strategy") => {
-            "Valkyrie has no `strategy`: put `matrix:` directly in the job (`include`, `exclude`, `fail-fast` and `max-parallel` are not supported yet; every leg runs)"
-        }
-        (Level::Job, "fail-fast" | "fail_fast") => {
-            "fail-fast is not supported yet: every leg of a matrix runs to its end"
+            "Valkyrie has no `strategy`: put `matrix:` (with its `include` and `exclude`) directly in the job, and `fail_fast:` next to it; `max-parallel` is not supported yet"
         }
         (Level::Job, "continue-on-error") => {
             "use `allow_failure: true` on the job (or `continue_on_error: true` on a step)"
@@ -76,8 +73,8 @@ pub(crate) fn well_known(level: Level, key: &str) -> Option<String> {
             if key.contains('-') {
                 let snake = key.replace('-', "_");
                 let known: &[&str] = match level {
-                    Level::Pipeline => &["defaults"],
-                    Level::Job => &["allow_failure"],
+                    Level::Pipeline => &["defaults", "fail_fast"],
+                    Level::Job => &["allow_failure", "fail_fast"],
                     Level::Step => &["continue_on_error", "working_directory"],
                 };
                 if known.contains(&snake.as_str()) {

@@ -35,6 +35,10 @@ pub struct PipelineJob {
     pub condition: Condition,
     /// Its failure does not fail the run nor skip its dependents.
     pub allow_failure: bool,
+    /// The legs of one matrix job with `fail_fast` (the default) share a
+    /// group, the index of the job as written: a leg that fails (or times
+    /// out, or is lost) without `allow_failure` cancels the other legs.
+    pub fail_fast_group: Option<usize>,
     /// What to run.
     pub spec: JobSpec,
 }
@@ -50,6 +54,10 @@ pub struct Pipeline {
     pub stages: Vec<String>,
     /// Run-level timeout in milliseconds; 0 means none.
     pub timeout_ms: u64,
+    /// `fail_fast: true`: the first job that fails (without
+    /// `allow_failure`) cancels the run's other running jobs and skips the
+    /// waiting ones, except those with `if: always` or `if: on_failure`.
+    pub fail_fast: bool,
     /// Jobs in file order (matrix expansions in place).
     pub jobs: Vec<PipelineJob>,
 }

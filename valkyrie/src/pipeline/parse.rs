@@ -12,7 +12,10 @@ use super::graph;
 use super::hints::{self, Level};
 use super::limits::{self, *};
 use super::model::{Condition, Pipeline, PipelineJob};
-use crate::message::{JobSpec, RetryOn, RetryPolicy, StepCommand, StepSpec};
+use crate::message::{JobSpec, RetryOn, RetryPolicy, StepCommand, StepCondition, StepSpec};
+
+mod matrix;
+use matrix::Matrix;
 
 mod container;
 use container::ContainerKeys;
@@ -26,6 +29,7 @@ const TOP_KEYS: &[&str] = &[
     "stages",
     "timeout",
     "defaults",
+    "fail_fast",
     "jobs",
     "image",
     "services",
@@ -52,8 +56,17 @@ const JOB_KEYS: &[&str] = &[
     "services",
     "pull_policy",
     "resources",
+    "name",
+    "fail_fast",
 ];
-const STEP_KEYS: &[&str] = &["name", "run", "env", "working_directory", "continue_on_error"];
+const STEP_KEYS: &[&str] = &[
+    "name",
+    "run",
+    "env",
+    "working_directory",
+    "continue_on_error",
+    "if",
+];
 const RETRY_KEYS: &[&str] = &["max", "when"];
 
 struct Ctx<'a> {
@@ -281,9 +294,14 @@ struct RawJob {
     needs: Option<Vec<(String, Span)>>,
     condition: Condition,
     allow_failure: bool,
-    matrix: Vec<(String, Vec<String>)>,
+    matrix: Matrix,
     /// How many jobs it expands into.
     legs: usize,
+    /// `name:`, the display name (with `${{ matrix.key }}` substituted per
+    /// leg), and where it was written.
+    display_name: Option<(String, Span)>,
+    /// A failing leg of its matrix cancels the others.
+    fail_fast: bool,
     spec: JobSpec,
 }
 
@@ -329,6 +347,10 @@ pub fn parse(file: &str, text: &str) -> Result<Pipeline, PipelineErrors> {
         .get_node("timeout")
         .and_then(|n| cx.duration_ms(n, "timeout"))
         .unwrap_or(0);
+    let fail_fast = top
+        .get_node("fail_fast")
+        .and_then(|n| cx.boolean(n, "fail_fast"))
+        .unwrap_or(false);
 
     let mut defaults = match top.get_node("defaults") {
         Some(node) => parse_defaults(&mut cx, node),
@@ -549,13 +571,42 @@ pub fn parse(file: &str, text: &str) -> Result<Pipeline, PipelineErrors> {
     // Expand matrices, then resolve dependencies to expanded indices.
     let mut jobs = Vec::with_capacity(expanded_jobs);
     let mut expansions: Vec<Vec<usize>> = Vec::with_capacity(raw_jobs.len());
-    for job in &raw_jobs {
+    for (raw_index, job) in raw_jobs.iter().enumerate() {
         let mut mine = Vec::new();
-        for combination in combinations(&job.matrix) {
+        let combinations = job.matrix.combinations();
+        let group = (job.fail_fast && combinations.len() > 1).then_some(raw_index);
+        for combination in combinations {
             mine.push(jobs.len());
-            jobs.push(expand(job, &combination));
+            let mut expanded = expand(job, &combination);
+            expanded.fail_fast_group = group;
+            jobs.push(expanded);
         }
         expansions.push(mine);
+    }
+    // Display names are what runs show and what `vk` finds jobs by: two
+    // jobs (or two legs of one matrix) must not share one.
+    let mut shown: HashMap<&str, usize> = HashMap::with_capacity(jobs.len());
+    for (raw_index, mine) in expansions.iter().enumerate() {
+        for &i in mine {
+            if let Some(&other) = shown.get(jobs[i].name.as_str()) {
+                let raw = &raw_jobs[raw_index];
+                let span = raw.display_name.as_ref().map_or(&raw.span, |(_, span)| span);
+                cx.error(
+                    span,
+                    format!(
+                        "job `{}` is shown as `{}`, like job `{}`",
+                        raw.name, jobs[i].name, raw_jobs[other].name
+                    ),
+                    Some("give each job (and each leg of a matrix) its own `name:`, e.g. with `${{ matrix.key }}` in it".into()),
+                );
+                break;
+            }
+            shown.insert(jobs[i].name.as_str(), raw_index);
+        }
+    }
+    if !cx.errors.is_empty() {
+        cx.errors.sort_by_key(|e| (e.line, e.column));
+        return Err(PipelineErrors(cx.errors));
     }
     for (raw_index, deps) in needs.iter().enumerate() {
         let Some(deps) = deps else {
@@ -574,6 +625,7 @@ pub fn parse(file: &str, text: &str) -> Result<Pipeline, PipelineErrors> {
         description,
         stages: stages.into_iter().map(|(n, _)| n).collect(),
         timeout_ms,
+        fail_fast,
         jobs,
     })
 }
@@ -810,50 +862,18 @@ fn parse_job(
         None => defaults.retry.unwrap_or_default(),
     };
 
-    let mut matrix = Vec::new();
-    let mut legs = 1usize;
-    if let Some(node) = map.get_node("matrix") {
-        if let Some(m) = cx.mapping(node, &format!("{what} matrix")) {
-            if cx.few_enough(m.span(), m.len(), MAX_MATRIX_KEYS, &format!("{what} matrix")) {
-                for (k, v) in m.iter() {
-                    if !cx.fits(k.span(), k.as_str(), MAX_NAME_BYTES, "a matrix key") {
-                        continue;
-                    }
-                    if matches!(k.as_str(), "include" | "exclude") {
-                        cx.error(
-                            k.span(),
-                            format!("matrix `{}` is not supported yet", k.as_str()),
-                            Some("list only the values to combine, or write the extra combination as a job of its own".into()),
-                        );
-                        continue;
-                    }
-                    let values: Vec<String> = cx
-                        .names(v, "matrix values", MAX_MATRIX_COMBINATIONS)
-                        .into_iter()
-                        .map(|(s, _)| s)
-                        .collect();
-                    if values.is_empty() {
-                        cx.error(
-                            k.span(),
-                            format!("matrix key `{}` has no values", k.as_str()),
-                            None,
-                        );
-                    }
-                    legs = legs.saturating_mul(values.len().max(1));
-                    matrix.push((k.as_str().to_owned(), values));
-                }
-                if legs > MAX_MATRIX_COMBINATIONS {
-                    cx.error(
-                        m.span(),
-                        format!(
-                            "{what} matrix has {legs} combinations, over the limit of {MAX_MATRIX_COMBINATIONS}"
-                        ),
-                        Some("use fewer values, or split the job".into()),
-                    );
-                }
-            }
-        }
-    }
+    let matrix = map
+        .get_node("matrix")
+        .and_then(|n| matrix::parse_matrix(cx, n, &what))
+        .unwrap_or_default();
+    let legs = matrix.legs();
+    let display_name = map
+        .get_node("name")
+        .and_then(|n| cx.name(n, &format!("{what} name")).map(|s| (s, *n.span())));
+    let fail_fast = map
+        .get_node("fail_fast")
+        .and_then(|n| cx.boolean(n, "fail_fast"))
+        .unwrap_or(true);
 
     let mut steps = Vec::new();
     match map.get_node("steps") {
@@ -905,6 +925,8 @@ fn parse_job(
         allow_failure,
         matrix,
         legs,
+        display_name,
+        fail_fast,
         spec,
     })
 }
@@ -1026,6 +1048,9 @@ fn parse_step(cx: &mut Ctx<'_>, node: &Node, what: &str) -> Option<StepSpec> {
                 .get_node("continue_on_error")
                 .and_then(|n| cx.boolean(n, "continue_on_error"))
                 .unwrap_or(false);
+            if let Some(n) = m.get_node("if") {
+                step.condition = step_condition(cx, n, what).unwrap_or_default();
+            }
             Some(step)
         }
         Node::Sequence(s) => {
@@ -1039,23 +1064,22 @@ fn parse_step(cx: &mut Ctx<'_>, node: &Node, what: &str) -> Option<StepSpec> {
     }
 }
 
-/// Every combination of matrix values, in key order; one empty combination
-/// when there is no matrix.
-fn combinations(matrix: &[(String, Vec<String>)]) -> Vec<Vec<(String, String)>> {
-    let mut out: Vec<Vec<(String, String)>> = vec![Vec::new()];
-    for (key, values) in matrix {
-        out = out
-            .into_iter()
-            .flat_map(|prefix| {
-                values.iter().map(move |v| {
-                    let mut c = prefix.clone();
-                    c.push((key.clone(), v.clone()));
-                    c
-                })
-            })
-            .collect();
+/// A step's `if:`, with the same words as a job's.
+fn step_condition(cx: &mut Ctx<'_>, node: &Node, what: &str) -> Option<StepCondition> {
+    let s = cx.scalar(node, "if")?;
+    match s.as_str().trim() {
+        "on_success" | "success()" => Some(StepCondition::OnSuccess),
+        "on_failure" | "failure()" => Some(StepCondition::OnFailure),
+        "always" | "always()" => Some(StepCondition::Always),
+        other => {
+            cx.error(
+                s.span(),
+                format!("a step of {what} has an unknown `if` condition `{other}`"),
+                Some("use on_success, on_failure or always".into()),
+            );
+            None
+        }
     }
-    out
 }
 
 fn substitute(text: &str, combination: &[(String, String)]) -> String {
@@ -1070,10 +1094,20 @@ fn substitute(text: &str, combination: &[(String, String)]) -> String {
 
 fn expand(job: &RawJob, combination: &[(String, String)]) -> PipelineJob {
     let mut spec = job.spec.clone();
-    let mut name = job.name.clone();
+    let shown = job
+        .display_name
+        .as_ref()
+        .map_or(job.name.as_str(), |(n, _)| n.as_str());
+    let mut name = shown.to_owned();
     if !combination.is_empty() {
         let label: Vec<String> = combination.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        name = format!("{} [{}]", job.name, label.join(", "));
+        // A display name that names matrix values is complete; any other
+        // name gets the values appended, as GitHub Actions does.
+        name = if shown.contains("${{") {
+            substitute(shown, combination)
+        } else {
+            format!("{shown} [{}]", label.join(", "))
+        };
         spec.env = merge(&spec.env, combination);
         for step in &mut spec.steps {
             step.name = substitute(&step.name, combination);
@@ -1095,6 +1129,7 @@ fn expand(job: &RawJob, combination: &[(String, String)]) -> PipelineJob {
         waits_for_earlier_stages: false,
         condition: job.condition,
         allow_failure: job.allow_failure,
+        fail_fast_group: None,
         spec,
     }
 }

@@ -501,7 +501,7 @@ fn github_and_gitlab_keys_get_the_valkyrie_equivalent() {
         ("default: {}\njobs:\n  a:\n    steps: [x]\n", "use `defaults:`"),
         (
             "jobs:\n  a:\n    strategy: {}\n    steps: [x]\n",
-            "put `matrix:` directly in the job",
+            "directly in the job, and `fail_fast:`",
         ),
         (
             "jobs:\n  a:\n    continue-on-error: true\n    steps: [x]\n",
@@ -549,9 +549,153 @@ fn github_and_gitlab_keys_get_the_valkyrie_equivalent() {
             "{yaml:?}: {errs:#?}"
         );
     }
-    let e = one_error(
-        "jobs:\n  a:\n    matrix:\n      os: [linux]\n      include: [{os: mac}]\n    steps: [x]\n",
+    let e = one_error("jobs:\n  a:\n    fail-fast: false\n    steps: [x]\n");
+    assert_eq!(
+        e.hint.as_deref(),
+        Some("use `fail_fast` (Valkyrie's keys use underscores)"),
+        "{e}"
     );
-    assert!(e.message.contains("matrix `include` is not supported yet"), "{e}");
-    assert!(!e.message.contains("has no values"), "{e}");
+}
+
+fn job_names(p: &Pipeline) -> Vec<&str> {
+    p.jobs.iter().map(|j| j.name.as_str()).collect()
+}
+
+#[test]
+fn matrix_exclude_removes_and_include_extends_or_adds_combinations() {
+    let p = parse(
+        "ci.yaml",
+        "jobs:\n  t:\n    matrix:\n      os: [linux, mac]\n      rust: [stable, beta]\n      exclude:\n        - {os: mac, rust: beta}\n      include:\n        - {os: linux, extra: yes}\n        - {os: windows, rust: stable}\n    steps:\n      - run: echo ${{ matrix.extra }}\n",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        job_names(&p),
+        [
+            "t [os=linux, rust=stable, extra=yes]",
+            "t [os=linux, rust=beta, extra=yes]",
+            "t [os=mac, rust=stable]",
+            "t [os=windows, rust=stable]",
+        ]
+    );
+    assert_eq!(
+        p.jobs[0].spec.steps[0].command,
+        StepCommand::Shell("echo yes".into())
+    );
+    assert!(p.jobs[3].spec.env.contains(&("os".into(), "windows".into())));
+    // A matrix of includes only: one job per entry.
+    let p = parse(
+        "ci.yaml",
+        "jobs:\n  t:\n    matrix:\n      include: [{target: x86}, {target: arm}]\n    steps: [x]\n",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(job_names(&p), ["t [target=x86]", "t [target=arm]"]);
+}
+
+#[test]
+fn bad_matrix_include_and_exclude_entries_are_named() {
+    let e = one_error(
+        "jobs:\n  t:\n    matrix:\n      os: [linux, mac]\n      exclude:\n        - {oss: mac}\n    steps: [x]\n",
+    );
+    assert!(
+        e.message
+            .contains("matrix `exclude` names `oss`, which is not a key"),
+        "{e}"
+    );
+    assert_eq!(e.hint.as_deref(), Some("did you mean `os`?"));
+    assert_eq!((e.line, e.column), (6, 12));
+    let e = one_error(
+        "jobs:\n  t:\n    matrix:\n      os: [linux, mac]\n      exclude:\n        - {os: macos}\n    steps: [x]\n",
+    );
+    assert!(
+        e.message
+            .contains("sets `os` to `macos`, which is not one of its values"),
+        "{e}"
+    );
+    assert_eq!(e.hint.as_deref(), Some("did you mean `mac`?"));
+    let e = one_error(
+        "jobs:\n  t:\n    matrix:\n      os: [linux]\n      exclude: [{os: linux}]\n    steps: [x]\n",
+    );
+    assert!(e.message.contains("no combination left after `exclude`"), "{e}");
+    let e = one_error("jobs:\n  t:\n    matrix:\n      include: [linux]\n    steps: [x]\n");
+    assert!(
+        e.message.contains("a matrix `include` entry must be a mapping"),
+        "{e}"
+    );
+}
+
+#[test]
+fn a_display_name_replaces_the_key_and_takes_matrix_values() {
+    let p = parse(
+        "ci.yaml",
+        "jobs:\n  build:\n    name: Build the crate\n    steps: [x]\n  test:\n    name: test on ${{ matrix.os }}\n    needs: [build]\n    matrix:\n      os: [linux, mac]\n    steps: [x]\n  lint:\n    name: Lint\n    matrix:\n      rust: [stable]\n    steps: [x]\n",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        job_names(&p),
+        [
+            "Build the crate",
+            "test on linux",
+            "test on mac",
+            "Lint [rust=stable]"
+        ]
+    );
+    assert_eq!(p.jobs[1].spec.name, "test on linux");
+    assert_eq!(
+        p.jobs[1].depends_on,
+        [0],
+        "`needs` names the key, not the display name"
+    );
+    let e = one_error(
+        "jobs:\n  test:\n    name: test\n    matrix:\n      os: [linux, mac]\n      rust: [a, b]\n    steps: [x]\n  t2:\n    name: ${{ matrix.os }}\n    matrix:\n      os: [linux, mac]\n      rust: [a, b]\n    steps: [x]\n",
+    );
+    assert!(
+        e.message.contains("job `t2` is shown as `linux`, like job `t2`"),
+        "{e}"
+    );
+    assert_eq!((e.line, e.column), (9, 11));
+}
+
+#[test]
+fn fail_fast_groups_the_legs_of_a_matrix_unless_turned_off() {
+    let p = parse(
+        "ci.yaml",
+        "fail_fast: true\njobs:\n  a:\n    matrix:\n      os: [linux, mac]\n    steps: [x]\n  b:\n    fail_fast: false\n    matrix:\n      os: [linux, mac]\n    steps: [x]\n  c:\n    steps: [x]\n",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let groups: Vec<Option<usize>> = p.jobs.iter().map(|j| j.fail_fast_group).collect();
+    assert_eq!(groups, [Some(0), Some(0), None, None, None]);
+    assert!(p.fail_fast);
+    assert!(
+        !parse("ci.yaml", "jobs:\n  a:\n    steps: [x]\n")
+            .unwrap()
+            .fail_fast
+    );
+    let e = one_error("jobs:\n  a:\n    fail_fast: maybe\n    steps: [x]\n");
+    assert!(e.message.contains("fail_fast must be true or false"), "{e}");
+}
+
+#[test]
+fn steps_take_an_if_condition() {
+    use crate::message::StepCondition;
+    let p = parse(
+        "ci.yaml",
+        "jobs:\n  a:\n    steps:\n      - make\n      - run: notify\n        if: failure()\n      - run: clean\n        if: always\n",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let conditions: Vec<StepCondition> = p.jobs[0].spec.steps.iter().map(|s| s.condition).collect();
+    assert_eq!(
+        conditions,
+        [
+            StepCondition::OnSuccess,
+            StepCondition::OnFailure,
+            StepCondition::Always
+        ]
+    );
+    let e = one_error("jobs:\n  a:\n    steps:\n      - run: x\n        if: sometimes\n");
+    assert!(
+        e.message
+            .contains("a step of job `a` has an unknown `if` condition `sometimes`"),
+        "{e}"
+    );
+    assert_eq!((e.line, e.column), (5, 13));
 }

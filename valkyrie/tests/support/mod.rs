@@ -118,6 +118,7 @@ pub fn job_details(job_id: u64) -> JobDetails {
             started_at_ms: Some(1_700_000_000_500),
             finished_at_ms: None,
         },
+        steps: Vec::new(),
     }
 }
 

@@ -176,12 +176,35 @@ pub async fn run_status_json(client: &Client, run: &RunInfo) -> anyhow::Result<s
     let mut value = run_json(run);
     if let Some(jobs) = value.get_mut("jobs").and_then(|j| j.as_array_mut()) {
         for (json, job) in jobs.iter_mut().zip(&run.jobs) {
-            let attempt = match job.job_id {
-                Some(id) => client.job(id).await?.attempt,
-                None => 0,
+            let (attempt, steps) = match job.job_id {
+                Some(id) => {
+                    let (info, steps) = client.job_with_steps(id).await?;
+                    (info.attempt, steps_json(info.state, &steps))
+                }
+                None => (0, Vec::new()),
             };
             json["attempt"] = attempt.into();
+            json["steps"] = steps.into();
         }
     }
     Ok(value)
+}
+
+/// A job's steps for `--json`: name, state (`pending` and `running` before
+/// the runner reports an outcome), exit_code, duration_ms; the REST API's
+/// `steps` have the same shape.
+fn steps_json(job: valkyrie_sdk::JobState, steps: &[valkyrie_sdk::StepInfo]) -> Vec<serde_json::Value> {
+    let states = valkyrie_sdk::StepInfo::states(job, steps);
+    steps
+        .iter()
+        .zip(states)
+        .map(|(step, state)| {
+            serde_json::json!({
+                "name": step.name,
+                "state": state,
+                "exit_code": step.exit_code,
+                "duration_ms": step.duration_ms,
+            })
+        })
+        .collect()
 }

@@ -17,7 +17,9 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{CommandFactory, Parser, Subcommand};
 use valkyrie::Endpoint;
-use valkyrie_sdk::{pipeline, Client, ClientError, ClientOptions, ClientTls, EventBody, JobSpec, StepSpec};
+use valkyrie_sdk::{
+    pipeline, Client, ClientError, ClientOptions, ClientTls, EventBody, JobSpec, RunnerState, StepSpec,
+};
 
 use follow::Output;
 use ids::Target;
@@ -154,12 +156,16 @@ enum Command {
         #[arg(long, default_value_t = 50)]
         limit: u32,
     },
-    /// List runners.
-    #[command(after_help = "Examples:\n  vk runners\n  vk runners --json")]
+    /// List runners, or remove one (`vk runners rm NAME`).
+    #[command(
+        after_help = "Examples:\n  vk runners\n  vk runners --json\n  vk runners rm old-builder\n  vk runners rm builder-3 --force"
+    )]
     Runners {
         /// Print JSON.
         #[arg(long)]
         json: bool,
+        #[command(subcommand)]
+        action: Option<RunnersAction>,
     },
     /// Print a job's output: every stream on stdout, in order; attempts of
     /// a retried job are separated by a header line.
@@ -200,6 +206,19 @@ enum Command {
     Completions {
         /// The shell.
         shell: clap_complete::Shell,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum RunnersAction {
+    /// Remove a runner's record. A connected runner is refused unless
+    /// --force, which drains it and removes it once it disconnects.
+    Rm {
+        /// The runner's name.
+        name: String,
+        /// Drain a connected runner and remove it when it disconnects.
+        #[arg(long)]
+        force: bool,
     },
 }
 
@@ -430,7 +449,24 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Runners { json } => {
+        Command::Runners {
+            action: Some(RunnersAction::Rm { name, force }),
+            ..
+        } => {
+            let connected = client
+                .runners()
+                .await?
+                .iter()
+                .any(|r| r.name == name && !matches!(r.state, RunnerState::Lost | RunnerState::Stopped));
+            client.remove_runner(&name, force).await?;
+            if connected && force {
+                eprintln!("runner `{name}` is draining; it will be removed once it disconnects");
+            } else {
+                eprintln!("runner `{name}` removed");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Runners { json, action: None } => {
             let runners = client.runners().await?;
             if json {
                 outln!("{}", serde_json::to_string_pretty(&runners)?);
