@@ -126,6 +126,7 @@ pub async fn drain(
 
 /// How to remove a runner.
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct RemoveQuery {
     /// `true`: drain a connected runner and remove it once it disconnects.
     pub force: Option<bool>,
@@ -144,9 +145,14 @@ pub struct Removed {
 /// Removes the record of a runner that is not connected. A connected one
 /// is refused (409) unless `force=true`: it is then drained and removed
 /// once it disconnects.
-#[utoipa::path(delete, path = "/api/runners/{name}", tag = "runners",
+#[utoipa::path(delete, path = "/api/runners/{name}", tag = "runners", operation_id = "remove_runner",
     params(("name" = String, Path, description = "Runner name"), RemoveQuery),
-    responses((status = 200, body = Removed), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)),
+    responses((status = 200, body = Removed),
+              (status = 400, description = "A malformed query", body = ErrorBody),
+              (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+              (status = 405, description = "Method not allowed", body = ErrorBody),
+              (status = 409, description = "The runner is connected (use force=true)", body = ErrorBody),
+              (status = 429, body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn remove(
     State(state): State<AppState>,
