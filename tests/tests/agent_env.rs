@@ -60,28 +60,68 @@ async fn pass_env_refuses_the_agents_own_variables() {
 
 /// A job runs as the agent's user, yet cannot read the agent's environment
 /// (where `VALKYRIE_RUNNER_TOKEN` lives) through /proc: the agent makes
-/// itself non-dumpable, which gives its /proc files to root.
+/// itself non-dumpable, which gives its /proc files to root. Root reads
+/// every process's files, so when the tests run as root the agent (and so
+/// its jobs) runs as `nobody` (uid 65534) through `setpriv`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jobs_cannot_read_the_agents_environment_through_proc() {
-    if nix::unistd::geteuid().is_root() {
-        // Root reads every process's /proc files (CAP_SYS_PTRACE), so a job
-        // run as root shows nothing about this protection.
-        eprintln!("skipped: running as root, which bypasses the protection under test");
-        return;
-    }
+    const NOBODY: u32 = 65534;
     let h = Harness::new();
-    let server = h.server().start();
+    let server = h.server().listen(&["tcp://127.0.0.1:0"]).start();
     let client = server.client().await;
-    let agent = h
-        .agent(&server)
+    let root = nix::unistd::geteuid().is_root();
+    // A work directory the agent's user owns, outside the (0700) harness
+    // directory.
+    let work = tempfile::Builder::new()
+        .prefix("vkt-env")
+        .tempdir()
+        .expect("work directory");
+    if root {
+        std::os::unix::fs::chown(work.path(), Some(NOBODY), Some(NOBODY)).expect("chown");
+    }
+    let agent_binary = support::binary("valkyrie-agent");
+    let mut command = if root {
+        let mut command = h.command_of("setpriv");
+        command
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(&agent_binary);
+        command
+    } else {
+        h.command("valkyrie-agent")
+    };
+    command
+        .args(["--server", server.endpoint(), "--name", "env-probe", "--work-dir"])
+        .arg(work.path().join("w"))
         .env("VALKYRIE_RUNNER_TOKEN", &server.runner_token)
-        .env("AGENT_HOST_SECRET", "not-for-jobs")
-        .start(&client)
-        .await;
-    let pid = agent.process.pid();
-    let script = format!("cat /proc/{pid}/environ; echo \"cat exited $?\"");
+        .env("AGENT_HOST_SECRET", "not-for-jobs");
+    let agent = support::spawn_logged(
+        command,
+        "env-probe agent",
+        h.path().join("env-probe.log"),
+        std::process::Stdio::null(),
+    );
+    support::wait_until("the agent to register", || {
+        let client = client.clone();
+        async move {
+            client
+                .runners()
+                .await
+                .ok()
+                .filter(|r| r.iter().any(|r| r.name == "env-probe"))
+        }
+    })
+    .await;
+    // setpriv execs the agent: the child's pid is the agent's.
+    let pid = agent.pid();
+    let script = format!("id -u; cat /proc/{pid}/environ; echo \"cat exited $?\"");
     let out = server.vk(&["exec", "--", "sh", "-c", &script]).await;
     let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    if root {
+        assert!(
+            stdout.starts_with("65534\n"),
+            "the job runs as nobody:\n{stdout}\n{stderr}"
+        );
+    }
     assert!(
         stdout.contains("cat exited 1"),
         "the job read /proc/{pid}/environ:\n{stdout}\n{stderr}"

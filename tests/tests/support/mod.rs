@@ -159,8 +159,13 @@ impl Harness {
 
     /// A command for one of the binaries, with a clean `VALKYRIE_*`
     /// environment and this harness's scope marker.
-    fn command(&self, name: &str) -> Command {
-        let mut command = Command::new(binary(name));
+    pub fn command(&self, name: &str) -> Command {
+        self.command_of(binary(name))
+    }
+
+    /// [`Harness::command`] for any program (on PATH or a path).
+    pub fn command_of(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut command = Command::new(program);
         for (key, _) in std::env::vars_os() {
             if key.to_string_lossy().starts_with("VALKYRIE_") {
                 command.env_remove(key);
@@ -323,7 +328,7 @@ impl Drop for Guarded {
     }
 }
 
-fn spawn_logged(mut command: Command, what: &str, log: PathBuf, stdout: Stdio) -> Guarded {
+pub fn spawn_logged(mut command: Command, what: &str, log: PathBuf, stdout: Stdio) -> Guarded {
     let file = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
