@@ -18,7 +18,7 @@ use valkyrie_runner_agent::{Agent, AgentConfig};
 #[command(
     name = "valkyrie-agent",
     version,
-    after_help = "Example:\n  valkyrie-agent --server tcp://ci.example.com:7700 --token $(cat runner-token) --name build-1 --tags linux,docker --slots 4"
+    after_help = "Example (the token in the environment: a command line is visible to every local user):\n  VALKYRIE_RUNNER_TOKEN=$(cat runner-token) valkyrie-agent --server tls://ci.example.com:7700 --name build-1 --tags linux,docker --slots 4"
 )]
 struct Args {
     /// TOML file with any of these flags as keys in snake_case (`data_dir = "/srv/ci"`);

@@ -39,8 +39,8 @@ fn help_shows_an_example() {
     let out = agent_sync(&["--help"]);
     assert!(out.status.success());
     let help = String::from_utf8_lossy(&out.stdout);
-    assert!(help.contains("Example:"), "{help}");
-    assert!(help.contains("valkyrie-agent --server tcp://"), "{help}");
+    assert!(help.contains("Example ("), "{help}");
+    assert!(help.contains("VALKYRIE_RUNNER_TOKEN=$(cat runner-token) valkyrie-agent --server tls://"), "{help}");
 }
 
 #[test]
