@@ -40,7 +40,10 @@ fn help_shows_an_example() {
     assert!(out.status.success());
     let help = String::from_utf8_lossy(&out.stdout);
     assert!(help.contains("Example ("), "{help}");
-    assert!(help.contains("VALKYRIE_RUNNER_TOKEN=$(cat runner-token) valkyrie-agent --server tls://"), "{help}");
+    assert!(
+        help.contains("VALKYRIE_RUNNER_TOKEN=$(cat runner-token) valkyrie-agent --server tls://"),
+        "{help}"
+    );
 }
 
 #[test]

@@ -45,6 +45,9 @@ pub enum ClientError {
     /// The server answered with an unexpected message.
     #[error("server answered with an unexpected {0} message")]
     Unexpected(valkyrie::FrameKind),
+    /// [`Client::connect_any`] was given no server.
+    #[error("no server to connect to")]
+    NoServer,
 }
 
 /// A connection to a control plane.
@@ -65,6 +68,24 @@ impl Client {
         // Nothing unsolicited is expected; drain it so it never backs up.
         tokio::spawn(async move { while unsolicited.recv().await.is_some() {} });
         Ok(Self { sender })
+    }
+
+    /// Connects to the first of `servers` that answers: the leader of a
+    /// group of control planes sharing one MongoDB store (standbys do not
+    /// listen). Fails with the last server's error when none answers.
+    pub async fn connect_any(
+        servers: &[Endpoint],
+        token: &str,
+        options: ClientOptions,
+    ) -> Result<Self, ClientError> {
+        let mut last = None;
+        for server in servers {
+            match Self::connect(server, token, options.clone()).await {
+                Ok(client) => return Ok(client),
+                Err(err) => last = Some(err),
+            }
+        }
+        Err(last.unwrap_or(ClientError::NoServer))
     }
 
     async fn call(&self, message: impl Into<Message>) -> Result<Message, ClientError> {

@@ -122,15 +122,11 @@ fn leading_epoch(log: &str) -> Option<u64> {
 /// A client of whichever server of `endpoints` answers (the leader).
 async fn any_client(endpoints: &[String]) -> Client {
     wait_until("a server of the group to accept a client", || async {
-        for endpoint in endpoints {
-            let Ok(endpoint) = endpoint.parse() else { continue };
-            if let Ok(client) = Client::connect(&endpoint, API_TOKEN, ClientOptions::default()).await {
-                if client.jobs(1).await.is_ok() {
-                    return Some(client);
-                }
-            }
-        }
-        None
+        let endpoints: Vec<_> = endpoints.iter().map(|e| e.parse().expect("endpoint")).collect();
+        let client = Client::connect_any(&endpoints, API_TOKEN, ClientOptions::default())
+            .await
+            .ok()?;
+        client.jobs(1).await.ok().map(|_| client)
     })
     .await
 }
