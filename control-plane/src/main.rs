@@ -521,15 +521,19 @@ async fn open_store(
                     leader.advertise.join(", ")
                 );
             })
-            .and_then(|fence| election.claim(&fence).map(|()| fence));
-        let _ = tx.send((election, fence));
+            .and_then(|fence| {
+                // Renewed from now on: claiming and loading a large store
+                // may take longer than one lease.
+                election.clone().keep(fence.clone(), |err| step_down(&err));
+                election.claim(&fence).map(|()| fence)
+            });
+        let _ = tx.send(fence);
     });
-    let (election, fence) = rx.await.context("the election thread ended")?;
+    let fence = rx.await.context("the election thread ended")?;
     let fence = fence.context("cannot take the lead of the servers sharing the store")?;
     eprintln!("leading the servers on this store (epoch {})", fence.epoch());
     tracing::info!(epoch = fence.epoch(), "leading");
-    mongo.set_fence(fence.clone());
-    election.keep(fence, |err| step_down(&err));
+    mongo.set_fence(fence);
     Ok(Box::new(mongo))
 }
 

@@ -135,6 +135,7 @@ impl Fence {
 }
 
 /// The election of one server.
+#[derive(Clone)]
 pub struct Election {
     db: Database,
     config: LeaseConfig,
