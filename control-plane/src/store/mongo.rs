@@ -51,6 +51,11 @@
 //! move a job back to an older attempt; the attempt number is the same
 //! fencing token the protocol uses for reports.
 //!
+//! With several servers on one database, one leads ([`super::leader`]):
+//! every document also carries the epoch of the leader that wrote it, and
+//! every replace and delete is conditional on `epoch <= ` the writer's, so
+//! a deposed leader's write matches nothing and stops it.
+//!
 //! # Durability
 //!
 //! [`Durability::Fsync`] writes with `{w: "majority", j: true, wtimeout:
@@ -365,7 +370,7 @@ impl MongoStore {
         }
         if !folded.deleted_runners.is_empty() {
             let ids: Vec<Bson> = folded.deleted_runners.iter().map(|id| id_bson(*id)).collect();
-            let statement = doc! { "q": { "_id": { "$in": ids } }, "limit": 0 };
+            let statement = doc! { "q": self.fenced(doc! { "_id": { "$in": ids } }), "limit": 0 };
             self.write(RUNNERS, Write::Delete, vec![statement])?;
         }
         if !folded.deleted_audit.is_empty() {
