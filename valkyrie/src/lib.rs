@@ -16,6 +16,8 @@
 
 #![warn(missing_docs)]
 
+#[cfg(feature = "binary")]
+pub mod binary;
 #[cfg(feature = "config-file")]
 pub mod config_file;
 pub mod connection;
