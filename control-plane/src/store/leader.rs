@@ -34,7 +34,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use mongodb::bson::{doc, Bson, Document};
+use mongodb::bson::{doc, Document};
 use mongodb::sync::Database;
 use serde::Serialize;
 
@@ -154,12 +154,10 @@ fn now_ms() -> u64 {
 }
 
 fn int(doc: &Document, key: &str) -> u64 {
-    match doc.get(key) {
-        Some(Bson::Int32(v)) => u64::try_from(*v).unwrap_or(0),
-        Some(Bson::Int64(v)) => u64::try_from(*v).unwrap_or(0),
-        Some(Bson::Double(v)) => *v as u64,
-        _ => 0,
-    }
+    doc.get(key)
+        .and_then(super::mongo::as_i64)
+        .and_then(|v| u64::try_from(v).ok())
+        .unwrap_or(0)
 }
 
 fn info_of(doc: &Document) -> LeaderInfo {

@@ -660,7 +660,7 @@ fn id_bson(id: u64) -> Bson {
     i64::try_from(id).map_or_else(|_| Bson::Double(id as f64), Bson::Int64)
 }
 
-fn as_i64(value: &Bson) -> Option<i64> {
+pub(super) fn as_i64(value: &Bson) -> Option<i64> {
     match value {
         Bson::Int32(v) => Some(i64::from(*v)),
         Bson::Int64(v) => Some(*v),
