@@ -9,7 +9,7 @@
 //! searched for (masking `1` would garble every number), the same rule the
 //! agent applies to job output.
 
-use valkyrie::pipeline::Pipeline;
+use valkyrie_pipeline::Pipeline;
 
 /// What a secret value is replaced with.
 pub const MASK: &str = "***";
@@ -62,7 +62,7 @@ pub fn mask(text: &str, values: &[String]) -> String {
 /// A text that does not parse (stored before a format change) is not shown
 /// at all rather than shown unmasked.
 pub fn masked_pipeline_text(file_name: &str, text: &str) -> String {
-    match valkyrie::pipeline::parse(file_name, text) {
+    match valkyrie_pipeline::parse(file_name, text) {
         Ok(pipeline) => mask(text, &secret_values(&pipeline)),
         Err(_) => {
             "# this pipeline text no longer parses, so it is not shown (its secrets could not be masked)\n"

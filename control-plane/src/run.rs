@@ -21,7 +21,7 @@
 use std::time::Instant;
 
 use valkyrie::message::{JobState, RunInfo, RunJobInfo, RunJobState, RunState};
-use valkyrie::pipeline::{Condition, Pipeline};
+use valkyrie_pipeline::{Condition, Pipeline};
 
 use crate::job::JobRecord;
 use crate::scheduler::JobId;
@@ -131,7 +131,7 @@ impl Run {
 
     /// Rebuilds a stored run (its pipeline file is parsed again).
     pub fn from_row(row: RunRow, now_ms: u64, now: Instant) -> Result<Self, String> {
-        let pipeline = valkyrie::pipeline::parse(&row.file_name, &row.yaml).map_err(|e| e.to_string())?;
+        let pipeline = valkyrie_pipeline::parse(&row.file_name, &row.yaml).map_err(|e| e.to_string())?;
         if pipeline.jobs.len() != row.slots.len() {
             return Err(format!(
                 "run {} has {} stored jobs but its pipeline has {}",
@@ -568,7 +568,7 @@ struct FailFast {
 
 impl FailFast {
     /// Why fail-fast stops `job`, if it does.
-    fn skips(&self, job: &valkyrie::pipeline::PipelineJob) -> Option<String> {
+    fn skips(&self, job: &valkyrie_pipeline::PipelineJob) -> Option<String> {
         if let Some(failed) = job.fail_fast_group.and_then(|g| self.groups.get(&g)) {
             return Some(format!(
                 "skipped: `{failed}` failed and the matrix fails fast (fail_fast)"
@@ -597,7 +597,7 @@ mod tests {
     use super::*;
 
     fn run(yaml: &str) -> Run {
-        let p = valkyrie::pipeline::parse("t.yaml", yaml).unwrap_or_else(|e| panic!("{e}"));
+        let p = valkyrie_pipeline::parse("t.yaml", yaml).unwrap_or_else(|e| panic!("{e}"));
         Run::new(1, p, 0, Instant::now())
     }
 

@@ -1,5 +1,5 @@
 //! Arbitrary text against the pipeline parser and validator
-//! (`valkyrie::pipeline::parse`), the code `vk validate` runs and the
+//! (`valkyrie_pipeline::parse`), the code `vk validate` runs and the
 //! server runs on every `POST /api/ci/pipelines`.
 //!
 //! It runs the parser on a thread with the stack a tokio thread gets
@@ -20,7 +20,7 @@
 use std::collections::HashSet;
 
 use libfuzzer_sys::fuzz_target;
-use valkyrie::pipeline::parse;
+use valkyrie_pipeline::parse;
 
 /// Tokio's default thread stack (`thread_stack_size`), the stack the server
 /// parses pipelines on.

@@ -24,8 +24,6 @@ pub mod connection;
 pub mod error;
 pub mod frame;
 pub mod message;
-#[cfg(feature = "pipeline")]
-pub mod pipeline;
 pub mod private_fs;
 pub mod transport;
 

@@ -250,31 +250,6 @@ fn committed_vectors_match_the_generator() {
     );
 }
 
-/// The pipeline in the `submit_pipeline` vector is one the server accepts,
-/// and the run in `run_details` has its jobs, in its order and stages.
-/// Needs the `pipeline` feature (`cargo test -p valkyrie --features pipeline`).
-#[cfg(feature = "pipeline")]
-#[test]
-fn pipeline_vectors_agree_with_the_validator() {
-    let pipeline = valkyrie::pipeline::parse("ci.yaml", CI_YAML).unwrap_or_else(|e| panic!("{e}"));
-    let jobs: Vec<(&str, &str)> = pipeline
-        .jobs
-        .iter()
-        .map(|j| (j.name.as_str(), j.stage.as_str()))
-        .collect();
-    let run = run_info_in_progress();
-    let listed: Vec<(&str, &str)> = run
-        .jobs
-        .iter()
-        .map(|j| (j.name.as_str(), j.stage.as_str()))
-        .collect();
-    assert_eq!(jobs, listed);
-    assert_eq!(pipeline.name, run.name);
-
-    let errors = valkyrie::pipeline::parse("ci.yaml", CI_YAML_INVALID).expect_err("two mistakes");
-    assert_eq!(errors.to_string(), CI_YAML_INVALID_ERRORS);
-}
-
 fn write<V: Serialize>(file: &str, data: &V) {
     let path = vectors_dir().join(file);
     let mut text = serde_json::to_string_pretty(data).unwrap();
@@ -463,27 +438,9 @@ jobs:
         run: ./notify.sh \"$CI_STATUS\"
 ";
 
-/// The same file with two mistakes: the validator's answer is the message of
-/// the `request_failed_invalid_pipeline` vector.
-#[cfg(feature = "pipeline")]
-const CI_YAML_INVALID: &str = "\
-name: ci
-stages: [build, package]
-jobs:
-  build:
-    stage: build
-    timeout: 10
-    steps:
-      - cargo build --release
-  package:
-    stage: package
-    needs: [biuld]
-    steps:
-      - tar czf valkyrie.tar.gz target/release/vk
-";
-
-/// What the server answers to `CI_YAML_INVALID`: every error, one per line,
-/// each followed by its hint.
+/// What the server answers to the invalid pipeline in
+/// `pipeline/tests/spec_vectors.rs`: every error, one per line, each followed
+/// by its hint.
 const CI_YAML_INVALID_ERRORS: &str = "\
 ci.yaml:6:14: bad duration `10` for job `build` timeout
   hint: use a number with a unit, e.g. 90s, 10m, 1h 30m

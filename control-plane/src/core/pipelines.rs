@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::Semaphore;
-use valkyrie::pipeline::{Pipeline, PipelineErrors};
+use valkyrie_pipeline::{Pipeline, PipelineErrors};
 
 use super::{now_ms, Core, CoreHandle};
 use crate::run::Run;
@@ -100,7 +100,7 @@ impl CoreHandle {
         tracing::debug!(file = %file, bytes = yaml.len(), "validating a pipeline");
         let task = tokio::task::spawn_blocking(move || {
             let _permit = permit;
-            let pipeline = valkyrie::pipeline::parse(&file_name, &yaml)?;
+            let pipeline = valkyrie_pipeline::parse(&file_name, &yaml)?;
             Ok(ValidatedPipeline {
                 file_name,
                 yaml,

@@ -10,8 +10,8 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use utoipa::ToSchema;
-use valkyrie::pipeline::PipelineErrors;
 use valkyrie::ErrorCode;
+use valkyrie_pipeline::PipelineErrors;
 
 use crate::core::ValidatePipelineError;
 
@@ -252,7 +252,7 @@ impl std::error::Error for ApiError {}
 #[cfg(test)]
 mod tests {
     use super::*;
-    use valkyrie::pipeline::PipelineError;
+    use valkyrie_pipeline::PipelineError;
 
     #[test]
     fn validation_errors_keep_positions_and_hints() {

@@ -1,5 +1,5 @@
 use super::*;
-use crate::message::{RetryOn, StepCommand};
+use valkyrie::message::{RetryOn, StepCommand};
 
 fn errors(yaml: &str) -> Vec<PipelineError> {
     parse("ci.yaml", yaml).expect_err("pipeline should be invalid").0
@@ -676,7 +676,7 @@ fn fail_fast_groups_the_legs_of_a_matrix_unless_turned_off() {
 
 #[test]
 fn steps_take_an_if_condition() {
-    use crate::message::StepCondition;
+    use valkyrie::message::StepCondition;
     let p = parse(
         "ci.yaml",
         "jobs:\n  a:\n    steps:\n      - make\n      - run: notify\n        if: failure()\n      - run: clean\n        if: always\n",

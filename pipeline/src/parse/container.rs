@@ -8,8 +8,8 @@ use marked_yaml::types::MarkedMappingNode;
 use marked_yaml::Node;
 
 use super::Ctx;
-use crate::message::{ContainerSpec, PullPolicy, ServiceSpec};
-use crate::pipeline::limits::{MAX_ENV_VARS, MAX_NAME_BYTES};
+use crate::limits::{MAX_ENV_VARS, MAX_NAME_BYTES};
+use valkyrie::message::{ContainerSpec, PullPolicy, ServiceSpec};
 
 /// Service containers per job.
 pub const MAX_SERVICES: usize = 8;
@@ -344,12 +344,12 @@ mod tests {
     }
 
     fn container(yaml: &str) -> Vec<Option<ContainerSpec>> {
-        let p = crate::pipeline::parse("ci.yaml", yaml).unwrap_or_else(|e| panic!("{e}"));
+        let p = crate::parse("ci.yaml", yaml).unwrap_or_else(|e| panic!("{e}"));
         p.jobs.into_iter().map(|j| j.spec.container.map(|c| *c)).collect()
     }
 
     fn error(yaml: &str) -> String {
-        let e = crate::pipeline::parse("ci.yaml", yaml).expect_err("should be invalid");
+        let e = crate::parse("ci.yaml", yaml).expect_err("should be invalid");
         e.to_string()
     }
 

@@ -1,7 +1,7 @@
 //! Times `pipeline::parse` on generated pipelines, to check that validation
 //! stays linear in the input and that oversized input is refused early.
 //!
-//! `cargo run -p valkyrie --features pipeline --example pipeline_scale -- SHAPE JOBS`
+//! `cargo run -p valkyrie-pipeline --example pipeline_scale -- SHAPE JOBS`
 //! where SHAPE is `flat` (one stage), `stages` (4 stages, no `needs`),
 //! `chain` (each job needs the previous one), `matrix` (jobs with 4-leg
 //! matrices), `flow` (one flow list of JOBS scalars, for the memory
@@ -80,7 +80,7 @@ fn main() {
     let jobs: usize = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(1000);
     let text = pipeline(shape, jobs);
     let start = Instant::now();
-    let result = valkyrie::pipeline::parse("scale.yaml", &text);
+    let result = valkyrie_pipeline::parse("scale.yaml", &text);
     let ms = start.elapsed().as_secs_f64() * 1000.0;
     match result {
         Ok(p) => println!(

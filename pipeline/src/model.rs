@@ -1,7 +1,7 @@
 //! The validated pipeline: jobs after matrix expansion, with their
 //! dependencies resolved to indices.
 
-use crate::message::JobSpec;
+use valkyrie::message::JobSpec;
 
 /// When a job runs, given the outcome of the jobs it depends on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

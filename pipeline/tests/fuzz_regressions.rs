@@ -7,11 +7,9 @@
 //! Inputs that still crash would wait in `fuzz/regressions/pending/`; the fix
 //! moves them here.
 
-#![cfg(feature = "pipeline")]
-
 use std::path::Path;
 
-use valkyrie::pipeline::parse;
+use valkyrie_pipeline::parse;
 
 /// Tokio's default thread stack, where the server parses pipelines.
 const SERVER_STACK_BYTES: usize = 2 << 20;

@@ -12,7 +12,7 @@ use super::graph;
 use super::hints::{self, Level};
 use super::limits::{self, *};
 use super::model::{Condition, Pipeline, PipelineJob};
-use crate::message::{JobSpec, RetryOn, RetryPolicy, StepCommand, StepCondition, StepSpec};
+use valkyrie::message::{JobSpec, RetryOn, RetryPolicy, StepCommand, StepCondition, StepSpec};
 
 mod matrix;
 use matrix::Matrix;
