@@ -2,6 +2,11 @@
 //! cancel, and list jobs and runners, over any Valkyrie transport. The `vk`
 //! command-line tool is built on it.
 //!
+//! With `default-features = false` the crate is the client alone: the
+//! default `cli` feature adds what the `vk` program needs, and
+//! `local-cluster` the in-process control plane and agents of `local`
+//! (and with them the server's and the agent's dependencies).
+//!
 //! ```no_run
 //! # async fn demo() -> Result<(), valkyrie_sdk::ClientError> {
 //! use valkyrie_sdk::{Client, JobSpec};
@@ -14,6 +19,7 @@
 //! # Ok(()) }
 //! ```
 
+#[cfg(feature = "local-cluster")]
 pub mod local;
 
 use tokio::sync::mpsc;
@@ -29,8 +35,8 @@ pub use valkyrie::message::{
     RetryOn, RetryPolicy, RunInfo, RunJobInfo, RunJobState, RunState, RunnerInfo, RunnerState, ServiceSpec,
     StepInfo, StepOutcome, StepSpec,
 };
-pub use valkyrie::pipeline;
 pub use valkyrie::transport::{ClientOptions, ClientTls};
+pub use valkyrie_pipeline as pipeline;
 
 /// Why a client operation failed.
 #[derive(Debug, thiserror::Error)]
