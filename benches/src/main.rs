@@ -11,6 +11,7 @@ mod dispatch;
 mod docker;
 mod http;
 mod raw;
+mod runners;
 mod stats;
 mod system;
 mod wait;
@@ -48,6 +49,11 @@ enum Command {
     /// Measure a container job's overhead over a shell job, next to `docker run --rm IMAGE true`.
     #[command(after_help = "Example:\n  valkyrie-bench docker --jobs 100")]
     Docker(docker::DockerArgs),
+    /// Connect many simulated runners to a valkyrie-server process: its memory, heartbeat CPU and dispatch latency.
+    #[command(
+        after_help = "Example (needs `cargo build --release --bins`):\n  valkyrie-bench runners --count 10000"
+    )]
+    Runners(runners::RunnersArgs),
 }
 
 /// A transport to measure.
@@ -138,6 +144,7 @@ fn main() -> anyhow::Result<()> {
         Command::Dispatch(args) => args,
         Command::Http(args) => return http::main(args),
         Command::Docker(args) => return docker::main(args),
+        Command::Runners(args) => return runners::main(args),
     };
     let dir = tempfile::Builder::new().prefix("valkyrie-bench-").tempdir()?;
     let system_rt = tokio::runtime::Builder::new_multi_thread()

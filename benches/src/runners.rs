@@ -1,0 +1,398 @@
+//! `valkyrie-bench runners`: many runners on one control plane.
+//!
+//! Starts `valkyrie-server` as its own process (so its memory and CPU are
+//! its own), then connects `--count` lightweight simulated runners from this
+//! process: each a real connection with the real handshake, `RegisterRunner`
+//! and a `Heartbeat` every `--heartbeat` (first beats spread over the
+//! interval), answering an `Assign` at once with `AssignAck`, `JobStarted`
+//! and a succeeded `JobResult`. It reports the server's RSS idle and with
+//! every runner registered, the CPU the server spends while they only
+//! heartbeat (a share of one core over `--window`), and the dispatch latency
+//! of no-op jobs at one in flight with one runner connected and again with
+//! all of them: the same run's baseline.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::Args;
+use tokio::sync::{watch, Semaphore};
+use valkyrie::message::{
+    AssignAck, Heartbeat, JobOutcome, JobResult, JobStarted, Message, RegisterRunner, Role, RunnerState,
+};
+use valkyrie::transport::{connect, hello, ClientOptions};
+use valkyrie::Endpoint;
+use valkyrie_sdk::Client;
+
+use crate::dispatch::{self, Load};
+use crate::stats::Summary;
+use crate::wait::WakeMode;
+
+const API_TOKEN: &str = "bench-api-token";
+const RUNNER_TOKEN: &str = "bench-runner-token";
+
+#[derive(Args, Debug)]
+pub struct RunnersArgs {
+    /// Simulated runners to connect.
+    #[arg(long, default_value_t = 10_000)]
+    count: u32,
+    /// Heartbeat interval of every simulated runner (and the server's `--heartbeat-interval`).
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    heartbeat: Duration,
+    /// How long the server's CPU is measured while every runner heartbeats.
+    #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
+    window: Duration,
+    /// Measured no-op jobs at one in flight, before and after connecting the runners.
+    #[arg(long, default_value_t = 2_000)]
+    probe_jobs: usize,
+    /// Connections opened at once while connecting the runners.
+    #[arg(long, default_value_t = 256)]
+    connect_concurrency: usize,
+    /// The server program (default: `valkyrie-server` next to this program).
+    #[arg(long)]
+    server_bin: Option<PathBuf>,
+    /// The server's store (`--store` of valkyrie-server).
+    #[arg(long, default_value = "embedded")]
+    store: String,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Memory and CPU of a process, read from /proc.
+struct Proc(u32);
+
+impl Proc {
+    fn status_kib(&self, key: &str) -> anyhow::Result<u64> {
+        let text = std::fs::read_to_string(format!("/proc/{}/status", self.0))?;
+        text.lines()
+            .find_map(|l| {
+                l.strip_prefix(key)?
+                    .trim()
+                    .strip_suffix("kB")?
+                    .trim()
+                    .parse()
+                    .ok()
+            })
+            .with_context(|| format!("no {key} in /proc/{}/status", self.0))
+    }
+
+    fn rss_mib(&self) -> anyhow::Result<f64> {
+        Ok(self.status_kib("VmRSS:")? as f64 / 1024.0)
+    }
+
+    /// CPU time of every thread, in nanoseconds (first field of each
+    /// thread's schedstat).
+    fn cpu_ns(&self) -> anyhow::Result<u64> {
+        let mut total = 0;
+        for task in std::fs::read_dir(format!("/proc/{}/task", self.0))? {
+            let path = task?.path().join("schedstat");
+            // A thread may end between the listing and the read.
+            if let Ok(text) = std::fs::read_to_string(&path) {
+                total += text
+                    .split_whitespace()
+                    .next()
+                    .and_then(|n| n.parse::<u64>().ok())
+                    .unwrap_or(0);
+            }
+        }
+        Ok(total)
+    }
+}
+
+struct Server {
+    child: Child,
+    endpoint: Endpoint,
+}
+
+impl Server {
+    fn start(bin: &Path, dir: &Path, args: &RunnersArgs) -> anyhow::Result<Self> {
+        let socket = dir.join("valkyrie.sock");
+        let log = std::fs::File::create(dir.join("server.log"))?;
+        let child = Command::new(bin)
+            .arg("--listen")
+            .arg(format!("unix://{}", socket.display()))
+            .arg("--data-dir")
+            .arg(dir.join("data"))
+            .args(["--store", &args.store])
+            .args(["--runner-token", RUNNER_TOKEN, "--api-token", API_TOKEN])
+            .arg("--max-connections")
+            .arg((args.count as usize + 64).to_string())
+            .arg("--heartbeat-interval")
+            .arg(humantime::format_duration(args.heartbeat).to_string())
+            .env("VALKYRIE_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("cannot start {}", bin.display()))?;
+        Ok(Self {
+            child,
+            endpoint: format!("unix://{}", socket.display()).parse()?,
+        })
+    }
+
+    fn proc(&self) -> Proc {
+        Proc(self.child.id())
+    }
+
+    async fn client(&self) -> anyhow::Result<Client> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match Client::connect(&self.endpoint, API_TOKEN, ClientOptions::default()).await {
+                Ok(client) => return Ok(client),
+                Err(err) if Instant::now() > deadline => bail!("cannot connect to the server: {err}"),
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One simulated runner: registers, heartbeats, and finishes every job it
+/// is given at once. Counts its registration in `registered`.
+async fn simulated_runner(
+    endpoint: Endpoint,
+    index: u32,
+    heartbeat: Duration,
+    registered: Arc<AtomicU64>,
+    connecting: Arc<Semaphore>,
+    mut stop: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let permit = connecting.acquire_owned().await?;
+    let session = connect(
+        &endpoint,
+        hello(Role::Agent, RUNNER_TOKEN, "bench-runner"),
+        &ClientOptions::default(),
+    )
+    .await
+    .with_context(|| format!("runner {index} cannot connect"))?;
+    let (sender, mut incoming) = session.into_parts();
+    let register = RegisterRunner {
+        name: format!("sim-{index}"),
+        tags: Vec::new(),
+        os: std::env::consts::OS.into(),
+        arch: std::env::consts::ARCH.into(),
+        slots: 1,
+        version: env!("CARGO_PKG_VERSION").into(),
+        running: Vec::new(),
+    };
+    match sender.request(register).await? {
+        Message::RunnerRegistered(_) => {}
+        other => bail!(
+            "runner {index}: unexpected answer to RegisterRunner: {}",
+            other.kind()
+        ),
+    }
+    drop(permit);
+    registered.fetch_add(1, Ordering::Relaxed);
+    // Spread the first beats over one interval, as real agents started at
+    // different times would be.
+    let offset = heartbeat.mul_f64(fastrand::f64());
+    let mut beat = tokio::time::interval_at(tokio::time::Instant::now() + offset, heartbeat);
+    loop {
+        tokio::select! {
+            _ = beat.tick() => {
+                sender.send(Heartbeat { running: 0 }).await?;
+            }
+            inc = incoming.recv() => {
+                let Some(inc) = inc else { bail!("runner {index}: the server closed the connection") };
+                if let Message::Assign(a) = inc.message {
+                    sender.send(AssignAck { job_id: a.job_id, attempt: a.attempt, accepted: true, reason: String::new() }).await?;
+                    sender.send(JobStarted { job_id: a.job_id, attempt: a.attempt }).await?;
+                    let result = JobResult {
+                        job_id: a.job_id,
+                        attempt: a.attempt,
+                        outcome: JobOutcome::Succeeded,
+                        exit_code: Some(0),
+                        duration_ms: 0,
+                        message: String::new(),
+                        log_chunks: 0,
+                    };
+                    let sender = sender.clone();
+                    tokio::spawn(async move { let _ = sender.request(result).await; });
+                }
+            }
+            _ = stop.changed() => return Ok(()),
+        }
+    }
+}
+
+async fn wait_registered(client: &Client, want: usize, deadline: Duration) -> anyhow::Result<Duration> {
+    let start = Instant::now();
+    loop {
+        let listed = client.runners().await?;
+        let connected = listed
+            .iter()
+            .filter(|r| matches!(r.state, RunnerState::Idle | RunnerState::Busy))
+            .count();
+        if connected >= want {
+            return Ok(start.elapsed());
+        }
+        if start.elapsed() > deadline {
+            bail!("only {connected} of {want} runners registered within {deadline:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn probe(client: &Client, jobs: usize) -> anyhow::Result<Summary> {
+    let load = Load {
+        warmup_jobs: (jobs / 10).min(200),
+        jobs,
+        concurrency: 1,
+        job_timeout: Duration::from_secs(10),
+        mode: WakeMode::Park,
+    };
+    let report = dispatch::run(std::slice::from_ref(client), &load).await?;
+    if !report.missing.is_empty() {
+        bail!("{} probe jobs never finished", report.missing.len());
+    }
+    Ok(report.latency)
+}
+
+pub fn main(args: RunnersArgs) -> anyhow::Result<()> {
+    raise_fd_limit(args.count as u64 * 2 + 1024)?;
+    let bin = match &args.server_bin {
+        Some(bin) => bin.clone(),
+        None => std::env::current_exe()?.with_file_name("valkyrie-server"),
+    };
+    let dir = tempfile::Builder::new()
+        .prefix("valkyrie-bench-runners-")
+        .tempdir()?;
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let report = rt.block_on(run(&args, &bin, dir.path()))?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print(&args, &report);
+    }
+    Ok(())
+}
+
+async fn run(args: &RunnersArgs, bin: &Path, dir: &Path) -> anyhow::Result<serde_json::Value> {
+    let server = Server::start(bin, dir, args)?;
+    let client = server.client().await?;
+    let proc = server.proc();
+    // Idle: started, one API client, no runner.
+    let idle_rss = proc.rss_mib()?;
+
+    let registered = Arc::new(AtomicU64::new(0));
+    let connecting = Arc::new(Semaphore::new(args.connect_concurrency.max(1)));
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let spawn = |index: u32| {
+        let task = simulated_runner(
+            server.endpoint.clone(),
+            index,
+            args.heartbeat,
+            registered.clone(),
+            connecting.clone(),
+            stop_rx.clone(),
+        );
+        tokio::spawn(async move {
+            if let Err(err) = task.await {
+                eprintln!("{err:#}");
+            }
+        })
+    };
+
+    let mut tasks = vec![spawn(0)];
+    wait_registered(&client, 1, Duration::from_secs(10)).await?;
+    let one = probe(&client, args.probe_jobs).await?;
+
+    let started = Instant::now();
+    tasks.extend((1..args.count).map(spawn));
+    let took = wait_registered(&client, args.count as usize, Duration::from_secs(300)).await?;
+    let connect_s = started.elapsed().max(took).as_secs_f64();
+    // Let the first beats of every runner pass before measuring.
+    tokio::time::sleep(args.heartbeat).await;
+    let rss_all = proc.rss_mib()?;
+    let cpu_before = proc.cpu_ns()?;
+    let window_start = Instant::now();
+    tokio::time::sleep(args.window).await;
+    let cpu_share = (proc.cpu_ns()? - cpu_before) as f64 / window_start.elapsed().as_nanos() as f64;
+    let still = wait_registered(&client, args.count as usize, Duration::ZERO)
+        .await
+        .is_ok();
+    let all = probe(&client, args.probe_jobs).await?;
+    let rss_after = proc.rss_mib()?;
+    let peak = proc.status_kib("VmHWM:")? as f64 / 1024.0;
+
+    let _ = stop_tx.send(true);
+    for task in tasks {
+        let _ = task.await;
+    }
+    Ok(serde_json::json!({
+        "runners": args.count,
+        "registered": registered.load(Ordering::Relaxed),
+        "all_still_connected_after_window": still,
+        "connect_all_s": (connect_s * 10.0).round() / 10.0,
+        "heartbeat_s": args.heartbeat.as_secs_f64(),
+        "server_rss_idle_mib": (idle_rss * 10.0).round() / 10.0,
+        "server_rss_all_registered_mib": (rss_all * 10.0).round() / 10.0,
+        "server_rss_after_probes_mib": (rss_after * 10.0).round() / 10.0,
+        "server_rss_peak_mib": (peak * 10.0).round() / 10.0,
+        "server_cpu_heartbeats_percent_of_core": (cpu_share * 1000.0).round() / 10.0,
+        "cpu_window_s": args.window.as_secs_f64(),
+        "dispatch_1_runner": one.to_json(),
+        "dispatch_all_runners": all.to_json(),
+        "store": args.store,
+    }))
+}
+
+fn print(args: &RunnersArgs, r: &serde_json::Value) {
+    println!(
+        "valkyrie-server ({} store) in its own process; {} simulated runners over unix sockets, heartbeat every {:?}; {} CPUs",
+        args.store,
+        args.count,
+        args.heartbeat,
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)
+    );
+    println!(
+        "registered                      {} of {} (all still connected after the window: {})",
+        r["registered"], r["runners"], r["all_still_connected_after_window"]
+    );
+    println!("time to register all            {} s", r["connect_all_s"]);
+    println!("server RSS idle                 {} MiB", r["server_rss_idle_mib"]);
+    println!(
+        "server RSS, all registered      {} MiB",
+        r["server_rss_all_registered_mib"]
+    );
+    println!("server RSS peak                 {} MiB", r["server_rss_peak_mib"]);
+    println!(
+        "server CPU, heartbeats only     {} % of one core over {} s",
+        r["server_cpu_heartbeats_percent_of_core"], r["cpu_window_s"]
+    );
+    for (label, key) in [
+        ("1 runner", "dispatch_1_runner"),
+        ("all runners", "dispatch_all_runners"),
+    ] {
+        let d = &r[key];
+        println!(
+            "dispatch, 1 in flight, {label:<12} p50 {} µs  p99 {} µs  ({} jobs)",
+            d["p50_us"], d["p99_us"], d["samples"]
+        );
+    }
+}
+
+fn raise_fd_limit(want: u64) -> anyhow::Result<()> {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
+    if soft >= want {
+        return Ok(());
+    }
+    if hard < want {
+        bail!("the open-file limit is {hard}; {want} are needed (raise it with `ulimit -Hn {want}` as root)");
+    }
+    setrlimit(Resource::RLIMIT_NOFILE, want, hard)?;
+    Ok(())
+}
