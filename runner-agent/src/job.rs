@@ -85,8 +85,24 @@ pub fn plan(job_id: u64, attempt: u32, spec: &JobSpec, work_dir: &Path, defaults
     plan.timeout = (spec.timeout_ms > 0).then(|| Duration::from_millis(spec.timeout_ms));
     plan.kill_grace = defaults.kill_grace;
     plan.output_limit_bytes = defaults.output_limit_bytes;
+    trigger_plan(&mut plan, spec, work_dir);
     container_plan(&mut plan, attempt, spec, defaults);
     plan
+}
+
+/// Gives the job its trigger's variables (literal, before the job's own
+/// env, which may override them) and the commit to check out, from the
+/// runner's mirrors in `<work dir>/git-mirrors`.
+fn trigger_plan(plan: &mut JobPlan, spec: &JobSpec, work_dir: &Path) {
+    let Some(trigger) = &spec.trigger else { return };
+    plan.base_env.extend(trigger.variables.iter().cloned());
+    plan.checkout = trigger
+        .checkout
+        .clone()
+        .map(|spec| crate::checkout::CheckoutPlan {
+            spec,
+            mirrors_dir: work_dir.join(crate::checkout::MIRRORS_DIR),
+        });
 }
 
 /// Sets up a container job: the container from the spec (or the runner's
