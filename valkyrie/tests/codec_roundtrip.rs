@@ -162,17 +162,15 @@ fn job_spec() -> impl Strategy<Value = JobSpec> {
 fn trigger() -> impl Strategy<Value = TriggerSpec> {
     (
         pairs(),
-        proptest::option::of(
-            (text(), text(), text(), any::<u32>(), text()).prop_map(
-                |(repository, sha, git_ref, depth, token)| CheckoutSpec {
-                    repository,
-                    sha,
-                    git_ref,
-                    depth,
-                    token,
-                },
-            ),
-        ),
+        proptest::option::of((text(), text(), text(), any::<u32>(), text()).prop_map(
+            |(repository, sha, git_ref, depth, token)| CheckoutSpec {
+                repository,
+                sha,
+                git_ref,
+                depth,
+                token,
+            },
+        )),
     )
         .prop_map(|(variables, checkout)| TriggerSpec { variables, checkout })
 }
