@@ -151,7 +151,11 @@ impl Ci {
     async fn start(h: &Harness, repo: &Repo) -> Self {
         let port = free_port();
         let http_arg = format!("127.0.0.1:{port}");
-        let server = h.server().args(&["--http", &http_arg]).start();
+        let server = h
+            .server()
+            .data_dir(h.path().join("data"))
+            .args(&["--http", &http_arg])
+            .start();
         let client = server.client().await;
         let agent = h.agent(&server).start(&client).await;
         let ci = Self {
@@ -413,6 +417,13 @@ async fn signed_pushes_start_runs_at_their_commit_and_nothing_else_does() {
     assert!(
         shown.contains("\"has_webhook_secret\":true") && !shown.contains(SECRET),
         "{shown}"
+    );
+
+    // Nor does the store hold it in the clear.
+    let stored = std::fs::read(h.path().join("data/valkyrie.redb")).unwrap();
+    assert!(
+        !stored.windows(SECRET.len()).any(|w| w == SECRET.as_bytes()),
+        "the webhook secret is in valkyrie.redb in the clear"
     );
 }
 
