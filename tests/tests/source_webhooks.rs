@@ -78,9 +78,11 @@ impl Repo {
             ],
         );
         let port = free_port();
-        let mut daemon = Command::new("git");
+        // git-daemon itself, not `git daemon`: the guard kills the process
+        // it started, and `git` would leave its git-daemon child running.
+        let exec_path = git(&root, &["--exec-path"]);
+        let mut daemon = Command::new(Path::new(&exec_path).join("git-daemon"));
         daemon.args([
-            "daemon",
             "--export-all",
             "--reuseaddr",
             "--listen=127.0.0.1",
