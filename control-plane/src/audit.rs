@@ -140,6 +140,12 @@ pub enum AuditAction {
     RegisterRunner,
     /// A JWT was minted.
     MintToken,
+    /// A project was created.
+    CreateProject,
+    /// A project was removed.
+    RemoveProject,
+    /// A project's repository started a run (webhook or trigger).
+    TriggerProject,
 }
 
 impl AuditAction {
@@ -156,6 +162,9 @@ impl AuditAction {
             AuditAction::DrainRunner => "drain_runner",
             AuditAction::RegisterRunner => "register_runner",
             AuditAction::MintToken => "mint_token",
+            AuditAction::CreateProject => "create_project",
+            AuditAction::RemoveProject => "remove_project",
+            AuditAction::TriggerProject => "trigger_project",
         }
     }
 }

@@ -16,6 +16,7 @@ pub mod responder;
 pub mod rest;
 pub mod scheduler;
 pub mod server;
+pub mod source;
 pub mod store;
 
 pub use crate::core::{spawn as spawn_core, CoreConfig, CoreHandle};

@@ -338,7 +338,8 @@ async fn run() -> anyhow::Result<()> {
         let config = RestConfig::new(jwt)
             .cors_origins(args.cors_origin.clone())
             .rate_limit(args.rate_limit, args.rate_limit_burst)
-            .ready_flag(listeners_bound.clone());
+            .ready_flag(listeners_bound.clone())
+            .mirrors_dir(data_dir.join("mirrors"));
         let http = tokio::net::TcpListener::from_std(http_listener)?;
         println!("serving HTTP on http://{}", http.local_addr()?);
         let router = rest::router(core.clone(), tokens, config);

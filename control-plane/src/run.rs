@@ -59,6 +59,9 @@ pub struct Run {
     /// rebuilt after a restart.
     file_name: String,
     yaml: String,
+    /// What started it, for a run from a project's repository; already
+    /// applied to the jobs of `pipeline`.
+    trigger: Option<crate::source::Trigger>,
     /// Job indices, each after everything it depends on: one pass of
     /// [`advance`](Self::advance) in this order decides every job that can
     /// be decided.
@@ -85,7 +88,19 @@ impl Run {
             ending: None,
             file_name: String::new(),
             yaml: String::new(),
+            trigger: None,
         }
+    }
+
+    /// Records what started the run and gives it to every job.
+    pub fn set_trigger(&mut self, trigger: crate::source::Trigger) {
+        trigger.apply(self.id, &mut self.pipeline);
+        self.trigger = Some(trigger);
+    }
+
+    /// What started the run, if it came from a project's repository.
+    pub fn trigger(&self) -> Option<&crate::source::Trigger> {
+        self.trigger.as_ref()
     }
 
     /// Records the pipeline file the run came from.
@@ -126,12 +141,16 @@ impl Run {
             finished_at_ms: self.finished_at_ms,
             ending: self.ending,
             deadline_ms,
+            trigger: self.trigger.clone(),
         }
     }
 
     /// Rebuilds a stored run (its pipeline file is parsed again).
     pub fn from_row(row: RunRow, now_ms: u64, now: Instant) -> Result<Self, String> {
-        let pipeline = valkyrie_pipeline::parse(&row.file_name, &row.yaml).map_err(|e| e.to_string())?;
+        let mut pipeline = valkyrie_pipeline::parse(&row.file_name, &row.yaml).map_err(|e| e.to_string())?;
+        if let Some(trigger) = &row.trigger {
+            trigger.apply(row.id, &mut pipeline);
+        }
         if pipeline.jobs.len() != row.slots.len() {
             return Err(format!(
                 "run {} has {} stored jobs but its pipeline has {}",
@@ -174,6 +193,7 @@ impl Run {
             ending: row.ending,
             file_name: row.file_name,
             yaml: row.yaml,
+            trigger: row.trigger,
         })
     }
 

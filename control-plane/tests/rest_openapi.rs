@@ -18,7 +18,10 @@ const RUN_DEADLINE: Duration = Duration::from_secs(600);
 /// `{id}` routes are tested past their 404), and that a pipeline file
 /// which is a well-formed request but not a valid pipeline gets 422 (a
 /// YAML body is "any string" to a schema; what makes a valid pipeline is
-/// checked by the validator and answered 422, as the document says).
+/// checked by the validator and answered 422, as the document says);
+/// likewise a project whose name, URL or file is not acceptable gets 400,
+/// a trigger whose ref cannot be fetched 422, and a webhook for a project
+/// that does not exist 404 (or, unsigned, 401).
 const CONFIG: &str = r#"
 [[operations]]
 include-operation-id = ["create_pipeline", "upload_pipeline"]
@@ -27,6 +30,14 @@ checks.positive_data_acceptance.expected-statuses = ["2xx", "3xx", "401", "403",
 [[operations]]
 include-path-regex = "^/api/ci/(pipelines|executions)/\\{id\\}"
 parameters = { id = 1 }
+
+[[operations]]
+include-operation-id = ["create_project", "trigger_project"]
+checks.positive_data_acceptance.expected-statuses = ["2xx", "400", "401", "403", "404", "409", "422", "429", "5xx"]
+
+[[operations]]
+include-operation-id = ["github_webhook", "gitlab_webhook"]
+checks.positive_data_acceptance.expected-statuses = ["2xx", "400", "401", "404", "422"]
 "#;
 
 #[tokio::test]

@@ -194,6 +194,7 @@ fn what_is_committed_is_loaded_back() {
         finished_at_ms: None,
         ending: None,
         deadline_ms: Some(99),
+        trigger: None,
     };
     let pipeline = PipelineDef {
         id: 4,
@@ -553,6 +554,7 @@ fn secret_fields_are_stored_only_as_ciphertext() {
         finished_at_ms: None,
         ending: None,
         deadline_ms: None,
+        trigger: None,
     };
     let pipeline = PipelineDef {
         id: 1,
@@ -613,4 +615,40 @@ fn secret_fields_are_stored_only_as_ciphertext() {
         .unwrap_err();
     assert!(matches!(err, StoreError::WrongKey { .. }), "{err}");
     assert!(err.to_string().contains("key-8"), "{err}");
+}
+
+#[test]
+fn projects_and_deliveries_are_stored_and_deleted() {
+    use valkyrie_control_plane::source::Project;
+    use valkyrie_control_plane::store::DeliveryRow;
+    let mongo = Mongo::start();
+    let project = |name: &str| Project {
+        name: name.into(),
+        repo: format!("https://git.example/{name}.git"),
+        branch: "main".into(),
+        file: ".valkyrie.yml".into(),
+        webhook_secret: "s".into(),
+        token: String::new(),
+        created_at_ms: 1,
+    };
+    let delivery = |seq: u64| DeliveryRow {
+        seq,
+        key: format!("github:app:{seq}"),
+        run_id: seq + 10,
+    };
+    let mut store = mongo.store("projects");
+    store
+        .commit(&[
+            Change::Project(Box::new(project("app"))),
+            Change::Project(Box::new(project("lib"))),
+            Change::Delivery(Box::new(delivery(1))),
+            Change::Delivery(Box::new(delivery(2))),
+        ])
+        .unwrap();
+    store
+        .commit(&[Change::DeleteProject("lib".into()), Change::DeleteDelivery(1)])
+        .unwrap();
+    let loaded = mongo.store("projects").load().unwrap();
+    assert_eq!(loaded.projects, vec![project("app")]);
+    assert_eq!(loaded.deliveries, vec![delivery(2)]);
 }

@@ -39,6 +39,10 @@ pub struct PipelineJob {
     /// group, the index of the job as written: a leg that fails (or times
     /// out, or is lost) without `allow_failure` cancels the other legs.
     pub fail_fast_group: Option<usize>,
+    /// `checkout:` (default true): in a run started from a commit, the
+    /// agent checks the commit out into the workspace before the first
+    /// step; `false` leaves the workspace empty.
+    pub checkout: bool,
     /// What to run.
     pub spec: JobSpec,
 }

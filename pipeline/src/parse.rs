@@ -58,6 +58,7 @@ const JOB_KEYS: &[&str] = &[
     "resources",
     "name",
     "fail_fast",
+    "checkout",
 ];
 const STEP_KEYS: &[&str] = &[
     "name",
@@ -302,6 +303,8 @@ struct RawJob {
     display_name: Option<(String, Span)>,
     /// A failing leg of its matrix cancels the others.
     fail_fast: bool,
+    /// `checkout:` (default true): a triggered run checks out its commit.
+    checkout: bool,
     spec: JobSpec,
 }
 
@@ -874,6 +877,10 @@ fn parse_job(
         .get_node("fail_fast")
         .and_then(|n| cx.boolean(n, "fail_fast"))
         .unwrap_or(true);
+    let checkout = map
+        .get_node("checkout")
+        .and_then(|n| cx.boolean(n, "checkout"))
+        .unwrap_or(true);
 
     let mut steps = Vec::new();
     match map.get_node("steps") {
@@ -904,6 +911,7 @@ fn parse_job(
         ContainerKeys::parse(cx, map, &what, true).resolve(&defaults.container, cx, key.span(), &what);
     let spec = JobSpec {
         container: container.map(Box::new),
+        trigger: None,
         name: name.clone(),
         project,
         priority,
@@ -927,6 +935,7 @@ fn parse_job(
         legs,
         display_name,
         fail_fast,
+        checkout,
         spec,
     })
 }
@@ -1130,6 +1139,7 @@ fn expand(job: &RawJob, combination: &[(String, String)]) -> PipelineJob {
         condition: job.condition,
         allow_failure: job.allow_failure,
         fail_fast_group: None,
+        checkout: job.checkout,
         spec,
     }
 }

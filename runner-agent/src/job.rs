@@ -85,8 +85,24 @@ pub fn plan(job_id: u64, attempt: u32, spec: &JobSpec, work_dir: &Path, defaults
     plan.timeout = (spec.timeout_ms > 0).then(|| Duration::from_millis(spec.timeout_ms));
     plan.kill_grace = defaults.kill_grace;
     plan.output_limit_bytes = defaults.output_limit_bytes;
+    trigger_plan(&mut plan, spec, work_dir);
     container_plan(&mut plan, attempt, spec, defaults);
     plan
+}
+
+/// Gives the job its trigger's variables (literal, before the job's own
+/// env, which may override them) and the commit to check out, from the
+/// runner's mirrors in `<work dir>/git-mirrors`.
+fn trigger_plan(plan: &mut JobPlan, spec: &JobSpec, work_dir: &Path) {
+    let Some(trigger) = &spec.trigger else { return };
+    plan.base_env.extend(trigger.variables.iter().cloned());
+    plan.checkout = trigger
+        .checkout
+        .clone()
+        .map(|spec| crate::checkout::CheckoutPlan {
+            spec,
+            mirrors_dir: work_dir.join(crate::checkout::MIRRORS_DIR),
+        });
 }
 
 /// Sets up a container job: the container from the spec (or the runner's
@@ -312,6 +328,69 @@ mod tests {
             ]
         );
         assert_eq!(plan.env, [("CI".to_owned(), "overridden".to_owned())]);
+    }
+
+    /// A job that checks out with a token: the workspace is at the
+    /// commit, and neither the job's environment, the workspace's git
+    /// config nor the log holds the token (not even masked: it never
+    /// reached them).
+    #[tokio::test]
+    async fn a_checkout_token_stays_out_of_the_env_the_config_and_the_log() {
+        let root = tempfile::tempdir().unwrap();
+        let origin = root.path().join("origin");
+        std::fs::create_dir(&origin).unwrap();
+        let git = |args: &[&str]| {
+            let out = std::process::Command::new("git")
+                .arg("-C")
+                .arg(&origin)
+                .args(args)
+                .env("GIT_AUTHOR_NAME", "t")
+                .env("GIT_AUTHOR_EMAIL", "t@t")
+                .env("GIT_COMMITTER_NAME", "t")
+                .env("GIT_COMMITTER_EMAIL", "t@t")
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            String::from_utf8(out.stdout).unwrap().trim().to_owned()
+        };
+        git(&["init", "-q", "-b", "main"]);
+        std::fs::write(origin.join("f"), "x").unwrap();
+        git(&["add", "f"]);
+        git(&["commit", "-q", "-m", "x"]);
+        let sha = git(&["rev-parse", "HEAD"]);
+        let token = "tok-very-secret-4711";
+        let mut spec = JobSpec::shell("co", "git rev-parse HEAD; env; cat .git/config");
+        spec.trigger = Some(Box::new(msg::TriggerSpec {
+            variables: vec![("VALKYRIE_COMMIT_SHA".into(), sha.clone())],
+            checkout: Some(msg::CheckoutSpec {
+                repository: format!("file://{}", origin.display()),
+                sha: sha.clone(),
+                git_ref: "refs/heads/main".into(),
+                depth: 1,
+                token: token.into(),
+            }),
+        }));
+        let work = root.path().join("work");
+        std::fs::create_dir(&work).unwrap();
+        let plan = plan(5, 1, &spec, &work, &defaults());
+        let (outbox, mut rx) = mpsc::channel(1024);
+        let (_cancel, cancel_rx) = watch::channel(false);
+        run_attempt(5, 1, plan, outbox, cancel_rx).await;
+        let mut log = Vec::new();
+        let mut result = None;
+        while let Ok(message) = rx.try_recv() {
+            match message {
+                msg::Message::LogChunk(chunk) => log.extend_from_slice(&chunk.data),
+                msg::Message::JobResult(r) => result = Some(r),
+                _ => {}
+            }
+        }
+        let log = String::from_utf8_lossy(&log);
+        assert_eq!(result.unwrap().outcome, msg::JobOutcome::Succeeded, "{log}");
+        assert!(log.contains(&format!("{sha}\n")), "{log}");
+        assert!(log.contains(&format!("VALKYRIE_COMMIT_SHA={sha}")), "{log}");
+        assert!(!log.contains(token) && !log.contains("***"), "{log}");
+        assert!(work.join(crate::checkout::MIRRORS_DIR).is_dir());
     }
 
     /// The job's reason names the step and why it could not start.

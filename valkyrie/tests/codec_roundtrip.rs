@@ -128,6 +128,7 @@ fn job_spec() -> impl Strategy<Value = JobSpec> {
         ],
         (pairs(), pairs(), any::<u64>(), any::<u32>(), any::<u8>(), texts()),
         proptest::option::of(container().prop_map(Box::new)),
+        proptest::option::of(trigger().prop_map(Box::new)),
     )
         .prop_map(
             |(
@@ -135,6 +136,7 @@ fn job_spec() -> impl Strategy<Value = JobSpec> {
                 steps,
                 (env, secrets, timeout_ms, max_retries, on, shell),
                 container,
+                trigger,
             )| {
                 JobSpec {
                     name,
@@ -151,9 +153,26 @@ fn job_spec() -> impl Strategy<Value = JobSpec> {
                     },
                     shell,
                     container,
+                    trigger,
                 }
             },
         )
+}
+
+fn trigger() -> impl Strategy<Value = TriggerSpec> {
+    (
+        pairs(),
+        proptest::option::of((text(), text(), text(), any::<u32>(), text()).prop_map(
+            |(repository, sha, git_ref, depth, token)| CheckoutSpec {
+                repository,
+                sha,
+                git_ref,
+                depth,
+                token,
+            },
+        )),
+    )
+        .prop_map(|(variables, checkout)| TriggerSpec { variables, checkout })
 }
 
 fn job_info() -> impl Strategy<Value = JobInfo> {

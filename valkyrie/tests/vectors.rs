@@ -369,6 +369,7 @@ fn build_and_test_job() -> JobSpec {
         },
         shell: strings(&["bash", "-euo", "pipefail", "-c"]),
         container: None,
+        trigger: None,
     }
 }
 
@@ -732,6 +733,30 @@ fn message_cases() -> Vec<MessageCase> {
                         memory_bytes: 512 << 20,
                     })),
                     ..JobSpec::shell("test", "cargo test")
+                },
+            }
+            .into(),
+        ),
+        (
+            "submit_job_trigger",
+            105,
+            none,
+            SubmitJob {
+                spec: JobSpec {
+                    trigger: Some(Box::new(TriggerSpec {
+                        variables: vec![
+                            pair("VALKYRIE_COMMIT_SHA", "9fceb02d0ae598e95dc970b74767f19372d61af8"),
+                            pair("VALKYRIE_BRANCH", "main"),
+                        ],
+                        checkout: Some(CheckoutSpec {
+                            repository: "https://git.example/ci/app.git".into(),
+                            sha: "9fceb02d0ae598e95dc970b74767f19372d61af8".into(),
+                            git_ref: "refs/heads/main".into(),
+                            depth: 1,
+                            token: "tok".into(),
+                        }),
+                    })),
+                    ..JobSpec::shell("test", "git rev-parse HEAD")
                 },
             }
             .into(),

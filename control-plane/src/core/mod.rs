@@ -12,6 +12,7 @@ mod audit;
 mod events;
 mod persist;
 mod pipelines;
+mod projects;
 mod removal;
 mod runners;
 mod snapshot;
@@ -42,6 +43,7 @@ pub use events::Subscribers;
 pub use pipelines::{
     PipelineDef, ValidatePipelineError, ValidatedPipeline, CONCURRENT_VALIDATIONS, VALIDATE_TIMEOUT,
 };
+pub use projects::{ProjectCommand, Started, MAX_DELIVERIES};
 pub use runners::{Link, RunnerRecord};
 pub use snapshot::CoreSnapshot;
 
@@ -227,6 +229,8 @@ pub enum Command {
         /// Where the answer goes.
         reply: Responder,
     },
+    /// Projects and the runs their repositories start.
+    Project(ProjectCommand),
     /// A runner's session ended.
     RunnerDisconnected {
         /// Runner.
@@ -354,6 +358,8 @@ pub struct Core {
     next_audit: u64,
     /// Who the command being handled is for ([`Command::As`]).
     actor: Option<Actor>,
+    /// Projects and the webhook deliveries seen.
+    projects: projects::ProjectState,
 }
 
 /// Starts the core task with its state in memory only; returns its handle.
@@ -420,6 +426,7 @@ fn spawn_inner(
         audit_stragglers: Default::default(),
         next_audit: 1,
         actor: None,
+        projects: Default::default(),
     };
     if let Some(loaded) = loaded {
         core.recover(loaded);
@@ -581,6 +588,7 @@ impl Core {
                 self.actor = None;
             }
             Command::ListAudit { limit, before, reply } => self.list_audit(limit, before, reply),
+            Command::Project(command) => self.handle_project(command),
             Command::ImportAudit { records, reply } => {
                 for (actor, action, target, detail, at_ms) in records {
                     self.audit_as(actor, action, target, detail, at_ms);
@@ -677,7 +685,8 @@ impl Core {
             .iter()
             .map(|&i| (i, run.pipeline().jobs[i].spec.clone()))
             .collect();
-        for (index, spec) in specs {
+        for (index, mut spec) in specs {
+            self.add_checkout_token(id, &mut spec);
             let job = self.create_job(spec);
             self.job_runs.insert(job, (id, index));
             if let Some(run) = self.runs.get_mut(&id) {

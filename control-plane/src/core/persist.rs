@@ -96,6 +96,7 @@ impl Core {
             self.keep_audit(record);
         }
         self.expire_audit(now_ms());
+        self.projects.recover(loaded.projects, loaded.deliveries);
         for mut def in loaded.pipelines {
             if def.source.is_empty() {
                 // Stored before texts were masked: `yaml` is the source.

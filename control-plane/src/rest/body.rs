@@ -6,6 +6,7 @@
 //! | route | limit |
 //! |---|---|
 //! | `POST /api/ci/pipelines`, `POST /api/ci/pipelines/upload` | [`MAX_PIPELINE_BODY_BYTES`] (10 MiB) |
+//! | `POST /api/webhooks/…` | [`MAX_WEBHOOK_BODY_BYTES`] (5 MiB) |
 //! | every other route | [`MAX_OTHER_BODY_BYTES`] (64 KiB) |
 //!
 //! Routes that create pipelines parse only the content types of
@@ -21,13 +22,17 @@ use super::error::ApiError;
 /// Largest pipeline file (created or uploaded), with its multipart or JSON wrapping.
 pub const MAX_PIPELINE_BODY_BYTES: usize = 10 << 20;
 
-/// Largest body on every other route (none of them reads one).
+/// Largest webhook payload (a push of many commits lists each of them).
+pub const MAX_WEBHOOK_BODY_BYTES: usize = 5 << 20;
+
+/// Largest body on every other route.
 pub const MAX_OTHER_BODY_BYTES: usize = 64 << 10;
 
 /// The body limit of the route at `path`.
 pub fn limit_for(path: &str) -> usize {
     match path {
         "/api/ci/pipelines" | "/api/ci/pipelines/upload" => MAX_PIPELINE_BODY_BYTES,
+        p if p.starts_with("/api/webhooks/") => MAX_WEBHOOK_BODY_BYTES,
         _ => MAX_OTHER_BODY_BYTES,
     }
 }

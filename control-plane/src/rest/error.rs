@@ -67,6 +67,17 @@ impl ApiError {
         )
     }
 
+    /// 401 to a webhook whose signature or token does not match.
+    pub fn bad_webhook_signature(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, "AuthenticationError", message)
+            .suggest("set the same secret in the forge's webhook settings and in the project (`vk projects add … --webhook-secret`)")
+    }
+
+    /// 422: a well-formed request that cannot be acted on.
+    pub fn unprocessable(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNPROCESSABLE_ENTITY, "ValidationError", message)
+    }
+
     /// 403: valid credentials whose role may not do this.
     pub fn forbidden(message: impl Into<String>) -> Self {
         Self::new(StatusCode::FORBIDDEN, "AuthorizationError", message)

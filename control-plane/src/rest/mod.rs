@@ -11,6 +11,10 @@
 //! | `GET /api/ci/pipelines[/{id}]`, `/api/ci/executions[/{id}[/logs]]`, `/api/runners` | viewer |
 //! | `POST /api/ci/pipelines[/upload]`, `/api/ci/pipelines/{id}/trigger`, `/api/ci/executions/{id}/cancel` | submitter |
 //! | `POST /api/runners/{id}/drain`, `GET /api/audit` | admin |
+//! | `GET /api/projects[/{name}]` | viewer |
+//! | `POST /api/projects/{name}/trigger` | submitter |
+//! | `POST /api/projects`, `DELETE /api/projects/{name}` | admin |
+//! | `POST /api/webhooks/{github,gitlab}/{project}` | the project's webhook secret |
 //!
 //! Errors are [`error::ErrorBody`]; authentication and roles are in
 //! [`auth`]; rate limiting in [`limits`].
@@ -26,7 +30,9 @@ pub mod metrics;
 pub mod openapi;
 pub mod page;
 pub mod pipelines;
+pub mod projects;
 pub mod runners;
+pub mod webhooks;
 
 use std::ops::Deref;
 use std::sync::atomic::AtomicBool;
@@ -56,6 +62,7 @@ pub struct RestConfig {
     cors_origins: Vec<String>,
     rate_limit: RateLimit,
     ready: Arc<AtomicBool>,
+    mirrors_dir: std::path::PathBuf,
 }
 
 impl RestConfig {
@@ -70,7 +77,16 @@ impl RestConfig {
                 burst: 200.0,
             },
             ready: Arc::new(AtomicBool::new(true)),
+            mirrors_dir: std::env::temp_dir().join(format!("valkyrie-mirrors-{}", std::process::id())),
         }
+    }
+
+    /// Where the bare mirrors of projects' repositories are kept. Default:
+    /// a directory in the system's temporary directory (`valkyrie-server`
+    /// sets `<data dir>/mirrors`).
+    pub fn mirrors_dir(mut self, dir: impl Into<std::path::PathBuf>) -> Self {
+        self.mirrors_dir = dir.into();
+        self
     }
 
     /// Origins allowed cross-origin requests (`*` for any). Default none.
@@ -105,6 +121,7 @@ pub struct Shared {
     jwt: JwtKeys,
     limiter: RateLimiter,
     ready: Arc<AtomicBool>,
+    mirrors: crate::source::mirror::Mirrors,
 }
 
 impl Deref for AppState {
@@ -216,6 +233,7 @@ pub fn router(core: CoreHandle, tokens: Arc<Tokens>, config: RestConfig) -> Rout
         jwt: config.jwt,
         limiter: RateLimiter::new(config.rate_limit),
         ready: config.ready,
+        mirrors: crate::source::mirror::Mirrors::new(config.mirrors_dir),
     }));
     let upload_limit = DefaultBodyLimit::max(body::MAX_PIPELINE_BODY_BYTES);
     // Each route records the HTTP metrics under its own template.
@@ -285,6 +303,29 @@ pub fn router(core: CoreHandle, tokens: Arc<Tokens>, config: RestConfig) -> Rout
             timed("/api/runners/{id}/drain", post(runners::drain)),
         )
         .route("/api/audit", timed("/api/audit", get(audit::list)))
+        .route(
+            "/api/projects",
+            timed("/api/projects", get(projects::list).post(projects::create)),
+        )
+        .route(
+            "/api/projects/{name}",
+            timed(
+                "/api/projects/{name}",
+                get(projects::get_one).delete(projects::remove),
+            ),
+        )
+        .route(
+            "/api/projects/{name}/trigger",
+            timed("/api/projects/{name}/trigger", post(projects::trigger)),
+        )
+        .route(
+            "/api/webhooks/github/{project}",
+            timed("/api/webhooks/github/{project}", post(webhooks::github)),
+        )
+        .route(
+            "/api/webhooks/gitlab/{project}",
+            timed("/api/webhooks/gitlab/{project}", post(webhooks::gitlab)),
+        )
         .fallback(|| async {
             ApiError::not_found("no such route").suggest("see /api/openapi.json for the routes")
         })

@@ -18,6 +18,10 @@ const RUNNERS: TableDefinition<u64, &[u8]> = TableDefinition::new("runners");
 const LOGS: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("logs");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
+/// Project name → project.
+const PROJECTS: TableDefinition<&str, &[u8]> = TableDefinition::new("projects");
+/// Delivery sequence number → delivery.
+const DELIVERIES: TableDefinition<u64, &[u8]> = TableDefinition::new("deliveries");
 
 /// The redb-backed store.
 pub struct EmbeddedStore {
@@ -125,6 +129,8 @@ impl Store for EmbeddedStore {
         rows!(PIPELINES, "pipeline", loaded.pipelines);
         rows!(RUNNERS, "runner", loaded.runners);
         rows!(AUDIT, "audit", loaded.audit);
+        rows!(PROJECTS, "project", loaded.projects);
+        rows!(DELIVERIES, "delivery", loaded.deliveries);
         let logs = txn.open_table(LOGS).map_err(|e| self.io("cannot read", e))?;
         for entry in logs.iter().map_err(|e| self.io("cannot read", e))? {
             let (key, value) = entry.map_err(|e| self.io("cannot read", e))?;
@@ -163,6 +169,8 @@ impl Store for EmbeddedStore {
             let mut logs = txn.open_table(LOGS).map_err(w)?;
             let mut meta = txn.open_table(META).map_err(w)?;
             let mut audit = txn.open_table(AUDIT).map_err(w)?;
+            let mut projects = txn.open_table(PROJECTS).map_err(w)?;
+            let mut deliveries = txn.open_table(DELIVERIES).map_err(w)?;
             let w = |e: redb::StorageError| self.io("cannot write", e);
             for change in changes {
                 match change {
@@ -211,6 +219,22 @@ impl Store for EmbeddedStore {
                     }
                     Change::KeyCheck(check) => {
                         meta.insert("key_check", encode(check).as_slice()).map_err(w)?;
+                    }
+                    Change::Project(project) => {
+                        projects
+                            .insert(project.name.as_str(), encode(project.as_ref()).as_slice())
+                            .map_err(w)?;
+                    }
+                    Change::DeleteProject(name) => {
+                        projects.remove(name.as_str()).map_err(w)?;
+                    }
+                    Change::Delivery(row) => {
+                        deliveries
+                            .insert(row.seq, encode(row.as_ref()).as_slice())
+                            .map_err(w)?;
+                    }
+                    Change::DeleteDelivery(seq) => {
+                        deliveries.remove(seq).map_err(w)?;
                     }
                 }
             }

@@ -122,6 +122,9 @@ pub struct RunRow {
     pub ending: Option<RunState>,
     /// Wall-clock deadline (ms since the epoch) of the run timeout.
     pub deadline_ms: Option<u64>,
+    /// What started it, for a run from a project's repository.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trigger: Option<crate::source::Trigger>,
 }
 
 /// One pipeline job of a stored run.
@@ -164,6 +167,17 @@ pub struct RunnerRow {
     pub version: String,
     /// Credential issued at registration (accepted again after a restart).
     pub credential: String,
+}
+
+/// A webhook delivery already handled (so a redelivery starts nothing).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeliveryRow {
+    /// Order of arrival; the oldest are forgotten first.
+    pub seq: u64,
+    /// `forge:project:delivery id`.
+    pub key: String,
+    /// The run it started.
+    pub run_id: u64,
 }
 
 /// One chunk of job output as stored.
@@ -221,6 +235,14 @@ pub enum Change {
     /// The sealed value that proves which secrets key wrote the store
     /// ([`seal`]).
     KeyCheck(String),
+    /// Insert or replace a project.
+    Project(Box<crate::source::Project>),
+    /// Forget a project (by name).
+    DeleteProject(String),
+    /// Remember a webhook delivery.
+    Delivery(Box<DeliveryRow>),
+    /// Forget a delivery (the oldest, past the bound).
+    DeleteDelivery(u64),
 }
 
 /// Everything a store holds, as loaded at start.
@@ -242,6 +264,10 @@ pub struct Loaded {
     pub counters: Counters,
     /// The secrets key check value, if one was stored ([`seal`]).
     pub key_check: Option<String>,
+    /// Projects, by name.
+    pub projects: Vec<crate::source::Project>,
+    /// Webhook deliveries remembered, oldest first.
+    pub deliveries: Vec<DeliveryRow>,
 }
 
 /// A durable store. Methods block; they run on the store worker thread.

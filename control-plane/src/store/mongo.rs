@@ -11,6 +11,8 @@
 //! | `runners`   | runner id      | [`RunnerRow`]                 |                            |
 //! | `logs`      | (generated)    | `job`, `seq`, `stream`, `data`| unique (`job`, `seq`)      |
 //! | `audit`     | record id      | [`AuditRecord`]               |                            |
+//! | `projects`  | project name   | [`Project`](crate::source::Project) |                      |
+//! | `deliveries`| sequence number| [`DeliveryRow`]               |                            |
 //! | `meta`      | `"counters"`   | [`Counters`]                  |                            |
 //! | `meta`      | `"key_check"`  | `value`: the sealed key check |                            |
 //!
@@ -85,10 +87,13 @@ use serde::Serialize;
 use valkyrie::message::OutputStream;
 
 use super::leader::{Election, Fence, LeaseConfig};
-use super::{Change, Counters, Durability, Loaded, LogRow, RunRow, RunnerRow, Store, StoreError};
+use super::{
+    Change, Counters, DeliveryRow, Durability, Loaded, LogRow, RunRow, RunnerRow, Store, StoreError,
+};
 use crate::audit::AuditRecord;
 use crate::core::PipelineDef;
 use crate::job::JobRecord;
+use crate::source::Project;
 use std::sync::Arc;
 
 const PIPELINES: &str = "pipelines";
@@ -98,6 +103,8 @@ const RUNNERS: &str = "runners";
 const LOGS: &str = "logs";
 const META: &str = "meta";
 const AUDIT: &str = "audit";
+const PROJECTS: &str = "projects";
+const DELIVERIES: &str = "deliveries";
 const COUNTERS_ID: &str = "counters";
 const KEY_CHECK_ID: &str = "key_check";
 
@@ -321,8 +328,15 @@ impl MongoStore {
             pipelines: self.rows(PIPELINES, "pipeline", |def: &PipelineDef| def.id)?,
             runners: self.rows(RUNNERS, "runner", |runner: &RunnerRow| runner.id)?,
             audit: self.rows(AUDIT, "audit", |record: &AuditRecord| record.id)?,
+            deliveries: self.rows(DELIVERIES, "delivery", |row: &DeliveryRow| row.seq)?,
             ..Loaded::default()
         };
+        loaded.projects = self
+            .all(PROJECTS)?
+            .into_iter()
+            .map(|doc| decode("project", doc))
+            .collect::<Result<Vec<Project>, _>>()?;
+        loaded.projects.sort_by(|a, b| a.name.cmp(&b.name));
         loaded.logs = self
             .all(LOGS)?
             .into_iter()
@@ -378,6 +392,35 @@ impl MongoStore {
             let statement = doc! { "q": self.fenced(doc! { "_id": { "$in": ids } }), "limit": 0 };
             self.write(AUDIT, Write::Delete, vec![statement])?;
         }
+        if !folded.deleted_projects.is_empty() {
+            let names: Vec<Bson> = folded.deleted_projects.iter().map(|n| Bson::from(*n)).collect();
+            let statement = doc! { "q": self.fenced(doc! { "_id": { "$in": names } }), "limit": 0 };
+            self.write(PROJECTS, Write::Delete, vec![statement])?;
+        }
+        if !folded.deleted_deliveries.is_empty() {
+            let ids: Vec<Bson> = folded.deleted_deliveries.iter().map(|id| id_bson(*id)).collect();
+            let statement = doc! { "q": self.fenced(doc! { "_id": { "$in": ids } }), "limit": 0 };
+            self.write(DELIVERIES, Write::Delete, vec![statement])?;
+        }
+        let projects = folded
+            .projects
+            .values()
+            .map(|project| {
+                let mut row = to_doc("project", &project.name, project)?;
+                row.insert("_id", project.name.as_str());
+                Ok(replace(
+                    self.fenced(doc! { "_id": project.name.as_str() }),
+                    self.stamped(row),
+                ))
+            })
+            .collect::<Result<_, _>>()?;
+        self.write(PROJECTS, Write::Update, projects)?;
+        let deliveries = folded
+            .deliveries
+            .values()
+            .map(|row| self.keyed_replace("delivery", row.seq, row))
+            .collect::<Result<_, _>>()?;
+        self.write(DELIVERIES, Write::Update, deliveries)?;
         let audit = folded
             .audit
             .values()
@@ -530,6 +573,12 @@ struct Folded<'a> {
     jobs: BTreeMap<u64, &'a JobRecord>,
     logs: Vec<&'a LogRow>,
     runs: BTreeMap<u64, &'a RunRow>,
+    projects: BTreeMap<&'a str, &'a Project>,
+    /// Applied before the writes (a project added again after its removal
+    /// in one commit is kept).
+    deleted_projects: BTreeSet<&'a str>,
+    deliveries: BTreeMap<u64, &'a DeliveryRow>,
+    deleted_deliveries: BTreeSet<u64>,
 }
 
 impl<'a> Folded<'a> {
@@ -572,6 +621,21 @@ impl<'a> Folded<'a> {
                 Change::DeleteAudit(id) => {
                     folded.audit.remove(id);
                     folded.deleted_audit.insert(*id);
+                }
+                Change::Project(project) => {
+                    folded.projects.insert(project.name.as_str(), project);
+                }
+                Change::DeleteProject(name) => {
+                    folded.projects.remove(name.as_str());
+                    folded.deleted_projects.insert(name.as_str());
+                }
+                Change::Delivery(row) => {
+                    folded.deleted_deliveries.remove(&row.seq);
+                    folded.deliveries.insert(row.seq, row);
+                }
+                Change::DeleteDelivery(seq) => {
+                    folded.deliveries.remove(seq);
+                    folded.deleted_deliveries.insert(*seq);
                 }
             }
         }

@@ -1,8 +1,8 @@
 //! Encryption at rest for the secrets a store holds.
 //!
-//! What is secret: a job's `secrets` values, the pipeline text of runs and
-//! stored pipelines (it may carry `secrets:` inline), and runner
-//! credentials. [`SealedStore`] wraps any [`Store`] and seals those fields
+//! What is secret: a job's `secrets` values and checkout token, the
+//! pipeline text of runs and stored pipelines (it may carry `secrets:`
+//! inline), runner credentials, and a project's webhook secret and token. [`SealedStore`] wraps any [`Store`] and seals those fields
 //! before a commit and opens them after a load, so neither the redb file
 //! nor a MongoDB document ever holds them in the clear; everything else
 //! (states, ids, indexes) stays readable for queries and fencing.
@@ -44,6 +44,9 @@ mod field {
     pub const PIPELINE_SOURCE: &[u8] = b"pipeline.source";
     pub const RUNNER_CREDENTIAL: &[u8] = b"runner.credential";
     pub const KEY_CHECK: &[u8] = b"meta.key_check";
+    pub const JOB_CHECKOUT_TOKEN: &[u8] = b"job.checkout.token";
+    pub const PROJECT_WEBHOOK_SECRET: &[u8] = b"project.webhook_secret";
+    pub const PROJECT_TOKEN: &[u8] = b"project.token";
 }
 
 /// Why the secrets key could not be loaded or made.
@@ -235,6 +238,13 @@ impl SecretsKey {
                 for (_, value) in &mut job.spec.secrets {
                     self.seal_str(field::JOB_SECRET, value);
                 }
+                if let Some(checkout) = job.spec.trigger.as_mut().and_then(|t| t.checkout.as_mut()) {
+                    self.seal_str(field::JOB_CHECKOUT_TOKEN, &mut checkout.token);
+                }
+            }
+            Change::Project(project) => {
+                self.seal_str(field::PROJECT_WEBHOOK_SECRET, &mut project.webhook_secret);
+                self.seal_str(field::PROJECT_TOKEN, &mut project.token);
             }
             Change::Run(run) => self.seal_str(field::RUN_YAML, &mut run.yaml),
             Change::Pipeline(def) => self.seal_str(field::PIPELINE_SOURCE, &mut def.source),
@@ -251,6 +261,19 @@ impl SecretsKey {
             for (_, value) in &mut job.spec.secrets {
                 self.open_str(field::JOB_SECRET, "job", id, value)?;
             }
+            if let Some(checkout) = job.spec.trigger.as_mut().and_then(|t| t.checkout.as_mut()) {
+                self.open_str(field::JOB_CHECKOUT_TOKEN, "job", id, &mut checkout.token)?;
+            }
+        }
+        for project in &mut loaded.projects {
+            let name = project.name.clone();
+            self.open_str(
+                field::PROJECT_WEBHOOK_SECRET,
+                "project",
+                &name,
+                &mut project.webhook_secret,
+            )?;
+            self.open_str(field::PROJECT_TOKEN, "project", &name, &mut project.token)?;
         }
         for run in &mut loaded.runs {
             self.open_str(field::RUN_YAML, "run", run.id, &mut run.yaml)?;

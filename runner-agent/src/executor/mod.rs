@@ -94,6 +94,9 @@ pub struct JobPlan {
     /// Why this runner cannot run the job (e.g. a container job on a
     /// runner without Docker); the job fails with it before any step.
     pub refusal: Option<String>,
+    /// The commit to check out into the workspace before the first step
+    /// ([`crate::checkout`]). Default: none, the workspace starts empty.
+    pub checkout: Option<crate::checkout::CheckoutPlan>,
 }
 
 /// The container a job's steps run in, and the executor that makes it.
@@ -121,6 +124,7 @@ impl JobPlan {
             output_limit_bytes: DEFAULT_OUTPUT_LIMIT_BYTES,
             container: None,
             refusal: None,
+            checkout: None,
         }
     }
 }
@@ -145,6 +149,7 @@ impl std::fmt::Debug for JobPlan {
             .field("output_limit_bytes", &self.output_limit_bytes)
             .field("container", &self.container.as_ref().map(|c| &c.spec))
             .field("refusal", &self.refusal)
+            .field("checkout", &self.checkout)
             .finish()
     }
 }
@@ -419,7 +424,17 @@ pub async fn run_job(
     async move {
         let started = Instant::now();
         let deadline = plan.timeout.map(|timeout| started + timeout);
-        let secrets = Secrets::new(plan.secrets.iter().map(|(_, value)| value.as_str()));
+        let checkout_secrets = plan
+            .checkout
+            .as_ref()
+            .map(crate::checkout::CheckoutPlan::secret_values)
+            .unwrap_or_default();
+        let secrets = Secrets::new(
+            plan.secrets
+                .iter()
+                .map(|(_, value)| value.as_str())
+                .chain(checkout_secrets.iter().map(String::as_str)),
+        );
         let mut sink = EventSink {
             events,
             log: OutputLog::new(plan.output_limit_bytes),
@@ -432,8 +447,9 @@ pub async fn run_job(
         let mut exit_code = None;
         // Jobs of no-op steps start no process and need no directory
         // (unless they run in a container, which mounts it).
-        let needs_workspace =
-            plan.container.is_some() || plan.steps.iter().any(|s| !matches!(s.command, StepCommand::Noop));
+        let needs_workspace = plan.container.is_some()
+            || plan.checkout.is_some()
+            || plan.steps.iter().any(|s| !matches!(s.command, StepCommand::Noop));
         let files = StepFiles::new(&files_dir(&plan.workspace), plan.container.is_some());
         let created = if needs_workspace {
             match create_private_dir(&plan.workspace).await {
@@ -471,6 +487,14 @@ pub async fn run_job(
             sink.system(&format!("[valkyrie] {refusal}\n")).await;
             job_error = Some(refusal.clone());
             ended = Some(JobOutcome::Failed);
+        }
+        if let (None, Some(checkout)) = (ended, &plan.checkout) {
+            if let Err((outcome, error)) =
+                run_checkout(checkout, &plan.workspace, deadline, &mut cancel, &mut sink).await
+            {
+                job_error = error;
+                ended = Some(outcome);
+            }
         }
         let mut container: Option<docker::JobContainer> = None;
         if let (None, Some(c)) = (ended, &plan.container) {
@@ -814,6 +838,36 @@ async fn run_container_step(
 }
 
 /// Where events go: numbering, limit and masking in front of the channel.
+/// Checks the job's commit out ([`crate::checkout`]), its lines in the
+/// job's log (masked); how the job ends if it fails.
+async fn run_checkout(
+    checkout: &crate::checkout::CheckoutPlan,
+    workspace: &Path,
+    deadline: Option<Instant>,
+    cancel: &mut watch::Receiver<bool>,
+    sink: &mut EventSink,
+) -> Result<(), (JobOutcome, Option<String>)> {
+    use crate::checkout::CheckoutError;
+    let mut log = Vec::new();
+    let result = crate::checkout::checkout(checkout, workspace, deadline, cancel, &mut log).await;
+    for line in log {
+        sink.system(&format!("{line}\n")).await;
+    }
+    match result {
+        Ok(()) => Ok(()),
+        Err(CheckoutError::Cancelled) => Err((JobOutcome::Cancelled, None)),
+        Err(CheckoutError::TimedOut) => Err((JobOutcome::TimedOut, None)),
+        Err(CheckoutError::Failed(error)) => {
+            let message = format!("checkout failed: {error}");
+            sink.system(&format!("[valkyrie] {message}\n")).await;
+            // The reason is shown too: masked like the log.
+            let masked = String::from_utf8_lossy(&sink.secrets.mask_all(message.as_bytes())).into_owned();
+            tracing::warn!(error = %masked, "checkout failed");
+            Err((JobOutcome::Failed, Some(masked)))
+        }
+    }
+}
+
 struct EventSink {
     events: mpsc::Sender<ExecEvent>,
     log: OutputLog,

@@ -3,6 +3,7 @@
 
 mod container;
 mod field;
+mod trigger;
 mod types;
 pub(crate) mod wire;
 
@@ -11,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 pub use container::{ContainerSpec, PullPolicy, ServiceSpec, DOCKER_EXECUTOR_TAG, EXECUTOR_TAG_PREFIX};
 pub use field::WireField;
+pub use trigger::{CheckoutSpec, TriggerSpec};
 pub use types::*;
 use wire::{Reader, Writer};
 

@@ -5,6 +5,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use super::container::{ContainerSpec, DOCKER_EXECUTOR_TAG};
+use super::trigger::TriggerSpec;
 use super::wire::{Reader, Writer};
 use crate::error::DecodeError;
 
@@ -359,6 +360,10 @@ pub struct JobSpec {
     /// Boxed: most jobs have none, and messages stay small.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub container: Option<Box<ContainerSpec>>,
+    /// What started the job: its variables and the commit to check out;
+    /// `None` for a job submitted on its own. Boxed like `container`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trigger: Option<Box<TriggerSpec>>,
 }
 
 impl std::fmt::Debug for JobSpec {
@@ -380,6 +385,7 @@ impl std::fmt::Debug for JobSpec {
             .field("retry", &self.retry)
             .field("shell", &self.shell)
             .field("container", &self.container)
+            .field("trigger", &self.trigger)
             .finish()
     }
 }
@@ -404,6 +410,7 @@ impl JobSpec {
             retry: RetryPolicy::default(),
             shell: Vec::new(),
             container: None,
+            trigger: None,
         }
     }
 
@@ -435,6 +442,7 @@ impl JobSpec {
             },
             shell: r.strings("job.shell")?,
             container: r.option("job.container", |r| ContainerSpec::read(r).map(Box::new))?,
+            trigger: r.option("job.trigger", |r| TriggerSpec::read(r).map(Box::new))?,
         })
     }
 
@@ -451,6 +459,7 @@ impl JobSpec {
         w.u8(self.retry.on.0);
         w.strings(&self.shell);
         w.option(&self.container, |w, c| c.write(w));
+        w.option(&self.trigger, |w, t| t.write(w));
     }
 }
 

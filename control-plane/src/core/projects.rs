@@ -1,0 +1,208 @@
+//! Projects and the runs their repositories start: the core's side. The
+//! REST adapter verifies webhooks and reads pipeline files off the core;
+//! the core stores projects, remembers deliveries, and starts runs.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+
+use tokio::sync::oneshot;
+use tracing::info;
+use valkyrie::message::JobSpec;
+
+use super::{now_ms, Core, ValidatedPipeline};
+use crate::audit::AuditAction;
+use crate::source::{Project, Trigger};
+use crate::store::{Change, DeliveryRow};
+
+/// Webhook deliveries remembered; the oldest are forgotten past this. A
+/// forge redelivers within hours, and this many deliveries span far more
+/// at any rate a server takes.
+pub const MAX_DELIVERIES: usize = 10_000;
+
+/// A request about projects.
+#[derive(Debug)]
+pub enum ProjectCommand {
+    /// Store a new project; refused if the name is taken.
+    Create(Box<Project>, oneshot::Sender<Result<Project, String>>),
+    /// Every project, by name.
+    List(oneshot::Sender<Vec<Project>>),
+    /// One project.
+    Get(String, oneshot::Sender<Option<Project>>),
+    /// Remove a project; answers whether it existed.
+    Remove(String, oneshot::Sender<bool>),
+    /// The run a delivery (`forge:project:id`) started, if it was seen.
+    Delivered(String, oneshot::Sender<Option<u64>>),
+    /// Start a run of a project's pipeline file at a commit.
+    Start {
+        /// What started it (its `delivery`, if not empty, is remembered:
+        /// a second start with it starts nothing).
+        trigger: Box<Trigger>,
+        /// The file, read at the commit and validated off the core.
+        pipeline: Box<ValidatedPipeline>,
+        /// The run.
+        reply: oneshot::Sender<Result<Started, String>>,
+    },
+}
+
+/// A run a trigger started, or the one an earlier delivery did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Started {
+    /// The run.
+    pub run_id: u64,
+    /// It was started by an earlier delivery with the same id.
+    pub duplicate: bool,
+}
+
+/// The core's project state.
+#[derive(Debug, Default)]
+pub(super) struct ProjectState {
+    projects: BTreeMap<String, Project>,
+    deliveries: HashMap<String, u64>,
+    delivery_order: VecDeque<(u64, String)>,
+    next_delivery: u64,
+}
+
+impl ProjectState {
+    /// State as stored.
+    pub(super) fn recover(&mut self, projects: Vec<Project>, deliveries: Vec<DeliveryRow>) {
+        for project in projects {
+            self.projects.insert(project.name.clone(), project);
+        }
+        for row in deliveries {
+            self.next_delivery = self.next_delivery.max(row.seq + 1);
+            self.deliveries.insert(row.key.clone(), row.run_id);
+            self.delivery_order.push_back((row.seq, row.key));
+        }
+    }
+}
+
+/// Gives a checking-out job its project's token.
+fn give_token(spec: &mut JobSpec, token: &str) {
+    if let Some(checkout) = spec.trigger.as_mut().and_then(|t| t.checkout.as_mut()) {
+        checkout.token = token.to_owned();
+    }
+}
+
+impl Core {
+    pub(super) fn handle_project(&mut self, command: ProjectCommand) {
+        match command {
+            ProjectCommand::Create(project, reply) => {
+                let _ = reply.send(self.create_project(*project));
+            }
+            ProjectCommand::List(reply) => {
+                let _ = reply.send(self.projects.projects.values().cloned().collect());
+            }
+            ProjectCommand::Get(name, reply) => {
+                let _ = reply.send(self.projects.projects.get(&name).cloned());
+            }
+            ProjectCommand::Remove(name, reply) => {
+                let existed = self.projects.projects.remove(&name).is_some();
+                if existed {
+                    self.record(Change::DeleteProject(name.clone()));
+                    self.audit(
+                        AuditAction::RemoveProject,
+                        format!("project {name}"),
+                        String::new(),
+                    );
+                }
+                let _ = reply.send(existed);
+            }
+            ProjectCommand::Delivered(key, reply) => {
+                let _ = reply.send(self.projects.deliveries.get(&key).copied());
+            }
+            ProjectCommand::Start {
+                trigger,
+                pipeline,
+                reply,
+            } => {
+                let _ = reply.send(self.start_triggered(*trigger, *pipeline));
+            }
+        }
+    }
+
+    fn create_project(&mut self, mut project: Project) -> Result<Project, String> {
+        if self.projects.projects.contains_key(&project.name) {
+            return Err(format!("project `{}` already exists", project.name));
+        }
+        project.created_at_ms = now_ms();
+        self.record(Change::Project(Box::new(project.clone())));
+        self.audit(
+            AuditAction::CreateProject,
+            format!("project {}", project.name),
+            format!("{} ({} on {})", project.repo, project.file, project.branch),
+        );
+        self.projects
+            .projects
+            .insert(project.name.clone(), project.clone());
+        Ok(project)
+    }
+
+    /// Starts the run, remembering its delivery in the same turn (so two
+    /// deliveries of one id racing each other start one run).
+    fn start_triggered(&mut self, trigger: Trigger, pipeline: ValidatedPipeline) -> Result<Started, String> {
+        if !self.projects.projects.contains_key(&trigger.project) {
+            return Err(format!("no project `{}`", trigger.project));
+        }
+        if !trigger.delivery.is_empty() {
+            if let Some(&run_id) = self.projects.deliveries.get(&trigger.delivery) {
+                return Ok(Started {
+                    run_id,
+                    duplicate: true,
+                });
+            }
+        }
+        let detail = format!(
+            "{} {} at {} ({})",
+            trigger.event, trigger.git_ref, trigger.sha, trigger.project
+        );
+        let delivery = trigger.delivery.clone();
+        let run_id = self.start_run(pipeline);
+        if let Some(run) = self.runs.get_mut(&run_id) {
+            run.set_trigger(trigger);
+        }
+        if !delivery.is_empty() {
+            self.remember_delivery(delivery, run_id);
+        }
+        self.audit(AuditAction::TriggerProject, format!("run {run_id}"), detail);
+        info!(run_id, "run started from a repository");
+        self.advance_run(run_id);
+        Ok(Started {
+            run_id,
+            duplicate: false,
+        })
+    }
+
+    fn remember_delivery(&mut self, key: String, run_id: u64) {
+        let state = &mut self.projects;
+        let seq = state.next_delivery;
+        state.next_delivery += 1;
+        state.deliveries.insert(key.clone(), run_id);
+        state.delivery_order.push_back((seq, key.clone()));
+        let mut changes = vec![Change::Delivery(Box::new(DeliveryRow { seq, key, run_id }))];
+        while state.delivery_order.len() > MAX_DELIVERIES {
+            if let Some((old_seq, old_key)) = state.delivery_order.pop_front() {
+                state.deliveries.remove(&old_key);
+                changes.push(Change::DeleteDelivery(old_seq));
+            }
+        }
+        for change in changes {
+            self.record(change);
+        }
+    }
+
+    /// The project token a job of run `run_id` checks out with, if any.
+    pub(super) fn checkout_token(&self, run_id: u64) -> Option<String> {
+        let project = self.runs.get(&run_id)?.trigger()?.project.clone();
+        self.projects
+            .projects
+            .get(&project)
+            .map(|p| p.token.clone())
+            .filter(|t| !t.is_empty())
+    }
+
+    /// Gives `spec` the token of its run's project.
+    pub(super) fn add_checkout_token(&self, run_id: u64, spec: &mut JobSpec) {
+        if let Some(token) = self.checkout_token(run_id) {
+            give_token(spec, &token);
+        }
+    }
+}

@@ -1,0 +1,308 @@
+//! `/api/projects`: git repositories whose pushes start runs, and a
+//! trigger of a project's pipeline at a ref or commit. A project's webhook
+//! secret and token are write-only: no answer ever carries them.
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::Json;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::auth::{Caller, Role};
+use super::error::{ApiError, ErrorBody};
+use super::{ApiPath, AppState};
+use crate::core::{Command, ProjectCommand};
+use crate::source::project::{check_variables, DEFAULT_PIPELINE_FILE};
+use crate::source::{Project, Trigger};
+
+/// A project as shown: without its secrets.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ProjectJson {
+    /// Unique name.
+    pub name: String,
+    /// Clone URL.
+    pub repo: String,
+    /// Default branch.
+    pub branch: String,
+    /// Pipeline file path in the repository.
+    pub file: String,
+    /// Whether a webhook secret is set (its value is never shown).
+    pub has_webhook_secret: bool,
+    /// Whether a token is set (its value is never shown).
+    pub has_token: bool,
+    /// Creation time, ms since the Unix epoch.
+    pub created_at_ms: u64,
+    /// Where GitHub sends this project's webhooks (relative to the server).
+    pub github_webhook: String,
+    /// Where GitLab sends this project's webhooks (relative to the server).
+    pub gitlab_webhook: String,
+}
+
+impl From<Project> for ProjectJson {
+    fn from(p: Project) -> Self {
+        Self {
+            github_webhook: format!("/api/webhooks/github/{}", p.name),
+            gitlab_webhook: format!("/api/webhooks/gitlab/{}", p.name),
+            has_webhook_secret: !p.webhook_secret.is_empty(),
+            has_token: !p.token.is_empty(),
+            name: p.name,
+            repo: p.repo,
+            branch: p.branch,
+            file: p.file,
+            created_at_ms: p.created_at_ms,
+        }
+    }
+}
+
+/// A project to create.
+#[derive(Debug, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateProject {
+    /// Unique name: letters, digits, `-`, `_`, `.`.
+    pub name: String,
+    /// Clone URL, without credentials (`https://…`, `git://…`, `ssh://…`).
+    pub repo: String,
+    /// Default branch. Default `main`.
+    #[serde(default)]
+    pub branch: Option<String>,
+    /// Pipeline file path in the repository. Default `.valkyrie.yml`.
+    #[serde(default)]
+    pub file: Option<String>,
+    /// Webhook secret: GitHub's HMAC key, GitLab's token. Without one,
+    /// webhooks are refused.
+    #[serde(default)]
+    pub webhook_secret: Option<String>,
+    /// HTTPS token for a private repository (and the forge's API).
+    #[serde(default)]
+    pub token: Option<String>,
+}
+
+/// A trigger of a project's pipeline.
+#[derive(Debug, Default, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TriggerProject {
+    /// Branch, tag or full ref (`refs/heads/x`). Default: the project's branch.
+    #[serde(default, rename = "ref")]
+    pub git_ref: Option<String>,
+    /// The commit; default: the ref's tip.
+    #[serde(default)]
+    pub sha: Option<String>,
+    /// Variables for every job (names of letters, digits and `_`; not `VALKYRIE_*`).
+    #[serde(default)]
+    pub variables: std::collections::BTreeMap<String, String>,
+}
+
+/// The run a trigger or webhook started.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ProjectRun {
+    /// The run (execution) id.
+    pub run_id: u64,
+    /// The project.
+    pub project: String,
+    /// The ref.
+    #[serde(rename = "ref")]
+    pub git_ref: String,
+    /// The commit.
+    pub sha: String,
+    /// An earlier delivery with the same id started it (nothing new was started).
+    pub duplicate: bool,
+    /// Where to follow it.
+    pub status_url: String,
+}
+
+/// A removed project.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct RemovedProject {
+    /// Its name.
+    pub name: String,
+}
+
+fn json_body<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| {
+        ApiError::bad_request("the body is not the JSON object this route takes")
+            .details(e.to_string())
+            .suggest("see /api/openapi.json for its fields")
+    })
+}
+
+fn no_project(name: &str) -> ApiError {
+    ApiError::not_found(format!("no project `{name}`")).suggest("list projects with GET /api/projects")
+}
+
+/// Creates a project. Its `webhook_secret` and `token` are stored
+/// encrypted and never shown again.
+#[utoipa::path(post, path = "/api/projects", tag = "projects", operation_id = "create_project",
+    request_body(content = CreateProject, content_type = "application/json"),
+    responses((status = 201, body = ProjectJson),
+              (status = 400, description = "Not the JSON object, or a field is not valid", body = ErrorBody),
+              (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+              (status = 405, description = "Method not allowed", body = ErrorBody),
+              (status = 409, description = "The name is taken", body = ErrorBody),
+              (status = 413, body = ErrorBody), (status = 429, body = ErrorBody), (status = 503, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn create(
+    State(state): State<AppState>,
+    caller: Caller,
+    body: Bytes,
+) -> Result<(StatusCode, Json<ProjectJson>), ApiError> {
+    caller.require(Role::Admin)?;
+    let request: CreateProject = json_body(&body)?;
+    let project = Project {
+        name: request.name,
+        repo: request.repo,
+        branch: request.branch.unwrap_or_else(|| "main".into()),
+        file: request.file.unwrap_or_else(|| DEFAULT_PIPELINE_FILE.into()),
+        webhook_secret: request.webhook_secret.unwrap_or_default(),
+        token: request.token.unwrap_or_default(),
+        created_at_ms: 0,
+    };
+    project
+        .check()
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let created = state
+        .call_as(&caller, |reply| {
+            Command::Project(ProjectCommand::Create(Box::new(project), reply))
+        })
+        .await?
+        .map_err(|m| ApiError::conflict(m).suggest("pick another name, or remove the project first"))?;
+    Ok((StatusCode::CREATED, Json(created.into())))
+}
+
+/// Every project, by name.
+#[utoipa::path(get, path = "/api/projects", tag = "projects", operation_id = "list_projects",
+    responses((status = 200, body = Vec<ProjectJson>),
+              (status = 401, body = ErrorBody),
+              (status = 405, description = "Method not allowed", body = ErrorBody), (status = 429, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn list(State(state): State<AppState>, caller: Caller) -> Result<Json<Vec<ProjectJson>>, ApiError> {
+    caller.require(Role::Viewer)?;
+    let projects = state
+        .call(|reply| Command::Project(ProjectCommand::List(reply)))
+        .await?;
+    Ok(Json(projects.into_iter().map(ProjectJson::from).collect()))
+}
+
+/// One project.
+#[utoipa::path(get, path = "/api/projects/{name}", tag = "projects", operation_id = "get_project",
+    params(("name" = String, Path, description = "Project name")),
+    responses((status = 200, body = ProjectJson),
+              (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
+              (status = 405, description = "Method not allowed", body = ErrorBody), (status = 429, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn get_one(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(name): ApiPath<String>,
+) -> Result<Json<ProjectJson>, ApiError> {
+    caller.require(Role::Viewer)?;
+    state
+        .call(|reply| Command::Project(ProjectCommand::Get(name.clone(), reply)))
+        .await?
+        .map(|p| Json(p.into()))
+        .ok_or_else(|| no_project(&name))
+}
+
+/// Removes a project (its runs stay).
+#[utoipa::path(delete, path = "/api/projects/{name}", tag = "projects", operation_id = "remove_project",
+    params(("name" = String, Path, description = "Project name")),
+    responses((status = 200, body = RemovedProject),
+              (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+              (status = 405, description = "Method not allowed", body = ErrorBody), (status = 429, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn remove(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(name): ApiPath<String>,
+) -> Result<Json<RemovedProject>, ApiError> {
+    caller.require(Role::Admin)?;
+    let existed = state
+        .call_as(&caller, |reply| {
+            Command::Project(ProjectCommand::Remove(name.clone(), reply))
+        })
+        .await?;
+    if !existed {
+        return Err(no_project(&name));
+    }
+    state.mirrors.remove(&name).await;
+    Ok(Json(RemovedProject { name }))
+}
+
+/// Starts a run of the project's pipeline file at a ref (default: the
+/// project's branch) or commit, with variables for every job.
+#[utoipa::path(post, path = "/api/projects/{name}/trigger", tag = "projects", operation_id = "trigger_project",
+    params(("name" = String, Path, description = "Project name")),
+    request_body(content = TriggerProject, content_type = "application/json"),
+    responses((status = 201, body = ProjectRun),
+              (status = 400, description = "Not the JSON object, or a variable is not valid", body = ErrorBody),
+              (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+              (status = 405, description = "Method not allowed", body = ErrorBody),
+              (status = 413, body = ErrorBody),
+              (status = 422, description = "The ref, commit or pipeline file is not usable", body = ErrorBody),
+              (status = 429, body = ErrorBody), (status = 503, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn trigger(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(name): ApiPath<String>,
+    body: Bytes,
+) -> Result<(StatusCode, Json<ProjectRun>), ApiError> {
+    caller.require(Role::Submitter)?;
+    let request: TriggerProject = if body.iter().all(u8::is_ascii_whitespace) {
+        TriggerProject::default()
+    } else {
+        json_body(&body)?
+    };
+    let variables: Vec<(String, String)> = request.variables.into_iter().collect();
+    check_variables(&variables).map_err(ApiError::bad_request)?;
+    let project = state
+        .call(|reply| Command::Project(ProjectCommand::Get(name.clone(), reply)))
+        .await?
+        .ok_or_else(|| no_project(&name))?;
+    let git_ref = match request.git_ref.filter(|r| !r.is_empty()) {
+        None => format!("refs/heads/{}", project.branch),
+        Some(r) if r.starts_with("refs/") => r,
+        Some(r) if r.starts_with('-') || r.contains("..") || r.contains(':') => {
+            return Err(ApiError::bad_request(format!("ref `{r}` is not valid")))
+        }
+        Some(r) => format!("refs/heads/{r}"),
+    };
+    let sha = match request.sha.filter(|s| !s.is_empty()) {
+        Some(sha) if matches!(sha.len(), 40 | 64) && sha.bytes().all(|b| b.is_ascii_hexdigit()) => {
+            sha.to_ascii_lowercase()
+        }
+        Some(sha) => {
+            return Err(ApiError::bad_request(format!(
+                "`{sha}` is not a full commit id (40 or 64 hex digits)"
+            )))
+        }
+        None => state
+            .mirrors
+            .resolve(&project, &git_ref)
+            .await
+            .map_err(|e| ApiError::unprocessable(e.to_string()))?,
+    };
+    let (branch, tag) = match (
+        git_ref.strip_prefix("refs/heads/"),
+        git_ref.strip_prefix("refs/tags/"),
+    ) {
+        (Some(b), _) => (b.to_owned(), String::new()),
+        (_, Some(t)) => (String::new(), t.to_owned()),
+        _ => (String::new(), String::new()),
+    };
+    let trigger = Trigger {
+        project: project.name.clone(),
+        repository: project.repo.clone(),
+        event: "api".into(),
+        git_ref,
+        sha,
+        branch,
+        tag,
+        pr_number: None,
+        variables,
+        depth: 1,
+        delivery: String::new(),
+    };
+    let run = super::webhooks::start(&state, Some(&caller), &project, trigger).await?;
+    Ok((StatusCode::CREATED, Json(run)))
+}

@@ -1,0 +1,21 @@
+//! Where runs come from when they come from a repository: projects (a git
+//! repository with its pipeline file and webhook secret), the trigger
+//! context a run carries (commit, ref, event, variables), the forges'
+//! webhook payloads, and the bare mirror the server reads pipeline files
+//! from.
+//!
+//! ```text
+//!  forge --POST /api/webhooks/{github,gitlab}/{project}--> rest::webhooks
+//!     verify signature (401 and nothing else otherwise)
+//!     parse event (push, pull_request / Merge Request Hook; others 202)
+//!     delivery id seen before?  --yes--> 200, the run it started
+//!     mirror: fetch the ref, `git show SHA:FILE`, validate
+//!     core: record the delivery and start the run, in one turn
+//!  agent: check out SHA into the workspace, then run the steps
+//! ```
+
+pub mod mirror;
+pub mod project;
+pub mod webhook;
+
+pub use project::{Project, Trigger};

@@ -1,0 +1,568 @@
+//! From a push to a running pipeline: a bare repository served on loopback
+//! by `git daemon`, a project pointing at it, and signed GitHub and GitLab
+//! webhooks that start runs whose jobs check the pushed commit out.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use support::*;
+use valkyrie::message::{EventBody, JobState, RunState};
+use valkyrie_sdk::Client;
+
+const SECRET: &str = "webhook-s3cret";
+
+const PIPELINE: &str = "name: app-ci
+jobs:
+  head:
+    steps:
+      - run: echo \"head=$(git rev-parse HEAD) branch=$VALKYRIE_BRANCH event=$VALKYRIE_EVENT sha=$VALKYRIE_COMMIT_SHA\"
+  bare:
+    checkout: false
+    steps:
+      - run: test ! -e .git && echo \"empty workspace run=$VALKYRIE_RUN_ID\"
+";
+
+/// A repository with a working copy (where commits are made) and the bare
+/// repository `git daemon` serves.
+struct Repo {
+    work: PathBuf,
+    bare: PathBuf,
+    url: String,
+    _daemon: Guarded,
+}
+
+fn git(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(args)
+        .env("GIT_AUTHOR_NAME", "t")
+        .env("GIT_AUTHOR_EMAIL", "t@example.com")
+        .env("GIT_COMMITTER_NAME", "t")
+        .env("GIT_COMMITTER_EMAIL", "t@example.com")
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .output()
+        .expect("git runs");
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text(&out.stdout).trim().to_owned()
+}
+
+impl Repo {
+    /// A repository with the pipeline file on `main`, served by `git daemon`.
+    async fn serve(h: &Harness, pipeline: &str) -> Self {
+        let root = h.path().join("git");
+        let work = root.join("work");
+        let base = root.join("served");
+        std::fs::create_dir_all(&work).unwrap();
+        std::fs::create_dir_all(&base).unwrap();
+        git(&work, &["init", "-q", "-b", "main"]);
+        std::fs::write(work.join(".valkyrie.yml"), pipeline).unwrap();
+        git(&work, &["add", ".valkyrie.yml"]);
+        git(&work, &["commit", "-q", "-m", "pipeline"]);
+        let bare = base.join("app.git");
+        git(
+            &root,
+            &[
+                "clone",
+                "-q",
+                "--bare",
+                work.to_str().unwrap(),
+                bare.to_str().unwrap(),
+            ],
+        );
+        let port = free_port();
+        // git-daemon itself, not `git daemon`: the guard kills the process
+        // it started, and `git` would leave its git-daemon child running.
+        let exec_path = git(&root, &["--exec-path"]);
+        let mut daemon = Command::new(Path::new(&exec_path).join("git-daemon"));
+        daemon.args([
+            "--export-all",
+            "--reuseaddr",
+            "--listen=127.0.0.1",
+            &format!("--port={port}"),
+            &format!("--base-path={}", base.display()),
+            base.to_str().unwrap(),
+        ]);
+        let daemon = spawn_logged(daemon, "git daemon", root.join("daemon.log"), Stdio::null());
+        let url = format!("git://127.0.0.1:{port}/app.git");
+        wait_until("git daemon to serve the repository", || async {
+            Command::new("git")
+                .args(["ls-remote", &url])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .ok()
+                .filter(|s| s.success())
+        })
+        .await;
+        Self {
+            work,
+            bare,
+            url,
+            _daemon: daemon,
+        }
+    }
+
+    /// Commits a change to `branch` and pushes it; returns the commit.
+    fn push(&self, branch: &str, file: &str) -> String {
+        let current = git(&self.work, &["rev-parse", "--abbrev-ref", "HEAD"]);
+        if current != branch {
+            git(&self.work, &["checkout", "-q", "-B", branch]);
+        }
+        std::fs::write(self.work.join(file), format!("{file} {}\n", fastrand_id())).unwrap();
+        git(&self.work, &["add", file]);
+        git(&self.work, &["commit", "-q", "-m", file]);
+        git(
+            &self.work,
+            &[
+                "push",
+                "-q",
+                "-f",
+                self.bare.to_str().unwrap(),
+                &format!("{branch}:{branch}"),
+            ],
+        );
+        git(&self.work, &["rev-parse", "HEAD"])
+    }
+}
+
+fn fastrand_id() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos()
+}
+
+/// A server with the REST API, an agent, and a project on `repo`.
+struct Ci {
+    server: Server,
+    client: Client,
+    http: reqwest::Client,
+    base: String,
+    _agent: Agent,
+}
+
+impl Ci {
+    async fn start(h: &Harness, repo: &Repo) -> Self {
+        let port = free_port();
+        let http_arg = format!("127.0.0.1:{port}");
+        let server = h
+            .server()
+            .data_dir(h.path().join("data"))
+            .args(&["--http", &http_arg])
+            .start();
+        let client = server.client().await;
+        let agent = h.agent(&server).start(&client).await;
+        let ci = Self {
+            base: format!("http://{http_arg}"),
+            http: reqwest::Client::new(),
+            server,
+            client,
+            _agent: agent,
+        };
+        let created = ci
+            .http
+            .post(format!("{}/api/projects", ci.base))
+            .bearer_auth(&ci.server.api_token)
+            .json(&serde_json::json!({
+                "name": "app", "repo": repo.url, "webhook_secret": SECRET,
+            }))
+            .send()
+            .await
+            .unwrap();
+        let status = created.status();
+        let body: serde_json::Value = created.json().await.unwrap();
+        assert_eq!(status, 201, "{body}");
+        assert_eq!(body["has_webhook_secret"], true);
+        assert!(!body.to_string().contains(SECRET), "{body}");
+        ci
+    }
+
+    async fn github(
+        &self,
+        event: &str,
+        delivery: &str,
+        body: &str,
+        signature: Option<&str>,
+    ) -> (u16, serde_json::Value) {
+        let mut request = self
+            .http
+            .post(format!("{}/api/webhooks/github/app", self.base))
+            .header("content-type", "application/json")
+            .header("x-github-event", event)
+            .header("x-github-delivery", delivery)
+            .body(body.to_owned());
+        if let Some(signature) = signature {
+            request = request.header("x-hub-signature-256", signature);
+        }
+        let response = request.send().await.unwrap();
+        (response.status().as_u16(), response.json().await.unwrap())
+    }
+
+    async fn gitlab(&self, event: &str, delivery: &str, body: &str, token: &str) -> (u16, serde_json::Value) {
+        let response = self
+            .http
+            .post(format!("{}/api/webhooks/gitlab/app", self.base))
+            .header("content-type", "application/json")
+            .header("x-gitlab-event", event)
+            .header("x-gitlab-event-uuid", delivery)
+            .header("x-gitlab-token", token)
+            .body(body.to_owned())
+            .send()
+            .await
+            .unwrap();
+        (response.status().as_u16(), response.json().await.unwrap())
+    }
+
+    async fn runs(&self) -> usize {
+        self.client.runs(1000).await.unwrap().len()
+    }
+
+    /// Waits for run `id` to end; returns each job's name and output.
+    async fn finished(&self, id: u64) -> Vec<(String, String)> {
+        let run = wait_until(&format!("run {id} to end"), || async {
+            let run = self.client.run(id).await.unwrap();
+            (run.state != RunState::Running).then_some(run)
+        })
+        .await;
+        assert_eq!(run.state, RunState::Succeeded, "{run:?}");
+        let mut out = Vec::new();
+        for job in run.jobs {
+            let job_id = job.job_id.expect("released");
+            out.push((job.name, output_of(&self.client, job_id).await));
+        }
+        out
+    }
+}
+
+/// The job's whole output, once it has ended.
+async fn output_of(client: &Client, id: u64) -> String {
+    let mut events = client.watch(Some(id), true, true).await.expect("watch");
+    let mut output = Vec::new();
+    within("the job's output up to its end", async {
+        loop {
+            let event = events.recv().await.expect("subscription open").expect("event");
+            match event.body {
+                EventBody::Log { data, .. } => output.extend_from_slice(&data),
+                EventBody::State { state, .. } if state.is_terminal() => break,
+                _ => {}
+            }
+        }
+    })
+    .await;
+    text(&output)
+}
+
+fn github_push(branch: &str, sha: &str) -> String {
+    // The fields of GitHub's push event that matter, in its shape
+    // (docs.github.com, "Webhook events and payloads", push).
+    serde_json::json!({
+        "ref": format!("refs/heads/{branch}"),
+        "before": "0000000000000000000000000000000000000000",
+        "after": sha,
+        "created": true,
+        "deleted": false,
+        "forced": false,
+        "compare": "https://github.com/o/app/compare/x",
+        "commits": [{"id": sha, "message": "change", "distinct": true}],
+        "head_commit": {"id": sha, "message": "change"},
+        "repository": {"id": 1, "name": "app", "full_name": "o/app", "clone_url": "https://github.com/o/app.git"},
+        "pusher": {"name": "t", "email": "t@example.com"},
+        "sender": {"login": "t", "id": 1}
+    })
+    .to_string()
+}
+
+fn gitlab_push(branch: &str, sha: &str) -> String {
+    // GitLab's Push Hook payload (docs.gitlab.com, "Webhook events", push events).
+    serde_json::json!({
+        "object_kind": "push",
+        "event_name": "push",
+        "before": "0000000000000000000000000000000000000000",
+        "after": sha,
+        "ref": format!("refs/heads/{branch}"),
+        "ref_protected": false,
+        "checkout_sha": sha,
+        "user_id": 4,
+        "user_name": "t",
+        "project_id": 15,
+        "project": {"id": 15, "name": "app", "git_http_url": "https://gitlab.example/o/app.git", "path_with_namespace": "o/app"},
+        "commits": [{"id": sha, "message": "change"}],
+        "total_commits_count": 1,
+        "repository": {"name": "app", "url": "git@gitlab.example:o/app.git"}
+    })
+    .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signed_pushes_start_runs_at_their_commit_and_nothing_else_does() {
+    let h = Harness::new();
+    let repo = Repo::serve(&h, PIPELINE).await;
+    let ci = Ci::start(&h, &repo).await;
+    let sha = repo.push("main", "a.txt");
+
+    // A bad signature: 401, and nothing runs.
+    let body = github_push("main", &sha);
+    let wrong = valkyrie_control_plane_signature("not-the-secret", &body);
+    let (status, answer) = ci.github("push", "d-1", &body, Some(&wrong)).await;
+    assert_eq!(status, 401, "{answer}");
+    assert!(
+        answer["message"].as_str().unwrap().contains("signature"),
+        "{answer}"
+    );
+    let (status, _) = ci.github("push", "d-1", &body, None).await;
+    assert_eq!(status, 401);
+    assert_eq!(ci.runs().await, 0);
+
+    // A ping is answered; another event is ignored with a reason.
+    let ping = r#"{"zen":"Keep it logically awesome.","hook_id":1}"#;
+    let (status, answer) = ci
+        .github(
+            "ping",
+            "d-0",
+            ping,
+            Some(&valkyrie_control_plane_signature(SECRET, ping)),
+        )
+        .await;
+    assert_eq!((status, answer["status"].as_str()), (200, Some("pong")));
+    let issue = r#"{"action":"opened","issue":{"number":1}}"#;
+    let (status, answer) = ci
+        .github(
+            "issues",
+            "d-2",
+            issue,
+            Some(&valkyrie_control_plane_signature(SECRET, issue)),
+        )
+        .await;
+    assert_eq!(status, 202, "{answer}");
+    assert!(
+        answer["reason"].as_str().unwrap().contains("`issues`"),
+        "{answer}"
+    );
+    assert_eq!(ci.runs().await, 0);
+
+    // A signed push: a run at that commit.
+    let signature = valkyrie_control_plane_signature(SECRET, &body);
+    let (status, answer) = ci.github("push", "d-1", &body, Some(&signature)).await;
+    assert_eq!(status, 201, "{answer}");
+    assert_eq!(answer["status"], "started");
+    assert_eq!(answer["sha"], sha.as_str());
+    let run_id = answer["run_id"].as_u64().unwrap();
+    let jobs = ci.finished(run_id).await;
+    let head = &jobs.iter().find(|(n, _)| n == "head").unwrap().1;
+    assert!(
+        head.contains(&format!("head={sha} branch=main event=push sha={sha}")),
+        "{head}"
+    );
+    assert!(head.contains("[valkyrie] checkout"), "{head}");
+    let bare = &jobs.iter().find(|(n, _)| n == "bare").unwrap().1;
+    assert!(bare.contains(&format!("empty workspace run={run_id}")), "{bare}");
+
+    // The same delivery again: the same run, nothing new.
+    let (status, answer) = ci.github("push", "d-1", &body, Some(&signature)).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["status"], "duplicate");
+    assert_eq!(answer["run_id"].as_u64(), Some(run_id));
+    assert_eq!(ci.runs().await, 1);
+
+    // GitLab: a push to another branch, with its token.
+    let sha2 = repo.push("dev", "b.txt");
+    let body = gitlab_push("dev", &sha2);
+    let (status, _) = ci.gitlab("Push Hook", "g-1", &body, "wrong-token").await;
+    assert_eq!(status, 401);
+    assert_eq!(ci.runs().await, 1);
+    let (status, answer) = ci.gitlab("Push Hook", "g-1", &body, SECRET).await;
+    assert_eq!(status, 201, "{answer}");
+    let run2 = answer["run_id"].as_u64().unwrap();
+    let jobs = ci.finished(run2).await;
+    let head = &jobs.iter().find(|(n, _)| n == "head").unwrap().1;
+    assert!(
+        head.contains(&format!("head={sha2} branch=dev event=push")),
+        "{head}"
+    );
+    let (status, answer) = ci.gitlab("Push Hook", "g-1", &body, SECRET).await;
+    assert_eq!((status, answer["run_id"].as_u64()), (200, Some(run2)));
+    assert_eq!(ci.runs().await, 2);
+
+    // The REST trigger: a ref and variables.
+    let response = ci
+        .http
+        .post(format!("{}/api/projects/app/trigger", ci.base))
+        .bearer_auth(&ci.server.api_token)
+        .json(&serde_json::json!({"ref": "main", "variables": {"DEPLOY": "yes"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+    let answer: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(answer["sha"], sha.as_str());
+    ci.finished(answer["run_id"].as_u64().unwrap()).await;
+
+    // The project never shows its secret.
+    let shown = ci
+        .http
+        .get(format!("{}/api/projects/app", ci.base))
+        .bearer_auth(&ci.server.api_token)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        shown.contains("\"has_webhook_secret\":true") && !shown.contains(SECRET),
+        "{shown}"
+    );
+
+    // Nor does the store hold it in the clear.
+    let stored = std::fs::read(h.path().join("data/valkyrie.redb")).unwrap();
+    assert!(
+        !stored.windows(SECRET.len()).any(|w| w == SECRET.as_bytes()),
+        "the webhook secret is in valkyrie.redb in the clear"
+    );
+}
+
+/// The GitHub signature of `body` under `secret`, as GitHub computes it.
+fn valkyrie_control_plane_signature(secret: &str, body: &str) -> String {
+    let out = Command::new("openssl")
+        .args(["dgst", "-sha256", "-hmac", secret, "-hex"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            use std::io::Write;
+            child.stdin.take().unwrap().write_all(body.as_bytes())?;
+            child.wait_with_output()
+        })
+        .expect("openssl computes the HMAC");
+    let line = text(&out.stdout);
+    let hex = line.trim().rsplit(' ').next().unwrap().to_owned();
+    format!("sha256={hex}")
+}
+
+/// Figures, not a test: webhook received → first job running (p50, p99,
+/// warm mirror), and a checkout on an agent that already checked out the
+/// repository next to a plain `git clone`. Run with
+/// `cargo test -p valkyrie-tests --test source_webhooks -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "prints figures"]
+async fn figures_webhook_to_running_and_checkout() {
+    let h = Harness::new();
+    let pipeline = "jobs:\n  head:\n    steps:\n      - run: git rev-parse HEAD\n";
+    let repo = Repo::serve(&h, pipeline).await;
+    let ci = Ci::start(&h, &repo).await;
+    let mut latencies = Vec::new();
+    for i in 0..60 {
+        let sha = repo.push("main", "a.txt");
+        let body = github_push("main", &sha);
+        let signature = valkyrie_control_plane_signature(SECRET, &body);
+        let mut events = ci.client.watch(None, false, false).await.unwrap();
+        let sent = Instant::now();
+        let (status, answer) = ci
+            .github("push", &format!("lat-{i}"), &body, Some(&signature))
+            .await;
+        assert_eq!(status, 201, "{answer}");
+        within("the job to run", async {
+            loop {
+                let event = events.recv().await.unwrap().unwrap();
+                if let EventBody::State {
+                    state: JobState::Running,
+                    ..
+                } = event.body
+                {
+                    break;
+                }
+            }
+        })
+        .await;
+        latencies.push(sent.elapsed());
+        ci.finished(answer["run_id"].as_u64().unwrap()).await;
+    }
+    latencies.sort();
+    let at = |q: f64| latencies[((latencies.len() as f64 - 1.0) * q).round() as usize];
+    println!(
+        "webhook -> first job running, {} pushes, warm mirror: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        latencies.len(),
+        at(0.5).as_secs_f64() * 1e3,
+        at(0.99).as_secs_f64() * 1e3,
+        latencies.last().unwrap().as_secs_f64() * 1e3
+    );
+
+    // 1,000 commits, then two jobs on the same agent.
+    let mut import = String::new();
+    for i in 0..1000 {
+        let content = format!("line {i}\n");
+        import.push_str(&format!(
+            "commit refs/heads/main\ncommitter t <t@example.com> {} +0000\ndata 2\nc\n{}M 100644 inline f{}.txt\ndata {}\n{}\n",
+            1_700_000_000 + i,
+            if i == 0 { String::from("from refs/heads/main^0\n") } else { String::new() },
+            i % 50,
+            content.len(),
+            content
+        ));
+    }
+    let mut child = Command::new("git")
+        .arg("-C")
+        .arg(&repo.work)
+        .args(["fast-import", "--quiet"])
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        child.stdin.take().unwrap().write_all(import.as_bytes()).unwrap();
+    }
+    assert!(child.wait().unwrap().success());
+    git(&repo.work, &["reset", "-q", "--hard", "main"]);
+    git(
+        &repo.work,
+        &["push", "-q", "-f", repo.bare.to_str().unwrap(), "main:main"],
+    );
+    let count = git(&repo.bare, &["rev-list", "--count", "main"]);
+    let mut checkout_lines = Vec::new();
+    for n in 0..2 {
+        let sha = repo.push("main", "a.txt");
+        let body = github_push("main", &sha);
+        let signature = valkyrie_control_plane_signature(SECRET, &body);
+        let (status, answer) = ci
+            .github("push", &format!("big-{n}"), &body, Some(&signature))
+            .await;
+        assert_eq!(status, 201, "{answer}");
+        let jobs = ci.finished(answer["run_id"].as_u64().unwrap()).await;
+        let out = &jobs[0].1;
+        assert!(out.contains(&sha), "{out}");
+        checkout_lines.push(
+            out.lines()
+                .filter(|l| l.starts_with("[valkyrie]"))
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+                .join(" | "),
+        );
+    }
+    println!("repository: {} commits", count.trim());
+    println!("first job on the agent:  {}", checkout_lines[0]);
+    println!("second job on the agent: {}", checkout_lines[1]);
+    for (what, args) in [
+        ("git clone (full)", vec!["clone", "-q"]),
+        ("git clone --depth 1", vec!["clone", "-q", "--depth", "1"]),
+    ] {
+        let dest = h.path().join(format!("clone-{}", args.len()));
+        let started = Instant::now();
+        let status = Command::new("git")
+            .args(&args)
+            .arg(&repo.url)
+            .arg(&dest)
+            .status()
+            .unwrap();
+        assert!(status.success());
+        println!("{what}: {:.3} s", started.elapsed().as_secs_f64());
+    }
+    let _ = Duration::ZERO;
+}
