@@ -5,9 +5,11 @@
 //! a thin wrapper around it. [`executor`] runs a job's steps as local child
 //! processes and streams their output as events; it does no networking.
 
+pub mod cache;
 pub mod executor;
 pub mod job;
 pub mod leftovers;
 pub mod session;
+pub mod supervisor;
 
 pub use session::{Agent, AgentConfig, AgentError};
