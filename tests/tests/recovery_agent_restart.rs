@@ -59,7 +59,7 @@ async fn a_restarted_agent_reattaches_a_running_shell_job_which_ends_once_with_i
     let work_dir = std::fs::canonicalize(h.path().join("work-phoenix")).unwrap();
     assert!(work_dir.join(format!("job-{id}-1.supervisor")).is_dir());
 
-    let mut restarted = h.agent(&server).name("phoenix").start(&client).await;
+    let restarted = h.agent(&server).name("phoenix").start(&client).await;
     let reattached_after = killed.elapsed();
     std::fs::write(&go, "").unwrap();
     let job = wait_final(&client, id).await;

@@ -377,6 +377,7 @@ impl JobContainer {
         (job, result)
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn start_inner(
         &mut self,
         executor: &DockerExecutor,
