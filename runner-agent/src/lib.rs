@@ -4,6 +4,9 @@
 //! This crate holds the agent's library code; the `valkyrie-agent` binary is
 //! a thin wrapper around it. [`executor`] runs a job's steps as local child
 //! processes and streams their output as events; it does no networking.
+//! [`supervisor`] runs each attempt in a process of its own that outlives
+//! the agent, so that a restarted agent re-attaches to it; [`cache`] gives
+//! each job its `$VALKYRIE_CACHE_DIR`.
 
 pub mod cache;
 pub mod executor;
