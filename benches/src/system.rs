@@ -126,6 +126,7 @@ impl System {
                         heartbeat_interval: Duration::from_secs(2),
                         drain_timeout: Duration::from_secs(1),
                         client: agent_options.clone(),
+                        supervisor: None,
                     };
                     let (stop_tx, stop_rx) = oneshot::channel::<()>();
                     stops.push(stop_tx);

@@ -12,6 +12,11 @@
 //! its group with `setsid`), and removes the `job-*` workspaces. Only one
 //! agent may use a work directory at a time ([`lock_work_dir`]), so
 //! nothing found there belongs to a live agent.
+//!
+//! The attempts a restarted agent re-attaches ([`crate::supervisor`]) are
+//! spared ([`clean_up_except`]); those the server no longer counts are
+//! cleaned up one by one once their supervisor is killed
+//! ([`clean_up_attempt`]).
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -84,6 +89,29 @@ pub struct CleanedUp {
 /// Ends what an earlier agent left in `work_dir` and removes the stale
 /// workspaces. Call with the work directory locked, before taking jobs.
 pub fn clean_up(work_dir: &Path) -> CleanedUp {
+    clean_up_matching(work_dir, |_| true)
+}
+
+/// [`clean_up`], but leaves alone the entries named in `keep` (the
+/// workspaces, files and state directories of the attempts the agent
+/// re-attaches, [`crate::supervisor::Survivor::names`]) and the processes
+/// started for those workspaces.
+pub fn clean_up_except(work_dir: &Path, keep: &[String]) -> CleanedUp {
+    clean_up_matching(work_dir, |name| !keep.iter().any(|k| k == name))
+}
+
+/// Ends the processes of one attempt and removes its workspace, files and
+/// state directory: for an attempt the server no longer counts, once its
+/// supervisor is dead.
+pub fn clean_up_attempt(work_dir: &Path, job_id: u64, attempt: u32) -> CleanedUp {
+    let base = format!("job-{job_id}-{attempt}");
+    clean_up_matching(work_dir, |name| {
+        name == base || name.strip_prefix(&base).is_some_and(|rest| rest.starts_with('.'))
+    })
+}
+
+/// The work of [`clean_up`] for the `job-*` entries whose name `matches`.
+fn clean_up_matching(work_dir: &Path, matches: impl Fn(&str) -> bool) -> CleanedUp {
     let mut done = CleanedUp::default();
     let Ok(entries) = std::fs::read_dir(work_dir) else {
         return done;
@@ -94,7 +122,7 @@ pub fn clean_up(work_dir: &Path) -> CleanedUp {
         .filter(|p| {
             p.file_name()
                 .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with("job-"))
+                .is_some_and(|n| n.starts_with("job-") && matches(n))
         })
         .collect();
     stale.sort();
@@ -122,12 +150,18 @@ pub fn clean_up(work_dir: &Path) -> CleanedUp {
     }
     // A step's child may have left its group (setsid); its environment
     // still names the workspace.
-    let prefix = workspace_marker(&work_dir.join("job-"));
+    let prefix = workspace_marker(work_dir);
     for p in &processes {
-        if done.groups.contains(&p.pgid) || !p.environ.iter().any(|v| v.starts_with(&prefix)) {
+        if done.groups.contains(&p.pgid) {
             continue;
         }
-        if kill(Pid::from_raw(p.pid), Signal::SIGKILL).is_ok() {
+        let ours = p.environ.iter().any(|v| {
+            v.strip_prefix(prefix.as_slice())
+                .and_then(|rest| rest.strip_prefix(b"/"))
+                .and_then(|name| std::str::from_utf8(name).ok())
+                .is_some_and(|name| name.starts_with("job-") && !name.contains('/') && matches(name))
+        });
+        if ours && kill(Pid::from_raw(p.pid), Signal::SIGKILL).is_ok() {
             tracing::warn!(
                 pid = p.pid,
                 "killed a process a job of an earlier agent left behind"

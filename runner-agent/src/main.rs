@@ -12,6 +12,7 @@ use valkyrie::Endpoint;
 use valkyrie_runner_agent::executor;
 use valkyrie_runner_agent::executor::docker::{DockerExecutor, DockerSettings};
 use valkyrie_runner_agent::job::JobDefaults;
+use valkyrie_runner_agent::supervisor;
 use valkyrie_runner_agent::{Agent, AgentConfig};
 
 /// Runs CI jobs handed out by a Valkyrie control plane.
@@ -113,8 +114,17 @@ enum ExecutorKind {
     Docker,
 }
 
+fn main() -> std::process::ExitCode {
+    // An attempt's supervisor: this binary again, in a hidden sub-command.
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if args.get(1).is_some_and(|a| a == supervisor::SUBCOMMAND) {
+        return supervisor::main(&args[2..]);
+    }
+    agent_main()
+}
+
 #[tokio::main]
-async fn main() -> std::process::ExitCode {
+async fn agent_main() -> std::process::ExitCode {
     match run().await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {
@@ -179,7 +189,12 @@ async fn run() -> anyhow::Result<()> {
     // Held until the process ends: one agent per work directory, so what
     // is found there was left by a dead agent, never a live one.
     let _work_dir_lock = valkyrie_runner_agent::leftovers::lock_work_dir(&work_dir)?;
-    valkyrie_runner_agent::leftovers::clean_up(&work_dir);
+    // What an earlier life left: the attempts still running under their
+    // supervisors (or finished with a result the server may lack) are
+    // re-attached; everything else is killed and removed.
+    let survivors = supervisor::survivors(&work_dir);
+    let keep: Vec<String> = survivors.iter().flat_map(|s| s.names()).collect();
+    valkyrie_runner_agent::leftovers::clean_up_except(&work_dir, &keep);
     let docker = match args.executor {
         ExecutorKind::Shell => None,
         ExecutorKind::Docker => Some(
@@ -220,8 +235,12 @@ async fn run() -> anyhow::Result<()> {
             tls,
             ..ClientOptions::default()
         },
+        // The running binary, even if its file was replaced (an upgrade).
+        supervisor: Some(PathBuf::from("/proc/self/exe")),
     };
-    Agent::new(config).run(shutdown_signal()).await?;
+    let mut agent = Agent::new(config);
+    agent.reattach(survivors);
+    agent.run(shutdown_signal()).await?;
     Ok(())
 }
 

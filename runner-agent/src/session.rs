@@ -3,6 +3,12 @@
 //! jitter when the server goes away, re-reporting the attempts still running
 //! so none is orphaned. Job results are kept until the server acknowledges
 //! them and sent again after a reconnect.
+//!
+//! With [`AgentConfig::supervisor`] set (the `valkyrie-agent` binary sets
+//! it), every attempt runs in a supervisor process of its own and the
+//! agent follows its journal ([`crate::supervisor`]); a restarted agent
+//! re-attaches to the attempts its previous life left running
+//! ([`Agent::reattach`]).
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -18,6 +24,7 @@ use valkyrie::transport::{connect, hello, ClientOptions, ConnectError, RequestEr
 use valkyrie::{Endpoint, ErrorCode, SessionSender};
 
 use crate::job::{plan, run_attempt, JobDefaults};
+use crate::supervisor::{self, Followed, Stop, Survivor};
 
 /// The longest wait between two rounds of a group of servers (`--server
 /// a,b,c`): a standby takes over within seconds, and trying a standby that
@@ -50,6 +57,10 @@ pub struct AgentConfig {
     pub drain_timeout: Duration,
     /// Transport options (TLS trust).
     pub client: ClientOptions,
+    /// The program that runs an attempt's supervisor (the agent's own
+    /// binary, with [`supervisor::SUBCOMMAND`]). `None`: attempts run
+    /// inside this process, and die with it.
+    pub supervisor: Option<PathBuf>,
 }
 
 /// Why the agent stopped.
@@ -63,7 +74,48 @@ pub enum AgentError {
 
 struct RunningJob {
     attempt: u32,
-    cancel: watch::Sender<bool>,
+    control: Control,
+}
+
+/// How a running attempt is stopped.
+enum Control {
+    /// It runs in this process: the executor's cancel flag.
+    InProcess(watch::Sender<bool>),
+    /// It runs under a supervisor that this process follows.
+    Supervised(watch::Sender<Stop>),
+}
+
+impl RunningJob {
+    /// Cancel: the job ends `cancelled` and its result is reported.
+    fn cancel(&self) {
+        match &self.control {
+            Control::InProcess(cancel) => {
+                let _ = cancel.send(true);
+            }
+            Control::Supervised(stop) => {
+                stop.send_if_modified(|s| {
+                    let changed = *s == Stop::No;
+                    if changed {
+                        *s = Stop::Cancel;
+                    }
+                    changed
+                });
+            }
+        }
+    }
+
+    /// The server no longer counts this attempt: stop it. A supervised one
+    /// is killed at once and reports nothing more.
+    fn abandon(&self) {
+        match &self.control {
+            Control::InProcess(cancel) => {
+                let _ = cancel.send(true);
+            }
+            Control::Supervised(stop) => {
+                let _ = stop.send(Stop::Abandon);
+            }
+        }
+    }
 }
 
 #[derive(Default)]
@@ -81,6 +133,9 @@ pub struct Agent {
     outbox_tx: mpsc::Sender<Message>,
     outbox_rx: mpsc::Receiver<Message>,
     credential: Option<String>,
+    /// The attempts re-attached from an earlier life, whose containers
+    /// are not orphans.
+    reattached: Vec<(u64, u32)>,
 }
 
 /// The attempts this agent still holds: those running, and those finished
@@ -107,7 +162,62 @@ impl Agent {
             outbox_tx,
             outbox_rx,
             credential: None,
+            reattached: Vec::new(),
         }
+    }
+
+    /// Follows the attempts an earlier life of this agent left
+    /// ([`supervisor::survivors`]); they are reported to the server when
+    /// registering, which keeps those it still counts on this runner. Call
+    /// before [`Self::run`], with [`AgentConfig::supervisor`] set.
+    pub fn reattach(&mut self, survivors: Vec<Survivor>) {
+        for survivor in survivors {
+            info!(
+                job_id = survivor.job_id,
+                attempt = survivor.attempt,
+                running = survivor.running,
+                "re-attaching a job an earlier life of this agent left"
+            );
+            self.reattached.push((survivor.job_id, survivor.attempt));
+            self.follow(survivor.job_id, survivor.attempt, None);
+        }
+    }
+
+    /// Records a supervised attempt as running and forwards its journal;
+    /// `spawned` is its supervisor when this process started it.
+    fn follow(&self, job_id: u64, attempt: u32, spawned: Option<supervisor::Spawned>) {
+        let (stop_tx, stop_rx) = watch::channel(Stop::No);
+        self.state.lock().expect("state").running.insert(
+            job_id,
+            RunningJob {
+                attempt,
+                control: Control::Supervised(stop_tx),
+            },
+        );
+        let work_dir = self.config.work_dir.clone();
+        let outbox = self.outbox_tx.clone();
+        let state = self.state.clone();
+        let docker = self.config.defaults.docker.clone();
+        tokio::spawn(async move {
+            let followed = supervisor::follow(&work_dir, job_id, attempt, spawned, outbox, stop_rx).await;
+            if followed == Followed::Abandoned {
+                warn!(job_id, attempt, "killed an attempt the server no longer counts");
+                let dir = work_dir.clone();
+                let _ = tokio::task::spawn_blocking(move || {
+                    crate::leftovers::clean_up_attempt(&dir, job_id, attempt)
+                })
+                .await;
+                if let Some(docker) = docker {
+                    if let Err(error) = docker.remove_attempt(job_id, attempt).await {
+                        warn!(job_id, %error, "could not remove the containers of an abandoned attempt");
+                    }
+                }
+                let mut state = state.lock().expect("state");
+                if state.running.get(&job_id).is_some_and(|r| r.attempt == attempt) {
+                    state.running.remove(&job_id);
+                }
+            }
+        });
     }
 
     /// Runs until `shutdown` resolves (then drains and returns) or the server
@@ -116,7 +226,7 @@ impl Agent {
         tokio::pin!(shutdown);
         if let Some(docker) = &self.config.defaults.docker {
             // Nothing runs yet: whatever carries our label is a leftover.
-            match docker.remove_orphans().await {
+            match docker.remove_orphans(&self.reattached).await {
                 Ok(0) => {}
                 Ok(n) => info!(
                     removed = n,
@@ -225,9 +335,9 @@ impl Agent {
                         if job.attempt == stale.attempt {
                             warn!(
                                 job_id = stale.job_id,
-                                "server no longer wants this attempt; cancelling it"
+                                "server no longer wants this attempt; stopping it"
                             );
-                            let _ = job.cancel.send(true);
+                            job.abandon();
                         }
                     }
                     state.unacked.remove(&(stale.job_id, stale.attempt));
@@ -268,7 +378,7 @@ impl Agent {
                     _ = sleep_until(deadline), if deadline.is_some() => {
                         warn!("drain deadline reached; cancelling running jobs");
                         for job in self.state.lock().expect("state").running.values() {
-                            let _ = job.cancel.send(true);
+                            job.cancel();
                         }
                         drain_deadline = Some(tokio::time::Instant::now() + self.config.defaults.kill_grace * 2);
                     }
@@ -332,12 +442,40 @@ impl Agent {
                 if !accepted {
                     return;
                 }
+                if let Some(program) = &self.config.supervisor {
+                    match supervisor::spawn(program, &self.config.work_dir, &assign, &self.config.defaults)
+                        .await
+                    {
+                        Ok(spawned) => self.follow(assign.job_id, assign.attempt, Some(spawned)),
+                        Err(error) => {
+                            warn!(job_id = assign.job_id, %error, "cannot start the job's supervisor");
+                            let result = JobResult {
+                                job_id: assign.job_id,
+                                attempt: assign.attempt,
+                                outcome: valkyrie::message::JobOutcome::Failed,
+                                exit_code: None,
+                                duration_ms: 0,
+                                message: format!(
+                                    "the agent could not start the job's supervisor process: {error}"
+                                ),
+                                log_chunks: 0,
+                            };
+                            let _ = std::fs::remove_dir_all(supervisor::state_dir(
+                                &self.config.work_dir,
+                                assign.job_id,
+                                assign.attempt,
+                            ));
+                            let _ = self.outbox_tx.send(result.into()).await;
+                        }
+                    }
+                    return;
+                }
                 let (cancel_tx, cancel_rx) = watch::channel(false);
                 self.state.lock().expect("state").running.insert(
                     assign.job_id,
                     RunningJob {
                         attempt: assign.attempt,
-                        cancel: cancel_tx,
+                        control: Control::InProcess(cancel_tx),
                     },
                 );
                 let plan = plan(
@@ -361,7 +499,7 @@ impl Agent {
                 if let Some(job) = state.running.get(&cancel.job_id) {
                     if job.attempt == cancel.attempt {
                         info!(job_id = cancel.job_id, reason = %cancel.reason, "cancelling");
-                        let _ = job.cancel.send(true);
+                        job.cancel();
                     }
                 }
             }
@@ -401,18 +539,29 @@ impl Agent {
     fn send_result(&self, sender: &SessionSender, result: JobResult) {
         let sender = sender.clone();
         let state = self.state.clone();
+        let journal = self
+            .config
+            .supervisor
+            .is_some()
+            .then(|| supervisor::state_dir(&self.config.work_dir, result.job_id, result.attempt));
         tokio::spawn(async move {
             let key = (result.job_id, result.attempt);
-            match sender.request(result).await {
-                Ok(_) => {
-                    state.lock().expect("state").unacked.remove(&key);
-                }
+            let done = match sender.request(result).await {
+                Ok(_) => true,
                 Err(RequestError::Failed { code, message }) => {
                     warn!(job_id = key.0, attempt = key.1, %code, %message, "server refused the job result");
-                    state.lock().expect("state").unacked.remove(&key);
+                    true
                 }
                 // Kept, and sent again after reconnecting.
-                Err(_) => {}
+                Err(_) => false,
+            };
+            if done {
+                state.lock().expect("state").unacked.remove(&key);
+                // The attempt is over for the server too: its journal
+                // is no longer needed to re-attach.
+                if let Some(dir) = journal {
+                    let _ = tokio::fs::remove_dir_all(dir).await;
+                }
             }
         });
     }

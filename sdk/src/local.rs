@@ -116,6 +116,7 @@ impl LocalCluster {
                 heartbeat_interval: Duration::from_millis(500),
                 drain_timeout: Duration::from_secs(10),
                 client: ClientOptions::default(),
+                supervisor: None,
             };
             let mut stop = stop_rx.clone();
             handles.push(tokio::spawn(async move {

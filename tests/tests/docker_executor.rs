@@ -384,40 +384,9 @@ async fn cancel_and_timeout_stop_the_step_and_leave_nothing_behind() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_restarted_agent_removes_what_its_killed_run_left_and_the_job_ends_once() {
-    let (name, _leftovers) = runner_name("crash");
-    let h = Harness::new();
-    let server = h.server().start();
-    let client = server.client().await;
-    let mut agent = docker_agent(&h, &server, &client, &name).await;
-    let docker = engine();
-
-    let spec = container_job(
-        "survives",
-        "if [ \"$VALKYRIE_JOB_ATTEMPT\" = 1 ]; then echo ready; sleep 1000; fi; echo \"done $VALKYRIE_JOB_ATTEMPT\"",
-    );
-    let id = client.submit(spec).await.expect("submit");
-    wait_output(&client, id, "ready").await;
-    agent.process.kill_now();
-    let (containers, _) = labelled(&docker, &of_job(&name, id)).await;
-    assert!(!containers.is_empty(), "the killed agent could not clean up");
-
-    let _agent = docker_agent(&h, &server, &client, &name).await;
-    wait_until(
-        "the killed run's containers and network to be removed",
-        || async {
-            let mut first = of_job(&name, id);
-            first.push("io.valkyrie.attempt=1".into());
-            let (containers, networks) = labelled(&docker, &first).await;
-            (containers.is_empty() && networks.is_empty()).then_some(())
-        },
-    )
-    .await;
-    let job = wait_final(&client, id).await;
-    assert_eq!((job.state, job.attempt), (JobState::Succeeded, 2), "{job:?}");
-
-    // Exactly one final state in the job's history.
+/// The job's final states in its history: exactly one for a job that
+/// ended once.
+async fn final_states(client: &Client, id: u64) -> usize {
     let mut events = client.watch(Some(id), false, true).await.expect("watch");
     let mut finals = 0;
     within("the job's history", async {
@@ -431,7 +400,88 @@ async fn a_restarted_agent_removes_what_its_killed_run_left_and_the_job_ends_onc
         }
     })
     .await;
-    assert_eq!(finals, 1, "the job ended more than once");
+    finals
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_agent_reattaches_its_running_container_job_which_ends_once() {
+    let (name, _leftovers) = runner_name("reattach");
+    let h = Harness::new();
+    let server = h.server().flag("--runner-lost-after", "60s").start();
+    let client = server.client().await;
+    let mut agent = docker_agent(&h, &server, &client, &name).await;
+    let docker = engine();
+
+    // The step waits for a file the test puts in its (bind-mounted) workspace.
+    let spec = container_job(
+        "survives",
+        "echo before; while [ ! -e go ]; do sleep 0.05; done; echo after; exit 0",
+    );
+    let id = client.submit(spec).await.expect("submit");
+    wait_output(&client, id, "before").await;
+    agent.process.kill_now();
+    let (containers, _) = labelled(&docker, &of_job(&name, id)).await;
+    assert_eq!(containers.len(), 1, "the job's container runs on");
+
+    let _agent = docker_agent(&h, &server, &client, &name).await;
+    let (still, _) = labelled(&docker, &of_job(&name, id)).await;
+    assert_eq!(
+        still, containers,
+        "the restarted agent keeps the re-attached container"
+    );
+    let workspace = std::fs::canonicalize(h.path().join(format!("work-{name}")))
+        .unwrap()
+        .join(format!("job-{id}-1"));
+    std::fs::write(workspace.join("go"), "").unwrap();
+    let job = wait_final(&client, id).await;
+    assert_eq!(
+        (job.state, job.attempt, job.exit_code),
+        (JobState::Succeeded, 1, Some(0)),
+        "{job:?}"
+    );
+    let out = server.vk(&["logs", &id.to_string()]).await;
+    let log = text(&out.stdout);
+    assert_eq!(log.matches("before\n").count(), 1, "{log}");
+    assert_eq!(log.matches("after\n").count(), 1, "{log}");
+    assert_eq!(final_states(&client, id).await, 1, "the job ended more than once");
+    wait_until("the job's container to be removed", || async {
+        let (containers, networks) = labelled(&docker, &of_job(&name, id)).await;
+        (containers.is_empty() && networks.is_empty()).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_agent_removes_the_containers_of_a_job_cancelled_while_it_was_down() {
+    let (name, _leftovers) = runner_name("crash");
+    let h = Harness::new();
+    let server = h.server().flag("--runner-lost-after", "60s").start();
+    let client = server.client().await;
+    let mut agent = docker_agent(&h, &server, &client, &name).await;
+    let docker = engine();
+
+    let id = client
+        .submit(container_job("abandoned", "echo ready; sleep 1000"))
+        .await
+        .expect("submit");
+    wait_output(&client, id, "ready").await;
+    agent.process.kill_now();
+    let (containers, _) = labelled(&docker, &of_job(&name, id)).await;
+    assert!(!containers.is_empty(), "the killed agent could not clean up");
+    client.cancel(id).await.expect("cancel");
+    let job = wait_final(&client, id).await;
+    assert_eq!(job.state, JobState::Cancelled, "{job:?}");
+
+    let _agent = docker_agent(&h, &server, &client, &name).await;
+    wait_until(
+        "the given-up job's containers and network to be removed",
+        || async {
+            let (containers, networks) = labelled(&docker, &of_job(&name, id)).await;
+            (containers.is_empty() && networks.is_empty()).then_some(())
+        },
+    )
+    .await;
+    assert_eq!(final_states(&client, id).await, 1, "the job ended more than once");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -592,4 +642,166 @@ async fn vk_exec_image_runs_the_command_in_a_container() {
         text(&out.stderr)
     );
     assert_eq!(out.status.code(), Some(5), "stderr: {}", text(&out.stderr));
+}
+
+/// A registry endpoint that records the connections the Docker Engine
+/// makes to it: it either holds them open without a word (a pull hangs)
+/// or closes them at once (a pull fails fast).
+struct FakeRegistry {
+    address: String,
+    connections: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum RegistryAnswers {
+    Never,
+    Close,
+}
+
+impl FakeRegistry {
+    async fn start(answers: RegistryAnswers) -> Self {
+        // 127.0.0.0/8 is an insecure registry for the Engine by default:
+        // it talks plain HTTP to it.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let address = listener.local_addr().expect("address").to_string();
+        let connections = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = connections.clone();
+        let task = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((socket, _)) = listener.accept().await {
+                counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                if answers == RegistryAnswers::Never {
+                    held.push(socket);
+                }
+            }
+        });
+        FakeRegistry {
+            address,
+            connections,
+            task,
+        }
+    }
+
+    fn connections(&self) -> usize {
+        self.connections.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Drop for FakeRegistry {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn image_job(name: &str, image: &str, policy: PullPolicy, line: &str) -> JobSpec {
+    let mut container = ContainerSpec::image(image);
+    container.pull_policy = policy;
+    JobSpec {
+        container: Some(Box::new(container)),
+        ..JobSpec::shell(name, line)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_during_an_image_pull_stops_the_job() {
+    let (name, _leftovers) = runner_name("pullcancel");
+    let h = Harness::new();
+    let server = h.server().start();
+    let client = server.client().await;
+    let _agent = docker_agent(&h, &server, &client, &name).await;
+    let registry = FakeRegistry::start(RegistryAnswers::Never).await;
+
+    let image = format!("{}/valkyrie/never-answers:1", registry.address);
+    let id = client
+        .submit(image_job(
+            "pulling",
+            &image,
+            PullPolicy::IfNotPresent,
+            "echo the step ran",
+        ))
+        .await
+        .expect("submit");
+    wait_until("the pull to reach the registry", || {
+        std::future::ready((registry.connections() > 0).then_some(()))
+    })
+    .await;
+    let job = client.job(id).await.expect("job");
+    assert!(!job.state.is_terminal(), "the pull hangs: {job:?}");
+    client.cancel(id).await.expect("cancel");
+    let job = wait_final(&client, id).await;
+    assert_eq!(job.state, JobState::Cancelled, "{job:?}");
+    let output = output_of(&client, id).await;
+    assert!(!output.contains("the step ran"), "{output}");
+    let (containers, networks) = labelled(&engine(), &of_job(&name, id)).await;
+    assert!(
+        containers.is_empty() && networks.is_empty(),
+        "{containers:?} {networks:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pull_policy_always_pulls_an_image_that_is_present_and_if_not_present_does_not() {
+    let (name, _leftovers) = runner_name("always");
+    let h = Harness::new();
+    let server = h.server().start();
+    let client = server.client().await;
+    let _agent = docker_agent(&h, &server, &client, &name).await;
+    let registry = FakeRegistry::start(RegistryAnswers::Close).await;
+
+    // The test image, present locally under the fake registry's name.
+    let image = format!("{}/valkyrie/present:1", registry.address);
+    let tagged = std::process::Command::new("docker")
+        .args(["tag", test_image(), &image])
+        .output()
+        .expect("docker tag");
+    assert!(tagged.status.success(), "{}", text(&tagged.stderr));
+    struct Untag(String);
+    impl Drop for Untag {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("docker")
+                .args(["rmi", &self.0])
+                .output();
+        }
+    }
+    let _untag = Untag(image.clone());
+
+    let present = client
+        .submit(image_job(
+            "present",
+            &image,
+            PullPolicy::IfNotPresent,
+            "echo from the local image",
+        ))
+        .await
+        .expect("submit");
+    let job = wait_final(&client, present).await;
+    assert_eq!(job.state, JobState::Succeeded, "{job:?}");
+    assert_eq!(
+        registry.connections(),
+        0,
+        "if-not-present pulls nothing when the image is there"
+    );
+
+    let always = client
+        .submit(image_job(
+            "always",
+            &image,
+            PullPolicy::Always,
+            "echo the step ran",
+        ))
+        .await
+        .expect("submit");
+    let job = wait_final(&client, always).await;
+    assert!(
+        registry.connections() > 0,
+        "pull_policy: always asked the registry"
+    );
+    // The registry hangs up: the pull fails, and so does the job, naming the image.
+    assert_eq!(job.state, JobState::Failed, "{job:?}");
+    assert!(
+        job.reason.contains(&image) && job.reason.contains("could not be pulled"),
+        "{}",
+        job.reason
+    );
 }

@@ -1154,6 +1154,18 @@ impl Core {
                     // attempt yet: it holds one of the runner's slots.
                     self.scheduler.restore_running(jid, &job.spec.project, id);
                     kept.insert(jid);
+                    // Cancelled while the agent was away: the cancel it
+                    // missed is sent again.
+                    if job.cancel_requested {
+                        let cancel = CancelAssignment {
+                            job_id,
+                            attempt,
+                            reason: "cancelled by user".into(),
+                        };
+                        if let Err(err) = sender.try_reply(0, cancel) {
+                            debug!(%err, job_id, "could not send the cancel again");
+                        }
+                    }
                 }
                 _ => stale.push(RunningAttempt { job_id, attempt }),
             }
@@ -1418,6 +1430,13 @@ impl Core {
 
     fn store_log(&mut self, id: JobId, agent_seq: u64, stream: OutputStream, data: Bytes) {
         let logs = self.logs.entry(id).or_default();
+        // A re-attached agent replays its attempt's journal from the start
+        // (it cannot know what reached us before it died): what we hold
+        // already is dropped, so no line is stored twice.
+        if logs.agent_chunks > 0 && agent_seq < logs.next_agent_seq {
+            debug!(job_id = id.0, agent_seq, "log chunk already stored; dropped");
+            return;
+        }
         if agent_seq == 0 && logs.agent_chunks == 0 && logs.next_seq > 0 {
             // The first output of a retried attempt: a header line keeps
             // `vk logs` from running the attempts together.

@@ -230,6 +230,7 @@ impl TestServer {
             heartbeat_interval: Duration::from_millis(500),
             drain_timeout: Duration::from_secs(5),
             client: Default::default(),
+            supervisor: None,
         };
         tokio::spawn(async move {
             let _ = Agent::new(config)

@@ -17,7 +17,10 @@
 //! Guarantees:
 //! * everything the agent creates carries the labels [`LABEL_RUNNER`],
 //!   [`LABEL_JOB`] and [`LABEL_ATTEMPT`]; [`DockerExecutor::remove_orphans`]
-//!   removes what a previous run of the same runner left (kill -9);
+//!   removes what a previous run of the same runner left (kill -9), but
+//!   the containers of the attempts it re-attaches: those run on under
+//!   their supervisor ([`crate::supervisor`]), which holds their exec
+//!   streams, so a restarted agent needs no Docker call to re-attach;
 //! * teardown (containers with their anonymous volumes, then the network)
 //!   runs however the job ended, before [`super::run_job`] returns;
 //! * stopping a step (cancel, timeout): SIGTERM to every process of the
@@ -60,6 +63,8 @@ pub const LABEL_ATTEMPT: &str = "io.valkyrie.attempt";
 pub const WORKSPACE_PATH: &str = "/workspace";
 /// Where the `$VALKYRIE_ENV` / `$VALKYRIE_PATH` files are mounted.
 pub const FILES_PATH: &str = "/valkyrie";
+/// Where the job's cache directory ([`crate::cache`]) is mounted.
+pub const CACHE_PATH: &str = "/valkyrie-cache";
 /// PID 1 of a job container: sleeps until the container is removed and
 /// exits on SIGTERM. Needs only `sh` and `sleep` in the image.
 const KEEP_ALIVE: &[&str] = &[
@@ -73,7 +78,7 @@ const PARTIAL_LINE_FLUSH: Duration = Duration::from_millis(100);
 const SERVICE_START_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Settings of the Docker executor, from the agent's flags.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct DockerSettings {
     /// The runner's name, in every label.
     pub runner: String,
@@ -212,12 +217,41 @@ impl DockerExecutor {
     }
 
     /// Removes every container (with its anonymous volumes) and network
-    /// labelled with this runner's name. Called when the agent starts, when
-    /// it runs no job yet, so all of them belong to a previous run of this
-    /// runner (one killed with -9 had no chance to clean up). Returns how
-    /// many objects were removed.
-    pub async fn remove_orphans(&self) -> Result<usize, DockerError> {
-        let filter = HashMap::from([("label", vec![format!("{LABEL_RUNNER}={}", self.settings.runner)])]);
+    /// labelled with this runner's name, but those of the attempts in
+    /// `keep` (`(job, attempt)`: the jobs a restarted agent re-attaches).
+    /// Called when the agent starts, before it takes jobs, so all of them
+    /// belong to a previous run of this runner (one killed with -9 had no
+    /// chance to clean up). Returns how many objects were removed.
+    pub async fn remove_orphans(&self, keep: &[(u64, u32)]) -> Result<usize, DockerError> {
+        let kept = |labels: Option<&HashMap<String, String>>| {
+            let Some(labels) = labels else { return false };
+            let job = labels.get(LABEL_JOB).and_then(|v| v.parse::<u64>().ok());
+            let attempt = labels.get(LABEL_ATTEMPT).and_then(|v| v.parse::<u32>().ok());
+            matches!((job, attempt), (Some(j), Some(a)) if keep.contains(&(j, a)))
+        };
+        self.remove_labelled(vec![format!("{LABEL_RUNNER}={}", self.settings.runner)], kept)
+            .await
+    }
+
+    /// Removes the containers and network of one attempt of this runner
+    /// (one the server no longer counts, whose supervisor was killed).
+    pub async fn remove_attempt(&self, job_id: u64, attempt: u32) -> Result<usize, DockerError> {
+        self.remove_labelled(
+            labels(&self.settings.runner, job_id, attempt)
+                .into_iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect(),
+            |_| false,
+        )
+        .await
+    }
+
+    async fn remove_labelled(
+        &self,
+        filters: Vec<String>,
+        kept: impl Fn(Option<&HashMap<String, String>>) -> bool,
+    ) -> Result<usize, DockerError> {
+        let filter = HashMap::from([("label", filters)]);
         let containers = self
             .docker
             .list_containers(Some(
@@ -229,6 +263,9 @@ impl DockerExecutor {
             .await?;
         let mut removed = 0;
         for c in containers {
+            if kept(c.labels.as_ref()) {
+                continue;
+            }
             let Some(id) = c.id else { continue };
             match self.docker.remove_container(&id, Some(remove_options())).await {
                 Ok(()) => removed += 1,
@@ -241,6 +278,9 @@ impl DockerExecutor {
             .list_networks(Some(ListNetworksOptionsBuilder::new().filters(&filter).build()))
             .await?;
         for n in networks {
+            if kept(n.labels.as_ref()) {
+                continue;
+            }
             let Some(id) = n.id else { continue };
             match self.docker.remove_network(&id).await {
                 Ok(()) => removed += 1,
@@ -312,6 +352,7 @@ impl JobContainer {
         attempt: u32,
         workspace: &std::path::Path,
         files: &std::path::Path,
+        cache: Option<&std::path::Path>,
         deadline: Option<Instant>,
         cancel: &mut watch::Receiver<bool>,
     ) -> (Self, Result<(), StartError>) {
@@ -327,7 +368,7 @@ impl JobContainer {
                 .collect(),
         };
         let result = tokio::select! {
-            result = job.start_inner(executor, spec, job_id, attempt, workspace, files) => {
+            result = job.start_inner(executor, spec, job_id, attempt, workspace, files, cache) => {
                 result.map_err(StartError::Failed)
             }
             () = super::step::cancelled(cancel) => Err(StartError::Cancelled),
@@ -336,6 +377,7 @@ impl JobContainer {
         (job, result)
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn start_inner(
         &mut self,
         executor: &DockerExecutor,
@@ -344,6 +386,7 @@ impl JobContainer {
         attempt: u32,
         workspace: &std::path::Path,
         files: &std::path::Path,
+        cache: Option<&std::path::Path>,
     ) -> Result<(), String> {
         let settings = &executor.settings;
         let labels = labels(&settings.runner, job_id, attempt);
@@ -441,6 +484,7 @@ impl JobContainer {
             format!("{}:{WORKSPACE_PATH}", workspace.display()),
             format!("{}:{FILES_PATH}", files.display()),
         ];
+        binds.extend(cache.map(|dir| format!("{}:{CACHE_PATH}", dir.display())));
         binds.extend(settings.volumes.iter().cloned());
         let body = ContainerCreateBody {
             image: Some(spec.image.clone()),

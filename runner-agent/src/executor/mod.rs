@@ -97,6 +97,9 @@ pub struct JobPlan {
     /// The commit to check out into the workspace before the first step
     /// ([`crate::checkout`]). Default: none, the workspace starts empty.
     pub checkout: Option<crate::checkout::CheckoutPlan>,
+    /// The pool the job's `$VALKYRIE_CACHE_DIR` comes from
+    /// ([`crate::cache`]). Default: none, the job has no cache directory.
+    pub cache_pool: Option<PathBuf>,
 }
 
 /// The container a job's steps run in, and the executor that makes it.
@@ -125,6 +128,7 @@ impl JobPlan {
             container: None,
             refusal: None,
             checkout: None,
+            cache_pool: None,
         }
     }
 }
@@ -150,6 +154,7 @@ impl std::fmt::Debug for JobPlan {
             .field("container", &self.container.as_ref().map(|c| &c.spec))
             .field("refusal", &self.refusal)
             .field("checkout", &self.checkout)
+            .field("cache_pool", &self.cache_pool)
             .finish()
     }
 }
@@ -416,7 +421,7 @@ async fn read_bounded(file: &Path, what: &str) -> Result<String, String> {
 /// timeout, sending events to `events`. Never panics on a step's failure;
 /// everything that goes wrong is in the events and the report.
 pub async fn run_job(
-    plan: JobPlan,
+    mut plan: JobPlan,
     events: mpsc::Sender<ExecEvent>,
     mut cancel: watch::Receiver<bool>,
 ) -> JobReport {
@@ -488,6 +493,26 @@ pub async fn run_job(
             job_error = Some(refusal.clone());
             ended = Some(JobOutcome::Failed);
         }
+        // Held until the job ends: no other job uses this cache meanwhile.
+        let mut cache = None;
+        if let (None, Some(pool)) = (ended, plan.cache_pool.clone()) {
+            match take_cache(pool, plan.container.is_some()).await {
+                Ok(lease) => {
+                    let seen = match plan.container {
+                        Some(_) => docker::CACHE_PATH.to_owned(),
+                        None => lease.dir().display().to_string(),
+                    };
+                    plan.base_env.push(("VALKYRIE_CACHE_DIR".to_owned(), seen));
+                    cache = Some(lease);
+                }
+                Err(error) => {
+                    let message = format!("could not take the job's cache directory: {error}");
+                    sink.system(&format!("[valkyrie] {message}\n")).await;
+                    job_error = Some(message);
+                    ended = Some(JobOutcome::Failed);
+                }
+            }
+        }
         if let (None, Some(checkout)) = (ended, &plan.checkout) {
             if let Err((outcome, error)) =
                 run_checkout(checkout, &plan.workspace, deadline, &mut cancel, &mut sink).await
@@ -505,6 +530,7 @@ pub async fn run_job(
                 c.attempt,
                 &plan.workspace,
                 &files_dir(&plan.workspace),
+                cache.as_ref().map(|c| c.dir()),
                 deadline,
                 &mut cancel,
             )
@@ -653,7 +679,21 @@ pub async fn run_job(
     .await
 }
 
-/// Creates `dir` (and its parents), readable by the agent's user only.
+/// Takes an instance of the cache `pool`; for a container job it is
+/// opened to every user, as the workspace is.
+async fn take_cache(pool: PathBuf, shared: bool) -> std::io::Result<crate::cache::CacheLease> {
+    tokio::task::spawn_blocking(move || {
+        let lease = crate::cache::acquire_in(&pool)?;
+        if shared {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(lease.dir(), std::fs::Permissions::from_mode(0o777))?;
+        }
+        Ok(lease)
+    })
+    .await
+    .unwrap_or_else(|join| Err(std::io::Error::other(join)))
+}
+
 /// Creates `dir` (and its parents) private to the agent's user (0700):
 /// other users of the machine see no job's files.
 async fn create_private_dir(dir: &Path) -> std::io::Result<()> {

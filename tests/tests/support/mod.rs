@@ -375,6 +375,15 @@ impl ServerBuilder<'_> {
         self
     }
 
+    /// Replaces the value of one of the fast timing flags (or adds the flag).
+    pub fn flag(mut self, flag: &str, value: &str) -> Self {
+        match self.args.iter().position(|a| a == flag) {
+            Some(i) => self.args[i + 1] = value.into(),
+            None => self.args.extend([flag.to_owned(), value.to_owned()]),
+        }
+        self
+    }
+
     /// Extra flags, after the fast timing flags (e.g. `--store URI`).
     pub fn args(mut self, args: &[&str]) -> Self {
         self.args.extend(args.iter().map(|s| s.to_string()));
