@@ -41,6 +41,7 @@ fn job_spec() -> JobSpec {
         retry: RetryPolicy::default(),
         shell: vec!["bash".into(), "-euo".into(), "pipefail".into(), "-c".into()],
         container: None,
+        artifacts: None,
     }
 }
 

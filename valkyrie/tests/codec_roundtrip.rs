@@ -128,6 +128,7 @@ fn job_spec() -> impl Strategy<Value = JobSpec> {
         ],
         (pairs(), pairs(), any::<u64>(), any::<u32>(), any::<u8>(), texts()),
         proptest::option::of(container().prop_map(Box::new)),
+        proptest::option::of(artifacts().prop_map(Box::new)),
     )
         .prop_map(
             |(
@@ -135,6 +136,7 @@ fn job_spec() -> impl Strategy<Value = JobSpec> {
                 steps,
                 (env, secrets, timeout_ms, max_retries, on, shell),
                 container,
+                artifacts,
             )| {
                 JobSpec {
                     name,
@@ -151,7 +153,31 @@ fn job_spec() -> impl Strategy<Value = JobSpec> {
                     },
                     shell,
                     container,
+                    artifacts,
                 }
+            },
+        )
+}
+
+fn artifacts() -> impl Strategy<Value = ArtifactsSpec> {
+    (
+        texts(),
+        texts(),
+        prop_oneof![
+            Just(ArtifactWhen::OnSuccess),
+            Just(ArtifactWhen::OnFailure),
+            Just(ArtifactWhen::Always)
+        ],
+        any::<u64>(),
+        vec(any::<u64>(), 0..4),
+    )
+        .prop_map(
+            |(paths, exclude, when, expire_in_ms, download_from)| ArtifactsSpec {
+                paths,
+                exclude,
+                when,
+                expire_in_ms,
+                download_from,
             },
         )
 }
@@ -577,6 +603,77 @@ fn message() -> impl Strategy<Value = Message> {
         vec(audit_entry(), 0..3)
             .prop_map(|entries| AuditList { entries }.into())
             .boxed(),
+        (any::<u64>(), any::<u32>(), text(), any::<u64>(), data())
+            .prop_map(|(job_id, attempt, name, offset, data)| {
+                ArtifactChunk {
+                    job_id,
+                    attempt,
+                    name,
+                    offset,
+                    data,
+                }
+                .into()
+            })
+            .boxed(),
+        (
+            any::<u64>(),
+            any::<u32>(),
+            text(),
+            any::<u64>(),
+            text(),
+            any::<u64>(),
+        )
+            .prop_map(|(job_id, attempt, name, size, sha256, expire_in_ms)| {
+                ArtifactCommit {
+                    job_id,
+                    attempt,
+                    name,
+                    size,
+                    sha256,
+                    expire_in_ms,
+                }
+                .into()
+            })
+            .boxed(),
+        (any::<u64>(), text(), any::<u64>(), any::<u32>())
+            .prop_map(|(job_id, name, offset, max_bytes)| {
+                ArtifactFetch {
+                    job_id,
+                    name,
+                    offset,
+                    max_bytes,
+                }
+                .into()
+            })
+            .boxed(),
+        (any::<u64>(), text(), any::<u64>(), data())
+            .prop_map(|(size, sha256, offset, data)| {
+                ArtifactData {
+                    size,
+                    sha256,
+                    offset,
+                    data,
+                }
+                .into()
+            })
+            .boxed(),
+        any::<u64>()
+            .prop_map(|job_id| ListArtifacts { job_id }.into())
+            .boxed(),
+        vec(
+            (text(), any::<u64>(), text(), any::<u64>(), any::<u64>()).prop_map(
+                |(name, size, sha256, created_at_ms, expires_at_ms)| ArtifactInfo {
+                    name,
+                    size,
+                    sha256,
+                    created_at_ms,
+                    expires_at_ms,
+                },
+            ),
+            0..3,
+        )
+        .prop_map(|artifacts| ArtifactList { artifacts }.into())
+        .boxed(),
     ];
     Union::new(arms)
 }

@@ -4,6 +4,7 @@
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
+use super::artifacts::ArtifactsSpec;
 use super::container::{ContainerSpec, DOCKER_EXECUTOR_TAG};
 use super::wire::{Reader, Writer};
 use crate::error::DecodeError;
@@ -359,6 +360,10 @@ pub struct JobSpec {
     /// Boxed: most jobs have none, and messages stay small.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub container: Option<Box<ContainerSpec>>,
+    /// Artifacts it uploads and downloads (`artifacts:`, and the artifacts
+    /// of the jobs it needs); `None` for neither. Boxed like `container`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub artifacts: Option<Box<ArtifactsSpec>>,
 }
 
 impl std::fmt::Debug for JobSpec {
@@ -380,6 +385,7 @@ impl std::fmt::Debug for JobSpec {
             .field("retry", &self.retry)
             .field("shell", &self.shell)
             .field("container", &self.container)
+            .field("artifacts", &self.artifacts)
             .finish()
     }
 }
@@ -404,6 +410,7 @@ impl JobSpec {
             retry: RetryPolicy::default(),
             shell: Vec::new(),
             container: None,
+            artifacts: None,
         }
     }
 
@@ -435,6 +442,7 @@ impl JobSpec {
             },
             shell: r.strings("job.shell")?,
             container: r.option("job.container", |r| ContainerSpec::read(r).map(Box::new))?,
+            artifacts: r.option("job.artifacts", |r| ArtifactsSpec::read(r).map(Box::new))?,
         })
     }
 
@@ -451,6 +459,7 @@ impl JobSpec {
         w.u8(self.retry.on.0);
         w.strings(&self.shell);
         w.option(&self.container, |w, c| c.write(w));
+        w.option(&self.artifacts, |w, a| a.write(w));
     }
 }
 
