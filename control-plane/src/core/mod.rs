@@ -242,12 +242,25 @@ pub struct CoreHandle {
     tx: mpsc::Sender<Command>,
     metrics: Arc<Metrics>,
     validations: pipelines::Validations,
+    artifacts: Option<Arc<crate::artifacts::ArtifactStore>>,
 }
 
 impl CoreHandle {
     /// The metrics the core records into.
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
+    }
+
+    /// The artifact store the sessions and the REST API serve, if any.
+    pub fn artifacts(&self) -> Option<&Arc<crate::artifacts::ArtifactStore>> {
+        self.artifacts.as_ref()
+    }
+
+    /// Serves artifacts from `store`. Default: none (artifact requests are
+    /// refused).
+    pub fn with_artifacts(mut self, store: Arc<crate::artifacts::ArtifactStore>) -> Self {
+        self.artifacts = Some(store);
+        self
     }
 
     /// A summary of the core's state; `None` if the core has stopped.
@@ -430,6 +443,7 @@ fn spawn_inner(
         tx,
         metrics,
         validations: Default::default(),
+        artifacts: None,
     }
 }
 
@@ -675,7 +689,7 @@ impl Core {
         let ready = run.advance();
         let specs: Vec<(usize, JobSpec)> = ready
             .iter()
-            .map(|&i| (i, run.pipeline().jobs[i].spec.clone()))
+            .map(|&i| (i, crate::artifacts::release::spec_with_downloads(run, i)))
             .collect();
         for (index, spec) in specs {
             let job = self.create_job(spec);

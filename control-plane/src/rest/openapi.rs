@@ -6,7 +6,7 @@ use axum::Json;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{audit, error, executions, health, metrics, pipelines, runners};
+use super::{artifacts, audit, error, executions, health, metrics, pipelines, runners};
 
 /// The REST API's description.
 #[derive(OpenApi)]
@@ -17,11 +17,12 @@ use super::{audit, error, executions, health, metrics, pipelines, runners};
         pipelines::create, pipelines::upload, pipelines::list, pipelines::get_one, pipelines::trigger,
         executions::list, executions::get_one, executions::cancel, executions::logs,
         runners::list, runners::drain, runners::remove, audit::list,
+        artifacts::list, artifacts::download,
     ),
     components(schemas(
         error::ErrorBody, health::Health, pipelines::Pipeline, pipelines::PipelineSummary, pipelines::CreatePipeline, pipelines::UploadForm, pipelines::Triggered,
         executions::Execution, executions::ExecutionJob, executions::ExecutionStep, executions::Cancelled, runners::Runner, runners::Draining, runners::Removed,
-        audit::AuditPage, audit::AuditRecordJson,
+        audit::AuditPage, audit::AuditRecordJson, artifacts::Artifact,
     )),
     modifiers(&BearerAuth),
 )]
