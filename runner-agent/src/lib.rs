@@ -5,6 +5,7 @@
 //! a thin wrapper around it. [`executor`] runs a job's steps as local child
 //! processes and streams their output as events; it does no networking.
 
+pub mod artifacts;
 pub mod executor;
 pub mod job;
 pub mod leftovers;

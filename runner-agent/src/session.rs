@@ -17,7 +17,8 @@ use valkyrie::message::{
 use valkyrie::transport::{connect, hello, ClientOptions, ConnectError, RequestError};
 use valkyrie::{Endpoint, ErrorCode, SessionSender};
 
-use crate::job::{plan, run_attempt, JobDefaults};
+use crate::artifacts::ArtifactLink;
+use crate::job::{plan, run_attempt, AttemptArtifacts, JobDefaults};
 
 /// The longest wait between two rounds of a group of servers (`--server
 /// a,b,c`): a standby takes over within seconds, and trying a standby that
@@ -81,6 +82,9 @@ pub struct Agent {
     outbox_tx: mpsc::Sender<Message>,
     outbox_rx: mpsc::Receiver<Message>,
     credential: Option<String>,
+    /// Publishes the current session to artifact transfers.
+    link_tx: watch::Sender<Option<(SessionSender, u32)>>,
+    link: ArtifactLink,
 }
 
 /// The attempts this agent still holds: those running, and those finished
@@ -101,12 +105,15 @@ impl Agent {
     /// A new agent.
     pub fn new(config: AgentConfig) -> Self {
         let (outbox_tx, outbox_rx) = mpsc::channel(1024);
+        let (link_tx, link) = ArtifactLink::new();
         Self {
             config,
             state: Default::default(),
             outbox_tx,
             outbox_rx,
             credential: None,
+            link_tx,
+            link,
         }
     }
 
@@ -184,6 +191,9 @@ impl Agent {
                     continue;
                 }
             };
+            let max_frame_bytes = session
+                .welcome()
+                .map_or(valkyrie::frame::DEFAULT_MAX_FRAME_BYTES, |w| w.max_frame_bytes);
             let (sender, mut incoming) = session.into_parts();
             let running = running_attempts(&self.state.lock().expect("state"));
             let register = RegisterRunner {
@@ -245,6 +255,7 @@ impl Agent {
                     })
                     .await;
             }
+            self.link_tx.send_replace(Some((sender.clone(), max_frame_bytes)));
             let mut heartbeat = tokio::time::interval(self.config.heartbeat_interval);
             loop {
                 let deadline = drain_deadline;
@@ -279,6 +290,7 @@ impl Agent {
                     return Ok(());
                 }
             }
+            self.link_tx.send_replace(None);
             warn!(%server, "disconnected from the server; reconnecting");
         }
     }
@@ -348,12 +360,18 @@ impl Agent {
                     &self.config.defaults,
                 );
                 let outbox = self.outbox_tx.clone();
+                let artifacts = AttemptArtifacts {
+                    link: self.link.clone(),
+                    spec: assign.spec.artifacts.clone(),
+                    max_bytes: self.config.defaults.max_artifact_bytes,
+                };
                 tokio::spawn(run_attempt(
                     assign.job_id,
                     assign.attempt,
                     plan,
                     outbox,
                     cancel_rx,
+                    artifacts,
                 ));
             }
             Message::CancelAssignment(cancel) => {
