@@ -255,7 +255,10 @@ async fn serve_agent(mut session: Session, core: CoreHandle, transport: &'static
         return;
     };
     info!(runner = %name, transport, "agent session open");
-    let mut uploads = core.artifacts().cloned().map(AgentUploads::new);
+    let mut uploads = core
+        .artifacts()
+        .cloned()
+        .map(|store| AgentUploads::new(store, core.clone(), runner));
     while let Some(incoming) = session.recv().await {
         if incoming.correlation == 0 && refuse_uncorrelated(&sender, &incoming.message).await {
             break;

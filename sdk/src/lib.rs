@@ -238,20 +238,17 @@ impl Client {
         while written < info.size {
             while window.len() < DOWNLOAD_WINDOW && asked < info.size {
                 let want = (info.size - asked).min(DOWNLOAD_CHUNK_BYTES as u64);
-                let sender = self.sender.clone();
                 let fetch = ArtifactFetch {
                     job_id,
                     name: name.to_owned(),
                     offset: asked,
                     max_bytes: want as u32,
                 };
-                window.push_back(tokio::spawn(async move { sender.request(fetch).await }));
+                window.push_back(self.sender.request_queued(fetch).await?);
                 asked += want;
             }
             let Some(next) = window.pop_front() else { break };
-            let answer = next
-                .await
-                .map_err(|_| ClientError::Request(RequestError::Closed))??;
+            let answer = next.answer().await?;
             let Message::ArtifactData(data) = answer else {
                 return Err(ClientError::Unexpected(answer.kind()));
             };

@@ -57,6 +57,16 @@ pub enum ArtifactError {
     /// A bad name or offset.
     #[error("{0}")]
     Invalid(String),
+    /// The uploader does not run that attempt.
+    #[error(
+        "attempt {attempt} of job {job_id} is not running on this runner; only it may upload its artifacts"
+    )]
+    NotHolder {
+        /// Job id.
+        job_id: u64,
+        /// Attempt.
+        attempt: u32,
+    },
     /// The disk is full.
     #[error("the artifact store is full ({0}); the upload was dropped, stored artifacts are unharmed")]
     Full(io::Error),
@@ -83,6 +93,7 @@ impl ArtifactError {
         match self {
             Self::NotFound { .. } => ErrorCode::NOT_FOUND,
             Self::TooLarge { .. } | Self::Mismatch(_) | Self::Invalid(_) => ErrorCode::INVALID_REQUEST,
+            Self::NotHolder { .. } => ErrorCode::STALE_ATTEMPT,
             Self::Full(_) | Self::Io(_) => ErrorCode::INTERNAL,
         }
     }

@@ -16,6 +16,8 @@ use valkyrie::message::{
 use valkyrie::SessionSender;
 
 use super::{ArtifactError, ArtifactStore, Upload};
+use crate::core::CoreHandle;
+use crate::scheduler::RunnerId;
 
 /// Uploads one agent session may have open at once.
 pub const MAX_OPEN_UPLOADS: usize = 16;
@@ -45,14 +47,27 @@ async fn answer(sender: &SessionSender, correlation: u64, result: Result<Message
 pub struct AgentUploads {
     store: Arc<ArtifactStore>,
     open: HashMap<(u64, u32, String), Upload>,
+    core: CoreHandle,
+    runner: RunnerId,
 }
 
 impl AgentUploads {
-    /// No uploads yet.
-    pub fn new(store: Arc<ArtifactStore>) -> Self {
+    /// No uploads yet, for the session of `runner`: only the attempts
+    /// `core` says it holds may upload.
+    pub fn new(store: Arc<ArtifactStore>, core: CoreHandle, runner: RunnerId) -> Self {
         Self {
             store,
             open: HashMap::new(),
+            core,
+            runner,
+        }
+    }
+
+    async fn check_holder(&self, job_id: u64, attempt: u32) -> Result<(), ArtifactError> {
+        if self.core.holds_attempt(self.runner, job_id, attempt).await {
+            Ok(())
+        } else {
+            Err(ArtifactError::NotHolder { job_id, attempt })
         }
     }
 
@@ -83,6 +98,7 @@ impl AgentUploads {
     async fn chunk(&mut self, m: ArtifactChunk) -> Result<(), ArtifactError> {
         let key = (m.job_id, m.attempt, m.name);
         if m.offset == 0 {
+            self.check_holder(m.job_id, m.attempt).await?;
             if let Some(old) = self.open.remove(&key) {
                 old.discard().await;
             }
@@ -110,6 +126,7 @@ impl AgentUploads {
     }
 
     async fn commit(&mut self, m: ArtifactCommit) -> Result<(), ArtifactError> {
+        self.check_holder(m.job_id, m.attempt).await?;
         let key = (m.job_id, m.attempt, m.name);
         let upload = match self.open.remove(&key) {
             Some(upload) => upload,

@@ -202,6 +202,18 @@ pub enum Command {
     },
     /// A summary of the state, for health checks and metrics.
     Snapshot(oneshot::Sender<CoreSnapshot>),
+    /// Whether `runner` holds attempt `attempt` of job `job` (artifact
+    /// uploads are accepted only from there).
+    HoldsAttempt {
+        /// The runner.
+        runner: RunnerId,
+        /// Job id.
+        job: u64,
+        /// Attempt.
+        attempt: u32,
+        /// The answer.
+        reply: oneshot::Sender<bool>,
+    },
     /// `command`, done on behalf of `actor` (what it changes is recorded
     /// in the audit log under that actor).
     As {
@@ -268,6 +280,21 @@ impl CoreHandle {
         let (tx, rx) = oneshot::channel();
         self.tx.send(Command::Snapshot(tx)).await.ok()?;
         rx.await.ok()
+    }
+
+    /// Whether `runner` holds attempt `attempt` of job `job`; false if the
+    /// core has stopped.
+    pub async fn holds_attempt(&self, runner: RunnerId, job: u64, attempt: u32) -> bool {
+        let (reply, rx) = oneshot::channel();
+        let asked = self
+            .send(Command::HoldsAttempt {
+                runner,
+                job,
+                attempt,
+                reply,
+            })
+            .await;
+        asked && rx.await.unwrap_or(false)
     }
 
     /// Sends a command, waiting while the core's queue is full.
@@ -542,6 +569,18 @@ impl Core {
             }
             Command::Snapshot(reply) => {
                 let _ = reply.send(self.snapshot());
+            }
+            Command::HoldsAttempt {
+                runner,
+                job,
+                attempt,
+                reply,
+            } => {
+                let holds = self
+                    .jobs
+                    .get(&JobId(job))
+                    .is_some_and(|j| j.check_attempt(runner, attempt).is_ok());
+                let _ = reply.send(holds);
             }
             Command::RemoveRunner { name, force, reply } => self.remove_runner_by_name(&name, force, reply),
             Command::SubmitPipeline { pipeline, reply } => self.submit_pipeline(*pipeline, reply),

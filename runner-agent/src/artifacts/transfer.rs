@@ -13,9 +13,8 @@ use bytes::BytesMut;
 use ring::digest::{Context, SHA256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
-use tokio::task::JoinHandle;
 use valkyrie::message::{ArtifactChunk, ArtifactCommit, ArtifactFetch, ListArtifacts, Message};
-use valkyrie::transport::RequestError;
+use valkyrie::transport::{PendingReply, RequestError};
 use valkyrie::SessionSender;
 
 /// Requests a transfer keeps unanswered: the memory it holds is this many
@@ -102,20 +101,13 @@ fn classify(err: RequestError) -> Failure {
     }
 }
 
-type Pending = JoinHandle<Result<Message, RequestError>>;
-
-fn send(sender: &SessionSender, message: impl Into<Message>) -> Pending {
-    let sender = sender.clone();
-    let message = message.into();
-    tokio::spawn(async move { sender.request(message).await })
+/// Queues a request in order behind those queued before it.
+async fn send(sender: &SessionSender, message: impl Into<Message>) -> Result<PendingReply, Failure> {
+    sender.request_queued(message).await.map_err(classify)
 }
 
-async fn settle(pending: Pending) -> Result<Message, Failure> {
-    match pending.await {
-        Ok(Ok(message)) => Ok(message),
-        Ok(Err(err)) => Err(classify(err)),
-        Err(_) => Err(Failure::Retry),
-    }
+async fn settle(pending: PendingReply) -> Result<Message, Failure> {
+    pending.answer().await.map_err(classify)
 }
 
 /// An upload to send.
@@ -159,7 +151,7 @@ async fn upload_once(sender: &SessionSender, chunk: usize, spec: &UploadSpec<'_>
     let mut file = tokio::fs::File::open(spec.path)
         .await
         .map_err(|e| Failure::Fatal(e.into()))?;
-    let mut window: VecDeque<Pending> = VecDeque::with_capacity(WINDOW);
+    let mut window: VecDeque<PendingReply> = VecDeque::with_capacity(WINDOW);
     let mut offset = 0u64;
     while offset < spec.size {
         if window.len() >= WINDOW {
@@ -170,16 +162,19 @@ async fn upload_once(sender: &SessionSender, chunk: usize, spec: &UploadSpec<'_>
         file.read_exact(&mut buf)
             .await
             .map_err(|e| Failure::Fatal(e.into()))?;
-        window.push_back(send(
-            sender,
-            ArtifactChunk {
-                job_id: spec.job_id,
-                attempt: spec.attempt,
-                name: spec.name.to_owned(),
-                offset,
-                data: buf.freeze(),
-            },
-        ));
+        window.push_back(
+            send(
+                sender,
+                ArtifactChunk {
+                    job_id: spec.job_id,
+                    attempt: spec.attempt,
+                    name: spec.name.to_owned(),
+                    offset,
+                    data: buf.freeze(),
+                },
+            )
+            .await?,
+        );
         offset += want as u64;
     }
     for pending in window {
@@ -193,7 +188,7 @@ async fn upload_once(sender: &SessionSender, chunk: usize, spec: &UploadSpec<'_>
         sha256: spec.sha256.to_owned(),
         expire_in_ms: spec.expire_in_ms,
     };
-    settle(send(sender, commit)).await.map(|_| ())
+    settle(send(sender, commit).await?).await.map(|_| ())
 }
 
 /// Downloads artifact `name` of job `job_id` into the file `dest`, checking
@@ -280,20 +275,23 @@ async fn download_once(
     hasher: &mut Context,
     file: &mut tokio::fs::File,
 ) -> Result<(), Failure> {
-    let mut window: VecDeque<Pending> = VecDeque::with_capacity(WINDOW);
+    let mut window: VecDeque<PendingReply> = VecDeque::with_capacity(WINDOW);
     let mut asked = *written;
     while *written < size {
         while window.len() < WINDOW && asked < size {
             let want = (size - asked).min(chunk as u64);
-            window.push_back(send(
-                sender,
-                ArtifactFetch {
-                    job_id,
-                    name: name.to_owned(),
-                    offset: asked,
-                    max_bytes: want as u32,
-                },
-            ));
+            window.push_back(
+                send(
+                    sender,
+                    ArtifactFetch {
+                        job_id,
+                        name: name.to_owned(),
+                        offset: asked,
+                        max_bytes: want as u32,
+                    },
+                )
+                .await?,
+            );
             asked += want;
         }
         let Some(pending) = window.pop_front() else { break };
@@ -316,10 +314,6 @@ async fn download_once(
             .map_err(|e| Failure::Fatal(e.into()))?;
         hasher.update(&data.data);
         *written += data.data.len() as u64;
-    }
-    // Requests asked past a short answer are dropped with the window.
-    for pending in window {
-        pending.abort();
     }
     Ok(())
 }
