@@ -25,25 +25,25 @@ impl ArtifactMetrics {
     /// Registers them under `registry` (the `valkyrie` prefix).
     pub fn register(&self, registry: &mut Registry) {
         registry.register_with_unit(
-            "artifacts_uploads",
-            "Artifacts stored",
+            "artifacts_uploaded",
+            "Artifacts stored (committed uploads)",
             Unit::Other("artifacts".into()),
             self.uploads.clone(),
         );
         registry.register_with_unit(
-            "artifacts_uploaded",
-            "Bytes of artifacts stored",
+            "artifacts_received",
+            "Bytes of committed artifact uploads",
             Unit::Bytes,
             self.uploaded_bytes.clone(),
         );
         registry.register_with_unit(
-            "artifacts_downloads",
+            "artifacts_downloaded",
             "Artifact downloads started",
-            Unit::Other("downloads".into()),
+            Unit::Other("artifacts".into()),
             self.downloads.clone(),
         );
         registry.register_with_unit(
-            "artifacts_downloaded",
+            "artifacts_sent",
             "Bytes of artifacts served",
             Unit::Bytes,
             self.downloaded_bytes.clone(),
