@@ -42,6 +42,7 @@ fn job_spec() -> JobSpec {
         shell: vec!["bash".into(), "-euo".into(), "pipefail".into(), "-c".into()],
         container: None,
         trigger: None,
+        artifacts: None,
     }
 }
 

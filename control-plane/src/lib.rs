@@ -6,6 +6,7 @@
 //! Not here: the wire format (the `valkyrie` crate), running processes (the
 //! runner agent), durable storage (in memory for now).
 
+pub mod artifacts;
 pub mod audit;
 pub mod auth;
 pub mod core;

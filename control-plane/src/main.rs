@@ -11,6 +11,7 @@ use clap::{Parser, Subcommand};
 use valkyrie::binary::{default_state_dir, init_logging, LogFormat};
 use valkyrie::transport::{dev_certificate, ListenerOptions, ServerTls};
 use valkyrie::{ConnectionConfig, Endpoint};
+use valkyrie_control_plane::artifacts::{ArtifactStore, StoreConfig};
 use valkyrie_control_plane::auth::Tokens;
 use valkyrie_control_plane::core::spawn_with_store;
 use valkyrie_control_plane::core::{Command, CoreHandle};
@@ -136,6 +137,12 @@ struct Args {
     /// exits within this time whatever is still running (a second signal exits at once).
     #[arg(long, env = "VALKYRIE_SHUTDOWN_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
     shutdown_grace: Duration,
+    /// The largest artifact a job may upload, in bytes (uploads over it fail, saying so in the job's log).
+    #[arg(long, env = "VALKYRIE_MAX_ARTIFACT_BYTES", default_value_t = 1 << 30)]
+    max_artifact_bytes: u64,
+    /// How long artifacts are kept when the pipeline gives no `expire_in`.
+    #[arg(long, env = "VALKYRIE_ARTIFACTS_EXPIRE_IN", default_value = "30d", value_parser = humantime::parse_duration)]
+    artifacts_expire_in: Duration,
 }
 
 #[derive(Subcommand, Debug)]
@@ -324,7 +331,9 @@ async fn run() -> anyhow::Result<()> {
     let mut store = SealedStore::new(store, key);
     let loaded = store.load().context("cannot load the stored state")?;
     let store = StoreHandle::spawn(Box::new(store), metrics.clone());
-    let core = spawn_with_store(core_config, tokens.clone(), metrics, store, loaded);
+    let artifacts = open_artifacts(&args, &data_dir, metrics.artifacts.clone())?;
+    let core =
+        spawn_with_store(core_config, tokens.clone(), metrics, store, loaded).with_artifacts(artifacts);
     tokio::spawn(import_minted_tokens(data_dir.clone(), core.clone()));
     let listeners_bound = Arc::new(AtomicBool::new(false));
     let (stop_http, http_stopped) = tokio::sync::watch::channel(false);
@@ -374,6 +383,42 @@ async fn run() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// How often expired artifacts and the blobs no job references are removed.
+const ARTIFACT_SWEEP_INTERVAL: Duration = Duration::from_secs(600);
+
+/// Opens the artifact store under the data directory and starts its sweeper.
+fn open_artifacts(
+    args: &Args,
+    data_dir: &std::path::Path,
+    metrics: valkyrie_control_plane::artifacts::ArtifactMetrics,
+) -> anyhow::Result<Arc<ArtifactStore>> {
+    let dir = data_dir.join("artifacts");
+    let config = StoreConfig {
+        max_artifact_bytes: args.max_artifact_bytes,
+        default_expiry: args.artifacts_expire_in,
+    };
+    let store = Arc::new(
+        ArtifactStore::open_with_metrics(&dir, config, metrics)
+            .with_context(|| format!("cannot open the artifact store in {}", dir.display()))?,
+    );
+    let sweeping = store.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(ARTIFACT_SWEEP_INTERVAL);
+        loop {
+            tick.tick().await;
+            let store = sweeping.clone();
+            let now = valkyrie_control_plane::artifacts::now_ms();
+            match tokio::task::spawn_blocking(move || store.sweep(now)).await {
+                Ok(Ok((0, 0))) => {}
+                Ok(Ok((artifacts, blobs))) => tracing::info!(artifacts, blobs, "expired artifacts removed"),
+                Ok(Err(err)) => tracing::warn!(%err, "cannot sweep the artifact store"),
+                Err(_) => {}
+            }
+        }
+    });
+    Ok(store)
 }
 
 /// How often the server looks for tokens minted by `valkyrie-server token`.

@@ -64,6 +64,8 @@ pub struct Metrics {
     /// Queued jobs by priority (set at scrape time; a priority once seen
     /// keeps its series, at 0 when none is queued).
     pub queue_depth: Family<PriorityLabel, Gauge>,
+    /// Artifact transfers and storage (the store records into clones).
+    pub artifacts: crate::artifacts::ArtifactMetrics,
 }
 
 impl Default for Metrics {
@@ -77,6 +79,7 @@ impl Default for Metrics {
             http_requests: Family::default(),
             http_request_duration: Family::new_with_constructor(latency_buckets),
             queue_depth: Family::default(),
+            artifacts: Default::default(),
         }
     }
 }
@@ -133,5 +136,6 @@ impl Metrics {
             Unit::Other("jobs".into()),
             self.queue_depth.clone(),
         );
+        self.artifacts.register(valkyrie);
     }
 }

@@ -11,6 +11,7 @@ use valkyrie::message::{Message, Role};
 use valkyrie::transport::{Listener, ListenerOptions};
 use valkyrie::{Endpoint, ErrorCode, Session, SessionSender};
 
+use crate::artifacts::session::AgentUploads;
 use crate::audit::Actor;
 use crate::auth::Tokens;
 use crate::core::{Command, CoreHandle, ValidatePipelineError};
@@ -19,6 +20,19 @@ use crate::responder::{EventSink, Responder};
 use crate::scheduler::RunnerId;
 
 static SESSIONS: AtomicU64 = AtomicU64::new(1);
+
+/// The answer to an artifact request on a server without an artifact store.
+const NO_ARTIFACTS: &str = "this server keeps no artifacts";
+
+fn is_artifact_transfer(message: &Message) -> bool {
+    matches!(
+        message,
+        Message::ArtifactChunk(_)
+            | Message::ArtifactCommit(_)
+            | Message::ArtifactFetch(_)
+            | Message::ListArtifacts(_)
+    )
+}
 
 /// Characters of a client's software name kept in the audit log.
 const MAX_CLIENT_NAME_CHARS: usize = 64;
@@ -105,6 +119,17 @@ async fn serve_client(mut session: Session, core: CoreHandle) {
         }
         let reply = Responder::new(sender.clone(), incoming.correlation);
         let command = match incoming.message {
+            // Served beside the core: they read files, never its state.
+            message @ (Message::ArtifactFetch(_) | Message::ListArtifacts(_)) => {
+                match core.artifacts() {
+                    Some(store) => {
+                        crate::artifacts::session::serve_read(store, &sender, incoming.correlation, message)
+                            .await
+                    }
+                    None => reply.fail(ErrorCode::NOT_FOUND, NO_ARTIFACTS),
+                }
+                continue;
+            }
             Message::SubmitJob(m) => Command::Submit(m.spec, reply),
             Message::CancelJob(m) => Command::Cancel(m.job_id, reply),
             Message::GetJob(m) => Command::GetJob(m.job_id, reply),
@@ -230,19 +255,40 @@ async fn serve_agent(mut session: Session, core: CoreHandle, transport: &'static
         return;
     };
     info!(runner = %name, transport, "agent session open");
+    let mut uploads = core
+        .artifacts()
+        .cloned()
+        .map(|store| AgentUploads::new(store, core.clone(), runner));
     while let Some(incoming) = session.recv().await {
         if incoming.correlation == 0 && refuse_uncorrelated(&sender, &incoming.message).await {
             break;
         }
+        // Artifact transfers go to the store, beside the core.
+        let message = match &mut uploads {
+            Some(uploads) => {
+                uploads
+                    .serve(&sender, incoming.correlation, incoming.message)
+                    .await
+            }
+            None if is_artifact_transfer(&incoming.message) => {
+                Responder::new(sender.clone(), incoming.correlation).fail(ErrorCode::NOT_FOUND, NO_ARTIFACTS);
+                None
+            }
+            None => Some(incoming.message),
+        };
+        let Some(message) = message else { continue };
         let command = Command::FromRunner {
             runner,
             session: session_id,
             correlation: incoming.correlation,
-            message: incoming.message,
+            message,
         };
         if !core.send(command).await {
             return;
         }
+    }
+    if let Some(uploads) = uploads {
+        uploads.close().await;
     }
     if let Some(Err(err)) = sender.close_reason() {
         warn!(runner = %name, %err, "agent session ended");

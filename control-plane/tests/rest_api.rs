@@ -37,6 +37,12 @@ const ROUTES: &[(&str, &str, &str)] = &[
     ("post", "/api/runners/{id}/drain", "/api/runners/1/drain"),
     ("delete", "/api/runners/{name}", "/api/runners/nobody"),
     ("get", "/api/audit", "/api/audit"),
+    ("get", "/api/ci/jobs/{id}/artifacts", "/api/ci/jobs/1/artifacts"),
+    (
+        "get",
+        "/api/ci/jobs/{id}/artifacts/{name}",
+        "/api/ci/jobs/1/artifacts/artifacts.tar",
+    ),
 ];
 
 #[tokio::test]

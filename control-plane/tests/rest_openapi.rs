@@ -15,7 +15,7 @@ use rest_support::*;
 const RUN_DEADLINE: Duration = Duration::from_secs(600);
 
 /// What schemathesis is told beyond the document: ids that exist (so the
-/// `{id}` routes are tested past their 404), and that a pipeline file
+/// `{id}` routes, jobs' artifacts included, are tested past their 404), and that a pipeline file
 /// which is a well-formed request but not a valid pipeline gets 422 (a
 /// YAML body is "any string" to a schema; what makes a valid pipeline is
 /// checked by the validator and answered 422, as the document says);
@@ -28,7 +28,7 @@ include-operation-id = ["create_pipeline", "upload_pipeline"]
 checks.positive_data_acceptance.expected-statuses = ["2xx", "3xx", "401", "403", "404", "409", "422", "429", "5xx"]
 
 [[operations]]
-include-path-regex = "^/api/ci/(pipelines|executions)/\\{id\\}"
+include-path-regex = "^/api/ci/(pipelines|executions|jobs)/\\{id\\}"
 parameters = { id = 1 }
 
 [[operations]]

@@ -43,6 +43,10 @@ pub struct PipelineJob {
     /// agent checks the commit out into the workspace before the first
     /// step; `false` leaves the workspace empty.
     pub checkout: bool,
+    /// `dependencies:`: the jobs whose artifacts it downloads, as indices
+    /// (every expansion of a named matrix job). `None`: every job it
+    /// waits for ([`Pipeline::dependencies`]).
+    pub artifacts_from: Option<Vec<usize>>,
     /// What to run.
     pub spec: JobSpec,
 }
@@ -81,6 +85,25 @@ impl Pipeline {
         // A validated pipeline has no cycle; should one be built by hand,
         // the jobs left out of the order go last, in file order.
         super::graph::order(&deps, self.stages.len()).unwrap_or_else(|_| (0..self.jobs.len()).collect())
+    }
+
+    /// The jobs whose artifacts pipeline job `index` downloads before its
+    /// first step: those of its `dependencies:`, or else every job it
+    /// waits for; in both cases only those that upload artifacts.
+    pub fn artifact_sources(&self, index: usize) -> Vec<usize> {
+        let from = match &self.jobs[index].artifacts_from {
+            Some(from) => from.clone(),
+            None => self.dependencies(index),
+        };
+        from.into_iter()
+            .filter(|&i| {
+                self.jobs[i]
+                    .spec
+                    .artifacts
+                    .as_ref()
+                    .is_some_and(|a| !a.paths.is_empty())
+            })
+            .collect()
     }
 
     /// The jobs pipeline job `index` waits for, listed one by one (its

@@ -20,6 +20,8 @@ use matrix::Matrix;
 mod container;
 use container::ContainerKeys;
 
+mod artifacts;
+
 const TOP_KEYS: &[&str] = &[
     "name",
     "description",
@@ -59,6 +61,8 @@ const JOB_KEYS: &[&str] = &[
     "name",
     "fail_fast",
     "checkout",
+    "artifacts",
+    "dependencies",
 ];
 const STEP_KEYS: &[&str] = &[
     "name",
@@ -293,6 +297,9 @@ struct RawJob {
     stage: String,
     stage_index: usize,
     needs: Option<Vec<(String, Span)>>,
+    /// `dependencies:`: the jobs whose artifacts it downloads (all those it
+    /// waits for when absent).
+    dependencies: Option<Vec<(String, Span)>>,
     condition: Condition,
     allow_failure: bool,
     matrix: Matrix,
@@ -571,6 +578,42 @@ pub fn parse(file: &str, text: &str) -> Result<Pipeline, PipelineErrors> {
         return Err(PipelineErrors(cx.errors));
     }
 
+    // `dependencies` name jobs this one waits for (by `needs`, or by
+    // stage when it has none).
+    let mut artifact_deps: Vec<Option<Vec<usize>>> = Vec::with_capacity(raw_jobs.len());
+    for (raw_index, job) in raw_jobs.iter().enumerate() {
+        let Some(named) = &job.dependencies else {
+            artifact_deps.push(None);
+            continue;
+        };
+        let mut deps = Vec::with_capacity(named.len());
+        for (dep, span) in named {
+            let waited = index
+                .get(dep.as_str())
+                .copied()
+                .filter(|&i| match &needs[raw_index] {
+                    Some(needed) => needed.contains(&i),
+                    None => raw_jobs[i].stage_index < job.stage_index,
+                });
+            match waited {
+                Some(i) => deps.push(i),
+                None => {
+                    let hint = did_you_mean(dep, named_waits(&raw_jobs, &needs, raw_index))
+                        .or_else(|| Some("list only jobs that this job `needs` (or, without `needs`, jobs of earlier stages)".into()));
+                    cx.error(
+                        span,
+                        format!(
+                            "job `{}` takes the artifacts of `{dep}`, which it does not wait for",
+                            job.name
+                        ),
+                        hint,
+                    );
+                }
+            }
+        }
+        artifact_deps.push(Some(deps));
+    }
+
     // Expand matrices, then resolve dependencies to expanded indices.
     let mut jobs = Vec::with_capacity(expanded_jobs);
     let mut expansions: Vec<Vec<usize>> = Vec::with_capacity(raw_jobs.len());
@@ -623,6 +666,14 @@ pub fn parse(file: &str, text: &str) -> Result<Pipeline, PipelineErrors> {
             jobs[expanded].depends_on = resolved.clone();
         }
     }
+    for (raw_index, deps) in artifact_deps.iter().enumerate() {
+        if let Some(deps) = deps {
+            let resolved: Vec<usize> = deps.iter().flat_map(|&d| expansions[d].iter().copied()).collect();
+            for &expanded in &expansions[raw_index] {
+                jobs[expanded].artifacts_from = Some(resolved.clone());
+            }
+        }
+    }
     Ok(Pipeline {
         name,
         description,
@@ -631,6 +682,24 @@ pub fn parse(file: &str, text: &str) -> Result<Pipeline, PipelineErrors> {
         fail_fast,
         jobs,
     })
+}
+
+/// The names of the jobs raw job `of` waits for: its `needs`, or the jobs
+/// of earlier stages.
+fn named_waits<'a>(
+    raw_jobs: &'a [RawJob],
+    needs: &'a [Option<Vec<usize>>],
+    of: usize,
+) -> Box<dyn Iterator<Item = &'a str> + 'a> {
+    match &needs[of] {
+        Some(needed) => Box::new(needed.iter().map(|&i| raw_jobs[i].name.as_str())),
+        None => Box::new(
+            raw_jobs
+                .iter()
+                .filter(move |j| j.stage_index < raw_jobs[of].stage_index)
+                .map(|j| j.name.as_str()),
+        ),
+    }
 }
 
 /// The declared stages and how to find one.
@@ -793,6 +862,12 @@ fn parse_job(
         None => (stages.list[0].0.clone(), 0),
     };
     let needs = map.get_node("needs").map(|n| cx.names(n, "needs", MAX_JOBS));
+    let dependencies = map
+        .get_node("dependencies")
+        .map(|n| cx.names(n, "dependencies", MAX_JOBS));
+    let artifacts = map
+        .get_node("artifacts")
+        .and_then(|n| artifacts::parse(cx, n, &what));
     let condition = match map.get_scalar("if") {
         None => {
             if let Some(n) = map.get_node("if") {
@@ -922,6 +997,7 @@ fn parse_job(
         timeout_ms,
         retry,
         shell,
+        artifacts: artifacts.map(Box::new),
     };
     Some(RawJob {
         name,
@@ -929,6 +1005,7 @@ fn parse_job(
         stage,
         stage_index,
         needs,
+        dependencies,
         condition,
         allow_failure,
         matrix,
@@ -1140,6 +1217,7 @@ fn expand(job: &RawJob, combination: &[(String, String)]) -> PipelineJob {
         allow_failure: job.allow_failure,
         fail_fast_group: None,
         checkout: job.checkout,
+        artifacts_from: None,
         spec,
     }
 }

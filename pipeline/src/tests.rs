@@ -699,3 +699,49 @@ fn steps_take_an_if_condition() {
     );
     assert_eq!((e.line, e.column), (5, 13));
 }
+
+// ---- artifacts ----
+
+#[test]
+fn artifacts_are_parsed_and_needed_jobs_are_their_sources() {
+    let p = parse(
+        "ci.yaml",
+        "jobs:\n  build:\n    steps: [make]\n    artifacts:\n      paths: [dist/, '*.xml']\n      exclude: ['**/*.log']\n      expire_in: 7d\n      when: always\n  lint:\n    steps: [lint]\n  test:\n    needs: [build, lint]\n    steps: [test]\n  package:\n    needs: [build]\n    dependencies: []\n    steps: [pack]\n",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let idx = |n: &str| p.jobs.iter().position(|j| j.name == n).unwrap();
+    let a = p.jobs[idx("build")].spec.artifacts.as_deref().unwrap();
+    assert_eq!(a.paths, ["dist/", "*.xml"]);
+    assert_eq!(a.exclude, ["**/*.log"]);
+    assert_eq!(a.expire_in_ms, 7 * 24 * 3600 * 1000);
+    assert_eq!(a.when, crate::message::ArtifactWhen::Always);
+    // `lint` uploads nothing: only `build` is a source.
+    assert_eq!(p.artifact_sources(idx("test")), vec![idx("build")]);
+    // `dependencies: []` opts out.
+    assert_eq!(p.artifact_sources(idx("package")), Vec::<usize>::new());
+}
+
+#[test]
+fn artifact_mistakes_have_positions_and_hints() {
+    let e =
+        one_error("jobs:\n  b:\n    steps: [x]\n    artifacts:\n      path: [dist]\n      paths: [dist]\n");
+    assert_eq!((e.line, e.column), (5, 7));
+    assert!(e.message.contains("unknown key `path`"), "{e}");
+    assert_eq!(e.hint.as_deref(), Some("did you mean `paths`?"));
+
+    let e = one_error("jobs:\n  b:\n    steps: [x]\n    artifacts:\n      paths: [../secrets]\n");
+    assert!(e.message.contains("leaves the workspace"), "{e}");
+    let e = one_error("jobs:\n  b:\n    steps: [x]\n    artifacts:\n      paths: [/etc]\n");
+    assert!(e.message.contains("leaves the workspace"), "{e}");
+
+    let e =
+        one_error("jobs:\n  b:\n    steps: [x]\n    artifacts:\n      paths: [d]\n      when: sometimes\n");
+    assert!(e.message.contains("unknown `when` `sometimes`"), "{e}");
+
+    let e = one_error(
+        "jobs:\n  build:\n    steps: [x]\n  test:\n    needs: [build]\n    dependencies: [biuld]\n    steps: [y]\n",
+    );
+    assert_eq!((e.line, e.column), (6, 20));
+    assert!(e.message.contains("takes the artifacts of `biuld`"), "{e}");
+    assert_eq!(e.hint.as_deref(), Some("did you mean `build`?"));
+}

@@ -29,6 +29,9 @@ pub struct JobDefaults {
     /// The Docker executor (`--executor docker`): every job runs in a
     /// container. Default: none, steps run on this machine.
     pub docker: Option<executor::docker::DockerExecutor>,
+    /// The largest artifact archive a job may upload. Default
+    /// [`DEFAULT_MAX_ARTIFACT_BYTES`] (1 GiB).
+    pub max_artifact_bytes: u64,
 }
 
 impl Default for JobDefaults {
@@ -39,9 +42,35 @@ impl Default for JobDefaults {
             output_limit_bytes: executor::DEFAULT_OUTPUT_LIMIT_BYTES,
             base_env: executor::env::agent_environment(&[]),
             docker: None,
+            max_artifact_bytes: DEFAULT_MAX_ARTIFACT_BYTES,
         }
     }
 }
+
+/// What an attempt needs to move artifacts.
+#[derive(Debug, Clone)]
+pub struct AttemptArtifacts {
+    /// The session transfers use.
+    pub link: crate::artifacts::ArtifactLink,
+    /// The job's `artifacts` field.
+    pub spec: Option<Box<msg::ArtifactsSpec>>,
+    /// The largest archive the job may upload.
+    pub max_bytes: u64,
+}
+
+impl AttemptArtifacts {
+    /// No artifacts, and no link to move them (tests).
+    pub fn none() -> Self {
+        Self {
+            link: crate::artifacts::ArtifactLink::none(),
+            spec: None,
+            max_bytes: DEFAULT_MAX_ARTIFACT_BYTES,
+        }
+    }
+}
+
+/// The default of `--max-artifact-bytes`: 1 GiB.
+pub const DEFAULT_MAX_ARTIFACT_BYTES: u64 = 1 << 30;
 
 /// Builds the executor plan for an attempt.
 pub fn plan(job_id: u64, attempt: u32, spec: &JobSpec, work_dir: &Path, defaults: &JobDefaults) -> JobPlan {
@@ -182,20 +211,66 @@ pub async fn run_attempt(
     plan: JobPlan,
     outbox: mpsc::Sender<msg::Message>,
     cancel: watch::Receiver<bool>,
+    artifacts: AttemptArtifacts,
 ) {
     let span = tracing::info_span!("job", job_id, attempt);
     async move {
+        let AttemptArtifacts {
+            mut link,
+            spec: artifacts,
+            max_bytes: max_artifact_bytes,
+        } = artifacts;
         let workspace = plan.workspace.clone();
         let step_names: Vec<String> = plan.steps.iter().map(|s| s.name.clone()).collect();
         let _ = outbox.send(msg::JobStarted { job_id, attempt }.into()).await;
+        // Chunks are numbered here: the agent's own lines (artifacts) and
+        // the executor's output share one sequence.
+        let mut log_chunks = 0u64;
+        let system = |line: String, n: &mut u64| -> msg::Message {
+            let chunk = msg::LogChunk {
+                job_id,
+                attempt,
+                seq: *n,
+                stream: msg::OutputStream::System,
+                data: line.into(),
+            };
+            *n += 1;
+            chunk.into()
+        };
+        if let Some(spec) = &artifacts {
+            let mut lines = Vec::new();
+            let fetched = crate::artifacts::before_steps(&mut link, spec, &workspace, &mut lines).await;
+            if let Err(error) = &fetched {
+                lines.push(format!("[valkyrie] {error}\n"));
+            }
+            for line in lines {
+                let _ = outbox.send(system(line, &mut log_chunks)).await;
+            }
+            if let Err(message) = fetched {
+                let result = msg::JobResult {
+                    job_id,
+                    attempt,
+                    outcome: msg::JobOutcome::Failed,
+                    exit_code: None,
+                    duration_ms: 0,
+                    message,
+                    log_chunks,
+                };
+                let _ = outbox.send(result.into()).await;
+                if workspace.exists() {
+                    let _ = tokio::fs::remove_dir_all(&workspace).await;
+                }
+                return;
+            }
+        }
         let (ev_tx, mut ev_rx) = mpsc::channel(256);
         let exec = tokio::spawn(executor::run_job(plan, ev_tx, cancel));
-        let mut log_chunks = 0u64;
         let mut failed_step: Option<FailedStep> = None;
         while let Some(event) = ev_rx.recv().await {
             let message: msg::Message = match event {
                 ExecEvent::StepStarted { .. } => continue,
-                ExecEvent::Output { seq, stream, data } => {
+                ExecEvent::Output { stream, data, .. } => {
+                    let seq = log_chunks;
                     log_chunks += 1;
                     msg::LogChunk {
                         job_id,
@@ -259,7 +334,7 @@ pub async fn run_attempt(
             executor::JobOutcome::Cancelled => msg::JobOutcome::Cancelled,
             executor::JobOutcome::TimedOut => msg::JobOutcome::TimedOut,
         };
-        let message = match (&outcome, failed_step) {
+        let mut message = match (&outcome, failed_step) {
             (msg::JobOutcome::Succeeded, _) => format!("{} step(s) succeeded", step_names.len()),
             (msg::JobOutcome::TimedOut, _) => "job timed out; its processes were terminated".into(),
             (msg::JobOutcome::Cancelled, _) => "job cancelled; its processes were terminated".into(),
@@ -273,6 +348,33 @@ pub async fn run_attempt(
                 None => "a step failed".into(),
             },
         };
+        let mut outcome = outcome;
+        if let Some(spec) = artifacts.as_ref().filter(|a| !a.paths.is_empty()) {
+            if crate::artifacts::wanted(spec.when, outcome) {
+                let mut lines = Vec::new();
+                let uploaded = crate::artifacts::after_steps(
+                    &mut link,
+                    spec,
+                    job_id,
+                    attempt,
+                    &workspace,
+                    max_artifact_bytes,
+                    &mut lines,
+                )
+                .await;
+                if let Err(error) = uploaded {
+                    lines.push(format!("[valkyrie] {error}\n"));
+                    // Jobs that need these artifacts would fail without them.
+                    if outcome == msg::JobOutcome::Succeeded {
+                        outcome = msg::JobOutcome::Failed;
+                        message = error;
+                    }
+                }
+                for line in lines {
+                    let _ = outbox.send(system(line, &mut log_chunks)).await;
+                }
+            }
+        }
         info!(
             ?outcome,
             duration_ms = report.duration.as_millis() as u64,
@@ -405,7 +507,7 @@ mod tests {
         let plan = plan(3, 1, &spec, root.path(), &defaults());
         let (outbox, mut rx) = mpsc::channel(64);
         let (_cancel, cancel_rx) = watch::channel(false);
-        run_attempt(3, 1, plan, outbox, cancel_rx).await;
+        run_attempt(3, 1, plan, outbox, cancel_rx, AttemptArtifacts::none()).await;
         let mut result = None;
         while let Ok(message) = rx.try_recv() {
             if let msg::Message::JobResult(r) = message {
@@ -434,7 +536,7 @@ mod tests {
         assert!(plan.container.is_none());
         let (outbox, mut rx) = mpsc::channel(64);
         let (_cancel, cancel_rx) = watch::channel(false);
-        run_attempt(4, 1, plan, outbox, cancel_rx).await;
+        run_attempt(4, 1, plan, outbox, cancel_rx, AttemptArtifacts::none()).await;
         let mut result = None;
         while let Ok(message) = rx.try_recv() {
             if let msg::Message::JobResult(r) = message {

@@ -10,6 +10,7 @@
 
 pub mod cache;
 pub mod checkout;
+pub mod artifacts;
 pub mod executor;
 pub mod job;
 pub mod leftovers;

@@ -67,6 +67,9 @@ struct Args {
     /// Output kept per job; beyond it output is truncated with a marker.
     #[arg(long, env = "VALKYRIE_OUTPUT_LIMIT_BYTES", default_value_t = 64 << 20)]
     output_limit_bytes: u64,
+    /// The largest artifact archive a job may upload; over it the job fails, saying so in its log.
+    #[arg(long, env = "VALKYRIE_MAX_ARTIFACT_BYTES", default_value_t = 1 << 30)]
+    max_artifact_bytes: u64,
     /// Heartbeat interval.
     #[arg(long, env = "VALKYRIE_HEARTBEAT_INTERVAL", default_value = "2s", value_parser = humantime::parse_duration)]
     heartbeat_interval: Duration,
@@ -228,6 +231,7 @@ async fn run() -> anyhow::Result<()> {
             output_limit_bytes: args.output_limit_bytes,
             base_env: executor::env::agent_environment(&pass_env),
             docker,
+            max_artifact_bytes: args.max_artifact_bytes,
         },
         heartbeat_interval: args.heartbeat_interval,
         drain_timeout: args.drain_timeout,

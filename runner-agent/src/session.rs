@@ -25,6 +25,8 @@ use valkyrie::{Endpoint, ErrorCode, SessionSender};
 
 use crate::job::{plan, run_attempt, JobDefaults};
 use crate::supervisor::{self, Followed, Stop, Survivor};
+use crate::artifacts::ArtifactLink;
+use crate::job::{plan, run_attempt, AttemptArtifacts, JobDefaults};
 
 /// The longest wait between two rounds of a group of servers (`--server
 /// a,b,c`): a standby takes over within seconds, and trying a standby that
@@ -136,6 +138,9 @@ pub struct Agent {
     /// The attempts re-attached from an earlier life, whose containers
     /// are not orphans.
     reattached: Vec<(u64, u32)>,
+    /// Publishes the current session to artifact transfers.
+    link_tx: watch::Sender<Option<(SessionSender, u32)>>,
+    link: ArtifactLink,
 }
 
 /// The attempts this agent still holds: those running, and those finished
@@ -156,6 +161,7 @@ impl Agent {
     /// A new agent.
     pub fn new(config: AgentConfig) -> Self {
         let (outbox_tx, outbox_rx) = mpsc::channel(1024);
+        let (link_tx, link) = ArtifactLink::new();
         Self {
             config,
             state: Default::default(),
@@ -163,6 +169,8 @@ impl Agent {
             outbox_rx,
             credential: None,
             reattached: Vec::new(),
+            link_tx,
+            link,
         }
     }
 
@@ -294,6 +302,9 @@ impl Agent {
                     continue;
                 }
             };
+            let max_frame_bytes = session
+                .welcome()
+                .map_or(valkyrie::frame::DEFAULT_MAX_FRAME_BYTES, |w| w.max_frame_bytes);
             let (sender, mut incoming) = session.into_parts();
             let running = running_attempts(&self.state.lock().expect("state"));
             let register = RegisterRunner {
@@ -355,6 +366,7 @@ impl Agent {
                     })
                     .await;
             }
+            self.link_tx.send_replace(Some((sender.clone(), max_frame_bytes)));
             let mut heartbeat = tokio::time::interval(self.config.heartbeat_interval);
             loop {
                 let deadline = drain_deadline;
@@ -389,6 +401,7 @@ impl Agent {
                     return Ok(());
                 }
             }
+            self.link_tx.send_replace(None);
             warn!(%server, "disconnected from the server; reconnecting");
         }
     }
@@ -486,12 +499,18 @@ impl Agent {
                     &self.config.defaults,
                 );
                 let outbox = self.outbox_tx.clone();
+                let artifacts = AttemptArtifacts {
+                    link: self.link.clone(),
+                    spec: assign.spec.artifacts.clone(),
+                    max_bytes: self.config.defaults.max_artifact_bytes,
+                };
                 tokio::spawn(run_attempt(
                     assign.job_id,
                     assign.attempt,
                     plan,
                     outbox,
                     cancel_rx,
+                    artifacts,
                 ));
             }
             Message::CancelAssignment(cancel) => {

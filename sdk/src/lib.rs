@@ -24,16 +24,16 @@ pub mod local;
 
 use tokio::sync::mpsc;
 use valkyrie::message::{
-    CancelJob, CancelRun, GetJob, GetRun, ListAudit, ListJobs, ListRunners, ListRuns, Message, RemoveRunner,
-    Role, SubmitJob, SubmitPipeline, Subscribe,
+    ArtifactFetch, CancelJob, CancelRun, GetJob, GetRun, ListArtifacts, ListAudit, ListJobs, ListRunners,
+    ListRuns, Message, RemoveRunner, Role, SubmitJob, SubmitPipeline, Subscribe,
 };
 use valkyrie::transport::{connect, hello, ConnectError, RequestError};
 use valkyrie::{Endpoint, SessionSender};
 
 pub use valkyrie::message::{
-    AuditEntry, ContainerSpec, Event, EventBody, JobInfo, JobSpec, JobState, OutputStream, PullPolicy,
-    RetryOn, RetryPolicy, RunInfo, RunJobInfo, RunJobState, RunState, RunnerInfo, RunnerState, ServiceSpec,
-    StepInfo, StepOutcome, StepSpec,
+    ArtifactInfo, AuditEntry, ContainerSpec, Event, EventBody, JobInfo, JobSpec, JobState, OutputStream,
+    PullPolicy, RetryOn, RetryPolicy, RunInfo, RunJobInfo, RunJobState, RunState, RunnerInfo, RunnerState,
+    ServiceSpec, StepInfo, StepOutcome, StepSpec,
 };
 pub use valkyrie::transport::{ClientOptions, ClientTls};
 pub use valkyrie_pipeline as pipeline;
@@ -54,7 +54,15 @@ pub enum ClientError {
     /// [`Client::connect_any`] was given no server.
     #[error("no server to connect to")]
     NoServer,
+    /// An artifact is missing, or arrived damaged, or cannot be written.
+    #[error("{0}")]
+    Artifact(String),
 }
+
+/// Ranges a download asks for at once.
+pub const DOWNLOAD_WINDOW: usize = 8;
+/// Bytes of one range (under the 1 MiB frame limit clients announce).
+pub const DOWNLOAD_CHUNK_BYTES: usize = 512 << 10;
 
 /// A connection to a control plane.
 #[derive(Clone, Debug)]
@@ -203,6 +211,75 @@ impl Client {
             Message::Ack(_) => Ok(()),
             other => Err(ClientError::Unexpected(other.kind())),
         }
+    }
+
+    /// The artifacts job `job_id` stored (name, size, SHA-256, expiry).
+    pub async fn artifacts(&self, job_id: u64) -> Result<Vec<ArtifactInfo>, ClientError> {
+        match self.call(ListArtifacts { job_id }).await? {
+            Message::ArtifactList(l) => Ok(l.artifacts),
+            other => Err(ClientError::Unexpected(other.kind())),
+        }
+    }
+
+    /// Downloads artifact `name` of job `job_id` into `out`, checking its
+    /// SHA-256; returns what was downloaded. At most
+    /// [`DOWNLOAD_WINDOW`] ranges of [`DOWNLOAD_CHUNK_BYTES`] are asked for
+    /// at once, so memory stays bounded whatever the artifact's size.
+    pub async fn download_artifact(
+        &self,
+        job_id: u64,
+        name: &str,
+        out: &mut (impl tokio::io::AsyncWrite + Unpin),
+    ) -> Result<ArtifactInfo, ClientError> {
+        use tokio::io::AsyncWriteExt;
+        let info = self
+            .artifacts(job_id)
+            .await?
+            .into_iter()
+            .find(|a| a.name == name)
+            .ok_or_else(|| ClientError::Artifact(format!("job {job_id} has no artifact `{name}`")))?;
+        let mut hasher = ring::digest::Context::new(&ring::digest::SHA256);
+        let mut window = std::collections::VecDeque::new();
+        let (mut asked, mut written) = (0u64, 0u64);
+        while written < info.size {
+            while window.len() < DOWNLOAD_WINDOW && asked < info.size {
+                let want = (info.size - asked).min(DOWNLOAD_CHUNK_BYTES as u64);
+                let fetch = ArtifactFetch {
+                    job_id,
+                    name: name.to_owned(),
+                    offset: asked,
+                    max_bytes: want as u32,
+                };
+                window.push_back(self.sender.request_queued(fetch).await?);
+                asked += want;
+            }
+            let Some(next) = window.pop_front() else { break };
+            let answer = next.answer().await?;
+            let Message::ArtifactData(data) = answer else {
+                return Err(ClientError::Unexpected(answer.kind()));
+            };
+            if data.offset != written || data.data.is_empty() || data.sha256 != info.sha256 {
+                return Err(ClientError::Artifact(format!(
+                    "artifact `{name}` of job {job_id} changed while it was downloaded"
+                )));
+            }
+            out.write_all(&data.data)
+                .await
+                .map_err(|e| ClientError::Artifact(format!("cannot write artifact `{name}`: {e}")))?;
+            hasher.update(&data.data);
+            written += data.data.len() as u64;
+        }
+        out.flush()
+            .await
+            .map_err(|e| ClientError::Artifact(format!("cannot write artifact `{name}`: {e}")))?;
+        let actual = hex::encode(hasher.finish().as_ref());
+        if actual != info.sha256 {
+            return Err(ClientError::Artifact(format!(
+                "artifact `{name}` of job {job_id} arrived with SHA-256 {actual}, expected {}",
+                info.sha256
+            )));
+        }
+        Ok(info)
     }
 
     /// Subscribes to events of one job (or all), optionally with logs and with

@@ -129,6 +129,7 @@ fn job_spec() -> impl Strategy<Value = JobSpec> {
         (pairs(), pairs(), any::<u64>(), any::<u32>(), any::<u8>(), texts()),
         proptest::option::of(container().prop_map(Box::new)),
         proptest::option::of(trigger().prop_map(Box::new)),
+        proptest::option::of(artifacts().prop_map(Box::new)),
     )
         .prop_map(
             |(
@@ -137,6 +138,7 @@ fn job_spec() -> impl Strategy<Value = JobSpec> {
                 (env, secrets, timeout_ms, max_retries, on, shell),
                 container,
                 trigger,
+                artifacts,
             )| {
                 JobSpec {
                     name,
@@ -154,6 +156,7 @@ fn job_spec() -> impl Strategy<Value = JobSpec> {
                     shell,
                     container,
                     trigger,
+                    artifacts,
                 }
             },
         )
@@ -173,6 +176,29 @@ fn trigger() -> impl Strategy<Value = TriggerSpec> {
         )),
     )
         .prop_map(|(variables, checkout)| TriggerSpec { variables, checkout })
+}
+
+fn artifacts() -> impl Strategy<Value = ArtifactsSpec> {
+    (
+        texts(),
+        texts(),
+        prop_oneof![
+            Just(ArtifactWhen::OnSuccess),
+            Just(ArtifactWhen::OnFailure),
+            Just(ArtifactWhen::Always)
+        ],
+        any::<u64>(),
+        vec(any::<u64>(), 0..4),
+    )
+        .prop_map(
+            |(paths, exclude, when, expire_in_ms, download_from)| ArtifactsSpec {
+                paths,
+                exclude,
+                when,
+                expire_in_ms,
+                download_from,
+            },
+        )
 }
 
 fn job_info() -> impl Strategy<Value = JobInfo> {
@@ -596,6 +622,77 @@ fn message() -> impl Strategy<Value = Message> {
         vec(audit_entry(), 0..3)
             .prop_map(|entries| AuditList { entries }.into())
             .boxed(),
+        (any::<u64>(), any::<u32>(), text(), any::<u64>(), data())
+            .prop_map(|(job_id, attempt, name, offset, data)| {
+                ArtifactChunk {
+                    job_id,
+                    attempt,
+                    name,
+                    offset,
+                    data,
+                }
+                .into()
+            })
+            .boxed(),
+        (
+            any::<u64>(),
+            any::<u32>(),
+            text(),
+            any::<u64>(),
+            text(),
+            any::<u64>(),
+        )
+            .prop_map(|(job_id, attempt, name, size, sha256, expire_in_ms)| {
+                ArtifactCommit {
+                    job_id,
+                    attempt,
+                    name,
+                    size,
+                    sha256,
+                    expire_in_ms,
+                }
+                .into()
+            })
+            .boxed(),
+        (any::<u64>(), text(), any::<u64>(), any::<u32>())
+            .prop_map(|(job_id, name, offset, max_bytes)| {
+                ArtifactFetch {
+                    job_id,
+                    name,
+                    offset,
+                    max_bytes,
+                }
+                .into()
+            })
+            .boxed(),
+        (any::<u64>(), text(), any::<u64>(), data())
+            .prop_map(|(size, sha256, offset, data)| {
+                ArtifactData {
+                    size,
+                    sha256,
+                    offset,
+                    data,
+                }
+                .into()
+            })
+            .boxed(),
+        any::<u64>()
+            .prop_map(|job_id| ListArtifacts { job_id }.into())
+            .boxed(),
+        vec(
+            (text(), any::<u64>(), text(), any::<u64>(), any::<u64>()).prop_map(
+                |(name, size, sha256, created_at_ms, expires_at_ms)| ArtifactInfo {
+                    name,
+                    size,
+                    sha256,
+                    created_at_ms,
+                    expires_at_ms,
+                },
+            ),
+            0..3,
+        )
+        .prop_map(|artifacts| ArtifactList { artifacts }.into())
+        .boxed(),
     ];
     Union::new(arms)
 }

@@ -21,6 +21,9 @@ use valkyrie::frame::{decode_exact, encode_to_vec, DEFAULT_MAX_FRAME_BYTES, HEAD
 use valkyrie::message::*;
 use valkyrie::{ErrorCode, Flags, FrameKind, Message};
 
+/// SHA-256 of the 8 bytes `dist/app`, the artifact of the artifact vectors.
+const ARTIFACT_SHA256: &str = "c0c6918e2109523e4f16875ce7e8bb6468dab20ce922ddf94cde61ada72f574b";
+
 const MESSAGES_FILE: &str = "messages.json";
 const MALFORMED_FILE: &str = "malformed.json";
 
@@ -370,6 +373,7 @@ fn build_and_test_job() -> JobSpec {
         shell: strings(&["bash", "-euo", "pipefail", "-c"]),
         container: None,
         trigger: None,
+        artifacts: None,
     }
 }
 
@@ -1112,6 +1116,100 @@ fn message_cases() -> Vec<MessageCase> {
                         detail: String::new(),
                     },
                 ],
+            }
+            .into(),
+        ),
+        // ---- artifacts ----
+        (
+            "assign_with_artifacts",
+            0,
+            Flags::NONE,
+            Assign {
+                job_id: 1043,
+                attempt: 1,
+                lease_ms: 5000,
+                spec: JobSpec {
+                    artifacts: Some(Box::new(ArtifactsSpec {
+                        paths: strings(&["dist/", "*.xml"]),
+                        exclude: strings(&["**/*.log"]),
+                        when: ArtifactWhen::Always,
+                        expire_in_ms: 604_800_000,
+                        download_from: vec![1042],
+                    })),
+                    ..JobSpec::shell("test", "cargo test")
+                },
+            }
+            .into(),
+        ),
+        (
+            "artifact_chunk",
+            120,
+            Flags::NONE,
+            ArtifactChunk {
+                job_id: 1042,
+                attempt: 2,
+                name: "artifacts.tar".into(),
+                offset: 0,
+                data: Bytes::from_static(b"dist/app"),
+            }
+            .into(),
+        ),
+        (
+            "artifact_commit",
+            121,
+            Flags::NONE,
+            ArtifactCommit {
+                job_id: 1042,
+                attempt: 2,
+                name: "artifacts.tar".into(),
+                size: 8,
+                sha256: ARTIFACT_SHA256.into(),
+                expire_in_ms: 0,
+            }
+            .into(),
+        ),
+        (
+            "artifact_fetch",
+            122,
+            Flags::NONE,
+            ArtifactFetch {
+                job_id: 1042,
+                name: "artifacts.tar".into(),
+                offset: 4,
+                max_bytes: 524_288,
+            }
+            .into(),
+        ),
+        (
+            "artifact_data",
+            122,
+            reply(),
+            ArtifactData {
+                size: 8,
+                sha256: ARTIFACT_SHA256.into(),
+                offset: 4,
+                data: Bytes::from_static(b"/app"),
+            }
+            .into(),
+        ),
+        (
+            "list_artifacts",
+            123,
+            Flags::NONE,
+            ListArtifacts { job_id: 1042 }.into(),
+        ),
+        (
+            "artifact_list",
+            123,
+            reply(),
+            ArtifactList {
+                artifacts: vec![ArtifactInfo {
+                    name: "artifacts.tar".into(),
+                    size: 8,
+                    sha256: ARTIFACT_SHA256.into(),
+                    created_at_ms: 1_732_240_800_000,
+                    expires_at_ms: 1_734_832_800_000,
+                }],
             }
             .into(),
         ),

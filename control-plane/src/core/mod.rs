@@ -204,6 +204,18 @@ pub enum Command {
     },
     /// A summary of the state, for health checks and metrics.
     Snapshot(oneshot::Sender<CoreSnapshot>),
+    /// Whether `runner` holds attempt `attempt` of job `job` (artifact
+    /// uploads are accepted only from there).
+    HoldsAttempt {
+        /// The runner.
+        runner: RunnerId,
+        /// Job id.
+        job: u64,
+        /// Attempt.
+        attempt: u32,
+        /// The answer.
+        reply: oneshot::Sender<bool>,
+    },
     /// `command`, done on behalf of `actor` (what it changes is recorded
     /// in the audit log under that actor).
     As {
@@ -246,6 +258,7 @@ pub struct CoreHandle {
     tx: mpsc::Sender<Command>,
     metrics: Arc<Metrics>,
     validations: pipelines::Validations,
+    artifacts: Option<Arc<crate::artifacts::ArtifactStore>>,
 }
 
 impl CoreHandle {
@@ -254,11 +267,38 @@ impl CoreHandle {
         &self.metrics
     }
 
+    /// The artifact store the sessions and the REST API serve, if any.
+    pub fn artifacts(&self) -> Option<&Arc<crate::artifacts::ArtifactStore>> {
+        self.artifacts.as_ref()
+    }
+
+    /// Serves artifacts from `store`. Default: none (artifact requests are
+    /// refused).
+    pub fn with_artifacts(mut self, store: Arc<crate::artifacts::ArtifactStore>) -> Self {
+        self.artifacts = Some(store);
+        self
+    }
+
     /// A summary of the core's state; `None` if the core has stopped.
     pub async fn snapshot(&self) -> Option<CoreSnapshot> {
         let (tx, rx) = oneshot::channel();
         self.tx.send(Command::Snapshot(tx)).await.ok()?;
         rx.await.ok()
+    }
+
+    /// Whether `runner` holds attempt `attempt` of job `job`; false if the
+    /// core has stopped.
+    pub async fn holds_attempt(&self, runner: RunnerId, job: u64, attempt: u32) -> bool {
+        let (reply, rx) = oneshot::channel();
+        let asked = self
+            .send(Command::HoldsAttempt {
+                runner,
+                job,
+                attempt,
+                reply,
+            })
+            .await;
+        asked && rx.await.unwrap_or(false)
     }
 
     /// Sends a command, waiting while the core's queue is full.
@@ -437,6 +477,7 @@ fn spawn_inner(
         tx,
         metrics,
         validations: Default::default(),
+        artifacts: None,
     }
 }
 
@@ -535,6 +576,18 @@ impl Core {
             }
             Command::Snapshot(reply) => {
                 let _ = reply.send(self.snapshot());
+            }
+            Command::HoldsAttempt {
+                runner,
+                job,
+                attempt,
+                reply,
+            } => {
+                let holds = self
+                    .jobs
+                    .get(&JobId(job))
+                    .is_some_and(|j| j.check_attempt(runner, attempt).is_ok());
+                let _ = reply.send(holds);
             }
             Command::RemoveRunner { name, force, reply } => self.remove_runner_by_name(&name, force, reply),
             Command::SubmitPipeline { pipeline, reply } => self.submit_pipeline(*pipeline, reply),
@@ -683,7 +736,7 @@ impl Core {
         let ready = run.advance();
         let specs: Vec<(usize, JobSpec)> = ready
             .iter()
-            .map(|&i| (i, run.pipeline().jobs[i].spec.clone()))
+            .map(|&i| (i, crate::artifacts::release::spec_with_downloads(run, i)))
             .collect();
         for (index, mut spec) in specs {
             self.add_checkout_token(id, &mut spec);

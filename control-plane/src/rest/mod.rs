@@ -8,7 +8,7 @@
 //! | route | role |
 //! |---|---|
 //! | `GET /api/healthchecker`, `/healthz`, `/readyz`, `/metrics`, `/api/openapi.json` | none |
-//! | `GET /api/ci/pipelines[/{id}]`, `/api/ci/executions[/{id}[/logs]]`, `/api/runners` | viewer |
+//! | `GET /api/ci/pipelines[/{id}]`, `/api/ci/executions[/{id}[/logs]]`, `/api/runners`, `/api/ci/jobs/{id}/artifacts[/{name}]` | viewer |
 //! | `POST /api/ci/pipelines[/upload]`, `/api/ci/pipelines/{id}/trigger`, `/api/ci/executions/{id}/cancel` | submitter |
 //! | `POST /api/runners/{id}/drain`, `GET /api/audit` | admin |
 //! | `GET /api/projects[/{name}]` | viewer |
@@ -19,6 +19,7 @@
 //! Errors are [`error::ErrorBody`]; authentication and roles are in
 //! [`auth`]; rate limiting in [`limits`].
 
+pub mod artifacts;
 pub mod audit;
 pub mod auth;
 pub mod body;
@@ -325,6 +326,14 @@ pub fn router(core: CoreHandle, tokens: Arc<Tokens>, config: RestConfig) -> Rout
         .route(
             "/api/webhooks/gitlab/{project}",
             timed("/api/webhooks/gitlab/{project}", post(webhooks::gitlab)),
+        )
+        .route(
+            "/api/ci/jobs/{id}/artifacts",
+            timed("/api/ci/jobs/{id}/artifacts", get(artifacts::list)),
+        )
+        .route(
+            "/api/ci/jobs/{id}/artifacts/{name}",
+            timed("/api/ci/jobs/{id}/artifacts/{name}", get(artifacts::download)),
         )
         .fallback(|| async {
             ApiError::not_found("no such route").suggest("see /api/openapi.json for the routes")

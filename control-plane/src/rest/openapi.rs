@@ -6,7 +6,7 @@ use axum::Json;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{audit, error, executions, health, metrics, pipelines, projects, runners, webhooks};
+use super::{artifacts, audit, error, executions, health, metrics, pipelines, projects, runners, webhooks};
 
 /// The REST API's description.
 #[derive(OpenApi)]
@@ -19,6 +19,7 @@ use super::{audit, error, executions, health, metrics, pipelines, projects, runn
         runners::list, runners::drain, runners::remove, audit::list,
         projects::create, projects::list, projects::get_one, projects::remove, projects::trigger,
         webhooks::github, webhooks::gitlab,
+        artifacts::list, artifacts::download,
     ),
     components(schemas(
         error::ErrorBody, health::Health, pipelines::Pipeline, pipelines::PipelineSummary, pipelines::CreatePipeline, pipelines::UploadForm, pipelines::Triggered,
@@ -26,6 +27,7 @@ use super::{audit, error, executions, health, metrics, pipelines, projects, runn
         audit::AuditPage, audit::AuditRecordJson,
         projects::ProjectJson, projects::CreateProject, projects::TriggerProject, projects::ProjectRun, projects::RemovedProject,
         webhooks::WebhookAnswer,
+        artifacts::Artifact,
     )),
     modifiers(&BearerAuth),
 )]

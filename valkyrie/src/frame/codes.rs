@@ -108,6 +108,18 @@ kinds! {
     LIST_AUDIT = 0x50;
     /// A page of the audit log.
     AUDIT_LIST = 0x51;
+    /// An agent uploads a piece of an artifact.
+    ARTIFACT_CHUNK = 0x60;
+    /// An agent finishes an upload: size and SHA-256 to verify.
+    ARTIFACT_COMMIT = 0x61;
+    /// An agent or client asks for a range of a stored artifact.
+    ARTIFACT_FETCH = 0x62;
+    /// A range of a stored artifact.
+    ARTIFACT_DATA = 0x63;
+    /// A client or agent lists a job's artifacts.
+    LIST_ARTIFACTS = 0x64;
+    /// A job's artifacts.
+    ARTIFACT_LIST = 0x65;
 }
 
 impl fmt::Debug for FrameKind {

@@ -139,7 +139,7 @@ macro_rules! struct_field {
 struct_field!(
     RunInfo = 30,
     RunJobInfo = 19,
-    JobSpec = 44,
+    JobSpec = 45,
     StepSpec = 12,
     StepInfo = 7,
     JobInfo = 42,

@@ -1,6 +1,7 @@
 //! The message catalogue: one struct per frame kind, and [`Message`], the
 //! enum of them all. Field order in each struct is the wire order.
 
+mod artifacts;
 mod container;
 mod field;
 mod trigger;
@@ -10,6 +11,7 @@ pub(crate) mod wire;
 use bytes::{Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
 
+pub use artifacts::{ArtifactInfo, ArtifactWhen, ArtifactsSpec};
 pub use container::{ContainerSpec, PullPolicy, ServiceSpec, DOCKER_EXECUTOR_TAG, EXECUTOR_TAG_PREFIX};
 pub use field::WireField;
 pub use trigger::{CheckoutSpec, TriggerSpec};
@@ -459,6 +461,79 @@ messages! {
         /// The records.
         entries: Vec<AuditEntry>,
     }
+
+    // ---- artifacts ----
+
+    /// Agent → server: the bytes of an upload at `offset` (a request,
+    /// answered with Ack once written). Offset 0 starts the upload afresh;
+    /// any other offset must be the number of bytes received so far.
+    ArtifactChunk = ARTIFACT_CHUNK on Bulk {
+        /// Job id.
+        job_id: u64,
+        /// Attempt: only the current attempt may upload.
+        attempt: u32,
+        /// Artifact name within the job.
+        name: String,
+        /// Where `data` starts.
+        offset: u64,
+        /// The bytes.
+        data: Bytes,
+    }
+
+    /// Agent → server: the upload is complete. The server checks the size
+    /// and SHA-256 of what it received, stores it and answers Ack, or
+    /// RequestFailed saying why (and forgets the upload).
+    ArtifactCommit = ARTIFACT_COMMIT on Bulk {
+        /// Job id.
+        job_id: u64,
+        /// Attempt.
+        attempt: u32,
+        /// Artifact name.
+        name: String,
+        /// Total size in bytes.
+        size: u64,
+        /// SHA-256 of the whole artifact, lowercase hex.
+        sha256: String,
+        /// How long to keep it, in milliseconds; 0 for the server's default.
+        expire_in_ms: u64,
+    }
+
+    /// Agent or client → server: up to `max_bytes` of a stored artifact
+    /// from `offset`; answered with ArtifactData or RequestFailed.
+    ArtifactFetch = ARTIFACT_FETCH on Bulk {
+        /// Job id.
+        job_id: u64,
+        /// Artifact name.
+        name: String,
+        /// First byte wanted.
+        offset: u64,
+        /// At most this many bytes (the server may send fewer).
+        max_bytes: u32,
+    }
+
+    /// Server → agent or client: a range of an artifact.
+    ArtifactData = ARTIFACT_DATA on Bulk {
+        /// The artifact's total size.
+        size: u64,
+        /// Its SHA-256, lowercase hex, to check once all bytes are in.
+        sha256: String,
+        /// Where `data` starts.
+        offset: u64,
+        /// The bytes; empty at or past the end.
+        data: Bytes,
+    }
+
+    /// Client or agent → server: a job's artifacts.
+    ListArtifacts = LIST_ARTIFACTS on Control {
+        /// Job id.
+        job_id: u64,
+    }
+
+    /// Server → client or agent: a job's artifacts.
+    ArtifactList = ARTIFACT_LIST on Control {
+        /// The artifacts, by name.
+        artifacts: Vec<ArtifactInfo>,
+    }
 }
 
 /// A (job, attempt) pair an agent is running.
@@ -557,6 +632,10 @@ impl Message {
                 | Message::GetRun(_)
                 | Message::ListRuns(_)
                 | Message::CancelRun(_)
+                | Message::ArtifactChunk(_)
+                | Message::ArtifactCommit(_)
+                | Message::ArtifactFetch(_)
+                | Message::ListArtifacts(_)
         )
     }
 }
@@ -580,6 +659,8 @@ impl Message {
                 | Message::RunList(_)
                 | Message::Event(_)
                 | Message::Pong(_)
+                | Message::ArtifactData(_)
+                | Message::ArtifactList(_)
         )
     }
 }

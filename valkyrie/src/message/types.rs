@@ -4,6 +4,7 @@
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
+use super::artifacts::ArtifactsSpec;
 use super::container::{ContainerSpec, DOCKER_EXECUTOR_TAG};
 use super::trigger::TriggerSpec;
 use super::wire::{Reader, Writer};
@@ -364,6 +365,10 @@ pub struct JobSpec {
     /// `None` for a job submitted on its own. Boxed like `container`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trigger: Option<Box<TriggerSpec>>,
+    /// Artifacts it uploads and downloads (`artifacts:`, and the artifacts
+    /// of the jobs it needs); `None` for neither. Boxed like `container`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub artifacts: Option<Box<ArtifactsSpec>>,
 }
 
 impl std::fmt::Debug for JobSpec {
@@ -386,6 +391,7 @@ impl std::fmt::Debug for JobSpec {
             .field("shell", &self.shell)
             .field("container", &self.container)
             .field("trigger", &self.trigger)
+            .field("artifacts", &self.artifacts)
             .finish()
     }
 }
@@ -411,6 +417,7 @@ impl JobSpec {
             shell: Vec::new(),
             container: None,
             trigger: None,
+            artifacts: None,
         }
     }
 
@@ -443,6 +450,7 @@ impl JobSpec {
             shell: r.strings("job.shell")?,
             container: r.option("job.container", |r| ContainerSpec::read(r).map(Box::new))?,
             trigger: r.option("job.trigger", |r| TriggerSpec::read(r).map(Box::new))?,
+            artifacts: r.option("job.artifacts", |r| ArtifactsSpec::read(r).map(Box::new))?,
         })
     }
 
@@ -460,6 +468,7 @@ impl JobSpec {
         w.strings(&self.shell);
         w.option(&self.container, |w, c| c.write(w));
         w.option(&self.trigger, |w, t| t.write(w));
+        w.option(&self.artifacts, |w, a| a.write(w));
     }
 }
 

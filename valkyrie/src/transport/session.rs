@@ -152,6 +152,14 @@ impl SessionSender {
     /// Sends a request and waits for the frame that answers it. A
     /// RequestFailed answer becomes [`RequestError::Failed`].
     pub async fn request(&self, message: impl Into<Message>) -> Result<Message, RequestError> {
+        self.request_queued(message).await?.answer().await
+    }
+
+    /// Queues a request (waiting while its lane is full) and returns as
+    /// soon as it is queued, with the answer to await later. Requests
+    /// queued one after the other from one task go out in that order, so a
+    /// transfer can keep a window of them unanswered.
+    pub async fn request_queued(&self, message: impl Into<Message>) -> Result<PendingReply, RequestError> {
         let message = message.into();
         let (tx, rx) = oneshot::channel();
         let correlation = self.correlation();
@@ -166,15 +174,7 @@ impl SessionSender {
             })
             .await
             .map_err(|_| SendError::Closed)?;
-        match rx.await {
-            Ok(Ok(Message::RequestFailed(f))) => Err(RequestError::Failed {
-                code: f.code,
-                message: f.message,
-            }),
-            Ok(Ok(reply)) => Ok(reply),
-            Ok(Err(err)) => Err(RequestError::Send(err)),
-            Err(_) => Err(RequestError::Closed),
-        }
+        Ok(PendingReply(rx))
     }
 
     /// Sends a request whose answers are a stream of frames (a subscription):
@@ -231,6 +231,26 @@ impl SessionSender {
     /// Whether the session has ended.
     pub fn is_closed(&self) -> bool {
         self.shared.closed.borrow().is_some() || self.lanes[0].is_closed()
+    }
+}
+
+/// The answer to a request queued with [`SessionSender::request_queued`].
+#[derive(Debug)]
+pub struct PendingReply(oneshot::Receiver<Result<Message, SendError>>);
+
+impl PendingReply {
+    /// Waits for the answer. A RequestFailed answer becomes
+    /// [`RequestError::Failed`].
+    pub async fn answer(self) -> Result<Message, RequestError> {
+        match self.0.await {
+            Ok(Ok(Message::RequestFailed(f))) => Err(RequestError::Failed {
+                code: f.code,
+                message: f.message,
+            }),
+            Ok(Ok(reply)) => Ok(reply),
+            Ok(Err(err)) => Err(RequestError::Send(err)),
+            Err(_) => Err(RequestError::Closed),
+        }
     }
 }
 

@@ -1,5 +1,6 @@
 //! `vk`: the Valkyrie command-line client.
 
+mod artifacts;
 mod demo;
 mod follow;
 mod ids;
@@ -180,6 +181,22 @@ enum Command {
         #[arg(short, long)]
         follow: bool,
         /// One JSON object per output chunk: job_id, seq, stream (stdout, stderr, system), text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Download a job's artifacts into a directory (archives unpacked), or list them.
+    #[command(after_help = "Examples:\n  vk artifacts 42 --output dist\n  vk artifacts 42 --list")]
+    Artifacts {
+        /// Job id.
+        #[arg(value_parser = parse_job)]
+        job: u64,
+        /// Where to put them (created if missing).
+        #[arg(short, long, default_value = ".")]
+        output: PathBuf,
+        /// List them (name, size, SHA-256) instead of downloading.
+        #[arg(long)]
+        list: bool,
+        /// With --list: print JSON.
         #[arg(long)]
         json: bool,
     },
@@ -501,6 +518,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Artifacts {
+            job,
+            output,
+            list,
+            json,
+        } => artifacts::run(&client, job, &output, list, json).await,
         Command::Cancel { target } => {
             match target {
                 Target::Job(id) => client.cancel(id).await?,

@@ -1,0 +1,191 @@
+//! The artifact messages of a protocol session, served beside the core
+//! (never through it): uploads write chunks to the store as they arrive,
+//! fetches read ranges from blob files.
+//!
+//! Flow control is the requester's: an agent keeps a bounded number of
+//! chunks (or fetches) unanswered, so what a transfer holds in memory on
+//! either side is that window, not the artifact.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use valkyrie::message::{
+    Ack, ArtifactChunk, ArtifactCommit, ArtifactData, ArtifactFetch, ArtifactList, Message, RequestFailed,
+};
+use valkyrie::SessionSender;
+
+use super::{ArtifactError, ArtifactStore, Upload};
+use crate::core::CoreHandle;
+use crate::scheduler::RunnerId;
+
+/// Uploads one agent session may have open at once.
+pub const MAX_OPEN_UPLOADS: usize = 16;
+
+/// Bytes of an ArtifactData frame besides its data: the size, offset and
+/// data length, and a 64-character SHA-256 with its length.
+const DATA_OVERHEAD: usize = 8 + 8 + 4 + 4 + 64;
+
+/// Answers `correlation` on `sender`, waiting for room in the lane.
+async fn answer(sender: &SessionSender, correlation: u64, result: Result<Message, ArtifactError>) {
+    let message = match result {
+        Ok(message) => message,
+        Err(err) => RequestFailed {
+            code: err.code(),
+            message: err.to_string(),
+        }
+        .into(),
+    };
+    if correlation != 0 {
+        let _ = sender.reply(correlation, message).await;
+    }
+}
+
+/// The uploads of one agent session. Those still open when the session
+/// ends are discarded: the agent starts them again from offset 0.
+#[derive(Debug)]
+pub struct AgentUploads {
+    store: Arc<ArtifactStore>,
+    open: HashMap<(u64, u32, String), Upload>,
+    core: CoreHandle,
+    runner: RunnerId,
+}
+
+impl AgentUploads {
+    /// No uploads yet, for the session of `runner`: only the attempts
+    /// `core` says it holds may upload.
+    pub fn new(store: Arc<ArtifactStore>, core: CoreHandle, runner: RunnerId) -> Self {
+        Self {
+            store,
+            open: HashMap::new(),
+            core,
+            runner,
+        }
+    }
+
+    async fn check_holder(&self, job_id: u64, attempt: u32) -> Result<(), ArtifactError> {
+        if self.core.holds_attempt(self.runner, job_id, attempt).await {
+            Ok(())
+        } else {
+            Err(ArtifactError::NotHolder { job_id, attempt })
+        }
+    }
+
+    /// Serves an artifact message, if `message` is one; gives it back otherwise.
+    pub async fn serve(
+        &mut self,
+        sender: &SessionSender,
+        correlation: u64,
+        message: Message,
+    ) -> Option<Message> {
+        match message {
+            Message::ArtifactChunk(m) => {
+                let result = self.chunk(m).await.map(|()| Ack {}.into());
+                answer(sender, correlation, result).await;
+            }
+            Message::ArtifactCommit(m) => {
+                let result = self.commit(m).await.map(|()| Ack {}.into());
+                answer(sender, correlation, result).await;
+            }
+            Message::ArtifactFetch(_) | Message::ListArtifacts(_) => {
+                serve_read(&self.store, sender, correlation, message).await;
+            }
+            other => return Some(other),
+        }
+        None
+    }
+
+    async fn chunk(&mut self, m: ArtifactChunk) -> Result<(), ArtifactError> {
+        let key = (m.job_id, m.attempt, m.name);
+        if m.offset == 0 {
+            self.check_holder(m.job_id, m.attempt).await?;
+            if let Some(old) = self.open.remove(&key) {
+                old.discard().await;
+            }
+            if self.open.len() >= MAX_OPEN_UPLOADS {
+                return Err(ArtifactError::Invalid(format!(
+                    "more than {MAX_OPEN_UPLOADS} uploads open on one connection"
+                )));
+            }
+            let upload = self.store.begin_upload().await?;
+            self.open.insert(key.clone(), upload);
+        }
+        let Some(upload) = self.open.get_mut(&key) else {
+            return Err(ArtifactError::Invalid(format!(
+                "no upload of `{}` for job {} is open; start again at offset 0",
+                key.2, key.0
+            )));
+        };
+        if let Err(err) = upload.write(m.offset, &m.data).await {
+            if let Some(upload) = self.open.remove(&key) {
+                upload.discard().await;
+            }
+            return Err(err);
+        }
+        Ok(())
+    }
+
+    async fn commit(&mut self, m: ArtifactCommit) -> Result<(), ArtifactError> {
+        self.check_holder(m.job_id, m.attempt).await?;
+        let key = (m.job_id, m.attempt, m.name);
+        let upload = match self.open.remove(&key) {
+            Some(upload) => upload,
+            // An empty artifact has no chunk.
+            None if m.size == 0 => self.store.begin_upload().await?,
+            None => {
+                return Err(ArtifactError::Invalid(format!(
+                    "no upload of `{}` for job {} is open",
+                    key.2, key.0
+                )))
+            }
+        };
+        self.store
+            .commit(
+                upload,
+                m.job_id,
+                &key.2,
+                m.size,
+                &m.sha256,
+                Duration::from_millis(m.expire_in_ms),
+            )
+            .await?;
+        tracing::info!(job_id = m.job_id, name = %key.2, size = m.size, "artifact stored");
+        Ok(())
+    }
+
+    /// Discards the uploads left open.
+    pub async fn close(self) {
+        for (_, upload) in self.open {
+            upload.discard().await;
+        }
+    }
+}
+
+/// Serves ArtifactFetch and ListArtifacts (agents and clients alike).
+/// `max_payload` is the peer's frame limit.
+pub async fn serve_read(store: &ArtifactStore, sender: &SessionSender, correlation: u64, message: Message) {
+    let result = match message {
+        Message::ArtifactFetch(m) => fetch(store, m).await,
+        Message::ListArtifacts(m) => store
+            .list(m.job_id)
+            .map(|artifacts| ArtifactList { artifacts }.into()),
+        _ => return,
+    };
+    answer(sender, correlation, result).await;
+}
+
+/// The largest range one ArtifactData carries: what fits a 1 MiB frame,
+/// the protocol's default limit (a peer announcing less asks for less).
+pub const MAX_FETCH_BYTES: usize = (1 << 20) - DATA_OVERHEAD;
+
+async fn fetch(store: &ArtifactStore, m: ArtifactFetch) -> Result<Message, ArtifactError> {
+    let max = (m.max_bytes as usize).min(MAX_FETCH_BYTES);
+    let (info, data) = store.read_range(m.job_id, &m.name, m.offset, max).await?;
+    Ok(ArtifactData {
+        size: info.size,
+        sha256: info.sha256,
+        offset: m.offset,
+        data,
+    }
+    .into())
+}
