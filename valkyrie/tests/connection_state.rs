@@ -178,17 +178,33 @@ fn a_standby_answers_hello_with_redirect_and_closes() {
     };
     server.redirect(redirect.clone());
     // A Redirect is the server's last frame: nothing queued after it leaves.
-    assert!(server.send(1, Flags::NONE, &Message::Ping(Ping { nonce: 1 })).is_err());
-    assert_eq!(drain_frames(&mut server, usize::MAX), [Message::Redirect(redirect.clone())]);
+    assert!(server
+        .send(1, Flags::NONE, &Message::Ping(Ping { nonce: 1 }))
+        .is_err());
+    assert_eq!(
+        drain_frames(&mut server, usize::MAX),
+        [Message::Redirect(redirect.clone())]
+    );
     assert!(server.is_drained());
     assert!(matches!(events(&mut server).as_slice(), [Event::Closed(Ok(()))]));
-    client.handle_bytes(0, &encode_to_vec(&Message::Redirect(redirect.clone()), 0, Flags::NONE), now);
-    assert_eq!(closed_with(&mut client), ConnectionError::Redirected(redirect.clone()));
+    client.handle_bytes(
+        0,
+        &encode_to_vec(&Message::Redirect(redirect.clone()), 0, Flags::NONE),
+        now,
+    );
+    assert_eq!(
+        closed_with(&mut client),
+        ConnectionError::Redirected(redirect.clone())
+    );
     assert!(client.is_closed());
 
     // After the handshake a Redirect is out of place.
     let (mut client, _server) = established(&clock);
-    client.handle_bytes(0, &encode_to_vec(&Message::Redirect(redirect), 0, Flags::NONE), now);
+    client.handle_bytes(
+        0,
+        &encode_to_vec(&Message::Redirect(redirect), 0, Flags::NONE),
+        now,
+    );
     assert!(matches!(
         closed_with(&mut client),
         ConnectionError::UnexpectedMessage { .. }

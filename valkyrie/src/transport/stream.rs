@@ -60,7 +60,13 @@ where
     loop {
         let now = Instant::now();
         if let Some(done) = ends
-            .drain_events(&mut conn, authenticate.as_ref(), redirect.as_ref(), &server_id, now)
+            .drain_events(
+                &mut conn,
+                authenticate.as_ref(),
+                redirect.as_ref(),
+                &server_id,
+                now,
+            )
             .await
         {
             if let Some(tx) = handshake.take() {
