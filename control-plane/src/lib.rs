@@ -9,6 +9,7 @@
 pub mod audit;
 pub mod auth;
 pub mod core;
+pub mod group;
 pub mod job;
 pub mod masking;
 pub mod metrics;
