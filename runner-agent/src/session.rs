@@ -14,7 +14,7 @@ use tracing::{info, warn};
 use valkyrie::message::{
     AssignAck, Drain, Heartbeat, JobResult, Message, RegisterRunner, Role, RunningAttempt,
 };
-use valkyrie::transport::{connect, hello, ClientOptions, ConnectError, RequestError};
+use valkyrie::transport::{connect_following, hello, ClientOptions, ConnectError, RequestError};
 use valkyrie::{Endpoint, ErrorCode, SessionSender};
 
 use crate::job::{plan, run_attempt, JobDefaults};
@@ -139,7 +139,16 @@ impl Agent {
                 .credential
                 .clone()
                 .unwrap_or_else(|| self.config.token.clone());
-            let connecting = connect(server, hello(Role::Agent, token, agent_id()), &self.config.client);
+            // A standby names the leader; the agent follows it (spec §6.4).
+            let connecting = async {
+                let (session, reached) =
+                    connect_following(server, hello(Role::Agent, token, agent_id()), &self.config.client)
+                        .await?;
+                if reached.to_string() != server.to_string() {
+                    info!(%server, leader = %reached, "redirected to the leader");
+                }
+                Ok::<_, ConnectError>(session)
+            };
             let session = tokio::select! {
                 result = connecting => result,
                 _ = &mut shutdown, if drain_deadline.is_none() => {
