@@ -20,8 +20,8 @@ use valkyrie::{Endpoint, ErrorCode, SessionSender};
 use crate::job::{plan, run_attempt, JobDefaults};
 
 /// The longest wait between two rounds of a group of servers (`--server
-/// a,b,c`): a standby takes over within seconds, and trying a standby that
-/// does not listen costs nothing.
+/// a,b,c`): a standby takes over within seconds, and a standby answers at
+/// once (a Redirect to the leader, or a refused connection while it starts).
 const GROUP_RECONNECT_INTERVAL: Duration = Duration::from_secs(1);
 
 /// How the agent runs.
@@ -30,7 +30,8 @@ pub struct AgentConfig {
     /// The control plane.
     pub server: Endpoint,
     /// The other control planes of its group (MongoDB store): when one
-    /// cannot be reached (a standby does not listen), the next is tried.
+    /// cannot be reached (or is a standby that knows no leader yet), the
+    /// next is tried; a standby's Redirect to the leader is followed.
     pub more_servers: Vec<Endpoint>,
     /// Registration token (replaced by the issued credential after registering).
     pub token: String,

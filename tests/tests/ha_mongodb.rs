@@ -503,9 +503,9 @@ async fn a_standby_redirects_peers_and_rest_requests_to_the_leader() {
     let mut group = Group::new(&h, &mongo, 2);
     let http: Vec<u16> = (0..2).map(|_| free_port()).collect();
     let http_args: Vec<String> = http.iter().map(|p| format!("127.0.0.1:{p}")).collect();
-    for i in 0..2 {
+    for (i, http_arg) in http_args.iter().enumerate() {
         let mut args = LEASE.to_vec();
-        args.extend(["--http", &http_args[i]]);
+        args.extend(["--http", http_arg]);
         group.start_with(i, i == 0, &args);
     }
     standby_ready(&mut group, 1).await;
@@ -563,6 +563,7 @@ async fn a_standby_redirects_peers_and_rest_requests_to_the_leader() {
     let table = group.server(1).vk_on(&sockets[1], API_TOKEN, &["servers"]).await;
     assert!(table.status.success(), "vk servers: {}", text(&table.stderr));
     let table = text(&table.stdout);
+    eprintln!("vk servers:\n{table}");
     let lines: Vec<&str> = table.lines().collect();
     assert!(lines[0].starts_with("SERVER") && lines.len() == 3, "{table}");
     assert!(

@@ -384,7 +384,7 @@ impl ServerBuilder<'_> {
         self
     }
 
-    /// Starts a server that may not listen at once (a standby of a group
+    /// Starts a server that may not lead at once (a standby of a group
     /// of servers on one MongoDB store): its endpoints are the `listen`
     /// URIs as given.
     pub fn start_standby(self) -> Server {
