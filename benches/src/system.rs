@@ -15,6 +15,7 @@ use valkyrie_control_plane::auth::Tokens;
 use valkyrie_control_plane::core::spawn_with_store;
 use valkyrie_control_plane::metrics::Metrics;
 use valkyrie_control_plane::store::embedded::EmbeddedStore;
+use valkyrie_control_plane::store::leader::LeaseConfig;
 use valkyrie_control_plane::store::mongo::MongoStore;
 use valkyrie_control_plane::store::{Durability, Store, StoreHandle};
 use valkyrie_control_plane::{server, spawn_core, CoreConfig};
@@ -87,6 +88,7 @@ impl System {
                     max_connections: 10_000,
                     server_id: "valkyrie-bench".into(),
                     authenticate: None,
+                    redirect: None,
                 };
                 let options = server::listener_options(tokens.clone(), base);
                 let core = match open_store(&store, &store_dir)? {
@@ -185,13 +187,43 @@ impl System {
     }
 }
 
+/// A MongoDB store as `valkyrie-server` runs it: this process wins the
+/// group's lease (the default 2 s, renewed every 500 ms), stamps the store
+/// with its epoch, and every write is fenced by it.
+fn leading_mongo(uri: &str) -> anyhow::Result<MongoStore> {
+    let uri = uri.to_owned();
+    // The driver's blocking calls stay off the async runtime.
+    std::thread::spawn(move || {
+        let mut mongo = MongoStore::connect(&uri, Durability::Fsync)?;
+        let election = mongo.election(LeaseConfig {
+            // One id for every run: a bench restarted on the same database
+            // takes the lease over at once, as a restarted server does.
+            server_id: "valkyrie-bench".into(),
+            advertise: Vec::new(),
+            advertise_http: None,
+            ttl: Duration::from_secs(2),
+            renew_every: Duration::from_millis(500),
+        });
+        let fence = election.acquire(|_| {})?;
+        election.clone().keep(fence.clone(), |err| {
+            eprintln!("valkyrie-bench: lost the MongoDB lease: {err}");
+            std::process::exit(75);
+        });
+        election.claim(&fence)?;
+        mongo.set_fence(fence);
+        anyhow::Ok(mongo)
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("the MongoDB election thread panicked"))?
+}
+
 /// The store named on the command line; `None` keeps state in memory.
 fn open_store(name: &str, dir: &std::path::Path) -> anyhow::Result<Option<Box<dyn Store>>> {
     Ok(match name {
         "memory" => None,
         "embedded" => Some(Box::new(EmbeddedStore::open(dir, Durability::Fsync)?)),
         "embedded-none" => Some(Box::new(EmbeddedStore::open(dir, Durability::None)?)),
-        uri if uri.starts_with("mongodb://") => Some(Box::new(MongoStore::connect(uri, Durability::Fsync)?)),
+        uri if uri.starts_with("mongodb://") => Some(Box::new(leading_mongo(uri)?)),
         other => bail!("unknown store `{other}`: use memory, embedded, embedded-none or a mongodb:// URI"),
     })
 }

@@ -10,6 +10,7 @@ pub mod artifacts;
 pub mod audit;
 pub mod auth;
 pub mod core;
+pub mod group;
 pub mod job;
 pub mod masking;
 pub mod metrics;

@@ -15,12 +15,13 @@ use valkyrie_control_plane::artifacts::{ArtifactStore, StoreConfig};
 use valkyrie_control_plane::auth::Tokens;
 use valkyrie_control_plane::core::spawn_with_store;
 use valkyrie_control_plane::core::{Command, CoreHandle};
+use valkyrie_control_plane::group::Group;
 use valkyrie_control_plane::metrics::Metrics;
 use valkyrie_control_plane::responder::Responder;
 use valkyrie_control_plane::rest::auth::{JwtKeys, Role};
 use valkyrie_control_plane::rest::{self, RestConfig};
 use valkyrie_control_plane::store::embedded::EmbeddedStore;
-use valkyrie_control_plane::store::leader::{LeaderInfo, LeaseConfig};
+use valkyrie_control_plane::store::leader::{Election, LeaseConfig};
 use valkyrie_control_plane::store::mongo::MongoStore;
 use valkyrie_control_plane::store::seal::{SealedStore, SecretsKey};
 use valkyrie_control_plane::store::{step_down, Durability, Store, StoreHandle};
@@ -86,6 +87,11 @@ struct Args {
     /// (comma-separated or repeated). Default: the --listen URIs.
     #[arg(long, env = "VALKYRIE_ADVERTISE", value_delimiter = ',')]
     advertise: Vec<String>,
+    /// URL of this server's REST API (--http) for the other servers of its group: while it leads,
+    /// standbys redirect REST requests there (307). Default: http://<--http address>, unless that
+    /// address is unspecified (0.0.0.0 or ::), when standbys answer 503 naming the leader instead.
+    #[arg(long, env = "VALKYRIE_ADVERTISE_HTTP")]
+    advertise_http: Option<String>,
     /// A runner silent or disconnected this long is lost and its jobs retried.
     #[arg(long, env = "VALKYRIE_RUNNER_LOST_AFTER", default_value = "10s", value_parser = humantime::parse_duration)]
     runner_lost_after: Duration,
@@ -269,8 +275,32 @@ async fn run() -> anyhow::Result<()> {
         max_connections: args.max_connections,
         server_id: format!("valkyrie-server/{}", env!("CARGO_PKG_VERSION")),
         authenticate: None,
+        redirect: None,
     };
-    let options = server::listener_options(tokens.clone(), base);
+    let mongo = args.store.starts_with("mongodb://") || args.store.starts_with("mongodb+srv://");
+    let advertise_http = match (&args.advertise_http, args.http) {
+        (Some(url), _) => Some(url.clone()),
+        (None, Some(addr)) if !addr.ip().is_unspecified() => Some(format!("http://{addr}")),
+        _ => None,
+    };
+    // The protocol listeners are bound before the store is opened: a
+    // standby answers each Hello with a Redirect to the leader (spec §6.4)
+    // until it leads.
+    let group = if mongo {
+        Group::standby(server_id(&data_dir)?, advertise_http.clone())
+    } else {
+        Group::alone(advertise_http.clone())
+    };
+    let options = ListenerOptions {
+        redirect: Some(group.redirector()),
+        ..server::listener_options(tokens.clone(), base)
+    };
+    let listeners = server::bind_all(&args.listen, &options).await?;
+    group.set_advertise(if args.advertise.is_empty() {
+        listeners.iter().map(|l| l.local_endpoint().to_string()).collect()
+    } else {
+        args.advertise.clone()
+    });
     let core_config = CoreConfig {
         assign_lease: args.assign_lease,
         runner_lost_after: args.runner_lost_after,
@@ -303,12 +333,11 @@ async fn run() -> anyhow::Result<()> {
         }
         None => None,
     };
-    let leader: Arc<std::sync::Mutex<Option<LeaderInfo>>> = Arc::default();
     let standby_http = match &http_listener {
         Some(listener) => {
             let listener = tokio::net::TcpListener::from_std(listener.try_clone()?)?;
             let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-            let router = standby_router(leader.clone());
+            let router = group.standby_router();
             let task = tokio::spawn(async move {
                 let stop = async move {
                     let _ = stopped.await;
@@ -321,7 +350,7 @@ async fn run() -> anyhow::Result<()> {
         }
         None => None,
     };
-    let store = open_store(&args, &data_dir, leader).await?;
+    let store = open_store(&args, &data_dir, &group).await?;
     if let Some((stop, task)) = standby_http {
         // Not a graceful stop: a keep-alive connection must not hold the
         // new leader back; its next request reaches the real router.
@@ -362,11 +391,12 @@ async fn run() -> anyhow::Result<()> {
             }
         }));
     }
-    let listeners = server::bind_all(&args.listen, &options).await?;
+    // Hellos are welcomed from now on (a standby's were redirected).
+    group.lead();
     for listener in listeners {
         // Printed on stdout so scripts and tests can wait for readiness.
         println!("listening on {}", listener.local_endpoint());
-        tokio::spawn(server::serve(listener, core.clone()));
+        tokio::spawn(server::serve_in_group(listener, core.clone(), group.clone()));
     }
     listeners_bound.store(true, Ordering::Release);
     signals.next().await;
@@ -482,7 +512,7 @@ impl Signals {
 async fn open_store(
     args: &Args,
     data_dir: &std::path::Path,
-    shown_leader: Arc<std::sync::Mutex<Option<LeaderInfo>>>,
+    group: &Arc<Group>,
 ) -> anyhow::Result<Box<dyn Store>> {
     let uri = args.store.as_str();
     if uri == "embedded" {
@@ -499,27 +529,25 @@ async fn open_store(
         );
     }
     let mut mongo = MongoStore::connect(uri, args.durability)?;
-    let advertise = if args.advertise.is_empty() {
-        args.listen.iter().map(ToString::to_string).collect()
-    } else {
-        args.advertise.clone()
-    };
     let config = LeaseConfig {
-        server_id: server_id(data_dir)?,
-        advertise,
+        server_id: group.server_id().to_owned(),
+        advertise: group.advertise(),
+        advertise_http: group.advertise_http(),
         ttl: args.lease_ttl,
         renew_every: args.lease_renew,
     };
     let election = mongo.election(config);
+    report_membership(election.clone(), group.clone(), args.lease_renew);
     // The MongoDB driver's blocking calls run on a thread of their own.
     let (tx, rx) = tokio::sync::oneshot::channel();
+    let shown = group.clone();
     std::thread::spawn(move || {
         let fence = election
             .acquire(|leader| {
-                *shown_leader.lock().expect("leader") = Some(leader.clone());
+                shown.saw_leader(leader.clone());
                 tracing::info!(leader = %leader.holder, epoch = leader.epoch, "standby");
                 eprintln!(
-                    "standby: server {} leads (epoch {}) at {}",
+                    "standby: server {} leads (epoch {}) at {}; redirecting peers there",
                     leader.holder,
                     leader.epoch,
                     leader.advertise.join(", ")
@@ -535,10 +563,35 @@ async fn open_store(
     });
     let fence = rx.await.context("the election thread ended")?;
     let fence = fence.context("cannot take the lead of the servers sharing the store")?;
+    // Until it serves, peers are told that no leader is known (rather than
+    // sent to the one it replaced).
+    group.forget_leader();
     eprintln!("leading the servers on this store (epoch {})", fence.epoch());
     tracing::info!(epoch = fence.epoch(), "leading");
     mongo.set_fence(fence);
     Ok(Box::new(mongo))
+}
+
+/// Reports this server in the group's membership every `every`, and keeps
+/// `group`'s list of servers (for `vk servers`) as the store has it, for
+/// the life of the process (on a thread: the MongoDB driver blocks).
+fn report_membership(election: Election, group: Arc<Group>, every: Duration) {
+    std::thread::Builder::new()
+        .name("valkyrie-members".into())
+        .spawn(move || loop {
+            match election.members() {
+                Ok(servers) => {
+                    let seen = servers.iter().map(|s| s.epoch).max().unwrap_or(0);
+                    group.set_servers(servers);
+                    if let Err(err) = election.report(seen) {
+                        tracing::debug!(%err, "cannot report this server's membership");
+                    }
+                }
+                Err(err) => tracing::debug!(%err, "cannot read the group's membership"),
+            }
+            std::thread::sleep(every);
+        })
+        .expect("spawn the membership thread");
 }
 
 /// This server's id in its group: kept in the data directory, which it
@@ -569,42 +622,4 @@ fn server_id(data_dir: &std::path::Path) -> anyhow::Result<String> {
             Ok(id)
         }
     }
-}
-
-/// What a standby serves on `--http` while it waits to lead: `/healthz`
-/// (alive) and, for everything else (`/readyz` included), 503 naming the
-/// leader, so that a load balancer sends traffic to the leader.
-fn standby_router(leader: Arc<std::sync::Mutex<Option<LeaderInfo>>>) -> axum::Router {
-    use axum::http::{header, StatusCode};
-    use axum::routing::get;
-    use axum::Json;
-    axum::Router::new()
-        .route(
-            "/healthz",
-            get(|| async { Json(serde_json::json!({ "status": "ok", "role": "standby" })) }),
-        )
-        .fallback(move || {
-            let leader = leader.lock().expect("leader").clone();
-            async move {
-                let message = match &leader {
-                    Some(l) => format!(
-                        "this server is a standby; server {} leads (epoch {}) at {}",
-                        l.holder,
-                        l.epoch,
-                        l.advertise.join(", ")
-                    ),
-                    None => "this server is a standby and has not seen a leader yet".to_owned(),
-                };
-                (
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    [(header::RETRY_AFTER, "1")],
-                    Json(serde_json::json!({
-                        "error": "standby",
-                        "message": message,
-                        "role": "standby",
-                        "leader": leader,
-                    })),
-                )
-            }
-        })
 }

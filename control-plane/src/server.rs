@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use tokio::sync::oneshot;
 use tracing::{info, warn};
-use valkyrie::message::{Message, Role};
+use valkyrie::message::{Message, Role, ServerList};
 use valkyrie::transport::{Listener, ListenerOptions};
 use valkyrie::{Endpoint, ErrorCode, Session, SessionSender};
 
@@ -15,6 +15,7 @@ use crate::artifacts::session::AgentUploads;
 use crate::audit::Actor;
 use crate::auth::Tokens;
 use crate::core::{Command, CoreHandle, ValidatePipelineError};
+use crate::group::Group;
 use crate::metrics::TransportLabel;
 use crate::responder::{EventSink, Responder};
 use crate::scheduler::RunnerId;
@@ -45,12 +46,21 @@ pub fn listener_options(tokens: Arc<Tokens>, base: ListenerOptions) -> ListenerO
     }
 }
 
-/// Accepts sessions on `listener` until it stops.
-pub async fn serve(mut listener: Listener, core: CoreHandle) {
+/// Accepts sessions on `listener` until it stops (a server alone, as with
+/// the embedded store).
+pub async fn serve(listener: Listener, core: CoreHandle) {
+    let group = Group::alone(None);
+    group.set_advertise(vec![listener.local_endpoint().to_string()]);
+    serve_in_group(listener, core, group).await
+}
+
+/// [`serve`] for a server of a group: ListServers answers `group`.
+pub async fn serve_in_group(mut listener: Listener, core: CoreHandle, group: Arc<Group>) {
     let endpoint = listener.local_endpoint().clone();
     info!(%endpoint, "listening");
     while let Some(session) = listener.accept().await {
         let core = core.clone();
+        let group = group.clone();
         let transport = endpoint.transport();
         tokio::spawn(async move {
             let label = TransportLabel {
@@ -60,7 +70,7 @@ pub async fn serve(mut listener: Listener, core: CoreHandle) {
             open.inc();
             match session.hello().map(|h| h.role) {
                 Some(Role::Agent) => serve_agent(session, core, transport).await,
-                _ => serve_client(session, core).await,
+                _ => serve_client(session, core, group).await,
             }
             open.dec();
         });
@@ -94,7 +104,7 @@ async fn refuse_uncorrelated(sender: &SessionSender, message: &Message) -> bool 
     true
 }
 
-async fn serve_client(mut session: Session, core: CoreHandle) {
+async fn serve_client(mut session: Session, core: CoreHandle, group: Arc<Group>) {
     let sender = session.sender();
     // Clients hold the API token; the software name they gave is kept as a
     // hint of which client it was (bounded, printable: it is theirs to say).
@@ -161,6 +171,12 @@ async fn serve_client(mut session: Session, core: CoreHandle) {
             Message::GetRun(m) => Command::GetRun(m.run_id, reply),
             Message::ListRuns(m) => Command::ListRuns(m.limit, reply),
             Message::CancelRun(m) => Command::CancelRun(m.run_id, reply),
+            // Answered here: the group is not the core's state.
+            Message::ListServers(_) => {
+                let servers = group.servers();
+                reply.reply(ServerList { servers });
+                continue;
+            }
             Message::ListAudit(m) => Command::ListAudit {
                 limit: m.limit,
                 before: m.before,

@@ -20,7 +20,7 @@ use tracing::{info, warn};
 use valkyrie::message::{
     AssignAck, Drain, Heartbeat, JobResult, Message, RegisterRunner, Role, RunningAttempt,
 };
-use valkyrie::transport::{connect, hello, ClientOptions, ConnectError, RequestError};
+use valkyrie::transport::{connect_following, hello, ClientOptions, ConnectError, RequestError};
 use valkyrie::{Endpoint, ErrorCode, SessionSender};
 
 use crate::job::{plan, run_attempt, JobDefaults};
@@ -29,8 +29,8 @@ use crate::artifacts::ArtifactLink;
 use crate::job::{plan, run_attempt, AttemptArtifacts, JobDefaults};
 
 /// The longest wait between two rounds of a group of servers (`--server
-/// a,b,c`): a standby takes over within seconds, and trying a standby that
-/// does not listen costs nothing.
+/// a,b,c`): a standby takes over within seconds, and a standby answers at
+/// once (a Redirect to the leader, or a refused connection while it starts).
 const GROUP_RECONNECT_INTERVAL: Duration = Duration::from_secs(1);
 
 /// How the agent runs.
@@ -39,7 +39,8 @@ pub struct AgentConfig {
     /// The control plane.
     pub server: Endpoint,
     /// The other control planes of its group (MongoDB store): when one
-    /// cannot be reached (a standby does not listen), the next is tried.
+    /// cannot be reached (or is a standby that knows no leader yet), the
+    /// next is tried; a standby's Redirect to the leader is followed.
     pub more_servers: Vec<Endpoint>,
     /// Registration token (replaced by the issued credential after registering).
     pub token: String,
@@ -257,7 +258,16 @@ impl Agent {
                 .credential
                 .clone()
                 .unwrap_or_else(|| self.config.token.clone());
-            let connecting = connect(server, hello(Role::Agent, token, agent_id()), &self.config.client);
+            // A standby names the leader; the agent follows it (spec §6.4).
+            let connecting = async {
+                let (session, reached) =
+                    connect_following(server, hello(Role::Agent, token, agent_id()), &self.config.client)
+                        .await?;
+                if reached.to_string() != server.to_string() {
+                    info!(%server, leader = %reached, "redirected to the leader");
+                }
+                Ok::<_, ConnectError>(session)
+            };
             let session = tokio::select! {
                 result = connecting => result,
                 _ = &mut shutdown, if drain_deadline.is_none() => {

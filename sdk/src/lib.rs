@@ -25,15 +25,15 @@ pub mod local;
 use tokio::sync::mpsc;
 use valkyrie::message::{
     ArtifactFetch, CancelJob, CancelRun, GetJob, GetRun, ListArtifacts, ListAudit, ListJobs, ListRunners,
-    ListRuns, Message, RemoveRunner, Role, SubmitJob, SubmitPipeline, Subscribe,
+    ListRuns, ListServers, Message, RemoveRunner, Role, SubmitJob, SubmitPipeline, Subscribe,
 };
-use valkyrie::transport::{connect, hello, ConnectError, RequestError};
+use valkyrie::transport::{connect_following, hello, ConnectError, RequestError};
 use valkyrie::{Endpoint, SessionSender};
 
 pub use valkyrie::message::{
     ArtifactInfo, AuditEntry, ContainerSpec, Event, EventBody, JobInfo, JobSpec, JobState, OutputStream,
     PullPolicy, RetryOn, RetryPolicy, RunInfo, RunJobInfo, RunJobState, RunState, RunnerInfo, RunnerState,
-    ServiceSpec, StepInfo, StepOutcome, StepSpec,
+    ServerInfo, ServerRole, ServiceSpec, StepInfo, StepOutcome, StepSpec,
 };
 pub use valkyrie::transport::{ClientOptions, ClientTls};
 pub use valkyrie_pipeline as pipeline;
@@ -71,22 +71,25 @@ pub struct Client {
 }
 
 impl Client {
-    /// Connects and authenticates with an API token.
+    /// Connects and authenticates with an API token. A standby of a group
+    /// of control planes answers with the leader's URIs, which are
+    /// followed (a few hops at most, spec §6.4).
     pub async fn connect(
         server: &Endpoint,
         token: &str,
         options: ClientOptions,
     ) -> Result<Self, ClientError> {
-        let session = connect(server, hello(Role::Client, token, sdk_id()), &options).await?;
+        let (session, _) = connect_following(server, hello(Role::Client, token, sdk_id()), &options).await?;
         let (sender, mut unsolicited) = session.into_parts();
         // Nothing unsolicited is expected; drain it so it never backs up.
         tokio::spawn(async move { while unsolicited.recv().await.is_some() {} });
         Ok(Self { sender })
     }
 
-    /// Connects to the first of `servers` that answers: the leader of a
-    /// group of control planes sharing one MongoDB store (standbys do not
-    /// listen). Fails with the last server's error when none answers.
+    /// Connects to the leader of a group of control planes sharing one
+    /// MongoDB store, given some of its servers: each is tried in turn, and
+    /// a standby's redirect to the leader is followed. Fails with the last
+    /// server's error when none leads nor names a reachable leader.
     pub async fn connect_any(
         servers: &[Endpoint],
         token: &str,
@@ -201,6 +204,15 @@ impl Client {
     pub async fn audit(&self, limit: u32, before: u64) -> Result<Vec<AuditEntry>, ClientError> {
         match self.call(ListAudit { limit, before }).await? {
             Message::AuditList(l) => Ok(l.entries),
+            other => Err(ClientError::Unexpected(other.kind())),
+        }
+    }
+
+    /// The control planes of the server's group, leader first (one server
+    /// with the embedded store).
+    pub async fn servers(&self) -> Result<Vec<ServerInfo>, ClientError> {
+        match self.call(ListServers {}).await? {
+            Message::ServerList(l) => Ok(l.servers),
             other => Err(ClientError::Unexpected(other.kind())),
         }
     }

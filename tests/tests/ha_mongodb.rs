@@ -53,6 +53,12 @@ impl<'h> Group<'h> {
 
     /// [`Group::start`] with these lease flags.
     fn start_with(&mut self, i: usize, first: bool, lease: &[&str]) {
+        let store = self.store.clone();
+        self.start_in(i, first, &store, &[], lease);
+    }
+
+    /// [`Group::start_with`] on `store`, the server exec'd by `wrapper`.
+    fn start_in(&mut self, i: usize, first: bool, store: &str, wrapper: &[&str], lease: &[&str]) {
         let key = self.key_file.display().to_string();
         let builder = self
             .harness
@@ -60,8 +66,9 @@ impl<'h> Group<'h> {
             .listen(&[&self.sockets[i]])
             .data_dir(self.harness.path().join(format!("ha-{i}-data")))
             .tokens(API_TOKEN, RUNNER_TOKEN)
-            .args(&["--store", &self.store, "--secrets-key-file", &key])
-            .args(lease);
+            .args(&["--store", store, "--secrets-key-file", &key])
+            .args(lease)
+            .wrapped(wrapper);
         let server = tokio::task::block_in_place(|| {
             if first {
                 builder.start()
@@ -444,6 +451,427 @@ async fn failover_time_with_the_default_lease() {
         times[times.len() / 2],
         times[0],
         times[times.len() - 1]
+    );
+    drop(agent);
+}
+
+/// The log of server `i` says it is a standby that has seen a leader.
+async fn standby_ready(group: &mut Group<'_>, i: usize) {
+    wait_until(
+        &format!("server {i} to be a standby that knows the leader"),
+        || {
+            std::future::ready(
+                group
+                    .server(i)
+                    .process
+                    .log()
+                    .contains("standby: server")
+                    .then_some(()),
+            )
+        },
+    )
+    .await
+}
+
+/// `curl ARGS URL` (a real HTTP client): its stdout.
+fn curl(args: &[&str], url: &str) -> String {
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "--max-time", "10"])
+        .args(args)
+        .arg(url)
+        .output()
+        .expect("run curl");
+    assert!(out.status.success(), "curl {args:?} {url}: {}", text(&out.stderr));
+    text(&out.stdout)
+}
+
+/// A standby answers protocol peers with a Redirect naming the leader, and
+/// the SDK, the agent and `vk` given only the standby reach the leader
+/// through it; a wrong token is refused, not redirected. On HTTP the
+/// standby is alive but not ready, and redirects REST requests (307) to the
+/// leader's advertised URL. `vk servers` lists both, and after the leader
+/// is killed, the new leader and the old one as silent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_redirects_peers_and_rest_requests_to_the_leader() {
+    use valkyrie::message::Role;
+    use valkyrie::transport::{connect, hello, ConnectError};
+    use valkyrie::ErrorCode;
+    use valkyrie_sdk::ServerRole;
+
+    let h = Harness::new();
+    let mongo = MongoServer::start();
+    let mut group = Group::new(&h, &mongo, 2);
+    let http: Vec<u16> = (0..2).map(|_| free_port()).collect();
+    let http_args: Vec<String> = http.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+    for (i, http_arg) in http_args.iter().enumerate() {
+        let mut args = LEASE.to_vec();
+        args.extend(["--http", http_arg]);
+        group.start_with(i, i == 0, &args);
+    }
+    standby_ready(&mut group, 1).await;
+    let sockets = group.sockets.clone();
+    let standby: valkyrie::Endpoint = sockets[1].parse().expect("endpoint");
+
+    // The wire: Redirect in place of Welcome, naming the leader's URIs.
+    let options = ClientOptions::default();
+    match connect(&standby, hello(Role::Client, API_TOKEN, "ha-test"), &options).await {
+        Err(ConnectError::Redirected { redirect, .. }) => {
+            assert_eq!(redirect.uris, [group.sockets[0].clone()], "{redirect:?}");
+            assert!(redirect.epoch >= 1, "{redirect:?}");
+        }
+        other => panic!("a standby redirects a client: {:?}", other.map(|_| "a session")),
+    }
+    match connect(&standby, hello(Role::Client, "wrong-token", "ha-test"), &options).await {
+        Err(ConnectError::Refused { code, .. }) => assert_eq!(code, ErrorCode::UNAUTHENTICATED),
+        other => panic!("a wrong token is refused first: {:?}", other.map(|_| "a session")),
+    }
+
+    // The SDK given only the standby reaches the leader.
+    let client = within(
+        "the SDK through the standby",
+        Client::connect(&standby, API_TOKEN, options),
+    )
+    .await
+    .expect("the SDK follows the redirect");
+    let servers = wait_until("both servers in the group", || {
+        let client = client.clone();
+        async move { client.servers().await.ok().filter(|s| s.len() == 2) }
+    })
+    .await;
+    assert_eq!(servers[0].role, ServerRole::Leader, "{servers:?}");
+    assert_eq!(servers[0].uris, [group.sockets[0].clone()], "{servers:?}");
+    assert_eq!(servers[0].http_url, format!("http://{}", http_args[0]));
+    assert!(servers[0].lease_expires_ms > 0, "{servers:?}");
+    assert_eq!(servers[1].role, ServerRole::Standby, "{servers:?}");
+    assert_eq!(servers[1].uris, [group.sockets[1].clone()], "{servers:?}");
+
+    // An agent given only the standby registers with the leader and runs a job.
+    let server = group.server(1);
+    let agent = h
+        .agent(server)
+        .name("via-standby")
+        .endpoint(&sockets[1])
+        .start(&client)
+        .await;
+    let job = client
+        .submit(JobSpec::with_steps("via-standby", vec![StepSpec::noop()]))
+        .await
+        .expect("submit");
+    wait_state(&client, job, JobState::Succeeded).await;
+
+    // vk given only the standby: `vk servers` and `vk servers --json`.
+    let table = group.server(1).vk_on(&sockets[1], API_TOKEN, &["servers"]).await;
+    assert!(table.status.success(), "vk servers: {}", text(&table.stderr));
+    let table = text(&table.stdout);
+    eprintln!("vk servers:\n{table}");
+    let lines: Vec<&str> = table.lines().collect();
+    assert!(lines[0].starts_with("SERVER") && lines.len() == 3, "{table}");
+    assert!(
+        lines[1].contains(" leader ") && lines[1].contains("ha-0.sock"),
+        "{table}"
+    );
+    assert!(
+        lines[1].contains(" in "),
+        "the lease expires in the future: {table}"
+    );
+    assert!(
+        lines[2].contains(" standby ") && lines[2].contains("ha-1.sock"),
+        "{table}"
+    );
+    let json = group
+        .server(1)
+        .vk_on(&sockets[1], API_TOKEN, &["servers", "--json"])
+        .await;
+    let json: serde_json::Value = serde_json::from_slice(&json.stdout).expect("vk servers --json");
+    assert_eq!(json[0]["role"], "leader", "{json}");
+    assert_eq!(json[1]["role"], "standby", "{json}");
+
+    // REST: the standby is alive, not ready, and redirects the API.
+    assert_eq!(http_get(http[1], "/healthz").map(|(s, _)| s), Some(200));
+    assert_eq!(http_get(http[1], "/readyz").map(|(s, _)| s), Some(503));
+    assert_eq!(http_get(http[0], "/readyz").map(|(s, _)| s), Some(200));
+    let auth = format!("Authorization: Bearer {API_TOKEN}");
+    let standby_url = format!("http://{}/api/runners?limit=5", http_args[1]);
+    let redirected = curl(
+        &[
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code} %{redirect_url}",
+            "-H",
+            &auth,
+        ],
+        &standby_url,
+    );
+    assert_eq!(
+        redirected,
+        format!("307 http://{}/api/runners?limit=5", http_args[0])
+    );
+    let followed = curl(&["--location-trusted", "-H", &auth], &standby_url);
+    assert!(
+        followed.contains("via-standby"),
+        "the leader answered: {followed}"
+    );
+
+    // The leader is killed: the standby leads, `vk servers` says so.
+    let (_, epoch) = group.leader().await;
+    group.server(0).process.kill_now();
+    let (leader, _) = group.leader_after(epoch).await;
+    assert_eq!(leader, 1);
+    let servers = wait_until("the old leader to be silent", || {
+        let vk =
+            group.servers[1]
+                .as_ref()
+                .expect("server")
+                .vk_on(&sockets[1], API_TOKEN, &["servers", "--json"]);
+        async move {
+            let out = vk.await;
+            let servers: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+            (servers[0]["role"] == "leader" && servers[1]["role"] == "silent").then_some(servers)
+        }
+    })
+    .await;
+    assert!(
+        servers[0]["uris"][0]
+            .as_str()
+            .is_some_and(|u| u.ends_with("ha-1.sock")),
+        "{servers}"
+    );
+    assert!(servers[0]["epoch"].as_u64() > Some(epoch), "{servers}");
+    assert_eq!(http_get(http[1], "/readyz").map(|(s, _)| s), Some(200));
+    drop(agent);
+}
+
+/// `vk logs -f` given every server keeps following a job across a kill -9
+/// of the leader: the output before and after the failover, once each,
+/// and the job's exit status.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vk_logs_follow_keeps_following_across_a_failover() {
+    let h = Harness::new();
+    let mongo = MongoServer::start();
+    let mut group = Group::new(&h, &mongo, 2);
+    group.start(0, true);
+    group.start(1, false);
+    let endpoints = group.sockets.clone();
+    let all = group.all();
+    let client = any_client(&endpoints).await;
+    let server = group.server(0);
+    let agent = h
+        .agent(server)
+        .name("ha-follow")
+        .endpoint(&all)
+        .start(&client)
+        .await;
+    let go = h.path().join("go");
+    let job = client
+        .submit(JobSpec::shell(
+            "across",
+            format!(
+                "echo before-failover; while [ ! -e {go} ]; do sleep 0.05; done; echo after-failover",
+                go = sh_path(&go)
+            ),
+        ))
+        .await
+        .expect("submit");
+    let mut command = h.command("vk");
+    command
+        .args(["--server", &all, "--token", API_TOKEN, "logs", "-f"])
+        .arg(job.to_string());
+    let out_path = h.path().join("vk-logs.out");
+    let out = std::fs::File::create(&out_path).expect("vk output");
+    let mut vk = spawn_logged(command, "vk logs -f", h.path().join("vk-logs.err"), out.into());
+    wait_until("vk to show the output before the failover", || {
+        std::future::ready(
+            std::fs::read_to_string(&out_path)
+                .ok()
+                .filter(|o| o.contains("before-failover")),
+        )
+    })
+    .await;
+    let (leader, epoch) = group.leader().await;
+    group.server(leader).process.kill_now();
+    group.leader_after(epoch).await;
+    std::fs::write(&go, "").expect("go");
+    let status = vk.exited().await;
+    let output = std::fs::read_to_string(&out_path).expect("vk output");
+    assert!(status.success(), "vk logs -f: {status:?}\n{output}\n{}", vk.log());
+    assert_eq!(output.matches("before-failover").count(), 1, "{output}");
+    assert_eq!(output.matches("after-failover").count(), 1, "{output}");
+    assert!(vk.log().contains("reconnected"), "{}", vk.log());
+    drop(agent);
+}
+
+/// A network namespace joined to this machine by a veth pair: `host_ip`
+/// on this side. Removed (with the pair) on drop.
+struct Netns {
+    name: String,
+    host_if: String,
+    host_ip: String,
+}
+
+fn ip(args: &[&str]) -> bool {
+    std::process::Command::new("ip")
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+impl Netns {
+    /// `None` when network namespaces cannot be made here (no `ip`, not root).
+    fn create() -> Option<Self> {
+        let id = std::process::id();
+        let net = 1 + id % 250;
+        let ns = Self {
+            name: format!("vkt-{id}"),
+            host_if: format!("vkh{id}"),
+            host_ip: format!("10.213.{net}.1"),
+        };
+        if !ip(&["netns", "add", &ns.name]) {
+            return None;
+        }
+        let inner_if = format!("vkn{id}");
+        let inner_ip = format!("10.213.{net}.2/30");
+        let host_cidr = format!("{}/30", ns.host_ip);
+        let exec = |args: &[&str]| {
+            let mut all = vec!["netns", "exec", &ns.name, "ip"];
+            all.extend_from_slice(args);
+            ip(&all)
+        };
+        let ok = ip(&[
+            "link",
+            "add",
+            &ns.host_if,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &inner_if,
+        ]) && ip(&["link", "set", &inner_if, "netns", &ns.name])
+            && ip(&["addr", "add", &host_cidr, "dev", &ns.host_if])
+            && ip(&["link", "set", &ns.host_if, "up"])
+            && exec(&["addr", "add", &inner_ip, "dev", &inner_if])
+            && exec(&["link", "set", &inner_if, "up"])
+            && exec(&["link", "set", "lo", "up"]);
+        assert!(ok, "cannot set up the veth pair of network namespace {}", ns.name);
+        Some(ns)
+    }
+
+    /// `ip netns exec NAME`, to run a program inside.
+    fn exec(&self) -> [&str; 3] {
+        ["netns", "exec", &self.name]
+    }
+
+    /// Cuts the link (or restores it).
+    fn link(&self, up: bool) {
+        let state = if up { "up" } else { "down" };
+        assert!(
+            ip(&["link", "set", &self.host_if, state]),
+            "ip link set {} {state}",
+            self.host_if
+        );
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        ip(&["netns", "del", &self.name]);
+        ip(&["link", "del", &self.host_if]);
+    }
+}
+
+/// The leader runs in a network namespace that reaches the store through a
+/// veth pair; the link is cut. The leader cannot renew its lease: it stops
+/// acknowledging anything, the standby takes over, and the old leader
+/// exits (75). Once the link is back, it writes nothing: the lease stays
+/// with the new leader, which serves on, and the old one, started again,
+/// is a standby.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_cut_off_from_the_store_steps_down() {
+    let Some(ns) = Netns::create() else {
+        eprintln!(
+            "SKIPPED leader_cut_off_from_the_store_steps_down: `ip netns add` failed \
+             (it needs iproute2 and root)"
+        );
+        return;
+    };
+    let h = Harness::new();
+    let mongo = MongoServer::start_on("0.0.0.0");
+    let inner_store = mongo.uri_at(&ns.host_ip);
+    let mut wrapper = vec!["ip"];
+    wrapper.extend(ns.exec());
+    let mut group = Group::new(&h, &mongo, 2);
+    group.start_in(0, true, &inner_store, &wrapper, LEASE);
+    group.start(1, false);
+    standby_ready(&mut group, 1).await;
+    let endpoints = group.sockets.clone();
+    let all = group.all();
+    let client = any_client(&endpoints).await;
+    let server = group.server(0);
+    let agent = h.agent(server).name("ha-cut").endpoint(&all).start(&client).await;
+    let before = client
+        .submit(JobSpec::with_steps("before-cut", vec![StepSpec::noop()]))
+        .await
+        .expect("submit");
+    wait_state(&client, before, JobState::Succeeded).await;
+    let (leader, epoch) = group.leader().await;
+    assert_eq!(leader, 0);
+
+    ns.link(false);
+    let (new_leader, new_epoch) = group.leader_after(epoch).await;
+    assert_eq!(new_leader, 1);
+    // The old leader acknowledges nothing any more (its lease ran out
+    // before the standby took over).
+    let refused = tokio::time::timeout(
+        DEADLINE,
+        client.submit(JobSpec::with_steps("to-the-cut-leader", vec![StepSpec::noop()])),
+    )
+    .await;
+    assert!(
+        !matches!(refused, Ok(Ok(_))),
+        "a leader cut off from the store acknowledged a job: {refused:?}"
+    );
+    let status = group.server(0).process.exited().await;
+    assert_eq!(
+        status.code(),
+        Some(75),
+        "the cut-off leader steps down: {status:?}"
+    );
+
+    ns.link(true);
+    let client = any_client(&endpoints).await;
+    let after = client
+        .submit(JobSpec::with_steps("after-cut", vec![StepSpec::noop()]))
+        .await
+        .expect("submit to the new leader");
+    wait_state(&client, after, JobState::Succeeded).await;
+    assert_eq!(client.job(before).await.expect("job").state, JobState::Succeeded);
+    // Started again in its namespace, the old leader waits as a standby.
+    group.start_in(0, false, &inner_store, &wrapper, LEASE);
+    standby_ready(&mut group, 0).await;
+    let servers = wait_until("the group seen by the new leader", || {
+        let client = client.clone();
+        async move {
+            // The leader's view is refreshed every renewal interval.
+            client.servers().await.ok().filter(|s| {
+                s.len() == 2
+                    && s[0].role == valkyrie_sdk::ServerRole::Leader
+                    && s[0].uris.iter().any(|u| u.ends_with("ha-1.sock"))
+                    && s[1].role == valkyrie_sdk::ServerRole::Standby
+            })
+        }
+    })
+    .await;
+    assert_eq!(servers[0].role, valkyrie_sdk::ServerRole::Leader, "{servers:?}");
+    assert_eq!(
+        servers[0].epoch, new_epoch,
+        "no epoch after the new leader's: {servers:?}"
+    );
+    assert_eq!(servers[0].uris, [group.sockets[1].clone()], "{servers:?}");
+    assert!(
+        group.server(1).process.try_wait().is_none(),
+        "the new leader runs on"
     );
     drop(agent);
 }

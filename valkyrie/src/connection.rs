@@ -10,6 +10,7 @@
 //!                                           | anything else, bad version, timeout -> Close, Closed
 //!                  <--Welcome--             AwaitingAccept --accept()--> Open
 //!  Open                                     | refuse()     -> Close, Closed
+//!                                           | redirect()   -> Redirect, Closed (a standby)
 //!  | Close from peer, idle timeout, bad frame, close() -> Closing -> Closed
 //! ```
 //!
@@ -30,7 +31,7 @@ use crate::frame::{
     encode_frame, ErrorCode, Flags, Frame, FrameDecoder, FrameKind, Lane, DEFAULT_MAX_FRAME_BYTES,
     HEADER_LEN, MIN_MAX_FRAME_BYTES, PROTOCOL_VERSION,
 };
-use crate::message::{Close, Hello, Message, Ping, Pong, Welcome};
+use crate::message::{Close, Hello, Message, Ping, Pong, Redirect, Welcome};
 
 /// Which end of the connection this is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -354,12 +355,20 @@ impl Connection {
                 self.state = State::Open;
                 self.events.push_back(Event::Established(welcome));
             }
+            // spec §6.4: a standby answers the Hello with Redirect, its
+            // last frame; the client follows it elsewhere.
+            (State::AwaitingWelcome, Message::Redirect(redirect)) => {
+                debug!(leader = %redirect.leader, uris = ?redirect.uris, "redirected");
+                self.state = State::Closed;
+                self.events
+                    .push_back(Event::Closed(Err(ConnectionError::Redirected(redirect))));
+            }
             (State::AwaitingWelcome, other) => self.unexpected(other.kind(), "before Welcome"),
             (State::Open, Message::Ping(ping)) => {
                 self.queue_internal(Message::Pong(Pong { nonce: ping.nonce }), frame.correlation)
             }
             (State::Open, Message::Pong(_)) => {}
-            (State::Open, Message::Hello(_) | Message::Welcome(_)) => {
+            (State::Open, Message::Hello(_) | Message::Welcome(_) | Message::Redirect(_)) => {
                 self.unexpected(frame.kind, "after the handshake")
             }
             (State::Open, message) => self.events.push_back(Event::Message {
@@ -429,6 +438,23 @@ impl Connection {
         for stream in 0..self.decoders.len() {
             self.handle_buffered(stream, now);
         }
+    }
+
+    /// Server side: answer the Hello with Redirect instead of Welcome (a
+    /// standby of a group, spec §6.4). Like a Close, it is the last frame:
+    /// the connection closes once it is written.
+    pub fn redirect(&mut self, redirect: Redirect) {
+        if self.state != State::AwaitingAccept {
+            return;
+        }
+        debug!(leader = %redirect.leader, "redirecting the peer to the leader");
+        for lane in &mut self.lanes {
+            lane.bytes.clear();
+            lane.frame_lens.clear();
+        }
+        self.queue_internal(Message::Redirect(redirect), 0);
+        self.state = State::Closing;
+        self.events.push_back(Event::Closed(Ok(())));
     }
 
     /// Server side: refuse the Hello (e.g. wrong token) with a code and reason.

@@ -202,6 +202,23 @@ pub enum ConnectionError {
     /// The byte stream ended without a Close frame.
     #[error("connection reset: the stream ended without a Close frame")]
     Reset,
+    /// The server is a standby of a group and named its leader instead of
+    /// answering Welcome (spec §6.4).
+    #[error("{}", redirect_text(.0))]
+    Redirected(crate::message::Redirect),
+}
+
+fn redirect_text(r: &crate::message::Redirect) -> String {
+    if r.uris.is_empty() {
+        "the server is a standby and knows no leader yet".to_owned()
+    } else {
+        format!(
+            "the server is a standby; server {} leads (epoch {}) at {}",
+            r.leader,
+            r.epoch,
+            r.uris.join(", ")
+        )
+    }
 }
 
 impl ConnectionError {
@@ -214,6 +231,7 @@ impl ConnectionError {
             Self::HandshakeTimeout => ErrorCode::HANDSHAKE_TIMEOUT,
             Self::IdleTimeout => ErrorCode::IDLE_TIMEOUT,
             Self::Reset => ErrorCode::INTERNAL,
+            Self::Redirected(_) => ErrorCode::NORMAL,
         }
     }
 }

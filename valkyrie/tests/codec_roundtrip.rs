@@ -243,6 +243,31 @@ fn job_info() -> impl Strategy<Value = JobInfo> {
         )
 }
 
+fn server_info() -> impl Strategy<Value = ServerInfo> {
+    (
+        (
+            text(),
+            prop_oneof![
+                Just(ServerRole::Leader),
+                Just(ServerRole::Standby),
+                Just(ServerRole::Silent)
+            ],
+        ),
+        (any::<u64>(), any::<u64>(), any::<u64>(), texts(), text()),
+    )
+        .prop_map(
+            |((server_id, role), (epoch, lease_expires_ms, seen_at_ms, uris, http_url))| ServerInfo {
+                server_id,
+                role,
+                epoch,
+                lease_expires_ms,
+                seen_at_ms,
+                uris,
+                http_url,
+            },
+        )
+}
+
 fn audit_entry() -> impl Strategy<Value = AuditEntry> {
     (
         (any::<u64>(), any::<u64>(), text()),
@@ -693,6 +718,13 @@ fn message() -> impl Strategy<Value = Message> {
         )
         .prop_map(|artifacts| ArtifactList { artifacts }.into())
         .boxed(),
+        (text(), any::<u64>(), texts())
+            .prop_map(|(leader, epoch, uris)| Redirect { leader, epoch, uris }.into())
+            .boxed(),
+        Just(ListServers {}.into()).boxed(),
+        vec(server_info(), 0..3)
+            .prop_map(|servers| ServerList { servers }.into())
+            .boxed(),
     ];
     Union::new(arms)
 }

@@ -8,7 +8,7 @@ use bytes::{Bytes, BytesMut};
 use valkyrie::connection::{Connection, ConnectionConfig, Event};
 use valkyrie::error::{ConnectionError, DecodeError, SendError};
 use valkyrie::frame::{encode_to_vec, ErrorCode, Flags, FrameDecoder, Lane, HEADER_LEN};
-use valkyrie::message::{GetJob, Hello, LogChunk, Message, OutputStream, Ping, Role};
+use valkyrie::message::{GetJob, Hello, LogChunk, Message, OutputStream, Ping, Redirect, Role};
 
 /// A clock that only moves when the test says so.
 struct Clock(Instant);
@@ -158,6 +158,57 @@ fn refused_hello_reaches_the_client_with_code_and_reason() {
         }
     );
     assert!(client.is_closed());
+}
+
+#[test]
+fn a_standby_answers_hello_with_redirect_and_closes() {
+    let clock = Clock(Instant::now());
+    let now = clock.at(0);
+    let mut client = Connection::client(config(), hello("good"), 1, now);
+    let mut server = Connection::server(config(), 1, now);
+    pump(&mut client, &mut server, now);
+    assert!(matches!(
+        events(&mut server).as_slice(),
+        [Event::HelloReceived(_)]
+    ));
+    let redirect = Redirect {
+        leader: "cp-b".into(),
+        epoch: 4,
+        uris: vec!["tcp://cp-b:7700".into()],
+    };
+    server.redirect(redirect.clone());
+    // A Redirect is the server's last frame: nothing queued after it leaves.
+    assert!(server
+        .send(1, Flags::NONE, &Message::Ping(Ping { nonce: 1 }))
+        .is_err());
+    assert_eq!(
+        drain_frames(&mut server, usize::MAX),
+        [Message::Redirect(redirect.clone())]
+    );
+    assert!(server.is_drained());
+    assert!(matches!(events(&mut server).as_slice(), [Event::Closed(Ok(()))]));
+    client.handle_bytes(
+        0,
+        &encode_to_vec(&Message::Redirect(redirect.clone()), 0, Flags::NONE),
+        now,
+    );
+    assert_eq!(
+        closed_with(&mut client),
+        ConnectionError::Redirected(redirect.clone())
+    );
+    assert!(client.is_closed());
+
+    // After the handshake a Redirect is out of place.
+    let (mut client, _server) = established(&clock);
+    client.handle_bytes(
+        0,
+        &encode_to_vec(&Message::Redirect(redirect), 0, Flags::NONE),
+        now,
+    );
+    assert!(matches!(
+        closed_with(&mut client),
+        ConnectionError::UnexpectedMessage { .. }
+    ));
 }
 
 #[test]

@@ -637,6 +637,28 @@ fn message_cases() -> Vec<MessageCase> {
             }
             .into(),
         ),
+        (
+            "redirect",
+            0,
+            none,
+            Redirect {
+                leader: "9c1e4f0a2b7d3e55".into(),
+                epoch: 4,
+                uris: strings(&["tcp://cp-b:7700", "quic://cp-b:7701"]),
+            }
+            .into(),
+        ),
+        (
+            "redirect_no_leader",
+            0,
+            none,
+            Redirect {
+                leader: String::new(),
+                epoch: 0,
+                uris: Vec::new(),
+            }
+            .into(),
+        ),
         ("ack", 101, reply(), Ack {}.into()),
         (
             "request_failed_stale_attempt",
@@ -1210,6 +1232,36 @@ fn message_cases() -> Vec<MessageCase> {
                     created_at_ms: 1_732_240_800_000,
                     expires_at_ms: 1_734_832_800_000,
                 }],
+            }
+            .into(),
+        ),
+        // ---- groups of servers ----
+        ("list_servers", 115, none, ListServers {}.into()),
+        (
+            "server_list",
+            115,
+            reply(),
+            ServerList {
+                servers: vec![
+                    ServerInfo {
+                        server_id: "9c1e4f0a2b7d3e55".into(),
+                        role: ServerRole::Leader,
+                        epoch: 4,
+                        lease_expires_ms: 1_732_240_802_000,
+                        seen_at_ms: 1_732_240_800_000,
+                        uris: strings(&["tcp://cp-b:7700"]),
+                        http_url: "http://cp-b:8080".into(),
+                    },
+                    ServerInfo {
+                        server_id: "51d0a3c7e9b2f468".into(),
+                        role: ServerRole::Standby,
+                        epoch: 4,
+                        lease_expires_ms: 0,
+                        seen_at_ms: 1_732_240_799_750,
+                        uris: strings(&["tcp://cp-a:7700"]),
+                        http_url: String::new(),
+                    },
+                ],
             }
             .into(),
         ),

@@ -29,6 +29,11 @@
 //!   stops the process.
 //! * A server restarted with the same data directory (which it locks) is
 //!   the holder's own earlier life: it takes over at once.
+//! * **Membership.** Every server, leader or standby, reports itself in the
+//!   `members` collection every `renew_every` ([`Election::report`]); with
+//!   the lease, that is the group `vk servers` shows
+//!   ([`Election::members`]). It is advice for people, not fenced state:
+//!   no decision reads it.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -37,6 +42,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use mongodb::bson::{doc, Document};
 use mongodb::sync::Database;
 use serde::Serialize;
+use valkyrie::message::{ServerInfo, ServerRole};
 
 use super::StoreError;
 
@@ -44,6 +50,8 @@ use super::StoreError;
 const META: &str = "meta";
 /// The lease document's `_id`.
 const LEASE_ID: &str = "leader";
+/// One document per server of the group (not fenced: see the module doc).
+const MEMBERS: &str = "members";
 /// The collections whose documents carry the writer's epoch.
 pub(super) const FENCED: &[&str] = &["jobs", "runs", "runners", "pipelines", "audit", "meta"];
 
@@ -54,6 +62,8 @@ pub struct LeaseConfig {
     pub server_id: String,
     /// URIs where peers reach this server (shown to peers by standbys).
     pub advertise: Vec<String>,
+    /// This server's REST URL (standbys redirect REST requests there).
+    pub advertise_http: Option<String>,
     /// How long a lease lasts without renewal.
     pub ttl: Duration,
     /// How often the leader renews it.
@@ -81,6 +91,8 @@ pub struct LeaderInfo {
     pub epoch: u64,
     /// Its advertised URIs.
     pub advertise: Vec<String>,
+    /// Its advertised REST URL, if it serves HTTP.
+    pub advertise_http: Option<String>,
     /// Its lease's time to live (ms).
     pub ttl_ms: u64,
     /// When it last renewed, by its clock (ms since the Unix epoch).
@@ -168,6 +180,7 @@ fn info_of(doc: &Document) -> LeaderInfo {
             .get_array("advertise")
             .map(|a| a.iter().filter_map(|u| u.as_str().map(str::to_owned)).collect())
             .unwrap_or_default(),
+        advertise_http: doc.get_str("advertise_http").ok().map(str::to_owned),
         ttl_ms: int(doc, "ttl_ms"),
         renewed_at_ms: int(doc, "renewed_at_ms"),
     }
@@ -213,14 +226,98 @@ impl Election {
     }
 
     fn holder_fields(&self, epoch: u64) -> Document {
-        doc! {
+        let mut fields = doc! {
             "holder": &self.config.server_id,
             "epoch": i64_of(epoch),
             "seq": 0_i64,
             "ttl_ms": i64_of(u64::try_from(self.config.ttl.as_millis()).unwrap_or(u64::MAX)),
             "renewed_at_ms": i64_of(now_ms()),
             "advertise": self.config.advertise.clone(),
+        };
+        // `$set` of the whole holder: a leader without HTTP must not keep
+        // its predecessor's URL.
+        fields.insert(
+            "advertise_http",
+            self.config
+                .advertise_http
+                .clone()
+                .map_or(mongodb::bson::Bson::Null, mongodb::bson::Bson::String),
+        );
+        fields
+    }
+
+    /// Reports this server in the group's `members` collection: its URIs,
+    /// the epoch it last saw and when (its clock). Called every
+    /// `renew_every` by every server; not fenced (advice for people).
+    pub fn report(&self, epoch_seen: u64) -> Result<(), StoreError> {
+        let mut fields = doc! {
+            "advertise": self.config.advertise.clone(),
+            "seen_at_ms": i64_of(now_ms()),
+            "epoch_seen": i64_of(epoch_seen),
+        };
+        if let Some(url) = &self.config.advertise_http {
+            fields.insert("advertise_http", url);
         }
+        self.db
+            .run_command(doc! {
+                "update": MEMBERS,
+                "updates": [ {
+                    "q": { "_id": &self.config.server_id },
+                    "u": { "$set": fields },
+                    "upsert": true,
+                } ],
+            })
+            .run()
+            .map_err(|e| self.io("cannot report this server in `members`", e))?;
+        Ok(())
+    }
+
+    /// Every server of the group as the store knows it, leader first: the
+    /// lease's holder leads until its lease runs out; a server that has not
+    /// reported for two lease lifetimes is silent.
+    pub fn members(&self) -> Result<Vec<ServerInfo>, StoreError> {
+        let lease = self.read()?.map(|d| info_of(&d));
+        let docs: Vec<Document> = self
+            .db
+            .collection::<Document>(MEMBERS)
+            .find(doc! {})
+            .run()
+            .and_then(|cursor| cursor.collect())
+            .map_err(|e| self.io("cannot read `members`", e))?;
+        let now = now_ms();
+        let ttl_ms = u64::try_from(self.config.ttl.as_millis()).unwrap_or(u64::MAX);
+        let mut servers: Vec<ServerInfo> = docs
+            .iter()
+            .map(|d| {
+                let server_id = d.get_str("_id").unwrap_or_default().to_owned();
+                let seen_at_ms = int(d, "seen_at_ms");
+                let leads = lease.as_ref().filter(|l| l.holder == server_id);
+                let lease_expires_ms = leads.map_or(0, |l| l.renewed_at_ms.saturating_add(l.ttl_ms));
+                let role = if leads.is_some() && lease_expires_ms >= now {
+                    ServerRole::Leader
+                } else if now.saturating_sub(seen_at_ms) <= 2 * ttl_ms {
+                    ServerRole::Standby
+                } else {
+                    ServerRole::Silent
+                };
+                ServerInfo {
+                    role,
+                    epoch: leads.map_or_else(|| int(d, "epoch_seen"), |l| l.epoch),
+                    lease_expires_ms,
+                    seen_at_ms,
+                    uris: d
+                        .get_array("advertise")
+                        .map(|a| a.iter().filter_map(|u| u.as_str().map(str::to_owned)).collect())
+                        .unwrap_or_default(),
+                    http_url: d.get_str("advertise_http").unwrap_or_default().to_owned(),
+                    server_id,
+                }
+            })
+            .collect();
+        servers.sort_by(|a, b| {
+            (a.role != ServerRole::Leader, &a.server_id).cmp(&(b.role != ServerRole::Leader, &b.server_id))
+        });
+        Ok(servers)
     }
 
     /// Tries to create the first lease; `true` if this server now holds it.
@@ -275,7 +372,12 @@ impl Election {
                     if own || expired {
                         self.take_over(key.0, key.1)?.then_some(info.epoch + 1)
                     } else {
-                        if shown.as_ref() != Some(&info) {
+                        // Told once per leader, not once per renewal.
+                        let changed = shown.as_ref().is_none_or(|s| {
+                            (&s.holder, s.epoch, &s.advertise, &s.advertise_http)
+                                != (&info.holder, info.epoch, &info.advertise, &info.advertise_http)
+                        });
+                        if changed {
                             standby(&info);
                             shown = Some(info);
                         }

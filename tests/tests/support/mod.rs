@@ -190,6 +190,7 @@ impl Harness {
             api_token: None,
             runner_token: None,
             args: FAST_SERVER.iter().map(|s| s.to_string()).collect(),
+            wrapper: Vec::new(),
         }
     }
 
@@ -353,6 +354,8 @@ pub struct ServerBuilder<'a> {
     api_token: Option<String>,
     runner_token: Option<String>,
     args: Vec<String>,
+    /// A program (and its arguments) that execs the server.
+    wrapper: Vec<String>,
 }
 
 impl ServerBuilder<'_> {
@@ -390,7 +393,7 @@ impl ServerBuilder<'_> {
         self
     }
 
-    /// Starts a server that may not listen at once (a standby of a group
+    /// Starts a server that may not lead at once (a standby of a group
     /// of servers on one MongoDB store): its endpoints are the `listen`
     /// URIs as given.
     pub fn start_standby(self) -> Server {
@@ -407,8 +410,22 @@ impl ServerBuilder<'_> {
         }
     }
 
+    /// Runs the server under `wrapper` (e.g. `ip netns exec NAME`), which
+    /// must exec it (so that its pid is the server's).
+    pub fn wrapped(mut self, wrapper: &[&str]) -> Self {
+        self.wrapper = wrapper.iter().map(|s| s.to_string()).collect();
+        self
+    }
+
     fn spawn(&self) -> (Guarded, mpsc::Receiver<String>, String) {
-        let mut command = self.harness.command("valkyrie-server");
+        let mut command = match self.wrapper.split_first() {
+            None => self.harness.command("valkyrie-server"),
+            Some((program, args)) => {
+                let mut command = self.harness.command_of(program);
+                command.args(args).arg(binary("valkyrie-server"));
+                command
+            }
+        };
         command.arg("--data-dir").arg(&self.data_dir);
         for uri in &self.listen {
             command.arg("--listen").arg(uri);
@@ -820,6 +837,12 @@ pub struct MongoServer {
 impl MongoServer {
     /// Starts it and waits (up to [`DEADLINE`]) until it accepts connections.
     pub fn start() -> Self {
+        Self::start_on("127.0.0.1")
+    }
+
+    /// [`MongoServer::start`], listening on `host` (`0.0.0.0`: every
+    /// interface, for servers in other network namespaces).
+    pub fn start_on(host: &str) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("vkt-nx")
             .tempdir()
@@ -827,7 +850,7 @@ impl MongoServer {
         let port = free_port();
         let out = std::fs::File::create(dir.path().join("nx.out")).expect("nx-27017 output file");
         let child = Command::new(nx_program())
-            .args(["--db", "memory", "--host", "127.0.0.1", "--port"])
+            .args(["--db", "memory", "--host", host, "--port"])
             .arg(port.to_string())
             // Its defaults are shared files in /tmp; tests run in parallel.
             .arg("--log-file")
@@ -869,7 +892,12 @@ impl MongoServer {
 
     /// The URI of database `valkyrie` on it, for `--store`.
     pub fn uri(&self) -> String {
-        format!("mongodb://127.0.0.1:{}/valkyrie", self.port)
+        self.uri_at("127.0.0.1")
+    }
+
+    /// [`MongoServer::uri`] through the address `host` of this machine.
+    pub fn uri_at(&self, host: &str) -> String {
+        format!("mongodb://{host}:{}/valkyrie", self.port)
     }
 
     /// What it printed so far.

@@ -44,6 +44,8 @@ kinds! {
     ACK = 0x06;
     /// A request failed; the connection stays open.
     REQUEST_FAILED = 0x07;
+    /// A standby's answer to a Hello: the group's leader is elsewhere.
+    REDIRECT = 0x08;
     /// An agent registers its runner.
     REGISTER_RUNNER = 0x10;
     /// The server's answer to RegisterRunner.
@@ -120,6 +122,10 @@ kinds! {
     LIST_ARTIFACTS = 0x64;
     /// A job's artifacts.
     ARTIFACT_LIST = 0x65;
+    /// A client lists the control planes of the server's group.
+    LIST_SERVERS = 0x70;
+    /// The control planes of a group.
+    SERVER_LIST = 0x71;
 }
 
 impl fmt::Debug for FrameKind {

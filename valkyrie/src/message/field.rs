@@ -114,6 +114,7 @@ macro_rules! enum_field {
 }
 enum_field!(
     Role,
+    ServerRole,
     JobState,
     JobOutcome,
     StepOutcome,
@@ -145,5 +146,6 @@ struct_field!(
     JobInfo = 42,
     RunnerInfo = 45,
     AuditEntry = 36,
+    ServerInfo = 37,
     EventBody = 1
 );

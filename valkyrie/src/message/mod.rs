@@ -169,6 +169,18 @@ messages! {
         message: String,
     }
 
+    /// Server → client or agent, in place of Welcome: this server is a
+    /// standby of a group (spec §6.4); the leader is reached at `uris`.
+    /// Like Close, it is the server's last frame on the connection.
+    Redirect = REDIRECT on Control {
+        /// The leader's server id (empty when no leader is known yet).
+        leader: String,
+        /// The leader's epoch (0 when no leader is known yet).
+        epoch: u64,
+        /// The leader's advertised URIs; empty when no leader is known yet.
+        uris: Vec<String>,
+    }
+
     // ---- runners ----
 
     /// Agent → server: register (or re-register after a reconnect).
@@ -534,6 +546,18 @@ messages! {
         /// The artifacts, by name.
         artifacts: Vec<ArtifactInfo>,
     }
+
+    // ---- groups of servers ----
+
+    /// Client → server: the control planes of this server's group.
+    ListServers = LIST_SERVERS on Control {}
+
+    /// Server → client: every control plane of the group (one, the
+    /// answering server, with the embedded store), leader first.
+    ServerList = SERVER_LIST on Control {
+        /// The servers.
+        servers: Vec<ServerInfo>,
+    }
 }
 
 /// A (job, attempt) pair an agent is running.
@@ -636,6 +660,7 @@ impl Message {
                 | Message::ArtifactCommit(_)
                 | Message::ArtifactFetch(_)
                 | Message::ListArtifacts(_)
+                | Message::ListServers(_)
         )
     }
 }
@@ -657,6 +682,7 @@ impl Message {
                 | Message::RunAccepted(_)
                 | Message::RunDetails(_)
                 | Message::RunList(_)
+                | Message::ServerList(_)
                 | Message::Event(_)
                 | Message::Pong(_)
                 | Message::ArtifactData(_)

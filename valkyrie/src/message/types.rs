@@ -703,6 +703,64 @@ impl AuditEntry {
     }
 }
 
+wire_enum! {
+    /// What a control plane is in its group ([`ServerInfo`]).
+    ServerRole {
+        /// Holds the lease: serves clients and agents.
+        Leader = 1,
+        /// Waits to lead; redirects peers to the leader.
+        Standby = 2,
+        /// Has not renewed its membership for longer than the lease's
+        /// time to live (stopped, or cut off from the store).
+        Silent = 3,
+    }
+}
+
+/// One control plane of a group (see [`ServerList`](super::ServerList)).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServerInfo {
+    /// The server's id (stable across restarts of its data directory).
+    pub server_id: String,
+    /// Leader, standby or silent.
+    pub role: ServerRole,
+    /// The leader's epoch (for the leader); the epoch it last saw (others).
+    pub epoch: u64,
+    /// When the leader's lease runs out if not renewed, in milliseconds
+    /// since the Unix epoch (by the leader's clock); 0 for other servers.
+    pub lease_expires_ms: u64,
+    /// When the server last reported itself, in milliseconds since the
+    /// Unix epoch (by its clock).
+    pub seen_at_ms: u64,
+    /// URIs where agents and clients reach it (`--advertise`).
+    pub uris: Vec<String>,
+    /// Its REST API's URL (`--advertise-http`), empty without one.
+    pub http_url: String,
+}
+
+impl ServerInfo {
+    pub(crate) fn read(r: &mut Reader) -> Result<Self, DecodeError> {
+        Ok(Self {
+            server_id: r.string("server.server_id")?,
+            role: ServerRole::read(r, "server.role")?,
+            epoch: r.u64("server.epoch")?,
+            lease_expires_ms: r.u64("server.lease_expires_ms")?,
+            seen_at_ms: r.u64("server.seen_at_ms")?,
+            uris: <Vec<String> as super::WireField>::read(r, "server.uris")?,
+            http_url: r.string("server.http_url")?,
+        })
+    }
+
+    pub(crate) fn write(&self, w: &mut Writer) {
+        w.string(&self.server_id);
+        self.role.write(w);
+        w.u64(self.epoch);
+        w.u64(self.lease_expires_ms);
+        w.u64(self.seen_at_ms);
+        super::WireField::write(&self.uris, w);
+        w.string(&self.http_url);
+    }
+}
+
 /// What happened, in an [`Event`](super::Event).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -15,7 +15,7 @@ use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tracing::{debug, info_span, warn, Instrument};
 
 use super::quic::drive_quic;
-use super::session::{session_pair, Authenticator, Handshake};
+use super::session::{session_pair, Authenticator, Handshake, Redirector};
 use super::stream::{discard_until_eof, drive_stream, DriverSetup, CLOSE_LINGER};
 use super::tls::ServerTls;
 use super::{Endpoint, HostPort, Session};
@@ -36,6 +36,9 @@ pub struct ListenerOptions {
     pub server_id: String,
     /// Decides on each Hello; `None` accepts every Hello.
     pub authenticate: Option<Authenticator>,
+    /// Asked about each Hello that `authenticate` accepted: `Some` answers
+    /// it with a Redirect to the group's leader (a standby, spec §6.4).
+    pub redirect: Option<Redirector>,
 }
 
 impl Default for ListenerOptions {
@@ -46,6 +49,7 @@ impl Default for ListenerOptions {
             max_connections: 10_000,
             server_id: "valkyrie".into(),
             authenticate: None,
+            redirect: None,
         }
     }
 }
@@ -302,6 +306,7 @@ fn server_setup(
         ends,
         lanes,
         authenticate: options.authenticate.clone(),
+        redirect: options.redirect.clone(),
         server_id: options.server_id.clone(),
         handshake: hs_tx,
     };

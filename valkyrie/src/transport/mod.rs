@@ -25,13 +25,13 @@ pub use listener::{BindError, Listener, ListenerOptions};
 /// its agent was waiting out its back-off.
 pub const MAX_RECONNECT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
 
-pub use session::{Authenticator, Incoming, PendingReply, RequestError, Session, SessionSender};
+pub use session::{Authenticator, Incoming, PendingReply, Redirector, RequestError, Session, SessionSender};
 pub use tls::{dev_certificate, ClientTls, DevCertificate, ServerTls, TlsSetupError, ALPN};
 
 use crate::connection::{Connection, ConnectionConfig};
 use crate::error::{ConnectionError, DecodeError};
 use crate::frame::ErrorCode;
-use crate::message::{Hello, Role};
+use crate::message::{Hello, Redirect, Role};
 use session::{session_pair, Handshake};
 use stream::DriverSetup;
 
@@ -71,6 +71,78 @@ pub enum ConnectError {
     /// version of 72): the address is a REST port, not a protocol listener.
     #[error("{0} answered in HTTP, not the Valkyrie protocol: that looks like the server's --http (REST) port; use one of its --listen addresses (e.g. tcp://host:7700)")]
     AnsweredHttp(Endpoint),
+    /// The server is a standby of a group and named its leader (spec §6.4);
+    /// [`connect_following`] follows it.
+    #[error("{endpoint}: {}", ConnectionError::Redirected(.redirect.clone()))]
+    Redirected {
+        /// The standby.
+        endpoint: Endpoint,
+        /// Its answer: the leader's id, epoch and advertised URIs.
+        redirect: Redirect,
+    },
+}
+
+/// How many Redirects [`connect_following`] follows from one starting
+/// server before it gives up (a group in the middle of a takeover may point
+/// at a server that has just lost the lead).
+pub const MAX_REDIRECT_HOPS: usize = 3;
+
+/// Connects to `endpoint` like [`connect`] and, when it is a standby of a
+/// group that names its leader, follows the Redirect to the leader's
+/// advertised URIs (those of `endpoint`'s transport first), at most
+/// [`MAX_REDIRECT_HOPS`] times. A hop after the first waits a short,
+/// jittered while: leadership is changing hands. Returns the session and
+/// the endpoint it reached. A Redirect without URIs (no leader yet), or one
+/// past the last hop, is returned as [`ConnectError::Redirected`]: the
+/// caller tries its other servers or backs off.
+pub async fn connect_following(
+    endpoint: &Endpoint,
+    hello: Hello,
+    options: &ClientOptions,
+) -> Result<(Session, Endpoint), ConnectError> {
+    let mut redirect = match connect(endpoint, hello.clone(), options).await {
+        Ok(session) => return Ok((session, endpoint.clone())),
+        Err(ConnectError::Redirected { redirect, .. }) => redirect,
+        Err(err) => return Err(err),
+    };
+    let mut from = endpoint.clone();
+    for hop in 1..=MAX_REDIRECT_HOPS {
+        if redirect.uris.is_empty() {
+            break;
+        }
+        if hop > 1 {
+            let wait = std::time::Duration::from_millis(50 * hop as u64);
+            tokio::time::sleep(wait.mul_f64(0.5 + fastrand::f64())).await;
+        }
+        let mut targets: Vec<Endpoint> = redirect.uris.iter().filter_map(|u| u.parse().ok()).collect();
+        // The transport the caller chose first (a stable sort).
+        targets.sort_by_key(|t| t.transport() != from.transport());
+        tracing::debug!(%from, leader = %redirect.leader, epoch = redirect.epoch, "following a redirect");
+        let mut next = None;
+        let mut last = None;
+        for target in targets {
+            match connect(&target, hello.clone(), options).await {
+                Ok(session) => return Ok((session, target)),
+                Err(ConnectError::Redirected { redirect, .. }) => {
+                    next = Some((target, redirect));
+                    break;
+                }
+                Err(err) => last = Some(err),
+            }
+        }
+        match (next, last) {
+            (Some((target, again)), _) => {
+                from = target;
+                redirect = again;
+            }
+            (None, Some(err)) => return Err(err),
+            (None, None) => break,
+        }
+    }
+    Err(ConnectError::Redirected {
+        endpoint: from,
+        redirect,
+    })
 }
 
 /// How to connect.
@@ -128,6 +200,7 @@ pub async fn connect(
         ends,
         lanes,
         authenticate: None,
+        redirect: None,
         server_id: String::new(),
         handshake: hs_tx,
     };
@@ -205,6 +278,10 @@ pub async fn connect(
                 Some(Err(ConnectionError::ClosedByPeer { code, reason })) => {
                     ConnectError::Refused { code, reason }
                 }
+                Some(Err(ConnectionError::Redirected(redirect))) => ConnectError::Redirected {
+                    endpoint: endpoint.clone(),
+                    redirect,
+                },
                 Some(Err(ConnectionError::Decode(DecodeError::UnsupportedVersion(b'H')))) => {
                     ConnectError::AnsweredHttp(endpoint.clone())
                 }

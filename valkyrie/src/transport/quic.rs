@@ -33,6 +33,7 @@ pub(crate) async fn drive_quic(quic: quinn::Connection, setup: DriverSetup) {
         mut ends,
         lanes,
         authenticate,
+        redirect,
         server_id,
         handshake,
     } = setup;
@@ -53,7 +54,13 @@ pub(crate) async fn drive_quic(quic: quinn::Connection, setup: DriverSetup) {
     loop {
         let now = Instant::now();
         if let Some(done) = ends
-            .drain_events(&mut conn, authenticate.as_ref(), &server_id, now)
+            .drain_events(
+                &mut conn,
+                authenticate.as_ref(),
+                redirect.as_ref(),
+                &server_id,
+                now,
+            )
             .await
         {
             if let Some(tx) = handshake.take() {

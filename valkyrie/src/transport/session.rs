@@ -11,7 +11,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::connection::{Connection, Event};
 use crate::error::{ConnectionError, SendError};
 use crate::frame::{ErrorCode, Flags, Lane};
-use crate::message::{Hello, Message, Welcome};
+use crate::message::{Hello, Message, Redirect, Welcome};
 
 /// Frames an application message can wait for in a lane's channel before
 /// the driver takes it into the connection's own bounded queue.
@@ -368,6 +368,10 @@ impl SessionParts {
 /// How the application answers a Hello (server side).
 pub type Authenticator = Arc<dyn Fn(&Hello) -> Result<(), (ErrorCode, String)> + Send + Sync>;
 
+/// Asked about each authenticated Hello (server side): `Some` answers it
+/// with that Redirect instead of Welcome (a standby of a group, spec §6.4).
+pub type Redirector = Arc<dyn Fn(&Hello) -> Option<Redirect> + Send + Sync>;
+
 /// Handshake progress reported by a driver to whoever waits for it.
 pub(crate) enum Handshake {
     Server(Hello),
@@ -434,6 +438,7 @@ impl DriverEnds {
         &mut self,
         conn: &mut Connection,
         authenticate: Option<&Authenticator>,
+        redirect: Option<&Redirector>,
         server_id: &str,
         now: std::time::Instant,
     ) -> Option<Handshake> {
@@ -443,10 +448,13 @@ impl DriverEnds {
                 Event::HelloReceived(hello) => {
                     let verdict = authenticate.map_or(Ok(()), |auth| auth(&hello));
                     match verdict {
-                        Ok(()) => {
-                            conn.accept(server_id, now);
-                            handshake = Some(Handshake::Server(hello));
-                        }
+                        Ok(()) => match redirect.and_then(|r| r(&hello)) {
+                            Some(to) => conn.redirect(to),
+                            None => {
+                                conn.accept(server_id, now);
+                                handshake = Some(Handshake::Server(hello));
+                            }
+                        },
                         Err((code, reason)) => conn.refuse(code, reason),
                     }
                 }

@@ -9,7 +9,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, Instrument};
 
-use super::session::{Authenticator, DriverEnds, Handshake, LaneReceivers};
+use super::session::{Authenticator, DriverEnds, Handshake, LaneReceivers, Redirector};
 use crate::connection::Connection;
 use crate::error::ConnectionError;
 use crate::frame::{ErrorCode, Lane};
@@ -27,6 +27,7 @@ pub(crate) struct DriverSetup {
     pub ends: DriverEnds,
     pub lanes: LaneReceivers,
     pub authenticate: Option<Authenticator>,
+    pub redirect: Option<Redirector>,
     pub server_id: String,
     pub handshake: oneshot::Sender<Handshake>,
 }
@@ -41,6 +42,7 @@ where
         mut ends,
         lanes,
         authenticate,
+        redirect,
         server_id,
         handshake,
     } = setup;
@@ -58,7 +60,13 @@ where
     loop {
         let now = Instant::now();
         if let Some(done) = ends
-            .drain_events(&mut conn, authenticate.as_ref(), &server_id, now)
+            .drain_events(
+                &mut conn,
+                authenticate.as_ref(),
+                redirect.as_ref(),
+                &server_id,
+                now,
+            )
             .await
         {
             if let Some(tx) = handshake.take() {

@@ -107,6 +107,51 @@ pub fn print_audit(entries: &[valkyrie_sdk::AuditEntry]) {
     }
 }
 
+/// The control planes of a group: the lease's expiry and each server's
+/// last report, relative to now (by this machine's clock).
+pub fn print_servers(servers: &[valkyrie_sdk::ServerInfo]) {
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let relative = |at_ms: u64| {
+        if at_ms == 0 {
+            "-".to_owned()
+        } else if at_ms >= now_ms {
+            format!("in {}", format_ms(at_ms - now_ms))
+        } else {
+            format!("{} ago", format_ms(now_ms - at_ms))
+        }
+    };
+    outln!(
+        "{:<18} {:<8} {:>5}  {:<14} {:<14} URIS",
+        "SERVER",
+        "ROLE",
+        "EPOCH",
+        "LEASE EXPIRES",
+        "SEEN"
+    );
+    for s in servers {
+        let role = match s.role {
+            valkyrie_sdk::ServerRole::Leader => "leader",
+            valkyrie_sdk::ServerRole::Standby => "standby",
+            valkyrie_sdk::ServerRole::Silent => "silent",
+        };
+        let mut uris = s.uris.join(",");
+        if !s.http_url.is_empty() {
+            uris = format!("{uris} {}", s.http_url);
+        }
+        outln!(
+            "{:<18} {:<8} {:>5}  {:<14} {:<14} {}",
+            truncate(&s.server_id, 18),
+            role,
+            s.epoch,
+            relative(s.lease_expires_ms),
+            relative(s.seen_at_ms),
+            uris
+        );
+    }
+}
+
 /// `1.2s`, `3m04s`.
 pub fn format_ms(ms: u64) -> String {
     if ms < 60_000 {

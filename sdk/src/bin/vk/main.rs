@@ -216,6 +216,15 @@ enum Command {
         #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=1000))]
         limit: u32,
     },
+    /// List the control planes of the server's group: role, epoch, lease expiry, URIs.
+    #[command(
+        after_help = "Examples:\n  vk servers\n  vk servers --json\n  vk --server tcp://cp-a:7700,tcp://cp-b:7700 servers"
+    )]
+    Servers {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print a shell completion script.
     #[command(
         after_help = "Examples:\n  vk completions bash > /etc/bash_completion.d/vk\n  vk completions zsh > ~/.zfunc/_vk"
@@ -524,6 +533,15 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             list,
             json,
         } => artifacts::run(&client, job, &output, list, json).await,
+        Command::Servers { json } => {
+            let servers = client.servers().await?;
+            if json {
+                outln!("{}", serde_json::to_string_pretty(&servers)?);
+            } else {
+                listing::print_servers(&servers);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Cancel { target } => {
             match target {
                 Target::Job(id) => client.cancel(id).await?,
