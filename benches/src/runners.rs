@@ -261,7 +261,9 @@ async fn probe(client: &Client, jobs: usize) -> anyhow::Result<Summary> {
 }
 
 pub fn main(args: RunnersArgs) -> anyhow::Result<()> {
-    raise_fd_limit(args.count as u64 * 2 + 1024)?;
+    // Each side holds one socket per runner: this process and the server (which
+    // inherits the limit).
+    raise_fd_limit(args.count as u64 + 1024)?;
     let bin = match &args.server_bin {
         Some(bin) => bin.clone(),
         None => std::env::current_exe()?.with_file_name("valkyrie-server"),
