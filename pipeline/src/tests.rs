@@ -714,7 +714,7 @@ fn artifacts_are_parsed_and_needed_jobs_are_their_sources() {
     assert_eq!(a.paths, ["dist/", "*.xml"]);
     assert_eq!(a.exclude, ["**/*.log"]);
     assert_eq!(a.expire_in_ms, 7 * 24 * 3600 * 1000);
-    assert_eq!(a.when, crate::message::ArtifactWhen::Always);
+    assert_eq!(a.when, valkyrie::message::ArtifactWhen::Always);
     // `lint` uploads nothing: only `build` is a source.
     assert_eq!(p.artifact_sources(idx("test")), vec![idx("build")]);
     // `dependencies: []` opts out.

@@ -478,7 +478,7 @@ mod tests {
         let plan = plan(5, 1, &spec, &work, &defaults());
         let (outbox, mut rx) = mpsc::channel(1024);
         let (_cancel, cancel_rx) = watch::channel(false);
-        run_attempt(5, 1, plan, outbox, cancel_rx).await;
+        run_attempt(5, 1, plan, outbox, cancel_rx, AttemptArtifacts::none()).await;
         let mut log = Vec::new();
         let mut result = None;
         while let Ok(message) = rx.try_recv() {

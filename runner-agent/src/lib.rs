@@ -8,9 +8,9 @@
 //! the agent, so that a restarted agent re-attaches to it; [`cache`] gives
 //! each job its `$VALKYRIE_CACHE_DIR`.
 
+pub mod artifacts;
 pub mod cache;
 pub mod checkout;
-pub mod artifacts;
 pub mod executor;
 pub mod job;
 pub mod leftovers;

@@ -23,10 +23,9 @@ use valkyrie::message::{
 use valkyrie::transport::{connect_following, hello, ClientOptions, ConnectError, RequestError};
 use valkyrie::{Endpoint, ErrorCode, SessionSender};
 
-use crate::job::{plan, run_attempt, JobDefaults};
-use crate::supervisor::{self, Followed, Stop, Survivor};
 use crate::artifacts::ArtifactLink;
 use crate::job::{plan, run_attempt, AttemptArtifacts, JobDefaults};
+use crate::supervisor::{self, Followed, Stop, Survivor};
 
 /// The longest wait between two rounds of a group of servers (`--server
 /// a,b,c`): a standby takes over within seconds, and a standby answers at
@@ -465,7 +464,16 @@ impl Agent {
                 if !accepted {
                     return;
                 }
-                if let Some(program) = &self.config.supervisor {
+                // A job with artifacts runs in this process: its transfers
+                // go over this agent's session, which a supervisor does not
+                // have. Such a job does not survive an agent restart (the
+                // server retries it).
+                let supervised = self
+                    .config
+                    .supervisor
+                    .as_ref()
+                    .filter(|_| assign.spec.artifacts.is_none());
+                if let Some(program) = supervised {
                     match supervisor::spawn(program, &self.config.work_dir, &assign, &self.config.defaults)
                         .await
                     {

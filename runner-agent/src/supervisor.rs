@@ -67,7 +67,7 @@ use valkyrie::message::{self as msg, Assign, JobSpec, Message};
 use valkyrie::Flags;
 
 use crate::executor::docker::{DockerExecutor, DockerSettings};
-use crate::job::{plan, run_attempt, JobDefaults};
+use crate::job::{plan, run_attempt, AttemptArtifacts, JobDefaults};
 
 /// The hidden sub-command of `valkyrie-agent` that runs a supervisor.
 pub const SUBCOMMAND: &str = "__supervise";
@@ -540,10 +540,14 @@ async fn run(launch: Launch, assign: Assign, outbox: mpsc::Sender<Message>, canc
         output_limit_bytes: launch.output_limit_bytes,
         base_env: launch.base_env,
         docker,
+        ..JobDefaults::default()
     };
     let spec: &JobSpec = &assign.spec;
     let plan = plan(assign.job_id, assign.attempt, spec, &launch.work_dir, &defaults);
-    run_attempt(assign.job_id, assign.attempt, plan, outbox, cancel).await;
+    // Jobs with artifacts never come here: their transfers need the
+    // agent's session (see `supervised` in the session).
+    let artifacts = AttemptArtifacts::none();
+    run_attempt(assign.job_id, assign.attempt, plan, outbox, cancel, artifacts).await;
 }
 
 fn failed_before_start(assign: &Assign, message: String) -> Message {
