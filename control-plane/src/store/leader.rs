@@ -418,7 +418,41 @@ impl Election {
                 ));
             }
         }
+        if fence.check().is_err() {
+            // The claim outlasted the lease while a renewal was on its way
+            // (a slow store). One renewal now settles it: it matches only
+            // if no other server has taken a newer epoch, and the claim
+            // itself only ever raised epochs, so nothing was lost.
+            if self.renew(fence)? != 1 {
+                return Err(StoreError::Deposed {
+                    epoch: fence.epoch,
+                    detail: "another server took the lease while this one claimed the store".into(),
+                });
+            }
+        }
         fence.check()
+    }
+
+    /// Renews the lease once (compare-and-set on this server's epoch) and,
+    /// when it matched, extends `fence` from the time it was sent. Returns
+    /// how many lease documents matched: 1, or 0 when another server leads.
+    fn renew(&self, fence: &Fence) -> Result<u64, StoreError> {
+        let sent = Instant::now();
+        let matched = self.update_one(
+            doc! {
+                "_id": LEASE_ID,
+                "epoch": i64_of(fence.epoch),
+                "holder": &self.config.server_id,
+            },
+            doc! {
+                "$inc": { "seq": 1_i64 },
+                "$set": { "renewed_at_ms": i64_of(now_ms()) },
+            },
+        )?;
+        if matched == 1 {
+            fence.extend(sent + self.config.ttl - self.config.margin());
+        }
+        Ok(matched)
     }
 
     /// Renews the lease every `renew_every` on a thread of its own, for as
@@ -430,20 +464,8 @@ impl Election {
             .spawn(move || {
                 let reason = loop {
                     std::thread::sleep(self.config.renew_every);
-                    let sent = Instant::now();
-                    let renewed = self.update_one(
-                        doc! {
-                            "_id": LEASE_ID,
-                            "epoch": i64_of(fence.epoch),
-                            "holder": &self.config.server_id,
-                        },
-                        doc! {
-                            "$inc": { "seq": 1_i64 },
-                            "$set": { "renewed_at_ms": i64_of(now_ms()) },
-                        },
-                    );
-                    match renewed {
-                        Ok(1) => fence.extend(sent + self.config.ttl - self.config.margin()),
+                    match self.renew(&fence) {
+                        Ok(1) => {}
                         Ok(_) => {
                             let leader = self.read().ok().flatten().map(|d| info_of(&d));
                             break StoreError::Deposed {
