@@ -134,6 +134,18 @@ fn runner_name(test: &str) -> (String, Leftovers) {
     (name.clone(), Leftovers(name))
 }
 
+/// What most tests start with: a runner name and its leftovers guard, a
+/// harness, a server, a client and a docker agent. In a `let` of this
+/// tuple the guard is dropped last and the harness after what it started.
+async fn docker_setup(test: &str) -> (String, Leftovers, Harness, Server, Client, Agent) {
+    let (name, leftovers) = runner_name(test);
+    let h = Harness::new();
+    let server = h.server().start();
+    let client = server.client().await;
+    let agent = docker_agent(&h, &server, &client, &name).await;
+    (name, leftovers, h, server, client, agent)
+}
+
 async fn docker_agent(h: &Harness, server: &Server, client: &Client, name: &str) -> Agent {
     h.agent(server)
         .name(name)
@@ -186,11 +198,7 @@ async fn wait_output(client: &Client, id: u64, needle: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_runs_in_its_image_and_its_output_and_exit_code_come_back() {
-    let (name, _leftovers) = runner_name("image");
-    let h = Harness::new();
-    let server = h.server().start();
-    let client = server.client().await;
-    let mut agent = docker_agent(&h, &server, &client, &name).await;
+    let (name, _leftovers, _h, _server, client, mut agent) = docker_setup("image").await;
     let info = agent.registered(&client).await;
     assert!(
         info.tags.iter().any(|t| t == "executor:docker"),
@@ -260,11 +268,7 @@ async fn a_job_runs_in_its_image_and_its_output_and_exit_code_come_back() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_service_is_reached_by_its_alias() {
-    let (name, _leftovers) = runner_name("service");
-    let h = Harness::new();
-    let server = h.server().start();
-    let client = server.client().await;
-    let _agent = docker_agent(&h, &server, &client, &name).await;
+    let (name, _leftovers, _h, _server, client, _agent) = docker_setup("service").await;
 
     let mut spec = container_job("with-service", "wget -q -O - http://web:8080/index.html");
     spec.container.as_mut().unwrap().services = vec![ServiceSpec {
@@ -533,11 +537,7 @@ async fn shell_and_docker_runners_side_by_side_take_their_own_jobs() {
 /// whose jobs use the pipeline's image, one of them with a service.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pipeline_with_image_and_services_runs_in_containers() {
-    let (name, _leftovers) = runner_name("pipeline");
-    let h = Harness::new();
-    let server = h.server().start();
-    let client = server.client().await;
-    let _agent = docker_agent(&h, &server, &client, &name).await;
+    let (name, _leftovers, _h, _server, client, _agent) = docker_setup("pipeline").await;
 
     let yaml = format!(
         "image: {image}\n\
@@ -586,11 +586,7 @@ async fn a_pipeline_with_image_and_services_runs_in_containers() {
 /// `$VALKYRIE_ENV`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_non_root_image_user_can_write_its_workspace_and_env_file() {
-    let (name, _leftovers) = runner_name("user");
-    let h = Harness::new();
-    let server = h.server().start();
-    let client = server.client().await;
-    let _agent = docker_agent(&h, &server, &client, &name).await;
+    let (_name, _leftovers, _h, _server, client, _agent) = docker_setup("user").await;
 
     let mut spec = container_job(
         "as-1000",
@@ -618,11 +614,7 @@ async fn a_non_root_image_user_can_write_its_workspace_and_env_file() {
 /// code come back as for a host job.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn vk_exec_image_runs_the_command_in_a_container() {
-    let (name, _leftovers) = runner_name("vk");
-    let h = Harness::new();
-    let server = h.server().start();
-    let client = server.client().await;
-    let _agent = docker_agent(&h, &server, &client, &name).await;
+    let (_name, _leftovers, _h, server, _client, _agent) = docker_setup("vk").await;
 
     let out = server
         .vk(&[
@@ -705,11 +697,7 @@ fn image_job(name: &str, image: &str, policy: PullPolicy, line: &str) -> JobSpec
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancel_during_an_image_pull_stops_the_job() {
-    let (name, _leftovers) = runner_name("pullcancel");
-    let h = Harness::new();
-    let server = h.server().start();
-    let client = server.client().await;
-    let _agent = docker_agent(&h, &server, &client, &name).await;
+    let (name, _leftovers, _h, _server, client, _agent) = docker_setup("pullcancel").await;
     let registry = FakeRegistry::start(RegistryAnswers::Never).await;
 
     let image = format!("{}/valkyrie/never-answers:1", registry.address);
@@ -742,11 +730,7 @@ async fn cancel_during_an_image_pull_stops_the_job() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pull_policy_always_pulls_an_image_that_is_present_and_if_not_present_does_not() {
-    let (name, _leftovers) = runner_name("always");
-    let h = Harness::new();
-    let server = h.server().start();
-    let client = server.client().await;
-    let _agent = docker_agent(&h, &server, &client, &name).await;
+    let (_name, _leftovers, _h, _server, client, _agent) = docker_setup("always").await;
     let registry = FakeRegistry::start(RegistryAnswers::Close).await;
 
     // The test image, present locally under the fake registry's name.
