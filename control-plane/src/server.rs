@@ -4,6 +4,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
 
 use tokio::sync::oneshot;
 use tracing::{info, warn};
@@ -14,7 +15,7 @@ use valkyrie::{Endpoint, ErrorCode, Session, SessionSender};
 use crate::artifacts::session::AgentUploads;
 use crate::audit::Actor;
 use crate::auth::Tokens;
-use crate::core::{Command, CoreHandle, ValidatePipelineError};
+use crate::core::{Command, CoreHandle, Heard, ValidatePipelineError};
 use crate::group::Group;
 use crate::metrics::TransportLabel;
 use crate::responder::{EventSink, Responder};
@@ -224,6 +225,7 @@ async fn register_agent(
     session: &mut Session,
     core: &CoreHandle,
     session_id: u64,
+    heard: &Heard,
 ) -> Option<(RunnerId, String)> {
     let sender = session.sender();
     let token = session.hello().map(|h| h.token.clone()).unwrap_or_default();
@@ -250,6 +252,7 @@ async fn register_agent(
             msg: register,
             sender: sender.clone(),
             session: session_id,
+            heard: heard.clone(),
             correlation: incoming.correlation,
             token: token.clone(),
             done: done_tx,
@@ -267,7 +270,8 @@ async fn register_agent(
 async fn serve_agent(mut session: Session, core: CoreHandle, transport: &'static str) {
     let sender = session.sender();
     let session_id = SESSIONS.fetch_add(1, Ordering::Relaxed);
-    let Some((runner, name)) = register_agent(&mut session, &core, session_id).await else {
+    let heard = Heard::new(Instant::now());
+    let Some((runner, name)) = register_agent(&mut session, &core, session_id, &heard).await else {
         return;
     };
     info!(runner = %name, transport, "agent session open");
@@ -276,6 +280,12 @@ async fn serve_agent(mut session: Session, core: CoreHandle, transport: &'static
         .cloned()
         .map(|store| AgentUploads::new(store, core.clone(), runner));
     while let Some(incoming) = session.recv().await {
+        heard.mark(Instant::now());
+        // A heartbeat says only that the agent lives: the mark above is all
+        // it does, and the core is not woken for it.
+        if matches!(incoming.message, Message::Heartbeat(_)) {
+            continue;
+        }
         if incoming.correlation == 0 && refuse_uncorrelated(&sender, &incoming.message).await {
             break;
         }

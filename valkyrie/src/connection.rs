@@ -73,7 +73,8 @@ impl ConnectionConfig {
         self
     }
 
-    /// How often this side pings an idle peer. Default 2 s.
+    /// How often this side pings a silent peer: after this long without a
+    /// frame from it (a server waits twice this long). Default 2 s.
     pub fn heartbeat_interval(mut self, interval: Duration) -> Self {
         self.heartbeat_interval = interval;
         self
@@ -178,7 +179,8 @@ pub struct Connection {
     peer_heartbeat: Duration,
     handshake_deadline: Instant,
     last_received: Instant,
-    next_ping: Instant,
+    /// When this side last sent a Ping (or the connection opened).
+    last_ping: Instant,
     next_nonce: u64,
 }
 
@@ -215,7 +217,7 @@ impl Connection {
             peer_heartbeat: config.heartbeat_interval,
             handshake_deadline: now + config.handshake_timeout,
             last_received: now,
-            next_ping: now + config.heartbeat_interval,
+            last_ping: now,
             next_nonce: 1,
             config,
         }
@@ -263,6 +265,13 @@ impl Connection {
         }
         self.decoders[stream].extend(data);
         self.handle_buffered(stream, now);
+    }
+
+    /// The receive buffer of `stream`, for a transport that reads straight
+    /// into it (no copy); call [`handle_buffered`](Self::handle_buffered)
+    /// after filling it.
+    pub fn recv_buffer(&mut self, stream: usize) -> &mut BytesMut {
+        self.decoders[stream].buffer_mut()
     }
 
     /// Processes whatever complete frames are buffered on `stream`.
@@ -417,7 +426,7 @@ impl Connection {
     fn set_peer_limits(&mut self, max_frame_bytes: u32, heartbeat_interval_ms: u32, now: Instant) {
         self.peer_max_frame_bytes = max_frame_bytes;
         self.peer_heartbeat = Duration::from_millis(heartbeat_interval_ms.into());
-        self.next_ping = now + self.config.heartbeat_interval;
+        self.last_ping = now;
     }
 
     /// Server side: accept the Hello; queues Welcome and opens the connection.
@@ -530,9 +539,22 @@ impl Connection {
             State::AwaitingHello | State::AwaitingAccept | State::AwaitingWelcome => {
                 Some(self.handshake_deadline)
             }
-            State::Open => Some(self.next_ping.min(self.dead_at())),
+            State::Open => Some(self.ping_at().min(self.dead_at())),
             State::Closing | State::Closed => None,
         }
+    }
+
+    /// When to ping (spec §6.2): after a heartbeat interval in which nothing
+    /// arrived, since a frame from the peer already proves it alive. A
+    /// server waits two intervals, so that a client pinging on its own
+    /// schedule is not pinged back as well: an idle connection costs one
+    /// Ping and one Pong per interval, not two of each.
+    fn ping_at(&self) -> Instant {
+        let silence = match self.side {
+            Side::Client => self.config.heartbeat_interval,
+            Side::Server => self.config.heartbeat_interval * 2,
+        };
+        self.last_received.max(self.last_ping) + silence
     }
 
     fn dead_at(&self) -> Instant {
@@ -563,11 +585,11 @@ impl Connection {
                 );
                 self.fail(ConnectionError::IdleTimeout, ErrorCode::IDLE_TIMEOUT, reason);
             }
-            State::Open if now >= self.next_ping => {
+            State::Open if now >= self.ping_at() => {
                 let nonce = self.next_nonce;
                 self.next_nonce += 1;
                 self.queue_internal(Message::Ping(Ping { nonce }), 0);
-                self.next_ping = now + self.config.heartbeat_interval;
+                self.last_ping = now;
             }
             _ => {}
         }

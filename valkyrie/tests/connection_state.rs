@@ -327,22 +327,34 @@ fn heartbeats_keep_both_sides_open() {
     }
     assert!(client.is_open() && server.is_open());
     assert!(events(&mut client).is_empty() && events(&mut server).is_empty());
-    // One Ping per 100 ms interval, each answered (else the peer would close).
-    assert!(pings[0] >= 90 && pings[1] >= 90, "{pings:?}");
+    // The client pings once per 100 ms interval of silence, each answered
+    // (else the peer would close); the server, which waits two intervals,
+    // always hears the client's Ping first and never pings: one Ping and
+    // one Pong per interval.
+    assert!(pings[0] >= 90, "{pings:?}");
+    assert_eq!(pings[1], 0, "{pings:?}");
 }
 
 #[test]
 fn silent_peer_is_detected_dead_after_the_idle_timeout() {
     let clock = Clock(Instant::now());
     let (_client, mut server) = established(&clock);
-    // The client never answers again. The server pings at 100 and 200 ms...
+    // The client never answers again. The server pings after two silent
+    // intervals, at 200 ms...
     let mut now = clock.at(0);
+    let mut pinged_at = Vec::new();
     while !server.is_closed() {
         now = server.poll_timeout().unwrap();
         assert!(now <= clock.at(300), "still open at {:?}", now - clock.0);
         server.handle_timeout(now);
-        drain_frames(&mut server, usize::MAX);
+        if drain_frames(&mut server, usize::MAX)
+            .iter()
+            .any(|m| matches!(m, Message::Ping(_)))
+        {
+            pinged_at.push(now - clock.0);
+        }
     }
+    assert_eq!(pinged_at, [Duration::from_millis(200)]);
     // ...and gives up exactly at the idle timeout (3 heartbeats = 300 ms).
     assert_eq!(now, clock.at(300));
     assert_eq!(closed_with(&mut server), ConnectionError::IdleTimeout);

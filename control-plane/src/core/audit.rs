@@ -5,7 +5,7 @@
 
 use valkyrie::message::AuditList;
 
-use super::{now_ms, Core};
+use super::Core;
 use crate::audit::{Actor, AuditAction, AuditRecord, DEFAULT_AUDIT_PAGE, MAX_AUDIT_PAGE};
 use crate::responder::Responder;
 use crate::store::Change;
@@ -15,7 +15,7 @@ impl Core {
     /// `action` to `target`.
     pub(super) fn audit(&mut self, action: AuditAction, target: String, detail: String) {
         let actor = self.actor.clone().unwrap_or_else(Actor::server);
-        self.audit_as(actor, action, target, detail, now_ms());
+        self.audit_as(actor, action, target, detail, self.now.wall_ms);
     }
 
     /// Records an action done by `actor` at `at_ms`.
@@ -27,7 +27,7 @@ impl Core {
         detail: String,
         at_ms: u64,
     ) {
-        let now = now_ms();
+        let now = self.now.wall_ms;
         if at_ms < self.audit_cutoff(now) {
             // Imported after the retention had already passed it.
             tracing::info!(actor = %actor, action = action.as_str(), at_ms, "audit record older than the retention; not kept");

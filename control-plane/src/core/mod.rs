@@ -16,6 +16,8 @@ mod projects;
 mod removal;
 mod runners;
 mod snapshot;
+#[cfg(test)]
+mod tests;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -44,7 +46,7 @@ pub use pipelines::{
     PipelineDef, ValidatePipelineError, ValidatedPipeline, CONCURRENT_VALIDATIONS, VALIDATE_TIMEOUT,
 };
 pub use projects::{ProjectCommand, Started, MAX_DELIVERIES};
-pub use runners::{Link, RunnerRecord};
+pub use runners::{Heard, Link, RunnerRecord};
 pub use snapshot::CoreSnapshot;
 
 /// Tunables of the core.
@@ -133,6 +135,8 @@ pub enum Command {
         sender: SessionSender,
         /// The session's number.
         session: u64,
+        /// Marked by the session on every message it reads.
+        heard: Heard,
         /// The RegisterRunner's correlation id: RunnerRegistered echoes it.
         correlation: u64,
         /// The token of the session's Hello: the runner's own credential
@@ -307,6 +311,27 @@ impl CoreHandle {
     }
 }
 
+/// The time of an input to the core, both clocks: the driver reads the OS
+/// clock once per input and the core reads only this, so tests can drive
+/// the core on a virtual clock.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Now {
+    /// Monotonic time: leases, timeouts, liveness.
+    pub at: Instant,
+    /// Milliseconds since the Unix epoch: times stored and shown to people.
+    pub wall_ms: u64,
+}
+
+impl Now {
+    /// The OS clock's now.
+    pub fn system() -> Self {
+        Self {
+            at: Instant::now(),
+            wall_ms: now_ms(),
+        }
+    }
+}
+
 pub(crate) fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -363,6 +388,8 @@ pub struct Core {
     job_runs: HashMap<JobId, (u64, usize)>,
     next_run: u64,
     started: Instant,
+    /// The time of the input being handled ([`Now`]).
+    now: Now,
     /// Durable state; `None` keeps everything in memory only.
     store: Option<StoreHandle>,
     /// Changes of this turn, committed at its end.
@@ -431,43 +458,14 @@ fn spawn_inner(
         Some((store, loaded)) => (Some(store), Some(loaded)),
         None => (None, None),
     };
-    let mut core = Core {
+    let mut core = Core::new(
         config,
-        metrics: metrics.clone(),
         tokens,
-        scheduler: Scheduler::new(SchedulerConfig::default()),
-        jobs: BTreeMap::new(),
-        logs: HashMap::new(),
-        runners: HashMap::new(),
-        runner_names: HashMap::new(),
-        subscribers: Subscribers::default(),
-        next_job: 1,
-        next_runner: 1,
-        finished: Default::default(),
-        pending_results: HashMap::new(),
-        runs: BTreeMap::new(),
-        pipelines: BTreeMap::new(),
-        next_pipeline: 1,
-        job_runs: HashMap::new(),
-        next_run: 1,
-        started: Instant::now(),
+        metrics.clone(),
         store,
-        changes: Vec::new(),
-        after: Vec::new(),
-        dirty_jobs: Default::default(),
-        dirty_runs: Default::default(),
-        counters_dirty: false,
-        timed_runs: Default::default(),
-        held: Vec::new(),
-        queued_since: HashMap::new(),
-        advancing_runs: Default::default(),
-        self_tx: tx.downgrade(),
-        audit_log: Default::default(),
-        audit_stragglers: Default::default(),
-        next_audit: 1,
-        actor: None,
-        projects: Default::default(),
-    };
+        tx.downgrade(),
+        Now::system(),
+    );
     if let Some(loaded) = loaded {
         core.recover(loaded);
         core.flush();
@@ -482,6 +480,56 @@ fn spawn_inner(
 }
 
 impl Core {
+    /// A core with nothing in it, at `now`; `self_tx` reaches its own
+    /// command queue (work it finishes off its own task comes back there).
+    fn new(
+        config: CoreConfig,
+        tokens: Arc<Tokens>,
+        metrics: Arc<Metrics>,
+        store: Option<StoreHandle>,
+        self_tx: mpsc::WeakSender<Command>,
+        now: Now,
+    ) -> Self {
+        Self {
+            config,
+            metrics,
+            tokens,
+            scheduler: Scheduler::new(SchedulerConfig::default()),
+            jobs: BTreeMap::new(),
+            logs: HashMap::new(),
+            runners: HashMap::new(),
+            runner_names: HashMap::new(),
+            subscribers: Subscribers::default(),
+            next_job: 1,
+            next_runner: 1,
+            finished: Default::default(),
+            pending_results: HashMap::new(),
+            runs: BTreeMap::new(),
+            pipelines: BTreeMap::new(),
+            next_pipeline: 1,
+            job_runs: HashMap::new(),
+            next_run: 1,
+            started: now.at,
+            now,
+            store,
+            changes: Vec::new(),
+            after: Vec::new(),
+            dirty_jobs: Default::default(),
+            dirty_runs: Default::default(),
+            counters_dirty: false,
+            timed_runs: Default::default(),
+            held: Vec::new(),
+            queued_since: HashMap::new(),
+            advancing_runs: Default::default(),
+            self_tx,
+            audit_log: Default::default(),
+            audit_stragglers: Default::default(),
+            next_audit: 1,
+            actor: None,
+            projects: Default::default(),
+        }
+    }
+
     async fn run(mut self, mut rx: mpsc::Receiver<Command>) {
         let mut tick = tokio::time::interval(Duration::from_millis(100));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -489,23 +537,25 @@ impl Core {
             tokio::select! {
                 command = rx.recv() => {
                     let Some(command) = command else { return };
-                    self.handle(command);
+                    let now = Now::system();
+                    self.handle(command, now);
                     // Drain what is already waiting, then schedule once.
                     for _ in 0..4096 {
                         match rx.try_recv() {
-                            Ok(command) => self.handle(command),
+                            Ok(command) => self.handle(command, now),
                             Err(_) => break,
                         }
                     }
                 }
-                _ = tick.tick() => self.on_tick(Instant::now()),
+                _ = tick.tick() => self.on_tick(Now::system()),
             }
             self.dispatch();
             self.flush();
         }
     }
 
-    fn handle(&mut self, command: Command) {
+    fn handle(&mut self, command: Command, now: Now) {
+        self.now = now;
         match command {
             Command::Submit(spec, reply) => self.submit(spec, reply),
             Command::Cancel(job, reply) => {
@@ -531,7 +581,7 @@ impl Core {
                 reply.reply(JobList { jobs });
             }
             Command::ListRunners(reply) => {
-                let now = Instant::now();
+                let now = self.now.at;
                 let mut runners: Vec<_> = self.runners.values().map(|r| r.info(now)).collect();
                 runners.sort_by_key(|r| r.runner_id);
                 reply.reply(RunnerList { runners });
@@ -623,11 +673,13 @@ impl Core {
                 msg,
                 sender,
                 session,
+                heard,
                 correlation,
                 token,
                 done,
             } => {
-                let _ = done.send(self.register(msg, sender, session, correlation, &token));
+                let link = (sender, session, heard);
+                let _ = done.send(self.register(msg, link, correlation, &token));
             }
             Command::FromRunner {
                 runner,
@@ -637,7 +689,7 @@ impl Core {
             } => self.on_runner_message(runner, session, correlation, message),
             Command::As { actor, command } => {
                 self.actor = Some(actor);
-                self.handle(*command);
+                self.handle(*command, now);
                 self.actor = None;
             }
             Command::ListAudit { limit, before, reply } => self.list_audit(limit, before, reply),
@@ -652,7 +704,7 @@ impl Core {
                 if let Some(r) = self.runners.get_mut(&runner) {
                     if r.is_session(session) {
                         info!(runner = %r.name, "runner disconnected");
-                        r.link = Link::Disconnected(Instant::now());
+                        r.link = Link::Disconnected(self.now.at);
                         self.scheduler.set_availability(runner, Availability::Lost);
                         if r.remove_when_gone && r.jobs.is_empty() {
                             let name = r.name.clone();
@@ -682,7 +734,7 @@ impl Core {
     fn create_job(&mut self, spec: JobSpec) -> JobId {
         let id = JobId(self.next_job);
         self.next_job += 1;
-        let record = JobRecord::new(id, spec, now_ms());
+        let record = JobRecord::new(id, spec, self.now.wall_ms);
         self.metrics.jobs_submitted.inc();
         self.enqueue(&record);
         debug!(job_id = id.0, name = %record.spec.name, "job queued");
@@ -759,7 +811,7 @@ impl Core {
             }
         }
         if let Some(run) = self.runs.get_mut(&id) {
-            if run.finish_if_done(now_ms()) {
+            if run.finish_if_done(self.now.wall_ms) {
                 info!(run_id = id, state = run.state().as_str(), "run finished");
             }
         }
@@ -801,13 +853,13 @@ impl Core {
         if let Err(err) = self.scheduler.enqueue(queued) {
             warn!(%err, "job already known to the scheduler");
         } else {
-            self.queued_since.insert(record.id, Instant::now());
+            self.queued_since.insert(record.id, self.now.at);
         }
     }
 
     /// The scheduler's clock: milliseconds since the core started.
     fn clock_ms(&self) -> u64 {
-        self.started.elapsed().as_millis() as u64
+        self.now.at.saturating_duration_since(self.started).as_millis() as u64
     }
 
     fn cancel(&mut self, id: JobId, reply: Responder) {
@@ -819,13 +871,17 @@ impl Core {
             JobState::Queued => {
                 self.scheduler.remove_job(id);
                 self.queued_since.remove(&id);
-                let _ = job.force_final(JobState::Cancelled, "cancelled while queued".into(), now_ms());
+                let _ = job.force_final(
+                    JobState::Cancelled,
+                    "cancelled while queued".into(),
+                    self.now.wall_ms,
+                );
                 self.finished_job(id);
             }
             JobState::Assigned | JobState::Running => {
                 job.cancel_requested = true;
                 self.dirty_jobs.insert(id);
-                job.kill_deadline = Some(Instant::now() + self.config.kill_grace + Duration::from_secs(5));
+                job.kill_deadline = Some(self.now.at + self.config.kill_grace + Duration::from_secs(5));
                 let attempt = job.attempt;
                 let runner = job.runner;
                 if let Some(sender) = runner.and_then(|r| self.runners.get(&r)).and_then(|r| r.sender()) {
@@ -897,7 +953,7 @@ impl Core {
             self.advance_run(run);
         }
         self.finished.push_back(id);
-        self.expire_finished(now_ms());
+        self.expire_finished(self.now.wall_ms);
     }
 
     /// Deletes the oldest finished jobs and their logs beyond the retention
@@ -965,7 +1021,7 @@ impl Core {
         let delay = FIRST_DELAY
             .saturating_mul(1 << failures.saturating_sub(1).min(16))
             .min(MAX_DELAY);
-        self.held.push((Instant::now() + delay, id));
+        self.held.push((self.now.at + delay, id));
         self.publish_state(id);
     }
 
@@ -1106,8 +1162,7 @@ impl Core {
     fn register(
         &mut self,
         msg: RegisterRunner,
-        sender: SessionSender,
-        session: u64,
+        (sender, session, heard): (SessionSender, u64, Heard),
         correlation: u64,
         token: &str,
     ) -> Result<RunnerId, (ErrorCode, String)> {
@@ -1147,7 +1202,7 @@ impl Core {
                 });
             }
         }
-        let now = Instant::now();
+        let now = self.now.at;
         let id = match self.runner_names.get(&msg.name) {
             Some(id) => *id,
             None => {
@@ -1166,7 +1221,7 @@ impl Core {
             AuditAction::RegisterRunner,
             format!("runner {}", id.0),
             detail.to_owned(),
-            now_ms(),
+            self.now.wall_ms,
         );
         let previous_jobs = self.runners.get(&id).map(|r| r.jobs.clone()).unwrap_or_default();
         let record = RunnerRecord {
@@ -1181,6 +1236,7 @@ impl Core {
             link: Link::Connected {
                 session,
                 sender: sender.clone(),
+                heard,
             },
             draining: false,
             last_seen: now,
@@ -1230,7 +1286,7 @@ impl Core {
                 .get_mut(&jid)
                 .filter(|j| j.state() == JobState::Assigned)
             {
-                if job.acknowledge(id, attempt, now_ms()).is_ok() {
+                if job.acknowledge(id, attempt, self.now.wall_ms).is_ok() {
                     self.publish_state(jid);
                 }
             }
@@ -1256,7 +1312,7 @@ impl Core {
 
     fn lose(&mut self, id: JobId, runner: Option<RunnerId>, why: &str) {
         let Some(job) = self.jobs.get_mut(&id) else { return };
-        let result = job.lose_attempt(why.to_owned(), self.config.handoff_limit, now_ms());
+        let result = job.lose_attempt(why.to_owned(), self.config.handoff_limit, self.now.wall_ms);
         if let Ok(disposition) = result {
             warn!(job_id = id.0, why, "job attempt lost");
             self.apply_disposition(id, runner, disposition);
@@ -1271,7 +1327,7 @@ impl Core {
             // A frame from a connection that was replaced; nothing it says counts.
             return;
         }
-        record.last_seen = Instant::now();
+        record.last_seen = self.now.at;
         let sender = record.sender().cloned();
         let reply = |msg_ok: Result<(), TransitionError>| {
             if let Some(sender) = &sender {
@@ -1292,7 +1348,7 @@ impl Core {
                 }
             }
         };
-        let now = now_ms();
+        let now = self.now.wall_ms;
         match message {
             Message::Heartbeat(_) => {}
             Message::Drain(d) => {
@@ -1312,7 +1368,7 @@ impl Core {
                         let r = job.acknowledge(runner, ack.attempt, now);
                         if r.is_ok() && job.spec.timeout_ms > 0 {
                             job.kill_deadline = Some(
-                                Instant::now()
+                                self.now.at
                                     + Duration::from_millis(job.spec.timeout_ms)
                                     + self.config.kill_grace
                                     + Duration::from_secs(5),
@@ -1416,7 +1472,7 @@ impl Core {
                     if received < result.log_chunks {
                         // Log chunks travel on the bulk lane and may still be
                         // behind this result: record it once they are in.
-                        let deadline = Instant::now() + Duration::from_secs(5);
+                        let deadline = self.now.at + Duration::from_secs(5);
                         self.pending_results.insert(
                             id,
                             PendingResult {
@@ -1430,7 +1486,7 @@ impl Core {
                         self.record_pending(PendingResult {
                             runner,
                             result,
-                            deadline: Instant::now(),
+                            deadline: self.now.at,
                             ack,
                         });
                     }
@@ -1459,7 +1515,7 @@ impl Core {
 
     fn record_result(&mut self, runner: RunnerId, result: valkyrie::message::JobResult) {
         let id = JobId(result.job_id);
-        let now = now_ms();
+        let now = self.now.wall_ms;
         let Some(job) = self.jobs.get_mut(&id) else { return };
         // A result for an attempt still leased counts as its ack too.
         if job.state() == JobState::Assigned {
@@ -1560,12 +1616,14 @@ impl Core {
 
     // ---- time ----
 
-    fn on_tick(&mut self, now: Instant) {
+    fn on_tick(&mut self, now: Now) {
+        self.now = now;
+        let now = now.at;
         let jobs = &self.jobs;
         self.subscribers.flush_markers(|j| jobs.get(&j).map(state_event));
         self.release_held(now);
-        self.expire_finished(now_ms());
-        self.expire_audit(now_ms());
+        self.expire_finished(self.now.wall_ms);
+        self.expire_audit(self.now.wall_ms);
         let runs = &self.runs;
         self.timed_runs
             .retain(|id| runs.get(id).is_some_and(|r| !r.state().is_terminal()));
@@ -1640,7 +1698,7 @@ impl Core {
             };
             let attempt = job.attempt;
             let runner = job.runner;
-            let _ = job.force_final(state, why.into(), now_ms());
+            let _ = job.force_final(state, why.into(), self.now.wall_ms);
             if let Some(sender) = runner.and_then(|r| self.runners.get(&r)).and_then(|r| r.sender()) {
                 let _ = sender.try_reply(
                     0,
@@ -1660,7 +1718,7 @@ impl Core {
             .runners
             .values()
             .filter(|r| match r.link {
-                Link::Connected { .. } => now.duration_since(r.last_seen) >= lost_after,
+                Link::Connected { .. } => now.saturating_duration_since(r.last_seen()) >= lost_after,
                 Link::Disconnected(since) => now.duration_since(since) >= lost_after,
                 Link::Lost => false,
             })
@@ -1702,7 +1760,7 @@ impl Core {
             let Some(job) = self.jobs.get_mut(&job_id) else {
                 continue;
             };
-            let attempt = match job.assign(runner_id, &runner.name, Instant::now() + lease) {
+            let attempt = match job.assign(runner_id, &runner.name, self.now.at + lease) {
                 Ok(attempt) => attempt,
                 Err(err) => {
                     warn!(%err, "scheduler planned an illegal assignment");

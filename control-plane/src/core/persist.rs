@@ -3,13 +3,13 @@
 //! for them, and rebuilding the state from the store at start.
 
 use std::collections::BTreeSet;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tracing::{info, warn};
 use valkyrie::message::JobState;
 use valkyrie::transport::MAX_RECONNECT_INTERVAL;
 
-use super::{now_ms, Core, JobLogs, Link, RunnerRecord, StoredLog};
+use super::{Core, JobLogs, Link, RunnerRecord, StoredLog};
 use crate::run::Run;
 use crate::scheduler::{Availability, JobId, RunnerId};
 use crate::store::{AfterCommit, Change, Counters, Loaded, RunnerRow};
@@ -84,7 +84,7 @@ impl Core {
     /// a lost runner. Nothing is dropped silently and nothing is queued
     /// twice.
     pub(super) fn recover(&mut self, loaded: Loaded) {
-        let now = Instant::now();
+        let now = self.now.at;
         let counters = loaded.counters;
         self.next_job = counters.next_job.max(1);
         self.next_run = counters.next_run.max(1);
@@ -95,7 +95,7 @@ impl Core {
             self.next_audit = self.next_audit.max(record.id + 1);
             self.keep_audit(record);
         }
-        self.expire_audit(now_ms());
+        self.expire_audit(self.now.wall_ms);
         self.projects.recover(loaded.projects, loaded.deliveries);
         for mut def in loaded.pipelines {
             if def.source.is_empty() {
@@ -198,7 +198,7 @@ impl Core {
                 data: log.data.into(),
             });
         }
-        let now_ms = now_ms();
+        let now_ms = self.now.wall_ms;
         for row in loaded.runs {
             self.next_run = self.next_run.max(row.id + 1);
             let id = row.id;

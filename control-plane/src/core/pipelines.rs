@@ -10,12 +10,12 @@
 //! [`VALIDATE_TIMEOUT`] whatever the file.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::sync::Semaphore;
 use valkyrie_pipeline::{Pipeline, PipelineErrors};
 
-use super::{now_ms, Core, CoreHandle};
+use super::{Core, CoreHandle};
 use crate::run::Run;
 
 /// Longest a caller waits for a pipeline file to be validated (including
@@ -174,7 +174,7 @@ impl Core {
         } = valid;
         let id = self.next_pipeline;
         self.next_pipeline += 1;
-        let now = now_ms();
+        let now = self.now.wall_ms;
         let def = PipelineDef {
             id,
             name: pipeline.name.clone(),
@@ -229,7 +229,7 @@ impl Core {
         let run_id = self.next_run;
         self.next_run += 1;
         tracing::info!(run_id, pipeline = %pipeline.name, jobs = pipeline.jobs.len(), "run created");
-        let mut run = Run::new(run_id, pipeline, now_ms(), Instant::now());
+        let mut run = Run::new(run_id, pipeline, self.now.wall_ms, self.now.at);
         run.set_source(&file_name, &yaml);
         self.runs.insert(run_id, run);
         self.dirty_runs.insert(run_id);

@@ -8,7 +8,7 @@ use tokio::sync::oneshot;
 use tracing::info;
 use valkyrie::message::JobSpec;
 
-use super::{now_ms, Core, ValidatedPipeline};
+use super::{Core, ValidatedPipeline};
 use crate::audit::AuditAction;
 use crate::source::{Project, Trigger};
 use crate::store::{Change, DeliveryRow};
@@ -123,7 +123,7 @@ impl Core {
         if self.projects.projects.contains_key(&project.name) {
             return Err(format!("project `{}` already exists", project.name));
         }
-        project.created_at_ms = now_ms();
+        project.created_at_ms = self.now.wall_ms;
         self.record(Change::Project(Box::new(project.clone())));
         self.audit(
             AuditAction::CreateProject,

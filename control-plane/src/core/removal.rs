@@ -110,7 +110,7 @@ impl Core {
                 AuditAction::RemoveRunner,
                 format!("runner {}", id.0),
                 detail,
-                super::now_ms(),
+                self.now.wall_ms,
             );
             self.remove_runner(id, "not seen for longer than the runner retention");
         }

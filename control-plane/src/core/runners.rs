@@ -1,12 +1,45 @@
 //! Runner records: identity, capacity, connection and liveness.
 
 use std::collections::BTreeSet;
-use std::time::Instant;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use valkyrie::message::{RunnerInfo, RunnerState};
 use valkyrie::SessionSender;
 
 use crate::scheduler::{JobId, RunnerId};
+
+/// When an agent was last heard from. Its session task marks every message
+/// it reads, so heartbeats (the bulk of an idle fleet's traffic) never reach
+/// the core; the core reads the mark when it judges liveness.
+#[derive(Debug, Clone)]
+pub struct Heard {
+    since: Instant,
+    /// Milliseconds after `since`.
+    ms: Arc<AtomicU64>,
+}
+
+impl Heard {
+    /// Heard now.
+    pub fn new(now: Instant) -> Self {
+        Self {
+            since: now,
+            ms: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    /// The agent was heard at `now`.
+    pub fn mark(&self, now: Instant) {
+        let ms = now.saturating_duration_since(self.since).as_millis() as u64;
+        self.ms.fetch_max(ms, Ordering::Relaxed);
+    }
+
+    /// When the agent was last heard (to the millisecond).
+    pub fn at(&self) -> Instant {
+        self.since + Duration::from_millis(self.ms.load(Ordering::Relaxed))
+    }
+}
 
 /// A runner's connection to this server.
 #[derive(Debug)]
@@ -17,6 +50,8 @@ pub enum Link {
         session: u64,
         /// Where to send assignments and cancels.
         sender: SessionSender,
+        /// Marked by the session on every message from the agent.
+        heard: Heard,
     },
     /// Disconnected since the instant; lost after `runner_lost_after`.
     Disconnected(Instant),
@@ -47,7 +82,8 @@ pub struct RunnerRecord {
     pub link: Link,
     /// The agent said it drains.
     pub draining: bool,
-    /// Last frame from the runner.
+    /// Last message from the runner that reached the core; the session's
+    /// [`Heard`] mark may be later (see [`last_seen`](Self::last_seen)).
     pub last_seen: Instant,
     /// Jobs whose current attempt is on this runner.
     pub jobs: BTreeSet<JobId>,
@@ -61,6 +97,14 @@ impl RunnerRecord {
         match &self.link {
             Link::Connected { sender, .. } => Some(sender),
             _ => None,
+        }
+    }
+
+    /// When the runner was last heard from, by the core or its session.
+    pub fn last_seen(&self) -> Instant {
+        match &self.link {
+            Link::Connected { heard, .. } => self.last_seen.max(heard.at()),
+            _ => self.last_seen,
         }
     }
 
@@ -95,7 +139,7 @@ impl RunnerRecord {
             slots: self.slots,
             busy: self.jobs.len() as u32,
             state: self.state(),
-            last_seen_ms_ago: now.saturating_duration_since(self.last_seen).as_millis() as u64,
+            last_seen_ms_ago: now.saturating_duration_since(self.last_seen()).as_millis() as u64,
             version: self.version.clone(),
         }
     }

@@ -135,7 +135,8 @@ impl FrameDecoder {
     /// A decoder refusing payloads over `max_payload_bytes`.
     pub fn new(max_payload_bytes: u32) -> Self {
         Self {
-            buf: BytesMut::with_capacity(64 * 1024),
+            // Grown as input arrives: an idle connection holds no buffer.
+            buf: BytesMut::new(),
             max_payload_bytes,
             failed: None,
         }

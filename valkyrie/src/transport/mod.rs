@@ -25,7 +25,9 @@ pub use listener::{BindError, Listener, ListenerOptions};
 /// its agent was waiting out its back-off.
 pub const MAX_RECONNECT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
 
-pub use session::{Authenticator, Incoming, PendingReply, Redirector, RequestError, Session, SessionSender};
+pub use session::{
+    Authenticator, Incoming, PendingReply, Redirector, RequestError, SentMessages, Session, SessionSender,
+};
 pub use tls::{dev_certificate, ClientTls, DevCertificate, ServerTls, TlsSetupError, ALPN};
 
 use crate::connection::{Connection, ConnectionConfig};

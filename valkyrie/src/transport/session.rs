@@ -304,6 +304,53 @@ impl Session {
     }
 }
 
+/// What was sent on a [`SessionSender`] made by
+/// [`SessionSender::in_memory`], in the order each lane received it.
+pub struct SentMessages {
+    lanes: LaneReceivers,
+}
+
+impl std::fmt::Debug for SentMessages {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SentMessages").finish_non_exhaustive()
+    }
+}
+
+impl SentMessages {
+    /// The next message waiting, control lane first, with its correlation
+    /// id; `None` when nothing is waiting. Requests get no answer.
+    pub fn try_next(&mut self) -> Option<Incoming> {
+        self.lanes.iter_mut().find_map(|rx| match rx.try_recv().ok()? {
+            Command::Send {
+                correlation, message, ..
+            }
+            | Command::Request {
+                correlation, message, ..
+            } => Some(Incoming { correlation, message }),
+            Command::Close { code, reason } => Some(Incoming {
+                correlation: 0,
+                message: Message::Close(crate::message::Close { code, reason }),
+            }),
+        })
+    }
+
+    /// Every message waiting now.
+    pub fn drain(&mut self) -> Vec<Incoming> {
+        std::iter::from_fn(|| self.try_next()).collect()
+    }
+}
+
+impl SessionSender {
+    /// A sender with no connection behind it: what is sent waits in the
+    /// returned [`SentMessages`]. For tests of code that talks on sessions
+    /// (a sans-IO core driven on a virtual clock); dropping the
+    /// `SentMessages` makes later sends fail as on a closed connection.
+    pub fn in_memory() -> (Self, SentMessages) {
+        let (parts, _ends, lanes) = session_pair("in-memory".into());
+        (parts.sender, SentMessages { lanes })
+    }
+}
+
 /// The driver's end of a session.
 pub(crate) struct DriverEnds {
     pub incoming: mpsc::Sender<Incoming>,

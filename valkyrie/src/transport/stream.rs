@@ -16,7 +16,12 @@ use crate::frame::{ErrorCode, Lane};
 
 /// Frames are coalesced into writes of up to this many bytes.
 pub(crate) const MAX_WRITE_BYTES: usize = 256 * 1024;
-const READ_BUFFER_BYTES: usize = 64 * 1024;
+/// Reads ask for between these many bytes, adapting to what the last read
+/// brought (as hyper does): bulk transfers read 64 KiB at a time while an
+/// idle connection, the common case among thousands of agents, holds a
+/// small buffer or none.
+const MIN_READ_BYTES: usize = 1024;
+const MAX_READ_BYTES: usize = 64 * 1024;
 /// How long a closing connection may take to hand its last frames (the Close)
 /// to a peer, and then to wait for the peer's EOF, before it is abandoned. A
 /// dead peer that never reads must not hold a connection slot forever.
@@ -51,7 +56,7 @@ where
     // Two chunks in flight: one being written, one ready behind it.
     let (write_tx, write_rx) = mpsc::channel::<Bytes>(2);
     let writer_task = tokio::spawn(write_loop(writer, write_rx).in_current_span());
-    let mut read_buf = BytesMut::with_capacity(READ_BUFFER_BYTES);
+    let mut read_size = ReadSize::default();
     let mut lanes_open = [true; 3];
     let mut write_failed = false;
     let mut read_eof = false;
@@ -85,9 +90,15 @@ where
         }
         let open = conn.is_open();
         let timeout = close_deadline.or_else(|| conn.poll_timeout());
+        let reading = !conn.is_closed();
+        let writing = conn.has_pending_output();
+        let can_send = [Lane::Control, Lane::Dispatch, Lane::Bulk]
+            .map(|lane| open && lanes_open[lane.index()] && conn.can_send(lane));
+        let read_buf = conn.recv_buffer(0);
+        read_size.prepare(read_buf);
         tokio::select! {
             biased;
-            permit = write_tx.reserve(), if conn.has_pending_output() => {
+            permit = write_tx.reserve(), if writing => {
                 match permit {
                     Ok(permit) => {
                         let mut out = BytesMut::with_capacity(MAX_WRITE_BYTES.min(64 * 1024));
@@ -97,34 +108,31 @@ where
                     Err(_) => write_failed = true,
                 }
             }
-            read = reader.read_buf(&mut read_buf), if !conn.is_closed() => {
+            read = reader.read_buf(read_buf), if reading => {
                 match read {
                     Ok(0) | Err(_) => {
                         read_eof = true;
                         conn.handle_eof(0);
                     }
-                    Ok(_) => {
-                        conn.handle_bytes(0, &read_buf, Instant::now());
-                        read_buf.clear();
-                        if read_buf.capacity() < READ_BUFFER_BYTES {
-                            read_buf.reserve(READ_BUFFER_BYTES);
-                        }
+                    Ok(n) => {
+                        read_size.record(n);
+                        conn.handle_buffered(0, Instant::now());
                     }
                 }
             }
-            cmd = control_rx.recv(), if open && lanes_open[0] && conn.can_send(Lane::Control) => {
+            cmd = control_rx.recv(), if can_send[0] => {
                 match cmd {
                     Some(cmd) => ends.apply_batch(&mut conn, cmd, &mut control_rx, Lane::Control),
                     None => lanes_open[0] = false,
                 }
             }
-            cmd = dispatch_rx.recv(), if open && lanes_open[1] && conn.can_send(Lane::Dispatch) => {
+            cmd = dispatch_rx.recv(), if can_send[1] => {
                 match cmd {
                     Some(cmd) => ends.apply_batch(&mut conn, cmd, &mut dispatch_rx, Lane::Dispatch),
                     None => lanes_open[1] = false,
                 }
             }
-            cmd = bulk_rx.recv(), if open && lanes_open[2] && conn.can_send(Lane::Bulk) => {
+            cmd = bulk_rx.recv(), if can_send[2] => {
                 match cmd {
                     Some(cmd) => ends.apply_batch(&mut conn, cmd, &mut bulk_rx, Lane::Bulk),
                     None => lanes_open[2] = false,
@@ -161,6 +169,41 @@ where
         let _ = tokio::time::timeout_at(deadline.into(), discard_until_eof(&mut reader)).await;
     }
     debug!("connection ended");
+}
+
+/// How much room the next read gets.
+struct ReadSize {
+    next: usize,
+}
+
+impl Default for ReadSize {
+    fn default() -> Self {
+        Self { next: MIN_READ_BYTES }
+    }
+}
+
+impl ReadSize {
+    /// Makes room for the next read in `buf` (the decoder's buffer, which
+    /// may hold the start of a frame). An empty buffer much larger than
+    /// reads now need is given back to the allocator.
+    fn prepare(&self, buf: &mut BytesMut) {
+        if buf.is_empty() && buf.capacity() > 4 * self.next {
+            *buf = BytesMut::new();
+        }
+        if buf.capacity() - buf.len() < self.next {
+            buf.reserve(self.next);
+        }
+    }
+
+    /// Adapts to a read of `n` bytes: doubles after a read that filled its
+    /// room, halves after one that used less than half.
+    fn record(&mut self, n: usize) {
+        if n >= self.next {
+            self.next = (self.next * 2).min(MAX_READ_BYTES);
+        } else if n < self.next / 2 {
+            self.next = (self.next / 2).max(MIN_READ_BYTES);
+        }
+    }
 }
 
 /// Reads and drops input until EOF or an error.

@@ -1,0 +1,440 @@
+//! The core on a virtual clock: no sockets, no sleeps. Each test drives
+//! [`Core`] the way its driver does (an input, then dispatch and flush; a
+//! tick every 100 ms) with a clock it moves by hand, and reads what the core
+//! sent to agents from in-memory sessions.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, oneshot};
+use valkyrie::message::{
+    Assign, AssignAck, CancelAssignment, JobInfo, JobOutcome, JobResult, JobSpec, JobStarted, JobState,
+    Message, RegisterRunner, RetryOn, StepSpec,
+};
+use valkyrie::transport::SentMessages;
+use valkyrie::{ErrorCode, SessionSender};
+
+use super::{Command, Core, CoreConfig, Heard, Now};
+use crate::auth::Tokens;
+use crate::metrics::Metrics;
+use crate::responder::Responder;
+use crate::scheduler::RunnerId;
+
+/// The driver's tick.
+const TICK: Duration = Duration::from_millis(100);
+
+struct Harness {
+    core: Core,
+    /// Work the core hands back to itself.
+    rx: mpsc::Receiver<Command>,
+    _tx: mpsc::Sender<Command>,
+    now: Now,
+    next_session: u64,
+}
+
+/// An agent as the core sees it: a runner id, a session and what was sent
+/// on it.
+struct Agent {
+    id: RunnerId,
+    session: u64,
+    sent: SentMessages,
+    heard: Heard,
+}
+
+impl Agent {
+    fn messages(&mut self) -> Vec<Message> {
+        self.sent.drain().into_iter().map(|i| i.message).collect()
+    }
+
+    /// The Assigns and CancelAssignments sent since the last look.
+    fn dispatch(&mut self) -> (Vec<Assign>, Vec<CancelAssignment>) {
+        let mut assigns = Vec::new();
+        let mut cancels = Vec::new();
+        for message in self.messages() {
+            match message {
+                Message::Assign(a) => assigns.push(a),
+                Message::CancelAssignment(c) => cancels.push(c),
+                _ => {}
+            }
+        }
+        (assigns, cancels)
+    }
+}
+
+fn config() -> CoreConfig {
+    CoreConfig {
+        assign_lease: Duration::from_secs(5),
+        runner_lost_after: Duration::from_secs(10),
+        kill_grace: Duration::from_secs(10),
+        ..CoreConfig::default()
+    }
+}
+
+fn job(name: &str, retries: u32) -> JobSpec {
+    let mut spec = JobSpec::with_steps(name, vec![StepSpec::noop()]);
+    spec.retry.max_retries = retries;
+    spec.retry.on = RetryOn(RetryOn::LOST.0 | RetryOn::FAILED.0);
+    spec
+}
+
+impl Harness {
+    fn new(config: CoreConfig) -> Self {
+        let (tx, rx) = mpsc::channel(1024);
+        let now = Now {
+            at: Instant::now(),
+            wall_ms: 1_800_000_000_000,
+        };
+        let tokens = Arc::new(Tokens::new("api-token".into(), "runner-token".into()));
+        let core = Core::new(
+            config,
+            tokens,
+            Arc::new(Metrics::default()),
+            None,
+            tx.downgrade(),
+            now,
+        );
+        Self {
+            core,
+            rx,
+            _tx: tx,
+            now,
+            next_session: 1,
+        }
+    }
+
+    /// What the driver does after a batch of inputs.
+    fn turn(&mut self) {
+        while let Ok(command) = self.rx.try_recv() {
+            self.core.handle(command, self.now);
+        }
+        self.core.dispatch();
+        self.core.flush();
+    }
+
+    fn input(&mut self, command: Command) {
+        self.core.handle(command, self.now);
+        self.turn();
+    }
+
+    /// Moves the clock by `by`, ticking every 100 ms as the driver does.
+    fn advance(&mut self, by: Duration) {
+        let end = self.now.at + by;
+        while self.now.at < end {
+            let step = TICK.min(end - self.now.at);
+            self.now.at += step;
+            self.now.wall_ms += step.as_millis() as u64;
+            self.core.on_tick(self.now);
+            self.turn();
+        }
+    }
+
+    fn register(&mut self, name: &str, slots: u32) -> Agent {
+        let (sender, mut sent) = SessionSender::in_memory();
+        let heard = Heard::new(self.now.at);
+        let session = self.next_session;
+        self.next_session += 1;
+        let (done, mut done_rx) = oneshot::channel();
+        self.input(Command::Register {
+            msg: RegisterRunner {
+                name: name.into(),
+                tags: Vec::new(),
+                os: "linux".into(),
+                arch: "x86_64".into(),
+                slots,
+                version: "test".into(),
+                running: Vec::new(),
+            },
+            sender,
+            session,
+            heard: heard.clone(),
+            correlation: 1,
+            token: "runner-token".into(),
+            done,
+        });
+        let id = done_rx
+            .try_recv()
+            .expect("registration answered in the same turn")
+            .expect("registered");
+        assert!(
+            matches!(
+                sent.try_next().map(|i| i.message),
+                Some(Message::RunnerRegistered(_))
+            ),
+            "RunnerRegistered first"
+        );
+        Agent {
+            id,
+            session,
+            sent,
+            heard,
+        }
+    }
+
+    fn from_agent(&mut self, agent: &Agent, correlation: u64, message: impl Into<Message>) {
+        self.input(Command::FromRunner {
+            runner: agent.id,
+            session: agent.session,
+            correlation,
+            message: message.into(),
+        });
+    }
+
+    /// Acknowledges and starts `assign` as its agent would.
+    fn start(&mut self, agent: &mut Agent, assign: &Assign) {
+        let (job_id, attempt) = (assign.job_id, assign.attempt);
+        self.from_agent(
+            agent,
+            10,
+            AssignAck {
+                job_id,
+                attempt,
+                accepted: true,
+                reason: String::new(),
+            },
+        );
+        self.from_agent(agent, 11, JobStarted { job_id, attempt });
+        agent.messages(); // the two Acks
+    }
+
+    fn submit(&mut self, spec: JobSpec) -> u64 {
+        let (reply, mut rx) = Responder::channel();
+        self.input(Command::Submit(spec, reply));
+        match rx.try_recv() {
+            Ok(Message::JobAccepted(accepted)) => accepted.job_id,
+            other => panic!("Submit answered with {other:?}"),
+        }
+    }
+
+    fn job(&mut self, job_id: u64) -> JobInfo {
+        let (reply, mut rx) = Responder::channel();
+        self.input(Command::GetJob(job_id, reply));
+        match rx.try_recv() {
+            Ok(Message::JobDetails(details)) => details.job,
+            other => panic!("GetJob answered with {other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn an_unacknowledged_assignment_goes_back_to_the_queue_when_its_lease_runs_out() {
+    let mut h = Harness::new(config());
+    let mut a = h.register("a", 1);
+    let id = h.submit(job("build", 0));
+    let (assigns, _) = a.dispatch();
+    assert_eq!(assigns.len(), 1);
+    assert_eq!(
+        (assigns[0].job_id, assigns[0].attempt, assigns[0].lease_ms),
+        (id, 1, 5_000)
+    );
+
+    // Just inside the lease nothing changes.
+    h.advance(Duration::from_millis(4_900));
+    assert_eq!(h.job(id).state, JobState::Assigned);
+    assert_eq!(a.dispatch(), (vec![], vec![]));
+
+    // Past it, the hand-off failed: the job is handed out again, as a new
+    // attempt, without spending the retry budget it does not have.
+    h.advance(Duration::from_millis(200));
+    h.advance(Duration::from_secs(1)); // the hand-off back-off
+    let (assigns, _) = a.dispatch();
+    assert_eq!(
+        assigns.iter().map(|a| (a.job_id, a.attempt)).collect::<Vec<_>>(),
+        [(id, 2)]
+    );
+    let info = h.job(id);
+    assert_eq!((info.state, info.attempt), (JobState::Assigned, 2));
+}
+
+#[tokio::test]
+async fn a_runner_silent_past_runner_lost_after_is_lost_and_its_job_retried_elsewhere() {
+    let mut h = Harness::new(config());
+    let mut a = h.register("a", 1);
+    let id = h.submit(job("build", 1));
+    let (assigns, _) = a.dispatch();
+    h.start(&mut a, &assigns[0]);
+    let mut b = h.register("b", 1);
+    assert_eq!(h.job(id).state, JobState::Running);
+
+    // The session marks what it hears (heartbeats never reach the core).
+    // `b` heartbeats every second throughout; `a` once, at 9 s: it is still
+    // alive at 10 s.
+    let (a_heard, b_heard) = (a.heard.clone(), b.heard.clone());
+    let beat = |h: &mut Harness, a_too: bool, seconds: u64| {
+        for _ in 0..seconds {
+            h.advance(Duration::from_secs(1));
+            b_heard.mark(h.now.at);
+            if a_too {
+                a_heard.mark(h.now.at);
+            }
+        }
+    };
+    beat(&mut h, false, 8);
+    beat(&mut h, true, 1);
+    beat(&mut h, false, 1);
+    assert_eq!(h.job(id).state, JobState::Running);
+
+    // Silent from then on: lost 10 s after its last mark (at 19 s), and the
+    // job's attempt 2 goes to `b`.
+    beat(&mut h, false, 8);
+    h.advance(Duration::from_millis(900));
+    b.heard.mark(h.now.at);
+    assert_eq!(h.job(id).state, JobState::Running, "not before 10 s of silence");
+    assert_eq!(b.dispatch(), (vec![], vec![]));
+    beat(&mut h, false, 1);
+    let (assigns, _) = b.dispatch();
+    assert_eq!(
+        assigns.iter().map(|a| (a.job_id, a.attempt)).collect::<Vec<_>>(),
+        [(id, 2)],
+        "{:?}",
+        h.job(id)
+    );
+}
+
+#[tokio::test]
+async fn a_job_past_its_timeout_is_ended_by_the_server_when_the_agent_stays_silent() {
+    let mut h = Harness::new(config());
+    let mut a = h.register("a", 1);
+    let mut spec = job("slow", 0);
+    spec.timeout_ms = 2_000;
+    let id = h.submit(spec);
+    let (assigns, _) = a.dispatch();
+    h.start(&mut a, &assigns[0]);
+
+    // The agent enforces the timeout itself; the server gives it the
+    // timeout plus the kill grace plus a margin before it steps in. The
+    // agent keeps heartbeating (the runner is not lost), but never reports.
+    let mut waited = Duration::ZERO;
+    while h.job(id).state == JobState::Running {
+        assert!(waited < Duration::from_secs(60), "still running after {waited:?}");
+        h.advance(Duration::from_secs(1));
+        a.heard.mark(h.now.at);
+        waited += Duration::from_secs(1);
+    }
+    let info = h.job(id);
+    assert_eq!(info.state, JobState::TimedOut, "{info:?}");
+    assert!(waited >= Duration::from_secs(2), "ended after {waited:?}");
+    let (_, cancels) = a.dispatch();
+    assert_eq!(
+        cancels.iter().map(|c| (c.job_id, c.attempt)).collect::<Vec<_>>(),
+        [(id, 1)]
+    );
+}
+
+#[tokio::test]
+async fn a_cancel_reaches_the_runner_and_is_forced_when_the_agent_never_confirms() {
+    let mut h = Harness::new(config());
+    let mut a = h.register("a", 1);
+    let id = h.submit(job("build", 3));
+    let (assigns, _) = a.dispatch();
+    h.start(&mut a, &assigns[0]);
+
+    let (reply, mut rx) = Responder::channel();
+    h.input(Command::Cancel(id, reply));
+    assert!(matches!(rx.try_recv(), Ok(Message::Ack(_))));
+    let (_, cancels) = a.dispatch();
+    assert_eq!(
+        cancels.iter().map(|c| (c.job_id, c.attempt)).collect::<Vec<_>>(),
+        [(id, 1)]
+    );
+    // Until the agent answers, the job is still on its runner...
+    h.advance(Duration::from_secs(5));
+    a.heard.mark(h.now.at);
+    assert_eq!(h.job(id).state, JobState::Running);
+    // ...and after the kill grace and a margin, the server ends it
+    // cancelled, not retried despite its retry budget.
+    h.advance(Duration::from_secs(5));
+    a.heard.mark(h.now.at);
+    h.advance(Duration::from_secs(6));
+    assert_eq!(h.job(id).state, JobState::Cancelled);
+    assert_eq!(a.dispatch().0, vec![], "a cancelled job is not handed out again");
+}
+
+#[tokio::test]
+async fn a_result_from_a_replaced_attempt_is_refused_and_the_current_one_counts() {
+    let mut h = Harness::new(config());
+    let mut a = h.register("a", 1);
+    let id = h.submit(job("build", 0));
+    let (first, _) = a.dispatch();
+    // `a` never acknowledges attempt 1; after the lease it gets attempt 2.
+    h.advance(Duration::from_millis(5_100));
+    h.advance(Duration::from_secs(1));
+    let (second, _) = a.dispatch();
+    assert_eq!(second.len(), 1);
+    assert_eq!(second[0].attempt, 2);
+    h.start(&mut a, &second[0]);
+
+    let result = |attempt, outcome| JobResult {
+        job_id: id,
+        attempt,
+        outcome,
+        exit_code: Some(0),
+        duration_ms: 5,
+        message: String::new(),
+        log_chunks: 0,
+    };
+    // A late report of attempt 1 is refused with STALE_ATTEMPT...
+    h.from_agent(&a, 20, result(first[0].attempt, JobOutcome::Failed));
+    match a.messages().as_slice() {
+        [Message::RequestFailed(f)] => assert_eq!(f.code, ErrorCode::STALE_ATTEMPT),
+        other => panic!("expected STALE_ATTEMPT, got {other:?}"),
+    }
+    assert_eq!(h.job(id).state, JobState::Running);
+    // ...and attempt 2's result is the job's.
+    h.from_agent(&a, 21, result(2, JobOutcome::Succeeded));
+    assert!(matches!(a.messages().as_slice(), [Message::Ack(_)]));
+    let info = h.job(id);
+    assert_eq!((info.state, info.attempt), (JobState::Succeeded, 2));
+}
+
+#[tokio::test]
+async fn a_runner_that_disconnects_is_lost_after_the_grace_unless_it_comes_back() {
+    let mut h = Harness::new(config());
+    let mut a = h.register("a", 1);
+    let id = h.submit(job("build", 0));
+    let (assigns, _) = a.dispatch();
+    h.start(&mut a, &assigns[0]);
+
+    h.input(Command::RunnerDisconnected {
+        runner: a.id,
+        session: a.session,
+    });
+    h.advance(Duration::from_secs(9));
+    assert_eq!(
+        h.job(id).state,
+        JobState::Running,
+        "the agent may still come back"
+    );
+
+    // It comes back on a new session, re-reporting the attempt it runs:
+    // the job stays where it is, and its result counts.
+    let (sender, mut sent) = SessionSender::in_memory();
+    let heard = Heard::new(h.now.at);
+    let (done, mut done_rx) = oneshot::channel();
+    h.input(Command::Register {
+        msg: RegisterRunner {
+            name: "a".into(),
+            tags: Vec::new(),
+            os: "linux".into(),
+            arch: "x86_64".into(),
+            slots: 1,
+            version: "test".into(),
+            running: vec![valkyrie::message::RunningAttempt {
+                job_id: id,
+                attempt: 1,
+            }],
+        },
+        sender,
+        session: 99,
+        heard,
+        correlation: 1,
+        token: "runner-token".into(),
+        done,
+    });
+    assert_eq!(done_rx.try_recv().unwrap().unwrap(), a.id);
+    match sent.try_next().map(|i| i.message) {
+        Some(Message::RunnerRegistered(r)) => assert!(r.stale.is_empty(), "{r:?}"),
+        other => panic!("expected RunnerRegistered, got {other:?}"),
+    }
+    h.advance(Duration::from_secs(5));
+    assert_eq!(h.job(id).state, JobState::Running);
+}
