@@ -28,6 +28,19 @@ pub struct Incoming {
     pub message: Message,
 }
 
+/// The receiving end of a session's incoming messages
+/// ([`Session::into_parts`]).
+#[derive(Debug)]
+pub struct IncomingReceiver(mpsc::Receiver<Box<Incoming>>);
+
+impl IncomingReceiver {
+    /// The next message from the peer; `None` once the session ended and
+    /// everything received was taken.
+    pub async fn recv(&mut self) -> Option<Incoming> {
+        self.0.recv().await.map(|incoming| *incoming)
+    }
+}
+
 /// Why a request got no reply.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[non_exhaustive]
@@ -54,15 +67,19 @@ pub(crate) enum Route {
     Stream(mpsc::Sender<Message>),
 }
 
+/// What the application asks of the driver. Messages are boxed: a lane's
+/// channel allocates room for 32 commands up front, and a `Message` is over
+/// 200 bytes, which made the three lanes of an idle session cost about
+/// 24 KiB (thousands of agents connect to one server).
 pub(crate) enum Command {
     Send {
         correlation: u64,
         flags: Flags,
-        message: Message,
+        message: Box<Message>,
     },
     Request {
         correlation: u64,
-        message: Message,
+        message: Box<Message>,
         route: Route,
     },
     Close {
@@ -117,7 +134,7 @@ impl SessionSender {
             .send(Command::Send {
                 correlation,
                 flags,
-                message,
+                message: Box::new(message),
             })
             .await
             .map_err(|_| self.closed_error())
@@ -137,7 +154,7 @@ impl SessionSender {
             .try_send(Command::Send {
                 correlation,
                 flags,
-                message,
+                message: Box::new(message),
             })
             .map_err(|e| match e {
                 mpsc::error::TrySendError::Full(_) => SendError::QueueFull(lane),
@@ -169,7 +186,7 @@ impl SessionSender {
         self.lane(message.lane())
             .send(Command::Request {
                 correlation,
-                message,
+                message: Box::new(message),
                 route: Route::Once(tx),
             })
             .await
@@ -190,7 +207,7 @@ impl SessionSender {
         self.lane(message.lane())
             .send(Command::Request {
                 correlation,
-                message,
+                message: Box::new(message),
                 route: Route::Stream(tx),
             })
             .await
@@ -257,7 +274,7 @@ impl PendingReply {
 /// An established connection.
 pub struct Session {
     sender: SessionSender,
-    incoming: mpsc::Receiver<Incoming>,
+    incoming: IncomingReceiver,
     hello: Option<Hello>,
     welcome: Option<Welcome>,
     peer: String,
@@ -299,7 +316,7 @@ impl Session {
     }
 
     /// Splits into the sending handle and the receiver of incoming messages.
-    pub fn into_parts(self) -> (SessionSender, mpsc::Receiver<Incoming>) {
+    pub fn into_parts(self) -> (SessionSender, IncomingReceiver) {
         (self.sender, self.incoming)
     }
 }
@@ -326,7 +343,10 @@ impl SentMessages {
             }
             | Command::Request {
                 correlation, message, ..
-            } => Some(Incoming { correlation, message }),
+            } => Some(Incoming {
+                correlation,
+                message: *message,
+            }),
             Command::Close { code, reason } => Some(Incoming {
                 correlation: 0,
                 message: Message::Close(crate::message::Close { code, reason }),
@@ -353,7 +373,7 @@ impl SessionSender {
 
 /// The driver's end of a session.
 pub(crate) struct DriverEnds {
-    pub incoming: mpsc::Sender<Incoming>,
+    pub incoming: mpsc::Sender<Box<Incoming>>,
     pub shared: Arc<Shared>,
     pub routes: HashMap<u64, Route>,
 }
@@ -377,7 +397,7 @@ pub(crate) fn session_pair(peer: String) -> (SessionParts, DriverEnds, LaneRecei
     (
         SessionParts {
             sender,
-            incoming: in_rx,
+            incoming: IncomingReceiver(in_rx),
             peer,
         },
         DriverEnds {
@@ -392,7 +412,7 @@ pub(crate) fn session_pair(peer: String) -> (SessionParts, DriverEnds, LaneRecei
 /// A session before its handshake finished.
 pub(crate) struct SessionParts {
     sender: SessionSender,
-    incoming: mpsc::Receiver<Incoming>,
+    incoming: IncomingReceiver,
     peer: String,
 }
 
@@ -542,7 +562,10 @@ impl DriverEnds {
                 return;
             }
         }
-        let _ = self.incoming.send(Incoming { correlation, message }).await;
+        let _ = self
+            .incoming
+            .send(Box::new(Incoming { correlation, message }))
+            .await;
     }
 
     /// Marks the session ended if the connection did not say how.
