@@ -202,7 +202,8 @@ async fn simulated_runner(
     loop {
         tokio::select! {
             _ = beat.tick() => {
-                sender.send(Heartbeat { running: 0 }).await?;
+                // As the agent does: a request the server answers with Ack.
+                let _ = sender.request_queued(Heartbeat { running: 0 }).await?;
             }
             inc = incoming.recv() => {
                 let Some(inc) = inc else { bail!("runner {index}: the server closed the connection") };

@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use tokio::sync::oneshot;
 use tracing::{info, warn};
-use valkyrie::message::{Message, Role, ServerList};
+use valkyrie::message::{Ack, Message, Role, ServerList};
 use valkyrie::transport::{Listener, ListenerOptions};
 use valkyrie::{Endpoint, ErrorCode, Session, SessionSender};
 
@@ -282,8 +282,12 @@ async fn serve_agent(mut session: Session, core: CoreHandle, transport: &'static
     while let Some(incoming) = session.recv().await {
         heard.mark(Instant::now());
         // A heartbeat says only that the agent lives: the mark above is all
-        // it does, and the core is not woken for it.
+        // it does, and the core is not woken for it. A correlated one is
+        // answered (spec §6.2), which keeps the agent's side from pinging.
         if matches!(incoming.message, Message::Heartbeat(_)) {
+            if incoming.correlation != 0 {
+                let _ = sender.try_reply(incoming.correlation, Ack {});
+            }
             continue;
         }
         if incoming.correlation == 0 && refuse_uncorrelated(&sender, &incoming.message).await {

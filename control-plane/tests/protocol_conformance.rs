@@ -285,6 +285,26 @@ async fn a_heartbeat_before_registering_is_ignored() {
     assert!(matches!(answer, Ok(Message::RunnerRegistered(_))), "{answer:?}");
 }
 
+/// §6.2: a registered agent's correlated Heartbeat is answered with Ack
+/// (its sign of the server's life); one with correlation 0 is not.
+#[tokio::test]
+async fn a_correlated_heartbeat_is_answered_with_ack() {
+    let server = start(CoreConfig::default()).await;
+    let agent = server.agent_session().await;
+    let registered = within(
+        "RunnerRegistered",
+        agent.sender().request(register("beat", &[], 1)),
+    )
+    .await;
+    assert!(
+        matches!(registered, Ok(Message::RunnerRegistered(_))),
+        "{registered:?}"
+    );
+    agent.sender().send(Heartbeat { running: 0 }).await.unwrap();
+    let answer = within("Ack", agent.sender().request(Heartbeat { running: 1 })).await;
+    assert!(matches!(answer, Ok(Message::Ack(_))), "{answer:?}");
+}
+
 /// §10: a Subscribe for every job with replay sends the current state of
 /// each unfinished job, then `replay_done` (it never did), then live events.
 #[tokio::test]

@@ -390,7 +390,10 @@ impl Agent {
                     }
                     _ = heartbeat.tick() => {
                         let running = self.state.lock().expect("state").running.len() as u32;
-                        let _ = sender.send(Heartbeat { running }).await;
+                        // As a request: the server's Ack is the agent's sign
+                        // of the server's life, so the connection needs no
+                        // Ping of its own (spec §6.2). The answer is not awaited.
+                        let _ = sender.request_queued(Heartbeat { running }).await;
                     }
                     _ = &mut shutdown, if drain_deadline.is_none() => {
                         drain_deadline = Some(self.start_drain());
