@@ -1771,7 +1771,9 @@ impl Core {
             runner.jobs.insert(job_id);
             // Measured with a monotonic clock at full resolution: in ms since
             // the epoch, as it was, a dispatch in the same turn as its
-            // submission always measured 0.
+            // submission always measured 0. The core's one read of the OS
+            // clock: a metric of real time, which decides nothing (the
+            // input's `now` is the same for the whole turn).
             if let Some(since) = self.queued_since.remove(&job_id) {
                 self.metrics
                     .dispatch_latency
