@@ -642,44 +642,39 @@ async fn a_standby_redirects_peers_and_rest_requests_to_the_leader() {
     drop(agent);
 }
 
-/// `vk logs -f` given every server keeps following a job across a kill -9
-/// of the leader: the output before and after the failover, once each,
-/// and the job's exit status.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn vk_logs_follow_keeps_following_across_a_failover() {
-    let h = Harness::new();
-    let mongo = MongoServer::start();
-    let mut group = Group::new(&h, &mongo, 2);
+/// Two servers of a group (0 leads) and an agent given both, for the
+/// `vk … across a failover` tests.
+async fn follow_group<'h>(h: &'h Harness, mongo: &MongoServer, agent: &str) -> (Group<'h>, Client, Agent) {
+    let mut group = Group::new(h, mongo, 2);
     group.start(0, true);
     group.start(1, false);
-    let endpoints = group.sockets.clone();
+    let client = any_client(&group.sockets).await;
     let all = group.all();
-    let client = any_client(&endpoints).await;
     let server = group.server(0);
-    let agent = h
-        .agent(server)
-        .name("ha-follow")
-        .endpoint(&all)
-        .start(&client)
-        .await;
-    let go = h.path().join("go");
-    let job = client
-        .submit(JobSpec::shell(
-            "across",
-            format!(
-                "echo before-failover; while [ ! -e {go} ]; do sleep 0.05; done; echo after-failover",
-                go = sh_path(&go)
-            ),
-        ))
-        .await
-        .expect("submit");
-    let mut command = h.command("vk");
-    command
-        .args(["--server", &all, "--token", API_TOKEN, "logs", "-f"])
-        .arg(job.to_string());
-    let out_path = h.path().join("vk-logs.out");
+    let agent = h.agent(server).name(agent).endpoint(&all).start(&client).await;
+    (group, client, agent)
+}
+
+/// A shell script that prints `before-failover`, waits for the file `go`,
+/// then prints `after-failover`.
+fn gated_script(go: &Path) -> String {
+    format!(
+        "echo before-failover; while [ ! -e {go} ]; do sleep 0.05; done; echo after-failover",
+        go = sh_path(go)
+    )
+}
+
+/// Starts `vk` with `args`, its stdout in `<name>.out` and its stderr in
+/// `<name>.err` under the harness directory, and waits until its stdout
+/// shows `before-failover`.
+async fn vk_until_before_failover(
+    h: &Harness,
+    name: &str,
+    command: std::process::Command,
+) -> (Guarded, PathBuf) {
+    let out_path = h.path().join(format!("{name}.out"));
     let out = std::fs::File::create(&out_path).expect("vk output");
-    let mut vk = spawn_logged(command, "vk logs -f", h.path().join("vk-logs.err"), out.into());
+    let vk = spawn_logged(command, name, h.path().join(format!("{name}.err")), out.into());
     wait_until("vk to show the output before the failover", || {
         std::future::ready(
             std::fs::read_to_string(&out_path)
@@ -688,16 +683,123 @@ async fn vk_logs_follow_keeps_following_across_a_failover() {
         )
     })
     .await;
+    (vk, out_path)
+}
+
+/// Kills the leader (kill -9), waits for another server to lead, then
+/// creates `go` so that the gated job goes on.
+async fn fail_over_then_go(group: &mut Group<'_>, go: &Path) {
     let (leader, epoch) = group.leader().await;
     group.server(leader).process.kill_now();
     group.leader_after(epoch).await;
-    std::fs::write(&go, "").expect("go");
+    std::fs::write(go, "").expect("go");
+}
+
+/// `vk logs -f` given every server keeps following a job across a kill -9
+/// of the leader: the output before and after the failover, once each,
+/// and the job's exit status.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vk_logs_follow_keeps_following_across_a_failover() {
+    let h = Harness::new();
+    let mongo = MongoServer::start();
+    let (mut group, client, agent) = follow_group(&h, &mongo, "ha-follow").await;
+    let go = h.path().join("go");
+    let job = client
+        .submit(JobSpec::shell("across", gated_script(&go)))
+        .await
+        .expect("submit");
+    let mut command = h.command("vk");
+    command
+        .args(["--server", &group.all(), "--token", API_TOKEN, "logs", "-f"])
+        .arg(job.to_string());
+    let (mut vk, out_path) = vk_until_before_failover(&h, "vk-logs", command).await;
+    fail_over_then_go(&mut group, &go).await;
     let status = vk.exited().await;
     let output = std::fs::read_to_string(&out_path).expect("vk output");
     assert!(status.success(), "vk logs -f: {status:?}\n{output}\n{}", vk.log());
     assert_eq!(output.matches("before-failover").count(), 1, "{output}");
     assert_eq!(output.matches("after-failover").count(), 1, "{output}");
     assert!(vk.log().contains("reconnected"), "{}", vk.log());
+    drop(agent);
+}
+
+/// `vk exec` given every server (in `VALKYRIE_SERVER`) keeps following its
+/// job across a kill -9 of the leader: it ends with the job's own exit code
+/// (3, not an error of `vk`), its stdout exactly once, its stderr on stderr.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vk_exec_keeps_following_across_a_failover() {
+    let h = Harness::new();
+    let mongo = MongoServer::start();
+    let (mut group, _client, agent) = follow_group(&h, &mongo, "ha-exec").await;
+    let go = h.path().join("go");
+    let script = format!("{}; echo on-stderr >&2; exit 3", gated_script(&go));
+    let mut command = h.command("vk");
+    command
+        .env("VALKYRIE_SERVER", group.all())
+        .args(["--token", API_TOKEN, "exec", "--", "sh", "-c", &script]);
+    let (mut vk, out_path) = vk_until_before_failover(&h, "vk-exec", command).await;
+    fail_over_then_go(&mut group, &go).await;
+    let status = vk.exited().await;
+    let output = std::fs::read_to_string(&out_path).expect("vk output");
+    let stderr = vk.log();
+    assert_eq!(status.code(), Some(3), "vk exec: {status:?}\n{output}\n{stderr}");
+    assert_eq!(output, "before-failover\nafter-failover\n", "{stderr}");
+    // (The failure line quotes the command, so count whole lines.)
+    assert_eq!(
+        stderr.lines().filter(|l| *l == "on-stderr").count(),
+        1,
+        "{stderr}"
+    );
+    assert!(stderr.contains("reconnected"), "{stderr}");
+    drop(agent);
+}
+
+/// `vk run --logs` given every server keeps following its pipeline run
+/// across a kill -9 of the leader: the first job's output before and after
+/// the failover once each, the second job (released by the new leader)
+/// shown, and the run's result and exit code.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vk_run_keeps_following_across_a_failover() {
+    let h = Harness::new();
+    let mongo = MongoServer::start();
+    let (mut group, _client, agent) = follow_group(&h, &mongo, "ha-run").await;
+    let go = h.path().join("go");
+    let pipeline = h.path().join("across.yaml");
+    std::fs::write(
+        &pipeline,
+        format!(
+            "name: across\njobs:\n  first:\n    steps: [{{run: {script:?}}}]\n  second:\n    needs: [first]\n    steps: [{{run: echo second-job}}]\n",
+            script = gated_script(&go)
+        ),
+    )
+    .expect("pipeline");
+    let mut command = h.command("vk");
+    command
+        .args([
+            "--server",
+            &group.all(),
+            "--token",
+            API_TOKEN,
+            "run",
+            "--logs",
+            "--plain",
+        ])
+        .arg(&pipeline);
+    let (mut vk, out_path) = vk_until_before_failover(&h, "vk-run", command).await;
+    fail_over_then_go(&mut group, &go).await;
+    let status = vk.exited().await;
+    let output = std::fs::read_to_string(&out_path).expect("vk output");
+    let stderr = vk.log();
+    assert!(status.success(), "vk run: {status:?}\n{output}\n{stderr}");
+    for line in [
+        "[first] before-failover",
+        "[first] after-failover",
+        "[second] second-job",
+    ] {
+        assert_eq!(output.matches(line).count(), 1, "{line}:\n{output}");
+    }
+    assert!(output.contains("`across` succeeded"), "{output}");
+    assert!(stderr.contains("reconnected"), "{stderr}");
     drop(agent);
 }
 

@@ -1569,6 +1569,15 @@ impl Core {
                 "log chunk out of sequence"
             );
         }
+        if agent_seq > logs.next_agent_seq {
+            // Chunks are missing: lost in transit, or published by a leader
+            // that died before storing them (this server took over, or
+            // restarted, and expects the attempt's first chunk). Their
+            // sequence numbers stay unused, so this chunk is numbered above
+            // any its predecessor may have shown a follower, who would
+            // otherwise skip it as already shown.
+            logs.next_seq += agent_seq - logs.next_agent_seq;
+        }
         logs.next_agent_seq = agent_seq + 1;
         self.append_log(id, stream, data);
         let chunks = self.logs.get(&id).map_or(0, |l| l.agent_chunks);

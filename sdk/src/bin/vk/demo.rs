@@ -40,7 +40,8 @@ pub async fn demo(options: ViewOptions) -> anyhow::Result<ExitCode> {
         .submit_pipeline("examples/demo.yaml", DEMO_PIPELINE)
         .await?;
     outln!("running examples/demo.yaml as run r{run_id}\n");
-    let (code, _run) = follow_run(&client, run_id, options, events).await?;
+    let reconnect = || async { Ok(cluster.client().await?) };
+    let (code, _run) = follow_run(&client, run_id, options, events, reconnect).await?;
     cluster.shutdown().await;
     Ok(code)
 }

@@ -71,7 +71,11 @@ where
             _ = crate::interrupt::next(&mut interrupts), if cancel_on_interrupt && !interrupted => {
                 interrupted = true;
                 eprintln!("vk: cancelling job {job}…");
-                client.cancel(job).await?;
+                match client.cancel(job).await {
+                    // Sent again once reconnected (the subscription ends too).
+                    Err(err) if !is_loss(&err) => return Err(err.into()),
+                    _ => {}
+                }
                 continue;
             }
         };
@@ -88,20 +92,30 @@ where
                     Some(Err(err)) => err.to_string(),
                     _ => "the connection ended".to_owned(),
                 };
-                eprintln!(
-                    "vk: lost the connection to the server ({why}); job {job} keeps running there; reconnecting…"
-                );
-                match reconnect_and_watch(&reconnect, job).await {
+                eprintln!("{}", say_lost(&why, &format!("job {job}")));
+                // Subscribe again with replay: what was already shown is skipped below.
+                let watch = |client: Client| async move { Ok(client.watch(Some(job), true, true).await?) };
+                match reconnect_then(&reconnect, watch).await {
                     Some((new_client, new_events)) => {
                         eprintln!("vk: reconnected; following job {job} again");
                         client = new_client;
                         events = new_events;
+                        if interrupted {
+                            // The cancel may have been lost with the connection;
+                            // a refusal means the job has ended (the replay says how).
+                            if let Err(err) = client.cancel(job).await {
+                                tracing::debug!("cancel again after reconnecting: {err}");
+                            }
+                        }
                         continue;
                     }
-                    None => anyhow::bail!(
-                        "could not reconnect within {}s; job {job} may still be running: follow it with `vk logs {job} -f`, cancel it with `vk cancel {job}`",
-                        RECONNECT_FOR.as_secs()
-                    ),
+                    None => {
+                        return Err(gave_up(
+                            &format!("job {job}"),
+                            &format!("vk logs {job} -f"),
+                            &format!("vk cancel {job}"),
+                        ))
+                    }
                 }
             }
         };
@@ -126,8 +140,13 @@ where
             } => {
                 if state == JobState::Queued && !said_waiting {
                     // A freshly queued job has no reason yet: ask for it.
-                    let info = client.job(job).await?;
-                    if info.state == JobState::Queued && !info.reason.is_empty() {
+                    // A lost connection shows in the subscription next.
+                    let info = match client.job(job).await {
+                        Ok(info) => Some(info),
+                        Err(err) if is_loss(&err) => None,
+                        Err(err) => return Err(err.into()),
+                    };
+                    if let Some(info) = info.filter(|i| i.state == JobState::Queued && !i.reason.is_empty()) {
                         eprintln!("vk: job {job} waiting: {}", info.reason);
                         said_waiting = true;
                     }
@@ -174,23 +193,65 @@ fn is_connection_loss(err: &valkyrie::transport::RequestError) -> bool {
     !matches!(err, valkyrie::transport::RequestError::Failed { .. })
 }
 
-/// Reconnects with backoff for up to [`RECONNECT_FOR`] and subscribes again
-/// (with replay: the caller skips what it already showed).
-async fn reconnect_and_watch<F, Fut>(reconnect: &F, job: u64) -> Option<(Client, valkyrie_sdk::EventStream)>
+/// Whether `err` means the server went away (it died, or lost the lead of
+/// its group): worth reconnecting, perhaps to another server of the group,
+/// rather than a refusal to report.
+pub fn is_loss(err: &ClientError) -> bool {
+    match err {
+        ClientError::Request(err) => is_connection_loss(err),
+        ClientError::Connect(_) => true,
+        _ => false,
+    }
+}
+
+/// The first pause between two reconnection rounds; it doubles up to
+/// [`MAX_BACKOFF`].
+const FIRST_BACKOFF: Duration = Duration::from_millis(200);
+/// The longest pause between two rounds: in a group a standby takes over
+/// within seconds of the leader's death.
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+
+/// Reconnects through the servers (`reconnect` tries each in turn and
+/// follows a standby's redirect), with a jittered, doubling pause between
+/// rounds, for up to [`RECONNECT_FOR`]; then runs `then` on the new client
+/// (subscribes again, fetches what was missed). A `then` that fails counts
+/// as a failed round. `None` once the time is up.
+pub async fn reconnect_then<F, Fut, G, GFut, T>(reconnect: &F, then: G) -> Option<(Client, T)>
 where
     F: Fn() -> Fut,
     Fut: Future<Output = anyhow::Result<Client>>,
+    G: Fn(Client) -> GFut,
+    GFut: Future<Output = anyhow::Result<T>>,
 {
     let deadline = tokio::time::Instant::now() + RECONNECT_FOR;
-    let mut backoff = Duration::from_millis(200);
-    while tokio::time::Instant::now() < deadline {
-        if let Ok(client) = reconnect().await {
-            if let Ok(events) = client.watch(Some(job), true, true).await {
-                return Some((client, events));
-            }
+    let mut backoff = FIRST_BACKOFF;
+    loop {
+        match reconnect().await {
+            Ok(client) => match then(client.clone()).await {
+                Ok(value) => return Some((client, value)),
+                Err(err) => tracing::debug!("reconnected, but: {err:#}"),
+            },
+            Err(err) => tracing::debug!("cannot reconnect yet: {err:#}"),
         }
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(Duration::from_secs(5));
+        if tokio::time::Instant::now() >= deadline {
+            return None;
+        }
+        // Full jitter over the upper half: several clients of a group that
+        // lost its leader do not all come back at the same instant.
+        tokio::time::sleep(backoff.mul_f64(0.5 + fastrand::f64() * 0.5)).await;
+        backoff = (backoff * 2).min(MAX_BACKOFF);
     }
-    None
+}
+
+/// Says that the connection is lost and `what` keeps running on the server.
+pub fn say_lost(why: &str, what: &str) -> String {
+    format!("vk: lost the connection to the server ({why}); {what} keeps running there; reconnecting…")
+}
+
+/// The error when [`reconnect_then`] gave up.
+pub fn gave_up(what: &str, follow: &str, cancel: &str) -> anyhow::Error {
+    anyhow::anyhow!(
+        "could not reconnect within {}s; {what} may still be running: follow it with `{follow}`, cancel it with `{cancel}`",
+        RECONNECT_FOR.as_secs()
+    )
 }

@@ -410,7 +410,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
                 return Ok(ExitCode::SUCCESS);
             }
-            let (code, _) = run_view::follow_run(&client, run_id, options, events).await?;
+            let (code, _) = run_view::follow_run(&client, run_id, options, events, reconnect).await?;
             Ok(code)
         }
         Command::Runs { json, limit } => {

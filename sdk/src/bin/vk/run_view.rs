@@ -3,6 +3,7 @@
 //! appended lines otherwise (or with --plain); JSON lines with --json.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::io::IsTerminal;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -12,6 +13,7 @@ use valkyrie_sdk::{
     Client, EventBody, EventStream, OutputStream, RunInfo, RunJobInfo, RunJobState, RunState,
 };
 
+use crate::follow::{gave_up, is_loss, reconnect_then, say_lost};
 use crate::listing::format_ms;
 use crate::live::LiveScreen;
 use crate::out::outln;
@@ -93,13 +95,22 @@ const REFRESH_INTERVAL: Duration = Duration::from_millis(250);
 /// Follows run `run_id` until it ends; see [`exit_code`] for its exit code.
 ///
 /// `events` must be subscribed before the run was submitted (see
-/// [`subscribe`]) so that no early output is missed.
-pub async fn follow_run(
+/// [`subscribe`]) so that no early output is missed. A lost connection (the
+/// server died, or the group's leader changed) is reconnected with
+/// `reconnect`; the subscription is made again and each job's stored output
+/// is replayed after the last chunk shown, so nothing is shown twice.
+pub async fn follow_run<F, Fut>(
     client: &Client,
     run_id: u64,
     options: ViewOptions,
     mut events: Option<EventStream>,
-) -> anyhow::Result<(ExitCode, RunInfo)> {
+    reconnect: F,
+) -> anyhow::Result<(ExitCode, RunInfo)>
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = anyhow::Result<Client>>,
+{
+    let mut client = client.clone();
     let tty = std::io::stdout().is_terminal() && !options.plain && !options.json;
     let mut run = client.run(run_id).await?;
     let width = run.jobs.iter().map(|j| j.name.len()).max().unwrap_or(8).max(8);
@@ -123,7 +134,40 @@ pub async fn follow_run(
     crate::interrupt::install()?;
     let mut interrupted = false;
     let mut interrupts = 0;
+    // Why the connection was lost, until it is made again.
+    let mut lost: Option<String> = None;
     loop {
+        if let Some(why) = lost.take() {
+            notice(&mut screen, say_lost(&why, &format!("run r{run_id}")));
+            let again = |client: Client| async move {
+                // Subscribe before fetching, so no output falls in between.
+                let events = subscribe(&client, options).await?;
+                Ok((client.run(run_id).await?, events))
+            };
+            let Some((new_client, (new_run, new_events))) = reconnect_then(&reconnect, again).await else {
+                return Err(gave_up(
+                    &format!("run r{run_id}"),
+                    &format!("vk status r{run_id}"),
+                    &format!("vk cancel r{run_id}"),
+                ));
+            };
+            notice(
+                &mut screen,
+                format!("vk: reconnected; following run r{run_id} again"),
+            );
+            (client, run, events) = (new_client, new_run, new_events);
+            last_refresh = Instant::now();
+            if interrupted {
+                // The cancel may have been lost with the connection; a
+                // refusal means the run has ended (the next refresh says how).
+                if let Err(err) = client.cancel_run(run_id).await {
+                    tracing::debug!("cancel again after reconnecting: {err}");
+                }
+            }
+            if options.logs {
+                show_stored(&client, &run, &mut shown, &mut screen, options.json).await;
+            }
+        }
         for job in &run.jobs {
             if let Some(id) = job.job_id {
                 names.insert(id, job.name.clone());
@@ -164,9 +208,20 @@ pub async fn follow_run(
                 match event {
                     Some(Ok(event)) => {
                         if let EventBody::Log { stream, data, seq } = &event.body {
+                            if shown.get(&event.job_id).is_some_and(|last| seq <= last) {
+                                // Already shown (replayed after a reconnect).
+                                continue;
+                            }
                             if !names.contains_key(&event.job_id) {
                                 // A job released since the last refresh: learn its name.
-                                run = client.run(run_id).await?;
+                                match client.run(run_id).await {
+                                    Ok(fresh) => run = fresh,
+                                    Err(err) if is_loss(&err) => {
+                                        lost = Some(err.to_string());
+                                        continue;
+                                    }
+                                    Err(err) => return Err(err.into()),
+                                }
                                 last_refresh = Instant::now();
                                 for job in &run.jobs {
                                     if let Some(id) = job.job_id {
@@ -185,49 +240,39 @@ pub async fn follow_run(
                             }
                         }
                     }
-                    // The subscription ended: keep polling the run.
-                    Some(Err(_)) | None => events = None,
+                    Some(Err(err)) if is_loss(&err) => lost = Some(err.to_string()),
+                    None => lost = Some("the connection ended".to_owned()),
+                    // The subscription was refused: keep polling the run.
+                    Some(Err(_)) => events = None,
                 }
-                if last_refresh.elapsed() < REFRESH_INTERVAL {
+                if lost.is_some() || last_refresh.elapsed() < REFRESH_INTERVAL {
                     continue;
                 }
             }
             _ = crate::interrupt::next(&mut interrupts), if !interrupted => {
                 interrupted = true;
-                match screen.as_mut() {
-                    Some(screen) => screen.log("", format!("vk: cancelling run r{run_id}…")),
-                    None => eprintln!("vk: cancelling run r{run_id}…"),
+                notice(&mut screen, format!("vk: cancelling run r{run_id}…"));
+                match client.cancel_run(run_id).await {
+                    // Sent again once reconnected.
+                    Err(err) if is_loss(&err) => lost = Some(err.to_string()),
+                    Err(err) => return Err(err.into()),
+                    Ok(()) => {}
                 }
-                client.cancel_run(run_id).await?;
             }
         }
-        if last_refresh.elapsed() >= REFRESH_INTERVAL {
-            run = client.run(run_id).await?;
+        if lost.is_none() && last_refresh.elapsed() >= REFRESH_INTERVAL {
+            match client.run(run_id).await {
+                Ok(fresh) => run = fresh,
+                Err(err) if is_loss(&err) => lost = Some(err.to_string()),
+                Err(err) => return Err(err.into()),
+            }
             last_refresh = Instant::now();
         }
     }
     if options.logs {
         // Output still on its way when the run ended (fast jobs end before
-        // their last chunks reach this subscriber): replay each job's stored
-        // output after the last chunk shown.
-        for job in &run.jobs {
-            let Some(job_id) = job.job_id else { continue };
-            let Ok(mut replay) = client.watch(Some(job_id), true, true).await else {
-                continue;
-            };
-            while let Some(Ok(event)) = replay.recv().await {
-                match event.body {
-                    EventBody::Log { stream, seq, data }
-                        if shown.get(&job_id).is_none_or(|last| seq > *last) =>
-                    {
-                        shown.insert(job_id, seq);
-                        show_chunk(&mut screen, &job.name, job_id, stream, &data, options.json);
-                    }
-                    EventBody::ReplayDone => break,
-                    _ => {}
-                }
-            }
-        }
+        // their last chunks reach this subscriber).
+        show_stored(&client, &run, &mut shown, &mut screen, options.json).await;
     }
     if let Some(screen) = screen.as_mut() {
         let table = run.jobs.iter().map(|job| job_line(job, width, None)).collect();
@@ -247,11 +292,45 @@ pub async fn follow_run(
             .filter(|j| j.state == RunJobState::Failed && !j.allow_failure)
         {
             if let Some(job_id) = job.job_id {
-                print_tail(client, job_id, &job.name).await;
+                print_tail(&client, job_id, &job.name).await;
             }
         }
     }
     Ok((exit_code(run.state), run))
+}
+
+/// Replays each job's stored output after the last chunk `shown` of it.
+async fn show_stored(
+    client: &Client,
+    run: &RunInfo,
+    shown: &mut HashMap<u64, u64>,
+    screen: &mut Option<LiveScreen<std::io::Stdout>>,
+    json: bool,
+) {
+    for job in &run.jobs {
+        let Some(job_id) = job.job_id else { continue };
+        let Ok(mut replay) = client.watch(Some(job_id), true, true).await else {
+            continue;
+        };
+        while let Some(Ok(event)) = replay.recv().await {
+            match event.body {
+                EventBody::Log { stream, seq, data } if shown.get(&job_id).is_none_or(|last| seq > *last) => {
+                    shown.insert(job_id, seq);
+                    show_chunk(screen, &job.name, job_id, stream, &data, json);
+                }
+                EventBody::ReplayDone => break,
+                _ => {}
+            }
+        }
+    }
+}
+
+/// A line from `vk` itself: above the live table, or on stderr.
+fn notice(screen: &mut Option<LiveScreen<std::io::Stdout>>, line: String) {
+    match screen.as_mut() {
+        Some(screen) => screen.log("", line),
+        None => eprintln!("{line}"),
+    }
 }
 
 /// The exit code of `vk run` (see the README's table): 0 succeeded, 130
