@@ -144,7 +144,9 @@ async fn hand_files_on(h: &Harness, server: &Server) -> (u64, serde_json::Value)
 
 /// `vk artifacts JOB --list --json`, parsed.
 async fn list_artifacts(server: &Server, job: u64) -> serde_json::Value {
-    let out = server.vk(&["artifacts", &job.to_string(), "--list", "--json"]).await;
+    let out = server
+        .vk(&["artifacts", &job.to_string(), "--list", "--json"])
+        .await;
     assert!(out.status.success(), "{}", text(&out.stderr));
     serde_json::from_slice(&out.stdout).unwrap()
 }
@@ -173,7 +175,9 @@ fn on_s3<'a>(builder: ServerBuilder<'a>, s3: &S3Server) -> ServerBuilder<'a> {
     let url = format!("s3://{BUCKET}/{PREFIX}");
     s3.env()
         .into_iter()
-        .fold(builder.args(&["--artifacts", &url]), |b, (name, value)| b.env(name, &value))
+        .fold(builder.args(&["--artifacts", &url]), |b, (name, value)| {
+            b.env(name, &value)
+        })
 }
 
 /// The object key of blob `sha256` in the S3 tests.
@@ -200,7 +204,10 @@ async fn on_s3_the_files_reach_later_jobs_survive_a_restart_and_expire() {
     let size = listed[0]["size"].as_u64().unwrap();
     let objects = s3.objects(BUCKET, PREFIX).await;
     assert!(objects.contains(&(blob_key(&sha), size)), "{objects:?}");
-    assert!(!data.join("artifacts/blobs").exists(), "no blob in the data directory");
+    assert!(
+        !data.join("artifacts/blobs").exists(),
+        "no blob in the data directory"
+    );
 
     // A short-lived artifact: stored, then expired.
     let client = server.client().await;
@@ -217,7 +224,11 @@ async fn on_s3_the_files_reach_later_jobs_survive_a_restart_and_expire() {
         // It may have expired already; its object is in the bucket either way
         // (the sweeper runs at start and then every 10 minutes).
         let objects = s3.objects(BUCKET, PREFIX).await;
-        assert_eq!(objects.len(), 2, "the build's archive and the brief one: {objects:?}");
+        assert_eq!(
+            objects.len(),
+            2,
+            "the build's archive and the brief one: {objects:?}"
+        );
         let other = objects.iter().find(|(key, _)| *key != blob_key(&sha)).unwrap();
         if let Some(sha) = listed[0]["sha256"].as_str() {
             assert_eq!(other.0, blob_key(sha));
@@ -244,7 +255,12 @@ async fn on_s3_the_files_reach_later_jobs_survive_a_restart_and_expire() {
     // And it still downloads, streamed from the bucket.
     let out_dir = h.path().join("after-restart");
     let out = server
-        .vk(&["artifacts", &build.to_string(), "--output", out_dir.to_str().unwrap()])
+        .vk(&[
+            "artifacts",
+            &build.to_string(),
+            "--output",
+            out_dir.to_str().unwrap(),
+        ])
         .await;
     assert!(out.status.success(), "{}", text(&out.stderr));
     check_sums(&out_dir.join("dist"));
@@ -306,7 +322,10 @@ impl Tmpfs {
 impl Drop for Tmpfs {
     fn drop(&mut self) {
         // Lazy: a process of the test may still hold a file there.
-        let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
     }
 }
 
@@ -326,7 +345,12 @@ async fn a_full_store_fails_the_upload_saying_so_and_loses_nothing_else() {
 
     let first = run_pipeline(&client, small).await;
     let stored = job_id(&first, "small");
-    assert_eq!(first.state, RunState::Succeeded, "{}", logs(&server, stored).await);
+    assert_eq!(
+        first.state,
+        RunState::Succeeded,
+        "{}",
+        logs(&server, stored).await
+    );
     let before = list_artifacts(&server, stored).await;
 
     let run = run_pipeline(
@@ -345,13 +369,21 @@ async fn a_full_store_fails_the_upload_saying_so_and_loses_nothing_else() {
     let beside = run.jobs.iter().find(|j| j.name == "beside").unwrap();
     assert_eq!(beside.state, valkyrie_sdk::RunJobState::Succeeded, "{run:?}");
     assert_eq!(list_artifacts(&server, big).await, serde_json::json!([]));
-    assert_eq!(std::fs::read_dir(data.join("artifacts/uploads")).unwrap().count(), 0);
+    assert_eq!(
+        std::fs::read_dir(data.join("artifacts/uploads")).unwrap().count(),
+        0
+    );
 
     // What was stored before is listed the same and downloads intact.
     assert_eq!(list_artifacts(&server, stored).await, before);
     let out_dir = h.path().join("small");
     let out = server
-        .vk(&["artifacts", &stored.to_string(), "--output", out_dir.to_str().unwrap()])
+        .vk(&[
+            "artifacts",
+            &stored.to_string(),
+            "--output",
+            out_dir.to_str().unwrap(),
+        ])
         .await;
     assert!(out.status.success(), "{}", text(&out.stderr));
     std::fs::rename(out_dir.join("SUM"), out_dir.join("SHA256SUMS")).unwrap();

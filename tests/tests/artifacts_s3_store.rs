@@ -47,9 +47,14 @@ async fn the_s3_backend_stores_once_streams_parts_and_sweeps_what_expired() {
     assert_eq!(store.blob_location(), "s3://store/p");
 
     // Two parts and a bit.
-    let big: Vec<u8> = (0..(2 * PART_BYTES + 12345) as u32).map(|i| (i % 251) as u8).collect();
+    let big: Vec<u8> = (0..(2 * PART_BYTES + 12345) as u32)
+        .map(|i| (i % 251) as u8)
+        .collect();
     let big_sha = put(&store, 1, "big", &big, Duration::from_secs(3600)).await;
-    assert_eq!(put(&store, 2, "same", &big, Duration::from_millis(1)).await, big_sha);
+    assert_eq!(
+        put(&store, 2, "same", &big, Duration::from_millis(1)).await,
+        big_sha
+    );
     let small_sha = put(&store, 3, "small", b"short-lived", Duration::from_millis(1)).await;
 
     let big_key = format!("p/blobs/{}/{big_sha}", &big_sha[..2]);
@@ -59,9 +64,17 @@ async fn the_s3_backend_stores_once_streams_parts_and_sweeps_what_expired() {
     let mut expected = vec![(big_key.clone(), big.len() as u64), (small_key, 11)];
     expected.sort();
     assert_eq!(objects, expected, "identical content is one object");
-    let head = s3.bucket("store").head(&ObjectPath::from(big_key.as_str())).await.unwrap();
+    let head = s3
+        .bucket("store")
+        .head(&ObjectPath::from(big_key.as_str()))
+        .await
+        .unwrap();
     assert!(
-        head.e_tag.as_deref().unwrap_or_default().trim_matches('"').ends_with("-3"),
+        head.e_tag
+            .as_deref()
+            .unwrap_or_default()
+            .trim_matches('"')
+            .ends_with("-3"),
         "a multipart upload of 3 parts: {head:?}"
     );
 

@@ -115,7 +115,9 @@ impl BlobStore for LocalBlobs {
     }
 
     fn list(&self) -> BoxFuture<'_, io::Result<Vec<(String, u64)>>> {
-        let blobs = LocalBlobs { dir: self.dir.clone() };
+        let blobs = LocalBlobs {
+            dir: self.dir.clone(),
+        };
         async move {
             tokio::task::spawn_blocking(move || blobs.list_blocking())
                 .await

@@ -449,7 +449,12 @@ impl ArtifactStore {
         Ok((info, reader))
     }
 
-    async fn open_range(&self, info: &ArtifactInfo, offset: u64, end: u64) -> Result<BlobReader, ArtifactError> {
+    async fn open_range(
+        &self,
+        info: &ArtifactInfo,
+        offset: u64,
+        end: u64,
+    ) -> Result<BlobReader, ArtifactError> {
         if offset > info.size {
             return Err(ArtifactError::Invalid(format!(
                 "offset {offset} is past the end of `{}` ({} bytes)",

@@ -28,8 +28,8 @@ pub mod session;
 
 pub use blob::{BlobReader, BlobStore, LocalBlobs};
 pub use local::{now_ms, ArtifactError, ArtifactStore, StoreConfig, Upload};
-pub use s3::S3Blobs;
 pub use metrics::ArtifactMetrics;
+pub use s3::S3Blobs;
 
 /// The name under which a job's `artifacts:` archive is stored.
 pub const ARCHIVE_NAME: &str = "artifacts.tar";

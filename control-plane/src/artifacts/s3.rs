@@ -78,7 +78,11 @@ impl S3Blobs {
     /// that bucket).
     pub fn new(store: Arc<dyn ObjectStore>, url: &str) -> io::Result<Self> {
         let (bucket, prefix) = parse_url(url).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-        Ok(Self { store, bucket, prefix })
+        Ok(Self {
+            store,
+            bucket,
+            prefix,
+        })
     }
 
     fn blobs_dir(&self) -> ObjectPath {
@@ -91,8 +95,8 @@ impl S3Blobs {
 
     async fn upload(&self, sha256: &str, staged: &Path) -> io::Result<()> {
         let mut file = tokio::fs::File::open(staged).await?;
-        let mut writer =
-            BufWriter::with_capacity(self.store.clone(), self.key(sha256), PART_BYTES).with_max_concurrency(PART_UPLOADS);
+        let mut writer = BufWriter::with_capacity(self.store.clone(), self.key(sha256), PART_BYTES)
+            .with_max_concurrency(PART_UPLOADS);
         let copied = async {
             tokio::io::copy(&mut file, &mut writer).await?;
             writer.shutdown().await
@@ -142,7 +146,11 @@ impl BlobStore for S3Blobs {
                 range: Some(GetRange::Bounded(range)),
                 ..GetOptions::default()
             };
-            let got = self.store.get_opts(&self.key(sha256), options).await.map_err(io_error)?;
+            let got = self
+                .store
+                .get_opts(&self.key(sha256), options)
+                .await
+                .map_err(io_error)?;
             let stream = got.into_stream().map_err(io_error);
             Ok(Box::pin(tokio_util::io::StreamReader::new(stream)) as BlobReader)
         }
@@ -190,7 +198,10 @@ mod tests {
     fn urls_give_a_bucket_and_a_prefix() {
         assert_eq!(parse_url("s3://b").unwrap(), ("b".into(), "".into()));
         assert_eq!(parse_url("s3://b/").unwrap(), ("b".into(), "".into()));
-        assert_eq!(parse_url("s3://b/ci/art/").unwrap(), ("b".into(), "ci/art".into()));
+        assert_eq!(
+            parse_url("s3://b/ci/art/").unwrap(),
+            ("b".into(), "ci/art".into())
+        );
         assert!(parse_url("s3:///x").unwrap_err().contains("names no bucket"));
         assert!(parse_url("http://b/x").unwrap_err().contains("not an s3:// URL"));
     }

@@ -912,7 +912,12 @@ impl ServiceProcess {
             .stderr(out)
             .spawn()
             .unwrap_or_else(|err| panic!("cannot start `{}`: {err}", program.display()));
-        let mut process = Self { name, child, port, dir };
+        let mut process = Self {
+            name,
+            child,
+            port,
+            dir,
+        };
         let deadline = Instant::now() + DEADLINE;
         loop {
             if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {

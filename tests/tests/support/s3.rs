@@ -59,7 +59,10 @@ impl S3Server {
             .send()
             .await
             .expect("create bucket");
-        assert!(response.status().is_success(), "create bucket {name}: {response:?}");
+        assert!(
+            response.status().is_success(),
+            "create bucket {name}: {response:?}"
+        );
     }
 
     /// An S3 client of bucket `bucket` on it.
@@ -87,5 +90,4 @@ impl S3Server {
             .await
             .expect("list objects")
     }
-
 }
