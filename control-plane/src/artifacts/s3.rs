@@ -86,11 +86,11 @@ impl S3Blobs {
     }
 
     fn blobs_dir(&self) -> ObjectPath {
-        ObjectPath::from(self.prefix.as_str()).child("blobs")
+        ObjectPath::from(self.prefix.as_str()).join("blobs")
     }
 
     fn key(&self, sha256: &str) -> ObjectPath {
-        self.blobs_dir().child(&sha256[..2]).child(sha256)
+        self.blobs_dir().join(&sha256[..2]).join(sha256)
     }
 
     async fn upload(&self, sha256: &str, staged: &Path) -> io::Result<()> {
