@@ -25,6 +25,9 @@ pub struct S3Server {
 impl S3Server {
     /// Starts it and waits (up to [`DEADLINE`](super::DEADLINE)) until it accepts connections.
     pub fn start() -> Self {
+        // The HTTP clients below use rustls with the provider installed
+        // by the process, as the server's do.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let program = pip_script(
             MOTO,
             "the S3 artifact tests need this S3-compatible server; install it with \
