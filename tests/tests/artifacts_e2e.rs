@@ -244,10 +244,14 @@ async fn on_s3_the_files_reach_later_jobs_survive_a_restart_and_expire() {
     drop(server);
     let server = start();
     assert_eq!(list_artifacts(&server, build).await, listed);
-    wait_until_within("the unreferenced blobs to leave the bucket", RUN_DEADLINE, || async {
-        let objects = s3.objects(BUCKET, PREFIX).await;
-        (objects == vec![(blob_key(&sha), size)]).then_some(())
-    })
+    wait_until_within(
+        "the unreferenced blobs to leave the bucket",
+        RUN_DEADLINE,
+        || async {
+            let objects = s3.objects(BUCKET, PREFIX).await;
+            (objects == vec![(blob_key(&sha), size)]).then_some(())
+        },
+    )
     .await;
     assert_ne!(brief_sha, sha);
     // And it still downloads, streamed from the bucket.
