@@ -11,7 +11,7 @@ use clap::{Parser, Subcommand};
 use valkyrie::binary::{default_state_dir, init_logging, LogFormat};
 use valkyrie::transport::{dev_certificate, ListenerOptions, ServerTls};
 use valkyrie::{ConnectionConfig, Endpoint};
-use valkyrie_control_plane::artifacts::{ArtifactStore, StoreConfig};
+use valkyrie_control_plane::artifacts::{ArtifactStore, S3Blobs, StoreConfig};
 use valkyrie_control_plane::auth::Tokens;
 use valkyrie_control_plane::core::spawn_with_store;
 use valkyrie_control_plane::core::{Command, CoreHandle};
@@ -149,6 +149,14 @@ struct Args {
     /// How long artifacts are kept when the pipeline gives no `expire_in`.
     #[arg(long, env = "VALKYRIE_ARTIFACTS_EXPIRE_IN", default_value = "30d", value_parser = humantime::parse_duration)]
     artifacts_expire_in: Duration,
+    /// Where artifact contents are kept: in the data directory (default), or `s3://BUCKET/PREFIX` in any
+    /// S3-compatible store, with endpoint, region and credentials from AWS_ENDPOINT_URL, AWS_REGION,
+    /// AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (AWS_ALLOW_HTTP=true for a plain-http endpoint).
+    #[arg(long, env = "VALKYRIE_ARTIFACTS", value_name = "s3://BUCKET/PREFIX", value_parser = artifacts_url)]
+    artifacts: Option<String>,
+    /// How often expired artifacts and the blobs no job references are removed.
+    #[arg(long, env = "VALKYRIE_ARTIFACTS_SWEEP_INTERVAL", default_value = "10m", value_parser = humantime::parse_duration)]
+    artifacts_sweep_interval: Duration,
 }
 
 #[derive(Subcommand, Debug)]
@@ -360,7 +368,7 @@ async fn run() -> anyhow::Result<()> {
     let mut store = SealedStore::new(store, key);
     let loaded = store.load().context("cannot load the stored state")?;
     let store = StoreHandle::spawn(Box::new(store), metrics.clone());
-    let artifacts = open_artifacts(&args, &data_dir, metrics.artifacts.clone())?;
+    let artifacts = open_artifacts(&args, &data_dir, metrics.artifacts.clone()).await?;
     let core =
         spawn_with_store(core_config, tokens.clone(), metrics, store, loaded).with_artifacts(artifacts);
     tokio::spawn(import_minted_tokens(data_dir.clone(), core.clone()));
@@ -415,11 +423,14 @@ async fn run() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// How often expired artifacts and the blobs no job references are removed.
-const ARTIFACT_SWEEP_INTERVAL: Duration = Duration::from_secs(600);
+/// `--artifacts`: an `s3://bucket/prefix` URL.
+fn artifacts_url(url: &str) -> Result<String, String> {
+    valkyrie_control_plane::artifacts::s3::parse_url(url).map(|_| url.to_owned())
+}
 
-/// Opens the artifact store under the data directory and starts its sweeper.
-fn open_artifacts(
+/// Opens the artifact store (records under the data directory, contents
+/// there or in S3) and starts its sweeper.
+async fn open_artifacts(
     args: &Args,
     data_dir: &std::path::Path,
     metrics: valkyrie_control_plane::artifacts::ArtifactMetrics,
@@ -429,22 +440,28 @@ fn open_artifacts(
         max_artifact_bytes: args.max_artifact_bytes,
         default_expiry: args.artifacts_expire_in,
     };
-    let store = Arc::new(
-        ArtifactStore::open_with_metrics(&dir, config, metrics)
+    let store = match &args.artifacts {
+        None => ArtifactStore::open_with_metrics(&dir, config, metrics)
             .with_context(|| format!("cannot open the artifact store in {}", dir.display()))?,
-    );
+        Some(url) => {
+            let blobs = S3Blobs::from_env(url).with_context(|| format!("cannot use {url} for artifacts"))?;
+            ArtifactStore::open_with_blobs(&dir, Arc::new(blobs), config, metrics)
+                .await
+                .with_context(|| format!("cannot list the artifacts in {url}"))?
+        }
+    };
+    let store = Arc::new(store);
+    tracing::info!(blobs = %store.blob_location(), "artifact store open");
     let sweeping = store.clone();
+    let interval = args.artifacts_sweep_interval;
     tokio::spawn(async move {
-        let mut tick = tokio::time::interval(ARTIFACT_SWEEP_INTERVAL);
+        let mut tick = tokio::time::interval(interval);
         loop {
             tick.tick().await;
-            let store = sweeping.clone();
-            let now = valkyrie_control_plane::artifacts::now_ms();
-            match tokio::task::spawn_blocking(move || store.sweep(now)).await {
-                Ok(Ok((0, 0))) => {}
-                Ok(Ok((artifacts, blobs))) => tracing::info!(artifacts, blobs, "expired artifacts removed"),
-                Ok(Err(err)) => tracing::warn!(%err, "cannot sweep the artifact store"),
-                Err(_) => {}
+            match sweeping.sweep(valkyrie_control_plane::artifacts::now_ms()).await {
+                Ok((0, 0)) => {}
+                Ok((artifacts, blobs)) => tracing::info!(artifacts, blobs, "expired artifacts removed"),
+                Err(err) => tracing::warn!(%err, "cannot sweep the artifact store"),
             }
         }
     });

@@ -8,7 +8,8 @@ mod support;
 use std::path::Path;
 use std::time::Duration;
 
-use support::{text, wait_until_within, Harness, Server};
+use support::s3::S3Server;
+use support::{text, wait_until_within, Harness, Server, ServerBuilder};
 use valkyrie_sdk::{Client, RunInfo, RunState};
 
 /// Long enough for 50 MB through a debug build on a loaded machine.
@@ -82,15 +83,12 @@ fn check_sums(dir: &Path) {
     assert!(out.status.success(), "{}{}", text(&out.stdout), text(&out.stderr));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_build_hands_its_files_to_the_jobs_that_need_them_and_to_vk() {
-    let h = Harness::new();
-    let socket = h.path().join("art.sock");
-    let listen = format!("unix://{}", socket.display());
-    let data = h.path().join("data");
-    let server = h.server().listen(&[&listen]).data_dir(&data).start();
+/// Runs [`PIPELINE`] on `server` and checks what every job and `vk
+/// artifacts` saw. Returns the build job's id and its `vk artifacts --list
+/// --json`.
+async fn hand_files_on(h: &Harness, server: &Server) -> (u64, serde_json::Value) {
     let client = server.client().await;
-    let _agent = h.agent(&server).slots(2).start(&client).await;
+    let _agent = h.agent(server).slots(2).start(&client).await;
 
     let run = run_pipeline(&client, PIPELINE).await;
     let build = job_id(&run, "build");
@@ -99,16 +97,16 @@ async fn a_build_hands_its_files_to_the_jobs_that_need_them_and_to_vk() {
         run.state,
         RunState::Succeeded,
         "build log:\n{}\ntest log:\n{}\npackage log:\n{}",
-        logs(&server, build).await,
-        logs(&server, test).await,
-        logs(&server, job_id(&run, "package")).await
+        logs(server, build).await,
+        logs(server, test).await,
+        logs(server, job_id(&run, "package")).await
     );
-    let build_log = logs(&server, build).await;
+    let build_log = logs(server, build).await;
     assert!(
         build_log.contains("[valkyrie] uploaded artifacts: 303 file(s)"),
         "{build_log}"
     );
-    let test_log = logs(&server, test).await;
+    let test_log = logs(server, test).await;
     assert!(
         test_log.contains(&format!(
             "[valkyrie] downloaded the artifacts of job {build}: 303 file(s)"
@@ -117,22 +115,15 @@ async fn a_build_hands_its_files_to_the_jobs_that_need_them_and_to_vk() {
     );
 
     // `vk artifacts --list`: one archive, with its size and checksum.
-    let out = server
-        .vk(&["artifacts", &build.to_string(), "--list", "--json"])
-        .await;
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let listed = list_artifacts(server, build).await;
     assert_eq!(listed[0]["name"], "artifacts.tar", "{listed}");
     let size = listed[0]["size"].as_u64().unwrap();
     assert!(size > 50 << 20, "{listed}");
     assert_eq!(listed[0]["sha256"].as_str().unwrap().len(), 64, "{listed}");
-    let none = server
-        .vk(&["artifacts", &test.to_string(), "--list", "--json"])
-        .await;
-    assert_eq!(text(&none.stdout).trim(), "[]");
+    assert_eq!(list_artifacts(server, test).await, serde_json::json!([]));
 
     // `vk artifacts --output DIR`: the files, intact.
-    let out_dir = h.path().join("downloaded");
+    let out_dir = h.path().join(format!("downloaded-{build}"));
     let out = server
         .vk(&[
             "artifacts",
@@ -148,17 +139,133 @@ async fn a_build_hands_its_files_to_the_jobs_that_need_them_and_to_vk() {
         50 << 20
     );
     assert!(!out_dir.join("dist/build.log").exists());
+    (build, listed)
+}
 
-    // After a restart the artifacts are still there.
-    drop(client);
-    drop(server);
-    let server = h.server().listen(&[&listen]).data_dir(&data).start();
+/// `vk artifacts JOB --list --json`, parsed.
+async fn list_artifacts(server: &Server, job: u64) -> serde_json::Value {
     let out = server
-        .vk(&["artifacts", &build.to_string(), "--list", "--json"])
+        .vk(&["artifacts", &job.to_string(), "--list", "--json"])
         .await;
     assert!(out.status.success(), "{}", text(&out.stderr));
-    let again: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(again, listed);
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_build_hands_its_files_to_the_jobs_that_need_them_and_to_vk() {
+    let h = Harness::new();
+    let socket = h.path().join("art.sock");
+    let listen = format!("unix://{}", socket.display());
+    let data = h.path().join("data");
+    let server = h.server().listen(&[&listen]).data_dir(&data).start();
+    let (build, listed) = hand_files_on(&h, &server).await;
+
+    // After a restart the artifacts are still there.
+    drop(server);
+    let server = h.server().listen(&[&listen]).data_dir(&data).start();
+    assert_eq!(list_artifacts(&server, build).await, listed);
+}
+
+/// The bucket and prefix of the S3 tests.
+const BUCKET: &str = "vk-artifacts";
+const PREFIX: &str = "ci";
+
+/// `builder` storing artifacts in [`BUCKET`]/[`PREFIX`] on `s3`.
+fn on_s3<'a>(builder: ServerBuilder<'a>, s3: &S3Server) -> ServerBuilder<'a> {
+    let url = format!("s3://{BUCKET}/{PREFIX}");
+    s3.env()
+        .into_iter()
+        .fold(builder.args(&["--artifacts", &url]), |b, (name, value)| {
+            b.env(name, &value)
+        })
+}
+
+/// The object key of blob `sha256` in the S3 tests.
+fn blob_key(sha256: &str) -> String {
+    format!("{PREFIX}/blobs/{}/{sha256}", &sha256[..2])
+}
+
+/// With `--artifacts s3://…` on a real S3-compatible server (moto): the
+/// same three jobs; the archive is an object in the bucket, none is in
+/// the data directory; a restart keeps them; an expired artifact's object
+/// is deleted from the bucket and the others stay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_s3_the_files_reach_later_jobs_survive_a_restart_and_expire() {
+    let s3 = S3Server::start();
+    s3.create_bucket(BUCKET).await;
+    let h = Harness::new();
+    let socket = h.path().join("s3.sock");
+    let listen = format!("unix://{}", socket.display());
+    let data = h.path().join("data");
+    let start = || on_s3(h.server().listen(&[&listen]).data_dir(&data), &s3).start();
+    let server = start();
+    let (build, listed) = hand_files_on(&h, &server).await;
+    let sha = listed[0]["sha256"].as_str().unwrap().to_owned();
+    let size = listed[0]["size"].as_u64().unwrap();
+    let objects = s3.objects(BUCKET, PREFIX).await;
+    assert!(objects.contains(&(blob_key(&sha), size)), "{objects:?}");
+    assert!(
+        !data.join("artifacts/blobs").exists(),
+        "no blob in the data directory"
+    );
+
+    // A short-lived artifact: stored, then expired.
+    let client = server.client().await;
+    let _agent = h.agent(&server).start(&client).await;
+    let run = run_pipeline(
+        &client,
+        "jobs:\n  brief:\n    steps:\n      - run: mkdir o && echo short-lived > o/f\n    artifacts:\n      paths: [o]\n      expire_in: 1s\n",
+    )
+    .await;
+    let brief = job_id(&run, "brief");
+    assert_eq!(run.state, RunState::Succeeded, "{}", logs(&server, brief).await);
+    let brief_sha = {
+        let listed = list_artifacts(&server, brief).await;
+        // It may have expired already; its object is in the bucket either way
+        // (the sweeper runs at start and then every 10 minutes). Objects of
+        // earlier attempts of the build, no longer referenced, may be there
+        // too until the next sweep.
+        let objects = s3.objects(BUCKET, PREFIX).await;
+        let small: Vec<_> = objects.iter().filter(|(_, size)| *size < 1 << 20).collect();
+        assert_eq!(small.len(), 1, "the brief archive: {objects:?}");
+        if let Some(sha) = listed[0]["sha256"].as_str() {
+            assert_eq!(small[0].0, blob_key(sha));
+        }
+        small[0].0.rsplit('/').next().unwrap().to_owned()
+    };
+    wait_until_within("the brief artifact to expire", RUN_DEADLINE, || async {
+        (list_artifacts(&server, brief).await == serde_json::json!([])).then_some(())
+    })
+    .await;
+
+    // After a restart (which sweeps at once): the build's archive is listed
+    // and in the bucket, the expired one is gone from the bucket.
+    drop(client);
+    drop(server);
+    let server = start();
+    assert_eq!(list_artifacts(&server, build).await, listed);
+    wait_until_within(
+        "the unreferenced blobs to leave the bucket",
+        RUN_DEADLINE,
+        || async {
+            let objects = s3.objects(BUCKET, PREFIX).await;
+            (objects == vec![(blob_key(&sha), size)]).then_some(())
+        },
+    )
+    .await;
+    assert_ne!(brief_sha, sha);
+    // And it still downloads, streamed from the bucket.
+    let out_dir = h.path().join("after-restart");
+    let out = server
+        .vk(&[
+            "artifacts",
+            &build.to_string(),
+            "--output",
+            out_dir.to_str().unwrap(),
+        ])
+        .await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    check_sums(&out_dir.join("dist"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -192,6 +299,103 @@ async fn escapes_and_oversize_artifacts_fail_the_job_saying_why() {
         .vk(&["artifacts", &job_id(&run, "big").to_string(), "--list", "--json"])
         .await;
     assert_eq!(text(&out.stdout).trim(), "[]", "nothing half-stored");
+}
+
+/// A tmpfs mounted for one test, unmounted on drop.
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &Path, size: &str) -> Self {
+        std::fs::create_dir_all(dir).unwrap();
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .output()
+            .expect("run mount");
+        assert!(
+            out.status.success(),
+            "this test mounts a small tmpfs (it needs root): {}",
+            text(&out.stderr)
+        );
+        Self(dir.to_owned())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        // Lazy: a process of the test may still hold a file there.
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+/// The artifact store on a 20 MiB tmpfs: a 30 MB artifact cannot fit.
+/// Its upload fails with a clear message in the job's log, the job beside
+/// it succeeds, the artifact stored before is intact, and a later upload
+/// is stored (the failed one left no partial file behind).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_store_fails_the_upload_saying_so_and_loses_nothing_else() {
+    let h = Harness::new();
+    let data = h.path().join("data");
+    let _tmpfs = Tmpfs::mount(&data.join("artifacts"), "20m");
+    let server = h.server().data_dir(&data).start();
+    let client = server.client().await;
+    let _agent = h.agent(&server).slots(2).start(&client).await;
+    let small = "jobs:\n  small:\n    steps:\n      - run: mkdir s && head -c 4000000 /dev/urandom > s/f && sha256sum s/f > SUM\n    artifacts:\n      paths: [s, SUM]\n";
+
+    let first = run_pipeline(&client, small).await;
+    let stored = job_id(&first, "small");
+    assert_eq!(
+        first.state,
+        RunState::Succeeded,
+        "{}",
+        logs(&server, stored).await
+    );
+    let before = list_artifacts(&server, stored).await;
+
+    let run = run_pipeline(
+        &client,
+        "jobs:\n  big:\n    steps:\n      - run: mkdir b && head -c 30000000 /dev/urandom > b/f\n    artifacts:\n      paths: [b]\n  beside:\n    steps:\n      - run: echo still running\n",
+    )
+    .await;
+    let big = job_id(&run, "big");
+    let big_log = logs(&server, big).await;
+    assert_eq!(run.state, RunState::Failed, "{big_log}");
+    assert!(
+        big_log.contains("the server refused it: the artifact store is full (No space left on device"),
+        "{big_log}"
+    );
+    assert!(big_log.contains("stored artifacts are unharmed"), "{big_log}");
+    let beside = run.jobs.iter().find(|j| j.name == "beside").unwrap();
+    assert_eq!(beside.state, valkyrie_sdk::RunJobState::Succeeded, "{run:?}");
+    assert_eq!(list_artifacts(&server, big).await, serde_json::json!([]));
+    assert_eq!(
+        std::fs::read_dir(data.join("artifacts/uploads")).unwrap().count(),
+        0
+    );
+
+    // What was stored before is listed the same and downloads intact.
+    assert_eq!(list_artifacts(&server, stored).await, before);
+    let out_dir = h.path().join("small");
+    let out = server
+        .vk(&[
+            "artifacts",
+            &stored.to_string(),
+            "--output",
+            out_dir.to_str().unwrap(),
+        ])
+        .await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    std::fs::rename(out_dir.join("SUM"), out_dir.join("SHA256SUMS")).unwrap();
+    check_sums(&out_dir);
+
+    // The space the failed upload took is free again.
+    let again = run_pipeline(&client, small).await;
+    let later = job_id(&again, "small");
+    assert_eq!(again.state, RunState::Succeeded, "{}", logs(&server, later).await);
+    assert_eq!(list_artifacts(&server, later).await[0]["name"], "artifacts.tar");
 }
 
 /// The server is killed (SIGKILL) while an artifact is being uploaded and

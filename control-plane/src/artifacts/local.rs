@@ -1,6 +1,7 @@
-//! The data-directory backend of the artifact store.
+//! The artifact store: what each job stored, in the data directory, and
+//! the contents in a [`BlobStore`] (the data directory or S3).
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -10,9 +11,10 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use ring::digest::{Context, SHA256};
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use valkyrie::message::ArtifactInfo;
 
+use super::blob::{BlobReader, BlobStore, LocalBlobs};
 use super::valid_name;
 
 /// Settings of an [`ArtifactStore`].
@@ -108,14 +110,19 @@ struct Entry {
     expires_at_ms: u64,
 }
 
-/// The artifact store in a directory. Cheap to share behind an `Arc`.
+/// The artifact store: job records in a directory, contents in a
+/// [`BlobStore`]. Cheap to share behind an `Arc`.
 #[derive(Debug)]
 pub struct ArtifactStore {
     root: PathBuf,
     config: StoreConfig,
-    /// Held while blobs and job records change together (commit, sweep), so
-    /// a sweep never removes a blob a commit is about to reference.
-    lock: Mutex<()>,
+    blobs: Arc<dyn BlobStore>,
+    /// Held while a sweep runs, and while a commit registers its blob as
+    /// pending or references it, so a sweep never removes a blob that a
+    /// commit is storing or is about to reference.
+    lock: tokio::sync::Mutex<()>,
+    /// Blobs being stored by commits, by SHA-256, with their count.
+    pending: Mutex<HashMap<String, usize>>,
     next_upload: AtomicU64,
     metrics: super::ArtifactMetrics,
 }
@@ -187,8 +194,8 @@ pub(crate) fn hex_digest(digest: ring::digest::Digest) -> String {
 }
 
 impl ArtifactStore {
-    /// Opens (creating) the store under `root`. Leftover partial uploads of
-    /// an earlier process are removed.
+    /// Opens (creating) the store under `root`, blobs included. Leftover
+    /// partial uploads of an earlier process are removed.
     pub fn open(root: impl Into<PathBuf>, config: StoreConfig) -> io::Result<Self> {
         Self::open_with_metrics(root, config, Default::default())
     }
@@ -200,21 +207,46 @@ impl ArtifactStore {
         metrics: super::ArtifactMetrics,
     ) -> io::Result<Self> {
         let root = root.into();
-        for dir in ["blobs", "uploads", "jobs"] {
+        let blobs = LocalBlobs::open(root.join("blobs"))?;
+        let stored: u64 = blobs.list_blocking()?.iter().map(|(_, size)| size).sum();
+        Self::with_blobs(root, Arc::new(blobs), stored, config, metrics)
+    }
+
+    /// Opens (creating) the store's records and uploads under `root`, with
+    /// the contents in `blobs` (listed once for the stored-bytes metric).
+    pub async fn open_with_blobs(
+        root: impl Into<PathBuf>,
+        blobs: Arc<dyn BlobStore>,
+        config: StoreConfig,
+        metrics: super::ArtifactMetrics,
+    ) -> io::Result<Self> {
+        let stored = blobs.list().await?.iter().map(|(_, size)| size).sum();
+        Self::with_blobs(root.into(), blobs, stored, config, metrics)
+    }
+
+    fn with_blobs(
+        root: PathBuf,
+        blobs: Arc<dyn BlobStore>,
+        stored_bytes: u64,
+        config: StoreConfig,
+        metrics: super::ArtifactMetrics,
+    ) -> io::Result<Self> {
+        for dir in ["uploads", "jobs"] {
             valkyrie::private_fs::create_dir_all(&root.join(dir))?;
         }
         for entry in std::fs::read_dir(root.join("uploads"))? {
             let _ = std::fs::remove_file(entry?.path());
         }
-        let store = Self {
+        metrics.stored_bytes.set(stored_bytes as i64);
+        Ok(Self {
             root,
             config,
-            lock: Mutex::new(()),
+            blobs,
+            lock: tokio::sync::Mutex::new(()),
+            pending: Mutex::new(HashMap::new()),
             next_upload: AtomicU64::new(1),
             metrics,
-        };
-        store.metrics.stored_bytes.set(store.stored_bytes() as i64);
-        Ok(store)
+        })
     }
 
     /// Its settings.
@@ -222,8 +254,9 @@ impl ArtifactStore {
         &self.config
     }
 
-    fn blob_path(&self, sha256: &str) -> PathBuf {
-        self.root.join("blobs").join(&sha256[..2]).join(sha256)
+    /// Where the contents are kept (a directory or `s3://bucket/prefix`).
+    pub fn blob_location(&self) -> String {
+        self.blobs.location()
     }
 
     fn job_path(&self, job_id: u64) -> PathBuf {
@@ -295,45 +328,61 @@ impl ArtifactStore {
             created_at_ms: now,
             expires_at_ms: now.saturating_add(expire_in.as_millis() as u64),
         };
-        let store = self.clone();
-        let name = name.to_owned();
         let Upload { path, file, .. } = upload;
         drop(file);
-        let info = tokio::task::spawn_blocking(move || store.commit_blocking(&path, job_id, &name, entry))
-            .await
-            .map_err(|e| ArtifactError::Io(io::Error::other(e)))??;
+
+        // Pending from before the blob is stored until it is referenced:
+        // a sweep in between leaves it alone.
+        {
+            let _guard = self.lock.lock().await;
+            *self.pending().entry(entry.sha256.clone()).or_default() += 1;
+        }
+        let result = self.store_and_reference(&path, job_id, name, &entry).await;
+        {
+            let mut pending = self.pending();
+            if let Some(count) = pending.get_mut(&entry.sha256) {
+                *count -= 1;
+                if *count == 0 {
+                    pending.remove(&entry.sha256);
+                }
+            }
+        }
+        if result.is_err() {
+            let _ = tokio::fs::remove_file(&path).await;
+        }
+        result?;
         self.metrics.uploads.inc();
         self.metrics.uploaded_bytes.inc_by(size);
-        Ok(info)
+        Ok(info(name, &entry))
     }
 
-    fn commit_blocking(
-        &self,
+    fn pending(&self) -> std::sync::MutexGuard<'_, HashMap<String, usize>> {
+        self.pending.lock().expect("artifact store pending blobs")
+    }
+
+    /// Moves the verified upload at `part` into the blobs, then records
+    /// the artifact in the job's record.
+    async fn store_and_reference(
+        self: &Arc<Self>,
         part: &Path,
         job_id: u64,
         name: &str,
-        entry: Entry,
-    ) -> Result<ArtifactInfo, ArtifactError> {
-        let _guard = self.lock.lock().expect("artifact store lock");
-        let blob = self.blob_path(&entry.sha256);
-        let result = (|| {
-            if blob.exists() {
-                // Identical content is stored once.
-                std::fs::remove_file(part)?;
-            } else {
-                std::fs::create_dir_all(blob.parent().expect("blob dir"))?;
-                std::fs::rename(part, &blob)?;
-                self.metrics.stored_bytes.inc_by(entry.size as i64);
-            }
-            let mut entries = self.read_job(job_id)?;
-            entries.insert(name.to_owned(), entry.clone());
-            self.write_job(job_id, &entries)
-        })();
-        if let Err(err) = result {
-            let _ = std::fs::remove_file(part);
-            return Err(err.into());
+        entry: &Entry,
+    ) -> Result<(), ArtifactError> {
+        if self.blobs.put(&entry.sha256, part, entry.size).await? {
+            self.metrics.stored_bytes.inc_by(entry.size as i64);
         }
-        Ok(info(name, &entry))
+        let _guard = self.lock.lock().await;
+        let store = self.clone();
+        let (name, entry) = (name.to_owned(), entry.clone());
+        tokio::task::spawn_blocking(move || {
+            let mut entries = store.read_job(job_id)?;
+            entries.insert(name, entry);
+            store.write_job(job_id, &entries)
+        })
+        .await
+        .map_err(|e| ArtifactError::Io(io::Error::other(e)))??;
+        Ok(())
     }
 
     fn read_job(&self, job_id: u64) -> io::Result<BTreeMap<String, Entry>> {
@@ -385,27 +434,34 @@ impl ArtifactStore {
             })
     }
 
-    /// Opens an artifact for reading, positioned at `offset`.
+    /// Opens an artifact for reading from `offset` to its end.
     pub async fn open_at(
         &self,
         job_id: u64,
         name: &str,
         offset: u64,
-    ) -> Result<(ArtifactInfo, tokio::fs::File), ArtifactError> {
+    ) -> Result<(ArtifactInfo, BlobReader), ArtifactError> {
         let info = self.find(job_id, name)?;
-        if offset > info.size {
-            return Err(ArtifactError::Invalid(format!(
-                "offset {offset} is past the end of `{name}` ({} bytes)",
-                info.size
-            )));
-        }
-        let mut file = tokio::fs::File::open(self.blob_path(&info.sha256)).await?;
-        if offset > 0 {
-            file.seek(io::SeekFrom::Start(offset)).await?;
-        } else {
+        let reader = self.open_range(&info, offset, info.size).await?;
+        if offset == 0 {
             self.metrics.downloads.inc();
         }
-        Ok((info, file))
+        Ok((info, reader))
+    }
+
+    async fn open_range(
+        &self,
+        info: &ArtifactInfo,
+        offset: u64,
+        end: u64,
+    ) -> Result<BlobReader, ArtifactError> {
+        if offset > info.size {
+            return Err(ArtifactError::Invalid(format!(
+                "offset {offset} is past the end of `{}` ({} bytes)",
+                info.name, info.size
+            )));
+        }
+        Ok(self.blobs.open(&info.sha256, offset..end).await?)
     }
 
     /// Up to `max_bytes` of an artifact from `offset`.
@@ -416,19 +472,41 @@ impl ArtifactStore {
         offset: u64,
         max_bytes: usize,
     ) -> Result<(ArtifactInfo, Bytes), ArtifactError> {
-        let (info, file) = self.open_at(job_id, name, offset).await?;
-        let want = (info.size - offset).min(max_bytes as u64) as usize;
+        let info = self.find(job_id, name)?;
+        let want = info.size.saturating_sub(offset).min(max_bytes as u64) as usize;
+        let mut reader = self.open_range(&info, offset, offset + want as u64).await?;
+        if offset == 0 {
+            self.metrics.downloads.inc();
+        }
         let mut buf = BytesMut::zeroed(want);
-        let mut file = file;
-        file.read_exact(&mut buf).await?;
+        reader.read_exact(&mut buf).await?;
         self.metrics.downloaded_bytes.inc_by(want as u64);
         Ok((info, buf.freeze()))
     }
 
     /// Removes expired artifacts, then every blob no job references.
     /// Returns (artifacts removed, blobs removed).
-    pub fn sweep(&self, now_ms: u64) -> io::Result<(usize, usize)> {
-        let _guard = self.lock.lock().expect("artifact store lock");
+    pub async fn sweep(self: &Arc<Self>, now_ms: u64) -> io::Result<(usize, usize)> {
+        let _guard = self.lock.lock().await;
+        let store = self.clone();
+        let (expired, referenced) = tokio::task::spawn_blocking(move || store.expire_records(now_ms))
+            .await
+            .map_err(io::Error::other)??;
+        let mut removed = 0;
+        for (sha256, size) in self.blobs.list().await? {
+            if referenced.contains(&sha256) || self.pending().contains_key(&sha256) {
+                continue;
+            }
+            self.blobs.delete(&sha256).await?;
+            self.metrics.stored_bytes.dec_by(size as i64);
+            removed += 1;
+        }
+        Ok((expired, removed))
+    }
+
+    /// Drops expired artifacts from the job records. Returns how many, and
+    /// the SHA-256 of every artifact still recorded.
+    fn expire_records(&self, now_ms: u64) -> io::Result<(usize, HashSet<String>)> {
         let mut expired = 0;
         let mut referenced = HashSet::new();
         for entry in std::fs::read_dir(self.root.join("jobs"))? {
@@ -450,42 +528,12 @@ impl ArtifactStore {
             }
             referenced.extend(entries.into_values().map(|e| e.sha256));
         }
-        let mut blobs = 0;
-        for dir in std::fs::read_dir(self.root.join("blobs"))? {
-            let dir = dir?.path();
-            if !dir.is_dir() {
-                continue;
-            }
-            for blob in std::fs::read_dir(&dir)? {
-                let blob = blob?.path();
-                let name = blob.file_name().and_then(|n| n.to_str()).unwrap_or_default();
-                if !referenced.contains(name) {
-                    let size = blob.metadata().map(|m| m.len()).unwrap_or(0);
-                    std::fs::remove_file(&blob)?;
-                    self.metrics.stored_bytes.dec_by(size as i64);
-                    blobs += 1;
-                }
-            }
-        }
-        Ok((expired, blobs))
+        Ok((expired, referenced))
     }
 
     /// Bytes held in blobs (each distinct content once).
-    pub fn stored_bytes(&self) -> u64 {
-        let mut total = 0;
-        let Ok(dirs) = std::fs::read_dir(self.root.join("blobs")) else {
-            return 0;
-        };
-        for dir in dirs.flatten() {
-            if let Ok(blobs) = std::fs::read_dir(dir.path()) {
-                total += blobs
-                    .flatten()
-                    .filter_map(|b| b.metadata().ok())
-                    .map(|m| m.len())
-                    .sum::<u64>();
-            }
-        }
-        total
+    pub async fn stored_bytes(&self) -> io::Result<u64> {
+        Ok(self.blobs.list().await?.iter().map(|(_, size)| size).sum())
     }
 }
 
@@ -613,7 +661,7 @@ mod tests {
         put(&store, 3, "shared", b"kept", Duration::from_millis(1))
             .await
             .unwrap();
-        let (artifacts, blobs) = store.sweep(now_ms() + 1000).unwrap();
+        let (artifacts, blobs) = store.sweep(now_ms() + 1000).await.unwrap();
         assert_eq!((artifacts, blobs), (2, 1));
         assert!(store.list(1).unwrap().is_empty());
         assert_eq!(store.list(2).unwrap().len(), 1);

@@ -84,8 +84,18 @@ impl AgentUploads {
                 answer(sender, correlation, result).await;
             }
             Message::ArtifactCommit(m) => {
-                let result = self.commit(m).await.map(|()| Ack {}.into());
-                answer(sender, correlation, result).await;
+                // Storing may take a while (an upload to S3): answered from
+                // a task, so the session keeps reading heartbeats meanwhile.
+                match self.take_for_commit(m).await {
+                    Ok((upload, m)) => {
+                        let (store, sender) = (self.store.clone(), sender.clone());
+                        tokio::spawn(async move {
+                            let result = commit(&store, upload, m).await.map(|()| Ack {}.into());
+                            answer(&sender, correlation, result).await;
+                        });
+                    }
+                    Err(err) => answer(sender, correlation, Err(err)).await,
+                }
             }
             Message::ArtifactFetch(_) | Message::ListArtifacts(_) => {
                 serve_read(&self.store, sender, correlation, message).await;
@@ -125,9 +135,13 @@ impl AgentUploads {
         Ok(())
     }
 
-    async fn commit(&mut self, m: ArtifactCommit) -> Result<(), ArtifactError> {
+    /// The finished upload a commit names, after checking the holder.
+    async fn take_for_commit(
+        &mut self,
+        m: ArtifactCommit,
+    ) -> Result<(Upload, ArtifactCommit), ArtifactError> {
         self.check_holder(m.job_id, m.attempt).await?;
-        let key = (m.job_id, m.attempt, m.name);
+        let key = (m.job_id, m.attempt, m.name.clone());
         let upload = match self.open.remove(&key) {
             Some(upload) => upload,
             // An empty artifact has no chunk.
@@ -139,18 +153,7 @@ impl AgentUploads {
                 )))
             }
         };
-        self.store
-            .commit(
-                upload,
-                m.job_id,
-                &key.2,
-                m.size,
-                &m.sha256,
-                Duration::from_millis(m.expire_in_ms),
-            )
-            .await?;
-        tracing::info!(job_id = m.job_id, name = %key.2, size = m.size, "artifact stored");
-        Ok(())
+        Ok((upload, m))
     }
 
     /// Discards the uploads left open.
@@ -159,6 +162,22 @@ impl AgentUploads {
             upload.discard().await;
         }
     }
+}
+
+/// Stores a finished upload as the commit says.
+async fn commit(store: &Arc<ArtifactStore>, upload: Upload, m: ArtifactCommit) -> Result<(), ArtifactError> {
+    store
+        .commit(
+            upload,
+            m.job_id,
+            &m.name,
+            m.size,
+            &m.sha256,
+            Duration::from_millis(m.expire_in_ms),
+        )
+        .await?;
+    tracing::info!(job_id = m.job_id, name = %m.name, size = m.size, "artifact stored");
+    Ok(())
 }
 
 /// Serves ArtifactFetch and ListArtifacts (agents and clients alike).

@@ -1,5 +1,5 @@
 //! `/api/ci/jobs/{id}/artifacts`: a job's artifacts, listed and downloaded
-//! (streamed from the blob file with its `Content-Length`, never read into
+//! (streamed from the blob, on disk or in S3, with its `Content-Length`, never read into
 //! memory whole).
 
 use axum::body::Body;

@@ -12,6 +12,8 @@
 //! deadline ([`wait_until`]) or read a child's output.
 #![allow(dead_code)]
 
+pub mod s3;
+
 use std::future::Future;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -190,6 +192,7 @@ impl Harness {
             api_token: None,
             runner_token: None,
             args: FAST_SERVER.iter().map(|s| s.to_string()).collect(),
+            env: Vec::new(),
             wrapper: Vec::new(),
         }
     }
@@ -354,6 +357,8 @@ pub struct ServerBuilder<'a> {
     api_token: Option<String>,
     runner_token: Option<String>,
     args: Vec<String>,
+    /// Environment variables set for the server.
+    env: Vec<(String, String)>,
     /// A program (and its arguments) that execs the server.
     wrapper: Vec<String>,
 }
@@ -390,6 +395,12 @@ impl ServerBuilder<'_> {
     /// Extra flags, after the fast timing flags (e.g. `--store URI`).
     pub fn args(mut self, args: &[&str]) -> Self {
         self.args.extend(args.iter().map(|s| s.to_string()));
+        self
+    }
+
+    /// Sets an environment variable of the server (e.g. `AWS_ENDPOINT_URL`).
+    pub fn env(mut self, name: &str, value: &str) -> Self {
+        self.env.push((name.to_owned(), value.to_owned()));
         self
     }
 
@@ -437,6 +448,7 @@ impl ServerBuilder<'_> {
             command.arg("--runner-token").arg(token);
         }
         command.args(&self.args);
+        command.envs(self.env.iter().map(|(k, v)| (k, v)));
         let name = self.harness.unique("server");
         let log = self.harness.path().join(format!("{name}.log"));
         let mut process = spawn_logged(command, &name, log, Stdio::piped());
@@ -829,9 +841,7 @@ const NX: &str = "nx-27017";
 /// `valkyrie-server` restart of the test, which it does: only the
 /// `valkyrie-server` is killed.
 pub struct MongoServer {
-    child: Child,
-    port: u16,
-    dir: tempfile::TempDir,
+    process: ServiceProcess,
 }
 
 impl MongoServer {
@@ -843,51 +853,17 @@ impl MongoServer {
     /// [`MongoServer::start`], listening on `host` (`0.0.0.0`: every
     /// interface, for servers in other network namespaces).
     pub fn start_on(host: &str) -> Self {
-        let dir = tempfile::Builder::new()
-            .prefix("vkt-nx")
-            .tempdir()
-            .expect("temporary directory");
-        let port = free_port();
-        let out = std::fs::File::create(dir.path().join("nx.out")).expect("nx-27017 output file");
-        let child = Command::new(nx_program())
-            .args(["--db", "memory", "--host", host, "--port"])
-            .arg(port.to_string())
-            // Its defaults are shared files in /tmp; tests run in parallel.
-            .arg("--log-file")
-            .arg(dir.path().join("nx.log"))
-            .arg("--pid-file")
-            .arg(dir.path().join("nx.pid"))
-            .stdin(Stdio::null())
-            .stdout(out.try_clone().expect("nx-27017 output file"))
-            .stderr(out)
-            .spawn()
-            .unwrap_or_else(|err| {
-                panic!(
-                    "cannot start `{NX}` ({err}): the MongoDB variants need this MongoDB \
-                     wire-protocol server; install it with `python3 -m pip install nx-27017` \
-                     (.ci/run does)"
-                )
-            });
-        let mut mongo = Self { child, port, dir };
-        let deadline = Instant::now() + DEADLINE;
-        loop {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return mongo;
-            }
-            if let Some(status) = mongo.child.try_wait().expect("poll nx-27017") {
-                panic!(
-                    "`{NX} --db memory --port {port}` exited ({status}) before accepting \
-                     connections:\n{}",
-                    mongo.output()
-                );
-            }
-            assert!(
-                Instant::now() < deadline,
-                "`{NX}` did not accept connections on port {port} within {DEADLINE:?}:\n{}",
-                mongo.output()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let process = ServiceProcess::start(NX, nx_program(), |command, port, dir| {
+            command
+                .args(["--db", "memory", "--host", host, "--port"])
+                .arg(port.to_string())
+                // Its defaults are shared files in /tmp; tests run in parallel.
+                .arg("--log-file")
+                .arg(dir.join("nx.log"))
+                .arg("--pid-file")
+                .arg(dir.join("nx.pid"));
+        });
+        Self { process }
     }
 
     /// The URI of database `valkyrie` on it, for `--store`.
@@ -897,16 +873,78 @@ impl MongoServer {
 
     /// [`MongoServer::uri`] through the address `host` of this machine.
     pub fn uri_at(&self, host: &str) -> String {
-        format!("mongodb://{host}:{}/valkyrie", self.port)
+        format!("mongodb://{host}:{}/valkyrie", self.process.port)
     }
 
     /// What it printed so far.
     pub fn output(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("nx.out")).unwrap_or_default()
+        self.process.output()
     }
 }
 
-impl Drop for MongoServer {
+/// A server program from PyPI (nx-27017, moto_server) on a free local
+/// port, with its own temporary directory; killed (SIGKILL) on drop,
+/// printing the end of its output if the test failed.
+pub struct ServiceProcess {
+    name: &'static str,
+    child: Child,
+    /// The port it listens on.
+    pub port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl ServiceProcess {
+    /// Runs `program`, with the arguments `args` adds given the port and
+    /// the temporary directory, and waits (up to [`DEADLINE`]) until it
+    /// accepts connections on 127.0.0.1.
+    pub fn start(name: &'static str, program: &Path, args: impl FnOnce(&mut Command, u16, &Path)) -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("vkt-svc")
+            .tempdir()
+            .expect("temporary directory");
+        let port = free_port();
+        let out = std::fs::File::create(dir.path().join("out")).expect("output file");
+        let mut command = Command::new(program);
+        args(&mut command, port, dir.path());
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().expect("output file"))
+            .stderr(out)
+            .spawn()
+            .unwrap_or_else(|err| panic!("cannot start `{}`: {err}", program.display()));
+        let mut process = Self {
+            name,
+            child,
+            port,
+            dir,
+        };
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return process;
+            }
+            if let Some(status) = process.child.try_wait().expect("poll a service") {
+                panic!(
+                    "`{name}` on port {port} exited ({status}) before accepting connections:\n{}",
+                    process.output()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "`{name}` did not accept connections on port {port} within {DEADLINE:?}:\n{}",
+                process.output()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// What it printed so far.
+    pub fn output(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("out")).unwrap_or_default()
+    }
+}
+
+impl Drop for ServiceProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -914,7 +952,8 @@ impl Drop for MongoServer {
             let output = self.output();
             let lines: Vec<&str> = output.lines().collect();
             eprintln!(
-                "---- last lines of {NX} on port {} ----\n{}\n----",
+                "---- last lines of {} on port {} ----\n{}\n----",
+                self.name,
                 self.port,
                 lines[lines.len().saturating_sub(40)..].join("\n")
             );
@@ -922,35 +961,41 @@ impl Drop for MongoServer {
     }
 }
 
-/// `nx-27017` on `PATH`, or where pip put it if that is not on `PATH`
-/// (e.g. `pip install --user` and no `~/.local/bin` in `PATH`).
+/// `nx-27017` on `PATH`, or where pip put it.
 fn nx_program() -> &'static Path {
     static PROGRAM: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     PROGRAM.get_or_init(|| {
-        let path = std::env::var_os("PATH").unwrap_or_default();
-        let on_path = std::env::split_paths(&path).map(|dir| dir.join(NX));
-        let script_dirs = Command::new("python3")
-            .args([
-                "-c",
-                "import os, sysconfig\n\
-                 print(sysconfig.get_path('scripts'))\n\
-                 print(sysconfig.get_path('scripts', os.name + '_user'))",
-            ])
-            .output()
-            .map(|out| String::from_utf8_lossy(&out.stdout).into_owned())
-            .unwrap_or_default();
-        let from_pip = script_dirs.lines().map(|dir| Path::new(dir).join(NX));
-        on_path
-            .chain(from_pip)
-            .find(|candidate| candidate.is_file())
-            .unwrap_or_else(|| {
-                panic!(
-                    "`{NX}` is not installed (not on PATH, nor in python3's script directories): \
-                     the MongoDB variants need this MongoDB wire-protocol server; install it with \
-                     `python3 -m pip install nx-27017` (.ci/run does)"
-                )
-            })
+        pip_script(
+            NX,
+            "the MongoDB variants need this MongoDB wire-protocol server; install it with \
+             `python3 -m pip install nx-27017` (.ci/run does)",
+        )
     })
+}
+
+/// The console script `name` on `PATH`, or where pip put it if that is not
+/// on `PATH` (e.g. `pip install --user` and no `~/.local/bin` in `PATH`).
+/// Panics saying `why` it is needed when it is nowhere.
+pub fn pip_script(name: &str, why: &str) -> PathBuf {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let on_path = std::env::split_paths(&path).map(|dir| dir.join(name));
+    let script_dirs = Command::new("python3")
+        .args([
+            "-c",
+            "import os, sysconfig\n\
+             print(sysconfig.get_path('scripts'))\n\
+             print(sysconfig.get_path('scripts', os.name + '_user'))",
+        ])
+        .output()
+        .map(|out| String::from_utf8_lossy(&out.stdout).into_owned())
+        .unwrap_or_default();
+    let from_pip = script_dirs.lines().map(|dir| Path::new(dir).join(name));
+    on_path
+        .chain(from_pip)
+        .find(|candidate| candidate.is_file())
+        .unwrap_or_else(|| {
+            panic!("`{name}` is not installed (not on PATH, nor in python3's script directories): {why}")
+        })
 }
 
 /// A port nothing listens on (the OS's pick, released at once).
