@@ -32,6 +32,7 @@ fn is_artifact_transfer(message: &Message) -> bool {
             | Message::ArtifactCommit(_)
             | Message::ArtifactFetch(_)
             | Message::ListArtifacts(_)
+            | Message::CacheLookup(_)
     )
 }
 

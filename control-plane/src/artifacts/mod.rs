@@ -14,6 +14,7 @@
 //! agent session writes chunks straight to disk, and every reader streams
 //! from the blob file, so neither side holds a whole artifact in memory.
 
+pub mod cache;
 mod local;
 mod metrics;
 pub(crate) mod release;

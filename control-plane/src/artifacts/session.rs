@@ -11,11 +11,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use valkyrie::message::{
-    Ack, ArtifactChunk, ArtifactCommit, ArtifactData, ArtifactFetch, ArtifactList, Message, RequestFailed,
+    Ack, ArtifactChunk, ArtifactCommit, ArtifactData, ArtifactFetch, ArtifactList, CacheLookup, Message,
+    RequestFailed,
 };
 use valkyrie::SessionSender;
 
 use super::{ArtifactError, ArtifactStore, Upload};
+use valkyrie::message::cache::{key_of_artifact, valid_key, MAX_FALLBACK_KEYS};
 use crate::core::CoreHandle;
 use crate::scheduler::RunnerId;
 
@@ -63,12 +65,12 @@ impl AgentUploads {
         }
     }
 
-    async fn check_holder(&self, job_id: u64, attempt: u32) -> Result<(), ArtifactError> {
-        if self.core.holds_attempt(self.runner, job_id, attempt).await {
-            Ok(())
-        } else {
-            Err(ArtifactError::NotHolder { job_id, attempt })
-        }
+    /// The job's project, if this session's runner holds the attempt.
+    async fn check_holder(&self, job_id: u64, attempt: u32) -> Result<String, ArtifactError> {
+        self.core
+            .attempt_project(self.runner, job_id, attempt)
+            .await
+            .ok_or(ArtifactError::NotHolder { job_id, attempt })
     }
 
     /// Serves an artifact message, if `message` is one; gives it back otherwise.
@@ -85,6 +87,10 @@ impl AgentUploads {
             }
             Message::ArtifactCommit(m) => {
                 let result = self.commit(m).await.map(|()| Ack {}.into());
+                answer(sender, correlation, result).await;
+            }
+            Message::CacheLookup(m) => {
+                let result = self.cache_lookup(m).await.map(Message::from);
                 answer(sender, correlation, result).await;
             }
             Message::ArtifactFetch(_) | Message::ListArtifacts(_) => {
@@ -125,8 +131,43 @@ impl AgentUploads {
         Ok(())
     }
 
+    /// The cache entry to restore, in the job's project (a miss without
+    /// a cache index).
+    async fn cache_lookup(&self, m: CacheLookup) -> Result<valkyrie::message::CacheEntry, ArtifactError> {
+        let project = self.check_holder(m.job_id, m.attempt).await?;
+        if m.keys.is_empty() || m.keys.len() > 1 + MAX_FALLBACK_KEYS || !m.keys.iter().all(|k| valid_key(k)) {
+            return Err(ArtifactError::Invalid(format!(
+                "a cache lookup takes 1 to {} sanitised keys",
+                1 + MAX_FALLBACK_KEYS
+            )));
+        }
+        match self.core.cache() {
+            Some(index) => index.lookup(&project, &m.keys, m.restore),
+            None => Ok(valkyrie::message::CacheEntry {
+                key: String::new(),
+                exact: false,
+                job_id: 0,
+                name: String::new(),
+                size: 0,
+                sha256: String::new(),
+            }),
+        }
+    }
+
     async fn commit(&mut self, m: ArtifactCommit) -> Result<(), ArtifactError> {
-        self.check_holder(m.job_id, m.attempt).await?;
+        let project = self.check_holder(m.job_id, m.attempt).await?;
+        let cache = key_of_artifact(&m.name)
+            .map(str::to_owned)
+            .zip(self.core.cache().cloned());
+        if let Some((cache_key, index)) = &cache {
+            if index.contains(&project, cache_key) {
+                // Entries are immutable: the first save of a key stays.
+                if let Some(upload) = self.open.remove(&(m.job_id, m.attempt, m.name.clone())) {
+                    upload.discard().await;
+                }
+                return Ok(());
+            }
+        }
         let key = (m.job_id, m.attempt, m.name);
         let upload = match self.open.remove(&key) {
             Some(upload) => upload,
@@ -139,7 +180,8 @@ impl AgentUploads {
                 )))
             }
         };
-        self.store
+        let info = self
+            .store
             .commit(
                 upload,
                 m.job_id,
@@ -150,6 +192,9 @@ impl AgentUploads {
             )
             .await?;
         tracing::info!(job_id = m.job_id, name = %key.2, size = m.size, "artifact stored");
+        if let Some((cache_key, index)) = cache {
+            index.record(&project, &cache_key, m.job_id, &info)?;
+        }
         Ok(())
     }
 
