@@ -438,17 +438,19 @@ fn restore_caches(
     let caches = std::sync::Arc::new(caches);
     plan.before_steps = Some(std::sync::Arc::new(
         move |env: executor::env::Env| -> futures_util::future::BoxFuture<'static, Vec<String>> {
-        let (out, mut link, workspace, caches) = (out.clone(), link.clone(), workspace.clone(), caches.clone());
-        Box::pin(async move {
-            let mut lines = Vec::new();
-            let resolved = crate::artifacts::cache::restore(
-                &mut link, job_id, attempt, &caches, &env, &workspace, &mut lines,
-            )
-            .await;
-            *out.lock().expect("cache resolutions") = resolved;
-            lines
-        })
-    }));
+            let (out, mut link, workspace, caches) =
+                (out.clone(), link.clone(), workspace.clone(), caches.clone());
+            Box::pin(async move {
+                let mut lines = Vec::new();
+                let resolved = crate::artifacts::cache::restore(
+                    &mut link, job_id, attempt, &caches, &env, &workspace, &mut lines,
+                )
+                .await;
+                *out.lock().expect("cache resolutions") = resolved;
+                lines
+            })
+        },
+    ));
     slot
 }
 

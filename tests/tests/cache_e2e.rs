@@ -150,9 +150,21 @@ async fn a_cache_is_saved_then_restored_and_a_fallback_key_finds_it() {
         .text()
         .await
         .unwrap();
-    assert_eq!(metric(&metrics, "valkyrie_cache_hit_lookups_total"), 2, "{metrics}");
-    assert_eq!(metric(&metrics, "valkyrie_cache_fallback_hit_lookups_total"), 1, "{metrics}");
-    assert_eq!(metric(&metrics, "valkyrie_cache_miss_lookups_total"), 3, "{metrics}");
+    assert_eq!(
+        metric(&metrics, "valkyrie_cache_hit_lookups_total"),
+        2,
+        "{metrics}"
+    );
+    assert_eq!(
+        metric(&metrics, "valkyrie_cache_fallback_hit_lookups_total"),
+        1,
+        "{metrics}"
+    );
+    assert_eq!(
+        metric(&metrics, "valkyrie_cache_miss_lookups_total"),
+        3,
+        "{metrics}"
+    );
 
     // The entry is an artifact of the job that saved it.
     let job = first.jobs[0].job_id.expect("job id").to_string();
@@ -191,12 +203,21 @@ async fn hash_files_keys_follow_the_lock_file_and_escapes_are_refused() {
 
     let (a, b) = (sha256_hex("a"), sha256_hex("b"));
     let log = log_of(&server, &run(&client, &lock_pipeline("a")).await, "build").await;
-    assert!(log.contains(&format!("cache miss: no entry for key `lock-{a}`")), "{log}");
+    assert!(
+        log.contains(&format!("cache miss: no entry for key `lock-{a}`")),
+        "{log}"
+    );
     assert!(log.contains(&format!("cache saved: key `lock-{a}`")), "{log}");
     let log = log_of(&server, &run(&client, &lock_pipeline("b")).await, "build").await;
-    assert!(log.contains(&format!("cache miss: no entry for key `lock-{b}`")), "{log}");
+    assert!(
+        log.contains(&format!("cache miss: no entry for key `lock-{b}`")),
+        "{log}"
+    );
     let log = log_of(&server, &run(&client, &lock_pipeline("a")).await, "build").await;
-    assert!(log.contains(&format!("cache hit: restored key `lock-{a}`")), "{log}");
+    assert!(
+        log.contains(&format!("cache hit: restored key `lock-{a}`")),
+        "{log}"
+    );
 
     // A path out of the workspace is a validation error, with its position.
     let err = client
@@ -208,7 +229,10 @@ async fn hash_files_keys_follow_the_lock_file_and_escapes_are_refused() {
         .expect_err("an escaping path is refused");
     let err = err.to_string();
     assert!(err.contains("ci.yaml:3:"), "{err}");
-    assert!(err.contains("job `j` cache paths `../up` leaves the workspace"), "{err}");
+    assert!(
+        err.contains("job `j` cache paths `../up` leaves the workspace"),
+        "{err}"
+    );
 
     // A link pointing out is not saved; the job still succeeds.
     let yaml = "jobs:\n  j:\n    cache: {key: links, paths: [deps]}\n    steps:\n      - run: mkdir deps && echo ok > deps/ok && ln -s /etc/passwd deps/pw\n";

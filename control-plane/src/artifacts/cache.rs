@@ -93,7 +93,11 @@ pub struct CacheIndex {
 impl CacheIndex {
     /// Opens the index kept in the file `path` (created on the first
     /// save), over the artifacts of `store`.
-    pub fn open(path: impl Into<PathBuf>, store: Arc<ArtifactStore>, metrics: CacheMetrics) -> io::Result<Self> {
+    pub fn open(
+        path: impl Into<PathBuf>,
+        store: Arc<ArtifactStore>,
+        metrics: CacheMetrics,
+    ) -> io::Result<Self> {
         let path = path.into();
         let entries = match std::fs::read(&path) {
             Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
@@ -266,28 +270,46 @@ mod tests {
         let first = put(&store, 1, "cargo-aaa", b"one").await;
         assert!(index.record("web", "cargo-aaa", 1, &first).unwrap());
         let second = put(&store, 2, "cargo-aaa", b"two").await;
-        assert!(!index.record("web", "cargo-aaa", 2, &second).unwrap(), "never replaced");
+        assert!(
+            !index.record("web", "cargo-aaa", 2, &second).unwrap(),
+            "never replaced"
+        );
 
         let hit = index.lookup("web", &keys(&["cargo-aaa"]), true).unwrap();
         assert_eq!((hit.exact, hit.job_id, hit.key.as_str()), (true, 1, "cargo-aaa"));
-        let fallback = index.lookup("web", &keys(&["cargo-bbb", "cargo-"]), true).unwrap();
+        let fallback = index
+            .lookup("web", &keys(&["cargo-bbb", "cargo-"]), true)
+            .unwrap();
         assert_eq!((fallback.exact, fallback.key.as_str()), (false, "cargo-aaa"));
-        let other_project = index.lookup("api", &keys(&["cargo-aaa", "cargo-"]), true).unwrap();
+        let other_project = index
+            .lookup("api", &keys(&["cargo-aaa", "cargo-"]), true)
+            .unwrap();
         assert!(other_project.key.is_empty());
         let not_counted = index.lookup("api", &keys(&["x"]), false).unwrap();
         assert!(not_counted.key.is_empty());
         assert_eq!(
-            (metrics.hits.get(), metrics.fallback_hits.get(), metrics.misses.get()),
+            (
+                metrics.hits.get(),
+                metrics.fallback_hits.get(),
+                metrics.misses.get()
+            ),
             (1, 1, 1)
         );
 
         // Reopened: the entries are still there.
         drop(index);
-        let index = CacheIndex::open(dir.path().join("i.json"), store.clone(), CacheMetrics::default()).unwrap();
+        let index =
+            CacheIndex::open(dir.path().join("i.json"), store.clone(), CacheMetrics::default()).unwrap();
         assert!(index.contains("web", "cargo-aaa"));
         // An entry whose artifact expired is dropped.
-        store.sweep(crate::artifacts::now_ms() + 365 * 24 * 3600 * 1000).unwrap();
-        assert!(index.lookup("web", &keys(&["cargo-aaa"]), true).unwrap().key.is_empty());
+        store
+            .sweep(crate::artifacts::now_ms() + 365 * 24 * 3600 * 1000)
+            .unwrap();
+        assert!(index
+            .lookup("web", &keys(&["cargo-aaa"]), true)
+            .unwrap()
+            .key
+            .is_empty());
         assert!(!index.contains("web", "cargo-aaa"));
     }
 }

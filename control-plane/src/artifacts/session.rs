@@ -17,9 +17,9 @@ use valkyrie::message::{
 use valkyrie::SessionSender;
 
 use super::{ArtifactError, ArtifactStore, Upload};
-use valkyrie::message::cache::{key_of_artifact, valid_key, MAX_FALLBACK_KEYS};
 use crate::core::CoreHandle;
 use crate::scheduler::RunnerId;
+use valkyrie::message::cache::{key_of_artifact, valid_key, MAX_FALLBACK_KEYS};
 
 /// Uploads one agent session may have open at once.
 pub const MAX_OPEN_UPLOADS: usize = 16;

@@ -55,7 +55,11 @@ fn parse_one(cx: &mut Ctx<'_>, node: &Node, what: &str) -> Option<CacheSpec> {
                 Node::Mapping(_) => false,
             };
             if written_empty {
-                cx.error(n.span(), format!("{what} paths is empty"), Some("name at least one path".into()));
+                cx.error(
+                    n.span(),
+                    format!("{what} paths is empty"),
+                    Some("name at least one path".into()),
+                );
             }
             patterns(cx, n, &format!("{what} paths"))
         }
@@ -141,7 +145,11 @@ fn key_template(cx: &mut Ctx<'_>, node: &Node, what: &str) -> Option<String> {
     if let Err(err) = parse_key(text) {
         cx.error(
             s.span(),
-            format!("{what} `{text}`: {} (at character {})", err.message, err.offset + 1),
+            format!(
+                "{what} `{text}`: {} (at character {})",
+                err.message,
+                err.offset + 1
+            ),
             err.hint,
         );
         return None;
@@ -150,7 +158,10 @@ fn key_template(cx: &mut Ctx<'_>, node: &Node, what: &str) -> Option<String> {
     if !text.contains('$') && text.len() > MAX_KEY_BYTES {
         cx.error(
             s.span(),
-            format!("{what} is {} bytes long, over the limit of {MAX_KEY_BYTES} bytes", text.len()),
+            format!(
+                "{what} is {} bytes long, over the limit of {MAX_KEY_BYTES} bytes",
+                text.len()
+            ),
             None,
         );
         return None;

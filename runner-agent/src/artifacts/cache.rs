@@ -52,8 +52,9 @@ pub fn evaluate_key(template: &str, env: &Env, workspace: &Path) -> Result<Strin
     for part in parts {
         match part {
             KeyPart::Text(text) => {
-                let expanded = expand(&text, |name| env.get(name))
-                    .ok_or_else(|| format!("cache key `{template}` is too long after expanding its variables"))?;
+                let expanded = expand(&text, |name| env.get(name)).ok_or_else(|| {
+                    format!("cache key `{template}` is too long after expanding its variables")
+                })?;
                 key.push_str(&expanded);
             }
             KeyPart::HashFiles(patterns) => key.push_str(&hash_files(workspace, &patterns)?),
@@ -104,7 +105,11 @@ pub fn hash_files(workspace: &Path, patterns: &[String]) -> Result<String, Strin
         }
         any = true;
     }
-    Ok(if any { hex::encode(hasher.finish().as_ref()) } else { String::new() })
+    Ok(if any {
+        hex::encode(hasher.finish().as_ref())
+    } else {
+        String::new()
+    })
 }
 
 /// Asks the server which entry matches `keys` (exact first).
@@ -166,7 +171,9 @@ pub async fn restore(
         let entry = match lookup(link, job_id, attempt, keys, spec.policy.pulls()).await {
             Ok(entry) => entry,
             Err(error) => {
-                log.push(format!("[valkyrie] cache `{key}`: cannot look it up ({error}); going on without it\n"));
+                log.push(format!(
+                    "[valkyrie] cache `{key}`: cannot look it up ({error}); going on without it\n"
+                ));
                 resolved.push(Resolved {
                     spec: spec.clone(),
                     key,

@@ -98,11 +98,12 @@ impl WireField for CacheSpec {
 
 /// Reads a JobSpec's trailing `cache` field: absent (option 0) for none.
 pub(crate) fn read_caches(r: &mut Reader) -> Result<Vec<CacheSpec>, DecodeError> {
-    Ok(r
-        .option("job.cache", |r| {
-            r.list("job.cache", CacheSpec::MIN_BYTES, |r| CacheSpec::read(r, "job.cache"))
-        })?
-        .unwrap_or_default())
+    Ok(r.option("job.cache", |r| {
+        r.list("job.cache", CacheSpec::MIN_BYTES, |r| {
+            CacheSpec::read(r, "job.cache")
+        })
+    })?
+    .unwrap_or_default())
 }
 
 /// Writes a JobSpec's `cache` field: option 0 when there is none.
@@ -206,7 +207,11 @@ fn parse_expr(expr: &str, offset: usize) -> Result<KeyPart, KeyError> {
         } else {
             "the one function of a cache key is `hashFiles('PATTERN', …)`".to_owned()
         };
-        return Err(err(0, format!("unknown function `{function}` in a cache key"), Some(hint)));
+        return Err(err(
+            0,
+            format!("unknown function `{function}` in a cache key"),
+            Some(hint),
+        ));
     }
     let Some(args) = expr[open + 1..].strip_suffix(')') else {
         return Err(err(
@@ -269,7 +274,11 @@ pub fn sanitize_key(key: &str) -> Option<String> {
     let mut out = String::with_capacity(key.len());
     for c in key.chars() {
         let keep = c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
-        out.push(if !keep || (c == '.' && out.ends_with('.')) { '_' } else { c });
+        out.push(if !keep || (c == '.' && out.ends_with('.')) {
+            '_'
+        } else {
+            c
+        });
     }
     (!out.is_empty() && out.len() <= MAX_KEY_BYTES).then_some(out)
 }
@@ -322,7 +331,10 @@ mod tests {
         let err = parse_key("k-${{ hashfiles('a') }}").unwrap_err();
         assert_eq!(err.offset, 6);
         assert_eq!(err.hint.as_deref(), Some("did you mean `hashFiles`?"));
-        assert!(parse_key("k-${{ hashFiles('a') ").unwrap_err().message.contains("not closed"));
+        assert!(parse_key("k-${{ hashFiles('a') ")
+            .unwrap_err()
+            .message
+            .contains("not closed"));
         let err = parse_key("${{ hashFiles('../x') }}").unwrap_err();
         assert_eq!(err.offset, 14);
         assert!(parse_key("${{ hashFiles(a) }}").is_err());
