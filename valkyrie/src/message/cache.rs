@@ -343,7 +343,7 @@ mod tests {
 
     #[test]
     fn keys_are_sanitised_and_names_round_trip() {
-        assert_eq!(sanitize_key("a/b/../c d").as_deref(), Some("a_b_._c_d"));
+        assert_eq!(sanitize_key("a/b/../c d").as_deref(), Some("a_b_.__c_d"));
         assert_eq!(sanitize_key(""), None);
         assert_eq!(sanitize_key(&"k".repeat(MAX_KEY_BYTES + 1)), None);
         assert!(valid_key("cargo-linux-0f3a"));
