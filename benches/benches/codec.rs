@@ -43,6 +43,7 @@ fn job_spec() -> JobSpec {
         container: None,
         trigger: None,
         artifacts: None,
+        cache: Vec::new(),
     }
 }
 

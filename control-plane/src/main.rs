@@ -369,8 +369,10 @@ async fn run() -> anyhow::Result<()> {
     let loaded = store.load().context("cannot load the stored state")?;
     let store = StoreHandle::spawn(Box::new(store), metrics.clone());
     let artifacts = open_artifacts(&args, &data_dir, metrics.artifacts.clone()).await?;
-    let core =
-        spawn_with_store(core_config, tokens.clone(), metrics, store, loaded).with_artifacts(artifacts);
+    let cache = open_cache(&data_dir, artifacts.clone(), metrics.cache.clone())?;
+    let core = spawn_with_store(core_config, tokens.clone(), metrics, store, loaded)
+        .with_artifacts(artifacts)
+        .with_cache(cache);
     tokio::spawn(import_minted_tokens(data_dir.clone(), core.clone()));
     let listeners_bound = Arc::new(AtomicBool::new(false));
     let (stop_http, http_stopped) = tokio::sync::watch::channel(false);
@@ -427,6 +429,20 @@ async fn run() -> anyhow::Result<()> {
 fn artifacts_url(url: &str) -> Result<String, String> {
     valkyrie_control_plane::artifacts::s3::parse_url(url).map(|_| url.to_owned())
 }
+
+/// Opens the `cache:` index (`cache-index.json` in the data directory),
+/// whose entries are artifacts of `store`.
+fn open_cache(
+    data_dir: &std::path::Path,
+    store: Arc<ArtifactStore>,
+    metrics: valkyrie_control_plane::artifacts::cache::CacheMetrics,
+) -> anyhow::Result<Arc<valkyrie_control_plane::artifacts::cache::CacheIndex>> {
+    let path = data_dir.join("cache-index.json");
+    let index = valkyrie_control_plane::artifacts::cache::CacheIndex::open(&path, store, metrics)
+        .with_context(|| format!("cannot open the cache index {}", path.display()))?;
+    Ok(Arc::new(index))
+}
+
 
 /// Opens the artifact store (records under the data directory, contents
 /// there or in S3) and starts its sweeper.

@@ -66,6 +66,8 @@ pub struct Metrics {
     pub queue_depth: Family<PriorityLabel, Gauge>,
     /// Artifact transfers and storage (the store records into clones).
     pub artifacts: crate::artifacts::ArtifactMetrics,
+    /// Cache lookups: hits, fallback hits, misses.
+    pub cache: crate::artifacts::cache::CacheMetrics,
 }
 
 impl Default for Metrics {
@@ -80,6 +82,7 @@ impl Default for Metrics {
             http_request_duration: Family::new_with_constructor(latency_buckets),
             queue_depth: Family::default(),
             artifacts: Default::default(),
+            cache: Default::default(),
         }
     }
 }
@@ -137,5 +140,6 @@ impl Metrics {
             self.queue_depth.clone(),
         );
         self.artifacts.register(valkyrie);
+        self.cache.register(valkyrie);
     }
 }

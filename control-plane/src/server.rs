@@ -33,6 +33,7 @@ fn is_artifact_transfer(message: &Message) -> bool {
             | Message::ArtifactCommit(_)
             | Message::ArtifactFetch(_)
             | Message::ListArtifacts(_)
+            | Message::CacheLookup(_)
     )
 }
 

@@ -26,7 +26,8 @@ pub(crate) fn well_known(level: Level, key: &str) -> Option<String> {
         }
         (Level::Pipeline, "include") => "Valkyrie does not include other files yet; put the jobs in this file",
         (Level::Pipeline, "concurrency" | "permissions") => "Valkyrie has no `concurrency` or `permissions` yet",
-        (Level::Pipeline, "before_script" | "after_script" | "cache") => {
+        (Level::Pipeline, "cache") => "put `cache:` in `defaults:` (for every job) or in a job",
+        (Level::Pipeline, "before_script" | "after_script") => {
             "GitLab's global keywords have no Valkyrie equivalent at pipeline level; shared settings go in `defaults:`"
         }
         // Job level.
@@ -55,7 +56,7 @@ pub(crate) fn well_known(level: Level, key: &str) -> Option<String> {
         (Level::Job, "dependencies") => "use `needs:` (the jobs this one waits for)",
         (Level::Job, "parallel") => "use `matrix:` (one job per combination of values)",
         (Level::Job, "extends") => "Valkyrie has no `extends`; put what jobs share in `defaults:`",
-        (Level::Job, "environment" | "outputs" | "artifacts" | "cache" | "permissions" | "concurrency") => {
+        (Level::Job, "environment" | "outputs" | "permissions" | "concurrency") => {
             "not supported yet"
         }
         (Level::Job, "uses" | "with") => "Valkyrie jobs have no reusable actions or workflows; write the commands in `steps:`",

@@ -21,6 +21,7 @@ mod container;
 use container::ContainerKeys;
 
 mod artifacts;
+mod cache;
 
 const TOP_KEYS: &[&str] = &[
     "name",
@@ -37,7 +38,7 @@ const TOP_KEYS: &[&str] = &[
     "services",
     "pull_policy",
 ];
-const DEFAULTS_KEYS: &[&str] = &["shell", "env", "timeout", "tags", "retry"];
+const DEFAULTS_KEYS: &[&str] = &["shell", "env", "timeout", "tags", "retry", "cache"];
 const STAGE_KEYS: &[&str] = &["name", "env"];
 const JOB_KEYS: &[&str] = &[
     "stage",
@@ -63,6 +64,7 @@ const JOB_KEYS: &[&str] = &[
     "checkout",
     "artifacts",
     "dependencies",
+    "cache",
 ];
 const STEP_KEYS: &[&str] = &[
     "name",
@@ -787,6 +789,8 @@ struct Defaults {
     timeout_ms: Option<u64>,
     tags: Option<Vec<String>>,
     retry: Option<RetryPolicy>,
+    /// `cache:` for every job that names none.
+    cache: Option<Vec<valkyrie::message::CacheSpec>>,
     /// `image`, `services` and `pull_policy` at pipeline level.
     container: ContainerKeys,
 }
@@ -815,6 +819,7 @@ fn parse_defaults(cx: &mut Ctx<'_>, node: &Node) -> Defaults {
                 .collect()
         }),
         retry: map.get_node("retry").map(|n| parse_retry(cx, n, "defaults")),
+        cache: map.get_node("cache").map(|n| cache::parse(cx, n, "defaults")),
         container: ContainerKeys::default(),
     }
 }
@@ -868,6 +873,10 @@ fn parse_job(
     let artifacts = map
         .get_node("artifacts")
         .and_then(|n| artifacts::parse(cx, n, &what));
+    let cache = match map.get_node("cache") {
+        Some(n) => cache::parse(cx, n, &what),
+        None => defaults.cache.clone().unwrap_or_default(),
+    };
     let condition = match map.get_scalar("if") {
         None => {
             if let Some(n) = map.get_node("if") {
@@ -998,6 +1007,7 @@ fn parse_job(
         retry,
         shell,
         artifacts: artifacts.map(Box::new),
+        cache,
     };
     Some(RawJob {
         name,
@@ -1204,6 +1214,12 @@ fn expand(job: &RawJob, combination: &[(String, String)]) -> PipelineJob {
         spec.tags = spec.tags.iter().map(|t| substitute(t, combination)).collect();
         if let Some(container) = &mut spec.container {
             container.image = substitute(&container.image, combination);
+        }
+        for cache in &mut spec.cache {
+            cache.key = substitute(&cache.key, combination);
+            for key in &mut cache.fallback_keys {
+                *key = substitute(key, combination);
+            }
         }
     }
     spec.name = name.clone();

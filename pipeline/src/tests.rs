@@ -745,3 +745,101 @@ fn artifact_mistakes_have_positions_and_hints() {
     assert!(e.message.contains("takes the artifacts of `biuld`"), "{e}");
     assert_eq!(e.hint.as_deref(), Some("did you mean `build`?"));
 }
+
+// ---- caches ----
+
+#[test]
+fn caches_are_parsed_with_defaults_and_matrix_values() {
+    use valkyrie::message::{ArtifactWhen, CachePolicy};
+    let p = parse(
+        "ci.yaml",
+        "defaults:\n  cache:\n    key: cargo-${{ hashFiles('Cargo.lock', 'x/**/*.lock') }}\n    paths: [target/]\n    fallback_keys: [cargo-]\njobs:\n  build:\n    steps: [make]\n  lint:\n    matrix:\n      os: [linux, mac]\n    cache:\n      - key: npm-${{ matrix.os }}-$CACHE_V\n        paths: node_modules\n        policy: pull\n        when: always\n      - {key: second, paths: [b/], policy: push}\n    steps: [lint]\n",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let build = &p.jobs.iter().find(|j| j.name == "build").unwrap().spec.cache;
+    assert_eq!(build.len(), 1, "from defaults");
+    assert_eq!(
+        build[0].key,
+        "cargo-${{ hashFiles('Cargo.lock', 'x/**/*.lock') }}"
+    );
+    assert_eq!(build[0].paths, ["target/"]);
+    assert_eq!(build[0].fallback_keys, ["cargo-"]);
+    assert_eq!(build[0].policy, CachePolicy::PullPush);
+    assert_eq!(build[0].when, ArtifactWhen::OnSuccess);
+    let lint = &p
+        .jobs
+        .iter()
+        .find(|j| j.name.contains("os=mac"))
+        .unwrap()
+        .spec
+        .cache;
+    assert_eq!(lint.len(), 2, "a job's own list replaces the default");
+    assert_eq!(lint[0].key, "npm-mac-$CACHE_V");
+    assert_eq!(lint[0].paths, ["node_modules"]);
+    assert_eq!(
+        (lint[0].policy, lint[0].when),
+        (CachePolicy::Pull, ArtifactWhen::Always)
+    );
+    assert_eq!(lint[1].policy, CachePolicy::Push);
+}
+
+#[test]
+fn cache_mistakes_have_positions_and_hints() {
+    let e = one_error(
+        "jobs:\n  b:\n    steps: [x]\n    cache:\n      key: k\n      path: [d]\n      paths: [d]\n",
+    );
+    assert_eq!((e.line, e.column), (6, 7));
+    assert!(e.message.contains("unknown key `path` in job `b` cache"), "{e}");
+    assert_eq!(e.hint.as_deref(), Some("did you mean `paths`?"));
+
+    let e = one_error("jobs:\n  b:\n    steps: [x]\n    cache: {key: k, paths: [../up]}\n");
+    assert!(
+        e.message
+            .contains("job `b` cache paths `../up` leaves the workspace"),
+        "{e}"
+    );
+    let e = one_error("jobs:\n  b:\n    steps: [x]\n    cache: {key: k, paths: [/etc]}\n");
+    assert!(e.message.contains("leaves the workspace"), "{e}");
+    let e = one_error("jobs:\n  b:\n    steps: [x]\n    cache: {paths: [d]}\n");
+    assert!(e.message.contains("job `b` cache has no `key`"), "{e}");
+    let e = one_error("jobs:\n  b:\n    steps: [x]\n    cache: {key: k}\n");
+    assert!(e.message.contains("has no `paths`"), "{e}");
+
+    let e = one_error(
+        "jobs:\n  b:\n    steps: [x]\n    cache:\n      key: k\n      paths: [d]\n      policy: pul\n",
+    );
+    assert_eq!((e.line, e.column), (7, 15));
+    assert!(e.message.contains("unknown `policy` `pul`"), "{e}");
+    assert_eq!(e.hint.as_deref(), Some("did you mean `pull`?"));
+    let e = one_error(
+        "jobs:\n  b:\n    steps: [x]\n    cache:\n      key: k\n      paths: [d]\n      when: on_sucess\n",
+    );
+    assert_eq!(e.hint.as_deref(), Some("did you mean `on_success`?"));
+
+    let e = one_error(
+        "jobs:\n  b:\n    steps: [x]\n    cache:\n      key: k-${{ hashfiles('Cargo.lock') }}\n      paths: [d]\n",
+    );
+    assert_eq!((e.line, e.column), (5, 12));
+    assert!(e.message.contains("unknown function `hashfiles`"), "{e}");
+    assert!(e.message.contains("(at character 7)"), "{e}");
+    assert_eq!(e.hint.as_deref(), Some("did you mean `hashFiles`?"));
+    let e = one_error(
+        "jobs:\n  b:\n    steps: [x]\n    cache:\n      key: k\n      fallback_keys: [\"${{ hashFiles('../x') }}\"]\n      paths: [d]\n",
+    );
+    assert!(e.message.contains("fallback_keys"), "{e}");
+    assert!(e.message.contains("leaves the workspace"), "{e}");
+
+    let five = "      - {key: k, paths: [d]}\n".repeat(5);
+    let e = one_error(&format!("jobs:\n  b:\n    steps: [x]\n    cache:\n{five}"));
+    assert!(
+        e.message
+            .contains("job `b` cache has 5 entries, over the limit of 4"),
+        "{e}"
+    );
+
+    let e = one_error("cache: {key: k, paths: [d]}\njobs:\n  b:\n    steps: [x]\n");
+    assert_eq!(
+        e.hint.as_deref(),
+        Some("put `cache:` in `defaults:` (for every job) or in a job")
+    );
+}

@@ -54,7 +54,9 @@ pub struct AttemptArtifacts {
     pub link: crate::artifacts::ArtifactLink,
     /// The job's `artifacts` field.
     pub spec: Option<Box<msg::ArtifactsSpec>>,
-    /// The largest archive the job may upload.
+    /// The job's `cache` field.
+    pub cache: Vec<msg::CacheSpec>,
+    /// The largest archive the job may upload (artifacts or a cache).
     pub max_bytes: u64,
 }
 
@@ -64,6 +66,7 @@ impl AttemptArtifacts {
         Self {
             link: crate::artifacts::ArtifactLink::none(),
             spec: None,
+            cache: Vec::new(),
             max_bytes: DEFAULT_MAX_ARTIFACT_BYTES,
         }
     }
@@ -208,7 +211,7 @@ type FailedStep = (String, Option<i32>, Option<i32>, Option<String>);
 pub async fn run_attempt(
     job_id: u64,
     attempt: u32,
-    plan: JobPlan,
+    mut plan: JobPlan,
     outbox: mpsc::Sender<msg::Message>,
     cancel: watch::Receiver<bool>,
     artifacts: AttemptArtifacts,
@@ -218,9 +221,11 @@ pub async fn run_attempt(
         let AttemptArtifacts {
             mut link,
             spec: artifacts,
+            cache,
             max_bytes: max_artifact_bytes,
         } = artifacts;
         let workspace = plan.workspace.clone();
+        let caches = restore_caches(&mut plan, &link, job_id, attempt, cache);
         let step_names: Vec<String> = plan.steps.iter().map(|s| s.name.clone()).collect();
         let _ = outbox.send(msg::JobStarted { job_id, attempt }.into()).await;
         // Chunks are numbered here: the agent's own lines (artifacts) and
@@ -375,6 +380,24 @@ pub async fn run_attempt(
                 }
             }
         }
+        let resolved = std::mem::take(&mut *caches.lock().expect("cache resolutions"));
+        if !resolved.is_empty() {
+            let mut lines = Vec::new();
+            crate::artifacts::cache::save(
+                &mut link,
+                job_id,
+                attempt,
+                &resolved,
+                outcome,
+                &workspace,
+                max_artifact_bytes,
+                &mut lines,
+            )
+            .await;
+            for line in lines {
+                let _ = outbox.send(system(line, &mut log_chunks)).await;
+            }
+        }
         info!(
             ?outcome,
             duration_ms = report.duration.as_millis() as u64,
@@ -396,6 +419,39 @@ pub async fn run_attempt(
     }
     .instrument(span)
     .await
+}
+
+/// Sets the plan's hook that restores `caches` before the first step;
+/// the caches it resolved are left in the returned slot for the save.
+fn restore_caches(
+    plan: &mut JobPlan,
+    link: &crate::artifacts::ArtifactLink,
+    job_id: u64,
+    attempt: u32,
+    caches: Vec<msg::CacheSpec>,
+) -> crate::artifacts::cache::Resolutions {
+    let slot = crate::artifacts::cache::Resolutions::default();
+    if caches.is_empty() {
+        return slot;
+    }
+    let (out, link, workspace) = (slot.clone(), link.clone(), plan.workspace.clone());
+    let caches = std::sync::Arc::new(caches);
+    plan.before_steps = Some(std::sync::Arc::new(
+        move |env: executor::env::Env| -> futures_util::future::BoxFuture<'static, Vec<String>> {
+            let (out, mut link, workspace, caches) =
+                (out.clone(), link.clone(), workspace.clone(), caches.clone());
+            Box::pin(async move {
+                let mut lines = Vec::new();
+                let resolved = crate::artifacts::cache::restore(
+                    &mut link, job_id, attempt, &caches, &env, &workspace, &mut lines,
+                )
+                .await;
+                *out.lock().expect("cache resolutions") = resolved;
+                lines
+            })
+        },
+    ));
+    slot
 }
 
 #[cfg(test)]

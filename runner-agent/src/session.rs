@@ -523,6 +523,7 @@ impl Agent {
                 let artifacts = AttemptArtifacts {
                     link: self.link.clone(),
                     spec: assign.spec.artifacts.clone(),
+                    cache: assign.spec.cache.clone(),
                     max_bytes: self.config.defaults.max_artifact_bytes,
                 };
                 tokio::spawn(run_attempt(

@@ -130,6 +130,7 @@ fn job_spec() -> impl Strategy<Value = JobSpec> {
         proptest::option::of(container().prop_map(Box::new)),
         proptest::option::of(trigger().prop_map(Box::new)),
         proptest::option::of(artifacts().prop_map(Box::new)),
+        vec(cache(), 0..3),
     )
         .prop_map(
             |(
@@ -139,6 +140,7 @@ fn job_spec() -> impl Strategy<Value = JobSpec> {
                 container,
                 trigger,
                 artifacts,
+                cache,
             )| {
                 JobSpec {
                     name,
@@ -157,9 +159,35 @@ fn job_spec() -> impl Strategy<Value = JobSpec> {
                     container,
                     trigger,
                     artifacts,
+                    cache,
                 }
             },
         )
+}
+
+fn cache() -> impl Strategy<Value = CacheSpec> {
+    (
+        text(),
+        texts(),
+        prop_oneof![
+            Just(CachePolicy::PullPush),
+            Just(CachePolicy::Pull),
+            Just(CachePolicy::Push)
+        ],
+        texts(),
+        prop_oneof![
+            Just(ArtifactWhen::OnSuccess),
+            Just(ArtifactWhen::OnFailure),
+            Just(ArtifactWhen::Always)
+        ],
+    )
+        .prop_map(|(key, paths, policy, fallback_keys, when)| CacheSpec {
+            key,
+            paths,
+            policy,
+            fallback_keys,
+            when,
+        })
 }
 
 fn trigger() -> impl Strategy<Value = TriggerSpec> {
@@ -718,6 +746,30 @@ fn message() -> impl Strategy<Value = Message> {
         )
         .prop_map(|artifacts| ArtifactList { artifacts }.into())
         .boxed(),
+        (any::<u64>(), any::<u32>(), texts(), any::<bool>())
+            .prop_map(|(job_id, attempt, keys, restore)| {
+                CacheLookup {
+                    job_id,
+                    attempt,
+                    keys,
+                    restore,
+                }
+                .into()
+            })
+            .boxed(),
+        (text(), any::<bool>(), any::<u64>(), text(), any::<u64>(), text())
+            .prop_map(|(key, exact, job_id, name, size, sha256)| {
+                CacheEntry {
+                    key,
+                    exact,
+                    job_id,
+                    name,
+                    size,
+                    sha256,
+                }
+                .into()
+            })
+            .boxed(),
         (text(), any::<u64>(), texts())
             .prop_map(|(leader, epoch, uris)| Redirect { leader, epoch, uris }.into())
             .boxed(),

@@ -374,6 +374,7 @@ fn build_and_test_job() -> JobSpec {
         container: None,
         trigger: None,
         artifacts: None,
+        cache: Vec::new(),
     }
 }
 
@@ -1232,6 +1233,54 @@ fn message_cases() -> Vec<MessageCase> {
                     created_at_ms: 1_732_240_800_000,
                     expires_at_ms: 1_734_832_800_000,
                 }],
+            }
+            .into(),
+        ),
+        // ---- caches ----
+        (
+            "assign_with_cache",
+            0,
+            Flags::NONE,
+            Assign {
+                job_id: 1044,
+                attempt: 1,
+                lease_ms: 5000,
+                spec: JobSpec {
+                    cache: vec![CacheSpec {
+                        key: "cargo-${{ hashFiles('Cargo.lock') }}".into(),
+                        paths: strings(&["target/"]),
+                        policy: CachePolicy::PullPush,
+                        fallback_keys: strings(&["cargo-"]),
+                        when: ArtifactWhen::OnSuccess,
+                    }],
+                    ..JobSpec::shell("build", "cargo build")
+                },
+            }
+            .into(),
+        ),
+        (
+            "cache_lookup",
+            124,
+            Flags::NONE,
+            CacheLookup {
+                job_id: 1044,
+                attempt: 1,
+                keys: strings(&["cargo-0f3a", "cargo-"]),
+                restore: true,
+            }
+            .into(),
+        ),
+        (
+            "cache_entry",
+            124,
+            reply(),
+            CacheEntry {
+                key: "cargo-9b1c".into(),
+                exact: false,
+                job_id: 1042,
+                name: "cache.cargo-9b1c.tar".into(),
+                size: 8,
+                sha256: ARTIFACT_SHA256.into(),
             }
             .into(),
         ),

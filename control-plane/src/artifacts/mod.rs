@@ -20,6 +20,7 @@
 //! goes up as a multipart upload once verified.
 
 pub mod blob;
+pub mod cache;
 mod local;
 mod metrics;
 pub(crate) mod release;

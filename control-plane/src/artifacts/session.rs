@@ -11,13 +11,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use valkyrie::message::{
-    Ack, ArtifactChunk, ArtifactCommit, ArtifactData, ArtifactFetch, ArtifactList, Message, RequestFailed,
+    Ack, ArtifactChunk, ArtifactCommit, ArtifactData, ArtifactFetch, ArtifactList, CacheLookup, Message,
+    RequestFailed,
 };
 use valkyrie::SessionSender;
 
+use super::cache::CacheIndex;
 use super::{ArtifactError, ArtifactStore, Upload};
 use crate::core::CoreHandle;
 use crate::scheduler::RunnerId;
+use valkyrie::message::cache::{key_of_artifact, valid_key, MAX_FALLBACK_KEYS};
 
 /// Uploads one agent session may have open at once.
 pub const MAX_OPEN_UPLOADS: usize = 16;
@@ -63,12 +66,12 @@ impl AgentUploads {
         }
     }
 
-    async fn check_holder(&self, job_id: u64, attempt: u32) -> Result<(), ArtifactError> {
-        if self.core.holds_attempt(self.runner, job_id, attempt).await {
-            Ok(())
-        } else {
-            Err(ArtifactError::NotHolder { job_id, attempt })
-        }
+    /// The job's project, if this session's runner holds the attempt.
+    async fn check_holder(&self, job_id: u64, attempt: u32) -> Result<String, ArtifactError> {
+        self.core
+            .attempt_project(self.runner, job_id, attempt)
+            .await
+            .ok_or(ArtifactError::NotHolder { job_id, attempt })
     }
 
     /// Serves an artifact message, if `message` is one; gives it back otherwise.
@@ -87,15 +90,20 @@ impl AgentUploads {
                 // Storing may take a while (an upload to S3): answered from
                 // a task, so the session keeps reading heartbeats meanwhile.
                 match self.take_for_commit(m).await {
-                    Ok((upload, m)) => {
+                    Ok(Some(ready)) => {
                         let (store, sender) = (self.store.clone(), sender.clone());
                         tokio::spawn(async move {
-                            let result = commit(&store, upload, m).await.map(|()| Ack {}.into());
+                            let result = commit(&store, ready).await.map(|()| Ack {}.into());
                             answer(&sender, correlation, result).await;
                         });
                     }
+                    Ok(None) => answer(sender, correlation, Ok(Ack {}.into())).await,
                     Err(err) => answer(sender, correlation, Err(err)).await,
                 }
+            }
+            Message::CacheLookup(m) => {
+                let result = self.cache_lookup(m).await.map(Message::from);
+                answer(sender, correlation, result).await;
             }
             Message::ArtifactFetch(_) | Message::ListArtifacts(_) => {
                 serve_read(&self.store, sender, correlation, message).await;
@@ -135,12 +143,45 @@ impl AgentUploads {
         Ok(())
     }
 
-    /// The finished upload a commit names, after checking the holder.
-    async fn take_for_commit(
-        &mut self,
-        m: ArtifactCommit,
-    ) -> Result<(Upload, ArtifactCommit), ArtifactError> {
-        self.check_holder(m.job_id, m.attempt).await?;
+    /// The cache entry to restore, in the job's project (a miss without
+    /// a cache index).
+    async fn cache_lookup(&self, m: CacheLookup) -> Result<valkyrie::message::CacheEntry, ArtifactError> {
+        let project = self.check_holder(m.job_id, m.attempt).await?;
+        if m.keys.is_empty() || m.keys.len() > 1 + MAX_FALLBACK_KEYS || !m.keys.iter().all(|k| valid_key(k)) {
+            return Err(ArtifactError::Invalid(format!(
+                "a cache lookup takes 1 to {} sanitised keys",
+                1 + MAX_FALLBACK_KEYS
+            )));
+        }
+        match self.core.cache() {
+            Some(index) => index.lookup(&project, &m.keys, m.restore),
+            None => Ok(valkyrie::message::CacheEntry {
+                key: String::new(),
+                exact: false,
+                job_id: 0,
+                name: String::new(),
+                size: 0,
+                sha256: String::new(),
+            }),
+        }
+    }
+
+    /// The finished upload a commit names, after checking the holder, with
+    /// the cache entry it saves; `None` when it saves a cache key that
+    /// already exists (entries are immutable: the first save stays).
+    async fn take_for_commit(&mut self, m: ArtifactCommit) -> Result<Option<Commit>, ArtifactError> {
+        let project = self.check_holder(m.job_id, m.attempt).await?;
+        let cache = key_of_artifact(&m.name)
+            .map(str::to_owned)
+            .zip(self.core.cache().cloned());
+        if let Some((cache_key, index)) = &cache {
+            if index.contains(&project, cache_key) {
+                if let Some(upload) = self.open.remove(&(m.job_id, m.attempt, m.name.clone())) {
+                    upload.discard().await;
+                }
+                return Ok(None);
+            }
+        }
         let key = (m.job_id, m.attempt, m.name.clone());
         let upload = match self.open.remove(&key) {
             Some(upload) => upload,
@@ -153,7 +194,11 @@ impl AgentUploads {
                 )))
             }
         };
-        Ok((upload, m))
+        Ok(Some(Commit {
+            upload,
+            cache: cache.map(|(key, index)| (project, key, index)),
+            m,
+        }))
     }
 
     /// Discards the uploads left open.
@@ -164,9 +209,19 @@ impl AgentUploads {
     }
 }
 
-/// Stores a finished upload as the commit says.
-async fn commit(store: &Arc<ArtifactStore>, upload: Upload, m: ArtifactCommit) -> Result<(), ArtifactError> {
-    store
+/// A commit ready to store: the upload, what the agent said, and the
+/// cache entry it saves (project, key, index), if it is a cache.
+struct Commit {
+    upload: Upload,
+    m: ArtifactCommit,
+    cache: Option<(String, String, Arc<CacheIndex>)>,
+}
+
+/// Stores a finished upload as the commit says, and records the cache
+/// entry it saves.
+async fn commit(store: &Arc<ArtifactStore>, commit: Commit) -> Result<(), ArtifactError> {
+    let Commit { upload, m, cache } = commit;
+    let info = store
         .commit(
             upload,
             m.job_id,
@@ -177,6 +232,9 @@ async fn commit(store: &Arc<ArtifactStore>, upload: Upload, m: ArtifactCommit) -
         )
         .await?;
     tracing::info!(job_id = m.job_id, name = %m.name, size = m.size, "artifact stored");
+    if let Some((project, key, index)) = cache {
+        index.record(&project, &key, m.job_id, &info)?;
+    }
     Ok(())
 }
 

@@ -209,7 +209,7 @@ pub enum Command {
     /// A summary of the state, for health checks and metrics.
     Snapshot(oneshot::Sender<CoreSnapshot>),
     /// Whether `runner` holds attempt `attempt` of job `job` (artifact
-    /// uploads are accepted only from there).
+    /// uploads are accepted only from there): the job's project if so.
     HoldsAttempt {
         /// The runner.
         runner: RunnerId,
@@ -217,8 +217,8 @@ pub enum Command {
         job: u64,
         /// Attempt.
         attempt: u32,
-        /// The answer.
-        reply: oneshot::Sender<bool>,
+        /// The answer: the job's project when the runner holds the attempt.
+        reply: oneshot::Sender<Option<String>>,
     },
     /// `command`, done on behalf of `actor` (what it changes is recorded
     /// in the audit log under that actor).
@@ -263,6 +263,7 @@ pub struct CoreHandle {
     metrics: Arc<Metrics>,
     validations: pipelines::Validations,
     artifacts: Option<Arc<crate::artifacts::ArtifactStore>>,
+    cache: Option<Arc<crate::artifacts::cache::CacheIndex>>,
 }
 
 impl CoreHandle {
@@ -283,6 +284,18 @@ impl CoreHandle {
         self
     }
 
+    /// The cache index (`cache:` entries) beside the artifact store, if any.
+    pub fn cache(&self) -> Option<&Arc<crate::artifacts::cache::CacheIndex>> {
+        self.cache.as_ref()
+    }
+
+    /// Keeps `cache:` entries in `index`. Default: none (cache lookups
+    /// find nothing and cache uploads are stored as plain artifacts).
+    pub fn with_cache(mut self, index: Arc<crate::artifacts::cache::CacheIndex>) -> Self {
+        self.cache = Some(index);
+        self
+    }
+
     /// A summary of the core's state; `None` if the core has stopped.
     pub async fn snapshot(&self) -> Option<CoreSnapshot> {
         let (tx, rx) = oneshot::channel();
@@ -293,6 +306,12 @@ impl CoreHandle {
     /// Whether `runner` holds attempt `attempt` of job `job`; false if the
     /// core has stopped.
     pub async fn holds_attempt(&self, runner: RunnerId, job: u64, attempt: u32) -> bool {
+        self.attempt_project(runner, job, attempt).await.is_some()
+    }
+
+    /// The project of job `job` if `runner` holds its attempt `attempt`;
+    /// `None` otherwise or if the core has stopped.
+    pub async fn attempt_project(&self, runner: RunnerId, job: u64, attempt: u32) -> Option<String> {
         let (reply, rx) = oneshot::channel();
         let asked = self
             .send(Command::HoldsAttempt {
@@ -302,7 +321,10 @@ impl CoreHandle {
                 reply,
             })
             .await;
-        asked && rx.await.unwrap_or(false)
+        if !asked {
+            return None;
+        }
+        rx.await.ok().flatten()
     }
 
     /// Sends a command, waiting while the core's queue is full.
@@ -476,6 +498,7 @@ fn spawn_inner(
         metrics,
         validations: Default::default(),
         artifacts: None,
+        cache: None,
     }
 }
 
@@ -633,11 +656,12 @@ impl Core {
                 attempt,
                 reply,
             } => {
-                let holds = self
+                let project = self
                     .jobs
                     .get(&JobId(job))
-                    .is_some_and(|j| j.check_attempt(runner, attempt).is_ok());
-                let _ = reply.send(holds);
+                    .filter(|j| j.check_attempt(runner, attempt).is_ok())
+                    .map(|j| j.spec.project.clone());
+                let _ = reply.send(project);
             }
             Command::RemoveRunner { name, force, reply } => self.remove_runner_by_name(&name, force, reply),
             Command::SubmitPipeline { pipeline, reply } => self.submit_pipeline(*pipeline, reply),

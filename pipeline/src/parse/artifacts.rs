@@ -77,7 +77,7 @@ pub(super) fn parse(cx: &mut Ctx<'_>, node: &Node, what: &str) -> Option<Artifac
 }
 
 /// Glob patterns relative to the workspace: never absolute, never `..`.
-fn patterns(cx: &mut Ctx<'_>, node: &Node, what: &str) -> Vec<String> {
+pub(super) fn patterns(cx: &mut Ctx<'_>, node: &Node, what: &str) -> Vec<String> {
     if let Node::Sequence(seq) = node {
         if !cx.few_enough(seq.span(), seq.len(), MAX_ARTIFACT_PATTERNS, what) {
             return Vec::new();

@@ -11,6 +11,7 @@
 //! outside (`..`, absolute, through or as a link pointing out) is refused
 //! when unpacking.
 
+pub mod cache;
 pub mod pack;
 pub mod transfer;
 

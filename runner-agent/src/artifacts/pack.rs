@@ -58,7 +58,7 @@ pub struct Packed {
     pub entries: usize,
 }
 
-fn globset(patterns: &[String]) -> Result<GlobSet, PackError> {
+pub(crate) fn globset(patterns: &[String]) -> Result<GlobSet, PackError> {
     let mut builder = GlobSetBuilder::new();
     for pattern in patterns {
         let trimmed = pattern.trim_end_matches('/');
@@ -77,7 +77,7 @@ fn globset(patterns: &[String]) -> Result<GlobSet, PackError> {
 
 /// Whether `rel` or one of its parent directories matches `set` (a
 /// pattern naming a directory takes everything under it).
-fn matches(set: &GlobSet, rel: &Path) -> bool {
+pub(crate) fn matches(set: &GlobSet, rel: &Path) -> bool {
     rel.ancestors()
         .filter(|a| !a.as_os_str().is_empty())
         .any(|a| set.is_match(a))

@@ -70,6 +70,26 @@ impl ArtifactLink {
     }
 }
 
+impl ArtifactLink {
+    /// Sends `message`, a request, over the current session and returns
+    /// its answer; sent again over the next session if the connection
+    /// drops first (so it must be safe to repeat, as lookups are).
+    pub async fn request(&mut self, message: impl Into<Message>) -> Result<Message, TransferError> {
+        let message = message.into();
+        for _ in 0..MAX_TRIES {
+            let (sender, _) = self.session().await?;
+            match sender.request(message.clone()).await {
+                Ok(answer) => return Ok(answer),
+                Err(err) => match classify(err) {
+                    Failure::Fatal(err) => return Err(err),
+                    Failure::Retry => continue,
+                },
+            }
+        }
+        Err(TransferError::Disconnected)
+    }
+}
+
 /// Why a transfer failed. The message goes to the job's log.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]

@@ -100,7 +100,16 @@ pub struct JobPlan {
     /// The pool the job's `$VALKYRIE_CACHE_DIR` comes from
     /// ([`crate::cache`]). Default: none, the job has no cache directory.
     pub cache_pool: Option<PathBuf>,
+    /// Runs after the checkout (and the container's start), before the
+    /// first step, with the job's environment; its lines go to the job's
+    /// log. It restores the job's `cache:` ([`crate::artifacts::cache`]).
+    /// Default: none.
+    pub before_steps: Option<BeforeSteps>,
 }
+
+/// A [`JobPlan::before_steps`] hook.
+pub type BeforeSteps =
+    std::sync::Arc<dyn Fn(env::Env) -> futures_util::future::BoxFuture<'static, Vec<String>> + Send + Sync>;
 
 /// The container a job's steps run in, and the executor that makes it.
 #[derive(Clone, Debug)]
@@ -129,6 +138,7 @@ impl JobPlan {
             refusal: None,
             checkout: None,
             cache_pool: None,
+            before_steps: None,
         }
     }
 }
@@ -155,6 +165,7 @@ impl std::fmt::Debug for JobPlan {
             .field("refusal", &self.refusal)
             .field("checkout", &self.checkout)
             .field("cache_pool", &self.cache_pool)
+            .field("before_steps", &self.before_steps.is_some())
             .finish()
     }
 }
@@ -454,6 +465,7 @@ pub async fn run_job(
         // (unless they run in a container, which mounts it).
         let needs_workspace = plan.container.is_some()
             || plan.checkout.is_some()
+            || plan.before_steps.is_some()
             || plan.steps.iter().any(|s| !matches!(s.command, StepCommand::Noop));
         let files = StepFiles::new(&files_dir(&plan.workspace), plan.container.is_some());
         let created = if needs_workspace {
@@ -559,6 +571,11 @@ pub async fn run_job(
                 Env::default()
             }
         };
+        if let (None, Some(hook)) = (ended, plan.before_steps.clone()) {
+            for line in hook(job_env.clone()).await {
+                sink.system(&line).await;
+            }
+        }
 
         for (index, step) in plan.steps.iter().enumerate() {
             // Step counts come from a pipeline file; more than u32::MAX is absurd.

@@ -122,6 +122,10 @@ kinds! {
     LIST_ARTIFACTS = 0x64;
     /// A job's artifacts.
     ARTIFACT_LIST = 0x65;
+    /// An agent asks which cache entry to restore.
+    CACHE_LOOKUP = 0x66;
+    /// The cache entry found (or none).
+    CACHE_ENTRY = 0x67;
     /// A client lists the control planes of the server's group.
     LIST_SERVERS = 0x70;
     /// The control planes of a group.

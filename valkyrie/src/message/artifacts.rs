@@ -42,7 +42,7 @@ impl ArtifactWhen {
         }
     }
 
-    fn read(r: &mut Reader, field: &'static str) -> Result<Self, DecodeError> {
+    pub(super) fn read(r: &mut Reader, field: &'static str) -> Result<Self, DecodeError> {
         match r.u8(field)? {
             0 => Ok(Self::OnSuccess),
             1 => Ok(Self::OnFailure),

@@ -2,6 +2,7 @@
 //! enum of them all. Field order in each struct is the wire order.
 
 mod artifacts;
+pub mod cache;
 mod container;
 mod field;
 mod trigger;
@@ -12,6 +13,7 @@ use bytes::{Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
 
 pub use artifacts::{ArtifactInfo, ArtifactWhen, ArtifactsSpec};
+pub use cache::{CachePolicy, CacheSpec};
 pub use container::{ContainerSpec, PullPolicy, ServiceSpec, DOCKER_EXECUTOR_TAG, EXECUTOR_TAG_PREFIX};
 pub use field::WireField;
 pub use trigger::{CheckoutSpec, TriggerSpec};
@@ -547,6 +549,40 @@ messages! {
         artifacts: Vec<ArtifactInfo>,
     }
 
+    /// Agent → server: which cache entry of the job's project to restore
+    /// (or, with `restore` false, whether `keys[0]` is already saved).
+    /// Answered with CacheEntry, or RequestFailed when the runner does not
+    /// hold the attempt.
+    CacheLookup = CACHE_LOOKUP on Control {
+        /// Job id.
+        job_id: u64,
+        /// Attempt: only the runner holding it may ask.
+        attempt: u32,
+        /// The exact key first, then the fallback keys in order (each a
+        /// prefix: the newest entry whose key starts with it matches).
+        keys: Vec<String>,
+        /// Whether the agent restores what is found (counted as a hit or a
+        /// miss on `/metrics`); false for a save-only check.
+        restore: bool,
+    }
+
+    /// Server → agent: the cache entry found for a CacheLookup; `key`
+    /// empty when none was.
+    CacheEntry = CACHE_ENTRY on Control {
+        /// The key of the entry found; empty for a miss.
+        key: String,
+        /// Whether it is the exact key (`keys[0]`), not a fallback.
+        exact: bool,
+        /// The job whose artifact holds it.
+        job_id: u64,
+        /// The artifact's name within that job.
+        name: String,
+        /// Its size in bytes.
+        size: u64,
+        /// Its SHA-256, lowercase hex.
+        sha256: String,
+    }
+
     // ---- groups of servers ----
 
     /// Client → server: the control planes of this server's group.
@@ -660,6 +696,7 @@ impl Message {
                 | Message::ArtifactCommit(_)
                 | Message::ArtifactFetch(_)
                 | Message::ListArtifacts(_)
+                | Message::CacheLookup(_)
                 | Message::ListServers(_)
         )
     }
@@ -687,6 +724,7 @@ impl Message {
                 | Message::Pong(_)
                 | Message::ArtifactData(_)
                 | Message::ArtifactList(_)
+                | Message::CacheEntry(_)
         )
     }
 }

@@ -5,6 +5,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use super::artifacts::ArtifactsSpec;
+use super::cache::CacheSpec;
 use super::container::{ContainerSpec, DOCKER_EXECUTOR_TAG};
 use super::trigger::TriggerSpec;
 use super::wire::{Reader, Writer};
@@ -369,6 +370,11 @@ pub struct JobSpec {
     /// of the jobs it needs); `None` for neither. Boxed like `container`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub artifacts: Option<Box<ArtifactsSpec>>,
+    /// Caches it restores before its steps and saves after them
+    /// (`cache:`); empty for none. On the wire an option after
+    /// `artifacts`, absent when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cache: Vec<CacheSpec>,
 }
 
 impl std::fmt::Debug for JobSpec {
@@ -392,6 +398,7 @@ impl std::fmt::Debug for JobSpec {
             .field("container", &self.container)
             .field("trigger", &self.trigger)
             .field("artifacts", &self.artifacts)
+            .field("cache", &self.cache)
             .finish()
     }
 }
@@ -418,6 +425,7 @@ impl JobSpec {
             container: None,
             trigger: None,
             artifacts: None,
+            cache: Vec::new(),
         }
     }
 
@@ -451,6 +459,7 @@ impl JobSpec {
             container: r.option("job.container", |r| ContainerSpec::read(r).map(Box::new))?,
             trigger: r.option("job.trigger", |r| TriggerSpec::read(r).map(Box::new))?,
             artifacts: r.option("job.artifacts", |r| ArtifactsSpec::read(r).map(Box::new))?,
+            cache: super::cache::read_caches(r)?,
         })
     }
 
@@ -469,6 +478,7 @@ impl JobSpec {
         w.option(&self.container, |w, c| c.write(w));
         w.option(&self.trigger, |w, t| t.write(w));
         w.option(&self.artifacts, |w, a| a.write(w));
+        super::cache::write_caches(&self.cache, w);
     }
 }
 
