@@ -244,7 +244,12 @@ impl Run {
             })
             .collect();
         if failed_only {
-            if !self.slots.iter().zip(&again).any(|(s, &a)| a && !matches!(s, Slot::Manual | Slot::Waiting)) {
+            if !self
+                .slots
+                .iter()
+                .zip(&again)
+                .any(|(s, &a)| a && !matches!(s, Slot::Manual | Slot::Waiting))
+            {
                 return Err(format!("run {} has no failed or cancelled job to rerun", self.id));
             }
             for &i in &self.order {
@@ -1108,7 +1113,11 @@ mod tests {
     fn status_functions_in_expressions_are_decided_when_the_needs_end() {
         let yaml = "jobs:\n  a:\n    steps: [x]\n  alarm:\n    needs: [a]\n    if: failure() && $NOTIFY\n    steps: [x]\n  never:\n    needs: [a]\n    if: failure() && $UNSET\n    steps: [x]\n";
         let mut r = run_with(yaml, &[("NOTIFY", "1")]).unwrap();
-        assert_eq!(state_of(&r, "never").0, RunJobState::Skipped, "false whatever `a` does");
+        assert_eq!(
+            state_of(&r, "never").0,
+            RunJobState::Skipped,
+            "false whatever `a` does"
+        );
         assert_eq!(state_of(&r, "alarm").0, RunJobState::Waiting);
         let first = r.advance();
         release(&mut r, &first);
@@ -1127,9 +1136,15 @@ mod tests {
         let (state, reason) = state_of(&r, "deploy");
         assert_eq!(state, RunJobState::Manual);
         assert_eq!(reason, "manual: run `vk play r1 deploy`");
-        assert!(r.finish_if_done(1), "an unplayed manual job does not hold the run");
+        assert!(
+            r.finish_if_done(1),
+            "an unplayed manual job does not hold the run"
+        );
         assert_eq!(r.state(), RunState::Succeeded);
-        assert!(r.info(|_| None).message.contains("1 manual not played (1 waiting for them)"));
+        assert!(r
+            .info(|_| None)
+            .message
+            .contains("1 manual not played (1 waiting for them)"));
         assert!(r.play("smoke").unwrap_err().contains("not a manual job"));
         assert!(r.play("nope").unwrap_err().contains("its manual jobs: `deploy`"));
         // Playing it runs the run again; its dependents follow.
@@ -1180,13 +1195,20 @@ mod tests {
         again.set_slots(slots);
         let next = again.advance();
         assert_eq!(names(&again, &next), ["a"]);
-        assert!(r.rerun_slots(false).unwrap().iter().all(|s| *s == SlotRow::Waiting));
+        assert!(r
+            .rerun_slots(false)
+            .unwrap()
+            .iter()
+            .all(|s| *s == SlotRow::Waiting));
         // Nothing failed: nothing to rerun.
         let mut ok = run("jobs:\n  a:\n    steps: [x]\n");
         let first = ok.advance();
         release(&mut ok, &first);
         finish(&mut ok, "a", JobState::Succeeded);
         assert!(ok.finish_if_done(1));
-        assert!(ok.rerun_slots(true).unwrap_err().contains("no failed or cancelled job"));
+        assert!(ok
+            .rerun_slots(true)
+            .unwrap_err()
+            .contains("no failed or cancelled job"));
     }
 }

@@ -158,21 +158,21 @@ async fn serve_client(mut session: Session, core: CoreHandle, group: Arc<Group>)
                     continue;
                 }
                 match core.validate_pipeline(m.file_name, m.yaml).await {
-                Ok(pipeline) => Command::SubmitPipeline {
-                    pipeline: Box::new(pipeline),
-                    variables: m.variables,
-                    reply,
-                },
-                Err(err) => {
-                    let code = match err {
-                        ValidatePipelineError::Busy | ValidatePipelineError::Internal(_) => {
-                            ErrorCode::INTERNAL
-                        }
-                        _ => ErrorCode::INVALID_REQUEST,
-                    };
-                    reply.fail(code, err.to_string());
-                    continue;
-                }
+                    Ok(pipeline) => Command::SubmitPipeline {
+                        pipeline: Box::new(pipeline),
+                        variables: m.variables,
+                        reply,
+                    },
+                    Err(err) => {
+                        let code = match err {
+                            ValidatePipelineError::Busy | ValidatePipelineError::Internal(_) => {
+                                ErrorCode::INTERNAL
+                            }
+                            _ => ErrorCode::INVALID_REQUEST,
+                        };
+                        reply.fail(code, err.to_string());
+                        continue;
+                    }
                 }
             }
             Message::GetRun(m) => Command::GetRun(m.run_id, reply),

@@ -53,25 +53,45 @@ fn job<'a>(execution: &'a Value, name: &str) -> &'a Value {
 async fn variables_manual_play_and_rerun_over_rest() {
     let server = start_with_agent().await;
     let submitter = server.token(Role::Submitter);
-    let response = server.post_yaml("/api/ci/pipelines", &server.api_token, YAML).await;
+    let response = server
+        .post_yaml("/api/ci/pipelines", &server.api_token, YAML)
+        .await;
     assert_eq!(response.status(), StatusCode::CREATED);
     let pipeline = response.json::<Value>().await.unwrap()["id"].as_u64().unwrap();
     let trigger = format!("/api/ci/pipelines/{pipeline}/trigger");
 
     // A bad variable name is refused before anything starts.
-    let bad = post_json(&server, &trigger, &submitter, json!({"variables": {"VALKYRIE_X": "1"}})).await;
+    let bad = post_json(
+        &server,
+        &trigger,
+        &submitter,
+        json!({"variables": {"VALKYRIE_X": "1"}}),
+    )
+    .await;
     expect_error(bad, StatusCode::BAD_REQUEST, "BadRequest").await;
 
     // With the variable, build passes; the manual job waits and does not
     // hold the run.
-    let response = post_json(&server, &trigger, &submitter, json!({"variables": {"MODE": "from-var"}})).await;
+    let response = post_json(
+        &server,
+        &trigger,
+        &submitter,
+        json!({"variables": {"MODE": "from-var"}}),
+    )
+    .await;
     assert_eq!(response.status(), StatusCode::CREATED);
-    let run = response.json::<Value>().await.unwrap()["run_id"].as_u64().unwrap();
+    let run = response.json::<Value>().await.unwrap()["run_id"]
+        .as_u64()
+        .unwrap();
     let ended = wait_execution(&server, run, "the run ends with deploy manual", |e| {
         e["state"] == "succeeded"
     })
     .await;
-    assert_eq!(job(&ended, "build")["state"], "succeeded", "the variable beat the env");
+    assert_eq!(
+        job(&ended, "build")["state"],
+        "succeeded",
+        "the variable beat the env"
+    );
     let deploy = job(&ended, "deploy");
     assert_eq!(deploy["state"], "manual");
     assert_eq!(deploy["reason"], format!("manual: run `vk play r{run} deploy`"));
@@ -81,7 +101,11 @@ async fn variables_manual_play_and_rerun_over_rest() {
         .post(&format!("/api/ci/runs/{run}/jobs/nope/play"), &submitter)
         .await;
     let body = expect_error(missing, StatusCode::NOT_FOUND, "NotFound").await;
-    assert!(body.message.contains("its manual jobs: `deploy`"), "{}", body.message);
+    assert!(
+        body.message.contains("its manual jobs: `deploy`"),
+        "{}",
+        body.message
+    );
     let viewer = server.token(Role::Viewer);
     let forbidden = server
         .post(&format!("/api/ci/runs/{run}/jobs/deploy/play"), &viewer)
@@ -105,13 +129,31 @@ async fn variables_manual_play_and_rerun_over_rest() {
     // the run's (absent) variables and fails again, while a full rerun of
     // the first run keeps its variable and succeeds.
     let response = server.post(&trigger, &submitter).await;
-    let failing = response.json::<Value>().await.unwrap()["run_id"].as_u64().unwrap();
+    let failing = response.json::<Value>().await.unwrap()["run_id"]
+        .as_u64()
+        .unwrap();
     let failed = wait_execution(&server, failing, "the run fails", |e| e["state"] == "failed").await;
     assert_eq!(job(&failed, "deploy")["state"], "skipped");
-    let nothing = post_json(&server, &format!("/api/ci/runs/{run}/rerun"), &submitter, json!({"failed": true})).await;
+    let nothing = post_json(
+        &server,
+        &format!("/api/ci/runs/{run}/rerun"),
+        &submitter,
+        json!({"failed": true}),
+    )
+    .await;
     let body = expect_error(nothing, StatusCode::CONFLICT, "Conflict").await;
-    assert!(body.message.contains("no failed or cancelled job"), "{}", body.message);
-    let rerun = post_json(&server, &format!("/api/ci/runs/{failing}/rerun"), &submitter, json!({"failed": true})).await;
+    assert!(
+        body.message.contains("no failed or cancelled job"),
+        "{}",
+        body.message
+    );
+    let rerun = post_json(
+        &server,
+        &format!("/api/ci/runs/{failing}/rerun"),
+        &submitter,
+        json!({"failed": true}),
+    )
+    .await;
     assert_eq!(rerun.status(), StatusCode::CREATED);
     let rerun: Value = rerun.json().await.unwrap();
     assert_eq!(rerun["rerun_of"], failing);
@@ -123,25 +165,34 @@ async fn variables_manual_play_and_rerun_over_rest() {
         job(&failed, "build")["job_id"],
         "build ran again"
     );
-    let full = server.post(&format!("/api/ci/runs/{run}/rerun"), &submitter).await;
+    let full = server
+        .post(&format!("/api/ci/runs/{run}/rerun"), &submitter)
+        .await;
     assert_eq!(full.status(), StatusCode::CREATED);
     let full = full.json::<Value>().await.unwrap()["run_id"].as_u64().unwrap();
     let rerun_ok = wait_execution(&server, full, "the full rerun ends", |e| e["state"] != "running").await;
     assert_eq!(rerun_ok["state"], "succeeded", "{rerun_ok}");
-    assert_eq!(job(&rerun_ok, "deploy")["state"], "manual", "a rerun starts manual jobs as manual");
+    assert_eq!(
+        job(&rerun_ok, "deploy")["state"],
+        "manual",
+        "a rerun starts manual jobs as manual"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_workflow_rule_that_is_false_creates_no_run() {
     let server = start(|c| c).await;
     let yaml = "workflow:\n  if: $GO == \"yes\"\njobs:\n  a:\n    steps: [x]\n";
-    let response = server.post_yaml("/api/ci/pipelines", &server.api_token, yaml).await;
+    let response = server
+        .post_yaml("/api/ci/pipelines", &server.api_token, yaml)
+        .await;
     let pipeline = response.json::<Value>().await.unwrap()["id"].as_u64().unwrap();
     let trigger = format!("/api/ci/pipelines/{pipeline}/trigger");
     let refused = server.post(&trigger, &server.api_token).await;
     let body = expect_error(refused, StatusCode::CONFLICT, "Conflict").await;
     assert!(
-        body.message.contains("no run created: `workflow: if` is false: $GO == \"yes\""),
+        body.message
+            .contains("no run created: `workflow: if` is false: $GO == \"yes\""),
         "{}",
         body.message
     );
@@ -152,6 +203,12 @@ async fn a_workflow_rule_that_is_false_creates_no_run() {
         .await
         .unwrap();
     assert_eq!(runs.as_array().map(Vec::len), Some(0), "{runs}");
-    let ok = post_json(&server, &trigger, &server.api_token, json!({"variables": {"GO": "yes"}})).await;
+    let ok = post_json(
+        &server,
+        &trigger,
+        &server.api_token,
+        json!({"variables": {"GO": "yes"}}),
+    )
+    .await;
     assert_eq!(ok.status(), StatusCode::CREATED);
 }

@@ -105,7 +105,14 @@ enum TextFn {
     Contains,
 }
 
-const FUNCTIONS: &[&str] = &["always", "success", "failure", "startsWith", "endsWith", "contains"];
+const FUNCTIONS: &[&str] = &[
+    "always",
+    "success",
+    "failure",
+    "startsWith",
+    "endsWith",
+    "contains",
+];
 
 impl Expr {
     /// Parses `text`. A GitHub-style `${{ … }}` around the whole text is
@@ -331,7 +338,9 @@ impl Parser<'_> {
         self.skip_ws();
         let op_pos = self.pos;
         let rest = &self.src[self.pos..];
-        let op = ["==", "!=", "=~", "!~"].into_iter().find(|op| rest.starts_with(op));
+        let op = ["==", "!=", "=~", "!~"]
+            .into_iter()
+            .find(|op| rest.starts_with(op));
         let Some(op) = op else {
             if rest.starts_with('=') {
                 return Err(self.error_here("`=` is not an operator", Some("compare with `==`".into())));
@@ -416,7 +425,11 @@ impl Parser<'_> {
                     regex::Error::Syntax(s) => s.lines().last().unwrap_or_default().trim().to_owned(),
                     other => other.to_string(),
                 };
-                self.error_at(start, format!("bad regular expression `/{pattern}/`: {detail}"), None)
+                self.error_at(
+                    start,
+                    format!("bad regular expression `/{pattern}/`: {detail}"),
+                    None,
+                )
             })
     }
 
@@ -575,7 +588,9 @@ mod tests {
     }
 
     fn eval(text: &str, status: Option<Status>) -> Option<bool> {
-        Expr::parse(text).unwrap_or_else(|e| panic!("{text}: {e:?}")).eval(&vars, status)
+        Expr::parse(text)
+            .unwrap_or_else(|e| panic!("{text}: {e:?}"))
+            .eval(&vars, status)
     }
 
     const OK: Option<Status> = Some(Status {
@@ -589,7 +604,13 @@ mod tests {
 
     #[test]
     fn operators_and_precedence() {
-        assert_eq!(eval(r#"$VALKYRIE_BRANCH == "main" && $VALKYRIE_EVENT != "schedule""#, OK), Some(true));
+        assert_eq!(
+            eval(
+                r#"$VALKYRIE_BRANCH == "main" && $VALKYRIE_EVENT != "schedule""#,
+                OK
+            ),
+            Some(true)
+        );
         assert_eq!(eval(r#"$VALKYRIE_BRANCH == 'dev' || $DEPLOY"#, OK), Some(true));
         assert_eq!(eval("$UNSET", OK), Some(false), "unset is empty, empty is false");
         assert_eq!(eval("!$UNSET && ${DEPLOY} == \"1\"", OK), Some(true));
@@ -598,7 +619,13 @@ mod tests {
         assert_eq!(eval("(true || false) && false", OK), Some(false));
         assert_eq!(eval(r"$VALKYRIE_BRANCH =~ /^ma/", OK), Some(true));
         assert_eq!(eval(r"$VALKYRIE_BRANCH !~ /^MA/i", OK), Some(false));
-        assert_eq!(eval(r#"startsWith($VALKYRIE_BRANCH, "ma") && contains("abc", "b")"#, OK), Some(true));
+        assert_eq!(
+            eval(
+                r#"startsWith($VALKYRIE_BRANCH, "ma") && contains("abc", "b")"#,
+                OK
+            ),
+            Some(true)
+        );
         assert_eq!(eval(r#"endsWith($VALKYRIE_BRANCH, "x")"#, OK), Some(false));
         assert_eq!(eval(r#"${{ $VALKYRIE_EVENT == "push" }}"#, OK), Some(true));
         assert_eq!(eval(r#""a\"b" == 'a"b'"#, OK), Some(true));
@@ -618,7 +645,13 @@ mod tests {
         assert_eq!(eval("failure() && $DEPLOY", FAILED), Some(true));
         assert_eq!(eval("!failure()", FAILED), Some(false));
         assert_eq!(
-            eval("success()", Some(Status { failed: false, skipped: true })),
+            eval(
+                "success()",
+                Some(Status {
+                    failed: false,
+                    skipped: true
+                })
+            ),
             Some(false),
             "a skipped need is not a success"
         );
@@ -642,7 +675,11 @@ mod tests {
         assert_eq!((e.offset, e.message.as_str()), (0, "this `(` is not closed"));
         let e = err("$A =~ /(/");
         assert_eq!(e.offset, 6);
-        assert!(e.message.starts_with("bad regular expression `/(/`"), "{}", e.message);
+        assert!(
+            e.message.starts_with("bad regular expression `/(/`"),
+            "{}",
+            e.message
+        );
         let e = err("github.ref == 'refs/heads/main'");
         assert!(e.hint.unwrap().contains("$VALKYRIE_REF"));
         let e = err("always() == 'x'");
@@ -653,6 +690,8 @@ mod tests {
         assert_eq!(e.offset, 10, "offsets count from the text as written");
         let e = err(&"(".repeat(100));
         assert!(e.message.contains("nested"), "{}", e.message);
-        assert!(err(&"a".repeat(MAX_EXPR_BYTES + 1)).message.contains("over the limit"));
+        assert!(err(&"a".repeat(MAX_EXPR_BYTES + 1))
+            .message
+            .contains("over the limit"));
     }
 }

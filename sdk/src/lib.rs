@@ -25,7 +25,8 @@ pub mod local;
 use tokio::sync::mpsc;
 use valkyrie::message::{
     ArtifactFetch, CancelJob, CancelRun, GetJob, GetRun, ListArtifacts, ListAudit, ListJobs, ListRunners,
-    ListRuns, ListServers, Message, PlayJob, RemoveRunner, RerunRun, Role, SubmitJob, SubmitPipeline, Subscribe,
+    ListRuns, ListServers, Message, PlayJob, RemoveRunner, RerunRun, Role, SubmitJob, SubmitPipeline,
+    Subscribe,
 };
 use valkyrie::transport::{connect_following, hello, ConnectError, RequestError};
 use valkyrie::{Endpoint, SessionSender};

@@ -104,13 +104,28 @@ async fn vk_run_var_decides_rules_and_overrides_env() {
     let info = client.run(run).await.unwrap();
     let deploy = job(&info, "deploy");
     assert_eq!(deploy.state, RunJobState::Skipped);
-    assert!(deploy.reason.starts_with("skipped by rules: `if: $DEPLOY == \"1\""), "{}", deploy.reason);
+    assert!(
+        deploy
+            .reason
+            .starts_with("skipped by rules: `if: $DEPLOY == \"1\""),
+        "{}",
+        deploy.reason
+    );
     assert_eq!(job(&info, "smoke").state, RunJobState::Skipped);
 
     // The variables: they override the file's env and decide the rule.
     let out = vk(
         &c,
-        &["run", &file, "--json", "--logs", "--var", "DEPLOY=1", "--var", "TARGET=staging"],
+        &[
+            "run",
+            &file,
+            "--json",
+            "--logs",
+            "--var",
+            "DEPLOY=1",
+            "--var",
+            "TARGET=staging",
+        ],
     )
     .await;
     assert!(out.status.success(), "{}", text(&out.stderr));
@@ -126,12 +141,19 @@ async fn vk_run_var_decides_rules_and_overrides_env() {
     let out = vk(&c, &["run", &file, "--var", "STOP=1"]).await;
     assert!(!out.status.success());
     let stderr = text(&out.stderr);
-    assert!(stderr.contains("no run created: `workflow: if` is false"), "{stderr}");
+    assert!(
+        stderr.contains("no run created: `workflow: if` is false"),
+        "{stderr}"
+    );
     assert_eq!(client.runs(0).await.unwrap().len(), runs_before);
 
     // A bad variable is refused by vk's parser and by the server.
     let out = vk(&c, &["run", &file, "--var", "NOEQUALS"]).await;
-    assert!(text(&out.stderr).contains("is not NAME=VALUE"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("is not NAME=VALUE"),
+        "{}",
+        text(&out.stderr)
+    );
     let out = vk(&c, &["run", &file, "--var", "VALKYRIE_BRANCH=main"]).await;
     assert!(!out.status.success());
     assert!(text(&out.stderr).contains("reserved"), "{}", text(&out.stderr));
@@ -152,11 +174,19 @@ async fn vk_play_starts_a_manual_job_and_what_needs_it() {
     assert_eq!(deploy.reason, format!("manual: run `vk play r{run} deploy`"));
     assert_eq!(job(&info, "smoke").state, RunJobState::Waiting);
     let status = vk(&c, &["status", &format!("r{run}")]).await;
-    assert!(text(&status.stdout).contains("manual"), "{}", text(&status.stdout));
+    assert!(
+        text(&status.stdout).contains("manual"),
+        "{}",
+        text(&status.stdout)
+    );
 
     let out = vk(&c, &["play", &format!("r{run}"), "smoke"]).await;
     assert!(!out.status.success());
-    assert!(text(&out.stderr).contains("not a manual job"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("not a manual job"),
+        "{}",
+        text(&out.stderr)
+    );
     let out = vk(&c, &["play", &format!("r{run}"), "deploy"]).await;
     assert!(out.status.success(), "{}", text(&out.stderr));
     let info = wait_run(&client, run, |r| {
@@ -188,7 +218,11 @@ async fn vk_rerun_failed_reruns_only_the_failed_job_and_its_dependents() {
     std::fs::write(&marker, "").unwrap();
     let out = vk(&c, &["rerun", &format!("r{run}"), "--failed", "--detach"]).await;
     assert!(out.status.success(), "{}", text(&out.stderr));
-    let rerun: u64 = text(&out.stdout).trim().trim_start_matches('r').parse().expect("the new run id");
+    let rerun: u64 = text(&out.stdout)
+        .trim()
+        .trim_start_matches('r')
+        .parse()
+        .expect("the new run id");
     assert_ne!(rerun, run);
     let second = wait_run(&client, rerun, |r| r.state != RunState::Running).await;
     assert_eq!(second.state, RunState::Succeeded, "{second:#?}");
@@ -199,12 +233,20 @@ async fn vk_rerun_failed_reruns_only_the_failed_job_and_its_dependents() {
     );
     assert_ne!(job(&second, "flaky").job_id, job(&first, "flaky").job_id);
     assert_eq!(job(&second, "report").state, RunJobState::Succeeded);
-    assert_eq!(std::fs::read_to_string(&count).unwrap().lines().count(), 1, "stable ran once");
+    assert_eq!(
+        std::fs::read_to_string(&count).unwrap().lines().count(),
+        1,
+        "stable ran once"
+    );
 
     // Nothing failed any more; a full rerun runs stable again.
     let out = vk(&c, &["rerun", &format!("r{rerun}"), "--failed"]).await;
     assert!(!out.status.success());
-    assert!(text(&out.stderr).contains("no failed or cancelled job"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("no failed or cancelled job"),
+        "{}",
+        text(&out.stderr)
+    );
     let out = vk(&c, &["rerun", &format!("r{rerun}")]).await;
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(std::fs::read_to_string(&count).unwrap().lines().count(), 2);

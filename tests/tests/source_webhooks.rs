@@ -491,10 +491,16 @@ async fn rules_skip_jobs_by_branch_and_a_workflow_rule_starts_no_run() {
     assert_eq!(state(&run, "build").0, "succeeded");
     let (deploy, why) = state(&run, "deploy");
     assert_eq!(deploy, "skipped");
-    assert!(why.starts_with("skipped by rules: `if: $VALKYRIE_BRANCH == \"main\""), "{why}");
+    assert!(
+        why.starts_with("skipped by rules: `if: $VALKYRIE_BRANCH == \"main\""),
+        "{why}"
+    );
     assert_eq!(
         state(&run, "smoke"),
-        ("skipped".to_owned(), "skipped: needs `deploy` was skipped".to_owned())
+        (
+            "skipped".to_owned(),
+            "skipped: needs `deploy` was skipped".to_owned()
+        )
     );
 
     // `workflow: if` is false: 202 with the reason, and no run.
@@ -503,7 +509,10 @@ async fn rules_skip_jobs_by_branch_and_a_workflow_rule_starts_no_run() {
     assert_eq!(status, 202, "{answer}");
     assert_eq!(answer["status"], "ignored");
     assert!(
-        answer["reason"].as_str().unwrap().contains("`workflow: if` is false"),
+        answer["reason"]
+            .as_str()
+            .unwrap()
+            .contains("`workflow: if` is false"),
         "{answer}"
     );
     assert_eq!(ci.runs().await, before, "no run was created");

@@ -1152,7 +1152,12 @@ fn message_cases() -> Vec<MessageCase> {
             }
             .into(),
         ),
-        ("rerun_run_accepted", 115, reply(), RunAccepted { run_id: 18 }.into()),
+        (
+            "rerun_run_accepted",
+            115,
+            reply(),
+            RunAccepted { run_id: 18 }.into(),
+        ),
         // ---- audit ----
         ("list_audit", 114, none, ListAudit { limit: 2, before: 0 }.into()),
         (

@@ -712,7 +712,12 @@ impl Core {
 
     // ---- runs ----
 
-    fn submit_pipeline(&mut self, pipeline: ValidatedPipeline, variables: Vec<(String, String)>, reply: Responder) {
+    fn submit_pipeline(
+        &mut self,
+        pipeline: ValidatedPipeline,
+        variables: Vec<(String, String)>,
+        reply: Responder,
+    ) {
         let detail = crate::masking::mask(
             &format!(
                 "pipeline `{}` ({})",

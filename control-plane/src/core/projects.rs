@@ -148,7 +148,11 @@ impl Core {
 
     /// Starts the run, remembering its delivery in the same turn (so two
     /// deliveries of one id racing each other start one run).
-    fn start_triggered(&mut self, trigger: Trigger, pipeline: ValidatedPipeline) -> Result<Started, NotStarted> {
+    fn start_triggered(
+        &mut self,
+        trigger: Trigger,
+        pipeline: ValidatedPipeline,
+    ) -> Result<Started, NotStarted> {
         if !self.projects.projects.contains_key(&trigger.project) {
             return Err(NotStarted::NoProject(format!("no project `{}`", trigger.project)));
         }

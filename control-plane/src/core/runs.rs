@@ -51,7 +51,11 @@ impl Core {
                     reply.fail(code, why);
                     return;
                 }
-                self.audit(AuditAction::PlayJob, format!("run {run_id}"), format!("job `{job}`"));
+                self.audit(
+                    AuditAction::PlayJob,
+                    format!("run {run_id}"),
+                    format!("job `{job}`"),
+                );
                 self.advance_run(run_id);
                 self.after_commit(AfterCommit::Reply(reply, Ack {}.into()));
             }
@@ -92,7 +96,11 @@ impl Core {
         self.dirty_runs.insert(id);
         self.counters_dirty = true;
         let what = if failed_only { "failed jobs of " } else { "" };
-        self.audit(AuditAction::RerunRun, format!("run {id}"), format!("{what}run {run_id}"));
+        self.audit(
+            AuditAction::RerunRun,
+            format!("run {id}"),
+            format!("{what}run {run_id}"),
+        );
         tracing::info!(run_id = id, of = run_id, failed_only, "run rerun");
         self.advance_run(id);
         Ok(id)

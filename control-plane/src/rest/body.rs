@@ -112,7 +112,9 @@ pub fn json_body<T: serde::de::DeserializeOwned>(body: &axum::body::Bytes) -> Re
 
 /// The JSON object of a route whose body is optional: an empty (or blank)
 /// body is the default.
-pub fn json_or_default<T: serde::de::DeserializeOwned + Default>(body: &axum::body::Bytes) -> Result<T, ApiError> {
+pub fn json_or_default<T: serde::de::DeserializeOwned + Default>(
+    body: &axum::body::Bytes,
+) -> Result<T, ApiError> {
     if body.iter().all(u8::is_ascii_whitespace) {
         Ok(T::default())
     } else {

@@ -6,7 +6,9 @@ use axum::Json;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{artifacts, audit, error, executions, health, metrics, pipelines, projects, runners, runs, webhooks};
+use super::{
+    artifacts, audit, error, executions, health, metrics, pipelines, projects, runners, runs, webhooks,
+};
 
 /// The REST API's description.
 #[derive(OpenApi)]

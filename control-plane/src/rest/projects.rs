@@ -295,7 +295,9 @@ pub async fn trigger(
     let run = super::webhooks::start(&state, Some(&caller), &project, trigger)
         .await?
         .map_err(|why| {
-            ApiError::unprocessable(why).suggest("the pipeline's `workflow: if` or its jobs' `if:` rules decide which triggers start a run")
+            ApiError::unprocessable(why).suggest(
+                "the pipeline's `workflow: if` or its jobs' `if:` rules decide which triggers start a run",
+            )
         })?;
     Ok((StatusCode::CREATED, Json(run)))
 }

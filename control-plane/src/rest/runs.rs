@@ -114,7 +114,7 @@ pub async fn rerun(
         })
         .await?;
     let Message::RunAccepted(accepted) = answer else {
-        return Err(unexpected(answer));
+        return Err(unexpected(&answer));
     };
     Ok((
         StatusCode::CREATED,

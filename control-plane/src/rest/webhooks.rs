@@ -24,8 +24,8 @@ use utoipa::ToSchema;
 use super::auth::Caller;
 use super::error::{ApiError, ErrorBody};
 use super::projects::ProjectRun;
-use crate::core::NotStarted;
 use super::{ApiPath, AppState};
+use crate::core::NotStarted;
 use crate::core::{Command, ProjectCommand};
 use crate::source::webhook::{self, Event, Forge};
 use crate::source::{Project, Trigger};
@@ -107,8 +107,7 @@ pub(super) async fn start(
     let started = match caller {
         Some(caller) => state.call_as(caller, command).await?,
         None => state.call(command).await?,
-    }
-    ;
+    };
     let started = match started {
         Ok(started) => started,
         Err(NotStarted::NoProject(why)) => return Err(ApiError::not_found(why)),
@@ -215,7 +214,10 @@ async fn handle(
         Ok(run) => run,
         Err(why) => {
             tracing::info!(project = %project.name, %why, "webhook started no run");
-            return Ok((StatusCode::ACCEPTED, Json(WebhookAnswer::plain("ignored", Some(why)))));
+            return Ok((
+                StatusCode::ACCEPTED,
+                Json(WebhookAnswer::plain("ignored", Some(why))),
+            ));
         }
     };
     tracing::info!(

@@ -330,7 +330,9 @@ mod tests {
         assert_eq!(spec.env, [("KEEP".to_owned(), "a".to_owned())], "{:?}", spec.env);
         let trigger = spec.trigger.as_ref().unwrap();
         assert!(trigger.variables.contains(&("DEPLOY".into(), "1".into())));
-        assert!(trigger.variables.contains(&("VALKYRIE_EVENT".into(), "run".into())));
+        assert!(trigger
+            .variables
+            .contains(&("VALKYRIE_EVENT".into(), "run".into())));
         assert!(trigger.checkout.is_none(), "no repository, nothing to check out");
     }
 

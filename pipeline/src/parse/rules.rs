@@ -7,7 +7,8 @@ use super::{position, Ctx, WORKFLOW_KEYS};
 use crate::model::Condition;
 use crate::Expr;
 
-const CONDITION_HINT: &str = "use on_success, on_failure, always, or an expression such as `$VALKYRIE_BRANCH == \"main\"`";
+const CONDITION_HINT: &str =
+    "use on_success, on_failure, always, or an expression such as `$VALKYRIE_BRANCH == \"main\"`";
 
 /// A job's `if:`: one of the plain conditions, or an expression.
 pub(super) fn job_if(cx: &mut Ctx<'_>, node: &Node, what: &str) -> (Condition, Option<Expr>) {
@@ -19,7 +20,11 @@ pub(super) fn job_if(cx: &mut Ctx<'_>, node: &Node, what: &str) -> (Condition, O
         "on_failure" | "failure()" => return (Condition::OnFailure, None),
         "always" | "always()" => return (Condition::Always, None),
         "" => {
-            cx.error(s.span(), format!("{what} has an empty `if`"), Some(CONDITION_HINT.into()));
+            cx.error(
+                s.span(),
+                format!("{what} has an empty `if`"),
+                Some(CONDITION_HINT.into()),
+            );
             return (Condition::OnSuccess, None);
         }
         _ => {}
@@ -35,7 +40,9 @@ pub(super) fn job_if(cx: &mut Ctx<'_>, node: &Node, what: &str) -> (Condition, O
 
 /// A job's `when:`; true for `manual`.
 pub(super) fn when(cx: &mut Ctx<'_>, node: &Node, what: &str) -> bool {
-    let Some(s) = cx.scalar(node, "when") else { return false };
+    let Some(s) = cx.scalar(node, "when") else {
+        return false;
+    };
     match s.as_str() {
         "manual" => true,
         "on_success" => false,
