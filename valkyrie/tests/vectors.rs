@@ -1583,7 +1583,7 @@ fn malformed_cases() -> Vec<MalformedCase> {
         ),
         case(
             "invalid_enum_run_job_state",
-            "A RunDetails whose one job has `state` 10 (0 waiting … 9 skipped).",
+            "A RunDetails whose one job has `state` 11 (0 waiting … 9 skipped, 10 manual).",
             frame(
                 FrameKind::RUN_DETAILS,
                 &[
@@ -1596,7 +1596,7 @@ fn malformed_cases() -> Vec<MalformedCase> {
                     &1u32.to_le_bytes(),
                     &lp(b"build"),
                     &lp(b"build"),
-                    &[10, 0, 0, 0, 0, 0, 0],
+                    &[11, 0, 0, 0, 0, 0, 0],
                     &lp(b""),
                 ]
                 .concat(),
