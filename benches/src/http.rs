@@ -121,6 +121,8 @@ pub fn main(args: HttpArgs) -> anyhow::Result<()> {
 }
 
 async fn run(args: &HttpArgs, base: &str, keys: &JwtKeys) -> anyhow::Result<Vec<Scenario>> {
+    // reqwest's rustls has no built-in provider in this workspace.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(1024)
         .tcp_nodelay(true)

@@ -443,7 +443,6 @@ fn open_cache(
     Ok(Arc::new(index))
 }
 
-
 /// Opens the artifact store (records under the data directory, contents
 /// there or in S3) and starts its sweeper.
 async fn open_artifacts(

@@ -36,7 +36,7 @@ async fn artifacts_are_listed_and_downloaded_with_their_length_and_checksum() {
         .await
         .unwrap();
 
-    let http = reqwest::Client::new();
+    let http = http_client();
     let listed: Value = http
         .get(server.url("/api/ci/jobs/7/artifacts"))
         .bearer_auth(&server.api_token)

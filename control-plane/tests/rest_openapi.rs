@@ -54,7 +54,7 @@ async fn schemathesis_finds_nothing_against_the_openapi_document() {
     let server = ServerProcess::start(&["--rate-limit", "0"], &[]);
     let auth = format!("Authorization: Bearer {}", server.api_token);
     // Pipeline 1 and execution 1 exist before the run.
-    let http = reqwest::Client::new();
+    let http = http_client();
     let created = http
         .post(server.url("/api/ci/pipelines"))
         .bearer_auth(&server.api_token)

@@ -18,7 +18,7 @@ async fn sigterm_exits_within_the_grace_while_requests_are_in_flight() {
         &["--shutdown-grace", "2s"],
         &[("VALKYRIE_LOG", "info,valkyrie_control_plane::core=debug")],
     );
-    let http = reqwest::Client::new();
+    let http = http_client();
     let token = server.api_token.clone();
 
     // A run whose jobs wait for a runner that never comes, followed over

@@ -467,15 +467,15 @@ impl Agent {
                 if !accepted {
                     return;
                 }
-                // A job with artifacts runs in this process: its transfers
-                // go over this agent's session, which a supervisor does not
-                // have. Such a job does not survive an agent restart (the
-                // server retries it).
+                // A job with artifacts or caches runs in this process: its
+                // transfers go over this agent's session, which a supervisor
+                // does not have. Such a job does not survive an agent
+                // restart (the server retries it).
                 let supervised = self
                     .config
                     .supervisor
                     .as_ref()
-                    .filter(|_| assign.spec.artifacts.is_none());
+                    .filter(|_| assign.spec.artifacts.is_none() && assign.spec.cache.is_empty());
                 if let Some(program) = supervised {
                     match supervisor::spawn(program, &self.config.work_dir, &assign, &self.config.defaults)
                         .await

@@ -8,7 +8,7 @@ mod support;
 
 use std::time::Duration;
 
-use support::{free_port, text, wait_until_within, Harness, Server};
+use support::{free_port, http_client, text, wait_until_within, Harness, Server};
 use valkyrie_sdk::{Client, RunInfo, RunState};
 
 const RUN_DEADLINE: Duration = Duration::from_secs(120);
@@ -141,7 +141,7 @@ async fn a_cache_is_saved_then_restored_and_a_fallback_key_finds_it() {
 
     // Restores counted: hits for the run 2 and the last run; a fallback
     // hit; misses for run 1, the other project and the changed key.
-    let metrics = reqwest::Client::new()
+    let metrics = http_client()
         .get(format!("http://{http}/metrics"))
         .bearer_auth(&server.api_token)
         .send()

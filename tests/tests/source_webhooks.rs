@@ -162,7 +162,7 @@ impl Ci {
         let agent = h.agent(&server).start(&client).await;
         let ci = Self {
             base: format!("http://{http_arg}"),
-            http: reqwest::Client::new(),
+            http: http_client(),
             server,
             client,
             _agent: agent,

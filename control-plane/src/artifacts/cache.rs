@@ -179,14 +179,7 @@ impl CacheIndex {
                 size: e.size,
                 sha256: e.sha256,
             },
-            None => CacheEntry {
-                key: String::new(),
-                exact: false,
-                job_id: 0,
-                name: String::new(),
-                size: 0,
-                sha256: String::new(),
-            },
+            None => miss(),
         })
     }
 
@@ -237,6 +230,18 @@ impl CacheIndex {
             file.sync_all()?;
         }
         std::fs::rename(&tmp, &self.path)
+    }
+}
+
+/// The answer to a lookup that found nothing (empty key).
+pub(crate) fn miss() -> CacheEntry {
+    CacheEntry {
+        key: String::new(),
+        exact: false,
+        job_id: 0,
+        name: String::new(),
+        size: 0,
+        sha256: String::new(),
     }
 }
 

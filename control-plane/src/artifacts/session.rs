@@ -155,14 +155,7 @@ impl AgentUploads {
         }
         match self.core.cache() {
             Some(index) => index.lookup(&project, &m.keys, m.restore),
-            None => Ok(valkyrie::message::CacheEntry {
-                key: String::new(),
-                exact: false,
-                job_id: 0,
-                name: String::new(),
-                size: 0,
-                sha256: String::new(),
-            }),
+            None => Ok(super::cache::miss()),
         }
     }
 

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 use valkyrie::message::{
     Assign, AssignAck, CancelAssignment, JobInfo, JobOutcome, JobResult, JobSpec, JobStarted, JobState,
-    Message, RegisterRunner, RetryOn, StepSpec,
+    Message, RegisterRunner, RetryOn, RunnerRegistered, RunningAttempt, StepSpec,
 };
 use valkyrie::transport::SentMessages;
 use valkyrie::{ErrorCode, SessionSender};
@@ -129,6 +129,18 @@ impl Harness {
     }
 
     fn register(&mut self, name: &str, slots: u32) -> Agent {
+        let (agent, registered) = self.register_running(name, slots, Vec::new());
+        assert!(registered.stale.is_empty());
+        agent
+    }
+
+    /// Registers (again) an agent that says it runs `running`.
+    fn register_running(
+        &mut self,
+        name: &str,
+        slots: u32,
+        running: Vec<RunningAttempt>,
+    ) -> (Agent, RunnerRegistered) {
         let (sender, mut sent) = SessionSender::in_memory();
         let heard = Heard::new(self.now.at);
         let session = self.next_session;
@@ -142,7 +154,7 @@ impl Harness {
                 arch: "x86_64".into(),
                 slots,
                 version: "test".into(),
-                running: Vec::new(),
+                running,
             },
             sender,
             session,
@@ -155,19 +167,17 @@ impl Harness {
             .try_recv()
             .expect("registration answered in the same turn")
             .expect("registered");
-        assert!(
-            matches!(
-                sent.try_next().map(|i| i.message),
-                Some(Message::RunnerRegistered(_))
-            ),
-            "RunnerRegistered first"
-        );
-        Agent {
+        let registered = match sent.try_next().map(|i| i.message) {
+            Some(Message::RunnerRegistered(r)) => r,
+            other => panic!("expected RunnerRegistered first, got {other:?}"),
+        };
+        let agent = Agent {
             id,
             session,
             sent,
             heard,
-        }
+        };
+        (agent, registered)
     }
 
     fn from_agent(&mut self, agent: &Agent, correlation: u64, message: impl Into<Message>) {
@@ -406,35 +416,17 @@ async fn a_runner_that_disconnects_is_lost_after_the_grace_unless_it_comes_back(
     );
 
     // It comes back on a new session, re-reporting the attempt it runs:
-    // the job stays where it is, and its result counts.
-    let (sender, mut sent) = SessionSender::in_memory();
-    let heard = Heard::new(h.now.at);
-    let (done, mut done_rx) = oneshot::channel();
-    h.input(Command::Register {
-        msg: RegisterRunner {
-            name: "a".into(),
-            tags: Vec::new(),
-            os: "linux".into(),
-            arch: "x86_64".into(),
-            slots: 1,
-            version: "test".into(),
-            running: vec![valkyrie::message::RunningAttempt {
-                job_id: id,
-                attempt: 1,
-            }],
-        },
-        sender,
-        session: 99,
-        heard,
-        correlation: 1,
-        token: "runner-token".into(),
-        done,
-    });
-    assert_eq!(done_rx.try_recv().unwrap().unwrap(), a.id);
-    match sent.try_next().map(|i| i.message) {
-        Some(Message::RunnerRegistered(r)) => assert!(r.stale.is_empty(), "{r:?}"),
-        other => panic!("expected RunnerRegistered, got {other:?}"),
-    }
+    // the job stays where it is.
+    let (back, registered) = h.register_running(
+        "a",
+        1,
+        vec![RunningAttempt {
+            job_id: id,
+            attempt: 1,
+        }],
+    );
+    assert_eq!(back.id, a.id);
+    assert!(registered.stale.is_empty(), "{registered:?}");
     h.advance(Duration::from_secs(5));
     assert_eq!(h.job(id).state, JobState::Running);
 }

@@ -184,7 +184,7 @@ async fn start_inner(configure: impl FnOnce(RestConfig) -> RestConfig, agent: bo
         base,
         api_token,
         jwt: JwtKeys::new(secret.as_bytes()),
-        http: reqwest::Client::new(),
+        http: http_client(),
         core,
         tokens,
         runner_token,
@@ -343,4 +343,12 @@ where
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// An HTTP client. The workspace's reqwest has rustls without a built-in
+/// crypto provider (the server's S3 client uses ring, installed at start),
+/// so a process making clients installs ring first.
+pub fn http_client() -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::new()
 }

@@ -1005,3 +1005,11 @@ pub fn free_port() -> u16 {
         .expect("a free local port")
         .port()
 }
+
+/// An HTTP client. The workspace's reqwest has rustls without a built-in
+/// crypto provider (the server's S3 client uses ring, installed at start),
+/// so a process making clients installs ring first.
+pub fn http_client() -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::new()
+}

@@ -57,7 +57,7 @@ impl S3Server {
 
     /// Creates bucket `name` (a plain S3 `PUT /name`).
     pub async fn create_bucket(&self, name: &str) {
-        let response = reqwest::Client::new()
+        let response = super::http_client()
             .put(format!("{}/{name}", self.endpoint()))
             .send()
             .await
