@@ -126,8 +126,7 @@ impl CacheIndex {
         let mut pruned = false;
         let mut found = None;
         for (i, wanted) in keys.iter().enumerate() {
-            loop {
-                let Some(scope) = entries.get(project) else { break };
+            while let Some(scope) = entries.get(project) {
                 let candidate = match scope.get(wanted) {
                     Some(entry) => Some((wanted.clone(), entry.clone())),
                     None if i > 0 => scope

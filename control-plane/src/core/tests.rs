@@ -180,7 +180,7 @@ impl Harness {
         (agent, registered)
     }
 
-    fn from_agent(&mut self, agent: &Agent, correlation: u64, message: impl Into<Message>) {
+    fn report(&mut self, agent: &Agent, correlation: u64, message: impl Into<Message>) {
         self.input(Command::FromRunner {
             runner: agent.id,
             session: agent.session,
@@ -192,7 +192,7 @@ impl Harness {
     /// Acknowledges and starts `assign` as its agent would.
     fn start(&mut self, agent: &mut Agent, assign: &Assign) {
         let (job_id, attempt) = (assign.job_id, assign.attempt);
-        self.from_agent(
+        self.report(
             agent,
             10,
             AssignAck {
@@ -202,7 +202,7 @@ impl Harness {
                 reason: String::new(),
             },
         );
-        self.from_agent(agent, 11, JobStarted { job_id, attempt });
+        self.report(agent, 11, JobStarted { job_id, attempt });
         agent.messages(); // the two Acks
     }
 
@@ -383,14 +383,14 @@ async fn a_result_from_a_replaced_attempt_is_refused_and_the_current_one_counts(
         log_chunks: 0,
     };
     // A late report of attempt 1 is refused with STALE_ATTEMPT...
-    h.from_agent(&a, 20, result(first[0].attempt, JobOutcome::Failed));
+    h.report(&a, 20, result(first[0].attempt, JobOutcome::Failed));
     match a.messages().as_slice() {
         [Message::RequestFailed(f)] => assert_eq!(f.code, ErrorCode::STALE_ATTEMPT),
         other => panic!("expected STALE_ATTEMPT, got {other:?}"),
     }
     assert_eq!(h.job(id).state, JobState::Running);
     // ...and attempt 2's result is the job's.
-    h.from_agent(&a, 21, result(2, JobOutcome::Succeeded));
+    h.report(&a, 21, result(2, JobOutcome::Succeeded));
     assert!(matches!(a.messages().as_slice(), [Message::Ack(_)]));
     let info = h.job(id);
     assert_eq!((info.state, info.attempt), (JobState::Succeeded, 2));

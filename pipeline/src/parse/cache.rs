@@ -92,7 +92,7 @@ fn parse_one(cx: &mut Ctx<'_>, node: &Node, what: &str) -> Option<CacheSpec> {
         Some(n) => {
             let s = cx.scalar(n, &format!("{what} policy"))?;
             CachePolicy::from_name(s.as_str().trim()).unwrap_or_else(|| {
-                let hint = super::did_you_mean(s.as_str().trim(), ["pull", "push", "pull-push"].into_iter())
+                let hint = super::did_you_mean(s.as_str().trim(), ["pull", "push", "pull-push"])
                     .unwrap_or_else(|| "use pull, push or pull-push".into());
                 cx.error(
                     s.span(),
@@ -108,11 +108,8 @@ fn parse_one(cx: &mut Ctx<'_>, node: &Node, what: &str) -> Option<CacheSpec> {
         Some(n) => {
             let s = cx.scalar(n, &format!("{what} when"))?;
             ArtifactWhen::from_name(s.as_str().trim()).unwrap_or_else(|| {
-                let hint = super::did_you_mean(
-                    s.as_str().trim(),
-                    ["on_success", "on_failure", "always"].into_iter(),
-                )
-                .unwrap_or_else(|| "use on_success, on_failure or always".into());
+                let hint = super::did_you_mean(s.as_str().trim(), ["on_success", "on_failure", "always"])
+                    .unwrap_or_else(|| "use on_success, on_failure or always".into());
                 cx.error(
                     s.span(),
                     format!("{what} has an unknown `when` `{}`", s.as_str()),
