@@ -9,7 +9,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use support::s3::S3Server;
-use support::{text, wait_until_within, Harness, Server, ServerBuilder};
+use support::{job_id, run_pipeline, text, wait_until_within, Harness, Server, ServerBuilder};
 use valkyrie_sdk::{Client, RunInfo, RunState};
 
 /// Long enough for 50 MB through a debug build on a loaded machine.
@@ -48,24 +48,8 @@ jobs:
       - run: test ! -e dist
 "#;
 
-async fn run_pipeline(client: &Client, yaml: &str) -> RunInfo {
-    let run_id = client
-        .submit_pipeline("ci.yaml", yaml)
-        .await
-        .expect("submit pipeline");
-    wait_until_within("the run to finish", RUN_DEADLINE, || async {
-        let run = client.run(run_id).await.expect("run");
-        run.state.is_terminal().then_some(run)
-    })
-    .await
-}
-
-fn job_id(run: &RunInfo, name: &str) -> u64 {
-    run.jobs
-        .iter()
-        .find(|j| j.name == name)
-        .and_then(|j| j.job_id)
-        .unwrap_or_else(|| panic!("no job `{name}` in {run:?}"))
+async fn run_pipeline_in(client: &Client, yaml: &str) -> RunInfo {
+    run_pipeline(client, yaml, RUN_DEADLINE).await
 }
 
 async fn logs(server: &Server, job: u64) -> String {
@@ -90,7 +74,7 @@ async fn hand_files_on(h: &Harness, server: &Server) -> (u64, serde_json::Value)
     let client = server.client().await;
     let _agent = h.agent(server).slots(2).start(&client).await;
 
-    let run = run_pipeline(&client, PIPELINE).await;
+    let run = run_pipeline_in(&client, PIPELINE).await;
     let build = job_id(&run, "build");
     let test = job_id(&run, "test");
     assert_eq!(
@@ -212,7 +196,7 @@ async fn on_s3_the_files_reach_later_jobs_survive_a_restart_and_expire() {
     // A short-lived artifact: stored, then expired.
     let client = server.client().await;
     let _agent = h.agent(&server).start(&client).await;
-    let run = run_pipeline(
+    let run = run_pipeline_in(
         &client,
         "jobs:\n  brief:\n    steps:\n      - run: mkdir o && echo short-lived > o/f\n    artifacts:\n      paths: [o]\n      expire_in: 1s\n",
     )
@@ -279,7 +263,7 @@ async fn escapes_and_oversize_artifacts_fail_the_job_saying_why() {
     let client = server.client().await;
     let _agent = h.agent(&server).start(&client).await;
 
-    let run = run_pipeline(
+    let run = run_pipeline_in(
         &client,
         "jobs:\n  link:\n    steps:\n      - run: mkdir out && echo ok > out/ok && ln -s /etc/passwd out/pw\n    artifacts:\n      paths: [out]\n  big:\n    steps:\n      - run: mkdir out && head -c 3000000 /dev/zero > out/big\n    artifacts:\n      paths: [out]\n",
     )
@@ -345,7 +329,7 @@ async fn a_full_store_fails_the_upload_saying_so_and_loses_nothing_else() {
     let _agent = h.agent(&server).slots(2).start(&client).await;
     let small = "jobs:\n  small:\n    steps:\n      - run: mkdir s && head -c 4000000 /dev/urandom > s/f && sha256sum s/f > SUM\n    artifacts:\n      paths: [s, SUM]\n";
 
-    let first = run_pipeline(&client, small).await;
+    let first = run_pipeline_in(&client, small).await;
     let stored = job_id(&first, "small");
     assert_eq!(
         first.state,
@@ -355,7 +339,7 @@ async fn a_full_store_fails_the_upload_saying_so_and_loses_nothing_else() {
     );
     let before = list_artifacts(&server, stored).await;
 
-    let run = run_pipeline(
+    let run = run_pipeline_in(
         &client,
         "jobs:\n  big:\n    steps:\n      - run: mkdir b && head -c 30000000 /dev/urandom > b/f\n    artifacts:\n      paths: [b]\n  beside:\n    steps:\n      - run: echo still running\n",
     )
@@ -392,7 +376,7 @@ async fn a_full_store_fails_the_upload_saying_so_and_loses_nothing_else() {
     check_sums(&out_dir);
 
     // The space the failed upload took is free again.
-    let again = run_pipeline(&client, small).await;
+    let again = run_pipeline_in(&client, small).await;
     let later = job_id(&again, "small");
     assert_eq!(again.state, RunState::Succeeded, "{}", logs(&server, later).await);
     assert_eq!(list_artifacts(&server, later).await[0]["name"], "artifacts.tar");

@@ -8,7 +8,7 @@ mod support;
 
 use std::time::Duration;
 
-use support::{free_port, http_client, text, wait_until_within, Harness, Server};
+use support::{free_port, http_client, job_id, run_pipeline, text, Harness, Server};
 use valkyrie_sdk::{Client, RunInfo, RunState};
 
 const RUN_DEADLINE: Duration = Duration::from_secs(120);
@@ -35,26 +35,12 @@ jobs:
 }
 
 async fn run(client: &Client, yaml: &str) -> RunInfo {
-    let run_id = client
-        .submit_pipeline("ci.yaml", yaml)
-        .await
-        .expect("submit pipeline");
-    wait_until_within("the run to finish", RUN_DEADLINE, || async {
-        let run = client.run(run_id).await.expect("run");
-        run.state.is_terminal().then_some(run)
-    })
-    .await
+    run_pipeline(client, yaml, RUN_DEADLINE).await
 }
 
 /// The log of the run's job `name`, checking the run succeeded.
 async fn log_of(server: &Server, run: &RunInfo, name: &str) -> String {
-    let job = run
-        .jobs
-        .iter()
-        .find(|j| j.name == name)
-        .and_then(|j| j.job_id)
-        .unwrap_or_else(|| panic!("no job `{name}` in {run:?}"));
-    let log = text(&server.vk(&["logs", &job.to_string()]).await.stdout);
+    let log = text(&server.vk(&["logs", &job_id(run, name).to_string()]).await.stdout);
     assert_eq!(run.state, RunState::Succeeded, "{name} log:\n{log}");
     log
 }

@@ -1013,3 +1013,26 @@ pub fn http_client() -> reqwest::Client {
     let _ = rustls::crypto::ring::default_provider().install_default();
     reqwest::Client::new()
 }
+
+/// Submits `yaml` as a pipeline and waits, up to `deadline`, for its run
+/// to end.
+pub async fn run_pipeline(client: &Client, yaml: &str, deadline: Duration) -> valkyrie_sdk::RunInfo {
+    let run_id = client
+        .submit_pipeline("ci.yaml", yaml)
+        .await
+        .expect("submit pipeline");
+    wait_until_within("the run to finish", deadline, || async {
+        let run = client.run(run_id).await.expect("run");
+        run.state.is_terminal().then_some(run)
+    })
+    .await
+}
+
+/// The id of the run's job `name`.
+pub fn job_id(run: &valkyrie_sdk::RunInfo, name: &str) -> u64 {
+    run.jobs
+        .iter()
+        .find(|j| j.name == name)
+        .and_then(|j| j.job_id)
+        .unwrap_or_else(|| panic!("no job `{name}` in {run:?}"))
+}
