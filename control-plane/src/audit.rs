@@ -146,6 +146,10 @@ pub enum AuditAction {
     RemoveProject,
     /// A project's repository started a run (webhook or trigger).
     TriggerProject,
+    /// A manual job was played.
+    PlayJob,
+    /// A run was rerun.
+    RerunRun,
 }
 
 impl AuditAction {
@@ -165,6 +169,8 @@ impl AuditAction {
             AuditAction::CreateProject => "create_project",
             AuditAction::RemoveProject => "remove_project",
             AuditAction::TriggerProject => "trigger_project",
+            AuditAction::PlayJob => "play_job",
+            AuditAction::RerunRun => "rerun_run",
         }
     }
 }

@@ -4,10 +4,15 @@
 //!
 //! ```text
 //!   waiting --deps final, condition met--> released --> (job states) --> final
+//!      |  |
+//!      |  +--deps final, condition met, `when: manual`--> manual --play--> released
 //!      |
 //!      +--deps final, condition not met, or run cancelled--> skipped
+//!   (a job whose `if:` expression is false whatever its needs come to is
+//!   skipped when the run is created)
 //!
-//!   run: running --every job final or skipped--> succeeded | failed
+//!   run: running --every job final, skipped, manual or waiting for a manual job-->
+//!        succeeded | failed --play--> running
 //!        running --cancel--> (unfinished jobs cancelled, waiting skipped) --> cancelled
 //!        running --timeout--> (likewise) --> timed_out
 //! ```
@@ -31,6 +36,10 @@ use crate::store::{RunRow, SlotRow};
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Slot {
     Waiting,
+    /// `when: manual`, ready: waits to be played.
+    Manual,
+    /// Played: released by the next [`Run::advance`].
+    Played,
     Released {
         job: JobId,
         state: JobState,
@@ -66,6 +75,12 @@ pub struct Run {
     /// [`advance`](Self::advance) in this order decides every job that can
     /// be decided.
     order: Vec<usize>,
+    /// What `if:` expressions read: the pipeline's `env` under the
+    /// trigger's context and variables.
+    vars: std::collections::HashMap<String, String>,
+    /// Waiting jobs that wait (directly or not) only for manual jobs: the
+    /// run can end without them. Derived by [`Run::advance`].
+    blocked: Vec<bool>,
 }
 
 impl Run {
@@ -89,13 +104,193 @@ impl Run {
             file_name: String::new(),
             yaml: String::new(),
             trigger: None,
+            vars: Default::default(),
+            blocked: Vec::new(),
         }
+        .with_vars()
+    }
+
+    /// Computes what `if:` expressions read.
+    fn with_vars(mut self) -> Self {
+        self.compute_vars();
+        self
+    }
+
+    fn compute_vars(&mut self) {
+        let mut vars: std::collections::HashMap<String, String> = self.pipeline.env.iter().cloned().collect();
+        if let Some(trigger) = &self.trigger {
+            vars.extend(trigger.variables(self.id, &self.pipeline.name));
+        }
+        self.vars = vars;
     }
 
     /// Records what started the run and gives it to every job.
     pub fn set_trigger(&mut self, trigger: crate::source::Trigger) {
         trigger.apply(self.id, &mut self.pipeline);
         self.trigger = Some(trigger);
+        self.compute_vars();
+    }
+
+    /// Decides the rules that need no job to have run: refuses the run when
+    /// `workflow: if` is false or every job's `if:` is, and otherwise
+    /// skips the jobs whose `if:` is false whatever their needs come to.
+    /// Call once, before the first [`advance`](Self::advance).
+    pub fn apply_rules(&mut self) -> Result<(), String> {
+        let vars = &self.vars;
+        let lookup = |name: &str| vars.get(name).cloned();
+        if let Some(rule) = &self.pipeline.workflow_rule {
+            if !rule.eval_vars(&lookup) {
+                return Err(format!("`workflow: if` is false: {rule}"));
+            }
+        }
+        for (slot, job) in self.slots.iter_mut().zip(&self.pipeline.jobs) {
+            if let Some(rule) = &job.rule {
+                if rule.eval(&lookup, None) == Some(false) {
+                    *slot = Slot::Skipped {
+                        reason: format!("skipped by rules: `if: {rule}` is false"),
+                        because_of_failure: false,
+                    };
+                }
+            }
+        }
+        if !self.slots.is_empty() && self.slots.iter().all(|s| matches!(s, Slot::Skipped { .. })) {
+            return Err("every job is skipped by its `if:` rules".into());
+        }
+        Ok(())
+    }
+
+    /// Plays manual job `name`: it is released by the next
+    /// [`advance`](Self::advance). A run that ended with it waiting runs
+    /// again.
+    pub fn play(&mut self, name: &str) -> Result<(), String> {
+        let Some(i) = self.pipeline.jobs.iter().position(|j| j.name == name) else {
+            let hint = self
+                .pipeline
+                .jobs
+                .iter()
+                .zip(&self.slots)
+                .filter(|(_, s)| **s == Slot::Manual)
+                .map(|(j, _)| format!("`{}`", j.name))
+                .collect::<Vec<_>>();
+            return Err(format!(
+                "run {} has no job `{name}`{}",
+                self.id,
+                if hint.is_empty() {
+                    String::new()
+                } else {
+                    format!("; its manual jobs: {}", hint.join(", "))
+                }
+            ));
+        };
+        match &self.slots[i] {
+            Slot::Manual => {}
+            Slot::Waiting if self.pipeline.jobs[i].manual && self.ending.is_none() => {
+                return Err(format!(
+                    "job `{name}` is manual but still waits for the jobs it needs; play it once they end"
+                ))
+            }
+            _ if !self.pipeline.jobs[i].manual => {
+                return Err(format!("job `{name}` of run {} is not a manual job", self.id))
+            }
+            other => {
+                return Err(format!(
+                    "job `{name}` of run {} cannot be played: it is {}",
+                    self.id,
+                    match other {
+                        Slot::Skipped { .. } => "skipped",
+                        _ => "already played",
+                    }
+                ))
+            }
+        }
+        if matches!(self.state, RunState::Cancelled | RunState::TimedOut) {
+            return Err(format!("run {} was {}", self.id, self.state.as_str()));
+        }
+        self.slots[i] = Slot::Played;
+        if self.state.is_terminal() {
+            self.state = RunState::Running;
+            self.finished_at_ms = None;
+            self.message.clear();
+        }
+        Ok(())
+    }
+
+    /// The first slots of a rerun of this (finished) run: everything
+    /// (`failed_only` false), or only the jobs that failed, were cancelled,
+    /// or were skipped because of a failure, with everything that waits
+    /// for them; the others keep their results (their jobs).
+    pub fn rerun_slots(&self, failed_only: bool) -> Result<Vec<SlotRow>, String> {
+        if !self.state.is_terminal() {
+            return Err(format!(
+                "run {} is still running; wait for it to end or cancel it first",
+                self.id
+            ));
+        }
+        let mut again: Vec<bool> = self
+            .slots
+            .iter()
+            .map(|s| {
+                !failed_only
+                    || !matches!(
+                        s,
+                        Slot::Released {
+                            state: JobState::Succeeded,
+                            ..
+                        } | Slot::Skipped {
+                            because_of_failure: false,
+                            ..
+                        }
+                    )
+            })
+            .collect();
+        if failed_only {
+            if !self
+                .slots
+                .iter()
+                .zip(&again)
+                .any(|(s, &a)| a && !matches!(s, Slot::Manual | Slot::Waiting))
+            {
+                return Err(format!("run {} has no failed or cancelled job to rerun", self.id));
+            }
+            for &i in &self.order {
+                if !again[i] && self.pipeline.dependencies(i).iter().any(|&d| again[d]) {
+                    again[i] = true;
+                }
+            }
+        }
+        Ok(self
+            .slots
+            .iter()
+            .zip(again)
+            .map(|(slot, again)| match slot {
+                _ if again => SlotRow::Waiting,
+                Slot::Released { job, state } => SlotRow::Released {
+                    job: job.0,
+                    state: *state,
+                },
+                Slot::Skipped {
+                    reason,
+                    because_of_failure,
+                } => SlotRow::Skipped {
+                    reason: reason.clone(),
+                    because_of_failure: *because_of_failure,
+                },
+                _ => SlotRow::Waiting,
+            })
+            .collect())
+    }
+
+    /// Starts from `slots` (of [`rerun_slots`](Self::rerun_slots)) instead
+    /// of every job waiting.
+    pub fn set_slots(&mut self, slots: Vec<SlotRow>) {
+        if slots.len() == self.slots.len() {
+            self.slots = slots.into_iter().map(Slot::from_row).collect();
+        }
+    }
+
+    /// The pipeline file it came from: name and text.
+    pub fn source(&self) -> (&str, &str) {
+        (&self.file_name, &self.yaml)
     }
 
     /// What started the run, if it came from a project's repository.
@@ -117,24 +312,7 @@ impl Run {
             id: self.id,
             file_name: self.file_name.clone(),
             yaml: self.yaml.clone(),
-            slots: self
-                .slots
-                .iter()
-                .map(|s| match s {
-                    Slot::Waiting => SlotRow::Waiting,
-                    Slot::Released { job, state } => SlotRow::Released {
-                        job: job.0,
-                        state: *state,
-                    },
-                    Slot::Skipped {
-                        reason,
-                        because_of_failure,
-                    } => SlotRow::Skipped {
-                        reason: reason.clone(),
-                        because_of_failure: *because_of_failure,
-                    },
-                })
-                .collect(),
+            slots: self.slots.iter().map(Slot::to_row).collect(),
             state: self.state,
             message: self.message.clone(),
             created_at_ms: self.created_at_ms,
@@ -159,24 +337,7 @@ impl Run {
                 pipeline.jobs.len()
             ));
         }
-        let slots = row
-            .slots
-            .into_iter()
-            .map(|s| match s {
-                SlotRow::Waiting => Slot::Waiting,
-                SlotRow::Released { job, state } => Slot::Released {
-                    job: JobId(job),
-                    state,
-                },
-                SlotRow::Skipped {
-                    reason,
-                    because_of_failure,
-                } => Slot::Skipped {
-                    reason,
-                    because_of_failure,
-                },
-            })
-            .collect();
+        let slots = row.slots.into_iter().map(Slot::from_row).collect();
         let deadline = row
             .deadline_ms
             .map(|d| now + std::time::Duration::from_millis(d.saturating_sub(now_ms)));
@@ -194,7 +355,10 @@ impl Run {
             file_name: row.file_name,
             yaml: row.yaml,
             trigger: row.trigger,
-        })
+            vars: Default::default(),
+            blocked: Vec::new(),
+        }
+        .with_vars())
     }
 
     /// The released jobs and their pipeline index.
@@ -226,8 +390,20 @@ impl Run {
         // What the jobs of each stage came to, filled in as the pass goes:
         // every job of the earlier stages precedes a stage-ordered job.
         let mut stages = vec![Outcome::default(); self.pipeline.stages.len()];
+        self.blocked = vec![false; self.slots.len()];
         for o in 0..self.order.len() {
             let i = self.order[o];
+            if self.slots[i] == Slot::Played {
+                if self.ending.is_some() {
+                    self.slots[i] = Slot::Waiting;
+                } else {
+                    releasing[i] = true;
+                    release.push(i);
+                }
+            }
+            if self.slots[i] == Slot::Manual && self.ending.is_some() {
+                self.slots[i] = Slot::Waiting;
+            }
             if self.slots[i] == Slot::Waiting {
                 if self.ending.is_some() {
                     self.slots[i] = Slot::Skipped {
@@ -241,7 +417,8 @@ impl Run {
                     };
                 } else {
                     match self.decide(i, &releasing, &stages) {
-                        Decision::Wait => {}
+                        Decision::Wait { blocked } => self.blocked[i] = blocked,
+                        Decision::Release if self.pipeline.jobs[i].manual => self.slots[i] = Slot::Manual,
                         Decision::Release => {
                             releasing[i] = true;
                             release.push(i);
@@ -260,7 +437,13 @@ impl Run {
             }
             let job = &self.pipeline.jobs[i];
             if let Some(stage) = stages.get_mut(job.stage_index) {
-                stage.add(self.outcome(i, &releasing));
+                // Through stage order only failures count: a job skipped
+                // by its rules, or a manual job not played, does not hold
+                // back or skip the later stages (as in GitLab).
+                let mut outcome = self.outcome(i, &releasing);
+                outcome.skipped = None;
+                outcome.manual = false;
+                stage.add(outcome);
             }
         }
         release.sort_unstable();
@@ -321,7 +504,9 @@ impl Run {
         let dep = &self.pipeline.jobs[d];
         let mut out = Outcome::default();
         match &self.slots[d] {
-            Slot::Waiting => out.pending = true,
+            Slot::Manual => out.manual = true,
+            Slot::Waiting if self.blocked.get(d) == Some(&true) => out.manual = true,
+            Slot::Waiting | Slot::Played => out.pending = true,
             Slot::Released { state, .. } if !state.is_terminal() => out.pending = true,
             Slot::Released { state, .. } => {
                 if *state != JobState::Succeeded && !dep.allow_failure {
@@ -357,10 +542,36 @@ impl Run {
                 }
             }
         }
-        if deps.pending {
-            return Decision::Wait;
+        if deps.pending || deps.manual {
+            return Decision::Wait {
+                blocked: !deps.pending,
+            };
         }
         let (failed, skipped) = (deps.failed, deps.skipped);
+        if let Some(rule) = &job.rule {
+            let status = valkyrie_pipeline::Status {
+                failed: failed.is_some(),
+                skipped: skipped.is_some(),
+            };
+            let vars = &self.vars;
+            if rule.eval(&|name: &str| vars.get(name).cloned(), Some(status)) == Some(true) {
+                return Decision::Release;
+            }
+            return match (rule.uses_status(), failed, skipped) {
+                (false, Some(f), _) => Decision::Skip {
+                    reason: format!("skipped: needs {f}"),
+                    because_of_failure: true,
+                },
+                (false, None, Some(s)) => Decision::Skip {
+                    reason: format!("skipped: needs {s}"),
+                    because_of_failure: false,
+                },
+                _ => Decision::Skip {
+                    reason: format!("skipped by rules: `if: {rule}` is false"),
+                    because_of_failure: false,
+                },
+            };
+        }
         match job.condition {
             Condition::Always => Decision::Release,
             Condition::OnSuccess => match (failed, skipped) {
@@ -423,10 +634,11 @@ impl Run {
         if self.state.is_terminal() {
             return false;
         }
-        let done = self.slots.iter().all(|s| match s {
-            Slot::Waiting => false,
+        let done = self.slots.iter().enumerate().all(|(i, s)| match s {
+            Slot::Waiting => self.blocked.get(i) == Some(&true),
+            Slot::Played => false,
             Slot::Released { state, .. } => state.is_terminal(),
-            Slot::Skipped { .. } => true,
+            Slot::Skipped { .. } | Slot::Manual => true,
         });
         if !done {
             return false;
@@ -466,9 +678,16 @@ impl Run {
                     )
                 });
                 let skipped = count(&|s| matches!(s, Slot::Skipped { .. }));
-                let allowed = self.slots.len() - succeeded - skipped;
+                let manual = count(&|s| matches!(s, Slot::Manual));
+                let not_run = count(&|s| matches!(s, Slot::Waiting));
+                let allowed = self.slots.len() - succeeded - skipped - manual - not_run;
                 self.message =
                     format!("{succeeded} succeeded, {allowed} failed (allowed), {skipped} skipped");
+                if manual + not_run > 0 {
+                    self.message.push_str(&format!(
+                        ", {manual} manual not played ({not_run} waiting for them)"
+                    ));
+                }
                 RunState::Succeeded
             }
         };
@@ -479,7 +698,7 @@ impl Run {
     /// The listing view; `job` looks up released jobs.
     pub fn info<'a>(&self, job: impl Fn(JobId) -> Option<(&'a JobRecord, String)>) -> RunInfo {
         let unfinished = |s: &Slot| match s {
-            Slot::Waiting => true,
+            Slot::Waiting | Slot::Manual | Slot::Played => true,
             Slot::Released { state, .. } => !state.is_terminal(),
             Slot::Skipped { .. } => false,
         };
@@ -530,6 +749,11 @@ impl Run {
                         info.state = RunJobState::Skipped;
                         info.reason = reason.clone();
                     }
+                    Slot::Manual => {
+                        info.state = RunJobState::Manual;
+                        info.reason = format!("manual: run `vk play r{} {}`", self.id, pj.name);
+                    }
+                    Slot::Played => info.reason = "played; being released".into(),
                     Slot::Released { job: id, state } => {
                         info.state = RunJobState::from_job(*state);
                         info.job_id = Some(id.0);
@@ -562,6 +786,8 @@ impl Run {
 #[derive(Debug, Clone, Default)]
 struct Outcome {
     pending: bool,
+    /// A manual job (not played), or a job waiting only for one.
+    manual: bool,
     failed: Option<String>,
     skipped: Option<String>,
 }
@@ -569,6 +795,7 @@ struct Outcome {
 impl Outcome {
     fn add(&mut self, other: Outcome) {
         self.pending |= other.pending;
+        self.manual |= other.manual;
         if self.failed.is_none() {
             self.failed = other.failed;
         }
@@ -604,12 +831,55 @@ impl FailFast {
 }
 
 enum Decision {
-    Wait,
+    /// `blocked`: only manual jobs hold it back.
+    Wait {
+        blocked: bool,
+    },
     Release,
     Skip {
         reason: String,
         because_of_failure: bool,
     },
+}
+
+impl Slot {
+    fn to_row(&self) -> SlotRow {
+        match self {
+            Slot::Waiting => SlotRow::Waiting,
+            Slot::Manual => SlotRow::Manual,
+            Slot::Played => SlotRow::Played,
+            Slot::Released { job, state } => SlotRow::Released {
+                job: job.0,
+                state: *state,
+            },
+            Slot::Skipped {
+                reason,
+                because_of_failure,
+            } => SlotRow::Skipped {
+                reason: reason.clone(),
+                because_of_failure: *because_of_failure,
+            },
+        }
+    }
+
+    fn from_row(row: SlotRow) -> Self {
+        match row {
+            SlotRow::Waiting => Slot::Waiting,
+            SlotRow::Manual => Slot::Manual,
+            SlotRow::Played => Slot::Played,
+            SlotRow::Released { job, state } => Slot::Released {
+                job: JobId(job),
+                state,
+            },
+            SlotRow::Skipped {
+                reason,
+                because_of_failure,
+            } => Slot::Skipped {
+                reason,
+                because_of_failure,
+            },
+        }
+    }
 }
 
 #[cfg(test)]
@@ -787,5 +1057,158 @@ mod tests {
                 .count()
                 == 4
         );
+    }
+
+    fn run_with(yaml: &str, vars: &[(&str, &str)]) -> Result<Run, String> {
+        let mut r = run(yaml);
+        let vars = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        r.set_trigger(crate::source::Trigger::plain("run", vars));
+        r.apply_rules().map(|()| r)
+    }
+
+    fn state_of(r: &Run, name: &str) -> (RunJobState, String) {
+        let info = r.info(|_| None);
+        let job = info.jobs.into_iter().find(|j| j.name == name).unwrap();
+        (job.state, job.reason)
+    }
+
+    const RULES: &str = "stages: [build, deploy, after]\nenv:\n  TARGET: staging\njobs:\n  build:\n    stage: build\n    steps: [x]\n  deploy:\n    stage: deploy\n    if: $DEPLOY == \"1\" && $TARGET =~ /^stag/\n    steps: [x]\n  smoke:\n    stage: after\n    needs: [deploy]\n    steps: [x]\n  notify:\n    stage: after\n    steps: [x]\n";
+
+    #[test]
+    fn rules_skip_at_creation_and_only_needs_follow_the_skip() {
+        let mut r = run_with(RULES, &[]).unwrap();
+        let (state, reason) = state_of(&r, "deploy");
+        assert_eq!(state, RunJobState::Skipped, "skipped before anything ran");
+        assert!(reason.contains("`if: $DEPLOY"), "{reason}");
+        let first = r.advance();
+        release(&mut r, &first);
+        // smoke needs the skipped job and is skipped; notify waits for the
+        // earlier stages by order, where a rule's skip does not count.
+        assert_eq!(finish(&mut r, "build", JobState::Succeeded), ["notify"]);
+        assert_eq!(state_of(&r, "smoke").0, RunJobState::Skipped);
+        finish(&mut r, "notify", JobState::Succeeded);
+        assert!(r.finish_if_done(1));
+        assert_eq!(r.state(), RunState::Succeeded);
+        // With the variable the job runs; the pipeline's env is readable.
+        let mut r = run_with(RULES, &[("DEPLOY", "1")]).unwrap();
+        let first = r.advance();
+        release(&mut r, &first);
+        assert_eq!(finish(&mut r, "build", JobState::Succeeded), ["deploy"]);
+        // A variable overriding the env decides too.
+        let r = run_with(RULES, &[("DEPLOY", "1"), ("TARGET", "prod")]).unwrap();
+        assert_eq!(state_of(&r, "deploy").0, RunJobState::Skipped);
+    }
+
+    #[test]
+    fn workflow_rules_and_all_skipped_create_no_run() {
+        let yaml = "workflow:\n  if: $VALKYRIE_EVENT != \"run\"\njobs:\n  a:\n    steps: [x]\n";
+        let err = run_with(yaml, &[]).unwrap_err();
+        assert!(err.contains("`workflow: if` is false"), "{err}");
+        let yaml = "jobs:\n  a:\n    if: $GO\n    steps: [x]\n  b:\n    if: $GO\n    steps: [x]\n";
+        assert!(run_with(yaml, &[]).unwrap_err().contains("every job is skipped"));
+        assert!(run_with(yaml, &[("GO", "yes")]).is_ok());
+    }
+
+    #[test]
+    fn status_functions_in_expressions_are_decided_when_the_needs_end() {
+        let yaml = "jobs:\n  a:\n    steps: [x]\n  alarm:\n    needs: [a]\n    if: failure() && $NOTIFY\n    steps: [x]\n  never:\n    needs: [a]\n    if: failure() && $UNSET\n    steps: [x]\n";
+        let mut r = run_with(yaml, &[("NOTIFY", "1")]).unwrap();
+        assert_eq!(
+            state_of(&r, "never").0,
+            RunJobState::Skipped,
+            "false whatever `a` does"
+        );
+        assert_eq!(state_of(&r, "alarm").0, RunJobState::Waiting);
+        let first = r.advance();
+        release(&mut r, &first);
+        assert_eq!(finish(&mut r, "a", JobState::Failed), ["alarm"]);
+    }
+
+    const MANUAL: &str = "jobs:\n  build:\n    steps: [x]\n  deploy:\n    needs: [build]\n    when: manual\n    steps: [x]\n  smoke:\n    needs: [deploy]\n    steps: [x]\n";
+
+    #[test]
+    fn a_manual_job_waits_to_be_played_without_holding_the_run() {
+        let mut r = run_with(MANUAL, &[]).unwrap();
+        let first = r.advance();
+        release(&mut r, &first);
+        assert!(r.play("deploy").unwrap_err().contains("still waits"));
+        assert!(finish(&mut r, "build", JobState::Succeeded).is_empty());
+        let (state, reason) = state_of(&r, "deploy");
+        assert_eq!(state, RunJobState::Manual);
+        assert_eq!(reason, "manual: run `vk play r1 deploy`");
+        assert!(
+            r.finish_if_done(1),
+            "an unplayed manual job does not hold the run"
+        );
+        assert_eq!(r.state(), RunState::Succeeded);
+        assert!(r
+            .info(|_| None)
+            .message
+            .contains("1 manual not played (1 waiting for them)"));
+        assert!(r.play("smoke").unwrap_err().contains("not a manual job"));
+        assert!(r.play("nope").unwrap_err().contains("its manual jobs: `deploy`"));
+        // Playing it runs the run again; its dependents follow.
+        r.play("deploy").unwrap();
+        assert_eq!(r.state(), RunState::Running);
+        let next = r.advance();
+        assert_eq!(names(&r, &next), ["deploy"]);
+        release(&mut r, &next);
+        assert!(r.play("deploy").unwrap_err().contains("already played"));
+        assert_eq!(finish(&mut r, "deploy", JobState::Succeeded), ["smoke"]);
+        finish(&mut r, "smoke", JobState::Succeeded);
+        assert!(r.finish_if_done(2));
+        assert_eq!(r.state(), RunState::Succeeded);
+        // The stored run keeps the manual state.
+        let mut r = run_with(MANUAL, &[]).unwrap();
+        r.set_source("t.yaml", MANUAL);
+        let first = r.advance();
+        release(&mut r, &first);
+        finish(&mut r, "build", JobState::Succeeded);
+        let back = Run::from_row(r.to_row(), 0, Instant::now()).unwrap();
+        assert_eq!(state_of(&back, "deploy").0, RunJobState::Manual);
+    }
+
+    #[test]
+    fn rerun_failed_resets_failures_and_what_waits_for_them() {
+        let mut r = run(DAG);
+        let first = r.advance();
+        release(&mut r, &first);
+        assert!(r.rerun_slots(true).unwrap_err().contains("still running"));
+        // a fails: t is skipped, clean (always) runs; b succeeds, d is
+        // skipped, alarm runs.
+        finish(&mut r, "a", JobState::Failed);
+        finish(&mut r, "b", JobState::Succeeded);
+        finish(&mut r, "clean", JobState::Succeeded);
+        finish(&mut r, "alarm", JobState::Succeeded);
+        assert!(r.finish_if_done(1));
+        let slots = r.rerun_slots(true).unwrap();
+        let kept: Vec<&str> = r
+            .pipeline
+            .jobs
+            .iter()
+            .zip(&slots)
+            .filter(|(_, s)| **s != SlotRow::Waiting)
+            .map(|(j, _)| j.name.as_str())
+            .collect();
+        assert_eq!(kept, ["b"], "only b neither failed nor waits for a failure");
+        let mut again = Run::new(2, r.pipeline.clone(), 0, Instant::now());
+        again.set_slots(slots);
+        let next = again.advance();
+        assert_eq!(names(&again, &next), ["a"]);
+        assert!(r
+            .rerun_slots(false)
+            .unwrap()
+            .iter()
+            .all(|s| *s == SlotRow::Waiting));
+        // Nothing failed: nothing to rerun.
+        let mut ok = run("jobs:\n  a:\n    steps: [x]\n");
+        let first = ok.advance();
+        release(&mut ok, &first);
+        finish(&mut ok, "a", JobState::Succeeded);
+        assert!(ok.finish_if_done(1));
+        assert!(ok
+            .rerun_slots(true)
+            .unwrap_err()
+            .contains("no failed or cancelled job"));
     }
 }

@@ -15,7 +15,7 @@ use valkyrie::{Endpoint, ErrorCode, Session, SessionSender};
 use crate::artifacts::session::AgentUploads;
 use crate::audit::Actor;
 use crate::auth::Tokens;
-use crate::core::{Command, CoreHandle, Heard, ValidatePipelineError};
+use crate::core::{Command, CoreHandle, Heard, RunCommand, ValidatePipelineError};
 use crate::group::Group;
 use crate::metrics::TransportLabel;
 use crate::responder::{EventSink, Responder};
@@ -154,25 +154,42 @@ async fn serve_client(mut session: Session, core: CoreHandle, group: Arc<Group>)
             },
             // Validated here, off the core; this session's next request
             // waits for it (requests keep their order).
-            Message::SubmitPipeline(m) => match core.validate_pipeline(m.file_name, m.yaml).await {
-                Ok(pipeline) => Command::SubmitPipeline {
-                    pipeline: Box::new(pipeline),
-                    reply,
-                },
-                Err(err) => {
-                    let code = match err {
-                        ValidatePipelineError::Busy | ValidatePipelineError::Internal(_) => {
-                            ErrorCode::INTERNAL
-                        }
-                        _ => ErrorCode::INVALID_REQUEST,
-                    };
-                    reply.fail(code, err.to_string());
+            Message::SubmitPipeline(m) => {
+                if let Err(why) = crate::source::check_variables(&m.variables) {
+                    reply.fail(ErrorCode::INVALID_REQUEST, why);
                     continue;
                 }
-            },
+                match core.validate_pipeline(m.file_name, m.yaml).await {
+                    Ok(pipeline) => Command::SubmitPipeline {
+                        pipeline: Box::new(pipeline),
+                        variables: m.variables,
+                        reply,
+                    },
+                    Err(err) => {
+                        let code = match err {
+                            ValidatePipelineError::Busy | ValidatePipelineError::Internal(_) => {
+                                ErrorCode::INTERNAL
+                            }
+                            _ => ErrorCode::INVALID_REQUEST,
+                        };
+                        reply.fail(code, err.to_string());
+                        continue;
+                    }
+                }
+            }
             Message::GetRun(m) => Command::GetRun(m.run_id, reply),
             Message::ListRuns(m) => Command::ListRuns(m.limit, reply),
             Message::CancelRun(m) => Command::CancelRun(m.run_id, reply),
+            Message::PlayJob(m) => Command::Run(RunCommand::Play {
+                run_id: m.run_id,
+                job: m.job,
+                reply,
+            }),
+            Message::RerunRun(m) => Command::Run(RunCommand::Rerun {
+                run_id: m.run_id,
+                failed_only: m.failed_only,
+                reply,
+            }),
             // Answered here: the group is not the core's state.
             Message::ListServers(_) => {
                 let servers = group.servers();

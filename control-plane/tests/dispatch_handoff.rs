@@ -146,6 +146,7 @@ async fn draining_a_runner_during_a_handoff_requeues_the_job_and_its_run_succeed
         client.sender().request(SubmitPipeline {
             file_name: "ci.yaml".into(),
             yaml: yaml.into(),
+            variables: Vec::new(),
         }),
     )
     .await

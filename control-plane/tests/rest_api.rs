@@ -33,6 +33,12 @@ const ROUTES: &[(&str, &str, &str)] = &[
         "/api/ci/executions/1/cancel",
     ),
     ("get", "/api/ci/executions/{id}/logs", "/api/ci/executions/1/logs"),
+    (
+        "post",
+        "/api/ci/runs/{id}/jobs/{name}/play",
+        "/api/ci/runs/1/jobs/deploy/play",
+    ),
+    ("post", "/api/ci/runs/{id}/rerun", "/api/ci/runs/1/rerun"),
     ("get", "/api/runners", "/api/runners"),
     ("post", "/api/runners/{id}/drain", "/api/runners/1/drain"),
     ("delete", "/api/runners/{name}", "/api/runners/nobody"),

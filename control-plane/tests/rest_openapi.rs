@@ -21,15 +21,18 @@ const RUN_DEADLINE: Duration = Duration::from_secs(600);
 /// checked by the validator and answered 422, as the document says);
 /// likewise a project whose name, URL or file is not acceptable gets 400,
 /// a trigger whose ref cannot be fetched 422, and a webhook for a project
-/// that does not exist 404 (or, unsigned, 401).
+/// that does not exist 404 (or, unsigned, 401); a trigger's variables may
+/// be refused (400) or start no run (409), and a run's manual job may not
+/// exist (404) or the run not be finished for a rerun (409).
 const CONFIG: &str = r#"
 [[operations]]
 include-operation-id = ["create_pipeline", "upload_pipeline"]
 checks.positive_data_acceptance.expected-statuses = ["2xx", "3xx", "401", "403", "404", "409", "422", "429", "5xx"]
 
 [[operations]]
-include-path-regex = "^/api/ci/(pipelines|executions|jobs)/\\{id\\}"
+include-path-regex = "^/api/ci/(pipelines|executions|jobs|runs)/\\{id\\}"
 parameters = { id = 1 }
+checks.positive_data_acceptance.expected-statuses = ["2xx", "400", "401", "403", "404", "409", "422", "429", "5xx"]
 
 [[operations]]
 include-operation-id = ["create_project", "trigger_project"]

@@ -21,9 +21,6 @@ pub(crate) fn well_known(level: Level, key: &str) -> Option<String> {
         (Level::Pipeline, "variables") => "use `env:` (GitLab `variables`)",
         (Level::Pipeline, "default") => "use `defaults:` (shell, env, timeout, tags, retry for every job)",
         (Level::Pipeline, "run-name") => "use `name:`",
-        (Level::Pipeline, "workflow") => {
-            "Valkyrie has no `workflow:` rules yet; a run starts when the pipeline is submitted or triggered"
-        }
         (Level::Pipeline, "include") => "Valkyrie does not include other files yet; put the jobs in this file",
         (Level::Pipeline, "concurrency" | "permissions") => "Valkyrie has no `concurrency` or `permissions` yet",
         (Level::Pipeline, "cache") => "put `cache:` in `defaults:` (for every job) or in a job",
@@ -44,11 +41,8 @@ pub(crate) fn well_known(level: Level, key: &str) -> Option<String> {
             "put the commands in `steps:` (first or last); for cleanup that must run after a failure, use a job with `if: always`"
         }
         (Level::Job, "variables") => "use `env:` (GitLab `variables`)",
-        (Level::Job, "when") => {
-            "use `if:` (on_success, on_failure or always); manual and delayed jobs are not supported yet"
-        }
         (Level::Job, "only" | "except" | "rules") => {
-            "Valkyrie has no rules to include or exclude jobs by branch or change yet; use `if:` for on_success, on_failure, always"
+            "use `if:` with an expression, e.g. `if: $VALKYRIE_BRANCH == \"main\"` (GitLab `rules: - if:`), and `when: manual`; rules by changed files are not supported yet"
         }
         (Level::Job, "container") => {
             "use `image:` (`image: {name, entrypoint}` for the long form) and `services:`"

@@ -11,6 +11,7 @@
 #![warn(missing_docs)]
 
 mod error;
+mod expr;
 mod graph;
 mod hints;
 pub mod limits;
@@ -18,6 +19,7 @@ mod model;
 mod parse;
 
 pub use error::{PipelineError, PipelineErrors};
+pub use expr::{Expr, ExprError, Status};
 pub use model::{Condition, Pipeline, PipelineJob};
 pub use parse::parse;
 

@@ -48,6 +48,10 @@ pub const MAX_EXPANDED_BYTES: usize = 16 * 1024 * 1024;
 /// a matrix job depends on each of its expansions, once per expansion of
 /// its own.
 pub const MAX_DEPENDENCIES: usize = 200_000;
+/// Longest `if:` expression, in bytes.
+pub const MAX_EXPR_BYTES: usize = 4 * 1024;
+/// Deepest nesting of an `if:` expression (parentheses and `!`).
+pub const MAX_EXPR_DEPTH: usize = 32;
 /// Most errors reported for one file; the rest are counted.
 pub const MAX_ERRORS: usize = 100;
 

@@ -31,8 +31,17 @@ pub struct PipelineJob {
     /// Those jobs are not listed in `depends_on`: listing them would make a
     /// pipeline's size quadratic in its job count.
     pub waits_for_earlier_stages: bool,
-    /// When it runs.
+    /// When it runs: `on_success`, `on_failure` or `always`. A job with
+    /// an expression in `if:` has `Always` when the expression names
+    /// `always()` or `failure()` (fail-fast then leaves it to its
+    /// expression), `OnSuccess` otherwise.
     pub condition: Condition,
+    /// `if:` as an expression (`$VALKYRIE_BRANCH == "main"`), decided
+    /// instead of `condition`; `None` for the plain conditions.
+    pub rule: Option<crate::Expr>,
+    /// `when: manual`: once it could start, it waits for someone to play
+    /// it (`vk play`).
+    pub manual: bool,
     /// Its failure does not fail the run nor skip its dependents.
     pub allow_failure: bool,
     /// The legs of one matrix job with `fail_fast` (the default) share a
@@ -68,6 +77,11 @@ pub struct Pipeline {
     pub fail_fast: bool,
     /// Jobs in file order (matrix expansions in place).
     pub jobs: Vec<PipelineJob>,
+    /// `workflow: if`: a run is created only when it is true.
+    pub workflow_rule: Option<crate::Expr>,
+    /// The pipeline-level `env`, which `if:` expressions can read (under
+    /// the run's variables).
+    pub env: Vec<(String, String)>,
 }
 
 impl Pipeline {

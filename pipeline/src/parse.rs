@@ -23,6 +23,8 @@ use container::ContainerKeys;
 mod artifacts;
 mod cache;
 
+mod rules;
+
 const TOP_KEYS: &[&str] = &[
     "name",
     "description",
@@ -37,7 +39,9 @@ const TOP_KEYS: &[&str] = &[
     "image",
     "services",
     "pull_policy",
+    "workflow",
 ];
+const WORKFLOW_KEYS: &[&str] = &["if"];
 const DEFAULTS_KEYS: &[&str] = &["shell", "env", "timeout", "tags", "retry", "cache"];
 const STAGE_KEYS: &[&str] = &["name", "env"];
 const JOB_KEYS: &[&str] = &[
@@ -65,6 +69,7 @@ const JOB_KEYS: &[&str] = &[
     "artifacts",
     "dependencies",
     "cache",
+    "when",
 ];
 const STEP_KEYS: &[&str] = &[
     "name",
@@ -78,6 +83,8 @@ const RETRY_KEYS: &[&str] = &["max", "when"];
 
 struct Ctx<'a> {
     file: &'a str,
+    /// The file's text, to place errors inside a scalar.
+    text: &'a str,
     errors: Vec<PipelineError>,
     /// Errors found beyond [`MAX_ERRORS`], counted, not kept.
     suppressed: usize,
@@ -89,11 +96,15 @@ fn position(span: &Span) -> (usize, usize) {
 
 impl Ctx<'_> {
     fn error(&mut self, span: &Span, message: impl Into<String>, hint: Option<String>) {
+        let (line, column) = position(span);
+        self.error_at(line, column, message, hint);
+    }
+
+    fn error_at(&mut self, line: usize, column: usize, message: impl Into<String>, hint: Option<String>) {
         if self.errors.len() >= MAX_ERRORS {
             self.suppressed += 1;
             return;
         }
-        let (line, column) = position(span);
         self.errors.push(PipelineError {
             file: self.file.to_owned(),
             line,
@@ -303,6 +314,10 @@ struct RawJob {
     /// waits for when absent).
     dependencies: Option<Vec<(String, Span)>>,
     condition: Condition,
+    /// `if:` as an expression.
+    rule: Option<crate::Expr>,
+    /// `when: manual`.
+    manual: bool,
     allow_failure: bool,
     matrix: Matrix,
     /// How many jobs it expands into.
@@ -324,6 +339,7 @@ pub fn parse(file: &str, text: &str) -> Result<Pipeline, PipelineErrors> {
     limits::check_document(file, text).map_err(|e| PipelineErrors(vec![e]))?;
     let mut cx = Ctx {
         file,
+        text,
         errors: Vec::new(),
         suppressed: 0,
     };
@@ -363,6 +379,7 @@ pub fn parse(file: &str, text: &str) -> Result<Pipeline, PipelineErrors> {
         .get_node("fail_fast")
         .and_then(|n| cx.boolean(n, "fail_fast"))
         .unwrap_or(false);
+    let workflow_rule = top.get_node("workflow").and_then(|n| rules::workflow(&mut cx, n));
 
     let mut defaults = match top.get_node("defaults") {
         Some(node) => parse_defaults(&mut cx, node),
@@ -683,6 +700,8 @@ pub fn parse(file: &str, text: &str) -> Result<Pipeline, PipelineErrors> {
         timeout_ms,
         fail_fast,
         jobs,
+        workflow_rule,
+        env,
     })
 }
 
@@ -877,27 +896,11 @@ fn parse_job(
         Some(n) => cache::parse(cx, n, &what),
         None => defaults.cache.clone().unwrap_or_default(),
     };
-    let condition = match map.get_scalar("if") {
-        None => {
-            if let Some(n) = map.get_node("if") {
-                cx.scalar(n, "if");
-            }
-            Condition::OnSuccess
-        }
-        Some(s) => match s.as_str().trim() {
-            "on_success" | "success()" => Condition::OnSuccess,
-            "on_failure" | "failure()" => Condition::OnFailure,
-            "always" | "always()" => Condition::Always,
-            other => {
-                cx.error(
-                    s.span(),
-                    format!("{what} has an unknown `if` condition `{other}`"),
-                    Some("use on_success, on_failure or always".into()),
-                );
-                Condition::OnSuccess
-            }
-        },
-    };
+    let (condition, rule) = map
+        .get_node("if")
+        .map(|n| rules::job_if(cx, n, &what))
+        .unwrap_or((Condition::OnSuccess, None));
+    let manual = map.get_node("when").is_some_and(|n| rules::when(cx, n, &what));
     let allow_failure = map
         .get_node("allow_failure")
         .and_then(|n| cx.boolean(n, "allow_failure"))
@@ -1017,6 +1020,8 @@ fn parse_job(
         needs,
         dependencies,
         condition,
+        rule,
+        manual,
         allow_failure,
         matrix,
         legs,
@@ -1230,6 +1235,8 @@ fn expand(job: &RawJob, combination: &[(String, String)]) -> PipelineJob {
         depends_on: Vec::new(),
         waits_for_earlier_stages: false,
         condition: job.condition,
+        rule: job.rule.clone(),
+        manual: job.manual,
         allow_failure: job.allow_failure,
         fail_fast_group: None,
         checkout: job.checkout,

@@ -178,7 +178,7 @@ fn bad_values_are_named() {
     for (yaml, needle) in [
         (
             "jobs:\n  a:\n    if: sometimes\n    steps: [x]\n",
-            "unknown `if` condition `sometimes`",
+            "the `if` of job `a`: unknown word `sometimes`",
         ),
         (
             "jobs:\n  a:\n    priority: 999\n    steps: [x]\n",
@@ -517,10 +517,18 @@ fn github_and_gitlab_keys_get_the_valkyrie_equivalent() {
             "jobs:\n  a:\n    container: rust\n    steps: [x]\n",
             "use `image:`",
         ),
-        ("jobs:\n  a:\n    when: manual\n    steps: [x]\n", "use `if:`"),
-        ("jobs:\n  a:\n    only: [main]\n    steps: [x]\n", "no rules"),
-        ("jobs:\n  a:\n    except: [main]\n    steps: [x]\n", "no rules"),
-        ("jobs:\n  a:\n    rules: []\n    steps: [x]\n", "no rules"),
+        (
+            "jobs:\n  a:\n    only: [main]\n    steps: [x]\n",
+            "use `if:` with an expression",
+        ),
+        (
+            "jobs:\n  a:\n    except: [main]\n    steps: [x]\n",
+            "use `if:` with an expression",
+        ),
+        (
+            "jobs:\n  a:\n    rules: []\n    steps: [x]\n",
+            "use `if:` with an expression",
+        ),
         (
             "jobs:\n  a:\n    timeout-minutes: 5\n    steps: [x]\n",
             "`timeout: 30m`",
@@ -841,5 +849,79 @@ fn cache_mistakes_have_positions_and_hints() {
     assert_eq!(
         e.hint.as_deref(),
         Some("put `cache:` in `defaults:` (for every job) or in a job")
+    );
+}
+
+#[test]
+fn if_expressions_when_manual_and_workflow_are_parsed() {
+    let p = parse(
+        "ci.yaml",
+        "workflow:\n  if: $VALKYRIE_EVENT != \"schedule\"\nenv:\n  TARGET: staging\njobs:\n  build:\n    steps: [make]\n  deploy:\n    needs: [build]\n    if: $VALKYRIE_BRANCH == \"main\" && $DEPLOY\n    when: manual\n    steps: [deploy]\n  report:\n    if: always() && $VALKYRIE_BRANCH =~ /^rel/\n    steps: [report]\n  plain:\n    if: on_failure\n    steps: [x]\n",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let job = |n: &str| p.jobs.iter().find(|j| j.name == n).unwrap();
+    assert!(p.workflow_rule.is_some());
+    assert_eq!(p.env, [("TARGET".to_owned(), "staging".to_owned())]);
+    let deploy = job("deploy");
+    assert!(deploy.manual);
+    assert_eq!(deploy.condition, Condition::OnSuccess);
+    assert_eq!(
+        deploy.rule.as_ref().map(ToString::to_string).as_deref(),
+        Some("$VALKYRIE_BRANCH == \"main\" && $DEPLOY")
+    );
+    assert_eq!(
+        job("report").condition,
+        Condition::Always,
+        "it reads the needs' status itself"
+    );
+    assert!(job("plain").rule.is_none() && job("plain").condition == Condition::OnFailure);
+    assert!(!job("build").manual && job("build").rule.is_none());
+}
+
+#[test]
+fn expression_errors_point_inside_the_scalar() {
+    // Plain scalar: `if:` value starts at column 9; `and` is 10 bytes in.
+    let e = one_error("jobs:\n  a:\n    if: $A == \"x\" and $B\n    steps: [x]\n");
+    assert_eq!((e.line, e.column), (3, 19), "{e}");
+    assert!(
+        e.message.starts_with("the `if` of job `a`: unexpected text"),
+        "{e}"
+    );
+    assert_eq!(e.hint.as_deref(), Some("use `&&`"));
+    // Quoted scalar: one more for the quote.
+    let e = one_error("jobs:\n  a:\n    if: '$A = \"x\"'\n    steps: [x]\n");
+    assert_eq!((e.line, e.column), (3, 13), "{e}");
+    assert_eq!(e.hint.as_deref(), Some("compare with `==`"));
+    // Block scalar: the line and column inside the block.
+    let e = one_error(
+        "jobs:\n  a:\n    if: |\n      $A == \"x\" &&\n        startWith($B, \"y\")\n    steps: [x]\n",
+    );
+    assert_eq!((e.line, e.column), (5, 9), "{e}");
+    assert_eq!(e.hint.as_deref(), Some("did you mean `startsWith`?"));
+    let e = one_error("jobs:\n  a:\n    if: $A =~ /(/\n    steps: [x]\n");
+    assert_eq!((e.line, e.column), (3, 15), "{e}");
+    assert!(e.message.contains("bad regular expression"), "{e}");
+}
+
+#[test]
+fn when_and_workflow_are_checked() {
+    let e = one_error("jobs:\n  a:\n    when: never\n    steps: [x]\n");
+    assert_eq!((e.line, e.column), (3, 11));
+    assert!(e.message.contains("unknown `when` `never`"), "{e}");
+    assert!(e.hint.unwrap().contains("if: false"));
+    let e = one_error("jobs:\n  a:\n    when: delayed\n    steps: [x]\n");
+    assert_eq!(e.hint.as_deref(), Some("delayed jobs are not supported yet"));
+    let e = one_error("workflow:\n  if: always()\njobs:\n  a:\n    steps: [x]\n");
+    assert!(
+        e.message
+            .contains("`workflow: if` is decided before any job runs"),
+        "{e}"
+    );
+    let e = one_error("workflow:\n  iff: $A\njobs:\n  a:\n    steps: [x]\n");
+    assert!(e.message.contains("unknown key `iff` in workflow"), "{e}");
+    let e = one_error("jobs:\n  a:\n    rules: [x]\n    steps: [x]\n");
+    assert!(
+        e.hint.unwrap().contains("if: $VALKYRIE_BRANCH"),
+        "GitLab users are pointed to `if:`"
     );
 }

@@ -25,7 +25,8 @@ pub mod local;
 use tokio::sync::mpsc;
 use valkyrie::message::{
     ArtifactFetch, CancelJob, CancelRun, GetJob, GetRun, ListArtifacts, ListAudit, ListJobs, ListRunners,
-    ListRuns, ListServers, Message, RemoveRunner, Role, SubmitJob, SubmitPipeline, Subscribe,
+    ListRuns, ListServers, Message, PlayJob, RemoveRunner, RerunRun, Role, SubmitJob, SubmitPipeline,
+    Subscribe,
 };
 use valkyrie::transport::{connect_following, hello, ConnectError, RequestError};
 use valkyrie::{Endpoint, SessionSender};
@@ -172,11 +173,46 @@ impl Client {
 
     /// Submits a pipeline file (validated again by the server); returns the run id.
     pub async fn submit_pipeline(&self, file_name: &str, yaml: &str) -> Result<u64, ClientError> {
+        self.submit_pipeline_with(file_name, yaml, Vec::new()).await
+    }
+
+    /// Submits a pipeline file with variables for every job (`vk run
+    /// --var K=V`); returns the run id. A run whose rules (`workflow: if`,
+    /// every job's `if:`) start nothing is refused with the reason.
+    pub async fn submit_pipeline_with(
+        &self,
+        file_name: &str,
+        yaml: &str,
+        variables: Vec<(String, String)>,
+    ) -> Result<u64, ClientError> {
         let message = SubmitPipeline {
             file_name: file_name.to_owned(),
             yaml: yaml.to_owned(),
+            variables,
         };
         match self.call(message).await? {
+            Message::RunAccepted(a) => Ok(a.run_id),
+            other => Err(ClientError::Unexpected(other.kind())),
+        }
+    }
+
+    /// Starts manual job `job` (`when: manual`) of run `run_id`.
+    pub async fn play(&self, run_id: u64, job: &str) -> Result<(), ClientError> {
+        let message = PlayJob {
+            run_id,
+            job: job.to_owned(),
+        };
+        match self.call(message).await? {
+            Message::Ack(_) => Ok(()),
+            other => Err(ClientError::Unexpected(other.kind())),
+        }
+    }
+
+    /// Reruns finished run `run_id` (every job, or with `failed_only` its
+    /// failed and cancelled jobs and what waits for them); returns the new
+    /// run's id.
+    pub async fn rerun(&self, run_id: u64, failed_only: bool) -> Result<u64, ClientError> {
+        match self.call(RerunRun { run_id, failed_only }).await? {
             Message::RunAccepted(a) => Ok(a.run_id),
             other => Err(ClientError::Unexpected(other.kind())),
         }

@@ -429,6 +429,95 @@ async fn signed_pushes_start_runs_at_their_commit_and_nothing_else_does() {
     );
 }
 
+/// Rules by branch: one pipeline file, pushed to three branches.
+const RULES_PIPELINE: &str = "name: rules-ci
+workflow:
+  if: $VALKYRIE_BRANCH != \"wip\"
+jobs:
+  build:
+    checkout: false
+    steps: [echo build]
+  deploy:
+    checkout: false
+    needs: [build]
+    if: $VALKYRIE_BRANCH == \"main\" && $VALKYRIE_EVENT == \"push\"
+    steps: [echo deploy]
+  smoke:
+    checkout: false
+    needs: [deploy]
+    steps: [echo smoke]
+";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rules_skip_jobs_by_branch_and_a_workflow_rule_starts_no_run() {
+    let h = Harness::new();
+    let repo = Repo::serve(&h, RULES_PIPELINE).await;
+    let ci = Ci::start(&h, &repo).await;
+    let push = |branch: &str, delivery: &'static str| {
+        let sha = repo.push(branch, &format!("{branch}.txt"));
+        let body = github_push(branch, &sha);
+        let signature = valkyrie_control_plane_signature(SECRET, &body);
+        let ci = &ci;
+        async move { ci.github("push", delivery, &body, Some(&signature)).await }
+    };
+    let ended = |id: u64| {
+        let client = &ci.client;
+        async move {
+            wait_until(&format!("run {id} to end"), || async {
+                let run = client.run(id).await.unwrap();
+                (run.state != RunState::Running).then_some(run)
+            })
+            .await
+        }
+    };
+    let state = |run: &valkyrie::message::RunInfo, name: &str| {
+        let job = run.jobs.iter().find(|j| j.name == name).unwrap();
+        (job.state.as_str().to_owned(), job.reason.clone())
+    };
+
+    let (status, answer) = push("main", "r-1").await;
+    assert_eq!(status, 201, "{answer}");
+    let run = ended(answer["run_id"].as_u64().unwrap()).await;
+    assert_eq!(run.state, RunState::Succeeded, "{run:?}");
+    assert_eq!(state(&run, "deploy").0, "succeeded");
+    assert_eq!(state(&run, "smoke").0, "succeeded");
+
+    // Another branch: deploy is skipped by its rule, smoke (which needs
+    // it) in turn; the run still succeeds.
+    let (status, answer) = push("feature", "r-2").await;
+    assert_eq!(status, 201, "{answer}");
+    let run = ended(answer["run_id"].as_u64().unwrap()).await;
+    assert_eq!(run.state, RunState::Succeeded, "{run:?}");
+    assert_eq!(state(&run, "build").0, "succeeded");
+    let (deploy, why) = state(&run, "deploy");
+    assert_eq!(deploy, "skipped");
+    assert!(
+        why.starts_with("skipped by rules: `if: $VALKYRIE_BRANCH == \"main\""),
+        "{why}"
+    );
+    assert_eq!(
+        state(&run, "smoke"),
+        (
+            "skipped".to_owned(),
+            "skipped: needs `deploy` was skipped".to_owned()
+        )
+    );
+
+    // `workflow: if` is false: 202 with the reason, and no run.
+    let before = ci.runs().await;
+    let (status, answer) = push("wip", "r-3").await;
+    assert_eq!(status, 202, "{answer}");
+    assert_eq!(answer["status"], "ignored");
+    assert!(
+        answer["reason"]
+            .as_str()
+            .unwrap()
+            .contains("`workflow: if` is false"),
+        "{answer}"
+    );
+    assert_eq!(ci.runs().await, before, "no run was created");
+}
+
 /// The GitHub signature of `body` under `secret`, as GitHub computes it.
 fn valkyrie_control_plane_signature(secret: &str, body: &str) -> String {
     let out = Command::new("openssl")

@@ -654,8 +654,15 @@ fn message() -> impl Strategy<Value = Message> {
                 .into()
             })
             .boxed(),
-        (text(), prop_oneof![text(), "[a-z: \\[\\]\n-]{0,200}"])
-            .prop_map(|(file_name, yaml)| SubmitPipeline { file_name, yaml }.into())
+        (text(), prop_oneof![text(), "[a-z: \\[\\]\n-]{0,200}"], pairs())
+            .prop_map(|(file_name, yaml, variables)| {
+                SubmitPipeline {
+                    file_name,
+                    yaml,
+                    variables,
+                }
+                .into()
+            })
             .boxed(),
         any::<u64>()
             .prop_map(|run_id| RunAccepted { run_id }.into())
@@ -668,6 +675,12 @@ fn message() -> impl Strategy<Value = Message> {
             .boxed(),
         any::<u64>()
             .prop_map(|run_id| CancelRun { run_id }.into())
+            .boxed(),
+        (any::<u64>(), text())
+            .prop_map(|(run_id, job)| PlayJob { run_id, job }.into())
+            .boxed(),
+        (any::<u64>(), any::<bool>())
+            .prop_map(|(run_id, failed_only)| RerunRun { run_id, failed_only }.into())
             .boxed(),
         (any::<u32>(), any::<u64>())
             .prop_map(|(limit, before)| ListAudit { limit, before }.into())

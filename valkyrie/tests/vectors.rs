@@ -436,6 +436,12 @@ jobs:
     needs: [build]
     steps:
       - tar czf valkyrie.tar.gz target/release/vk
+  deploy:
+    stage: package
+    needs: []
+    when: manual
+    steps:
+      - ./deploy.sh
   notify:
     stage: notify
     if: always
@@ -454,7 +460,8 @@ ci.yaml:11:13: job `package` needs `biuld`, which is not defined
   hint: did you mean `build`?";
 
 /// A run of `CI_YAML` in progress: `build` failed, so `package` was skipped;
-/// `docs` still runs and `notify` (if: always) waits for it.
+/// `deploy` (when: manual) waits to be played; `docs` still runs and
+/// `notify` (if: always) waits for it.
 fn run_info_in_progress() -> RunInfo {
     RunInfo {
         run_id: 17,
@@ -499,6 +506,18 @@ fn run_info_in_progress() -> RunInfo {
                 finished_at_ms: None,
                 allow_failure: false,
                 reason: "skipped: needs `build` failed".into(),
+            },
+            RunJobInfo {
+                name: "deploy".into(),
+                stage: "package".into(),
+                state: RunJobState::Manual,
+                job_id: None,
+                runner: None,
+                exit_code: None,
+                started_at_ms: None,
+                finished_at_ms: None,
+                allow_failure: false,
+                reason: "manual: run `vk play r17 deploy`".into(),
             },
             RunJobInfo {
                 name: "notify".into(),
@@ -1077,6 +1096,7 @@ fn message_cases() -> Vec<MessageCase> {
             SubmitPipeline {
                 file_name: "ci.yaml".into(),
                 yaml: CI_YAML.into(),
+                variables: vec![("DEPLOY".into(), "1".into())],
             }
             .into(),
         ),
@@ -1112,6 +1132,33 @@ fn message_cases() -> Vec<MessageCase> {
             .into(),
         ),
         ("cancel_run", 113, none, CancelRun { run_id: 17 }.into()),
+        (
+            "play_job",
+            114,
+            none,
+            PlayJob {
+                run_id: 17,
+                job: "deploy".into(),
+            }
+            .into(),
+        ),
+        ("play_job_ack", 114, reply(), Ack {}.into()),
+        (
+            "rerun_run",
+            115,
+            none,
+            RerunRun {
+                run_id: 17,
+                failed_only: true,
+            }
+            .into(),
+        ),
+        (
+            "rerun_run_accepted",
+            115,
+            reply(),
+            RunAccepted { run_id: 18 }.into(),
+        ),
         // ---- audit ----
         ("list_audit", 114, none, ListAudit { limit: 2, before: 0 }.into()),
         (
@@ -1585,7 +1632,7 @@ fn malformed_cases() -> Vec<MalformedCase> {
         ),
         case(
             "invalid_enum_run_job_state",
-            "A RunDetails whose one job has `state` 10 (0 waiting … 9 skipped).",
+            "A RunDetails whose one job has `state` 11 (0 waiting … 9 skipped, 10 manual).",
             frame(
                 FrameKind::RUN_DETAILS,
                 &[
@@ -1598,7 +1645,7 @@ fn malformed_cases() -> Vec<MalformedCase> {
                     &1u32.to_le_bytes(),
                     &lp(b"build"),
                     &lp(b"build"),
-                    &[10, 0, 0, 0, 0, 0, 0],
+                    &[11, 0, 0, 0, 0, 0, 0],
                     &lp(b""),
                 ]
                 .concat(),

@@ -15,6 +15,7 @@ mod pipelines;
 mod projects;
 mod removal;
 mod runners;
+mod runs;
 mod snapshot;
 #[cfg(test)]
 mod tests;
@@ -45,8 +46,9 @@ pub use events::Subscribers;
 pub use pipelines::{
     PipelineDef, ValidatePipelineError, ValidatedPipeline, CONCURRENT_VALIDATIONS, VALIDATE_TIMEOUT,
 };
-pub use projects::{ProjectCommand, Started, MAX_DELIVERIES};
+pub use projects::{NotStarted, ProjectCommand, Started, MAX_DELIVERIES};
 pub use runners::{Heard, Link, RunnerRecord};
+pub use runs::RunCommand;
 pub use snapshot::CoreSnapshot;
 
 /// Tunables of the core.
@@ -104,6 +106,8 @@ pub enum Command {
     SubmitPipeline {
         /// The validated file.
         pipeline: Box<ValidatedPipeline>,
+        /// Variables for every job (checked by the session).
+        variables: Vec<(String, String)>,
         /// Where the answer goes.
         reply: Responder,
     },
@@ -192,6 +196,8 @@ pub enum Command {
         id: u64,
         /// Its validated plan.
         pipeline: Box<ValidatedPipeline>,
+        /// Variables for every job (checked by the caller).
+        variables: Vec<(String, String)>,
         /// The run id, or why not.
         reply: oneshot::Sender<Result<u64, String>>,
     },
@@ -247,6 +253,8 @@ pub enum Command {
     },
     /// Projects and the runs their repositories start.
     Project(ProjectCommand),
+    /// Play a manual job, rerun a run.
+    Run(RunCommand),
     /// A runner's session ended.
     RunnerDisconnected {
         /// Runner.
@@ -635,8 +643,13 @@ impl Core {
             Command::GetPipeline(id, reply) => {
                 let _ = reply.send(self.pipelines.get(&id).cloned());
             }
-            Command::TriggerPipeline { id, pipeline, reply } => {
-                let _ = reply.send(self.trigger_pipeline(id, *pipeline));
+            Command::TriggerPipeline {
+                id,
+                pipeline,
+                variables,
+                reply,
+            } => {
+                let _ = reply.send(self.trigger_pipeline(id, *pipeline, variables));
             }
             Command::DrainRunner(id, reply) => {
                 let name = self
@@ -664,7 +677,11 @@ impl Core {
                 let _ = reply.send(project);
             }
             Command::RemoveRunner { name, force, reply } => self.remove_runner_by_name(&name, force, reply),
-            Command::SubmitPipeline { pipeline, reply } => self.submit_pipeline(*pipeline, reply),
+            Command::SubmitPipeline {
+                pipeline,
+                variables,
+                reply,
+            } => self.submit_pipeline(*pipeline, variables, reply),
             Command::GetRun(id, reply) => match self.runs.get(&id) {
                 Some(run) => reply.reply(RunDetails {
                     run: self.run_info(run),
@@ -718,6 +735,7 @@ impl Core {
             }
             Command::ListAudit { limit, before, reply } => self.list_audit(limit, before, reply),
             Command::Project(command) => self.handle_project(command),
+            Command::Run(command) => self.handle_run(command),
             Command::ImportAudit { records, reply } => {
                 for (actor, action, target, detail, at_ms) in records {
                     self.audit_as(actor, action, target, detail, at_ms);
@@ -770,7 +788,12 @@ impl Core {
 
     // ---- runs ----
 
-    fn submit_pipeline(&mut self, pipeline: ValidatedPipeline, reply: Responder) {
+    fn submit_pipeline(
+        &mut self,
+        pipeline: ValidatedPipeline,
+        variables: Vec<(String, String)>,
+        reply: Responder,
+    ) {
         let detail = crate::masking::mask(
             &format!(
                 "pipeline `{}` ({})",
@@ -779,7 +802,10 @@ impl Core {
             ),
             &crate::masking::secret_values(pipeline.pipeline()),
         );
-        let id = self.start_run(pipeline);
+        let id = match self.start_run(pipeline, crate::source::Trigger::plain("run", variables)) {
+            Ok(id) => id,
+            Err(why) => return reply.fail(ErrorCode::CONFLICT, why),
+        };
         self.audit(AuditAction::SubmitPipeline, format!("run {id}"), detail);
         self.after_commit(AfterCommit::Reply(reply, RunAccepted { run_id: id }.into()));
         self.advance_run(id);

@@ -203,12 +203,18 @@ impl Core {
     }
 
     /// Starts a run of stored pipeline `id` from its plan (validated off
-    /// the core from the stored text); returns the run id.
-    pub(super) fn trigger_pipeline(&mut self, id: u64, valid: ValidatedPipeline) -> Result<u64, String> {
+    /// the core from the stored text) with `variables` for every job;
+    /// returns the run id.
+    pub(super) fn trigger_pipeline(
+        &mut self,
+        id: u64,
+        valid: ValidatedPipeline,
+        variables: Vec<(String, String)>,
+    ) -> Result<u64, String> {
         if !self.pipelines.contains_key(&id) {
             return Err(format!("no pipeline {id}"));
         }
-        let run_id = self.start_run(valid);
+        let run_id = self.start_run(valid, crate::source::Trigger::plain("api", variables))?;
         self.audit(
             crate::audit::AuditAction::TriggerPipeline,
             format!("pipeline {id}"),
@@ -218,23 +224,35 @@ impl Core {
         Ok(run_id)
     }
 
-    /// Starts a run of a validated pipeline (its jobs are released by
-    /// [`Core::advance_run`], which the caller calls); returns its id.
-    pub(super) fn start_run(&mut self, valid: ValidatedPipeline) -> u64 {
+    /// Starts a run of a validated pipeline, started by `trigger` (its
+    /// jobs are released by [`Core::advance_run`], which the caller calls);
+    /// returns its id, or why its rules (`workflow: if`, or every job's
+    /// `if:`) create no run.
+    pub(super) fn start_run(
+        &mut self,
+        valid: ValidatedPipeline,
+        trigger: crate::source::Trigger,
+    ) -> Result<u64, String> {
         let ValidatedPipeline {
             file_name,
             yaml,
             pipeline,
         } = valid;
         let run_id = self.next_run;
-        self.next_run += 1;
-        tracing::info!(run_id, pipeline = %pipeline.name, jobs = pipeline.jobs.len(), "run created");
+        let name = pipeline.name.clone();
         let mut run = Run::new(run_id, pipeline, self.now.wall_ms, self.now.at);
         run.set_source(&file_name, &yaml);
+        run.set_trigger(trigger);
+        if let Err(why) = run.apply_rules() {
+            tracing::info!(pipeline = %name, %why, "no run created");
+            return Err(format!("no run created: {why}"));
+        }
+        self.next_run += 1;
+        tracing::info!(run_id, pipeline = %name, jobs = run.pipeline().jobs.len(), "run created");
         self.runs.insert(run_id, run);
         self.dirty_runs.insert(run_id);
         self.counters_dirty = true;
-        run_id
+        Ok(run_id)
     }
 
     /// Asks a runner to drain: it takes no new jobs and finishes its own.

@@ -39,8 +39,18 @@ pub enum ProjectCommand {
         /// The file, read at the commit and validated off the core.
         pipeline: Box<ValidatedPipeline>,
         /// The run.
-        reply: oneshot::Sender<Result<Started, String>>,
+        reply: oneshot::Sender<Result<Started, NotStarted>>,
     },
+}
+
+/// Why a trigger started no run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NotStarted {
+    /// The project is gone.
+    NoProject(String),
+    /// The pipeline's rules (`workflow: if`, or every job's `if:`) create
+    /// no run for this trigger; says why.
+    Rules(String),
 }
 
 /// A run a trigger started, or the one an earlier delivery did.
@@ -138,9 +148,13 @@ impl Core {
 
     /// Starts the run, remembering its delivery in the same turn (so two
     /// deliveries of one id racing each other start one run).
-    fn start_triggered(&mut self, trigger: Trigger, pipeline: ValidatedPipeline) -> Result<Started, String> {
+    fn start_triggered(
+        &mut self,
+        trigger: Trigger,
+        pipeline: ValidatedPipeline,
+    ) -> Result<Started, NotStarted> {
         if !self.projects.projects.contains_key(&trigger.project) {
-            return Err(format!("no project `{}`", trigger.project));
+            return Err(NotStarted::NoProject(format!("no project `{}`", trigger.project)));
         }
         if !trigger.delivery.is_empty() {
             if let Some(&run_id) = self.projects.deliveries.get(&trigger.delivery) {
@@ -155,10 +169,7 @@ impl Core {
             trigger.event, trigger.git_ref, trigger.sha, trigger.project
         );
         let delivery = trigger.delivery.clone();
-        let run_id = self.start_run(pipeline);
-        if let Some(run) = self.runs.get_mut(&run_id) {
-            run.set_trigger(trigger);
-        }
+        let run_id = self.start_run(pipeline, trigger).map_err(NotStarted::Rules)?;
         if !delivery.is_empty() {
             self.remember_delivery(delivery, run_id);
         }

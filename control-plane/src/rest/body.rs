@@ -100,3 +100,24 @@ impl BodyKind {
             .suggest(format!("send the pipeline as {accepted}"))
     }
 }
+
+/// The JSON object of a route's body.
+pub fn json_body<T: serde::de::DeserializeOwned>(body: &axum::body::Bytes) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| {
+        ApiError::bad_request("the body is not the JSON object this route takes")
+            .details(e.to_string())
+            .suggest("see /api/openapi.json for its fields")
+    })
+}
+
+/// The JSON object of a route whose body is optional: an empty (or blank)
+/// body is the default.
+pub fn json_or_default<T: serde::de::DeserializeOwned + Default>(
+    body: &axum::body::Bytes,
+) -> Result<T, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        Ok(T::default())
+    } else {
+        json_body(body)
+    }
+}

@@ -33,6 +33,7 @@ pub mod page;
 pub mod pipelines;
 pub mod projects;
 pub mod runners;
+pub mod runs;
 pub mod webhooks;
 
 use std::ops::Deref;
@@ -293,6 +294,14 @@ pub fn router(core: CoreHandle, tokens: Arc<Tokens>, config: RestConfig) -> Rout
         .route(
             "/api/ci/executions/{id}/logs",
             timed("/api/ci/executions/{id}/logs", get(executions::logs)),
+        )
+        .route(
+            "/api/ci/runs/{id}/jobs/{name}/play",
+            timed("/api/ci/runs/{id}/jobs/{name}/play", post(runs::play)),
+        )
+        .route(
+            "/api/ci/runs/{id}/rerun",
+            timed("/api/ci/runs/{id}/rerun", post(runs::rerun)),
         )
         .route("/api/runners", timed("/api/runners", get(runners::list)))
         .route(

@@ -6,7 +6,9 @@ use axum::Json;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{artifacts, audit, error, executions, health, metrics, pipelines, projects, runners, webhooks};
+use super::{
+    artifacts, audit, error, executions, health, metrics, pipelines, projects, runners, runs, webhooks,
+};
 
 /// The REST API's description.
 #[derive(OpenApi)]
@@ -16,13 +18,15 @@ use super::{artifacts, audit, error, executions, health, metrics, pipelines, pro
         health::healthchecker, health::healthz, health::readyz, metrics::metrics, openapi_json,
         pipelines::create, pipelines::upload, pipelines::list, pipelines::get_one, pipelines::trigger,
         executions::list, executions::get_one, executions::cancel, executions::logs,
+        runs::play, runs::rerun,
         runners::list, runners::drain, runners::remove, audit::list,
         projects::create, projects::list, projects::get_one, projects::remove, projects::trigger,
         webhooks::github, webhooks::gitlab,
         artifacts::list, artifacts::download,
     ),
     components(schemas(
-        error::ErrorBody, health::Health, pipelines::Pipeline, pipelines::PipelineSummary, pipelines::CreatePipeline, pipelines::UploadForm, pipelines::Triggered,
+        error::ErrorBody, health::Health, pipelines::Pipeline, pipelines::PipelineSummary, pipelines::CreatePipeline, pipelines::UploadForm, pipelines::Triggered, pipelines::TriggerPipeline,
+        runs::Played, runs::RerunRequest, runs::Rerun,
         executions::Execution, executions::ExecutionJob, executions::ExecutionStep, executions::Cancelled, runners::Runner, runners::Draining, runners::Removed,
         audit::AuditPage, audit::AuditRecordJson,
         projects::ProjectJson, projects::CreateProject, projects::TriggerProject, projects::ProjectRun, projects::RemovedProject,

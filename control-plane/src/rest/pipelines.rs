@@ -338,9 +338,21 @@ fn no_pipeline(id: u64) -> ApiError {
     ApiError::not_found(format!("no pipeline {id}")).suggest("list pipelines with GET /api/ci/pipelines")
 }
 
-/// Starts a run (an execution) of a stored pipeline.
+/// What a trigger of a stored pipeline gives its run.
+#[derive(Debug, Default, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TriggerPipeline {
+    /// Variables for every job (names of letters, digits and `_`; not
+    /// `VALKYRIE_*`); they override the pipeline file's `env`.
+    #[serde(default)]
+    pub variables: std::collections::BTreeMap<String, String>,
+}
+
+/// Starts a run (an execution) of a stored pipeline, with variables for
+/// every job (the body is optional).
 #[utoipa::path(post, path = "/api/ci/pipelines/{id}/trigger", tag = "pipelines", operation_id = "trigger_pipeline",
     params(("id" = u64, Path, description = "Pipeline id")),
+    request_body(content = TriggerPipeline, content_type = "application/json", description = "Optional"),
     responses((status = 201, body = Triggered),
               (status = 400, description = "The id is not a number", body = ErrorBody),
               (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
@@ -351,8 +363,12 @@ pub async fn trigger(
     State(state): State<AppState>,
     caller: Caller,
     ApiPath(id): ApiPath<u64>,
+    body: Bytes,
 ) -> Result<(StatusCode, Json<Triggered>), ApiError> {
     caller.require(Role::Submitter)?;
+    let request: TriggerPipeline = super::body::json_or_default(&body)?;
+    let variables: Vec<(String, String)> = request.variables.into_iter().collect();
+    crate::source::check_variables(&variables).map_err(ApiError::bad_request)?;
     let def = state
         .call(|reply| Command::GetPipeline(id, reply))
         .await?
@@ -367,6 +383,7 @@ pub async fn trigger(
         .call_as(&caller, |reply| Command::TriggerPipeline {
             id,
             pipeline: Box::new(pipeline),
+            variables,
             reply,
         })
         .await?

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::auth::{Caller, Role};
+use super::body::{json_body, json_or_default};
 use super::error::{ApiError, ErrorBody};
 use super::{ApiPath, AppState};
 use crate::core::{Command, ProjectCommand};
@@ -116,14 +117,6 @@ pub struct ProjectRun {
 pub struct RemovedProject {
     /// Its name.
     pub name: String,
-}
-
-fn json_body<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
-    serde_json::from_slice(body).map_err(|e| {
-        ApiError::bad_request("the body is not the JSON object this route takes")
-            .details(e.to_string())
-            .suggest("see /api/openapi.json for its fields")
-    })
 }
 
 fn no_project(name: &str) -> ApiError {
@@ -238,7 +231,7 @@ pub async fn remove(
               (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
               (status = 405, description = "Method not allowed", body = ErrorBody),
               (status = 413, body = ErrorBody),
-              (status = 422, description = "The ref, commit or pipeline file is not usable", body = ErrorBody),
+              (status = 422, description = "The ref, commit or pipeline file is not usable, or the pipeline's rules start no run for it", body = ErrorBody),
               (status = 429, body = ErrorBody), (status = 503, body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn trigger(
@@ -248,11 +241,7 @@ pub async fn trigger(
     body: Bytes,
 ) -> Result<(StatusCode, Json<ProjectRun>), ApiError> {
     caller.require(Role::Submitter)?;
-    let request: TriggerProject = if body.iter().all(u8::is_ascii_whitespace) {
-        TriggerProject::default()
-    } else {
-        json_body(&body)?
-    };
+    let request: TriggerProject = json_or_default(&body)?;
     let variables: Vec<(String, String)> = request.variables.into_iter().collect();
     check_variables(&variables).map_err(ApiError::bad_request)?;
     let project = state
@@ -303,6 +292,12 @@ pub async fn trigger(
         depth: 1,
         delivery: String::new(),
     };
-    let run = super::webhooks::start(&state, Some(&caller), &project, trigger).await?;
+    let run = super::webhooks::start(&state, Some(&caller), &project, trigger)
+        .await?
+        .map_err(|why| {
+            ApiError::unprocessable(why).suggest(
+                "the pipeline's `workflow: if` or its jobs' `if:` rules decide which triggers start a run",
+            )
+        })?;
     Ok((StatusCode::CREATED, Json(run)))
 }

@@ -8,7 +8,7 @@
 //! | 201 `started` | a run was started at the event's commit |
 //! | 200 `duplicate` | the delivery id was seen before: the run it started, nothing new |
 //! | 200 `pong` | GitHub's `ping` |
-//! | 202 `ignored` | an event or action that does not run, with the reason |
+//! | 202 `ignored` | an event or action that does not run, or a pipeline whose rules (`workflow: if`, every job's `if:`) start no run for it, with the reason |
 //! | 401 | no, or a wrong, signature or token: nothing is read or started |
 //! | 404 | no such project |
 //! | 400 | a payload that is not the event's JSON |
@@ -25,6 +25,7 @@ use super::auth::Caller;
 use super::error::{ApiError, ErrorBody};
 use super::projects::ProjectRun;
 use super::{ApiPath, AppState};
+use crate::core::NotStarted;
 use crate::core::{Command, ProjectCommand};
 use crate::source::webhook::{self, Event, Forge};
 use crate::source::{Project, Trigger};
@@ -74,13 +75,14 @@ impl From<ProjectRun> for WebhookAnswer {
 
 /// Reads the pipeline file at the trigger's commit, validates it off the
 /// core, and has the core start the run (or find the one the same
-/// delivery started).
+/// delivery started). `Ok(Err(why))`: the pipeline's rules create no run
+/// for this trigger.
 pub(super) async fn start(
     state: &AppState,
     caller: Option<&Caller>,
     project: &Project,
     trigger: Trigger,
-) -> Result<ProjectRun, ApiError> {
+) -> Result<Result<ProjectRun, String>, ApiError> {
     let yaml = state
         .mirrors
         .pipeline_file(project, &trigger.git_ref, &trigger.sha)
@@ -105,16 +107,20 @@ pub(super) async fn start(
     let started = match caller {
         Some(caller) => state.call_as(caller, command).await?,
         None => state.call(command).await?,
-    }
-    .map_err(ApiError::not_found)?;
-    Ok(ProjectRun {
+    };
+    let started = match started {
+        Ok(started) => started,
+        Err(NotStarted::NoProject(why)) => return Err(ApiError::not_found(why)),
+        Err(NotStarted::Rules(why)) => return Ok(Err(why)),
+    };
+    Ok(Ok(ProjectRun {
         run_id: started.run_id,
         project: project.name.clone(),
         git_ref,
         sha,
         duplicate: started.duplicate,
         status_url: format!("/api/ci/executions/{}", started.run_id),
-    })
+    }))
 }
 
 fn header<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h [u8]> {
@@ -204,7 +210,16 @@ async fn handle(
         depth: 1,
         delivery,
     };
-    let run = start(&state, None, &project, trigger).await?;
+    let run = match start(&state, None, &project, trigger).await? {
+        Ok(run) => run,
+        Err(why) => {
+            tracing::info!(project = %project.name, %why, "webhook started no run");
+            return Ok((
+                StatusCode::ACCEPTED,
+                Json(WebhookAnswer::plain("ignored", Some(why))),
+            ));
+        }
+    };
     tracing::info!(
         project = %project.name,
         run_id = run.run_id,
@@ -232,7 +247,7 @@ async fn handle(
     request_body(content = Object, content_type = "application/json", description = "The event's payload, as GitHub sends it"),
     responses((status = 201, description = "A run was started", body = WebhookAnswer),
               (status = 200, description = "A ping, or a delivery seen before", body = WebhookAnswer),
-              (status = 202, description = "Ignored, with the reason", body = WebhookAnswer),
+              (status = 202, description = "Ignored (an event that starts nothing, or the pipeline's rules start no run), with the reason", body = WebhookAnswer),
               (status = 400, description = "Not the event's payload", body = ErrorBody),
               (status = 401, description = "No signature, or a wrong one", body = ErrorBody),
               (status = 404, description = "No such project", body = ErrorBody),
@@ -260,7 +275,7 @@ pub async fn github(
     request_body(content = Object, content_type = "application/json", description = "The event's payload, as GitLab sends it"),
     responses((status = 201, description = "A run was started", body = WebhookAnswer),
               (status = 200, description = "A delivery seen before", body = WebhookAnswer),
-              (status = 202, description = "Ignored, with the reason", body = WebhookAnswer),
+              (status = 202, description = "Ignored (an event that starts nothing, or the pipeline's rules start no run), with the reason", body = WebhookAnswer),
               (status = 400, description = "Not the event's payload", body = ErrorBody),
               (status = 401, description = "No token, or a wrong one", body = ErrorBody),
               (status = 404, description = "No such project", body = ErrorBody),

@@ -18,4 +18,4 @@ pub mod mirror;
 pub mod project;
 pub mod webhook;
 
-pub use project::{Project, Trigger};
+pub use project::{check_variables, Project, Trigger};

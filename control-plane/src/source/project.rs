@@ -138,6 +138,16 @@ pub struct Trigger {
 pub const RESERVED_PREFIX: &str = "VALKYRIE_";
 
 impl Trigger {
+    /// What starts a run without a repository (`vk run`, a stored
+    /// pipeline's trigger): the event and the variables given with it.
+    pub fn plain(event: &str, variables: Vec<(String, String)>) -> Self {
+        Self {
+            event: event.to_owned(),
+            variables,
+            ..Self::default()
+        }
+    }
+
     /// The variables every job of run `run_id` of `pipeline` gets.
     pub fn variables(&self, run_id: u64, pipeline: &str) -> Vec<(String, String)> {
         let mut vars = vec![
@@ -168,9 +178,17 @@ impl Trigger {
     /// variables and, unless the job says `checkout: false`, the commit to
     /// check out (without the token, which the core adds when it releases
     /// the job, so that it is stored only with the project and the job).
+    ///
+    /// The trigger's own variables win over the pipeline file's `env`
+    /// (pipeline, defaults, stage, job, matrix), as GitLab's pipeline
+    /// variables do: that `env` loses the names they set. A step's `env`
+    /// and the secrets still override them.
     pub fn apply(&self, run_id: u64, pipeline: &mut Pipeline) {
         let variables = self.variables(run_id, &pipeline.name);
         for job in &mut pipeline.jobs {
+            job.spec
+                .env
+                .retain(|(name, _)| !self.variables.iter().any(|(n, _)| n == name));
             let checkout =
                 (job.checkout && !self.repository.is_empty() && !self.sha.is_empty()).then(|| CheckoutSpec {
                     repository: self.repository.clone(),
@@ -300,6 +318,22 @@ mod tests {
         assert_eq!(var("DEPLOY"), Some("1"));
         assert_eq!(var("VALKYRIE_X"), None);
         assert!(pipeline.jobs[1].spec.trigger.as_ref().unwrap().checkout.is_none());
+    }
+
+    #[test]
+    fn run_variables_override_the_files_env_at_every_level() {
+        let yaml = "env: {DEPLOY: \"0\", KEEP: a}\njobs:\n  j:\n    env: {TARGET: job}\n    matrix:\n      DEPLOY: [m]\n    steps: [x]\n";
+        let mut pipeline = valkyrie_pipeline::parse("p.yml", yaml).unwrap();
+        let vars = vec![("DEPLOY".into(), "1".into()), ("TARGET".into(), "prod".into())];
+        Trigger::plain("run", vars).apply(3, &mut pipeline);
+        let spec = &pipeline.jobs[0].spec;
+        assert_eq!(spec.env, [("KEEP".to_owned(), "a".to_owned())], "{:?}", spec.env);
+        let trigger = spec.trigger.as_ref().unwrap();
+        assert!(trigger.variables.contains(&("DEPLOY".into(), "1".into())));
+        assert!(trigger
+            .variables
+            .contains(&("VALKYRIE_EVENT".into(), "run".into())));
+        assert!(trigger.checkout.is_none(), "no repository, nothing to check out");
     }
 
     #[test]

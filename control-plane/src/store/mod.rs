@@ -132,6 +132,10 @@ pub struct RunRow {
 pub enum SlotRow {
     /// Waiting on its dependencies.
     Waiting,
+    /// A manual job, ready, waiting to be played.
+    Manual,
+    /// A manual job played, not yet released.
+    Played,
     /// Released as a job.
     Released {
         /// The job.

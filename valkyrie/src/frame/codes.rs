@@ -106,6 +106,10 @@ kinds! {
     RUN_LIST = 0x45;
     /// A client cancels a run.
     CANCEL_RUN = 0x46;
+    /// A client plays a manual job of a run.
+    PLAY_JOB = 0x47;
+    /// A client reruns a finished run (all of it, or its failed jobs).
+    RERUN_RUN = 0x48;
     /// A client asks for a page of the audit log.
     LIST_AUDIT = 0x50;
     /// A page of the audit log.

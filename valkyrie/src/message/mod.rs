@@ -421,6 +421,10 @@ messages! {
         file_name: String,
         /// The YAML text.
         yaml: String,
+        /// Variables for every job of the run (`vk run --var K=V`): names
+        /// of letters, digits and `_`, not starting with a digit nor
+        /// `VALKYRIE_`.
+        variables: Vec<(String, String)>,
     }
 
     /// Server → client: the run was created.
@@ -457,6 +461,25 @@ messages! {
     CancelRun = CANCEL_RUN on Control {
         /// Which.
         run_id: u64,
+    }
+
+    /// Client → server: start a manual job (`when: manual`) of a run.
+    /// Answered by Ack.
+    PlayJob = PLAY_JOB on Control {
+        /// The run.
+        run_id: u64,
+        /// The job's name in the run (as listed).
+        job: String,
+    }
+
+    /// Client → server: a new run of a finished run's pipeline, commit and
+    /// variables. Answered by RunAccepted.
+    RerunRun = RERUN_RUN on Control {
+        /// The run.
+        run_id: u64,
+        /// Only the jobs that failed or were cancelled, and those that wait
+        /// for them; the others keep their results.
+        failed_only: bool,
     }
 
     // ---- audit ----
@@ -692,6 +715,8 @@ impl Message {
                 | Message::GetRun(_)
                 | Message::ListRuns(_)
                 | Message::CancelRun(_)
+                | Message::PlayJob(_)
+                | Message::RerunRun(_)
                 | Message::ArtifactChunk(_)
                 | Message::ArtifactCommit(_)
                 | Message::ArtifactFetch(_)

@@ -915,8 +915,11 @@ wire_enum! {
         TimedOut = 7,
         /// Its runner vanished and no retry remained.
         Lost = 8,
-        /// Not run: its condition on the jobs it depends on was not met.
+        /// Not run: its condition on the jobs it depends on, or its
+        /// `if:` rule, was not met.
         Skipped = 9,
+        /// A `when: manual` job, ready, waiting to be played.
+        Manual = 10,
     }
 }
 
@@ -956,6 +959,7 @@ impl RunJobState {
             Self::TimedOut => "timed_out",
             Self::Lost => "lost",
             Self::Skipped => "skipped",
+            Self::Manual => "manual",
         }
     }
 }

@@ -103,11 +103,14 @@ enum Command {
     },
     /// Validate a pipeline file, submit it, and show the run live; exits 0 only if the run succeeded.
     #[command(
-        after_help = "Examples:\n  vk run examples/demo.yaml\n  vk run ci.yaml --logs\n  vk run ci.yaml --detach\n  vk run ci.yaml --json | jq ."
+        after_help = "Examples:\n  vk run examples/demo.yaml\n  vk run ci.yaml --logs\n  vk run ci.yaml --var DEPLOY=1 --var TARGET=staging\n  vk run ci.yaml --detach\n  vk run ci.yaml --json | jq ."
     )]
     Run {
         /// The pipeline file.
         file: PathBuf,
+        /// A variable for every job and for `if:` rules, NAME=VALUE (repeatable); it overrides the file's `env`.
+        #[arg(long = "var", value_name = "NAME=VALUE", value_parser = parse_var)]
+        vars: Vec<(String, String)>,
         /// Interleave job output, prefixed with the job name.
         #[arg(long)]
         logs: bool,
@@ -199,6 +202,28 @@ enum Command {
         /// With --list: print JSON.
         #[arg(long)]
         json: bool,
+    },
+    /// Start a manual job (`when: manual`) of a run.
+    #[command(after_help = "Examples:\n  vk play r12 deploy")]
+    Play {
+        /// Run id (r12).
+        #[arg(value_parser = ids::parse_run)]
+        run: u64,
+        /// The job's name in the run.
+        job: String,
+    },
+    /// Start a new run of a finished run: same pipeline, commit and variables.
+    #[command(after_help = "Examples:\n  vk rerun r12\n  vk rerun r12 --failed")]
+    Rerun {
+        /// Run id (r12).
+        #[arg(value_parser = ids::parse_run)]
+        run: u64,
+        /// Only the jobs that failed or were cancelled, and those that wait for them; the others keep their results.
+        #[arg(long)]
+        failed: bool,
+        /// Print the new run id and return at once.
+        #[arg(long)]
+        detach: bool,
     },
     /// Cancel a job (42) or a run (r12).
     #[command(after_help = "Examples:\n  vk cancel 42\n  vk cancel r12")]
@@ -377,6 +402,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Run {
             file,
+            vars,
             logs,
             plain,
             json,
@@ -398,7 +424,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             } else {
                 run_view::subscribe(&client, options).await?
             };
-            let run_id = client.submit_pipeline(&name, &text).await?;
+            let run_id = client.submit_pipeline_with(&name, &text, vars).await?;
             if detach {
                 if json {
                     outln!(
@@ -542,6 +568,27 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Play { run, job } => {
+            client.play(run, &job).await?;
+            eprintln!("job `{job}` of run r{run} started");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Rerun { run, failed, detach } => {
+            let new_run = client.rerun(run, failed).await?;
+            if detach {
+                outln!("r{new_run}");
+                return Ok(ExitCode::SUCCESS);
+            }
+            eprintln!("r{new_run} reruns r{run}");
+            let options = ViewOptions {
+                logs: false,
+                plain: false,
+                json: false,
+            };
+            interrupt::install()?;
+            let (code, _) = run_view::follow_run(&client, new_run, options, None).await?;
+            Ok(code)
+        }
         Command::Cancel { target } => {
             match target {
                 Target::Job(id) => client.cancel(id).await?,
@@ -550,5 +597,13 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             eprintln!("cancel requested for {target}");
             Ok(ExitCode::SUCCESS)
         }
+    }
+}
+
+/// `NAME=VALUE` of `vk run --var`.
+fn parse_var(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((name, value)) if !name.is_empty() => Ok((name.to_owned(), value.to_owned())),
+        _ => Err(format!("`{s}` is not NAME=VALUE")),
     }
 }

@@ -44,6 +44,7 @@ fn styled_state(state: RunJobState) -> String {
         RunJobState::Running | RunJobState::Assigned => style(s).cyan().to_string(),
         RunJobState::Skipped | RunJobState::Cancelled => style(s).dim().to_string(),
         RunJobState::Waiting | RunJobState::Queued => style(s).yellow().to_string(),
+        RunJobState::Manual => style(s).magenta().to_string(),
     }
 }
 
