@@ -352,7 +352,7 @@ pub struct TriggerPipeline {
 /// every job (the body is optional).
 #[utoipa::path(post, path = "/api/ci/pipelines/{id}/trigger", tag = "pipelines", operation_id = "trigger_pipeline",
     params(("id" = u64, Path, description = "Pipeline id")),
-    request_body(content = TriggerPipeline, content_type = "application/json", description = "Optional"),
+    request_body(content = Option<TriggerPipeline>, content_type = "application/json", description = "Optional"),
     responses((status = 201, body = Triggered),
               (status = 400, description = "The id is not a number", body = ErrorBody),
               (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),

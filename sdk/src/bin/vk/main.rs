@@ -574,19 +574,24 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Rerun { run, failed, detach } => {
+            let options = ViewOptions {
+                logs: false,
+                plain: false,
+                json: false,
+            };
+            let events = if detach {
+                None
+            } else {
+                interrupt::install()?;
+                run_view::subscribe(&client, options).await?
+            };
             let new_run = client.rerun(run, failed).await?;
             if detach {
                 outln!("r{new_run}");
                 return Ok(ExitCode::SUCCESS);
             }
             eprintln!("r{new_run} reruns r{run}");
-            let options = ViewOptions {
-                logs: false,
-                plain: false,
-                json: false,
-            };
-            interrupt::install()?;
-            let (code, _) = run_view::follow_run(&client, new_run, options, None).await?;
+            let (code, _) = run_view::follow_run(&client, new_run, options, events, reconnect).await?;
             Ok(code)
         }
         Command::Cancel { target } => {
