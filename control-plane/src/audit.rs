@@ -150,6 +150,10 @@ pub enum AuditAction {
     PlayJob,
     /// A run was rerun.
     RerunRun,
+    /// A schedule was added to a project.
+    AddSchedule,
+    /// A schedule was removed.
+    RemoveSchedule,
 }
 
 impl AuditAction {
@@ -171,6 +175,8 @@ impl AuditAction {
             AuditAction::TriggerProject => "trigger_project",
             AuditAction::PlayJob => "play_job",
             AuditAction::RerunRun => "rerun_run",
+            AuditAction::AddSchedule => "add_schedule",
+            AuditAction::RemoveSchedule => "remove_schedule",
         }
     }
 }

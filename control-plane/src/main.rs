@@ -20,6 +20,8 @@ use valkyrie_control_plane::metrics::Metrics;
 use valkyrie_control_plane::responder::Responder;
 use valkyrie_control_plane::rest::auth::{JwtKeys, Role};
 use valkyrie_control_plane::rest::{self, RestConfig};
+use valkyrie_control_plane::source::mirror::Mirrors;
+use valkyrie_control_plane::source::schedule;
 use valkyrie_control_plane::store::embedded::EmbeddedStore;
 use valkyrie_control_plane::store::leader::{Election, LeaseConfig};
 use valkyrie_control_plane::store::mongo::MongoStore;
@@ -372,8 +374,11 @@ async fn run() -> anyhow::Result<()> {
     let cache = open_cache(&data_dir, artifacts.clone(), metrics.cache.clone())?;
     let core = spawn_with_store(core_config, tokens.clone(), metrics, store, loaded)
         .with_artifacts(artifacts)
-        .with_cache(cache);
+        .with_cache(cache)
+        .with_mirrors(Arc::new(Mirrors::new(data_dir.join("mirrors"))));
     tokio::spawn(import_minted_tokens(data_dir.clone(), core.clone()));
+    // Schedules fire where the core runs: on the leader only.
+    tokio::spawn(schedule::run(core.clone()));
     let listeners_bound = Arc::new(AtomicBool::new(false));
     let (stop_http, http_stopped) = tokio::sync::watch::channel(false);
     let mut http_task = None;
@@ -386,8 +391,7 @@ async fn run() -> anyhow::Result<()> {
         let config = RestConfig::new(jwt)
             .cors_origins(args.cors_origin.clone())
             .rate_limit(args.rate_limit, args.rate_limit_burst)
-            .ready_flag(listeners_bound.clone())
-            .mirrors_dir(data_dir.join("mirrors"));
+            .ready_flag(listeners_bound.clone());
         let http = tokio::net::TcpListener::from_std(http_listener)?;
         println!("serving HTTP on http://{}", http.local_addr()?);
         let router = rest::router(core.clone(), tokens, config);

@@ -211,6 +211,10 @@ async fn serve_client(mut session: Session, core: CoreHandle, group: Arc<Group>)
                 },
                 resume_from: None,
             },
+            message if crate::source::requests::is_project_request(&message) => {
+                crate::source::requests::serve(&core, &actor, reply, message).await;
+                continue;
+            }
             // spec §8: a message the client role never sends is refused
             // alone (RequestFailed, when it has a correlation id to answer);
             // the connection stays open.

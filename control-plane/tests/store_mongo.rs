@@ -630,6 +630,7 @@ fn projects_and_deliveries_are_stored_and_deleted() {
         webhook_secret: "s".into(),
         token: String::new(),
         created_at_ms: 1,
+        schedules: Vec::new(),
     };
     let delivery = |seq: u64| DeliveryRow {
         seq,

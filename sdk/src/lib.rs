@@ -24,17 +24,18 @@ pub mod local;
 
 use tokio::sync::mpsc;
 use valkyrie::message::{
-    ArtifactFetch, CancelJob, CancelRun, GetJob, GetRun, ListArtifacts, ListAudit, ListJobs, ListRunners,
-    ListRuns, ListServers, Message, PlayJob, RemoveRunner, RerunRun, Role, SubmitJob, SubmitPipeline,
-    Subscribe,
+    AddSchedule, ArtifactFetch, CancelJob, CancelRun, GetJob, GetRun, ListArtifacts, ListAudit, ListJobs,
+    ListProjects, ListRunners, ListRuns, ListSchedules, ListServers, Message, PlayJob, RemoveProject,
+    RemoveRunner, RemoveSchedule, RerunRun, Role, SubmitJob, SubmitPipeline, Subscribe,
 };
 use valkyrie::transport::{connect_following, hello, ConnectError, RequestError};
 use valkyrie::{Endpoint, SessionSender};
 
 pub use valkyrie::message::{
     ArtifactInfo, AuditEntry, ContainerSpec, Event, EventBody, JobInfo, JobSpec, JobState, OutputStream,
-    PullPolicy, RetryOn, RetryPolicy, RunInfo, RunJobInfo, RunJobState, RunState, RunnerInfo, RunnerState,
-    ServerInfo, ServerRole, ServiceSpec, StepInfo, StepOutcome, StepSpec,
+    ProjectInfo, PullPolicy, PutProject, RetryOn, RetryPolicy, RunInfo, RunJobInfo, RunJobState, RunState,
+    RunnerInfo, RunnerState, ScheduleInfo, ServerInfo, ServerRole, ServiceSpec, StepInfo, StepOutcome,
+    StepSpec,
 };
 pub use valkyrie::transport::{ClientOptions, ClientTls};
 pub use valkyrie_pipeline as pipeline;
@@ -249,6 +250,73 @@ impl Client {
     pub async fn servers(&self) -> Result<Vec<ServerInfo>, ClientError> {
         match self.call(ListServers {}).await? {
             Message::ServerList(l) => Ok(l.servers),
+            other => Err(ClientError::Unexpected(other.kind())),
+        }
+    }
+
+    /// Creates a project (empty `branch` and `file` mean `main` and
+    /// `.valkyrie.yml`); returns it as stored (secrets are never sent back).
+    pub async fn create_project(&self, project: PutProject) -> Result<ProjectInfo, ClientError> {
+        match self.call(project).await? {
+            Message::ProjectList(l) => l.projects.into_iter().next().ok_or(ClientError::Unexpected(valkyrie::FrameKind::PROJECT_LIST)),
+            other => Err(ClientError::Unexpected(other.kind())),
+        }
+    }
+
+    /// Every project (`name` empty), or the one named.
+    pub async fn projects(&self, name: &str) -> Result<Vec<ProjectInfo>, ClientError> {
+        let message = ListProjects { name: name.to_owned() };
+        match self.call(message).await? {
+            Message::ProjectList(l) => Ok(l.projects),
+            other => Err(ClientError::Unexpected(other.kind())),
+        }
+    }
+
+    /// Removes a project (its runs stay; its schedules go).
+    pub async fn remove_project(&self, name: &str) -> Result<(), ClientError> {
+        match self.call(RemoveProject { name: name.to_owned() }).await? {
+            Message::Ack(_) => Ok(()),
+            other => Err(ClientError::Unexpected(other.kind())),
+        }
+    }
+
+    /// Adds a cron schedule (UTC; 5 fields, or 6 with seconds first) that
+    /// runs `branch` of `project` (empty: the project's branch) with
+    /// `variables`; returns it.
+    pub async fn add_schedule(
+        &self,
+        project: &str,
+        cron: &str,
+        branch: &str,
+        variables: Vec<(String, String)>,
+    ) -> Result<ScheduleInfo, ClientError> {
+        let message = AddSchedule {
+            project: project.to_owned(),
+            cron: cron.to_owned(),
+            branch: branch.to_owned(),
+            variables,
+        };
+        match self.call(message).await? {
+            Message::ScheduleList(l) => l.schedules.into_iter().next().ok_or(ClientError::Unexpected(valkyrie::FrameKind::SCHEDULE_LIST)),
+            other => Err(ClientError::Unexpected(other.kind())),
+        }
+    }
+
+    /// The schedules of `project` (empty: of every project), by id.
+    pub async fn schedules(&self, project: &str) -> Result<Vec<ScheduleInfo>, ClientError> {
+        let message = ListSchedules {
+            project: project.to_owned(),
+        };
+        match self.call(message).await? {
+            Message::ScheduleList(l) => Ok(l.schedules),
+            other => Err(ClientError::Unexpected(other.kind())),
+        }
+    }
+
+    /// Removes schedule `id`.
+    pub async fn remove_schedule(&self, id: u64) -> Result<(), ClientError> {
+        match self.call(RemoveSchedule { id }).await? {
+            Message::Ack(_) => Ok(()),
             other => Err(ClientError::Unexpected(other.kind())),
         }
     }

@@ -655,3 +655,108 @@ async fn figures_webhook_to_running_and_checkout() {
     }
     let _ = Duration::ZERO;
 }
+
+const SCHEDULED_PIPELINE: &str = "\
+name: nightly
+jobs:
+  report:
+    steps:
+      - run: echo \"event=$VALKYRIE_EVENT suite=$SUITE branch=$VALKYRIE_BRANCH head=$(git rev-parse HEAD)\"
+";
+
+/// `vk projects` and `vk schedules` over the Valkyrie protocol, and a
+/// schedule firing on the leader: each run is at the branch's tip, carries
+/// the event `schedule` and the schedule's variables, and no slot fires
+/// twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vk_projects_and_schedules_fire_a_run_per_slot() {
+    let h = Harness::new();
+    let repo = Repo::serve(&h, SCHEDULED_PIPELINE).await;
+    let server = h.server().data_dir(h.path().join("data")).start();
+    let client = server.client().await;
+    let _agent = h.agent(&server).start(&client).await;
+    let vk = |args: &'static [&'static str]| server.vk(args);
+    let ok = |out: &std::process::Output| {
+        assert!(out.status.success(), "{}{}", text(&out.stdout), text(&out.stderr));
+        text(&out.stdout)
+    };
+
+    let add = server
+        .vk(&[
+            "projects",
+            "add",
+            "app",
+            "--repo",
+            &repo.url,
+            "--webhook-secret",
+            SECRET,
+        ])
+        .await;
+    let shown = ok(&add);
+    assert!(shown.contains("app") && shown.contains(&repo.url), "{shown}");
+    assert!(!shown.contains(SECRET), "{shown}");
+    let again = server.vk(&["projects", "add", "app", "--repo", &repo.url]).await;
+    assert!(!again.status.success());
+    assert!(text(&again.stderr).contains("already exists"), "{}", text(&again.stderr));
+    let bad = server.vk(&["projects", "add", "bad/name", "--repo", &repo.url]).await;
+    assert!(text(&bad.stderr).contains("is not valid"), "{}", text(&bad.stderr));
+    let listed: serde_json::Value = serde_json::from_str(&ok(&vk(&["projects", "list", "--json"]).await)).unwrap();
+    assert_eq!(listed[0]["name"], "app");
+    assert_eq!(listed[0]["has_webhook_secret"], true);
+    assert_eq!(listed[0]["has_token"], false);
+
+    let refused = vk(&["schedules", "add", "app", "0 3 * *"]).await;
+    assert!(text(&refused.stderr).contains("is not valid"), "{}", text(&refused.stderr));
+    let missing = vk(&["schedules", "add", "nope", "0 3 * * *"]).await;
+    assert!(text(&missing.stderr).contains("no project `nope`"), "{}", text(&missing.stderr));
+    let added = ok(&vk(&["schedules", "add", "app", "*/2 * * * * *", "--var", "SUITE=nightly"]).await);
+    assert!(added.contains("*/2 * * * * *") && added.contains("SUITE=nightly"), "{added}");
+    let schedules: serde_json::Value =
+        serde_json::from_str(&ok(&vk(&["schedules", "list", "app", "--json"]).await)).unwrap();
+    let id = schedules[0]["id"].as_u64().unwrap();
+    let created = schedules[0]["next_ms"].as_u64().unwrap() - 2_000;
+
+    let sha = git(&repo.work, &["rev-parse", "HEAD"]);
+    let runs = wait_until("two scheduled runs", || async {
+        let runs = client.runs(100).await.unwrap();
+        (runs.len() >= 2).then_some(runs)
+    })
+    .await;
+    let run = runs.iter().min_by_key(|r| r.run_id).unwrap();
+    let run = wait_until("the first scheduled run to end", || async {
+        let run = client.run(run.run_id).await.unwrap();
+        (run.state != RunState::Running).then_some(run)
+    })
+    .await;
+    assert_eq!(run.state, RunState::Succeeded, "{run:?}");
+    let out = output_of(&client, run.jobs[0].job_id.unwrap()).await;
+    assert!(
+        out.contains(&format!("event=schedule suite=nightly branch=main head={sha}")),
+        "{out}"
+    );
+
+    // At most one run per slot: never more runs than slots since it was added.
+    let shown = ok(&vk(&["projects", "show", "app"]).await);
+    assert!(shown.contains("*/2 * * * * *"), "{shown}");
+    let removed = vk_remove_schedule(&server, id).await;
+    assert!(removed.status.success(), "{}", text(&removed.stderr));
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let slots = (now_ms - created) / 2_000 + 1;
+    let fired = client.runs(1000).await.unwrap().len() as u64;
+    assert!(fired <= slots, "{fired} runs in {slots} slots");
+    let left: serde_json::Value = serde_json::from_str(&ok(&vk(&["schedules", "list", "--json"]).await)).unwrap();
+    assert_eq!(left, serde_json::json!([]));
+    let again = vk_remove_schedule(&server, id).await;
+    assert!(text(&again.stderr).contains(&format!("no schedule {id}")), "{}", text(&again.stderr));
+
+    ok(&vk(&["projects", "remove", "app"]).await);
+    let gone = vk(&["projects", "show", "app"]).await;
+    assert!(text(&gone.stderr).contains("no project `app`"), "{}", text(&gone.stderr));
+}
+
+async fn vk_remove_schedule(server: &Server, id: u64) -> std::process::Output {
+    server.vk(&["schedules", "remove", &id.to_string()]).await
+}

@@ -46,7 +46,7 @@ pub use events::Subscribers;
 pub use pipelines::{
     PipelineDef, ValidatePipelineError, ValidatedPipeline, CONCURRENT_VALIDATIONS, VALIDATE_TIMEOUT,
 };
-pub use projects::{NotStarted, ProjectCommand, Started, MAX_DELIVERIES};
+pub use projects::{NotStarted, ProjectCommand, ScheduleRefused, Started, MAX_DELIVERIES};
 pub use runners::{Heard, Link, RunnerRecord};
 pub use runs::RunCommand;
 pub use snapshot::CoreSnapshot;
@@ -272,9 +272,24 @@ pub struct CoreHandle {
     validations: pipelines::Validations,
     artifacts: Option<Arc<crate::artifacts::ArtifactStore>>,
     cache: Option<Arc<crate::artifacts::cache::CacheIndex>>,
+    mirrors: Arc<crate::source::mirror::Mirrors>,
 }
 
 impl CoreHandle {
+    /// The bare mirrors of projects' repositories, where pipeline files
+    /// are read at a commit.
+    pub fn mirrors(&self) -> &Arc<crate::source::mirror::Mirrors> {
+        &self.mirrors
+    }
+
+    /// Keeps the projects' mirrors in `mirrors`. Default: a directory in
+    /// the system's temporary directory (`valkyrie-server` keeps them in
+    /// `<data dir>/mirrors`).
+    pub fn with_mirrors(mut self, mirrors: Arc<crate::source::mirror::Mirrors>) -> Self {
+        self.mirrors = mirrors;
+        self
+    }
+
     /// The metrics the core records into.
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
@@ -338,6 +353,16 @@ impl CoreHandle {
     /// Sends a command, waiting while the core's queue is full.
     pub async fn send(&self, command: Command) -> bool {
         self.tx.send(command).await.is_ok()
+    }
+
+    /// Sends a command answered on a oneshot and awaits its answer; `None`
+    /// if the core has stopped.
+    pub async fn call<T>(&self, command: impl FnOnce(oneshot::Sender<T>) -> Command) -> Option<T> {
+        let (tx, rx) = oneshot::channel();
+        if !self.send(command(tx)).await {
+            return None;
+        }
+        rx.await.ok()
     }
 }
 
@@ -507,6 +532,10 @@ fn spawn_inner(
         validations: Default::default(),
         artifacts: None,
         cache: None,
+        mirrors: Arc::new(crate::source::mirror::Mirrors::new(std::env::temp_dir().join(format!(
+            "valkyrie-mirrors-{}",
+            std::process::id()
+        )))),
     }
 }
 

@@ -10,7 +10,8 @@ use valkyrie::message::JobSpec;
 
 use super::{Core, ValidatedPipeline};
 use crate::audit::AuditAction;
-use crate::source::{Project, Trigger};
+use crate::source::schedule::{DueSlot, MAX_SCHEDULES_PER_PROJECT};
+use crate::source::{Project, Schedule, Trigger};
 use crate::store::{Change, DeliveryRow};
 
 /// Webhook deliveries remembered; the oldest are forgotten past this. A
@@ -31,6 +32,17 @@ pub enum ProjectCommand {
     Remove(String, oneshot::Sender<bool>),
     /// The run a delivery (`forge:project:id`) started, if it was seen.
     Delivered(String, oneshot::Sender<Option<u64>>),
+    /// Add a schedule to a project (its cron expression and variables
+    /// were checked off the core; the id and creation time are set here).
+    AddSchedule(String, Box<Schedule>, oneshot::Sender<Result<Schedule, ScheduleRefused>>),
+    /// Remove a schedule; answers whether it existed.
+    RemoveSchedule(u64, oneshot::Sender<bool>),
+    /// The schedules of a project (every project's for an empty name), by
+    /// id, with their project's name.
+    Schedules(String, oneshot::Sender<Vec<(String, Schedule)>>),
+    /// Claim every slot due now (see [`crate::source::schedule`]): each is
+    /// stored as its schedule's last slot before it is answered.
+    ClaimDue(oneshot::Sender<Vec<DueSlot>>),
     /// Start a run of a project's pipeline file at a commit.
     Start {
         /// What started it (its `delivery`, if not empty, is remembered:
@@ -53,6 +65,17 @@ pub enum NotStarted {
     Rules(String),
 }
 
+/// Why a schedule was not added.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ScheduleRefused {
+    /// No such project.
+    #[error("no project `{0}`")]
+    NoProject(String),
+    /// The project has [`MAX_SCHEDULES_PER_PROJECT`] already.
+    #[error("project `{0}` has {MAX_SCHEDULES_PER_PROJECT} schedules, the most it may have")]
+    TooMany(String),
+}
+
 /// A run a trigger started, or the one an earlier delivery did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Started {
@@ -69,12 +92,16 @@ pub(super) struct ProjectState {
     deliveries: HashMap<String, u64>,
     delivery_order: VecDeque<(u64, String)>,
     next_delivery: u64,
+    next_schedule: u64,
 }
 
 impl ProjectState {
     /// State as stored.
     pub(super) fn recover(&mut self, projects: Vec<Project>, deliveries: Vec<DeliveryRow>) {
         for project in projects {
+            for schedule in &project.schedules {
+                self.next_schedule = self.next_schedule.max(schedule.id);
+            }
             self.projects.insert(project.name.clone(), project);
         }
         for row in deliveries {
@@ -119,6 +146,26 @@ impl Core {
             ProjectCommand::Delivered(key, reply) => {
                 let _ = reply.send(self.projects.deliveries.get(&key).copied());
             }
+            ProjectCommand::AddSchedule(project, schedule, reply) => {
+                let _ = reply.send(self.add_schedule(&project, *schedule));
+            }
+            ProjectCommand::RemoveSchedule(id, reply) => {
+                let _ = reply.send(self.remove_schedule(id));
+            }
+            ProjectCommand::Schedules(name, reply) => {
+                let schedules = self
+                    .projects
+                    .projects
+                    .values()
+                    .filter(|p| name.is_empty() || p.name == name)
+                    .flat_map(|p| p.schedules.iter().map(|s| (p.name.clone(), s.clone())));
+                let mut schedules: Vec<_> = schedules.collect();
+                schedules.sort_by_key(|(_, s)| s.id);
+                let _ = reply.send(schedules);
+            }
+            ProjectCommand::ClaimDue(reply) => {
+                let _ = reply.send(self.claim_due());
+            }
             ProjectCommand::Start {
                 trigger,
                 pipeline,
@@ -144,6 +191,79 @@ impl Core {
             .projects
             .insert(project.name.clone(), project.clone());
         Ok(project)
+    }
+
+    fn add_schedule(&mut self, name: &str, mut schedule: Schedule) -> Result<Schedule, ScheduleRefused> {
+        let project = self
+            .projects
+            .projects
+            .get_mut(name)
+            .ok_or_else(|| ScheduleRefused::NoProject(name.to_owned()))?;
+        if project.schedules.len() >= MAX_SCHEDULES_PER_PROJECT {
+            return Err(ScheduleRefused::TooMany(name.to_owned()));
+        }
+        self.projects.next_schedule += 1;
+        schedule.id = self.projects.next_schedule;
+        schedule.created_at_ms = self.now.wall_ms;
+        schedule.last_slot_ms = 0;
+        if schedule.branch.is_empty() {
+            schedule.branch = project.branch.clone();
+        }
+        project.schedules.push(schedule.clone());
+        let stored = Change::Project(Box::new(project.clone()));
+        self.record(stored);
+        self.audit(
+            AuditAction::AddSchedule,
+            format!("schedule {}", schedule.id),
+            format!("project {name}: `{}` on {}", schedule.cron, schedule.branch),
+        );
+        Ok(schedule)
+    }
+
+    fn remove_schedule(&mut self, id: u64) -> bool {
+        let Some(project) = self
+            .projects
+            .projects
+            .values_mut()
+            .find(|p| p.schedules.iter().any(|s| s.id == id))
+        else {
+            return false;
+        };
+        project.schedules.retain(|s| s.id != id);
+        let detail = format!("project {}", project.name);
+        let stored = Change::Project(Box::new(project.clone()));
+        self.record(stored);
+        self.audit(AuditAction::RemoveSchedule, format!("schedule {id}"), detail);
+        true
+    }
+
+    /// Every slot due now, each stored as claimed (its schedule's last
+    /// slot) in this turn, so it is never claimed twice.
+    fn claim_due(&mut self) -> Vec<DueSlot> {
+        let now = self.now.wall_ms;
+        let mut due = Vec::new();
+        let mut changed = Vec::new();
+        for project in self.projects.projects.values_mut() {
+            let mut claimed = Vec::new();
+            for schedule in &mut project.schedules {
+                if let Some(slot_ms) = schedule.due(now) {
+                    schedule.last_slot_ms = slot_ms;
+                    claimed.push((schedule.clone(), slot_ms));
+                }
+            }
+            if !claimed.is_empty() {
+                changed.push(Change::Project(Box::new(project.clone())));
+                due.extend(claimed.into_iter().map(|(schedule, slot_ms)| DueSlot {
+                    project: project.clone(),
+                    schedule,
+                    slot_ms,
+                }));
+            }
+        }
+        for change in changed {
+            self.record(change);
+        }
+        due
     }
 
     /// Starts the run, remembering its delivery in the same turn (so two

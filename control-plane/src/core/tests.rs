@@ -430,3 +430,80 @@ async fn a_runner_that_disconnects_is_lost_after_the_grace_unless_it_comes_back(
     h.advance(Duration::from_secs(5));
     assert_eq!(h.job(id).state, JobState::Running);
 }
+
+/// Answers a command the way the REST adapter and the sessions do.
+fn ask<T>(h: &mut Harness, command: impl FnOnce(oneshot::Sender<T>) -> Command) -> T {
+    let (tx, mut rx) = oneshot::channel();
+    h.input(command(tx));
+    rx.try_recv().expect("the core answers in the same turn")
+}
+
+#[test]
+fn a_schedule_slot_is_claimed_once_even_across_a_restart() {
+    use super::ProjectCommand;
+    use crate::source::{Project, Schedule};
+
+    let mut h = Harness::new(config());
+    let project = Project {
+        name: "app".into(),
+        repo: "git://127.0.0.1/app".into(),
+        branch: "main".into(),
+        file: ".valkyrie.yml".into(),
+        webhook_secret: String::new(),
+        token: String::new(),
+        created_at_ms: 0,
+        schedules: Vec::new(),
+    };
+    ask(&mut h, |tx| Command::Project(ProjectCommand::Create(Box::new(project), tx))).unwrap();
+    let every_10s = Schedule {
+        id: 0,
+        cron: "*/10 * * * * *".into(),
+        branch: String::new(),
+        variables: vec![("SUITE".into(), "nightly".into())],
+        created_at_ms: 0,
+        last_slot_ms: 0,
+    };
+    let added = ask(&mut h, |tx| {
+        Command::Project(ProjectCommand::AddSchedule("app".into(), Box::new(every_10s), tx))
+    })
+    .unwrap();
+    assert_eq!((added.id, added.branch.as_str()), (1, "main"), "the project's branch by default");
+    let claim = |h: &mut Harness| ask(h, |tx| Command::Project(ProjectCommand::ClaimDue(tx)));
+    assert!(claim(&mut h).is_empty(), "no slot since it was added");
+
+    h.advance(Duration::from_secs(10));
+    let due = claim(&mut h);
+    assert_eq!(due.len(), 1, "{due:?}");
+    let slot = due[0].slot_ms;
+    assert_eq!(slot % 10_000, 0, "a slot of the expression");
+    assert!(slot > added.created_at_ms && slot <= h.now.wall_ms);
+    assert_eq!(due[0].schedule.variables, [("SUITE".to_owned(), "nightly".to_owned())]);
+    assert!(claim(&mut h).is_empty(), "claimed once");
+
+    // What was stored is what a restarted core recovers: the slot stays claimed.
+    let stored = ask(&mut h, |tx| Command::Project(ProjectCommand::Get("app".into(), tx))).unwrap();
+    assert_eq!(stored.schedules[0].last_slot_ms, slot);
+    let mut again = Harness::new(config());
+    again.now = h.now;
+    again.core.projects.recover(vec![stored], Vec::new());
+    assert!(claim(&mut again).is_empty(), "not fired again after a restart");
+    again.advance(Duration::from_secs(10));
+    let next = claim(&mut again);
+    assert_eq!(next.len(), 1);
+    assert_eq!(next[0].slot_ms, slot + 10_000);
+
+    // A second schedule gets a new id; removing one leaves the other.
+    let hourly = Schedule {
+        cron: "0 * * * *".into(),
+        ..added.clone()
+    };
+    let second = ask(&mut again, |tx| {
+        Command::Project(ProjectCommand::AddSchedule("app".into(), Box::new(hourly), tx))
+    })
+    .unwrap();
+    assert_eq!(second.id, 2, "ids continue after the recovered ones");
+    assert!(ask(&mut again, |tx| Command::Project(ProjectCommand::RemoveSchedule(1, tx))));
+    assert!(!ask(&mut again, |tx| Command::Project(ProjectCommand::RemoveSchedule(1, tx))));
+    let left = ask(&mut again, |tx| Command::Project(ProjectCommand::Schedules(String::new(), tx)));
+    assert_eq!(left.iter().map(|(_, s)| s.id).collect::<Vec<_>>(), [2]);
+}

@@ -64,7 +64,6 @@ pub struct RestConfig {
     cors_origins: Vec<String>,
     rate_limit: RateLimit,
     ready: Arc<AtomicBool>,
-    mirrors_dir: std::path::PathBuf,
 }
 
 impl RestConfig {
@@ -79,16 +78,7 @@ impl RestConfig {
                 burst: 200.0,
             },
             ready: Arc::new(AtomicBool::new(true)),
-            mirrors_dir: std::env::temp_dir().join(format!("valkyrie-mirrors-{}", std::process::id())),
         }
-    }
-
-    /// Where the bare mirrors of projects' repositories are kept. Default:
-    /// a directory in the system's temporary directory (`valkyrie-server`
-    /// sets `<data dir>/mirrors`).
-    pub fn mirrors_dir(mut self, dir: impl Into<std::path::PathBuf>) -> Self {
-        self.mirrors_dir = dir.into();
-        self
     }
 
     /// Origins allowed cross-origin requests (`*` for any). Default none.
@@ -123,7 +113,6 @@ pub struct Shared {
     jwt: JwtKeys,
     limiter: RateLimiter,
     ready: Arc<AtomicBool>,
-    mirrors: crate::source::mirror::Mirrors,
 }
 
 impl Deref for AppState {
@@ -235,7 +224,6 @@ pub fn router(core: CoreHandle, tokens: Arc<Tokens>, config: RestConfig) -> Rout
         jwt: config.jwt,
         limiter: RateLimiter::new(config.rate_limit),
         ready: config.ready,
-        mirrors: crate::source::mirror::Mirrors::new(config.mirrors_dir),
     }));
     let upload_limit = DefaultBodyLimit::max(body::MAX_PIPELINE_BODY_BYTES);
     // Each route records the HTTP metrics under its own template.

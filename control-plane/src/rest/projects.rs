@@ -149,6 +149,7 @@ pub async fn create(
         webhook_secret: request.webhook_secret.unwrap_or_default(),
         token: request.token.unwrap_or_default(),
         created_at_ms: 0,
+        schedules: Vec::new(),
     };
     project
         .check()
@@ -217,7 +218,7 @@ pub async fn remove(
     if !existed {
         return Err(no_project(&name));
     }
-    state.mirrors.remove(&name).await;
+    state.core.mirrors().remove(&name).await;
     Ok(Json(RemovedProject { name }))
 }
 
@@ -266,7 +267,8 @@ pub async fn trigger(
             )))
         }
         None => state
-            .mirrors
+            .core
+            .mirrors()
             .resolve(&project, &git_ref)
             .await
             .map_err(|e| ApiError::unprocessable(e.to_string()))?,

@@ -25,9 +25,9 @@ use super::auth::Caller;
 use super::error::{ApiError, ErrorBody};
 use super::projects::ProjectRun;
 use super::{ApiPath, AppState};
-use crate::core::NotStarted;
 use crate::core::{Command, ProjectCommand};
 use crate::source::webhook::{self, Event, Forge};
+use crate::source::{start_run, StartError};
 use crate::source::{Project, Trigger};
 
 /// Longest delivery id remembered; a longer one is not remembered at all.
@@ -83,35 +83,17 @@ pub(super) async fn start(
     project: &Project,
     trigger: Trigger,
 ) -> Result<Result<ProjectRun, String>, ApiError> {
-    let yaml = state
-        .mirrors
-        .pipeline_file(project, &trigger.git_ref, &trigger.sha)
-        .await
-        .map_err(|e| ApiError::unprocessable(e.to_string()))?;
-    let pipeline = state
-        .core
-        .validate_pipeline(project.file.clone(), yaml)
-        .await
-        .map_err(|e| {
-            ApiError::from_validate(e)
-                .suggest(format!("fix {} at {} and push again", project.file, trigger.sha))
-        })?;
     let (git_ref, sha) = (trigger.git_ref.clone(), trigger.sha.clone());
-    let command = |reply| {
-        Command::Project(ProjectCommand::Start {
-            trigger: Box::new(trigger),
-            pipeline: Box::new(pipeline),
-            reply,
-        })
-    };
-    let started = match caller {
-        Some(caller) => state.call_as(caller, command).await?,
-        None => state.call(command).await?,
-    };
-    let started = match started {
+    let actor = caller.map(Caller::actor);
+    let started = match start_run(&state.core, state.core.mirrors(), actor, project, trigger).await {
         Ok(started) => started,
-        Err(NotStarted::NoProject(why)) => return Err(ApiError::not_found(why)),
-        Err(NotStarted::Rules(why)) => return Ok(Err(why)),
+        Err(StartError::Read(e)) => return Err(ApiError::unprocessable(e.to_string())),
+        Err(StartError::Invalid(e)) => {
+            return Err(ApiError::from_validate(e).suggest(format!("fix {} at {sha} and push again", project.file)))
+        }
+        Err(StartError::NoProject(why)) => return Err(ApiError::not_found(why)),
+        Err(StartError::Rules(why)) => return Ok(Err(why)),
+        Err(err @ StartError::CoreStopped) => return Err(ApiError::unavailable(err.to_string())),
     };
     Ok(Ok(ProjectRun {
         run_id: started.run_id,

@@ -16,6 +16,11 @@
 
 pub mod mirror;
 pub mod project;
+pub mod requests;
+pub mod schedule;
+pub mod start;
 pub mod webhook;
 
 pub use project::{check_variables, Project, Trigger};
+pub use schedule::Schedule;
+pub use start::{start_run, StartError};

@@ -32,6 +32,9 @@ pub struct Project {
     pub token: String,
     /// Creation time (ms since the Unix epoch).
     pub created_at_ms: u64,
+    /// Cron schedules that start runs of a branch.
+    #[serde(default)]
+    pub schedules: Vec<super::Schedule>,
 }
 
 // Hand-written so that the secrets never reach a log line.
@@ -44,6 +47,7 @@ impl std::fmt::Debug for Project {
             .field("file", &self.file)
             .field("webhook_secret", &!self.webhook_secret.is_empty())
             .field("token", &!self.token.is_empty())
+            .field("schedules", &self.schedules)
             .finish()
     }
 }
@@ -58,6 +62,19 @@ pub enum CheckProjectError {
 }
 
 impl Project {
+    /// What clients see (never the secrets).
+    pub fn info(&self) -> valkyrie::message::ProjectInfo {
+        valkyrie::message::ProjectInfo {
+            name: self.name.clone(),
+            repo: self.repo.clone(),
+            branch: self.branch.clone(),
+            file: self.file.clone(),
+            has_webhook_secret: !self.webhook_secret.is_empty(),
+            has_token: !self.token.is_empty(),
+            created_at_ms: self.created_at_ms,
+        }
+    }
+
     /// Checks what a caller gave: a name usable in a URL path, a
     /// repository URL without credentials, a relative file path.
     pub fn check(&self) -> Result<(), CheckProjectError> {
@@ -254,6 +271,7 @@ mod tests {
             webhook_secret: "hook-secret".into(),
             token: "forge-token".into(),
             created_at_ms: 0,
+            schedules: Vec::new(),
         }
     }
 

@@ -134,6 +134,22 @@ kinds! {
     LIST_SERVERS = 0x70;
     /// The control planes of a group.
     SERVER_LIST = 0x71;
+    /// A client creates a project.
+    PUT_PROJECT = 0x80;
+    /// A client lists projects (or asks for one).
+    LIST_PROJECTS = 0x81;
+    /// Projects.
+    PROJECT_LIST = 0x82;
+    /// A client removes a project.
+    REMOVE_PROJECT = 0x83;
+    /// A client adds a schedule to a project.
+    ADD_SCHEDULE = 0x84;
+    /// A client lists schedules.
+    LIST_SCHEDULES = 0x85;
+    /// Schedules.
+    SCHEDULE_LIST = 0x86;
+    /// A client removes a schedule.
+    REMOVE_SCHEDULE = 0x87;
 }
 
 impl fmt::Debug for FrameKind {

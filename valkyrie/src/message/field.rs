@@ -3,6 +3,7 @@
 
 use bytes::Bytes;
 
+use super::project::{ProjectInfo, ScheduleInfo};
 use super::types::*;
 use super::wire::{Reader, Writer};
 use crate::error::DecodeError;
@@ -147,5 +148,7 @@ struct_field!(
     RunnerInfo = 45,
     AuditEntry = 36,
     ServerInfo = 37,
+    ProjectInfo = 26,
+    ScheduleInfo = 40,
     EventBody = 1
 );

@@ -5,6 +5,7 @@ mod artifacts;
 pub mod cache;
 mod container;
 mod field;
+mod project;
 mod trigger;
 mod types;
 pub(crate) mod wire;
@@ -16,6 +17,7 @@ pub use artifacts::{ArtifactInfo, ArtifactWhen, ArtifactsSpec};
 pub use cache::{CachePolicy, CacheSpec};
 pub use container::{ContainerSpec, PullPolicy, ServiceSpec, DOCKER_EXECUTOR_TAG, EXECUTOR_TAG_PREFIX};
 pub use field::WireField;
+pub use project::{ProjectInfo, ScheduleInfo};
 pub use trigger::{CheckoutSpec, TriggerSpec};
 pub use types::*;
 use wire::{Reader, Writer};
@@ -617,6 +619,80 @@ messages! {
         /// The servers.
         servers: Vec<ServerInfo>,
     }
+
+    // ---- projects and schedules ----
+
+    /// Client → server: create a project. Answered by ProjectList with the
+    /// project, or RequestFailed (CONFLICT when the name is taken,
+    /// INVALID_REQUEST when a field is not valid).
+    PutProject = PUT_PROJECT on Control {
+        /// Unique name: letters, digits, `-`, `_`, `.`.
+        name: String,
+        /// Clone URL, without credentials.
+        repo: String,
+        /// Default branch; empty means `main`.
+        branch: String,
+        /// Pipeline file path in the repository; empty means `.valkyrie.yml`.
+        file: String,
+        /// The webhook secret (GitHub's HMAC key, GitLab's token); may be empty.
+        webhook_secret: String,
+        /// An HTTPS token for a private repository; may be empty.
+        token: String,
+    }
+
+    /// Client → server: every project, or the one named. Answered by
+    /// ProjectList (NOT_FOUND when the named project does not exist).
+    ListProjects = LIST_PROJECTS on Control {
+        /// A project's name; empty for every project.
+        name: String,
+    }
+
+    /// Server → client: projects, by name.
+    ProjectList = PROJECT_LIST on Control {
+        /// The projects.
+        projects: Vec<ProjectInfo>,
+    }
+
+    /// Client → server: remove a project (its runs stay; its schedules
+    /// go). Answered by Ack, or RequestFailed NOT_FOUND.
+    RemoveProject = REMOVE_PROJECT on Control {
+        /// The project.
+        name: String,
+    }
+
+    /// Client → server: add a cron schedule to a project. Answered by
+    /// ScheduleList with the schedule, or RequestFailed (NOT_FOUND,
+    /// INVALID_REQUEST when the cron expression or a variable is not valid).
+    AddSchedule = ADD_SCHEDULE on Control {
+        /// The project.
+        project: String,
+        /// Cron expression, in UTC: 5 fields, or 6 with seconds first.
+        cron: String,
+        /// The branch to run; empty means the project's branch.
+        branch: String,
+        /// Variables every job of its runs gets.
+        variables: Vec<(String, String)>,
+    }
+
+    /// Client → server: the schedules of a project, or of every project.
+    /// Answered by ScheduleList.
+    ListSchedules = LIST_SCHEDULES on Control {
+        /// A project's name; empty for every project.
+        project: String,
+    }
+
+    /// Server → client: schedules, by id.
+    ScheduleList = SCHEDULE_LIST on Control {
+        /// The schedules.
+        schedules: Vec<ScheduleInfo>,
+    }
+
+    /// Client → server: remove a schedule. Answered by Ack, or
+    /// RequestFailed NOT_FOUND.
+    RemoveSchedule = REMOVE_SCHEDULE on Control {
+        /// The schedule.
+        id: u64,
+    }
 }
 
 /// A (job, attempt) pair an agent is running.
@@ -723,6 +799,12 @@ impl Message {
                 | Message::ListArtifacts(_)
                 | Message::CacheLookup(_)
                 | Message::ListServers(_)
+                | Message::PutProject(_)
+                | Message::ListProjects(_)
+                | Message::RemoveProject(_)
+                | Message::AddSchedule(_)
+                | Message::ListSchedules(_)
+                | Message::RemoveSchedule(_)
         )
     }
 }
@@ -750,6 +832,8 @@ impl Message {
                 | Message::ArtifactData(_)
                 | Message::ArtifactList(_)
                 | Message::CacheEntry(_)
+                | Message::ProjectList(_)
+                | Message::ScheduleList(_)
         )
     }
 }

@@ -8,6 +8,7 @@ mod interrupt;
 mod listing;
 mod live;
 mod out;
+mod projects;
 mod run_view;
 
 use std::io::IsTerminal;
@@ -249,6 +250,22 @@ enum Command {
         /// Print JSON.
         #[arg(long)]
         json: bool,
+    },
+    /// Projects: git repositories whose pushes, triggers and schedules start runs.
+    #[command(
+        after_help = "Examples:\n  vk projects add app --repo https://git.example/ci/app.git --webhook-secret \"$SECRET\"\n  vk projects list\n  vk projects show app\n  vk projects remove app"
+    )]
+    Projects {
+        #[command(subcommand)]
+        action: projects::ProjectsAction,
+    },
+    /// Cron schedules of projects, fired by the leader once per slot.
+    #[command(
+        after_help = "Examples:\n  vk schedules add app \"0 3 * * *\" --branch main\n  vk schedules add app \"*/30 * * * * *\" --var SUITE=smoke\n  vk schedules list app\n  vk schedules remove 3"
+    )]
+    Schedules {
+        #[command(subcommand)]
+        action: projects::SchedulesAction,
     },
     /// Print a shell completion script.
     #[command(
@@ -568,6 +585,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Projects { action } => projects::projects(&client, action).await,
+        Command::Schedules { action } => projects::schedules(&client, action).await,
         Command::Play { run, job } => {
             client.play(run, &job).await?;
             eprintln!("job `{job}` of run r{run} started");
