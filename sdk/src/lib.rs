@@ -258,14 +258,20 @@ impl Client {
     /// `.valkyrie.yml`); returns it as stored (secrets are never sent back).
     pub async fn create_project(&self, project: PutProject) -> Result<ProjectInfo, ClientError> {
         match self.call(project).await? {
-            Message::ProjectList(l) => l.projects.into_iter().next().ok_or(ClientError::Unexpected(valkyrie::FrameKind::PROJECT_LIST)),
+            Message::ProjectList(l) => l
+                .projects
+                .into_iter()
+                .next()
+                .ok_or(ClientError::Unexpected(valkyrie::FrameKind::PROJECT_LIST)),
             other => Err(ClientError::Unexpected(other.kind())),
         }
     }
 
     /// Every project (`name` empty), or the one named.
     pub async fn projects(&self, name: &str) -> Result<Vec<ProjectInfo>, ClientError> {
-        let message = ListProjects { name: name.to_owned() };
+        let message = ListProjects {
+            name: name.to_owned(),
+        };
         match self.call(message).await? {
             Message::ProjectList(l) => Ok(l.projects),
             other => Err(ClientError::Unexpected(other.kind())),
@@ -274,7 +280,12 @@ impl Client {
 
     /// Removes a project (its runs stay; its schedules go).
     pub async fn remove_project(&self, name: &str) -> Result<(), ClientError> {
-        match self.call(RemoveProject { name: name.to_owned() }).await? {
+        match self
+            .call(RemoveProject {
+                name: name.to_owned(),
+            })
+            .await?
+        {
             Message::Ack(_) => Ok(()),
             other => Err(ClientError::Unexpected(other.kind())),
         }
@@ -297,7 +308,11 @@ impl Client {
             variables,
         };
         match self.call(message).await? {
-            Message::ScheduleList(l) => l.schedules.into_iter().next().ok_or(ClientError::Unexpected(valkyrie::FrameKind::SCHEDULE_LIST)),
+            Message::ScheduleList(l) => l
+                .schedules
+                .into_iter()
+                .next()
+                .ok_or(ClientError::Unexpected(valkyrie::FrameKind::SCHEDULE_LIST)),
             other => Err(ClientError::Unexpected(other.kind())),
         }
     }

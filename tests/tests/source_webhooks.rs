@@ -697,20 +697,50 @@ async fn vk_projects_and_schedules_fire_a_run_per_slot() {
     assert!(!shown.contains(SECRET), "{shown}");
     let again = server.vk(&["projects", "add", "app", "--repo", &repo.url]).await;
     assert!(!again.status.success());
-    assert!(text(&again.stderr).contains("already exists"), "{}", text(&again.stderr));
-    let bad = server.vk(&["projects", "add", "bad/name", "--repo", &repo.url]).await;
-    assert!(text(&bad.stderr).contains("is not valid"), "{}", text(&bad.stderr));
-    let listed: serde_json::Value = serde_json::from_str(&ok(&vk(&["projects", "list", "--json"]).await)).unwrap();
+    assert!(
+        text(&again.stderr).contains("already exists"),
+        "{}",
+        text(&again.stderr)
+    );
+    let bad = server
+        .vk(&["projects", "add", "bad/name", "--repo", &repo.url])
+        .await;
+    assert!(
+        text(&bad.stderr).contains("is not valid"),
+        "{}",
+        text(&bad.stderr)
+    );
+    let listed: serde_json::Value =
+        serde_json::from_str(&ok(&vk(&["projects", "list", "--json"]).await)).unwrap();
     assert_eq!(listed[0]["name"], "app");
     assert_eq!(listed[0]["has_webhook_secret"], true);
     assert_eq!(listed[0]["has_token"], false);
 
     let refused = vk(&["schedules", "add", "app", "0 3 * *"]).await;
-    assert!(text(&refused.stderr).contains("is not valid"), "{}", text(&refused.stderr));
+    assert!(
+        text(&refused.stderr).contains("is not valid"),
+        "{}",
+        text(&refused.stderr)
+    );
     let missing = vk(&["schedules", "add", "nope", "0 3 * * *"]).await;
-    assert!(text(&missing.stderr).contains("no project `nope`"), "{}", text(&missing.stderr));
-    let added = ok(&vk(&["schedules", "add", "app", "*/2 * * * * *", "--var", "SUITE=nightly"]).await);
-    assert!(added.contains("*/2 * * * * *") && added.contains("SUITE=nightly"), "{added}");
+    assert!(
+        text(&missing.stderr).contains("no project `nope`"),
+        "{}",
+        text(&missing.stderr)
+    );
+    let added = ok(&vk(&[
+        "schedules",
+        "add",
+        "app",
+        "*/2 * * * * *",
+        "--var",
+        "SUITE=nightly",
+    ])
+    .await);
+    assert!(
+        added.contains("*/2 * * * * *") && added.contains("SUITE=nightly"),
+        "{added}"
+    );
     let schedules: serde_json::Value =
         serde_json::from_str(&ok(&vk(&["schedules", "list", "app", "--json"]).await)).unwrap();
     let id = schedules[0]["id"].as_u64().unwrap();
@@ -747,14 +777,23 @@ async fn vk_projects_and_schedules_fire_a_run_per_slot() {
     let slots = (now_ms - created) / 2_000 + 1;
     let fired = client.runs(1000).await.unwrap().len() as u64;
     assert!(fired <= slots, "{fired} runs in {slots} slots");
-    let left: serde_json::Value = serde_json::from_str(&ok(&vk(&["schedules", "list", "--json"]).await)).unwrap();
+    let left: serde_json::Value =
+        serde_json::from_str(&ok(&vk(&["schedules", "list", "--json"]).await)).unwrap();
     assert_eq!(left, serde_json::json!([]));
     let again = vk_remove_schedule(&server, id).await;
-    assert!(text(&again.stderr).contains(&format!("no schedule {id}")), "{}", text(&again.stderr));
+    assert!(
+        text(&again.stderr).contains(&format!("no schedule {id}")),
+        "{}",
+        text(&again.stderr)
+    );
 
     ok(&vk(&["projects", "remove", "app"]).await);
     let gone = vk(&["projects", "show", "app"]).await;
-    assert!(text(&gone.stderr).contains("no project `app`"), "{}", text(&gone.stderr));
+    assert!(
+        text(&gone.stderr).contains("no project `app`"),
+        "{}",
+        text(&gone.stderr)
+    );
 }
 
 async fn vk_remove_schedule(server: &Server, id: u64) -> std::process::Output {

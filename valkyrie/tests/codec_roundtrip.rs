@@ -296,6 +296,52 @@ fn server_info() -> impl Strategy<Value = ServerInfo> {
         )
 }
 
+fn project_info() -> impl Strategy<Value = ProjectInfo> {
+    (
+        text(),
+        text(),
+        text(),
+        text(),
+        any::<bool>(),
+        any::<bool>(),
+        any::<u64>(),
+    )
+        .prop_map(
+            |(name, repo, branch, file, has_webhook_secret, has_token, created_at_ms)| ProjectInfo {
+                name,
+                repo,
+                branch,
+                file,
+                has_webhook_secret,
+                has_token,
+                created_at_ms,
+            },
+        )
+}
+
+fn schedule_info() -> impl Strategy<Value = ScheduleInfo> {
+    (
+        any::<u64>(),
+        text(),
+        text(),
+        text(),
+        pairs(),
+        any::<u64>(),
+        any::<u64>(),
+    )
+        .prop_map(
+            |(id, project, cron, branch, variables, last_slot_ms, next_ms)| ScheduleInfo {
+                id,
+                project,
+                cron,
+                branch,
+                variables,
+                last_slot_ms,
+                next_ms,
+            },
+        )
+}
+
 fn audit_entry() -> impl Strategy<Value = AuditEntry> {
     (
         (any::<u64>(), any::<u64>(), text()),
@@ -790,6 +836,42 @@ fn message() -> impl Strategy<Value = Message> {
         vec(server_info(), 0..3)
             .prop_map(|servers| ServerList { servers }.into())
             .boxed(),
+        (text(), text(), text(), text(), text(), text())
+            .prop_map(|(name, repo, branch, file, webhook_secret, token)| {
+                PutProject {
+                    name,
+                    repo,
+                    branch,
+                    file,
+                    webhook_secret,
+                    token,
+                }
+                .into()
+            })
+            .boxed(),
+        text().prop_map(|name| ListProjects { name }.into()).boxed(),
+        vec(project_info(), 0..3)
+            .prop_map(|projects| ProjectList { projects }.into())
+            .boxed(),
+        text().prop_map(|name| RemoveProject { name }.into()).boxed(),
+        (text(), text(), text(), pairs())
+            .prop_map(|(project, cron, branch, variables)| {
+                AddSchedule {
+                    project,
+                    cron,
+                    branch,
+                    variables,
+                }
+                .into()
+            })
+            .boxed(),
+        text()
+            .prop_map(|project| ListSchedules { project }.into())
+            .boxed(),
+        vec(schedule_info(), 0..3)
+            .prop_map(|schedules| ScheduleList { schedules }.into())
+            .boxed(),
+        any::<u64>().prop_map(|id| RemoveSchedule { id }.into()).boxed(),
     ];
     Union::new(arms)
 }

@@ -1361,6 +1361,89 @@ fn message_cases() -> Vec<MessageCase> {
             }
             .into(),
         ),
+        // ---- projects and schedules ----
+        (
+            "put_project",
+            116,
+            none,
+            PutProject {
+                name: "app".into(),
+                repo: "https://git.example/ci/app.git".into(),
+                branch: "main".into(),
+                file: String::new(),
+                webhook_secret: "hook-s3cret".into(),
+                token: String::new(),
+            }
+            .into(),
+        ),
+        (
+            "project_list",
+            116,
+            reply(),
+            ProjectList {
+                projects: vec![ProjectInfo {
+                    name: "app".into(),
+                    repo: "https://git.example/ci/app.git".into(),
+                    branch: "main".into(),
+                    file: ".valkyrie.yml".into(),
+                    has_webhook_secret: true,
+                    has_token: false,
+                    created_at_ms: 1_732_240_800_000,
+                }],
+            }
+            .into(),
+        ),
+        (
+            "list_projects",
+            117,
+            none,
+            ListProjects { name: String::new() }.into(),
+        ),
+        (
+            "remove_project",
+            118,
+            none,
+            RemoveProject { name: "app".into() }.into(),
+        ),
+        (
+            "add_schedule",
+            119,
+            none,
+            AddSchedule {
+                project: "app".into(),
+                cron: "0 3 * * *".into(),
+                branch: String::new(),
+                variables: vec![("SUITE".into(), "nightly".into())],
+            }
+            .into(),
+        ),
+        (
+            "schedule_list",
+            119,
+            reply(),
+            ScheduleList {
+                schedules: vec![ScheduleInfo {
+                    id: 3,
+                    project: "app".into(),
+                    cron: "0 3 * * *".into(),
+                    branch: "main".into(),
+                    variables: vec![("SUITE".into(), "nightly".into())],
+                    last_slot_ms: 0,
+                    next_ms: 1_732_244_400_000,
+                }],
+            }
+            .into(),
+        ),
+        (
+            "list_schedules",
+            120,
+            none,
+            ListSchedules {
+                project: "app".into(),
+            }
+            .into(),
+        ),
+        ("remove_schedule", 121, none, RemoveSchedule { id: 3 }.into()),
     ]
 }
 

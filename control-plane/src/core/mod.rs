@@ -532,10 +532,9 @@ fn spawn_inner(
         validations: Default::default(),
         artifacts: None,
         cache: None,
-        mirrors: Arc::new(crate::source::mirror::Mirrors::new(std::env::temp_dir().join(format!(
-            "valkyrie-mirrors-{}",
-            std::process::id()
-        )))),
+        mirrors: Arc::new(crate::source::mirror::Mirrors::new(
+            std::env::temp_dir().join(format!("valkyrie-mirrors-{}", std::process::id())),
+        )),
     }
 }
 

@@ -34,7 +34,11 @@ pub enum ProjectCommand {
     Delivered(String, oneshot::Sender<Option<u64>>),
     /// Add a schedule to a project (its cron expression and variables
     /// were checked off the core; the id and creation time are set here).
-    AddSchedule(String, Box<Schedule>, oneshot::Sender<Result<Schedule, ScheduleRefused>>),
+    AddSchedule(
+        String,
+        Box<Schedule>,
+        oneshot::Sender<Result<Schedule, ScheduleRefused>>,
+    ),
     /// Remove a schedule; answers whether it existed.
     RemoveSchedule(u64, oneshot::Sender<bool>),
     /// The schedules of a project (every project's for an empty name), by

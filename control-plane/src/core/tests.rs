@@ -454,7 +454,10 @@ fn a_schedule_slot_is_claimed_once_even_across_a_restart() {
         created_at_ms: 0,
         schedules: Vec::new(),
     };
-    ask(&mut h, |tx| Command::Project(ProjectCommand::Create(Box::new(project), tx))).unwrap();
+    ask(&mut h, |tx| {
+        Command::Project(ProjectCommand::Create(Box::new(project), tx))
+    })
+    .unwrap();
     let every_10s = Schedule {
         id: 0,
         cron: "*/10 * * * * *".into(),
@@ -467,7 +470,11 @@ fn a_schedule_slot_is_claimed_once_even_across_a_restart() {
         Command::Project(ProjectCommand::AddSchedule("app".into(), Box::new(every_10s), tx))
     })
     .unwrap();
-    assert_eq!((added.id, added.branch.as_str()), (1, "main"), "the project's branch by default");
+    assert_eq!(
+        (added.id, added.branch.as_str()),
+        (1, "main"),
+        "the project's branch by default"
+    );
     let claim = |h: &mut Harness| ask(h, |tx| Command::Project(ProjectCommand::ClaimDue(tx)));
     assert!(claim(&mut h).is_empty(), "no slot since it was added");
 
@@ -477,11 +484,17 @@ fn a_schedule_slot_is_claimed_once_even_across_a_restart() {
     let slot = due[0].slot_ms;
     assert_eq!(slot % 10_000, 0, "a slot of the expression");
     assert!(slot > added.created_at_ms && slot <= h.now.wall_ms);
-    assert_eq!(due[0].schedule.variables, [("SUITE".to_owned(), "nightly".to_owned())]);
+    assert_eq!(
+        due[0].schedule.variables,
+        [("SUITE".to_owned(), "nightly".to_owned())]
+    );
     assert!(claim(&mut h).is_empty(), "claimed once");
 
     // What was stored is what a restarted core recovers: the slot stays claimed.
-    let stored = ask(&mut h, |tx| Command::Project(ProjectCommand::Get("app".into(), tx))).unwrap();
+    let stored = ask(&mut h, |tx| {
+        Command::Project(ProjectCommand::Get("app".into(), tx))
+    })
+    .unwrap();
     assert_eq!(stored.schedules[0].last_slot_ms, slot);
     let mut again = Harness::new(config());
     again.now = h.now;
@@ -502,8 +515,14 @@ fn a_schedule_slot_is_claimed_once_even_across_a_restart() {
     })
     .unwrap();
     assert_eq!(second.id, 2, "ids continue after the recovered ones");
-    assert!(ask(&mut again, |tx| Command::Project(ProjectCommand::RemoveSchedule(1, tx))));
-    assert!(!ask(&mut again, |tx| Command::Project(ProjectCommand::RemoveSchedule(1, tx))));
-    let left = ask(&mut again, |tx| Command::Project(ProjectCommand::Schedules(String::new(), tx)));
+    assert!(ask(&mut again, |tx| Command::Project(
+        ProjectCommand::RemoveSchedule(1, tx)
+    )));
+    assert!(!ask(&mut again, |tx| Command::Project(
+        ProjectCommand::RemoveSchedule(1, tx)
+    )));
+    let left = ask(&mut again, |tx| {
+        Command::Project(ProjectCommand::Schedules(String::new(), tx))
+    });
     assert_eq!(left.iter().map(|(_, s)| s.id).collect::<Vec<_>>(), [2]);
 }

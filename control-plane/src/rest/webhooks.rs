@@ -89,7 +89,9 @@ pub(super) async fn start(
         Ok(started) => started,
         Err(StartError::Read(e)) => return Err(ApiError::unprocessable(e.to_string())),
         Err(StartError::Invalid(e)) => {
-            return Err(ApiError::from_validate(e).suggest(format!("fix {} at {sha} and push again", project.file)))
+            return Err(
+                ApiError::from_validate(e).suggest(format!("fix {} at {sha} and push again", project.file))
+            )
         }
         Err(StartError::NoProject(why)) => return Err(ApiError::not_found(why)),
         Err(StartError::Rules(why)) => return Ok(Err(why)),

@@ -37,7 +37,11 @@ pub async fn serve(core: &CoreHandle, actor: &Actor, reply: Responder, message: 
             let project = Project {
                 name: m.name,
                 repo: m.repo,
-                branch: if m.branch.is_empty() { "main".into() } else { m.branch },
+                branch: if m.branch.is_empty() {
+                    "main".into()
+                } else {
+                    m.branch
+                },
                 file: if m.file.is_empty() {
                     DEFAULT_PIPELINE_FILE.into()
                 } else {
@@ -67,8 +71,13 @@ pub async fn serve(core: &CoreHandle, actor: &Actor, reply: Responder, message: 
                 core.call(|tx| Command::Project(ProjectCommand::List(tx))).await
             } else {
                 let name = m.name.clone();
-                match core.call(|tx| Command::Project(ProjectCommand::Get(name, tx))).await {
-                    Some(None) => return reply.fail(ErrorCode::NOT_FOUND, format!("no project `{}`", m.name)),
+                match core
+                    .call(|tx| Command::Project(ProjectCommand::Get(name, tx)))
+                    .await
+                {
+                    Some(None) => {
+                        return reply.fail(ErrorCode::NOT_FOUND, format!("no project `{}`", m.name))
+                    }
                     found => found.map(|p| p.into_iter().collect()),
                 }
             };
@@ -94,8 +103,12 @@ pub async fn serve(core: &CoreHandle, actor: &Actor, reply: Responder, message: 
             if let Err(why) = parse_cron(&m.cron).and_then(|_| check_variables(&m.variables)) {
                 return reply.fail(ErrorCode::INVALID_REQUEST, why);
             }
-            if m.branch.starts_with('-') || m.branch.contains("..") || m.branch.chars().any(char::is_control) {
-                return reply.fail(ErrorCode::INVALID_REQUEST, format!("branch `{}` is not valid", m.branch));
+            if m.branch.starts_with('-') || m.branch.contains("..") || m.branch.chars().any(char::is_control)
+            {
+                return reply.fail(
+                    ErrorCode::INVALID_REQUEST,
+                    format!("branch `{}` is not valid", m.branch),
+                );
             }
             let schedule = Schedule {
                 id: 0,
@@ -119,7 +132,9 @@ pub async fn serve(core: &CoreHandle, actor: &Actor, reply: Responder, message: 
                 Some(Ok(schedule)) => reply.reply(ScheduleList {
                     schedules: vec![schedule.info(&project)],
                 }),
-                Some(Err(err @ ScheduleRefused::NoProject(_))) => reply.fail(ErrorCode::NOT_FOUND, err.to_string()),
+                Some(Err(err @ ScheduleRefused::NoProject(_))) => {
+                    reply.fail(ErrorCode::NOT_FOUND, err.to_string())
+                }
                 Some(Err(err)) => reply.fail(ErrorCode::CONFLICT, err.to_string()),
                 None => reply.fail(ErrorCode::SHUTTING_DOWN, STOPPED),
             }

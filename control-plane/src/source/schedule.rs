@@ -132,7 +132,10 @@ pub async fn run(core: CoreHandle) {
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticks.tick().await;
-        let Some(due) = core.call(|reply| Command::Project(ProjectCommand::ClaimDue(reply))).await else {
+        let Some(due) = core
+            .call(|reply| Command::Project(ProjectCommand::ClaimDue(reply)))
+            .await
+        else {
             return;
         };
         for slot in due {
@@ -223,7 +226,11 @@ mod tests {
         assert_eq!(s.next_ms(), Some(T0 + 5 * MINUTE));
         assert_eq!(s.due(T0 + 4 * MINUTE), None, "not yet");
         assert_eq!(s.due(T0 + 5 * MINUTE), Some(T0 + 5 * MINUTE), "on the slot");
-        assert_eq!(s.due(T0 + 17 * MINUTE), Some(T0 + 15 * MINUTE), "late: the latest slot");
+        assert_eq!(
+            s.due(T0 + 17 * MINUTE),
+            Some(T0 + 15 * MINUTE),
+            "late: the latest slot"
+        );
         let fired = schedule("*/5 * * * *", T0, T0 + 15 * MINUTE);
         assert_eq!(fired.due(T0 + 17 * MINUTE), None, "claimed already");
         assert_eq!(fired.due(T0 + 20 * MINUTE), Some(T0 + 20 * MINUTE));

@@ -128,9 +128,19 @@ pub async fn projects(client: &Client, action: ProjectsAction) -> anyhow::Result
                     outln!("repository:      {}", p.repo);
                     outln!("branch:          {}", p.branch);
                     outln!("pipeline file:   {}", p.file);
-                    outln!("webhook secret:  {}", if p.has_webhook_secret { "set" } else { "none (webhooks are refused)" });
+                    outln!(
+                        "webhook secret:  {}",
+                        if p.has_webhook_secret {
+                            "set"
+                        } else {
+                            "none (webhooks are refused)"
+                        }
+                    );
                     outln!("repository token: {}", if p.has_token { "set" } else { "none" });
-                    outln!("webhooks:        /api/webhooks/github/{0}, /api/webhooks/gitlab/{0}", p.name);
+                    outln!(
+                        "webhooks:        /api/webhooks/github/{0}, /api/webhooks/gitlab/{0}",
+                        p.name
+                    );
                 }
                 outln!();
                 print_schedules(&schedules);
@@ -173,7 +183,14 @@ pub async fn schedules(client: &Client, action: SchedulesAction) -> anyhow::Resu
 }
 
 fn print_projects(projects: &[ProjectInfo]) {
-    outln!("{:<20} {:<12} {:<20} {:<7} {:<6} REPOSITORY", "PROJECT", "BRANCH", "FILE", "WEBHOOK", "TOKEN");
+    outln!(
+        "{:<20} {:<12} {:<20} {:<7} {:<6} REPOSITORY",
+        "PROJECT",
+        "BRANCH",
+        "FILE",
+        "WEBHOOK",
+        "TOKEN"
+    );
     for p in projects {
         let yes = |b: bool| if b { "yes" } else { "no" };
         outln!(
@@ -197,7 +214,14 @@ fn print_schedules(schedules: &[ScheduleInfo]) {
         ms if ms <= now_ms => "due".to_owned(),
         ms => format!("in {}", format_ms(ms - now_ms)),
     };
-    outln!("{:>4}  {:<20} {:<18} {:<12} {:<14} VARIABLES", "ID", "PROJECT", "CRON (UTC)", "BRANCH", "NEXT");
+    outln!(
+        "{:>4}  {:<20} {:<18} {:<12} {:<14} VARIABLES",
+        "ID",
+        "PROJECT",
+        "CRON (UTC)",
+        "BRANCH",
+        "NEXT"
+    );
     for s in schedules {
         let vars: Vec<String> = s.variables.iter().map(|(n, v)| format!("{n}={v}")).collect();
         outln!(
