@@ -4,10 +4,10 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use support::git::{git, Repo};
 use support::*;
 use valkyrie::message::{EventBody, JobState, RunState};
 use valkyrie_sdk::Client;
@@ -25,132 +25,22 @@ jobs:
       - run: test ! -e .git && echo \"empty workspace run=$VALKYRIE_RUN_ID\"
 ";
 
-/// A repository with a working copy (where commits are made) and the bare
-/// repository `git daemon` serves.
-struct Repo {
-    work: PathBuf,
-    bare: PathBuf,
-    url: String,
-    _daemon: Guarded,
-}
-
-fn git(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new("git")
-        .arg("-C")
-        .arg(dir)
-        .args(args)
-        .env("GIT_AUTHOR_NAME", "t")
-        .env("GIT_AUTHOR_EMAIL", "t@example.com")
-        .env("GIT_COMMITTER_NAME", "t")
-        .env("GIT_COMMITTER_EMAIL", "t@example.com")
-        .env("GIT_CONFIG_NOSYSTEM", "1")
-        .output()
-        .expect("git runs");
-    assert!(
-        out.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    text(&out.stdout).trim().to_owned()
-}
-
-impl Repo {
-    /// A repository with the pipeline file on `main`, served by `git daemon`.
-    async fn serve(h: &Harness, pipeline: &str) -> Self {
-        let root = h.path().join("git");
-        let work = root.join("work");
-        let base = root.join("served");
-        std::fs::create_dir_all(&work).unwrap();
-        std::fs::create_dir_all(&base).unwrap();
-        git(&work, &["init", "-q", "-b", "main"]);
-        std::fs::write(work.join(".valkyrie.yml"), pipeline).unwrap();
-        git(&work, &["add", ".valkyrie.yml"]);
-        git(&work, &["commit", "-q", "-m", "pipeline"]);
-        let bare = base.join("app.git");
-        git(
-            &root,
-            &[
-                "clone",
-                "-q",
-                "--bare",
-                work.to_str().unwrap(),
-                bare.to_str().unwrap(),
-            ],
-        );
-        let port = free_port();
-        // git-daemon itself, not `git daemon`: the guard kills the process
-        // it started, and `git` would leave its git-daemon child running.
-        let exec_path = git(&root, &["--exec-path"]);
-        let mut daemon = Command::new(Path::new(&exec_path).join("git-daemon"));
-        daemon.args([
-            "--export-all",
-            "--reuseaddr",
-            "--listen=127.0.0.1",
-            &format!("--port={port}"),
-            &format!("--base-path={}", base.display()),
-            base.to_str().unwrap(),
-        ]);
-        let daemon = spawn_logged(daemon, "git daemon", root.join("daemon.log"), Stdio::null());
-        let url = format!("git://127.0.0.1:{port}/app.git");
-        wait_until("git daemon to serve the repository", || async {
-            Command::new("git")
-                .args(["ls-remote", &url])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status()
-                .ok()
-                .filter(|s| s.success())
-        })
-        .await;
-        Self {
-            work,
-            bare,
-            url,
-            _daemon: daemon,
-        }
-    }
-
-    /// Commits a change to `branch` and pushes it; returns the commit.
-    fn push(&self, branch: &str, file: &str) -> String {
-        let current = git(&self.work, &["rev-parse", "--abbrev-ref", "HEAD"]);
-        if current != branch {
-            git(&self.work, &["checkout", "-q", "-B", branch]);
-        }
-        std::fs::write(self.work.join(file), format!("{file} {}\n", fastrand_id())).unwrap();
-        git(&self.work, &["add", file]);
-        git(&self.work, &["commit", "-q", "-m", file]);
-        git(
-            &self.work,
-            &[
-                "push",
-                "-q",
-                "-f",
-                self.bare.to_str().unwrap(),
-                &format!("{branch}:{branch}"),
-            ],
-        );
-        git(&self.work, &["rev-parse", "HEAD"])
-    }
-}
-
-fn fastrand_id() -> u128 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos()
-}
-
 /// A server with the REST API, an agent, and a project on `repo`.
 struct Ci {
     server: Server,
     client: Client,
     http: reqwest::Client,
     base: String,
-    _agent: Agent,
+    agent: Agent,
 }
 
 impl Ci {
     async fn start(h: &Harness, repo: &Repo) -> Self {
+        Self::start_with_token(h, repo, "").await
+    }
+
+    /// With `token` as the project's repository token.
+    async fn start_with_token(h: &Harness, repo: &Repo, token: &str) -> Self {
         let port = free_port();
         let http_arg = format!("127.0.0.1:{port}");
         let server = h
@@ -165,14 +55,14 @@ impl Ci {
             http: http_client(),
             server,
             client,
-            _agent: agent,
+            agent,
         };
         let created = ci
             .http
             .post(format!("{}/api/projects", ci.base))
             .bearer_auth(&ci.server.api_token)
             .json(&serde_json::json!({
-                "name": "app", "repo": repo.url, "webhook_secret": SECRET,
+                "name": "app", "repo": repo.url, "webhook_secret": SECRET, "token": token,
             }))
             .send()
             .await
@@ -798,4 +688,85 @@ async fn vk_projects_and_schedules_fire_a_run_per_slot() {
 
 async fn vk_remove_schedule(server: &Server, id: u64) -> std::process::Output {
     server.vk(&["schedules", "remove", &id.to_string()]).await
+}
+
+const PRIVATE_TOKEN: &str = "glpat-pr1vate-t0ken";
+
+const PRIVATE_PIPELINE: &str = "\
+name: private
+jobs:
+  head:
+    steps:
+      - run: echo \"head=$(git rev-parse HEAD)\"; env; git config --list --show-origin
+";
+
+/// A private repository over HTTP (`git http-backend` behind a server that
+/// answers 401 without the token): the server reads the pipeline file and
+/// the agent checks the commit out with the project's token, and the token
+/// is in no log, no job environment, no git config and no store file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_private_repository_is_checked_out_with_its_token_and_the_token_shows_nowhere() {
+    let h = Harness::new();
+    let repo = Repo::serve_private(&h, PRIVATE_PIPELINE, PRIVATE_TOKEN).await;
+    let anonymous = Command::new("git")
+        .args(["ls-remote", &repo.url])
+        .env("GIT_TERMINAL_PROMPT", "0")
+        .output()
+        .unwrap();
+    assert!(!anonymous.status.success(), "the repository is private");
+    assert!(
+        repo.http_counts()
+            .refused
+            .load(std::sync::atomic::Ordering::Relaxed)
+            > 0
+    );
+
+    let ci = Ci::start_with_token(&h, &repo, PRIVATE_TOKEN).await;
+    let sha = repo.push("main", "a.txt");
+    let body = github_push("main", &sha);
+    let signature = valkyrie_control_plane_signature(SECRET, &body);
+    let (status, answer) = ci.github("push", "p-1", &body, Some(&signature)).await;
+    assert_eq!(status, 201, "{answer}");
+    let run_id = answer["run_id"].as_u64().unwrap();
+    let jobs = ci.finished(run_id).await;
+    let output = &jobs[0].1;
+    assert!(output.contains(&format!("head={sha}")), "{output}");
+    assert!(
+        repo.http_counts()
+            .served
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= 2,
+        "the server and the agent both fetched with the token"
+    );
+
+    let basic = {
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD.encode(format!("x-access-token:{PRIVATE_TOKEN}"))
+    };
+    let server_log = ci.server.process.log();
+    let agent_log = ci.agent.process.log();
+    for (what, text) in [
+        ("the job's output (its env and git config)", output.as_str()),
+        ("the server's log", server_log.as_str()),
+        ("the agent's log", agent_log.as_str()),
+    ] {
+        assert!(!text.contains(PRIVATE_TOKEN), "the token is in {what}:\n{text}");
+        assert!(!text.contains(&basic), "the token's header is in {what}:\n{text}");
+    }
+    // Not merely masked: absent from the job's environment and git config.
+    assert!(
+        !output.contains("***") && !output.contains("GIT_CONFIG_") && !output.contains("extraheader"),
+        "{output}"
+    );
+    assert!(
+        output.contains("VALKYRIE_COMMIT_SHA="),
+        "the job printed its env: {output}"
+    );
+    let stored = std::fs::read(h.path().join("data/valkyrie.redb")).unwrap();
+    assert!(
+        !stored
+            .windows(PRIVATE_TOKEN.len())
+            .any(|w| w == PRIVATE_TOKEN.as_bytes()),
+        "the token is in valkyrie.redb in the clear"
+    );
 }

@@ -12,6 +12,7 @@
 //! deadline ([`wait_until`]) or read a child's output.
 #![allow(dead_code)]
 
+pub mod git;
 pub mod s3;
 
 use std::future::Future;
