@@ -630,6 +630,8 @@ fn projects_and_deliveries_are_stored_and_deleted() {
         webhook_secret: "s".into(),
         token: String::new(),
         created_at_ms: 1,
+        status: None,
+        notify: None,
     };
     let delivery = |seq: u64| DeliveryRow {
         seq,
