@@ -21,6 +21,7 @@ use valkyrie_control_plane::responder::Responder;
 use valkyrie_control_plane::rest::auth::{JwtKeys, Role};
 use valkyrie_control_plane::rest::{self, RestConfig};
 use valkyrie_control_plane::source::mirror::Mirrors;
+use valkyrie_control_plane::source::notifier::{self, NotifierConfig};
 use valkyrie_control_plane::source::schedule;
 use valkyrie_control_plane::store::embedded::EmbeddedStore;
 use valkyrie_control_plane::store::leader::{Election, LeaseConfig};
@@ -320,6 +321,7 @@ async fn run() -> anyhow::Result<()> {
         retention: args.retention,
         handoff_limit: args.handoff_limit,
         runner_retention: args.runner_retention,
+        run_notices: None,
     };
     let metrics: Arc<Metrics> = Default::default();
     let key = match &args.secrets_key_file {
@@ -372,6 +374,16 @@ async fn run() -> anyhow::Result<()> {
     let store = StoreHandle::spawn(Box::new(store), metrics.clone());
     let artifacts = open_artifacts(&args, &data_dir, metrics.artifacts.clone()).await?;
     let cache = open_cache(&data_dir, artifacts.clone(), metrics.cache.clone())?;
+    // Commit statuses and run webhooks: posted by the leader only, since
+    // only the leader's core announces runs.
+    let notices = notifier::spawn(
+        NotifierConfig::default().base_url(advertise_http.clone()),
+        metrics.notify.clone(),
+    )?;
+    let core_config = CoreConfig {
+        run_notices: Some(notices),
+        ..core_config
+    };
     let core = spawn_with_store(core_config, tokens.clone(), metrics, store, loaded)
         .with_artifacts(artifacts)
         .with_cache(cache)

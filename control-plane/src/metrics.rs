@@ -68,6 +68,8 @@ pub struct Metrics {
     pub artifacts: crate::artifacts::ArtifactMetrics,
     /// Cache lookups: hits, fallback hits, misses.
     pub cache: crate::artifacts::cache::CacheMetrics,
+    /// Commit statuses and run webhooks sent (the notifier records into clones).
+    pub notify: crate::source::notifier::NotifyMetrics,
 }
 
 impl Default for Metrics {
@@ -83,6 +85,7 @@ impl Default for Metrics {
             queue_depth: Family::default(),
             artifacts: Default::default(),
             cache: Default::default(),
+            notify: Default::default(),
         }
     }
 }
@@ -141,5 +144,6 @@ impl Metrics {
         );
         self.artifacts.register(valkyrie);
         self.cache.register(valkyrie);
+        self.notify.register(valkyrie);
     }
 }

@@ -631,6 +631,8 @@ fn projects_and_deliveries_are_stored_and_deleted() {
         token: String::new(),
         created_at_ms: 1,
         schedules: Vec::new(),
+        status: None,
+        notify: None,
     };
     let delivery = |seq: u64| DeliveryRow {
         seq,

@@ -36,11 +36,12 @@ struct Ci {
 
 impl Ci {
     async fn start(h: &Harness, repo: &Repo) -> Self {
-        Self::start_with_token(h, repo, "").await
+        Self::start_with(h, repo, serde_json::json!({})).await
     }
 
-    /// With `token` as the project's repository token.
-    async fn start_with_token(h: &Harness, repo: &Repo, token: &str) -> Self {
+    /// The same, with `extra` fields in the project (its commit statuses,
+    /// its run webhook).
+    async fn start_with(h: &Harness, repo: &Repo, extra: serde_json::Value) -> Self {
         let port = free_port();
         let http_arg = format!("127.0.0.1:{port}");
         let server = h
@@ -57,13 +58,17 @@ impl Ci {
             client,
             agent,
         };
+        let mut project = serde_json::json!({
+            "name": "app", "repo": repo.url, "webhook_secret": SECRET,
+        });
+        for (key, value) in extra.as_object().expect("an object") {
+            project[key] = value.clone();
+        }
         let created = ci
             .http
             .post(format!("{}/api/projects", ci.base))
             .bearer_auth(&ci.server.api_token)
-            .json(&serde_json::json!({
-                "name": "app", "repo": repo.url, "webhook_secret": SECRET, "token": token,
-            }))
+            .json(&project)
             .send()
             .await
             .unwrap();
@@ -408,6 +413,346 @@ async fn rules_skip_jobs_by_branch_and_a_workflow_rule_starts_no_run() {
     assert_eq!(ci.runs().await, before, "no run was created");
 }
 
+/// A forge's API and a webhook receiver on loopback: records every request
+/// and answers 201, but 500 to the first `fail_hooks` requests to `/hook`.
+struct Receiver {
+    url: String,
+    seen: std::sync::Arc<std::sync::Mutex<Vec<Received>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// One request a [`Receiver`] got, and what it answered.
+#[derive(Clone, Debug)]
+struct Received {
+    path: String,
+    headers: std::collections::HashMap<String, String>,
+    body: Vec<u8>,
+    answered: u16,
+}
+
+impl Received {
+    fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).expect("a JSON body")
+    }
+
+    fn header(&self, name: &str) -> &str {
+        self.headers.get(name).map(String::as_str).unwrap_or_default()
+    }
+}
+
+impl Receiver {
+    async fn start(fail_hooks: usize) -> Self {
+        use axum::extract::State;
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use std::sync::{Arc, Mutex};
+        type Shared = (Arc<Mutex<Vec<Received>>>, Arc<AtomicUsize>);
+        async fn record(
+            State((seen, failures)): State<Shared>,
+            uri: axum::http::Uri,
+            headers: axum::http::HeaderMap,
+            body: axum::body::Bytes,
+        ) -> axum::http::StatusCode {
+            let path = uri.path().to_owned();
+            let fail = path == "/hook"
+                && failures
+                    .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                    .is_ok();
+            let answered = if fail { 500 } else { 201 };
+            seen.lock().unwrap().push(Received {
+                path,
+                headers: headers
+                    .iter()
+                    .map(|(n, v)| (n.as_str().to_owned(), v.to_str().unwrap_or_default().to_owned()))
+                    .collect(),
+                body: body.to_vec(),
+                answered,
+            });
+            axum::http::StatusCode::from_u16(answered).unwrap()
+        }
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let state: Shared = (seen.clone(), Arc::new(AtomicUsize::new(fail_hooks)));
+        let app = axum::Router::new().fallback(record).with_state(state);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let task = tokio::spawn(async move {
+            axum::serve(listener, app).await.unwrap();
+        });
+        Self { url, seen, task }
+    }
+
+    /// The requests to `path` so far.
+    fn to(&self, path: &str) -> Vec<Received> {
+        self.seen
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|r| r.path == path)
+            .cloned()
+            .collect()
+    }
+
+    /// Waits until `path` got a request whose body's `field` is `last`;
+    /// returns every request to `path`.
+    async fn until(&self, path: &str, field: &str, last: &str) -> Vec<Received> {
+        wait_until(&format!("{path} to get {field} {last}"), || async {
+            let got = self.to(path);
+            got.iter().any(|r| r.json()[field] == last).then_some(got)
+        })
+        .await
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+const STATUS_PIPELINE: &str = "name: status-ci
+jobs:
+  check:
+    checkout: false
+    steps:
+      - run: test \"$VALKYRIE_BRANCH\" != broken
+";
+
+const STATUS_TOKEN: &str = "ghp-status-token-4711";
+const NOTIFY_SECRET: &str = "notify-s3cret-0815";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_post_their_state_to_the_forge_and_a_signed_webhook_when_they_end() {
+    let h = Harness::new();
+    let repo = Repo::serve(&h, STATUS_PIPELINE).await;
+    // The first run-end webhook is answered 500: it must be retried.
+    let forge = Receiver::start(1).await;
+    let ci = Ci::start_with(
+        &h,
+        &repo,
+        serde_json::json!({
+            "status": {
+                "forge": "github",
+                "api_url": format!("{}/api/v3/", forge.url),
+                "repository": "o/app",
+                "token": STATUS_TOKEN,
+            },
+            "notify_url": format!("{}/hook", forge.url),
+            "notify_secret": NOTIFY_SECRET,
+        }),
+    )
+    .await;
+    let shown: serde_json::Value = ci
+        .http
+        .get(format!("{}/api/projects/app", ci.base))
+        .bearer_auth(&ci.server.api_token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(shown["status"]["forge"], "github", "{shown}");
+    assert_eq!(shown["status"]["api_url"], format!("{}/api/v3", forge.url));
+    assert_eq!(shown["status"]["repository"], "o/app");
+    assert_eq!(shown["status"]["has_token"], true);
+    assert_eq!(shown["notify_url"], format!("{}/hook", forge.url));
+    assert_eq!(shown["has_notify_secret"], true);
+    let text = shown.to_string();
+    assert!(
+        !text.contains(STATUS_TOKEN) && !text.contains(NOTIFY_SECRET),
+        "{text}"
+    );
+
+    // A push to main: pending, then success, on the pushed commit.
+    let sha = repo.push("main", "a.txt");
+    let body = github_push("main", &sha);
+    let signature = valkyrie_control_plane_signature(SECRET, &body);
+    let (status, answer) = ci.github("push", "s-1", &body, Some(&signature)).await;
+    assert_eq!(status, 201, "{answer}");
+    let run_id = answer["run_id"].as_u64().unwrap();
+    ci.finished(run_id).await;
+    let path = format!("/api/v3/repos/o/app/statuses/{sha}");
+    let statuses = forge.until(&path, "state", "success").await;
+    let states: Vec<serde_json::Value> = statuses.iter().map(|r| r.json()["state"].clone()).collect();
+    assert_eq!(states, ["pending", "success"], "{statuses:?}");
+    for posted in &statuses {
+        assert_eq!(posted.header("authorization"), format!("Bearer {STATUS_TOKEN}"));
+        assert_eq!(posted.header("accept"), "application/vnd.github+json");
+        assert!(posted.header("user-agent").starts_with("valkyrie/"), "{posted:?}");
+        let json = posted.json();
+        assert_eq!(json["context"], "valkyrie/status-ci", "{json}");
+        assert_eq!(
+            json["target_url"],
+            format!("{}/api/ci/executions/{run_id}", ci.base),
+            "{json}"
+        );
+    }
+
+    // The webhook: refused once (500), sent again with the same delivery
+    // id, signed with the project's secret.
+    let hooks = wait_until("the run webhook to be retried", || async {
+        let got = forge.to("/hook");
+        got.iter().any(|r| r.answered == 201).then_some(got)
+    })
+    .await;
+    assert_eq!(
+        hooks.iter().map(|r| r.answered).collect::<Vec<_>>(),
+        [500, 201],
+        "{hooks:?}"
+    );
+    assert_eq!(
+        hooks[0].header("x-valkyrie-delivery"),
+        hooks[1].header("x-valkyrie-delivery")
+    );
+    assert_eq!(hooks[1].header("x-valkyrie-event"), "run.finished");
+    for hook in &hooks {
+        let hex_sig = hook
+            .header("x-valkyrie-signature-256")
+            .strip_prefix("sha256=")
+            .expect("a sha256= signature");
+        let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, NOTIFY_SECRET.as_bytes());
+        ring::hmac::verify(&key, &hook.body, &hex::decode(hex_sig).unwrap())
+            .expect("the signature verifies with notify_secret");
+    }
+    let summary = hooks[1].json();
+    assert_eq!(summary["run_id"], run_id);
+    assert_eq!(summary["project"], "app");
+    assert_eq!(summary["pipeline"], "status-ci");
+    assert_eq!(summary["sha"], sha.as_str());
+    assert_eq!(summary["ref"], "refs/heads/main");
+    assert_eq!(summary["state"], "succeeded");
+    assert_eq!(summary["jobs"][0]["name"], "check");
+    assert_eq!(summary["jobs"][0]["state"], "succeeded");
+    assert!(summary["finished_at_ms"].as_u64() >= summary["started_at_ms"].as_u64());
+
+    // A failing job: failure, and a webhook saying so.
+    let sha2 = repo.push("broken", "b.txt");
+    let body = github_push("broken", &sha2);
+    let signature = valkyrie_control_plane_signature(SECRET, &body);
+    let (status, answer) = ci.github("push", "s-2", &body, Some(&signature)).await;
+    assert_eq!(status, 201, "{answer}");
+    let run2 = answer["run_id"].as_u64().unwrap();
+    let path2 = format!("/api/v3/repos/o/app/statuses/{sha2}");
+    let statuses = forge.until(&path2, "state", "failure").await;
+    let states: Vec<serde_json::Value> = statuses.iter().map(|r| r.json()["state"].clone()).collect();
+    assert_eq!(states, ["pending", "failure"], "{statuses:?}");
+    assert!(
+        statuses[1].json()["description"]
+            .as_str()
+            .unwrap()
+            .contains("job `check` failed"),
+        "{statuses:?}"
+    );
+    let hooks = forge.until("/hook", "state", "failed").await;
+    let failed = hooks
+        .iter()
+        .find(|r| r.json()["state"] == "failed")
+        .unwrap()
+        .json();
+    assert_eq!(failed["run_id"], run2);
+    assert_eq!(failed["jobs"][0]["state"], "failed");
+    assert_eq!(ci.client.run(run2).await.unwrap().state, RunState::Failed);
+
+    // Neither secret is in the server's log nor, in the clear, in its store.
+    let log = ci.server.process.log();
+    assert!(
+        log.contains("could not post the run's state; retrying"),
+        "the refused webhook is logged: {log}"
+    );
+    assert!(
+        !log.contains(STATUS_TOKEN) && !log.contains(NOTIFY_SECRET),
+        "a secret is in the server's log"
+    );
+    let stored = std::fs::read(h.path().join("data/valkyrie.redb")).unwrap();
+    for secret in [STATUS_TOKEN, NOTIFY_SECRET] {
+        assert!(
+            !stored.windows(secret.len()).any(|w| w == secret.as_bytes()),
+            "{secret} is in valkyrie.redb in the clear"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gitlab_project_posts_running_then_success_with_its_private_token() {
+    let h = Harness::new();
+    let repo = Repo::serve(&h, STATUS_PIPELINE).await;
+    let forge = Receiver::start(0).await;
+    // The status token defaults to the project's token.
+    let ci = Ci::start_with(
+        &h,
+        &repo,
+        serde_json::json!({
+            "token": STATUS_TOKEN,
+            "status": {"forge": "gitlab", "api_url": format!("{}/api/v4", forge.url), "repository": "group/sub/app"},
+        }),
+    )
+    .await;
+    let sha = repo.push("main", "a.txt");
+    let response = ci
+        .http
+        .post(format!("{}/api/projects/app/trigger", ci.base))
+        .bearer_auth(&ci.server.api_token)
+        .json(&serde_json::json!({"ref": "main"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+    let answer: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(answer["sha"], sha.as_str());
+    let path = format!("/api/v4/projects/group%2Fsub%2Fapp/statuses/{sha}");
+    let statuses = forge.until(&path, "state", "success").await;
+    let states: Vec<serde_json::Value> = statuses.iter().map(|r| r.json()["state"].clone()).collect();
+    assert_eq!(states, ["running", "success"], "{statuses:?}");
+    for posted in &statuses {
+        assert_eq!(posted.header("private-token"), STATUS_TOKEN);
+        let json = posted.json();
+        assert_eq!(json["name"], "valkyrie/status-ci", "{json}");
+        assert_eq!(json["ref"], "main", "{json}");
+    }
+    assert!(forge.to("/hook").is_empty(), "no notify_url, no webhook");
+
+    // Settings that cannot work are refused when the project is created.
+    for (fields, says) in [
+        (
+            serde_json::json!({"status": {"forge": "github", "token": "x"}}),
+            "cannot tell the github repository",
+        ),
+        (
+            serde_json::json!({"status": {"forge": "github", "repository": "o/app"}}),
+            "needs a token",
+        ),
+        (
+            serde_json::json!({"status": {"forge": "gitlab", "repository": "g/app", "token": "x", "api_url": "ftp://h/api/v4"}}),
+            "status.api_url",
+        ),
+        (
+            serde_json::json!({"status": {"forge": "bitbucket", "token": "x"}}),
+            "bitbucket",
+        ),
+        (serde_json::json!({"notify_secret": "s"}), "notify_url"),
+        (
+            serde_json::json!({"notify_url": "https://user:pw@hooks.example/"}),
+            "credentials",
+        ),
+    ] {
+        let mut project = serde_json::json!({"name": "other", "repo": repo.url});
+        for (key, value) in fields.as_object().unwrap() {
+            project[key] = value.clone();
+        }
+        let response = ci
+            .http
+            .post(format!("{}/api/projects", ci.base))
+            .bearer_auth(&ci.server.api_token)
+            .json(&project)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status();
+        let answer = response.text().await.unwrap();
+        assert_eq!(status, 400, "{project}: {answer}");
+        assert!(answer.contains(says), "{project}: {answer}");
+    }
+}
+
 /// The GitHub signature of `body` under `secret`, as GitHub computes it.
 fn valkyrie_control_plane_signature(secret: &str, body: &str) -> String {
     let out = Command::new("openssl")
@@ -721,7 +1066,7 @@ async fn a_private_repository_is_checked_out_with_its_token_and_the_token_shows_
             > 0
     );
 
-    let ci = Ci::start_with_token(&h, &repo, PRIVATE_TOKEN).await;
+    let ci = Ci::start_with(&h, &repo, serde_json::json!({"token": PRIVATE_TOKEN})).await;
     let sha = repo.push("main", "a.txt");
     let body = github_push("main", &sha);
     let signature = valkyrie_control_plane_signature(SECRET, &body);

@@ -10,6 +10,7 @@
 
 mod audit;
 mod events;
+mod notify;
 mod persist;
 mod pipelines;
 mod projects;
@@ -71,6 +72,10 @@ pub struct CoreConfig {
     pub handoff_limit: u32,
     /// Runners lost or stopped for longer than this are removed. Default 7 days.
     pub runner_retention: Duration,
+    /// Where runs of projects that report their state (commit statuses,
+    /// webhooks) are announced when they start and end, once durable.
+    /// Default none.
+    pub run_notices: Option<crate::source::notifier::RunNotices>,
 }
 
 impl Default for CoreConfig {
@@ -84,6 +89,7 @@ impl Default for CoreConfig {
             retention: Duration::from_secs(30 * 24 * 3600),
             handoff_limit: 10,
             runner_retention: Duration::from_secs(7 * 24 * 3600),
+            run_notices: None,
         }
     }
 }
@@ -891,6 +897,7 @@ impl Core {
         if let Some(run) = self.runs.get_mut(&id) {
             if run.finish_if_done(self.now.wall_ms) {
                 info!(run_id = id, state = run.state().as_str(), "run finished");
+                self.notify_run(id);
             }
         }
     }

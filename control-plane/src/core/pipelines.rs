@@ -35,6 +35,16 @@ pub struct ValidatedPipeline {
 }
 
 impl ValidatedPipeline {
+    /// Parses `yaml` on the caller's thread (tests of the core).
+    #[cfg(test)]
+    pub(super) fn parse_now(file_name: &str, yaml: &str) -> Self {
+        Self {
+            file_name: file_name.to_owned(),
+            yaml: yaml.to_owned(),
+            pipeline: valkyrie_pipeline::parse(file_name, yaml).expect("a valid pipeline"),
+        }
+    }
+
     /// The validated plan.
     pub fn pipeline(&self) -> &Pipeline {
         &self.pipeline
@@ -252,6 +262,7 @@ impl Core {
         self.runs.insert(run_id, run);
         self.dirty_runs.insert(run_id);
         self.counters_dirty = true;
+        self.notify_run(run_id);
         Ok(run_id)
     }
 

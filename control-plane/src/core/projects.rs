@@ -114,6 +114,11 @@ impl ProjectState {
             self.delivery_order.push_back((row.seq, row.key));
         }
     }
+
+    /// Project `name`, if it exists.
+    pub(super) fn project(&self, name: &str) -> Option<&Project> {
+        self.projects.get(name)
+    }
 }
 
 /// Gives a checking-out job its project's token.

@@ -42,6 +42,7 @@ impl Core {
                     reply.fail(ErrorCode::NOT_FOUND, format!("no run {run_id}"));
                     return;
                 };
+                let was_over = run.state().is_terminal();
                 if let Err(why) = run.play(&job) {
                     let code = if why.contains("has no job") {
                         ErrorCode::NOT_FOUND
@@ -56,6 +57,10 @@ impl Core {
                     format!("run {run_id}"),
                     format!("job `{job}`"),
                 );
+                if was_over {
+                    // It runs again: the forge shows it pending again.
+                    self.notify_run(run_id);
+                }
                 self.advance_run(run_id);
                 self.after_commit(AfterCommit::Reply(reply, Ack {}.into()));
             }
@@ -95,6 +100,7 @@ impl Core {
         self.runs.insert(id, run);
         self.dirty_runs.insert(id);
         self.counters_dirty = true;
+        self.notify_run(id);
         let what = if failed_only { "failed jobs of " } else { "" };
         self.audit(
             AuditAction::RerunRun,

@@ -453,6 +453,8 @@ fn a_schedule_slot_is_claimed_once_even_across_a_restart() {
         token: String::new(),
         created_at_ms: 0,
         schedules: Vec::new(),
+        status: None,
+        notify: None,
     };
     ask(&mut h, |tx| {
         Command::Project(ProjectCommand::Create(Box::new(project), tx))
@@ -525,4 +527,125 @@ fn a_schedule_slot_is_claimed_once_even_across_a_restart() {
         Command::Project(ProjectCommand::Schedules(String::new(), tx))
     });
     assert_eq!(left.iter().map(|(_, s)| s.id).collect::<Vec<_>>(), [2]);
+}
+
+#[tokio::test]
+async fn a_project_run_is_announced_when_it_starts_ends_is_played_and_rerun() {
+    use crate::core::{ProjectCommand, RunCommand, ValidatedPipeline};
+    use crate::source::notifier::RunNotices;
+    use crate::source::status::{StatusConfig, StatusForge};
+    use crate::source::{Project, Trigger};
+    use valkyrie::message::RunState;
+
+    let notices = RunNotices::unstarted();
+    let mut h = Harness::new(CoreConfig {
+        run_notices: Some(notices.clone()),
+        ..config()
+    });
+    let states = |notices: &RunNotices| {
+        notices
+            .take_all()
+            .into_iter()
+            .map(|n| (n.run.run_id, n.run.state))
+            .collect::<Vec<_>>()
+    };
+    let project = |name: &str, status: bool| Project {
+        name: name.into(),
+        repo: "https://github.com/o/app.git".into(),
+        branch: "main".into(),
+        file: ".valkyrie.yml".into(),
+        webhook_secret: "s".into(),
+        token: "t".into(),
+        created_at_ms: 0,
+        schedules: Vec::new(),
+        status: status.then(|| StatusConfig {
+            forge: StatusForge::Github,
+            api_url: "https://api.github.com".into(),
+            repository: "o/app".into(),
+            token: String::new(),
+        }),
+        notify: None,
+    };
+    for (name, status) in [("app", true), ("quiet", false)] {
+        let (reply, _rx) = oneshot::channel();
+        h.input(Command::Project(ProjectCommand::Create(
+            Box::new(project(name, status)),
+            reply,
+        )));
+    }
+    let yaml = "name: ci\njobs:\n  build:\n    checkout: false\n    steps: [make]\n  deploy:\n    checkout: false\n    needs: [build]\n    when: manual\n    steps: [deploy]\n";
+    let start = |h: &mut Harness, project: &str| {
+        let (reply, mut rx) = oneshot::channel();
+        h.input(Command::Project(ProjectCommand::Start {
+            trigger: Box::new(Trigger {
+                project: project.into(),
+                event: "push".into(),
+                git_ref: "refs/heads/main".into(),
+                sha: "a".repeat(40),
+                branch: "main".into(),
+                ..Trigger::default()
+            }),
+            pipeline: Box::new(ValidatedPipeline::parse_now(".valkyrie.yml", yaml)),
+            reply,
+        }));
+        rx.try_recv().unwrap().unwrap().run_id
+    };
+    let mut agent = h.register("a", 1);
+    let finish = |h: &mut Harness, agent: &mut Agent| {
+        let (assigns, _) = agent.dispatch();
+        assert_eq!(assigns.len(), 1, "{assigns:?}");
+        h.start(agent, &assigns[0]);
+        let result = JobResult {
+            job_id: assigns[0].job_id,
+            attempt: assigns[0].attempt,
+            outcome: JobOutcome::Succeeded,
+            exit_code: Some(0),
+            duration_ms: 5,
+            message: String::new(),
+            log_chunks: 0,
+        };
+        h.report(agent, 20, result);
+    };
+
+    // A run of a project without status settings is not announced.
+    let quiet = start(&mut h, "quiet");
+    finish(&mut h, &mut agent);
+    assert_eq!(states(&notices), []);
+
+    let run = start(&mut h, "app");
+    assert_eq!(states(&notices), [(run, RunState::Running)]);
+    finish(&mut h, &mut agent);
+    // It ends with its manual job unplayed.
+    assert_eq!(states(&notices), [(run, RunState::Succeeded)]);
+
+    // Played, it runs again: announced again, then its new end.
+    let (reply, _rx) = Responder::channel();
+    h.input(Command::Run(RunCommand::Play {
+        run_id: run,
+        job: "deploy".into(),
+        reply,
+    }));
+    assert_eq!(states(&notices), [(run, RunState::Running)]);
+    finish(&mut h, &mut agent);
+    assert_eq!(states(&notices), [(run, RunState::Succeeded)]);
+
+    // A rerun is a new run of the same commit.
+    let (reply, mut rx) = Responder::channel();
+    h.input(Command::Run(RunCommand::Rerun {
+        run_id: run,
+        failed_only: false,
+        reply,
+    }));
+    let rerun = match rx.try_recv() {
+        Ok(Message::RunAccepted(accepted)) => accepted.run_id,
+        other => panic!("Rerun answered with {other:?}"),
+    };
+    assert!(rerun > run && rerun != quiet);
+    let announced = notices.take_all();
+    assert_eq!(announced.len(), 1);
+    assert_eq!(
+        (announced[0].run.run_id, announced[0].run.state),
+        (rerun, RunState::Running)
+    );
+    assert_eq!(announced[0].trigger.sha, "a".repeat(40));
 }

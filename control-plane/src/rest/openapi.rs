@@ -30,6 +30,7 @@ use super::{
         executions::Execution, executions::ExecutionJob, executions::ExecutionStep, executions::Cancelled, runners::Runner, runners::Draining, runners::Removed,
         audit::AuditPage, audit::AuditRecordJson,
         projects::ProjectJson, projects::CreateProject, projects::TriggerProject, projects::ProjectRun, projects::RemovedProject,
+        projects::StatusJson, projects::CreateStatus, crate::source::status::StatusForge,
         webhooks::WebhookAnswer,
         artifacts::Artifact,
     )),

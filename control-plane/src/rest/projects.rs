@@ -1,6 +1,7 @@
 //! `/api/projects`: git repositories whose pushes start runs, and a
 //! trigger of a project's pipeline at a ref or commit. A project's webhook
-//! secret and token are write-only: no answer ever carries them.
+//! secret, token, status token and notify secret are write-only: no answer
+//! ever carries them.
 
 use axum::body::Bytes;
 use axum::extract::State;
@@ -15,7 +16,54 @@ use super::error::{ApiError, ErrorBody};
 use super::{ApiPath, AppState};
 use crate::core::{Command, ProjectCommand};
 use crate::source::project::{check_variables, DEFAULT_PIPELINE_FILE};
+use crate::source::status::{self, NotifyConfig, StatusConfig, StatusForge};
 use crate::source::{Project, Trigger};
+
+/// Where a project's runs post commit statuses, as shown: without the token.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct StatusJson {
+    /// `github` or `gitlab`.
+    pub forge: StatusForge,
+    /// The forge's API base URL.
+    pub api_url: String,
+    /// The repository on the forge (`owner/repo`; GitLab: its path or id).
+    pub repository: String,
+    /// Whether a token of its own is set (otherwise the project's `token`
+    /// is used; its value is never shown).
+    pub has_token: bool,
+}
+
+impl From<StatusConfig> for StatusJson {
+    fn from(s: StatusConfig) -> Self {
+        Self {
+            forge: s.forge,
+            has_token: !s.token.is_empty(),
+            api_url: s.api_url,
+            repository: s.repository,
+        }
+    }
+}
+
+/// Commit statuses to post when a project's runs start and end.
+#[derive(Debug, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateStatus {
+    /// `github` (statuses API) or `gitlab` (commit status API).
+    pub forge: StatusForge,
+    /// The API's base URL. Default `https://api.github.com` or
+    /// `https://gitlab.com/api/v4`; GitHub Enterprise is
+    /// `https://HOST/api/v3`, a self-hosted GitLab `https://HOST/api/v4`.
+    #[serde(default)]
+    pub api_url: Option<String>,
+    /// The repository on the forge: `owner/repo` on GitHub, the project's
+    /// path (`group/app`) or numeric id on GitLab. Default: read from `repo`.
+    #[serde(default)]
+    pub repository: Option<String>,
+    /// The API token (GitHub: `repo:status` or a fine-grained token with
+    /// commit statuses write; GitLab: `api` scope). Default: the project's `token`.
+    #[serde(default)]
+    pub token: Option<String>,
+}
 
 /// A project as shown: without its secrets.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -38,6 +86,12 @@ pub struct ProjectJson {
     pub github_webhook: String,
     /// Where GitLab sends this project's webhooks (relative to the server).
     pub gitlab_webhook: String,
+    /// Where its runs post commit statuses, if they do.
+    pub status: Option<StatusJson>,
+    /// Where its runs send the run-end webhook, if they do.
+    pub notify_url: Option<String>,
+    /// Whether the run-end webhook is signed (the secret is never shown).
+    pub has_notify_secret: bool,
 }
 
 impl From<Project> for ProjectJson {
@@ -47,6 +101,9 @@ impl From<Project> for ProjectJson {
             gitlab_webhook: format!("/api/webhooks/gitlab/{}", p.name),
             has_webhook_secret: !p.webhook_secret.is_empty(),
             has_token: !p.token.is_empty(),
+            has_notify_secret: p.notify.as_ref().is_some_and(|n| !n.secret.is_empty()),
+            notify_url: p.notify.map(|n| n.url),
+            status: p.status.map(StatusJson::from),
             name: p.name,
             repo: p.repo,
             branch: p.branch,
@@ -77,6 +134,64 @@ pub struct CreateProject {
     /// HTTPS token for a private repository (and the forge's API).
     #[serde(default)]
     pub token: Option<String>,
+    /// Post a commit status to the forge when a run starts and ends.
+    #[serde(default)]
+    pub status: Option<CreateStatus>,
+    /// POST a JSON summary here when a run ends (`http://` or `https://`;
+    /// shown in answers, so put no secret in it).
+    #[serde(default)]
+    pub notify_url: Option<String>,
+    /// Key of the run-end webhook's `X-Valkyrie-Signature-256` header
+    /// (`sha256=` and the hex HMAC-SHA256 of the body). Never shown.
+    #[serde(default)]
+    pub notify_secret: Option<String>,
+}
+
+/// The commit status settings of a new project on `repo`: defaults filled
+/// (the API URL, the repository read from the clone URL).
+fn status_config(request: CreateStatus, repo: &str) -> Result<StatusConfig, ApiError> {
+    let forge = request.forge;
+    let api_url = match request.api_url.filter(|u| !u.is_empty()) {
+        Some(url) => status::check_url("status.api_url", &url).map_err(ApiError::bad_request)?,
+        None => forge.default_api_url().to_owned(),
+    };
+    let repository = match request.repository.filter(|r| !r.is_empty()) {
+        Some(repository) => repository,
+        None => status::repository_from_url(forge, repo).ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "cannot tell the {} repository from `{repo}`",
+                forge.as_str()
+            ))
+            .suggest(match forge {
+                StatusForge::Github => "give `status.repository` as `owner/repo`",
+                StatusForge::Gitlab => {
+                    "give `status.repository` as the project's path (`group/app`) or numeric id"
+                }
+            })
+        })?,
+    };
+    Ok(StatusConfig {
+        forge,
+        api_url,
+        repository,
+        token: request.token.unwrap_or_default(),
+    })
+}
+
+/// The run-end webhook of a new project.
+fn notify_config(url: Option<String>, secret: Option<String>) -> Result<Option<NotifyConfig>, ApiError> {
+    let secret = secret.unwrap_or_default();
+    match url.filter(|u| !u.is_empty()) {
+        Some(url) => Ok(Some(NotifyConfig {
+            url: status::check_url("notify_url", &url).map_err(ApiError::bad_request)?,
+            secret,
+        })),
+        None if !secret.is_empty() => Err(ApiError::bad_request(
+            "`notify_secret` is given without `notify_url`".to_owned(),
+        )
+        .suggest("give the URL the run-end webhook goes to with `notify_url`")),
+        None => Ok(None),
+    }
 }
 
 /// A trigger of a project's pipeline.
@@ -123,8 +238,8 @@ fn no_project(name: &str) -> ApiError {
     ApiError::not_found(format!("no project `{name}`")).suggest("list projects with GET /api/projects")
 }
 
-/// Creates a project. Its `webhook_secret` and `token` are stored
-/// encrypted and never shown again.
+/// Creates a project. Its `webhook_secret`, `token`, `status.token` and
+/// `notify_secret` are stored encrypted and never shown again.
 #[utoipa::path(post, path = "/api/projects", tag = "projects", operation_id = "create_project",
     request_body(content = CreateProject, content_type = "application/json"),
     responses((status = 201, body = ProjectJson),
@@ -141,6 +256,11 @@ pub async fn create(
 ) -> Result<(StatusCode, Json<ProjectJson>), ApiError> {
     caller.require(Role::Admin)?;
     let request: CreateProject = json_body(&body)?;
+    let status = request
+        .status
+        .map(|s| status_config(s, &request.repo))
+        .transpose()?;
+    let notify = notify_config(request.notify_url, request.notify_secret)?;
     let project = Project {
         name: request.name,
         repo: request.repo,
@@ -150,6 +270,8 @@ pub async fn create(
         token: request.token.unwrap_or_default(),
         created_at_ms: 0,
         schedules: Vec::new(),
+        status,
+        notify,
     };
     project
         .check()

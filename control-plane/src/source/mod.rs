@@ -12,13 +12,18 @@
 //!     mirror: fetch the ref, `git show SHA:FILE`, validate
 //!     core: record the delivery and start the run, in one turn
 //!  agent: check out SHA into the workspace, then run the steps
+//!  core: run started / ended --after commit--> notifier (bounded queue)
+//!     --> forge commit status (pending, then success/failure/error)
+//!     --> generic webhook on run end (JSON, HMAC-SHA256 signed)
 //! ```
 
 pub mod mirror;
+pub mod notifier;
 pub mod project;
 pub mod requests;
 pub mod schedule;
 pub mod start;
+pub mod status;
 pub mod webhook;
 
 pub use project::{check_variables, Project, Trigger};

@@ -4,6 +4,8 @@ use serde::{Deserialize, Serialize};
 use valkyrie::message::{CheckoutSpec, TriggerSpec};
 use valkyrie_pipeline::Pipeline;
 
+use super::status::{self, NotifyConfig, StatusConfig};
+
 /// Default pipeline file path in a project's repository.
 pub const DEFAULT_PIPELINE_FILE: &str = ".valkyrie.yml";
 
@@ -35,6 +37,12 @@ pub struct Project {
     /// Cron schedules that start runs of a branch.
     #[serde(default)]
     pub schedules: Vec<super::Schedule>,
+    /// Commit statuses posted to the forge when a run starts and ends.
+    #[serde(default)]
+    pub status: Option<StatusConfig>,
+    /// The generic webhook sent when a run ends.
+    #[serde(default)]
+    pub notify: Option<NotifyConfig>,
 }
 
 // Hand-written so that the secrets never reach a log line.
@@ -48,6 +56,8 @@ impl std::fmt::Debug for Project {
             .field("webhook_secret", &!self.webhook_secret.is_empty())
             .field("token", &!self.token.is_empty())
             .field("schedules", &self.schedules)
+            .field("status", &self.status)
+            .field("notify", &self.notify)
             .finish()
     }
 }
@@ -118,7 +128,26 @@ impl Project {
                 self.file
             ));
         }
+        if let Some(config) = &self.status {
+            status::check_url("status.api_url", &config.api_url).map_err(CheckProjectError::Invalid)?;
+            status::check_repository(config.forge, &config.repository).map_err(CheckProjectError::Invalid)?;
+            if config.token.is_empty() && self.token.is_empty() {
+                return bad(
+                    "`status` needs a token to post commit statuses: give `status.token`, or the project's `token`"
+                        .into(),
+                );
+            }
+        }
+        if let Some(notify) = &self.notify {
+            status::check_url("notify_url", &notify.url).map_err(CheckProjectError::Invalid)?;
+        }
         Ok(())
+    }
+
+    /// Whether its runs are reported outside Valkyrie (commit statuses, the
+    /// generic webhook).
+    pub fn reports_runs(&self) -> bool {
+        self.status.is_some() || self.notify.is_some()
     }
 }
 
@@ -272,6 +301,8 @@ mod tests {
             token: "forge-token".into(),
             created_at_ms: 0,
             schedules: Vec::new(),
+            status: None,
+            notify: None,
         }
     }
 

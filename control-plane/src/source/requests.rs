@@ -51,6 +51,8 @@ pub async fn serve(core: &CoreHandle, actor: &Actor, reply: Responder, message: 
                 token: m.token,
                 created_at_ms: 0,
                 schedules: Vec::new(),
+                status: None,
+                notify: None,
             };
             if let Err(err) = project.check() {
                 return reply.fail(ErrorCode::INVALID_REQUEST, err.to_string());

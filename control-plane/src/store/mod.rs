@@ -293,6 +293,11 @@ pub enum AfterCommit {
     Reply(Responder, Message),
     /// Send a message on a session (an assignment).
     Send(SessionSender, Message),
+    /// Hand a run's new state to the notifier (commit statuses, webhooks).
+    Notify(
+        crate::source::notifier::RunNotices,
+        Box<crate::source::status::RunNotice>,
+    ),
 }
 
 impl std::fmt::Debug for AfterCommit {
@@ -300,6 +305,7 @@ impl std::fmt::Debug for AfterCommit {
         match self {
             AfterCommit::Reply(_, m) => write!(f, "Reply({})", m.kind()),
             AfterCommit::Send(_, m) => write!(f, "Send({})", m.kind()),
+            AfterCommit::Notify(_, n) => write!(f, "Notify(run {})", n.run.run_id),
         }
     }
 }
@@ -314,6 +320,7 @@ impl AfterCommit {
                     tracing::debug!(%err, "message after commit dropped");
                 }
             }
+            AfterCommit::Notify(notices, notice) => notices.offer(*notice),
         }
     }
 }

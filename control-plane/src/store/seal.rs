@@ -2,7 +2,9 @@
 //!
 //! What is secret: a job's `secrets` values and checkout token, the
 //! pipeline text of runs and stored pipelines (it may carry `secrets:`
-//! inline), runner credentials, and a project's webhook secret and token. [`SealedStore`] wraps any [`Store`] and seals those fields
+//! inline), runner credentials, and a project's webhook secret, token,
+//! commit status token and run webhook secret. [`SealedStore`] wraps any
+//! [`Store`] and seals those fields
 //! before a commit and opens them after a load, so neither the redb file
 //! nor a MongoDB document ever holds them in the clear; everything else
 //! (states, ids, indexes) stays readable for queries and fencing.
@@ -47,6 +49,8 @@ mod field {
     pub const JOB_CHECKOUT_TOKEN: &[u8] = b"job.checkout.token";
     pub const PROJECT_WEBHOOK_SECRET: &[u8] = b"project.webhook_secret";
     pub const PROJECT_TOKEN: &[u8] = b"project.token";
+    pub const PROJECT_STATUS_TOKEN: &[u8] = b"project.status.token";
+    pub const PROJECT_NOTIFY_SECRET: &[u8] = b"project.notify.secret";
 }
 
 /// Why the secrets key could not be loaded or made.
@@ -245,6 +249,12 @@ impl SecretsKey {
             Change::Project(project) => {
                 self.seal_str(field::PROJECT_WEBHOOK_SECRET, &mut project.webhook_secret);
                 self.seal_str(field::PROJECT_TOKEN, &mut project.token);
+                if let Some(status) = &mut project.status {
+                    self.seal_str(field::PROJECT_STATUS_TOKEN, &mut status.token);
+                }
+                if let Some(notify) = &mut project.notify {
+                    self.seal_str(field::PROJECT_NOTIFY_SECRET, &mut notify.secret);
+                }
             }
             Change::Run(run) => self.seal_str(field::RUN_YAML, &mut run.yaml),
             Change::Pipeline(def) => self.seal_str(field::PIPELINE_SOURCE, &mut def.source),
@@ -274,6 +284,12 @@ impl SecretsKey {
                 &mut project.webhook_secret,
             )?;
             self.open_str(field::PROJECT_TOKEN, "project", &name, &mut project.token)?;
+            if let Some(status) = &mut project.status {
+                self.open_str(field::PROJECT_STATUS_TOKEN, "project", &name, &mut status.token)?;
+            }
+            if let Some(notify) = &mut project.notify {
+                self.open_str(field::PROJECT_NOTIFY_SECRET, "project", &name, &mut notify.secret)?;
+            }
         }
         for run in &mut loaded.runs {
             self.open_str(field::RUN_YAML, "run", run.id, &mut run.yaml)?;
@@ -384,6 +400,45 @@ mod tests {
         );
         // Written before encryption existed: read as it is.
         assert_eq!(k.open(field::JOB_SECRET, "plain").unwrap(), b"plain");
+    }
+
+    #[test]
+    fn a_projects_status_token_and_run_webhook_secret_are_sealed() {
+        use crate::source::status::{NotifyConfig, StatusConfig, StatusForge};
+        let k = key(3);
+        let project = crate::source::Project {
+            name: "app".into(),
+            repo: "https://github.com/o/app.git".into(),
+            branch: "main".into(),
+            file: ".valkyrie.yml".into(),
+            webhook_secret: String::new(),
+            token: String::new(),
+            created_at_ms: 1,
+            schedules: Vec::new(),
+            status: Some(StatusConfig {
+                forge: StatusForge::Github,
+                api_url: "https://api.github.com".into(),
+                repository: "o/app".into(),
+                token: "status-token-value".into(),
+            }),
+            notify: Some(NotifyConfig {
+                url: "https://hooks.example/ci".into(),
+                secret: "notify-secret-value".into(),
+            }),
+        };
+        let Change::Project(stored) = k.seal_change(&Change::Project(Box::new(project.clone()))) else {
+            panic!("a project change stays one");
+        };
+        let text = serde_json::to_string(&stored).unwrap();
+        assert!(
+            !text.contains("status-token-value") && !text.contains("notify-secret-value"),
+            "{text}"
+        );
+        assert!(text.contains("hooks.example"), "the URL is not secret: {text}");
+        let mut loaded = Loaded::default();
+        loaded.projects.push(*stored);
+        k.open_loaded(&mut loaded).unwrap();
+        assert_eq!(loaded.projects, vec![project]);
     }
 
     #[test]
