@@ -37,6 +37,8 @@ pub const MAX_ENV_VARS: usize = 256;
 pub const MAX_ENV_VALUE_BYTES: usize = 32 * 1024;
 /// Most runner tags of one job.
 pub const MAX_TAGS: usize = 32;
+/// Deepest `checkout: {depth: N}` (0 means the whole history).
+pub const MAX_CHECKOUT_DEPTH: u32 = 1_000_000;
 /// Longest name (job, display name, stage, step, variable, tag, matrix key
 /// or value, project), in bytes.
 pub const MAX_NAME_BYTES: usize = 255;

@@ -52,6 +52,9 @@ pub struct PipelineJob {
     /// agent checks the commit out into the workspace before the first
     /// step; `false` leaves the workspace empty.
     pub checkout: bool,
+    /// `checkout: {depth: N}`: commits of history to fetch (0: all);
+    /// `None`: the trigger's default (1).
+    pub checkout_depth: Option<u32>,
     /// `dependencies:`: the jobs whose artifacts it downloads, as indices
     /// (every expansion of a named matrix job). `None`: every job it
     /// waits for ([`Pipeline::dependencies`]).

@@ -44,6 +44,7 @@ const TOP_KEYS: &[&str] = &[
 const WORKFLOW_KEYS: &[&str] = &["if"];
 const DEFAULTS_KEYS: &[&str] = &["shell", "env", "timeout", "tags", "retry", "cache"];
 const STAGE_KEYS: &[&str] = &["name", "env"];
+const CHECKOUT_KEYS: &[&str] = &["depth"];
 const JOB_KEYS: &[&str] = &[
     "stage",
     "needs",
@@ -329,6 +330,8 @@ struct RawJob {
     fail_fast: bool,
     /// `checkout:` (default true): a triggered run checks out its commit.
     checkout: bool,
+    /// `checkout: {depth: N}`.
+    checkout_depth: Option<u32>,
     spec: JobSpec,
 }
 
@@ -843,6 +846,32 @@ fn parse_defaults(cx: &mut Ctx<'_>, node: &Node) -> Defaults {
     }
 }
 
+/// `checkout: true | false | {depth: N}`: whether a triggered run checks
+/// its commit out, and how many commits of history (0: all).
+fn checkout_setting(cx: &mut Ctx, node: &Node, what: &str) -> (bool, Option<u32>) {
+    let Node::Mapping(map) = node else {
+        return (cx.boolean(node, "checkout").unwrap_or(true), None);
+    };
+    let within = format!("{what} checkout");
+    cx.check_keys(map, CHECKOUT_KEYS, &within);
+    let depth = map
+        .get_scalar("depth")
+        .and_then(|s| match s.as_str().parse::<u32>() {
+            Ok(n) if n <= MAX_CHECKOUT_DEPTH => Some(n),
+            _ => {
+                cx.error(
+                    s.span(),
+                    format!("{within} depth `{}` is not a number of commits", s.as_str()),
+                    Some(format!(
+                        "use 1 (the default) to {MAX_CHECKOUT_DEPTH}, or 0 for the whole history"
+                    )),
+                );
+                None
+            }
+        });
+    (true, depth)
+}
+
 fn parse_job(
     cx: &mut Ctx<'_>,
     key: &MarkedScalarNode,
@@ -964,10 +993,10 @@ fn parse_job(
         .get_node("fail_fast")
         .and_then(|n| cx.boolean(n, "fail_fast"))
         .unwrap_or(true);
-    let checkout = map
+    let (checkout, checkout_depth) = map
         .get_node("checkout")
-        .and_then(|n| cx.boolean(n, "checkout"))
-        .unwrap_or(true);
+        .map(|n| checkout_setting(cx, n, &what))
+        .unwrap_or((true, None));
 
     let mut steps = Vec::new();
     match map.get_node("steps") {
@@ -1028,6 +1057,7 @@ fn parse_job(
         display_name,
         fail_fast,
         checkout,
+        checkout_depth,
         spec,
     })
 }
@@ -1240,6 +1270,7 @@ fn expand(job: &RawJob, combination: &[(String, String)]) -> PipelineJob {
         allow_failure: job.allow_failure,
         fail_fast_group: None,
         checkout: job.checkout,
+        checkout_depth: job.checkout_depth,
         artifacts_from: None,
         spec,
     }

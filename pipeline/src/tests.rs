@@ -925,3 +925,25 @@ fn when_and_workflow_are_checked() {
         "GitLab users are pointed to `if:`"
     );
 }
+
+#[test]
+fn checkout_takes_a_depth() {
+    let p = parse(
+        "ci.yaml",
+        "jobs:\n  a:\n    checkout: {depth: 50}\n    steps: [x]\n  b:\n    checkout: false\n    steps: [x]\n  c:\n    steps: [x]\n",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let job = |n: &str| p.jobs.iter().find(|j| j.name == n).unwrap();
+    assert_eq!((job("a").checkout, job("a").checkout_depth), (true, Some(50)));
+    assert_eq!((job("b").checkout, job("b").checkout_depth), (false, None));
+    assert_eq!((job("c").checkout, job("c").checkout_depth), (true, None));
+    let e = one_error("jobs:\n  a:\n    checkout: {depth: -1}\n    steps: [x]\n");
+    assert_eq!((e.line, e.column), (3, 23));
+    assert!(
+        e.message
+            .contains("job `a` checkout depth `-1` is not a number of commits"),
+        "{e}"
+    );
+    let e = one_error("jobs:\n  a:\n    checkout: {deep: 1}\n    steps: [x]\n");
+    assert_eq!(e.hint.as_deref(), Some("did you mean `depth`?"));
+}

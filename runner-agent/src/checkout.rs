@@ -264,14 +264,24 @@ pub async fn checkout(
         }
         let commit = format!("{}^{{commit}}", spec.sha);
         let has_args = ["cat-file", "-e", commit.as_str()];
-        match git.run(&mirror, &has_args, false).await {
-            Ok(_) => None,
-            Err(CheckoutError::Failed(_)) => {
+        // A shallow mirror holding the commit may still lack the history a
+        // deeper checkout (`checkout: {depth: N}`, 0 for all) asks for.
+        let shallow = mirror.join("shallow").exists();
+        let has = match git.run(&mirror, &has_args, false).await {
+            Ok(_) => !(shallow && spec.depth != 1),
+            Err(CheckoutError::Failed(_)) => false,
+            Err(other) => return Err(other),
+        };
+        match has {
+            true => None,
+            false => {
                 let fetch_started = std::time::Instant::now();
                 let depth = format!("--depth={}", spec.depth);
                 let mut args = vec!["fetch", "--quiet", "--no-tags"];
                 if spec.depth > 0 {
                     args.push(&depth);
+                } else if shallow {
+                    args.push("--unshallow");
                 }
                 args.extend(["--", spec.repository.as_str()]);
                 let mut by_ref = Ok(String::new());
@@ -299,7 +309,6 @@ pub async fn checkout(
                 }
                 Some(fetch_started.elapsed())
             }
-            Err(other) => return Err(other),
         }
     };
     match fetched {

@@ -783,6 +783,7 @@ async fn figures_webhook_to_running_and_checkout() {
     let repo = Repo::serve(&h, pipeline).await;
     let ci = Ci::start(&h, &repo).await;
     let mut latencies = Vec::new();
+    let mut answered = Vec::new();
     for i in 0..60 {
         let sha = repo.push("main", "a.txt");
         let body = github_push("main", &sha);
@@ -793,6 +794,7 @@ async fn figures_webhook_to_running_and_checkout() {
             .github("push", &format!("lat-{i}"), &body, Some(&signature))
             .await;
         assert_eq!(status, 201, "{answer}");
+        answered.push(sent.elapsed());
         within("the job to run", async {
             loop {
                 let event = events.recv().await.unwrap().unwrap();
@@ -810,6 +812,12 @@ async fn figures_webhook_to_running_and_checkout() {
         ci.finished(answer["run_id"].as_u64().unwrap()).await;
     }
     latencies.sort();
+    answered.sort();
+    println!(
+        "webhook -> answered (run started on the server), {} pushes: p50 {:.1} ms",
+        answered.len(),
+        answered[answered.len() / 2].as_secs_f64() * 1e3
+    );
     let at = |q: f64| latencies[((latencies.len() as f64 - 1.0) * q).round() as usize];
     println!(
         "webhook -> first job running, {} pushes, warm mirror: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
@@ -1114,4 +1122,55 @@ async fn a_private_repository_is_checked_out_with_its_token_and_the_token_shows_
             .any(|w| w == PRIVATE_TOKEN.as_bytes()),
         "the token is in valkyrie.redb in the clear"
     );
+}
+
+const DEPTH_PIPELINE: &str = "\
+name: depth
+jobs:
+  shallow:
+    steps:
+      - run: echo \"commits=$(git rev-list --count HEAD)\"
+  three:
+    checkout: {depth: 3}
+    steps:
+      - run: echo \"commits=$(git rev-list --count HEAD)\"
+  full:
+    checkout: {depth: 0}
+    steps:
+      - run: echo \"commits=$(git rev-list --count HEAD)\"
+";
+
+/// `checkout: {depth: N}`: one commit by default, N when asked, the whole
+/// history with 0, even on an agent whose mirror is already shallow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checkout_depth_fetches_the_history_a_job_asks_for() {
+    let h = Harness::new();
+    let repo = Repo::serve(&h, DEPTH_PIPELINE).await;
+    let ci = Ci::start(&h, &repo).await;
+    for n in 0..5 {
+        repo.push("main", &format!("f{n}.txt"));
+    }
+    let total = git(&repo.bare, &["rev-list", "--count", "main"]);
+    assert_eq!(total, "6");
+    let response = ci
+        .http
+        .post(format!("{}/api/projects/app/trigger", ci.base))
+        .bearer_auth(&ci.server.api_token)
+        .json(&serde_json::json!({"ref": "main"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+    let answer: serde_json::Value = response.json().await.unwrap();
+    let jobs = ci.finished(answer["run_id"].as_u64().unwrap()).await;
+    let count = |name: &str| {
+        let out = &jobs.iter().find(|(n, _)| n == name).unwrap().1;
+        out.lines()
+            .find_map(|l| l.strip_prefix("commits="))
+            .unwrap_or_else(|| panic!("{name}: {out}"))
+            .to_owned()
+    };
+    assert_eq!(count("shallow"), "1");
+    assert_eq!(count("three"), "3");
+    assert_eq!(count("full"), total);
 }

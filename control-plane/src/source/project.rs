@@ -240,7 +240,7 @@ impl Trigger {
                     repository: self.repository.clone(),
                     sha: self.sha.clone(),
                     git_ref: self.git_ref.clone(),
-                    depth: self.depth,
+                    depth: job.checkout_depth.unwrap_or(self.depth),
                     token: String::new(),
                 });
             job.spec.trigger = Some(Box::new(TriggerSpec {
