@@ -27,7 +27,9 @@ use valkyrie_control_plane::store::embedded::EmbeddedStore;
 use valkyrie_control_plane::store::leader::{Election, LeaseConfig};
 use valkyrie_control_plane::store::mongo::MongoStore;
 use valkyrie_control_plane::store::seal::{SealedStore, SecretsKey};
-use valkyrie_control_plane::store::{step_down, Durability, Store, StoreHandle};
+use valkyrie_control_plane::store::{
+    step_down, Durability, Store, StoreError, StoreHandle, STORE_FAILED_EXIT,
+};
 use valkyrie_control_plane::{audit, server, CoreConfig};
 
 /// The Valkyrie control plane: schedules CI jobs onto runner agents.
@@ -425,7 +427,18 @@ async fn run() -> anyhow::Result<()> {
         tokio::spawn(server::serve_in_group(listener, core.clone(), group.clone()));
     }
     listeners_bound.store(true, Ordering::Release);
-    signals.next().await;
+    tokio::select! {
+        _ = signals.next() => {}
+        err = core.store_failure() => {
+            // The core stopped without acknowledging anything the store did
+            // not make durable; the process ends with the reason.
+            if let StoreError::Deposed { .. } = *err {
+                step_down(&err);
+            }
+            eprintln!("valkyrie-server: store commit failed: {err}");
+            std::process::exit(STORE_FAILED_EXIT);
+        }
+    }
     let grace = args.shutdown_grace;
     eprintln!("shutting down (grace {})", humantime::format_duration(grace));
     listeners_bound.store(false, Ordering::Release);

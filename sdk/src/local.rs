@@ -89,6 +89,11 @@ impl LocalCluster {
         let loaded = store.load()?;
         let store = StoreHandle::spawn(Box::new(store), metrics.clone());
         let core = spawn_with_store(config.clone(), tokens.clone(), metrics, store, loaded);
+        let watched = core.clone();
+        tokio::spawn(async move {
+            let err = watched.store_failure().await;
+            tracing::error!(%err, "the local control plane stopped: its store failed");
+        });
         let listener = Listener::bind(
             &endpoint,
             server::listener_options(tokens, ListenerOptions::default()),

@@ -26,7 +26,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, info, warn};
 use valkyrie::message::{
     Assign, CancelAssignment, EventBody, JobAccepted, JobDetails, JobList, JobSpec, JobState, Message,
@@ -42,7 +42,7 @@ use crate::metrics::Metrics;
 use crate::responder::{EventSink, Responder};
 use crate::run::Run;
 use crate::scheduler::{Availability, JobId, QueuedJob, RunnerId, Scheduler, SchedulerConfig};
-use crate::store::{AfterCommit, Change, Loaded, LogRow, StoreHandle};
+use crate::store::{AfterCommit, Change, Completion, Loaded, LogRow, StoreError, StoreHandle};
 pub use events::Subscribers;
 pub use pipelines::{
     PipelineDef, ValidatePipelineError, ValidatedPipeline, CONCURRENT_VALIDATIONS, VALIDATE_TIMEOUT,
@@ -279,9 +279,22 @@ pub struct CoreHandle {
     artifacts: Option<Arc<crate::artifacts::ArtifactStore>>,
     cache: Option<Arc<crate::artifacts::cache::CacheIndex>>,
     mirrors: Arc<crate::source::mirror::Mirrors>,
+    failure: watch::Receiver<Option<Arc<StoreError>>>,
 }
 
 impl CoreHandle {
+    /// Waits until the core stops because its store failed (a commit
+    /// error, or another server took the leadership); returns why. Pending
+    /// forever while the store works.
+    pub async fn store_failure(&self) -> Arc<StoreError> {
+        let mut failure = self.failure.clone();
+        let found = failure.wait_for(Option::is_some).await.map(|err| err.clone());
+        match found {
+            Ok(Some(err)) => err,
+            _ => std::future::pending().await,
+        }
+    }
+
     /// The bare mirrors of projects' repositories, where pipeline files
     /// are read at a commit.
     pub fn mirrors(&self) -> &Arc<crate::source::mirror::Mirrors> {
@@ -457,6 +470,13 @@ pub struct Core {
     changes: Vec<Change>,
     /// What waits for this turn's changes to be durable.
     after: Vec<AfterCommit>,
+    /// Batches handed to the store and not yet reported committed, each
+    /// with what waits for it, oldest first.
+    awaiting: std::collections::VecDeque<(u64, Vec<AfterCommit>)>,
+    /// The id of the last batch handed to the store.
+    last_batch: u64,
+    /// The id of the last batch the store reported committed.
+    committed_batch: u64,
     dirty_jobs: std::collections::BTreeSet<JobId>,
     dirty_runs: std::collections::BTreeSet<u64>,
     counters_dirty: bool,
@@ -531,9 +551,12 @@ fn spawn_inner(
         core.recover(loaded);
         core.flush();
     }
-    tokio::spawn(core.run(rx));
+    let completions = core.store.as_ref().and_then(StoreHandle::take_completions);
+    let (failed, failure) = watch::channel(None);
+    tokio::spawn(core.run(rx, completions, failed));
     CoreHandle {
         tx,
+        failure,
         metrics,
         validations: Default::default(),
         artifacts: None,
@@ -579,6 +602,9 @@ impl Core {
             store,
             changes: Vec::new(),
             after: Vec::new(),
+            awaiting: std::collections::VecDeque::new(),
+            last_batch: 0,
+            committed_batch: 0,
             dirty_jobs: Default::default(),
             dirty_runs: Default::default(),
             counters_dirty: false,
@@ -595,7 +621,15 @@ impl Core {
         }
     }
 
-    async fn run(mut self, mut rx: mpsc::Receiver<Command>) {
+    /// The driver: owns the clock and the store's commit reports, feeds
+    /// the core its inputs, and ends it when the store fails (telling
+    /// `failed`, whose owner decides what becomes of the process).
+    async fn run(
+        mut self,
+        mut rx: mpsc::Receiver<Command>,
+        mut completions: Option<mpsc::UnboundedReceiver<Completion>>,
+        failed: watch::Sender<Option<Arc<StoreError>>>,
+    ) {
         let mut tick = tokio::time::interval(Duration::from_millis(100));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -612,6 +646,16 @@ impl Core {
                         }
                     }
                 }
+                Some(done) = async { completions.as_mut()?.recv().await } => match done {
+                    Completion::Committed(batch) => self.committed(batch),
+                    Completion::Failed(err) => {
+                        // Nothing waiting for this batch or a later one is
+                        // acknowledged or sent.
+                        tracing::error!(%err, "the store failed; the core stops");
+                        let _ = failed.send(Some(Arc::new(err)));
+                        return;
+                    }
+                },
                 _ = tick.tick() => self.on_tick(Now::system()),
             }
             self.dispatch();

@@ -58,10 +58,36 @@ impl Core {
                 next_audit: self.next_audit,
             }));
         }
-        if self.changes.is_empty() && self.after.is_empty() {
+        let after = std::mem::take(&mut self.after);
+        if self.changes.is_empty() {
+            // Nothing new to commit: what waits goes after the batches in
+            // flight, or at once if there are none.
+            if self.last_batch == self.committed_batch {
+                after.into_iter().for_each(AfterCommit::run);
+            } else if !after.is_empty() {
+                match self.awaiting.back_mut() {
+                    Some((id, waiting)) if *id == self.last_batch => waiting.extend(after),
+                    _ => self.awaiting.push_back((self.last_batch, after)),
+                }
+            }
             return;
         }
-        store.submit(std::mem::take(&mut self.changes), std::mem::take(&mut self.after));
+        self.last_batch += 1;
+        store.submit(self.last_batch, std::mem::take(&mut self.changes));
+        if !after.is_empty() {
+            self.awaiting.push_back((self.last_batch, after));
+        }
+    }
+
+    /// The store made every batch up to `batch` durable: what waited for
+    /// them is done, in order.
+    pub(super) fn committed(&mut self, batch: u64) {
+        self.committed_batch = batch;
+        while self.awaiting.front().is_some_and(|(id, _)| *id <= batch) {
+            if let Some((_, actions)) = self.awaiting.pop_front() {
+                actions.into_iter().for_each(AfterCommit::run);
+            }
+        }
     }
 
     pub(super) fn runner_row(runner: &RunnerRecord) -> RunnerRow {

@@ -649,3 +649,86 @@ async fn a_project_run_is_announced_when_it_starts_ends_is_played_and_rerun() {
     );
     assert_eq!(announced[0].trigger.sha, "a".repeat(40));
 }
+
+/// A store whose commits succeed, or fail once told to.
+struct ScriptedStore {
+    fail: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl crate::store::Store for ScriptedStore {
+    fn load(&mut self) -> Result<crate::store::Loaded, crate::store::StoreError> {
+        Ok(Default::default())
+    }
+
+    fn commit(&mut self, _: &[crate::store::Change]) -> Result<(), crate::store::StoreError> {
+        if self.fail.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(crate::store::StoreError::Deposed {
+                epoch: 7,
+                detail: "another server leads".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn a_reply_waits_for_the_store_to_report_its_commit_and_a_failed_commit_sends_nothing() {
+    use crate::store::{Completion, StoreHandle};
+
+    let fail = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let store = StoreHandle::spawn(
+        Box::new(ScriptedStore { fail: fail.clone() }),
+        Arc::new(Metrics::default()),
+    );
+    let mut completions = store.take_completions().expect("the first taker gets them");
+    assert!(store.take_completions().is_none(), "one driver only");
+    let mut h = Harness::new(config());
+    h.core.store = Some(store);
+
+    let (reply, mut accepted) = Responder::channel();
+    h.input(Command::Submit(job("build", 0), reply));
+    assert!(
+        accepted.try_recv().is_err(),
+        "not acknowledged before it is durable"
+    );
+    let done = within_deadline(completions.recv()).await;
+    let Some(Completion::Committed(batch)) = done else {
+        panic!("{done:?}")
+    };
+    h.core.committed(batch);
+    assert!(matches!(accepted.try_recv(), Ok(Message::JobAccepted(_))));
+
+    // A read-only request while nothing is in flight is answered at once.
+    let (reply, mut listed) = Responder::channel();
+    h.input(Command::ListJobs(10, reply));
+    assert!(matches!(listed.try_recv(), Ok(Message::JobList(_))));
+
+    // The store fails: the thread reports it and stops; what waited for
+    // that batch is never sent.
+    fail.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (reply, mut refused) = Responder::channel();
+    h.input(Command::Submit(job("lost", 0), reply));
+    let done = within_deadline(completions.recv()).await;
+    assert!(
+        matches!(
+            done,
+            Some(Completion::Failed(crate::store::StoreError::Deposed {
+                epoch: 7,
+                ..
+            }))
+        ),
+        "{done:?}"
+    );
+    assert!(
+        within_deadline(completions.recv()).await.is_none(),
+        "the store thread stopped"
+    );
+    assert!(refused.try_recv().is_err());
+}
+
+/// `fut`, or a panic after 10 s (a test waits for an event, never a fixed time).
+async fn within_deadline<F: std::future::Future>(fut: F) -> F::Output {
+    tokio::time::timeout(Duration::from_secs(10), fut)
+        .await
+        .expect("the store thread answers within 10 s")
+}

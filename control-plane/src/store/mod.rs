@@ -326,13 +326,26 @@ impl AfterCommit {
 }
 
 struct Batch {
+    id: u64,
     changes: Vec<Change>,
-    after: Vec<AfterCommit>,
+}
+
+/// What the store thread reports to the core's driver, in commit order.
+#[derive(Debug)]
+pub enum Completion {
+    /// Every batch up to this id is durable.
+    Committed(u64),
+    /// A commit failed; nothing of it (nor of any later batch) is durable,
+    /// and the thread has stopped.
+    Failed(StoreError),
 }
 
 /// Exit status of a server that lost the leadership (EX_TEMPFAIL): its
 /// supervisor starts it again, as a standby.
 pub const DEPOSED_EXIT: i32 = 75;
+
+/// Exit status of a server whose store failed (EX_SOFTWARE).
+pub const STORE_FAILED_EXIT: i32 = 70;
 
 /// Ends a server that no longer leads: it cannot know what the new leader
 /// did, so it keeps nothing and exits; started again, it is a standby.
@@ -344,10 +357,13 @@ pub fn step_down(err: &StoreError) -> ! {
     std::process::exit(DEPOSED_EXIT)
 }
 
-/// Hands batches to the store worker thread.
+/// Hands batches to the store worker thread, which commits them in order
+/// and reports each commit (or the failure that stopped it) as a
+/// [`Completion`]; it never sends a frame nor ends the process.
 #[derive(Clone)]
 pub struct StoreHandle {
     tx: crossbeam::channel::Sender<Batch>,
+    completions: Arc<std::sync::Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<Completion>>>>,
 }
 
 impl std::fmt::Debug for StoreHandle {
@@ -357,51 +373,58 @@ impl std::fmt::Debug for StoreHandle {
 }
 
 impl StoreHandle {
-    /// Starts the worker thread for `store`. A commit failure is fatal: the
-    /// server cannot keep its promise of durability, so it exits with the
-    /// error rather than acknowledging work it may lose.
+    /// Starts the worker thread for `store`. After a failed commit it
+    /// commits nothing more: the server cannot keep its promise of
+    /// durability, so its driver stops rather than acknowledge work it may
+    /// lose.
     pub fn spawn(mut store: Box<dyn Store>, metrics: Arc<Metrics>) -> Self {
         let (tx, rx) = crossbeam::channel::bounded::<Batch>(1024);
+        let (done_tx, done_rx) = tokio::sync::mpsc::unbounded_channel();
         std::thread::Builder::new()
             .name("valkyrie-store".into())
             .spawn(move || {
                 while let Ok(first) = rx.recv() {
                     let mut changes = first.changes;
-                    let mut after = first.after;
+                    let mut last = first.id;
                     // Group commit: everything already waiting goes in too.
                     while let Ok(more) = rx.try_recv() {
                         changes.extend(more.changes);
-                        after.extend(more.after);
+                        last = more.id;
                         if changes.len() > 50_000 {
                             break;
                         }
                     }
                     let started = Instant::now();
                     if let Err(err) = store.commit(&changes) {
-                        if let StoreError::Deposed { .. } = err {
-                            // Nothing of this batch is acknowledged or sent.
-                            step_down(&err);
-                        }
-                        tracing::error!(%err, "store commit failed; stopping");
-                        eprintln!("valkyrie-server: store commit failed: {err}");
-                        std::process::exit(70);
+                        tracing::error!(%err, "store commit failed; committing nothing more");
+                        let _ = done_tx.send(Completion::Failed(err));
+                        return;
                     }
                     metrics
                         .store_commit_latency
                         .observe(started.elapsed().as_secs_f64());
-                    for action in after {
-                        action.run();
+                    if done_tx.send(Completion::Committed(last)).is_err() {
+                        return;
                     }
                 }
             })
             .expect("spawn the store thread");
-        Self { tx }
+        Self {
+            tx,
+            completions: Arc::new(std::sync::Mutex::new(Some(done_rx))),
+        }
     }
 
-    /// Queues a batch; `after` runs once it is durable.
-    pub fn submit(&self, changes: Vec<Change>, after: Vec<AfterCommit>) {
-        if self.tx.send(Batch { changes, after }).is_err() {
+    /// Queues batch `id` (ids increase by submission).
+    pub fn submit(&self, id: u64, changes: Vec<Change>) {
+        if self.tx.send(Batch { id, changes }).is_err() {
             tracing::error!("store worker is gone");
         }
+    }
+
+    /// The commit reports, for the one driver that waits for them; `None`
+    /// once taken.
+    pub fn take_completions(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<Completion>> {
+        self.completions.lock().ok()?.take()
     }
 }
