@@ -197,6 +197,45 @@ pub struct LogRow {
     pub data: Vec<u8>,
 }
 
+/// One artifact a job stored: its record (the contents are a blob named by
+/// `sha256` in the artifact store's blob backend, local or S3). Kept in the
+/// store, not beside the blobs, so every server of a group knows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ArtifactRow {
+    /// The job that stored it.
+    pub job_id: u64,
+    /// Its name within the job.
+    pub name: String,
+    /// Bytes.
+    pub size: u64,
+    /// Lowercase hex SHA-256 of the contents, which is also the blob's key
+    /// (content-addressed: identical contents are one blob).
+    pub sha256: String,
+    /// When it was stored (ms since the Unix epoch).
+    pub created_at_ms: u64,
+    /// When it expires (ms since the Unix epoch).
+    pub expires_at_ms: u64,
+}
+
+/// One `cache:` entry: the artifact that holds key `key` of `project`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CacheRow {
+    /// The project (the scope of keys).
+    pub project: String,
+    /// The sanitised key.
+    pub key: String,
+    /// The job whose artifact holds it.
+    pub job_id: u64,
+    /// That artifact's name.
+    pub name: String,
+    /// Its size.
+    pub size: u64,
+    /// Its SHA-256.
+    pub sha256: String,
+    /// When it was saved (ms since the Unix epoch).
+    pub created_at_ms: u64,
+}
+
 /// Id counters, so ids are never reused across restarts.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Counters {
@@ -247,6 +286,14 @@ pub enum Change {
     Delivery(Box<DeliveryRow>),
     /// Forget a delivery (the oldest, past the bound).
     DeleteDelivery(u64),
+    /// Insert or replace an artifact record.
+    Artifact(Box<ArtifactRow>),
+    /// Forget an artifact record: (job id, name).
+    DeleteArtifact(u64, String),
+    /// Insert or replace a cache entry.
+    CacheEntry(Box<CacheRow>),
+    /// Forget a cache entry: (project, key).
+    DeleteCacheEntry(String, String),
 }
 
 /// Everything a store holds, as loaded at start.
@@ -272,6 +319,10 @@ pub struct Loaded {
     pub projects: Vec<crate::source::Project>,
     /// Webhook deliveries remembered, oldest first.
     pub deliveries: Vec<DeliveryRow>,
+    /// Artifact records, in (job, name) order.
+    pub artifacts: Vec<ArtifactRow>,
+    /// Cache entries, in (project, key) order.
+    pub cache_entries: Vec<CacheRow>,
 }
 
 /// A durable store. Methods block; they run on the store worker thread.
@@ -397,4 +448,30 @@ impl StoreHandle {
             tracing::error!("store worker is gone");
         }
     }
+
+    /// Queues `changes` and waits until they are durable. A commit that
+    /// fails stops the server (see [`StoreHandle::spawn`]), so the only
+    /// error is a worker that is gone.
+    pub async fn commit(&self, changes: Vec<Change>) -> Result<(), StoreGone> {
+        if changes.is_empty() {
+            return Ok(());
+        }
+        let (responder, done) = Responder::channel();
+        if self
+            .tx
+            .send(Batch {
+                changes,
+                after: vec![AfterCommit::Reply(responder, valkyrie::message::Ack {}.into())],
+            })
+            .is_err()
+        {
+            return Err(StoreGone);
+        }
+        done.await.map(drop).map_err(|_| StoreGone)
+    }
 }
+
+/// The store worker has stopped: nothing more is committed.
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("the store worker has stopped; nothing more can be stored")]
+pub struct StoreGone;
