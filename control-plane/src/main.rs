@@ -372,10 +372,24 @@ async fn run() -> anyhow::Result<()> {
         task.abort();
     }
     let mut store = SealedStore::new(store, key);
-    let loaded = store.load().context("cannot load the stored state")?;
+    let mut loaded = store.load().context("cannot load the stored state")?;
     let store = StoreHandle::spawn(Box::new(store), metrics.clone());
-    let artifacts = open_artifacts(&args, &data_dir, metrics.artifacts.clone()).await?;
-    let cache = open_cache(&data_dir, artifacts.clone(), metrics.cache.clone())?;
+    let artifacts = open_artifacts(
+        &args,
+        &data_dir,
+        metrics.artifacts.clone(),
+        store.clone(),
+        std::mem::take(&mut loaded.artifacts),
+    )
+    .await?;
+    let cache = open_cache(
+        &data_dir,
+        artifacts.clone(),
+        metrics.cache.clone(),
+        store.clone(),
+        std::mem::take(&mut loaded.cache_entries),
+    )
+    .await?;
     // Commit statuses and run webhooks: posted by the leader only, since
     // only the leader's core announces runs.
     let notices = notifier::spawn(
@@ -459,25 +473,39 @@ fn artifacts_url(url: &str) -> Result<String, String> {
     valkyrie_control_plane::artifacts::s3::parse_url(url).map(|_| url.to_owned())
 }
 
-/// Opens the `cache:` index (`cache-index.json` in the data directory),
-/// whose entries are artifacts of `store`.
-fn open_cache(
+/// Opens the `cache:` index, kept in the store (`rows` as loaded), whose
+/// entries are artifacts of `artifacts`; the `cache-index.json` of earlier
+/// versions is moved into the store once.
+async fn open_cache(
     data_dir: &std::path::Path,
-    store: Arc<ArtifactStore>,
+    artifacts: Arc<ArtifactStore>,
     metrics: valkyrie_control_plane::artifacts::cache::CacheMetrics,
+    store: StoreHandle,
+    rows: Vec<valkyrie_control_plane::store::CacheRow>,
 ) -> anyhow::Result<Arc<valkyrie_control_plane::artifacts::cache::CacheIndex>> {
-    let path = data_dir.join("cache-index.json");
-    let index = valkyrie_control_plane::artifacts::cache::CacheIndex::open(&path, store, metrics)
-        .with_context(|| format!("cannot open the cache index {}", path.display()))?;
+    let index = valkyrie_control_plane::artifacts::cache::CacheIndex::new(artifacts, metrics)
+        .with_entries(store, rows);
+    let legacy = data_dir.join("cache-index.json");
+    let moved = index
+        .import_legacy(&legacy)
+        .await
+        .with_context(|| format!("cannot move the cache index {} into the store", legacy.display()))?;
+    if moved > 0 {
+        tracing::info!(entries = moved, file = %legacy.display(), "cache index moved into the store");
+    }
     Ok(Arc::new(index))
 }
 
-/// Opens the artifact store (records under the data directory, contents
-/// there or in S3) and starts its sweeper.
+/// Opens the artifact store (records in the store, `rows` as loaded;
+/// uploads staged under the data directory; contents there or in S3) and
+/// starts its sweeper. The records of earlier versions, JSON files under
+/// the data directory, are moved into the store once.
 async fn open_artifacts(
     args: &Args,
     data_dir: &std::path::Path,
     metrics: valkyrie_control_plane::artifacts::ArtifactMetrics,
+    records: StoreHandle,
+    rows: Vec<valkyrie_control_plane::store::ArtifactRow>,
 ) -> anyhow::Result<Arc<ArtifactStore>> {
     let dir = data_dir.join("artifacts");
     let config = StoreConfig {
@@ -494,7 +522,16 @@ async fn open_artifacts(
                 .with_context(|| format!("cannot list the artifacts in {url}"))?
         }
     };
-    let store = Arc::new(store);
+    let store = Arc::new(store.with_records(records, rows));
+    let moved = store.import_legacy_records().await.with_context(|| {
+        format!(
+            "cannot move the artifact records of {} into the store",
+            dir.display()
+        )
+    })?;
+    if moved > 0 {
+        tracing::info!(artifacts = moved, "artifact records moved into the store");
+    }
     tracing::info!(blobs = %store.blob_location(), "artifact store open");
     let sweeping = store.clone();
     let interval = args.artifacts_sweep_interval;

@@ -1,40 +1,40 @@
 //! `GET /api/ci/jobs/{id}/artifacts[/{name}]` on the real server: the
 //! listing, and a download streamed with its Content-Length and checksum.
-//! The artifact is put in the server's store through the store's own
-//! library (as an upload would leave it), while the server runs.
+//! The artifact is left in the data directory as an earlier version
+//! stored it (a blob and a `jobs/<id>.json` record) before the server
+//! starts, so this also shows that such records are moved into the store.
 
 mod rest_support;
-
-use std::sync::Arc;
-use std::time::Duration;
 
 use reqwest::StatusCode;
 use rest_support::*;
 use serde_json::Value;
-use valkyrie_control_plane::artifacts::{ArtifactStore, StoreConfig};
 
 #[tokio::test]
 async fn artifacts_are_listed_and_downloaded_with_their_length_and_checksum() {
-    let server = ServerProcess::start(&[], &[]);
-    let store = Arc::new(
-        ArtifactStore::open(server.dir.path().join("data/artifacts"), StoreConfig::default()).unwrap(),
-    );
+    let dir = tempfile::tempdir().unwrap();
     // 3 MiB and a bit: several body chunks.
     let data: Vec<u8> = (0..(3u32 << 20) + 12345).map(|i| (i % 251) as u8).collect();
     let sha256 = hex::encode(ring::digest::digest(&ring::digest::SHA256, &data).as_ref());
-    let mut upload = store.begin_upload().await.unwrap();
-    upload.write(0, &data).await.unwrap();
-    store
-        .commit(
-            upload,
-            7,
-            "artifacts.tar",
-            data.len() as u64,
-            &sha256,
-            Duration::ZERO,
-        )
-        .await
-        .unwrap();
+    let root = dir.path().join("data/artifacts");
+    let blob_dir = root.join("blobs").join(&sha256[..2]);
+    std::fs::create_dir_all(&blob_dir).unwrap();
+    std::fs::write(blob_dir.join(&sha256), &data).unwrap();
+    std::fs::create_dir_all(root.join("jobs")).unwrap();
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let record = serde_json::json!({ "artifacts.tar": {
+        "size": data.len(), "sha256": sha256, "created_at_ms": now_ms,
+        "expires_at_ms": now_ms + 3_600_000,
+    } });
+    std::fs::write(root.join("jobs/7.json"), record.to_string()).unwrap();
+    let server = ServerProcess::start_in(dir, &[], &[]);
+    assert!(
+        !server.dir.path().join("data/artifacts/jobs/7.json").exists(),
+        "the record was moved into the store"
+    );
 
     let http = http_client();
     let listed: Value = http

@@ -1,6 +1,7 @@
 //! Artifacts end to end, with the real server, agent and `vk`: a build
 //! job's files reach the job that needs it and `vk artifacts`, survive a
-//! server restart and an upload cut by a server crash; escapes and
+//! server restart, an upload cut by a server crash and one cut by a
+//! dropped connection (a TCP proxy that closes it mid-upload); escapes and
 //! over-size artifacts fail their job with a message in its log.
 
 mod support;
@@ -435,4 +436,112 @@ async fn an_upload_cut_by_a_server_crash_is_done_again_after_reconnecting() {
     );
     // Only the finished upload is left: no partial file.
     assert_eq!(std::fs::read_dir(&uploads).unwrap().count(), 0);
+}
+
+/// A TCP proxy to `target` that cuts the connection it carries once more
+/// than `cut_after` bytes went through it towards `target` (once: later
+/// connections are carried whole). Returns its address and whether it cut.
+async fn cutting_proxy(
+    target: std::net::SocketAddr,
+    cut_after: u64,
+) -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicBool>,
+) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let cut = std::sync::Arc::new(AtomicBool::new(false));
+    let cutting = cut.clone();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let Ok(server) = tokio::net::TcpStream::connect(target).await else {
+                continue;
+            };
+            let cut = cutting.clone();
+            tokio::spawn(async move {
+                let (mut from_client, mut to_client) = client.into_split();
+                let (mut from_server, mut to_server) = server.into_split();
+                let back = tokio::spawn(async move {
+                    let _ = tokio::io::copy(&mut from_server, &mut to_client).await;
+                });
+                let mut buf = vec![0u8; 64 << 10];
+                let mut sent = 0u64;
+                loop {
+                    let n = match from_client.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => n,
+                    };
+                    if to_server.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                    sent += n as u64;
+                    if sent > cut_after && !cut.swap(true, Ordering::SeqCst) {
+                        // Both directions end here: both sockets close.
+                        break;
+                    }
+                }
+                back.abort();
+            });
+        }
+    });
+    (addr, cut)
+}
+
+/// The agent's connection is cut (a TCP proxy closes it) in the middle of
+/// a 64 MiB upload while the server keeps running: the agent reconnects,
+/// uploads the artifact again from its start, the job's result is kept,
+/// and the job that needs the artifact gets it intact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_cut_by_a_dropped_connection_is_done_again_after_reconnecting() {
+    let h = Harness::new();
+    let server = h
+        .server()
+        .listen(&["tcp://127.0.0.1:0"])
+        .tokens("api-drop", "runner-drop")
+        .start();
+    let target = server
+        .endpoint()
+        .strip_prefix("tcp://")
+        .expect("a tcp endpoint")
+        .parse()
+        .expect("an address");
+    // Registration and logs are a few KiB: past 16 MiB, the upload is
+    // under way (and 48 MiB from its end).
+    let (proxy, cut) = cutting_proxy(target, 16 << 20).await;
+    let client = server.client().await;
+    let agent = h
+        .agent(&server)
+        .endpoint(&format!("tcp://{proxy}"))
+        .start(&client)
+        .await;
+    let yaml = "jobs:\n  build:\n    steps:\n      - run: mkdir d && head -c 67108864 /dev/urandom > d/blob && sha256sum d/blob > d.sum && mv d.sum d/\n    artifacts:\n      paths: [d]\n  check:\n    needs: [build]\n    steps:\n      - run: sha256sum -c d/d.sum\n";
+    let run = run_pipeline_in(&client, yaml).await;
+    let build = job_id(&run, "build");
+    let build_log = logs(&server, build).await;
+    assert_eq!(
+        run.state,
+        RunState::Succeeded,
+        "build log:\n{build_log}\ncheck log:\n{}",
+        logs(&server, job_id(&run, "check")).await
+    );
+    assert!(
+        cut.load(std::sync::atomic::Ordering::SeqCst),
+        "the proxy cut the connection"
+    );
+    assert!(
+        agent
+            .process
+            .log()
+            .contains("connection lost during an artifact upload; starting it again"),
+        "the upload was cut and done again:\n{}",
+        agent.process.log()
+    );
+    assert!(
+        build_log.contains("[valkyrie] uploaded artifacts: 2 file(s)"),
+        "{build_log}"
+    );
+    let listed = list_artifacts(&server, build).await;
+    assert_eq!(listed[0]["name"], "artifacts.tar", "{listed}");
 }

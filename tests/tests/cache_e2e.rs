@@ -230,3 +230,65 @@ async fn hash_files_keys_follow_the_lock_file_and_escapes_are_refused() {
     let log = log_of(&server, &run(&client, yaml).await, "j").await;
     assert!(log.contains("cache miss: no entry for key `links`"), "{log}");
 }
+
+/// Two jobs of one project save the same key at once (both missed it
+/// before their steps, which wait for each other): the first save stays,
+/// and only its job's log says "cache saved"; the other says which job
+/// saved the key first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn of_two_saves_of_one_key_only_the_first_is_logged_as_saved() {
+    let h = Harness::new();
+    let server = h.server().listen(&["tcp://127.0.0.1:0"]).start();
+    let client = server.client().await;
+    let _agent = h.agent(&server).slots(2).start(&client).await;
+    let dir = support::sh_path(h.path());
+    let job = |name: &str| {
+        format!(
+            r#"  {name}:
+    project: web
+    cache:
+      key: race-1
+      paths: [deps/]
+    steps:
+      - run: |
+          mkdir -p deps && echo {name} > deps/who && touch {dir}/{name}
+          while [ ! -e {dir}/a ] || [ ! -e {dir}/b ]; do sleep 0.05; done
+"#
+        )
+    };
+    let yaml = format!("jobs:\n{}{}", job("a"), job("b"));
+    let run = run(&client, &yaml).await;
+    let a = log_of(&server, &run, "a").await;
+    let b = log_of(&server, &run, "b").await;
+    for log in [&a, &b] {
+        assert!(log.contains("cache miss: no entry for key `race-1`"), "{log}");
+    }
+    let saved: Vec<&str> = [("a", &a), ("b", &b)]
+        .into_iter()
+        .filter(|(_, log)| log.contains("[valkyrie] cache saved: key `race-1`"))
+        .map(|(name, _)| name)
+        .collect();
+    assert_eq!(
+        saved.len(),
+        1,
+        "exactly one save is logged as saved:\n{a}\n---\n{b}"
+    );
+    let (winner, loser) = if saved[0] == "a" { ("a", &b) } else { ("b", &a) };
+    let first = job_id(&run, winner);
+    assert!(
+        loser.contains(&format!(
+            "[valkyrie] cache `race-1` not saved: job {first} saved that key first"
+        )),
+        "{loser}"
+    );
+
+    // The entry is the winner's: a later job restores its file.
+    let later = pipeline("web", "race-1", None, "pull", "unused");
+    let log = log_of(
+        &server,
+        &run_pipeline(&client, &later, RUN_DEADLINE).await,
+        "build",
+    )
+    .await;
+    assert!(log.contains("cache hit: restored key `race-1`"), "{log}");
+}

@@ -10,21 +10,26 @@
 //! dropped at the next lookup. Entries are immutable: a key once saved is
 //! never replaced (as GitHub's actions/cache); save under a new key.
 //!
-//! The index is a small JSON file (`cache-index.json` in the data
-//! directory) replaced atomically on each change, so it survives a restart.
+//! The entries are kept in the server's store ([`CacheRow`], committed
+//! before a save is acknowledged), so every server of a group shares them
+//! and they survive a restart; reads are served from memory. Earlier
+//! versions kept them in `cache-index.json` in the data directory:
+//! [`CacheIndex::import_legacy`] moves that file's entries into the store
+//! once.
 
 use std::collections::BTreeMap;
 use std::io;
-use std::path::PathBuf;
+use std::path::Path;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::registry::{Registry, Unit};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use valkyrie::message::{ArtifactInfo, CacheEntry};
 
 use super::{ArtifactError, ArtifactStore};
+use crate::store::{CacheRow, Change, StoreHandle};
 
 /// Entries kept per project; the oldest go first beyond it.
 pub const MAX_ENTRIES_PER_PROJECT: usize = 1000;
@@ -69,8 +74,8 @@ impl CacheMetrics {
     }
 }
 
-/// One entry: the artifact that holds it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// One entry: the artifact that holds it (also the legacy file's form).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 struct Entry {
     job_id: u64,
     name: String,
@@ -84,37 +89,97 @@ type Index = BTreeMap<String, BTreeMap<String, Entry>>;
 /// The cache index. Cheap to share behind an `Arc`.
 #[derive(Debug)]
 pub struct CacheIndex {
-    path: PathBuf,
     store: Arc<ArtifactStore>,
     entries: Mutex<Index>,
+    /// Where entries are committed; `None` keeps them in memory only (tests).
+    durable: Option<StoreHandle>,
     metrics: CacheMetrics,
 }
 
+/// Whether a save recorded its entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Recorded {
+    /// The entry is the saved artifact.
+    Saved,
+    /// Another job had saved that key first; it stays (entries are immutable).
+    Exists,
+}
+
 impl CacheIndex {
-    /// Opens the index kept in the file `path` (created on the first
-    /// save), over the artifacts of `store`.
-    pub fn open(
-        path: impl Into<PathBuf>,
-        store: Arc<ArtifactStore>,
-        metrics: CacheMetrics,
-    ) -> io::Result<Self> {
-        let path = path.into();
-        let entries = match std::fs::read(&path) {
+    /// An empty index in memory only, over the artifacts of `store`.
+    pub fn new(store: Arc<ArtifactStore>, metrics: CacheMetrics) -> Self {
+        Self {
+            store,
+            entries: Mutex::new(Index::new()),
+            durable: None,
+            metrics,
+        }
+    }
+
+    /// Keeps the entries in `durable`, starting from `rows` (what it loaded).
+    pub fn with_entries(mut self, durable: StoreHandle, rows: Vec<CacheRow>) -> Self {
+        let mut index = Index::new();
+        for row in rows {
+            index.entry(row.project).or_default().insert(
+                row.key,
+                Entry {
+                    job_id: row.job_id,
+                    name: row.name,
+                    size: row.size,
+                    sha256: row.sha256,
+                    created_at_ms: row.created_at_ms,
+                },
+            );
+        }
+        self.entries = Mutex::new(index);
+        self.durable = Some(durable);
+        self
+    }
+
+    /// Moves the entries of the file `path` (the `cache-index.json` of
+    /// earlier versions) into the store, then removes the file. An entry
+    /// the store already has wins. Returns how many were moved.
+    pub async fn import_legacy(&self, path: &Path) -> io::Result<usize> {
+        let legacy: Index = match std::fs::read(path) {
             Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
                 io::Error::new(
                     io::ErrorKind::InvalidData,
                     format!("{} is not a cache index: {e}", path.display()),
                 )
             })?,
-            Err(err) if err.kind() == io::ErrorKind::NotFound => Index::new(),
+            Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(0),
             Err(err) => return Err(err),
         };
-        Ok(Self {
-            path,
-            store,
-            entries: Mutex::new(entries),
-            metrics,
-        })
+        let mut changes = Vec::new();
+        {
+            let mut entries = self.entries();
+            for (project, scope) in legacy {
+                let mine = entries.entry(project.clone()).or_default();
+                for (key, entry) in scope {
+                    if mine.contains_key(&key) {
+                        continue;
+                    }
+                    changes.push(Change::CacheEntry(Box::new(row(&project, &key, &entry))));
+                    mine.insert(key, entry);
+                }
+            }
+        }
+        let moved = changes.len();
+        self.persist(changes).await?;
+        std::fs::remove_file(path)?;
+        Ok(moved)
+    }
+
+    fn entries(&self) -> std::sync::MutexGuard<'_, Index> {
+        self.entries.lock().expect("cache index")
+    }
+
+    /// Commits `changes`, waiting until they are durable.
+    async fn persist(&self, changes: Vec<Change>) -> io::Result<()> {
+        match &self.durable {
+            Some(store) => store.commit(changes).await.map_err(io::Error::other),
+            None => Ok(()),
+        }
     }
 
     /// The entry to restore for `keys` in `project`: `keys[0]` exactly,
@@ -122,8 +187,8 @@ impl CacheIndex {
     /// entry whose key starts with it. A `restore` lookup is counted as a
     /// hit, a fallback hit or a miss.
     pub fn lookup(&self, project: &str, keys: &[String], restore: bool) -> Result<CacheEntry, ArtifactError> {
-        let mut entries = self.entries.lock().expect("cache index");
-        let mut pruned = false;
+        let mut entries = self.entries();
+        let mut pruned = Vec::new();
         let mut found = None;
         for (i, wanted) in keys.iter().enumerate() {
             while let Some(scope) = entries.get(project) {
@@ -147,7 +212,7 @@ impl CacheIndex {
                         if let Some(scope) = entries.get_mut(project) {
                             scope.remove(&key);
                         }
-                        pruned = true;
+                        pruned.push(Change::DeleteCacheEntry(project.to_owned(), key));
                     }
                     Err(err) => return Err(err),
                 }
@@ -156,12 +221,12 @@ impl CacheIndex {
                 break;
             }
         }
-        if pruned {
-            if let Err(err) = self.persist(&entries) {
-                tracing::warn!(%err, "cannot write the cache index");
-            }
-        }
         drop(entries);
+        if let (false, Some(store)) = (pruned.is_empty(), &self.durable) {
+            // Not waited for: forgetting an entry whose artifact is gone
+            // again after a crash is harmless.
+            store.submit_unwaited(pruned);
+        }
         if restore {
             match &found {
                 Some((true, ..)) => self.metrics.hits.inc(),
@@ -184,51 +249,60 @@ impl CacheIndex {
 
     /// Whether `project` has an entry of exactly `key`.
     pub fn contains(&self, project: &str, key: &str) -> bool {
-        let entries = self.entries.lock().expect("cache index");
-        entries.get(project).is_some_and(|s| s.contains_key(key))
+        self.entries().get(project).is_some_and(|s| s.contains_key(key))
     }
 
     /// Records artifact `info` of job `job_id` as the entry of `key` in
     /// `project`, unless that key has one already (entries are never
-    /// replaced). Returns whether it was recorded.
-    pub fn record(&self, project: &str, key: &str, job_id: u64, info: &ArtifactInfo) -> io::Result<bool> {
-        let mut entries = self.entries.lock().expect("cache index");
-        let scope = entries.entry(project.to_owned()).or_default();
-        if scope.contains_key(key) {
-            return Ok(false);
-        }
-        scope.insert(
-            key.to_owned(),
-            Entry {
-                job_id,
-                name: info.name.clone(),
-                size: info.size,
-                sha256: info.sha256.clone(),
-                created_at_ms: info.created_at_ms,
-            },
-        );
-        while scope.len() > MAX_ENTRIES_PER_PROJECT {
-            let oldest = scope
-                .iter()
-                .min_by_key(|(_, e)| e.created_at_ms)
-                .map(|(k, _)| k.clone())
-                .expect("not empty");
-            scope.remove(&oldest);
-        }
-        self.persist(&entries)?;
-        Ok(true)
-    }
-
-    /// Replaces the file atomically (temporary file, fsync, rename).
-    fn persist(&self, entries: &Index) -> io::Result<()> {
-        let tmp = self.path.with_extension("json.tmp");
-        let bytes = serde_json::to_vec(entries).map_err(io::Error::other)?;
+    /// replaced: the first save wins), and waits until it is durable.
+    /// Beyond [`MAX_ENTRIES_PER_PROJECT`] the project's oldest go.
+    pub async fn record(
+        &self,
+        project: &str,
+        key: &str,
+        job_id: u64,
+        info: &ArtifactInfo,
+    ) -> io::Result<Recorded> {
+        let entry = Entry {
+            job_id,
+            name: info.name.clone(),
+            size: info.size,
+            sha256: info.sha256.clone(),
+            created_at_ms: info.created_at_ms,
+        };
+        let mut changes = vec![Change::CacheEntry(Box::new(row(project, key, &entry)))];
         {
-            let mut file = std::fs::File::create(&tmp)?;
-            io::Write::write_all(&mut file, &bytes)?;
-            file.sync_all()?;
+            let mut entries = self.entries();
+            let scope = entries.entry(project.to_owned()).or_default();
+            if scope.contains_key(key) {
+                return Ok(Recorded::Exists);
+            }
+            scope.insert(key.to_owned(), entry);
+            while scope.len() > MAX_ENTRIES_PER_PROJECT {
+                let oldest = scope
+                    .iter()
+                    .min_by_key(|(_, e)| e.created_at_ms)
+                    .map(|(k, _)| k.clone())
+                    .expect("not empty");
+                scope.remove(&oldest);
+                changes.push(Change::DeleteCacheEntry(project.to_owned(), oldest));
+            }
         }
-        std::fs::rename(&tmp, &self.path)
+        self.persist(changes).await?;
+        Ok(Recorded::Saved)
+    }
+}
+
+/// The stored form of an entry.
+fn row(project: &str, key: &str, e: &Entry) -> CacheRow {
+    CacheRow {
+        project: project.to_owned(),
+        key: key.to_owned(),
+        job_id: e.job_id,
+        name: e.name.clone(),
+        size: e.size,
+        sha256: e.sha256.clone(),
+        created_at_ms: e.created_at_ms,
     }
 }
 
@@ -248,6 +322,7 @@ pub(crate) fn miss() -> CacheEntry {
 mod tests {
     use super::*;
     use crate::artifacts::StoreConfig;
+    use std::path::Path;
     use std::time::Duration;
 
     async fn put(store: &Arc<ArtifactStore>, job: u64, key: &str, data: &[u8]) -> ArtifactInfo {
@@ -265,17 +340,36 @@ mod tests {
         k.iter().map(|s| (*s).to_owned()).collect()
     }
 
+    /// A store handle over an embedded store in `dir`, and what it loaded.
+    fn durable(dir: &Path) -> (StoreHandle, crate::store::Loaded) {
+        use crate::store::Store;
+        let mut store =
+            crate::store::embedded::EmbeddedStore::open(dir, crate::store::Durability::None).unwrap();
+        let loaded = store.load().unwrap();
+        (StoreHandle::spawn(Box::new(store), Default::default()), loaded)
+    }
+
     #[tokio::test]
     async fn exact_then_fallback_prefix_per_project_and_immutable() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(ArtifactStore::open(dir.path().join("a"), StoreConfig::default()).unwrap());
+        let (handle, loaded) = durable(dir.path());
+        let store = Arc::new(
+            ArtifactStore::open(dir.path().join("a"), StoreConfig::default())
+                .unwrap()
+                .with_records(handle.clone(), loaded.artifacts),
+        );
         let metrics = CacheMetrics::default();
-        let index = CacheIndex::open(dir.path().join("i.json"), store.clone(), metrics.clone()).unwrap();
+        let index =
+            CacheIndex::new(store.clone(), metrics.clone()).with_entries(handle, loaded.cache_entries);
         let first = put(&store, 1, "cargo-aaa", b"one").await;
-        assert!(index.record("web", "cargo-aaa", 1, &first).unwrap());
+        assert_eq!(
+            index.record("web", "cargo-aaa", 1, &first).await.unwrap(),
+            Recorded::Saved
+        );
         let second = put(&store, 2, "cargo-aaa", b"two").await;
-        assert!(
-            !index.record("web", "cargo-aaa", 2, &second).unwrap(),
+        assert_eq!(
+            index.record("web", "cargo-aaa", 2, &second).await.unwrap(),
+            Recorded::Exists,
             "never replaced"
         );
 
@@ -300,10 +394,19 @@ mod tests {
             (1, 1, 1)
         );
 
-        // Reopened: the entries are still there.
-        drop(index);
-        let index =
-            CacheIndex::open(dir.path().join("i.json"), store.clone(), CacheMetrics::default()).unwrap();
+        // Reopened from the store: the entries and artifacts are still there.
+        drop((index, store));
+        let dir2 = dir.path().to_owned();
+        // The store worker ends once every handle is gone; its lock goes with it.
+        let (handle, loaded) = wait_reopen(&dir2).await;
+        assert_eq!(loaded.cache_entries.len(), 1);
+        let store = Arc::new(
+            ArtifactStore::open(dir.path().join("a"), StoreConfig::default())
+                .unwrap()
+                .with_records(handle.clone(), loaded.artifacts),
+        );
+        let index = CacheIndex::new(store.clone(), CacheMetrics::default())
+            .with_entries(handle, loaded.cache_entries);
         assert!(index.contains("web", "cargo-aaa"));
         // An entry whose artifact expired is dropped.
         store
@@ -316,5 +419,48 @@ mod tests {
             .key
             .is_empty());
         assert!(!index.contains("web", "cargo-aaa"));
+    }
+
+    /// Opens the embedded store in `dir` again once the last worker let go.
+    async fn wait_reopen(dir: &Path) -> (StoreHandle, crate::store::Loaded) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            use crate::store::Store;
+            match crate::store::embedded::EmbeddedStore::open(dir, crate::store::Durability::None) {
+                Ok(mut store) => {
+                    let loaded = store.load().unwrap();
+                    return (StoreHandle::spawn(Box::new(store), Default::default()), loaded);
+                }
+                Err(err) if std::time::Instant::now() < deadline => {
+                    let _ = err;
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                Err(err) => panic!("{err}"),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_legacy_index_file_is_moved_into_the_store_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let (handle, loaded) = durable(dir.path());
+        let store = Arc::new(
+            ArtifactStore::open(dir.path().join("a"), StoreConfig::default())
+                .unwrap()
+                .with_records(handle.clone(), loaded.artifacts),
+        );
+        let info = put(&store, 3, "k1", b"legacy").await;
+        let file = dir.path().join("cache-index.json");
+        let legacy = serde_json::json!({ "web": { "k1": {
+            "job_id": 3, "name": info.name, "size": info.size,
+            "sha256": info.sha256, "created_at_ms": info.created_at_ms,
+        } } });
+        std::fs::write(&file, legacy.to_string()).unwrap();
+        let index = CacheIndex::new(store.clone(), CacheMetrics::default()).with_entries(handle, Vec::new());
+        assert_eq!(index.import_legacy(&file).await.unwrap(), 1);
+        assert!(!file.exists(), "the file is gone once its entries are stored");
+        assert_eq!(index.import_legacy(&file).await.unwrap(), 0);
+        let hit = index.lookup("web", &keys(&["k1"]), true).unwrap();
+        assert_eq!((hit.job_id, hit.exact), (3, true));
     }
 }

@@ -10,12 +10,13 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use ring::digest::{Context, SHA256};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use valkyrie::message::ArtifactInfo;
 
 use super::blob::{BlobReader, BlobStore, LocalBlobs};
 use super::valid_name;
+use crate::store::{ArtifactRow, Change, StoreHandle};
 
 /// Settings of an [`ArtifactStore`].
 #[derive(Clone, Debug)]
@@ -101,25 +102,36 @@ impl ArtifactError {
     }
 }
 
-/// One artifact as `jobs/<id>.json` records it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-struct Entry {
+/// One artifact as the legacy `jobs/<id>.json` files recorded it (read
+/// once, to move them into the store).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+struct LegacyEntry {
     size: u64,
     sha256: String,
     created_at_ms: u64,
     expires_at_ms: u64,
 }
 
-/// The artifact store: job records in a directory, contents in a
-/// [`BlobStore`]. Cheap to share behind an `Arc`.
+/// The artifact records, by (job id, name).
+type Records = BTreeMap<(u64, String), ArtifactRow>;
+
+/// The artifact store: records in the server's [`Store`](crate::store::Store)
+/// (kept in memory as well, for reads), contents in a [`BlobStore`]. Cheap
+/// to share behind an `Arc`.
 #[derive(Debug)]
 pub struct ArtifactStore {
     root: PathBuf,
+    /// Every record, as committed to `durable`.
+    records: Mutex<Records>,
+    /// Where records are committed; `None` keeps them in memory only (tests).
+    durable: Option<StoreHandle>,
     config: StoreConfig,
     blobs: Arc<dyn BlobStore>,
     /// Held while a sweep runs, and while a commit registers its blob as
     /// pending or references it, so a sweep never removes a blob that a
-    /// commit is storing or is about to reference.
+    /// commit is storing or is about to reference. Record changes are
+    /// committed under it too, so the store and `records` change in the
+    /// same order.
     lock: tokio::sync::Mutex<()>,
     /// Blobs being stored by commits, by SHA-256, with their count.
     pending: Mutex<HashMap<String, usize>>,
@@ -231,15 +243,15 @@ impl ArtifactStore {
         config: StoreConfig,
         metrics: super::ArtifactMetrics,
     ) -> io::Result<Self> {
-        for dir in ["uploads", "jobs"] {
-            valkyrie::private_fs::create_dir_all(&root.join(dir))?;
-        }
+        valkyrie::private_fs::create_dir_all(&root.join("uploads"))?;
         for entry in std::fs::read_dir(root.join("uploads"))? {
             let _ = std::fs::remove_file(entry?.path());
         }
         metrics.stored_bytes.set(stored_bytes as i64);
         Ok(Self {
             root,
+            records: Mutex::new(Records::new()),
+            durable: None,
             config,
             blobs,
             lock: tokio::sync::Mutex::new(()),
@@ -259,8 +271,96 @@ impl ArtifactStore {
         self.blobs.location()
     }
 
-    fn job_path(&self, job_id: u64) -> PathBuf {
-        self.root.join("jobs").join(format!("{job_id}.json"))
+    /// Keeps the records in `store`, starting from `rows` (what it
+    /// loaded). Without it, records live in memory only.
+    pub fn with_records(mut self, store: StoreHandle, rows: Vec<ArtifactRow>) -> Self {
+        self.records = Mutex::new(
+            rows.into_iter()
+                .map(|row| ((row.job_id, row.name.clone()), row))
+                .collect(),
+        );
+        self.durable = Some(store);
+        self
+    }
+
+    fn records(&self) -> std::sync::MutexGuard<'_, Records> {
+        self.records.lock().expect("artifact records")
+    }
+
+    /// Commits `changes` (none without a store), waiting until durable.
+    async fn persist(&self, changes: Vec<Change>) -> Result<(), ArtifactError> {
+        match &self.durable {
+            Some(store) => store
+                .commit(changes)
+                .await
+                .map_err(|e| ArtifactError::Io(io::Error::other(e))),
+            None => Ok(()),
+        }
+    }
+
+    /// Moves the records of earlier versions (`jobs/<id>.json` under the
+    /// store's directory) into the store, once: each file is removed after
+    /// its records are durable. A record the store already has wins.
+    /// Returns how many records were moved.
+    pub async fn import_legacy_records(&self) -> io::Result<usize> {
+        let dir = self.root.join("jobs");
+        let files = match std::fs::read_dir(&dir) {
+            Ok(files) => files,
+            Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(0),
+            Err(err) => return Err(err),
+        };
+        let mut rows = Vec::new();
+        let mut done = Vec::new();
+        for file in files {
+            let path = file?.path();
+            let Some(job_id) = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| n.strip_suffix(".json"))
+                .and_then(|n| n.parse::<u64>().ok())
+            else {
+                continue;
+            };
+            let entries: BTreeMap<String, LegacyEntry> = serde_json::from_slice(&std::fs::read(&path)?)
+                .map_err(|e| {
+                    io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!("{} is not an artifact record: {e}", path.display()),
+                    )
+                })?;
+            rows.extend(entries.into_iter().map(|(name, e)| ArtifactRow {
+                job_id,
+                name,
+                size: e.size,
+                sha256: e.sha256,
+                created_at_ms: e.created_at_ms,
+                expires_at_ms: e.expires_at_ms,
+            }));
+            done.push(path);
+        }
+        let _guard = self.lock.lock().await;
+        let rows: Vec<ArtifactRow> = {
+            let records = self.records();
+            rows.into_iter()
+                .filter(|r| !records.contains_key(&(r.job_id, r.name.clone())))
+                .collect()
+        };
+        let moved = rows.len();
+        self.persist(
+            rows.iter()
+                .cloned()
+                .map(|r| Change::Artifact(Box::new(r)))
+                .collect(),
+        )
+        .await
+        .map_err(io::Error::other)?;
+        self.records()
+            .extend(rows.into_iter().map(|r| ((r.job_id, r.name.clone()), r)));
+        for path in done {
+            std::fs::remove_file(path)?;
+        }
+        let _ = std::fs::remove_dir(&dir);
+        Ok(moved)
     }
 
     /// Starts an upload.
@@ -322,7 +422,9 @@ impl ArtifactStore {
             expire_in
         };
         let now = now_ms();
-        let entry = Entry {
+        let entry = ArtifactRow {
+            job_id,
+            name: name.to_owned(),
             size,
             sha256: actual,
             created_at_ms: now,
@@ -337,7 +439,7 @@ impl ArtifactStore {
             let _guard = self.lock.lock().await;
             *self.pending().entry(entry.sha256.clone()).or_default() += 1;
         }
-        let result = self.store_and_reference(&path, job_id, name, &entry).await;
+        let result = self.store_and_reference(&path, &entry).await;
         {
             let mut pending = self.pending();
             if let Some(count) = pending.get_mut(&entry.sha256) {
@@ -353,7 +455,7 @@ impl ArtifactStore {
         result?;
         self.metrics.uploads.inc();
         self.metrics.uploaded_bytes.inc_by(size);
-        Ok(info(name, &entry))
+        Ok(info(&entry))
     }
 
     fn pending(&self) -> std::sync::MutexGuard<'_, HashMap<String, usize>> {
@@ -361,65 +463,28 @@ impl ArtifactStore {
     }
 
     /// Moves the verified upload at `part` into the blobs, then records
-    /// the artifact in the job's record.
-    async fn store_and_reference(
-        self: &Arc<Self>,
-        part: &Path,
-        job_id: u64,
-        name: &str,
-        entry: &Entry,
-    ) -> Result<(), ArtifactError> {
+    /// the artifact (durably, then in memory).
+    async fn store_and_reference(&self, part: &Path, entry: &ArtifactRow) -> Result<(), ArtifactError> {
         if self.blobs.put(&entry.sha256, part, entry.size).await? {
             self.metrics.stored_bytes.inc_by(entry.size as i64);
         }
         let _guard = self.lock.lock().await;
-        let store = self.clone();
-        let (name, entry) = (name.to_owned(), entry.clone());
-        tokio::task::spawn_blocking(move || {
-            let mut entries = store.read_job(job_id)?;
-            entries.insert(name, entry);
-            store.write_job(job_id, &entries)
-        })
-        .await
-        .map_err(|e| ArtifactError::Io(io::Error::other(e)))??;
+        self.persist(vec![Change::Artifact(Box::new(entry.clone()))])
+            .await?;
+        self.records()
+            .insert((entry.job_id, entry.name.clone()), entry.clone());
         Ok(())
-    }
-
-    fn read_job(&self, job_id: u64) -> io::Result<BTreeMap<String, Entry>> {
-        match std::fs::read(self.job_path(job_id)) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map_err(io::Error::other),
-            Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(BTreeMap::new()),
-            Err(err) => Err(err),
-        }
-    }
-
-    /// Replaces the job's record atomically (temporary file, fsync, rename).
-    fn write_job(&self, job_id: u64, entries: &BTreeMap<String, Entry>) -> io::Result<()> {
-        let path = self.job_path(job_id);
-        if entries.is_empty() {
-            return match std::fs::remove_file(&path) {
-                Err(err) if err.kind() != io::ErrorKind::NotFound => Err(err),
-                _ => Ok(()),
-            };
-        }
-        let tmp = path.with_extension("json.tmp");
-        let bytes = serde_json::to_vec(entries).map_err(io::Error::other)?;
-        {
-            let mut file = std::fs::File::create(&tmp)?;
-            io::Write::write_all(&mut file, &bytes)?;
-            file.sync_all()?;
-        }
-        std::fs::rename(&tmp, &path)
     }
 
     /// The job's artifacts, by name (expired ones left out).
     pub fn list(&self, job_id: u64) -> Result<Vec<ArtifactInfo>, ArtifactError> {
         let now = now_ms();
         Ok(self
-            .read_job(job_id)?
-            .iter()
+            .records()
+            .range((job_id, String::new())..)
+            .take_while(|((job, _), _)| *job == job_id)
             .filter(|(_, e)| e.expires_at_ms > now)
-            .map(|(name, e)| info(name, e))
+            .map(|(_, e)| info(e))
             .collect())
     }
 
@@ -486,12 +551,29 @@ impl ArtifactStore {
 
     /// Removes expired artifacts, then every blob no job references.
     /// Returns (artifacts removed, blobs removed).
-    pub async fn sweep(self: &Arc<Self>, now_ms: u64) -> io::Result<(usize, usize)> {
+    pub async fn sweep(&self, now_ms: u64) -> io::Result<(usize, usize)> {
         let _guard = self.lock.lock().await;
-        let store = self.clone();
-        let (expired, referenced) = tokio::task::spawn_blocking(move || store.expire_records(now_ms))
-            .await
-            .map_err(io::Error::other)??;
+        let expired: Vec<(u64, String)> = self
+            .records()
+            .iter()
+            .filter(|(_, e)| e.expires_at_ms <= now_ms)
+            .map(|(key, _)| key.clone())
+            .collect();
+        self.persist(
+            expired
+                .iter()
+                .map(|(job, name)| Change::DeleteArtifact(*job, name.clone()))
+                .collect(),
+        )
+        .await
+        .map_err(io::Error::other)?;
+        let referenced: HashSet<String> = {
+            let mut records = self.records();
+            for key in &expired {
+                records.remove(key);
+            }
+            records.values().map(|e| e.sha256.clone()).collect()
+        };
         let mut removed = 0;
         for (sha256, size) in self.blobs.list().await? {
             if referenced.contains(&sha256) || self.pending().contains_key(&sha256) {
@@ -501,34 +583,7 @@ impl ArtifactStore {
             self.metrics.stored_bytes.dec_by(size as i64);
             removed += 1;
         }
-        Ok((expired, removed))
-    }
-
-    /// Drops expired artifacts from the job records. Returns how many, and
-    /// the SHA-256 of every artifact still recorded.
-    fn expire_records(&self, now_ms: u64) -> io::Result<(usize, HashSet<String>)> {
-        let mut expired = 0;
-        let mut referenced = HashSet::new();
-        for entry in std::fs::read_dir(self.root.join("jobs"))? {
-            let path = entry?.path();
-            let Some(job_id) = path
-                .file_name()
-                .and_then(|n| n.to_str())
-                .and_then(|n| n.strip_suffix(".json"))
-                .and_then(|n| n.parse::<u64>().ok())
-            else {
-                continue;
-            };
-            let mut entries = self.read_job(job_id)?;
-            let before = entries.len();
-            entries.retain(|_, e| e.expires_at_ms > now_ms);
-            if entries.len() != before {
-                expired += before - entries.len();
-                self.write_job(job_id, &entries)?;
-            }
-            referenced.extend(entries.into_values().map(|e| e.sha256));
-        }
-        Ok((expired, referenced))
+        Ok((expired.len(), removed))
     }
 
     /// Bytes held in blobs (each distinct content once).
@@ -537,9 +592,9 @@ impl ArtifactStore {
     }
 }
 
-fn info(name: &str, e: &Entry) -> ArtifactInfo {
+fn info(e: &ArtifactRow) -> ArtifactInfo {
     ArtifactInfo {
-        name: name.to_owned(),
+        name: e.name.clone(),
         size: e.size,
         sha256: e.sha256.clone(),
         created_at_ms: e.created_at_ms,
@@ -583,17 +638,48 @@ mod tests {
             .sum()
     }
 
+    /// A store handle over an embedded store in `dir`, and what it loaded;
+    /// retried while an earlier worker on `dir` still holds its lock.
+    async fn durable(dir: &Path) -> (StoreHandle, crate::store::Loaded) {
+        use crate::store::Store;
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            match crate::store::embedded::EmbeddedStore::open(dir, crate::store::Durability::None) {
+                Ok(mut store) => {
+                    let loaded = store.load().unwrap();
+                    return (StoreHandle::spawn(Box::new(store), Default::default()), loaded);
+                }
+                Err(crate::store::StoreError::Locked { .. }) if std::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                Err(err) => panic!("{err}"),
+            }
+        }
+    }
+
     #[tokio::test]
     async fn identical_content_is_stored_once_and_survives_reopening() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(ArtifactStore::open(dir.path(), StoreConfig::default()).unwrap());
+        let (handle, loaded) = durable(dir.path()).await;
+        let store = Arc::new(
+            ArtifactStore::open(dir.path(), StoreConfig::default())
+                .unwrap()
+                .with_records(handle, loaded.artifacts),
+        );
         let data = b"the same bytes in two jobs".repeat(100);
         put(&store, 1, "a.tar", &data, Duration::ZERO).await.unwrap();
         put(&store, 2, "b.tar", &data, Duration::ZERO).await.unwrap();
         assert_eq!(blob_count(dir.path()), 1);
         drop(store);
 
-        let store = Arc::new(ArtifactStore::open(dir.path(), StoreConfig::default()).unwrap());
+        // The records come back from the store.
+        let (handle, loaded) = durable(dir.path()).await;
+        assert_eq!(loaded.artifacts.len(), 2);
+        let store = Arc::new(
+            ArtifactStore::open(dir.path(), StoreConfig::default())
+                .unwrap()
+                .with_records(handle, loaded.artifacts),
+        );
         let listed = store.list(2).unwrap();
         assert_eq!(listed.len(), 1);
         assert_eq!(listed[0].name, "b.tar");
@@ -606,6 +692,39 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(&tail[..], &data[data.len() - 3..]);
+    }
+
+    #[tokio::test]
+    async fn legacy_record_files_are_moved_into_the_store_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("artifacts");
+        // As an earlier version left it: the blob, and jobs/<id>.json.
+        let data = b"from an earlier version";
+        let sha = sha(data);
+        std::fs::create_dir_all(root.join("blobs").join(&sha[..2])).unwrap();
+        std::fs::write(root.join("blobs").join(&sha[..2]).join(&sha), data).unwrap();
+        std::fs::create_dir_all(root.join("jobs")).unwrap();
+        let record = serde_json::json!({ "artifacts.tar": {
+            "size": data.len(), "sha256": sha, "created_at_ms": 1, "expires_at_ms": u64::MAX,
+        } });
+        std::fs::write(root.join("jobs/9.json"), record.to_string()).unwrap();
+
+        let (handle, loaded) = durable(dir.path()).await;
+        let store = ArtifactStore::open(&root, StoreConfig::default())
+            .unwrap()
+            .with_records(handle, loaded.artifacts);
+        assert_eq!(store.import_legacy_records().await.unwrap(), 1);
+        assert!(!root.join("jobs").exists());
+        assert_eq!(store.import_legacy_records().await.unwrap(), 0);
+        let (_, read) = store.read_range(9, "artifacts.tar", 0, 100).await.unwrap();
+        assert_eq!(&read[..], data);
+        drop(store);
+        let (_, loaded) = durable(dir.path()).await;
+        assert_eq!(loaded.artifacts.len(), 1);
+        assert_eq!(
+            (loaded.artifacts[0].job_id, loaded.artifacts[0].sha256.as_str()),
+            (9, sha.as_str())
+        );
     }
 
     #[tokio::test]

@@ -6,8 +6,10 @@
 //! `blobs/<aa>/<sha256>` in the data directory ([`LocalBlobs`], the
 //! default) or objects in an S3-compatible store ([`S3Blobs`],
 //! `--artifacts s3://bucket/prefix`). What each job stored (name, size,
-//! SHA-256, expiry) is a small JSON file `jobs/<job id>.json` in the data
-//! directory, replaced atomically, so artifacts survive a restart. An upload is written to
+//! SHA-256, expiry) is a record in the server's store
+//! ([`ArtifactRow`](crate::store::ArtifactRow)), so artifacts survive a
+//! restart and every server of a group sharing a MongoDB store knows them.
+//! An upload is written to
 //! `uploads/` while its SHA-256 is computed, and becomes a blob only once
 //! its size and checksum match what the agent announced; a failed upload
 //! (bad checksum, over the size limit, full disk) leaves every stored

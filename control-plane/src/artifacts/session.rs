@@ -224,9 +224,21 @@ async fn commit(store: &Arc<ArtifactStore>, commit: Commit) -> Result<(), Artifa
             Duration::from_millis(m.expire_in_ms),
         )
         .await?;
-    tracing::info!(job_id = m.job_id, name = %m.name, size = m.size, "artifact stored");
-    if let Some((project, key, index)) = cache {
-        index.record(&project, &key, m.job_id, &info)?;
+    match cache {
+        None => tracing::info!(job_id = m.job_id, name = %m.name, size = m.size, "artifact stored"),
+        Some((project, key, index)) => match index.record(&project, &key, m.job_id, &info).await? {
+            super::cache::Recorded::Saved => {
+                tracing::info!(job_id = m.job_id, %project, %key, size = m.size, "cache saved")
+            }
+            // Another job saved the key between this one's lookup and its
+            // commit; the first save stays (entries are immutable).
+            super::cache::Recorded::Exists => tracing::info!(
+                job_id = m.job_id,
+                %project,
+                %key,
+                "cache not saved: another job saved that key first"
+            ),
+        },
     }
     Ok(())
 }

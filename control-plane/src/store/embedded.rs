@@ -22,6 +22,10 @@ const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
 const PROJECTS: TableDefinition<&str, &[u8]> = TableDefinition::new("projects");
 /// Delivery sequence number → delivery.
 const DELIVERIES: TableDefinition<u64, &[u8]> = TableDefinition::new("deliveries");
+/// (job id, artifact name) → artifact record.
+const ARTIFACTS: TableDefinition<(u64, &str), &[u8]> = TableDefinition::new("artifacts");
+/// (project, key) → cache entry.
+const CACHE: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("cache");
 
 /// The redb-backed store.
 pub struct EmbeddedStore {
@@ -131,6 +135,22 @@ impl Store for EmbeddedStore {
         rows!(AUDIT, "audit", loaded.audit);
         rows!(PROJECTS, "project", loaded.projects);
         rows!(DELIVERIES, "delivery", loaded.deliveries);
+        let artifacts = txn.open_table(ARTIFACTS).map_err(|e| self.io("cannot read", e))?;
+        for entry in artifacts.iter().map_err(|e| self.io("cannot read", e))? {
+            let (key, value) = entry.map_err(|e| self.io("cannot read", e))?;
+            let (job, name) = key.value();
+            loaded
+                .artifacts
+                .push(decode("artifact", format!("{job}/{name}"), value.value())?);
+        }
+        let cache = txn.open_table(CACHE).map_err(|e| self.io("cannot read", e))?;
+        for entry in cache.iter().map_err(|e| self.io("cannot read", e))? {
+            let (key, value) = entry.map_err(|e| self.io("cannot read", e))?;
+            let (project, key) = key.value();
+            loaded
+                .cache_entries
+                .push(decode("cache entry", format!("{project}/{key}"), value.value())?);
+        }
         let logs = txn.open_table(LOGS).map_err(|e| self.io("cannot read", e))?;
         for entry in logs.iter().map_err(|e| self.io("cannot read", e))? {
             let (key, value) = entry.map_err(|e| self.io("cannot read", e))?;
@@ -171,6 +191,8 @@ impl Store for EmbeddedStore {
             let mut audit = txn.open_table(AUDIT).map_err(w)?;
             let mut projects = txn.open_table(PROJECTS).map_err(w)?;
             let mut deliveries = txn.open_table(DELIVERIES).map_err(w)?;
+            let mut artifacts = txn.open_table(ARTIFACTS).map_err(w)?;
+            let mut cache = txn.open_table(CACHE).map_err(w)?;
             let w = |e: redb::StorageError| self.io("cannot write", e);
             for change in changes {
                 match change {
@@ -236,6 +258,25 @@ impl Store for EmbeddedStore {
                     Change::DeleteDelivery(seq) => {
                         deliveries.remove(seq).map_err(w)?;
                     }
+                    Change::Artifact(row) => {
+                        artifacts
+                            .insert((row.job_id, row.name.as_str()), encode(row.as_ref()).as_slice())
+                            .map_err(w)?;
+                    }
+                    Change::DeleteArtifact(job, name) => {
+                        artifacts.remove((*job, name.as_str())).map_err(w)?;
+                    }
+                    Change::CacheEntry(row) => {
+                        cache
+                            .insert(
+                                (row.project.as_str(), row.key.as_str()),
+                                encode(row.as_ref()).as_slice(),
+                            )
+                            .map_err(w)?;
+                    }
+                    Change::DeleteCacheEntry(project, key) => {
+                        cache.remove((project.as_str(), key.as_str())).map_err(w)?;
+                    }
                 }
             }
         }
@@ -288,6 +329,55 @@ mod tests {
         store.commit(&[Change::DeleteJob(7)]).unwrap();
         let loaded = store.load().unwrap();
         assert!(loaded.jobs.is_empty() && loaded.logs.is_empty());
+    }
+
+    #[test]
+    fn artifact_records_and_cache_entries_are_loaded_back_and_deleted() {
+        use crate::store::{ArtifactRow, CacheRow};
+        let dir = tempfile::tempdir().unwrap();
+        let artifact = |job_id, name: &str| ArtifactRow {
+            job_id,
+            name: name.into(),
+            size: 3,
+            sha256: "ab".repeat(32),
+            created_at_ms: 1,
+            expires_at_ms: 2,
+        };
+        let entry = CacheRow {
+            project: "web".into(),
+            key: "cargo-1".into(),
+            job_id: 4,
+            name: "cache.cargo-1.tar".into(),
+            size: 3,
+            sha256: "ab".repeat(32),
+            created_at_ms: 1,
+        };
+        let mut store = EmbeddedStore::open(dir.path(), Durability::Fsync).unwrap();
+        store
+            .commit(&[
+                Change::Artifact(Box::new(artifact(4, "b"))),
+                Change::Artifact(Box::new(artifact(4, "a"))),
+                Change::Artifact(Box::new(artifact(12, "a"))),
+                Change::CacheEntry(Box::new(entry.clone())),
+            ])
+            .unwrap();
+        let loaded = store.load().unwrap();
+        let keys: Vec<(u64, &str)> = loaded
+            .artifacts
+            .iter()
+            .map(|a| (a.job_id, a.name.as_str()))
+            .collect();
+        assert_eq!(keys, [(4, "a"), (4, "b"), (12, "a")]);
+        assert_eq!(loaded.cache_entries, [entry]);
+        store
+            .commit(&[
+                Change::DeleteArtifact(4, "a".into()),
+                Change::DeleteCacheEntry("web".into(), "cargo-1".into()),
+            ])
+            .unwrap();
+        let loaded = store.load().unwrap();
+        assert_eq!(loaded.artifacts.len(), 2);
+        assert!(loaded.cache_entries.is_empty());
     }
 
     #[test]

@@ -53,7 +53,16 @@ const LEASE_ID: &str = "leader";
 /// One document per server of the group (not fenced: see the module doc).
 const MEMBERS: &str = "members";
 /// The collections whose documents carry the writer's epoch.
-pub(super) const FENCED: &[&str] = &["jobs", "runs", "runners", "pipelines", "audit", "meta"];
+pub(super) const FENCED: &[&str] = &[
+    "jobs",
+    "runs",
+    "runners",
+    "pipelines",
+    "audit",
+    "meta",
+    super::mongo::ARTIFACTS,
+    super::mongo::CACHE_ENTRIES,
+];
 
 /// How an election behaves.
 #[derive(Debug, Clone)]

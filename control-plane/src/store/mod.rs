@@ -197,6 +197,45 @@ pub struct LogRow {
     pub data: Vec<u8>,
 }
 
+/// One artifact a job stored: its record (the contents are a blob named by
+/// `sha256` in the artifact store's blob backend, local or S3). Kept in the
+/// store, not beside the blobs, so every server of a group knows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ArtifactRow {
+    /// The job that stored it.
+    pub job_id: u64,
+    /// Its name within the job.
+    pub name: String,
+    /// Bytes.
+    pub size: u64,
+    /// Lowercase hex SHA-256 of the contents, which is also the blob's key
+    /// (content-addressed: identical contents are one blob).
+    pub sha256: String,
+    /// When it was stored (ms since the Unix epoch).
+    pub created_at_ms: u64,
+    /// When it expires (ms since the Unix epoch).
+    pub expires_at_ms: u64,
+}
+
+/// One `cache:` entry: the artifact that holds key `key` of `project`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CacheRow {
+    /// The project (the scope of keys).
+    pub project: String,
+    /// The sanitised key.
+    pub key: String,
+    /// The job whose artifact holds it.
+    pub job_id: u64,
+    /// That artifact's name.
+    pub name: String,
+    /// Its size.
+    pub size: u64,
+    /// Its SHA-256.
+    pub sha256: String,
+    /// When it was saved (ms since the Unix epoch).
+    pub created_at_ms: u64,
+}
+
 /// Id counters, so ids are never reused across restarts.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Counters {
@@ -247,6 +286,14 @@ pub enum Change {
     Delivery(Box<DeliveryRow>),
     /// Forget a delivery (the oldest, past the bound).
     DeleteDelivery(u64),
+    /// Insert or replace an artifact record.
+    Artifact(Box<ArtifactRow>),
+    /// Forget an artifact record: (job id, name).
+    DeleteArtifact(u64, String),
+    /// Insert or replace a cache entry.
+    CacheEntry(Box<CacheRow>),
+    /// Forget a cache entry: (project, key).
+    DeleteCacheEntry(String, String),
 }
 
 /// Everything a store holds, as loaded at start.
@@ -272,6 +319,10 @@ pub struct Loaded {
     pub projects: Vec<crate::source::Project>,
     /// Webhook deliveries remembered, oldest first.
     pub deliveries: Vec<DeliveryRow>,
+    /// Artifact records, in (job, name) order.
+    pub artifacts: Vec<ArtifactRow>,
+    /// Cache entries, in (project, key) order.
+    pub cache_entries: Vec<CacheRow>,
 }
 
 /// A durable store. Methods block; they run on the store worker thread.
@@ -326,8 +377,12 @@ impl AfterCommit {
 }
 
 struct Batch {
-    id: u64,
+    /// The core's batch id; `None` for a commit of [`StoreHandle::commit`].
+    core_batch: Option<u64>,
     changes: Vec<Change>,
+    /// Told once the batch is durable ([`StoreHandle::commit`]); dropped
+    /// unanswered if the commit fails.
+    done: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
 /// What the store thread reports to the core's driver, in commit order.
@@ -385,11 +440,13 @@ impl StoreHandle {
             .spawn(move || {
                 while let Ok(first) = rx.recv() {
                     let mut changes = first.changes;
-                    let mut last = first.id;
+                    let mut last = first.core_batch;
+                    let mut waiting: Vec<_> = first.done.into_iter().collect();
                     // Group commit: everything already waiting goes in too.
                     while let Ok(more) = rx.try_recv() {
                         changes.extend(more.changes);
-                        last = more.id;
+                        last = more.core_batch.or(last);
+                        waiting.extend(more.done);
                         if changes.len() > 50_000 {
                             break;
                         }
@@ -403,8 +460,13 @@ impl StoreHandle {
                     metrics
                         .store_commit_latency
                         .observe(started.elapsed().as_secs_f64());
-                    if done_tx.send(Completion::Committed(last)).is_err() {
-                        return;
+                    for done in waiting {
+                        let _ = done.send(());
+                    }
+                    if let Some(last) = last {
+                        if done_tx.send(Completion::Committed(last)).is_err() {
+                            return;
+                        }
                     }
                 }
             })
@@ -417,7 +479,25 @@ impl StoreHandle {
 
     /// Queues batch `id` (ids increase by submission).
     pub fn submit(&self, id: u64, changes: Vec<Change>) {
-        if self.tx.send(Batch { id, changes }).is_err() {
+        let batch = Batch {
+            core_batch: Some(id),
+            changes,
+            done: None,
+        };
+        if self.tx.send(batch).is_err() {
+            tracing::error!("store worker is gone");
+        }
+    }
+
+    /// Queues `changes` without waiting for them (for state beside the
+    /// core whose loss in a crash is harmless).
+    pub fn submit_unwaited(&self, changes: Vec<Change>) {
+        let batch = Batch {
+            core_batch: None,
+            changes,
+            done: None,
+        };
+        if self.tx.send(batch).is_err() {
             tracing::error!("store worker is gone");
         }
     }
@@ -427,4 +507,28 @@ impl StoreHandle {
     pub fn take_completions(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<Completion>> {
         self.completions.lock().ok()?.take()
     }
+
+    /// Queues `changes` and waits until they are durable (for state kept
+    /// beside the core: artifact records, cache entries). After a failed
+    /// commit the worker stops, so the only error is a worker that is gone.
+    pub async fn commit(&self, changes: Vec<Change>) -> Result<(), StoreGone> {
+        if changes.is_empty() {
+            return Ok(());
+        }
+        let (done, durable) = tokio::sync::oneshot::channel();
+        let batch = Batch {
+            core_batch: None,
+            changes,
+            done: Some(done),
+        };
+        if self.tx.send(batch).is_err() {
+            return Err(StoreGone);
+        }
+        durable.await.map_err(|_| StoreGone)
+    }
 }
+
+/// The store worker has stopped: nothing more is committed.
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("the store worker has stopped; nothing more can be stored")]
+pub struct StoreGone;

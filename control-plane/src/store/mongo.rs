@@ -13,6 +13,8 @@
 //! | `audit`     | record id      | [`AuditRecord`]               |                            |
 //! | `projects`  | project name   | [`Project`](crate::source::Project) |                      |
 //! | `deliveries`| sequence number| [`DeliveryRow`]               |                            |
+//! | `artifacts` | `"<job>/<name>"` | [`ArtifactRow`]             |                            |
+//! | `cache_entries` | `"<project>/<key>"` | [`CacheRow`]         |                            |
 //! | `meta`      | `"counters"`   | [`Counters`]                  |                            |
 //! | `meta`      | `"key_check"`  | `value`: the sealed key check |                            |
 //!
@@ -88,7 +90,8 @@ use valkyrie::message::OutputStream;
 
 use super::leader::{Election, Fence, LeaseConfig};
 use super::{
-    Change, Counters, DeliveryRow, Durability, Loaded, LogRow, RunRow, RunnerRow, Store, StoreError,
+    ArtifactRow, CacheRow, Change, Counters, DeliveryRow, Durability, Loaded, LogRow, RunRow, RunnerRow,
+    Store, StoreError,
 };
 use crate::audit::AuditRecord;
 use crate::core::PipelineDef;
@@ -105,6 +108,8 @@ const META: &str = "meta";
 const AUDIT: &str = "audit";
 const PROJECTS: &str = "projects";
 const DELIVERIES: &str = "deliveries";
+pub(super) const ARTIFACTS: &str = "artifacts";
+pub(super) const CACHE_ENTRIES: &str = "cache_entries";
 const COUNTERS_ID: &str = "counters";
 const KEY_CHECK_ID: &str = "key_check";
 
@@ -242,6 +247,18 @@ impl MongoStore {
         ))
     }
 
+    /// An upserting replace of a row stored under a string id.
+    fn string_replace<T: Serialize>(
+        &self,
+        kind: &'static str,
+        id: &str,
+        row: &T,
+    ) -> Result<Document, StoreError> {
+        let mut doc = to_doc(kind, id, row)?;
+        doc.insert("_id", id);
+        Ok(replace(self.fenced(doc! { "_id": id }), self.stamped(doc)))
+    }
+
     fn ping_blocking(&self) -> Result<(), StoreError> {
         self.db
             .run_command(doc! { "ping": 1 })
@@ -337,6 +354,22 @@ impl MongoStore {
             .map(|doc| decode("project", doc))
             .collect::<Result<Vec<Project>, _>>()?;
         loaded.projects.sort_by(|a, b| a.name.cmp(&b.name));
+        loaded.artifacts = self
+            .all(ARTIFACTS)?
+            .into_iter()
+            .map(|doc| decode("artifact", doc))
+            .collect::<Result<Vec<ArtifactRow>, _>>()?;
+        loaded
+            .artifacts
+            .sort_by(|a, b| (a.job_id, &a.name).cmp(&(b.job_id, &b.name)));
+        loaded.cache_entries = self
+            .all(CACHE_ENTRIES)?
+            .into_iter()
+            .map(|doc| decode("cache entry", doc))
+            .collect::<Result<Vec<CacheRow>, _>>()?;
+        loaded
+            .cache_entries
+            .sort_by(|a, b| (&a.project, &a.key).cmp(&(&b.project, &b.key)));
         loaded.logs = self
             .all(LOGS)?
             .into_iter()
@@ -402,6 +435,36 @@ impl MongoStore {
             let statement = doc! { "q": self.fenced(doc! { "_id": { "$in": ids } }), "limit": 0 };
             self.write(DELIVERIES, Write::Delete, vec![statement])?;
         }
+        if !folded.deleted_artifacts.is_empty() {
+            let ids: Vec<Bson> = folded
+                .deleted_artifacts
+                .iter()
+                .map(|id| Bson::from(id.as_str()))
+                .collect();
+            let statement = doc! { "q": self.fenced(doc! { "_id": { "$in": ids } }), "limit": 0 };
+            self.write(ARTIFACTS, Write::Delete, vec![statement])?;
+        }
+        if !folded.deleted_cache.is_empty() {
+            let ids: Vec<Bson> = folded
+                .deleted_cache
+                .iter()
+                .map(|id| Bson::from(id.as_str()))
+                .collect();
+            let statement = doc! { "q": self.fenced(doc! { "_id": { "$in": ids } }), "limit": 0 };
+            self.write(CACHE_ENTRIES, Write::Delete, vec![statement])?;
+        }
+        let artifacts = folded
+            .artifacts
+            .iter()
+            .map(|(id, row)| self.string_replace("artifact", id, row))
+            .collect::<Result<_, _>>()?;
+        self.write(ARTIFACTS, Write::Update, artifacts)?;
+        let cache = folded
+            .cache
+            .iter()
+            .map(|(id, row)| self.string_replace("cache entry", id, row))
+            .collect::<Result<_, _>>()?;
+        self.write(CACHE_ENTRIES, Write::Update, cache)?;
         let projects = folded
             .projects
             .values()
@@ -579,6 +642,22 @@ struct Folded<'a> {
     deleted_projects: BTreeSet<&'a str>,
     deliveries: BTreeMap<u64, &'a DeliveryRow>,
     deleted_deliveries: BTreeSet<u64>,
+    /// By `_id` ([`artifact_id`]); deletions applied before the writes.
+    artifacts: BTreeMap<String, &'a ArtifactRow>,
+    deleted_artifacts: BTreeSet<String>,
+    /// By `_id` ([`cache_id`]); deletions applied before the writes.
+    cache: BTreeMap<String, &'a CacheRow>,
+    deleted_cache: BTreeSet<String>,
+}
+
+/// The `_id` of an artifact record (artifact names hold no `/`).
+fn artifact_id(job_id: u64, name: &str) -> String {
+    format!("{job_id}/{name}")
+}
+
+/// The `_id` of a cache entry (keys hold no `/`, so the last one splits it).
+fn cache_id(project: &str, key: &str) -> String {
+    format!("{project}/{key}")
 }
 
 impl<'a> Folded<'a> {
@@ -636,6 +715,26 @@ impl<'a> Folded<'a> {
                 Change::DeleteDelivery(seq) => {
                     folded.deliveries.remove(seq);
                     folded.deleted_deliveries.insert(*seq);
+                }
+                Change::Artifact(row) => {
+                    let id = artifact_id(row.job_id, &row.name);
+                    folded.deleted_artifacts.remove(&id);
+                    folded.artifacts.insert(id, row);
+                }
+                Change::DeleteArtifact(job, name) => {
+                    let id = artifact_id(*job, name);
+                    folded.artifacts.remove(&id);
+                    folded.deleted_artifacts.insert(id);
+                }
+                Change::CacheEntry(row) => {
+                    let id = cache_id(&row.project, &row.key);
+                    folded.deleted_cache.remove(&id);
+                    folded.cache.insert(id, row);
+                }
+                Change::DeleteCacheEntry(project, key) => {
+                    let id = cache_id(project, key);
+                    folded.cache.remove(&id);
+                    folded.deleted_cache.insert(id);
                 }
             }
         }

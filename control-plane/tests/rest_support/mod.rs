@@ -61,9 +61,15 @@ pub struct ServerProcess {
 impl ServerProcess {
     /// Starts the server with `args` added, and `env`; waits until it serves HTTP.
     pub fn start(args: &[&str], env: &[(&str, &str)]) -> Self {
+        Self::start_in(tempfile::tempdir().unwrap(), args, env)
+    }
+
+    /// [`start`](Self::start) with the data directory `dir/data`, which
+    /// the test may have prepared.
+    #[allow(dead_code)]
+    pub fn start_in(dir: tempfile::TempDir, args: &[&str], env: &[(&str, &str)]) -> Self {
         use std::io::{BufRead, BufReader};
         use std::process::{Command, Stdio};
-        let dir = tempfile::tempdir().unwrap();
         let api_token = random_token();
         let mut command = Command::new(env!("CARGO_BIN_EXE_valkyrie-server"));
         for (key, _) in std::env::vars_os() {

@@ -24,7 +24,7 @@ use ring::digest::{Context, SHA256};
 use valkyrie::message::cache::{artifact_name, parse_key, sanitize_key, KeyPart, MAX_KEY_BYTES};
 use valkyrie::message::{CacheEntry, CacheLookup, CacheSpec, JobOutcome, Message};
 
-use super::{pack, scratch, transfer, wanted, ArtifactLink, LogLine};
+use super::{pack, scratch, transfer, wanted, ArtifactLink, LogLine, ScratchFile};
 use crate::executor::env::{expand, Env};
 
 /// A cache whose keys were evaluated before the first step.
@@ -201,7 +201,8 @@ async fn restore_one(link: &mut ArtifactLink, key: &str, entry: &CacheEntry, wor
         return format!("[valkyrie] cache miss: no entry for key `{key}` or its fallback keys\n");
     }
     let started = std::time::Instant::now();
-    let archive = scratch(workspace, "cache");
+    let scratch_file = ScratchFile(scratch(workspace, "cache"));
+    let archive = scratch_file.path().to_owned();
     let result = async {
         transfer::download(link, entry.job_id, &entry.name, &archive)
             .await
@@ -214,7 +215,7 @@ async fn restore_one(link: &mut ArtifactLink, key: &str, entry: &CacheEntry, wor
             .map_err(|e| e.to_string())
     }
     .await;
-    let _ = tokio::fs::remove_file(&archive).await;
+    drop(scratch_file);
     let how = if entry.exact {
         format!("cache hit: restored key `{}`", entry.key)
     } else {
@@ -298,6 +299,18 @@ async fn save_one(
         )
         .await
         .map_err(|e| e.to_string())?;
+        // The server keeps the first save of a key and acknowledges a
+        // later one without storing it: whose entry the key holds now
+        // says whether this job saved it.
+        let entry = lookup(link, job_id, attempt, vec![cache.key.clone()], false)
+            .await
+            .map_err(|e| format!("saved, but cannot confirm it ({e})"))?;
+        if entry.key.is_empty() || entry.job_id != job_id {
+            return Err(match entry.job_id {
+                0 => "the server kept no entry of that key".to_owned(),
+                other => format!("job {other} saved that key first (entries are never replaced)"),
+            });
+        }
         Ok::<_, String>(Some(packed))
     }
     .await;

@@ -35,6 +35,22 @@ fn scratch(workspace: &Path, what: &str) -> PathBuf {
     PathBuf::from(path)
 }
 
+/// A scratch file removed when dropped: also when the transfer writing it
+/// is abandoned (a job cancelled during a cache restore).
+struct ScratchFile(PathBuf);
+
+impl ScratchFile {
+    fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for ScratchFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
 /// Before the first step: downloads and unpacks the artifacts of the jobs
 /// in `download_from` into `workspace` (which it creates). Each line it
 /// returns goes to the job's log; an error fails the job before any step.

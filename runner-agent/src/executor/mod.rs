@@ -572,8 +572,36 @@ pub async fn run_job(
             }
         };
         if let (None, Some(hook)) = (ended, plan.before_steps.clone()) {
-            for line in hook(job_env.clone()).await {
-                sink.system(&line).await;
+            // A cache restore may move a large archive: a cancel or the
+            // job's timeout stops it (dropping the hook's future ends the
+            // transfer; its scratch file is removed on drop).
+            let cancelled = async {
+                if cancel.wait_for(|c| *c).await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            };
+            let timed_out = async {
+                match deadline {
+                    Some(deadline) => tokio::time::sleep_until(deadline).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                lines = hook(job_env.clone()) => {
+                    for line in lines {
+                        sink.system(&line).await;
+                    }
+                }
+                () = cancelled => {
+                    sink.system("[valkyrie] job cancelled while restoring its caches; the restore stopped\n")
+                        .await;
+                    ended = Some(JobOutcome::Cancelled);
+                }
+                () = timed_out => {
+                    sink.system("[valkyrie] job timed out while restoring its caches; the restore stopped\n")
+                        .await;
+                    ended = Some(JobOutcome::TimedOut);
+                }
             }
         }
 

@@ -536,6 +536,35 @@ async fn cancel_before_the_first_step_skips_everything() {
 }
 
 #[tokio::test]
+async fn cancel_stops_a_cache_restore_that_has_not_finished() {
+    let root = tempfile::tempdir().unwrap();
+    let mut plan = plan(&root, vec![StepPlan::shell("a", "echo a")]);
+    let (started_tx, started_rx) = tokio::sync::oneshot::channel::<()>();
+    let started_tx = std::sync::Mutex::new(Some(started_tx));
+    // A restore that never ends by itself (a stalled download).
+    plan.before_steps = Some(std::sync::Arc::new(move |_env| {
+        if let Some(tx) = started_tx.lock().unwrap().take() {
+            let _ = tx.send(());
+        }
+        Box::pin(std::future::pending::<Vec<String>>())
+    }));
+    let run = start(plan);
+    tokio::time::timeout(TEST_DEADLINE, started_rx)
+        .await
+        .expect("the restore did not start")
+        .unwrap();
+    run.cancel.send(true).unwrap();
+    let (events, report) = run.finish(Vec::new()).await;
+    assert_eq!(report.outcome, JobOutcome::Cancelled);
+    assert_eq!(finished(&events), [(0, StepOutcome::Skipped, None, None)]);
+    let system = output(&events, OutputStream::System);
+    assert!(
+        system.starts_with("[valkyrie] job cancelled while restoring its caches; the restore stopped\n"),
+        "{system}"
+    );
+}
+
+#[tokio::test]
 async fn a_million_lines_arrive_complete_and_in_order() {
     let root = tempfile::tempdir().unwrap();
     let plan = plan(&root, vec![StepPlan::shell("seq", "seq 1 1000000")]);
