@@ -62,6 +62,8 @@ pub(super) const FENCED: &[&str] = &[
     "meta",
     super::mongo::ARTIFACTS,
     super::mongo::CACHE_ENTRIES,
+    super::mongo::PROJECTS,
+    super::mongo::DELIVERIES,
 ];
 
 /// How an election behaves.
