@@ -74,6 +74,12 @@ impl Responder {
     }
 
     /// Refuses the request; the connection stays open.
+    /// Answers with the core's refusal: its code and its reason.
+    pub fn refuse(&self, err: crate::core::CoreError) {
+        self.fail(err.code(), err.to_string())
+    }
+
+    /// Answers with RequestFailed: `code` and a reason for a person.
     pub fn fail(&self, code: ErrorCode, message: impl Into<String>) {
         self.reply(RequestFailed {
             code,

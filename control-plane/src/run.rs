@@ -162,7 +162,7 @@ impl Run {
     /// Plays manual job `name`: it is released by the next
     /// [`advance`](Self::advance). A run that ended with it waiting runs
     /// again.
-    pub fn play(&mut self, name: &str) -> Result<(), String> {
+    pub fn play(&mut self, name: &str) -> Result<(), crate::core::CoreError> {
         let Some(i) = self.pipeline.jobs.iter().position(|j| j.name == name) else {
             let hint = self
                 .pipeline
@@ -172,7 +172,7 @@ impl Run {
                 .filter(|(_, s)| **s == Slot::Manual)
                 .map(|(j, _)| format!("`{}`", j.name))
                 .collect::<Vec<_>>();
-            return Err(format!(
+            return Err(crate::core::CoreError::NotFound(format!(
                 "run {} has no job `{name}`{}",
                 self.id,
                 if hint.is_empty() {
@@ -180,31 +180,38 @@ impl Run {
                 } else {
                     format!("; its manual jobs: {}", hint.join(", "))
                 }
-            ));
+            )));
         };
         match &self.slots[i] {
             Slot::Manual => {}
             Slot::Waiting if self.pipeline.jobs[i].manual && self.ending.is_none() => {
-                return Err(format!(
+                return Err(crate::core::CoreError::Conflict(format!(
                     "job `{name}` is manual but still waits for the jobs it needs; play it once they end"
-                ))
+                )))
             }
             _ if !self.pipeline.jobs[i].manual => {
-                return Err(format!("job `{name}` of run {} is not a manual job", self.id))
+                return Err(crate::core::CoreError::Conflict(format!(
+                    "job `{name}` of run {} is not a manual job",
+                    self.id
+                )))
             }
             other => {
-                return Err(format!(
+                return Err(crate::core::CoreError::Conflict(format!(
                     "job `{name}` of run {} cannot be played: it is {}",
                     self.id,
                     match other {
                         Slot::Skipped { .. } => "skipped",
                         _ => "already played",
                     }
-                ))
+                )))
             }
         }
         if matches!(self.state, RunState::Cancelled | RunState::TimedOut) {
-            return Err(format!("run {} was {}", self.id, self.state.as_str()));
+            return Err(crate::core::CoreError::Conflict(format!(
+                "run {} was {}",
+                self.id,
+                self.state.as_str()
+            )));
         }
         self.slots[i] = Slot::Played;
         if self.state.is_terminal() {
@@ -1105,7 +1112,10 @@ mod tests {
         let err = run_with(yaml, &[]).unwrap_err();
         assert!(err.contains("`workflow: if` is false"), "{err}");
         let yaml = "jobs:\n  a:\n    if: $GO\n    steps: [x]\n  b:\n    if: $GO\n    steps: [x]\n";
-        assert!(run_with(yaml, &[]).unwrap_err().contains("every job is skipped"));
+        assert!(run_with(yaml, &[])
+            .unwrap_err()
+            .to_string()
+            .contains("every job is skipped"));
         assert!(run_with(yaml, &[("GO", "yes")]).is_ok());
     }
 
@@ -1131,7 +1141,7 @@ mod tests {
         let mut r = run_with(MANUAL, &[]).unwrap();
         let first = r.advance();
         release(&mut r, &first);
-        assert!(r.play("deploy").unwrap_err().contains("still waits"));
+        assert!(r.play("deploy").unwrap_err().to_string().contains("still waits"));
         assert!(finish(&mut r, "build", JobState::Succeeded).is_empty());
         let (state, reason) = state_of(&r, "deploy");
         assert_eq!(state, RunJobState::Manual);
@@ -1145,15 +1155,25 @@ mod tests {
             .info(|_| None)
             .message
             .contains("1 manual not played (1 waiting for them)"));
-        assert!(r.play("smoke").unwrap_err().contains("not a manual job"));
-        assert!(r.play("nope").unwrap_err().contains("its manual jobs: `deploy`"));
+        assert!(
+            matches!(r.play("smoke"), Err(crate::core::CoreError::Conflict(m)) if m.contains("not a manual job")),
+            "a job that is not manual conflicts"
+        );
+        assert!(
+            matches!(r.play("nope"), Err(crate::core::CoreError::NotFound(m)) if m.contains("its manual jobs: `deploy`")),
+            "a job the run does not have is not found"
+        );
         // Playing it runs the run again; its dependents follow.
         r.play("deploy").unwrap();
         assert_eq!(r.state(), RunState::Running);
         let next = r.advance();
         assert_eq!(names(&r, &next), ["deploy"]);
         release(&mut r, &next);
-        assert!(r.play("deploy").unwrap_err().contains("already played"));
+        assert!(r
+            .play("deploy")
+            .unwrap_err()
+            .to_string()
+            .contains("already played"));
         assert_eq!(finish(&mut r, "deploy", JobState::Succeeded), ["smoke"]);
         finish(&mut r, "smoke", JobState::Succeeded);
         assert!(r.finish_if_done(2));
@@ -1173,7 +1193,11 @@ mod tests {
         let mut r = run(DAG);
         let first = r.advance();
         release(&mut r, &first);
-        assert!(r.rerun_slots(true).unwrap_err().contains("still running"));
+        assert!(r
+            .rerun_slots(true)
+            .unwrap_err()
+            .to_string()
+            .contains("still running"));
         // a fails: t is skipped, clean (always) runs; b succeeds, d is
         // skipped, alarm runs.
         finish(&mut r, "a", JobState::Failed);

@@ -284,7 +284,7 @@ async fn register_agent(
         }
         match done_rx.await.ok()? {
             Ok(runner) => return Some((runner, name)),
-            Err((code, reason)) => Responder::new(sender.clone(), incoming.correlation).fail(code, reason),
+            Err(refused) => Responder::new(sender.clone(), incoming.correlation).refuse(refused),
         }
     }
 }

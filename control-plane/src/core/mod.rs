@@ -9,6 +9,7 @@
 //! server-side timeouts, and lost runners.
 
 mod audit;
+mod error;
 mod events;
 mod notify;
 mod persist;
@@ -43,6 +44,7 @@ use crate::responder::{EventSink, Responder};
 use crate::run::Run;
 use crate::scheduler::{Availability, JobId, QueuedJob, RunnerId, Scheduler, SchedulerConfig};
 use crate::store::{AfterCommit, Change, Completion, Loaded, LogRow, StoreError, StoreHandle};
+pub use error::CoreError;
 pub use events::Subscribers;
 pub use pipelines::{
     PipelineDef, ValidatePipelineError, ValidatedPipeline, CONCURRENT_VALIDATIONS, VALIDATE_TIMEOUT,
@@ -154,7 +156,7 @@ pub enum Command {
         token: String,
         /// Gets the runner id once registered, or the refusal (code and
         /// reason for RequestFailed).
-        done: oneshot::Sender<Result<RunnerId, (ErrorCode, String)>>,
+        done: oneshot::Sender<Result<RunnerId, CoreError>>,
     },
     /// A frame from a registered agent.
     FromRunner {
@@ -205,10 +207,10 @@ pub enum Command {
         /// Variables for every job (checked by the caller).
         variables: Vec<(String, String)>,
         /// The run id, or why not.
-        reply: oneshot::Sender<Result<u64, String>>,
+        reply: oneshot::Sender<Result<u64, CoreError>>,
     },
     /// Ask a runner to drain.
-    DrainRunner(u64, oneshot::Sender<Result<(), String>>),
+    DrainRunner(u64, oneshot::Sender<Result<(), CoreError>>),
     /// Remove runner `name`'s record; answered with Ack or RequestFailed.
     RemoveRunner {
         /// The runner.
@@ -841,8 +843,7 @@ impl Core {
 
     fn submit(&mut self, spec: JobSpec, reply: Responder) {
         if let Err(problem) = validate(&spec) {
-            reply.fail(ErrorCode::INVALID_REQUEST, problem);
-            return;
+            return reply.refuse(problem);
         }
         let detail = crate::masking::mask(&spec.name, &spec_secret_values(&spec));
         let id = self.create_job(spec);
@@ -882,7 +883,7 @@ impl Core {
         );
         let id = match self.start_run(pipeline, crate::source::Trigger::plain("run", variables)) {
             Ok(id) => id,
-            Err(why) => return reply.fail(ErrorCode::CONFLICT, why),
+            Err(why) => return reply.refuse(why),
         };
         self.audit(AuditAction::SubmitPipeline, format!("run {id}"), detail);
         self.after_commit(AfterCommit::Reply(reply, RunAccepted { run_id: id }.into()));
@@ -1294,15 +1295,14 @@ impl Core {
         (sender, session, heard): (SessionSender, u64, Heard),
         correlation: u64,
         token: &str,
-    ) -> Result<RunnerId, (ErrorCode, String)> {
+    ) -> Result<RunnerId, CoreError> {
         if msg.slots == 0 {
-            return Err((
-                ErrorCode::INVALID_REQUEST,
+            return Err(CoreError::Invalid(
                 "slots must be at least 1 (the number of jobs this runner runs at once)".into(),
             ));
         }
         if msg.name.is_empty() {
-            return Err((ErrorCode::INVALID_REQUEST, "runner name must not be empty".into()));
+            return Err(CoreError::Invalid("runner name must not be empty".into()));
         }
         // A name belongs to one connected agent at a time. The runner's own
         // credential proves the same agent reconnecting (its old connection
@@ -1315,14 +1315,11 @@ impl Core {
         {
             if let Link::Connected { sender: old, .. } = &existing.link {
                 if !crate::auth::same_token(token, &existing.credential) {
-                    return Err((
-                        ErrorCode::CONFLICT,
-                        format!(
-                            "runner name `{}` is in use by a connected agent (runner {}); give this agent \
-                             another name (--name), or stop the other agent first",
-                            msg.name, existing.id.0
-                        ),
-                    ));
+                    return Err(CoreError::Conflict(format!(
+                        "runner name `{}` is in use by a connected agent (runner {}); give this agent \
+                         another name (--name), or stop the other agent first",
+                        msg.name, existing.id.0
+                    )));
                 }
                 let old = old.clone();
                 tokio::spawn(async move {
@@ -1952,20 +1949,23 @@ fn spec_secret_values(spec: &JobSpec) -> Vec<String> {
     spec.secrets.iter().map(|(_, value)| value.clone()).collect()
 }
 
-fn validate(spec: &JobSpec) -> Result<(), String> {
+fn validate(spec: &JobSpec) -> Result<(), CoreError> {
     /// Longer timeouts are surely mistakes (and would not fit every store).
     const MAX_TIMEOUT_MS: u64 = 30 * 24 * 3600 * 1000;
     if spec.timeout_ms > MAX_TIMEOUT_MS {
-        return Err(format!(
+        return Err(CoreError::Invalid(format!(
             "job `{}` has a timeout of {} ms; the maximum is 30 days",
             spec.name, spec.timeout_ms
-        ));
+        )));
     }
     if spec.steps.is_empty() {
-        return Err(format!("job `{}` has no steps: add at least one step", spec.name));
+        return Err(CoreError::Invalid(format!(
+            "job `{}` has no steps: add at least one step",
+            spec.name
+        )));
     }
     if spec.name.is_empty() {
-        return Err("job name must not be empty".into());
+        return Err(CoreError::Invalid("job name must not be empty".into()));
     }
     Ok(())
 }

@@ -15,7 +15,7 @@ use std::time::Duration;
 use tokio::sync::Semaphore;
 use valkyrie_pipeline::{Pipeline, PipelineErrors};
 
-use super::{Core, CoreHandle};
+use super::{Core, CoreError, CoreHandle};
 use crate::run::Run;
 
 /// Longest a caller waits for a pipeline file to be validated (including
@@ -220,9 +220,9 @@ impl Core {
         id: u64,
         valid: ValidatedPipeline,
         variables: Vec<(String, String)>,
-    ) -> Result<u64, String> {
+    ) -> Result<u64, CoreError> {
         if !self.pipelines.contains_key(&id) {
-            return Err(format!("no pipeline {id}"));
+            return Err(CoreError::NotFound(format!("no pipeline {id}")));
         }
         let run_id = self.start_run(valid, crate::source::Trigger::plain("api", variables))?;
         self.audit(
@@ -242,7 +242,7 @@ impl Core {
         &mut self,
         valid: ValidatedPipeline,
         trigger: crate::source::Trigger,
-    ) -> Result<u64, String> {
+    ) -> Result<u64, CoreError> {
         let ValidatedPipeline {
             file_name,
             yaml,
@@ -255,7 +255,7 @@ impl Core {
         run.set_trigger(trigger);
         if let Err(why) = run.apply_rules() {
             tracing::info!(pipeline = %name, %why, "no run created");
-            return Err(format!("no run created: {why}"));
+            return Err(CoreError::Conflict(format!("no run created: {why}")));
         }
         self.next_run += 1;
         tracing::info!(run_id, pipeline = %name, jobs = run.pipeline().jobs.len(), "run created");
@@ -267,12 +267,12 @@ impl Core {
     }
 
     /// Asks a runner to drain: it takes no new jobs and finishes its own.
-    pub(super) fn drain_runner(&mut self, id: u64) -> Result<(), String> {
+    pub(super) fn drain_runner(&mut self, id: u64) -> Result<(), CoreError> {
         let runner_id = crate::scheduler::RunnerId(id);
         let runner = self
             .runners
             .get_mut(&runner_id)
-            .ok_or_else(|| format!("no runner {id}"))?;
+            .ok_or_else(|| CoreError::NotFound(format!("no runner {id}")))?;
         runner.draining = true;
         if let Some(sender) = runner.sender() {
             let _ = sender.try_reply(

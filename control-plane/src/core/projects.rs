@@ -8,7 +8,7 @@ use tokio::sync::oneshot;
 use tracing::info;
 use valkyrie::message::JobSpec;
 
-use super::{Core, ValidatedPipeline};
+use super::{Core, CoreError, ValidatedPipeline};
 use crate::audit::AuditAction;
 use crate::source::schedule::{DueSlot, MAX_SCHEDULES_PER_PROJECT};
 use crate::source::{Project, Schedule, Trigger};
@@ -23,7 +23,7 @@ pub const MAX_DELIVERIES: usize = 10_000;
 #[derive(Debug)]
 pub enum ProjectCommand {
     /// Store a new project; refused if the name is taken.
-    Create(Box<Project>, oneshot::Sender<Result<Project, String>>),
+    Create(Box<Project>, oneshot::Sender<Result<Project, CoreError>>),
     /// Every project, by name.
     List(oneshot::Sender<Vec<Project>>),
     /// One project.
@@ -185,9 +185,12 @@ impl Core {
         }
     }
 
-    fn create_project(&mut self, mut project: Project) -> Result<Project, String> {
+    fn create_project(&mut self, mut project: Project) -> Result<Project, CoreError> {
         if self.projects.projects.contains_key(&project.name) {
-            return Err(format!("project `{}` already exists", project.name));
+            return Err(CoreError::Conflict(format!(
+                "project `{}` already exists",
+                project.name
+            )));
         }
         project.created_at_ms = self.now.wall_ms;
         self.record(Change::Project(Box::new(project.clone())));
@@ -298,7 +301,9 @@ impl Core {
             trigger.event, trigger.git_ref, trigger.sha, trigger.project
         );
         let delivery = trigger.delivery.clone();
-        let run_id = self.start_run(pipeline, trigger).map_err(NotStarted::Rules)?;
+        let run_id = self
+            .start_run(pipeline, trigger)
+            .map_err(|why| NotStarted::Rules(why.to_string()))?;
         if !delivery.is_empty() {
             self.remember_delivery(delivery, run_id);
         }

@@ -45,9 +45,8 @@ impl Core {
                 );
                 return;
             }
-            if let Err(message) = self.drain_runner(id.0) {
-                reply.fail(ErrorCode::NOT_FOUND, message);
-                return;
+            if let Err(refused) = self.drain_runner(id.0) {
+                return reply.refuse(refused);
             }
             if let Some(runner) = self.runners.get_mut(&id) {
                 runner.remove_when_gone = true;

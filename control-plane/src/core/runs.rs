@@ -2,9 +2,8 @@
 //! rerun it (all of it, or only what failed).
 
 use valkyrie::message::{Ack, RunAccepted};
-use valkyrie::ErrorCode;
 
-use super::Core;
+use super::{Core, CoreError};
 use crate::audit::AuditAction;
 use crate::responder::Responder;
 use crate::run::Run;
@@ -39,18 +38,11 @@ impl Core {
         match command {
             RunCommand::Play { run_id, job, reply } => {
                 let Some(run) = self.runs.get_mut(&run_id) else {
-                    reply.fail(ErrorCode::NOT_FOUND, format!("no run {run_id}"));
-                    return;
+                    return reply.refuse(CoreError::NotFound(format!("no run {run_id}")));
                 };
                 let was_over = run.state().is_terminal();
                 if let Err(why) = run.play(&job) {
-                    let code = if why.contains("has no job") {
-                        ErrorCode::NOT_FOUND
-                    } else {
-                        ErrorCode::CONFLICT
-                    };
-                    reply.fail(code, why);
-                    return;
+                    return reply.refuse(why);
                 }
                 self.audit(
                     AuditAction::PlayJob,
@@ -70,20 +62,18 @@ impl Core {
                 reply,
             } => match self.rerun(run_id, failed_only) {
                 Ok(id) => self.after_commit(AfterCommit::Reply(reply, RunAccepted { run_id: id }.into())),
-                Err((code, why)) => reply.fail(code, why),
+                Err(why) => reply.refuse(why),
             },
         }
     }
 
     /// Starts the rerun; returns its id.
-    fn rerun(&mut self, run_id: u64, failed_only: bool) -> Result<u64, (ErrorCode, String)> {
+    fn rerun(&mut self, run_id: u64, failed_only: bool) -> Result<u64, CoreError> {
         let old = self
             .runs
             .get(&run_id)
-            .ok_or_else(|| (ErrorCode::NOT_FOUND, format!("no run {run_id}")))?;
-        let slots = old
-            .rerun_slots(failed_only)
-            .map_err(|why| (ErrorCode::CONFLICT, why))?;
+            .ok_or_else(|| CoreError::NotFound(format!("no run {run_id}")))?;
+        let slots = old.rerun_slots(failed_only).map_err(CoreError::Conflict)?;
         // The old run's plan, given the trigger again under the new id.
         let pipeline = old.pipeline().clone();
         let (file_name, yaml) = old.source();

@@ -43,6 +43,18 @@ pub struct ApiError {
     retry_after: Option<Duration>,
 }
 
+/// The core's refusals keep their kind: 404, 400 or 409.
+impl From<crate::core::CoreError> for ApiError {
+    fn from(err: crate::core::CoreError) -> Self {
+        use crate::core::CoreError;
+        match err {
+            CoreError::NotFound(message) => Self::not_found(message),
+            CoreError::Invalid(message) => Self::bad_request(message),
+            CoreError::Conflict(message) => Self::conflict(message),
+        }
+    }
+}
+
 impl ApiError {
     fn new(status: StatusCode, error: &'static str, message: impl Into<String>) -> Self {
         Self {

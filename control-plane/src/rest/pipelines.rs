@@ -387,13 +387,7 @@ pub async fn trigger(
             reply,
         })
         .await?
-        .map_err(|message| {
-            if message.starts_with("no pipeline") {
-                ApiError::not_found(message)
-            } else {
-                ApiError::conflict(message)
-            }
-        })?;
+        .map_err(ApiError::from)?;
     Ok((
         StatusCode::CREATED,
         Json(Triggered {

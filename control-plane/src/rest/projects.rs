@@ -281,7 +281,7 @@ pub async fn create(
             Command::Project(ProjectCommand::Create(Box::new(project), reply))
         })
         .await?
-        .map_err(|m| ApiError::conflict(m).suggest("pick another name, or remove the project first"))?;
+        .map_err(|m| ApiError::from(m).suggest("pick another name, or remove the project first"))?;
     Ok((StatusCode::CREATED, Json(created.into())))
 }
 

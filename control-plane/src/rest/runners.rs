@@ -114,7 +114,7 @@ pub async fn drain(
     state
         .call_as(&caller, |reply| Command::DrainRunner(id, reply))
         .await?
-        .map_err(|message| ApiError::not_found(message).suggest("list runners with GET /api/runners"))?;
+        .map_err(|err| ApiError::from(err).suggest("list runners with GET /api/runners"))?;
     Ok((
         StatusCode::ACCEPTED,
         Json(Draining {

@@ -64,7 +64,7 @@ pub async fn serve(core: &CoreHandle, actor: &Actor, reply: Responder, message: 
                 Some(Ok(project)) => reply.reply(ProjectList {
                     projects: vec![project.info()],
                 }),
-                Some(Err(why)) => reply.fail(ErrorCode::CONFLICT, why),
+                Some(Err(refused)) => reply.refuse(refused),
                 None => reply.fail(ErrorCode::SHUTTING_DOWN, STOPPED),
             }
         }
