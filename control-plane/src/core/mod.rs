@@ -42,8 +42,8 @@ use crate::job::{Disposition, JobRecord, TransitionError};
 use crate::metrics::Metrics;
 use crate::responder::{EventSink, Responder};
 use crate::run::Run;
-use crate::scheduler::{Availability, JobId, QueuedJob, RunnerId, Scheduler, SchedulerConfig};
-use crate::store::{AfterCommit, Change, Completion, Loaded, LogRow, StoreError, StoreHandle};
+use crate::scheduler::{JobId, QueuedJob, RunnerId, Scheduler, SchedulerConfig};
+use crate::store::{AfterCommit, Change, Completion, Loaded, LogRow, RunnerRow, StoreError, StoreHandle};
 pub use error::CoreError;
 pub use events::Subscribers;
 pub use pipelines::{
@@ -826,8 +826,8 @@ impl Core {
                 if let Some(r) = self.runners.get_mut(&runner) {
                     if r.is_session(session) {
                         info!(runner = %r.name, "runner disconnected");
-                        r.link = Link::Disconnected(self.now.at);
-                        self.scheduler.set_availability(runner, Availability::Lost);
+                        r.disconnect(self.now.at);
+                        self.scheduler.set_availability(runner, r.availability());
                         if r.remove_when_gone && r.jobs.is_empty() {
                             let name = r.name.clone();
                             self.remove_runner(runner, "it disconnected after `vk runners rm --force`");
@@ -1313,7 +1313,7 @@ impl Core {
             .get(&msg.name)
             .and_then(|id| self.runners.get(id))
         {
-            if let Link::Connected { sender: old, .. } = &existing.link {
+            if let Link::Connected { sender: old, .. } = existing.link() {
                 if !crate::auth::same_token(token, &existing.credential) {
                     return Err(CoreError::Conflict(format!(
                         "runner name `{}` is in use by a connected agent (runner {}); give this agent \
@@ -1350,8 +1350,8 @@ impl Core {
             self.now.wall_ms,
         );
         let previous_jobs = self.runners.get(&id).map(|r| r.jobs.clone()).unwrap_or_default();
-        let record = RunnerRecord {
-            id,
+        let row = RunnerRow {
+            id: id.0,
             name: msg.name.clone(),
             tags: msg.tags.clone(),
             os: msg.os.clone(),
@@ -1359,23 +1359,20 @@ impl Core {
             slots: msg.slots,
             version: msg.version.clone(),
             credential: credential.clone(),
-            link: Link::Connected {
-                session,
-                sender: sender.clone(),
-                heard,
-            },
-            draining: false,
-            last_seen: now,
-            jobs: Default::default(),
-            remove_when_gone: false,
         };
-        let row = Self::runner_row(&record);
+        let link = Link::Connected {
+            session,
+            sender: sender.clone(),
+            heard,
+        };
+        let record = RunnerRecord::new(row.clone(), link, now);
+        let availability = record.availability();
         self.runners.insert(id, record);
         self.record(Change::Runner(Box::new(row)));
         self.counters_dirty = true;
         let tags = self.scheduler.tag_set(&msg.tags);
         self.scheduler.upsert_runner(id, tags, msg.slots);
-        self.scheduler.set_availability(id, Availability::Ready);
+        self.scheduler.set_availability(id, availability);
 
         // Re-attach the attempts the agent still runs; everything else the
         // server had on this runner was lost with the old connection.
@@ -1479,8 +1476,8 @@ impl Core {
             Message::Heartbeat(_) => {}
             Message::Drain(d) => {
                 info!(runner = %record.name, reason = %d.reason, "runner draining");
-                record.draining = true;
-                self.scheduler.set_availability(runner, Availability::Draining);
+                record.drain();
+                self.scheduler.set_availability(runner, record.availability());
             }
             Message::AssignAck(ack) => {
                 let id = JobId(ack.job_id);
@@ -1852,9 +1849,9 @@ impl Core {
         let lost: Vec<RunnerId> = self
             .runners
             .values()
-            .filter(|r| match r.link {
+            .filter(|r| match r.link() {
                 Link::Connected { .. } => now.saturating_duration_since(r.last_seen()) >= lost_after,
-                Link::Disconnected(since) => now.duration_since(since) >= lost_after,
+                Link::Disconnected(since) => now.duration_since(*since) >= lost_after,
                 Link::Lost => false,
             })
             .map(|r| r.id)
@@ -1872,9 +1869,9 @@ impl Core {
                         .await
                 });
             }
-            r.link = Link::Lost;
+            r.lose();
             let jobs = std::mem::take(&mut r.jobs);
-            self.scheduler.set_availability(id, Availability::Lost);
+            self.scheduler.set_availability(id, r.availability());
             for job in jobs {
                 self.lose(job, Some(id), "its runner was lost");
             }

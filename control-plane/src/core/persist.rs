@@ -2,7 +2,6 @@
 //! them to the store at the end of the turn with the messages that must wait
 //! for them, and rebuilding the state from the store at start.
 
-use std::collections::BTreeSet;
 use std::time::Duration;
 
 use tracing::{info, warn};
@@ -11,8 +10,8 @@ use valkyrie::transport::MAX_RECONNECT_INTERVAL;
 
 use super::{Core, JobLogs, Link, RunnerRecord, StoredLog};
 use crate::run::Run;
-use crate::scheduler::{Availability, JobId, RunnerId};
-use crate::store::{AfterCommit, Change, Counters, Loaded, RunnerRow};
+use crate::scheduler::{JobId, RunnerId};
+use crate::store::{AfterCommit, Change, Counters, Loaded};
 
 impl Core {
     /// Records a change for the end of this turn's commit.
@@ -90,19 +89,6 @@ impl Core {
         }
     }
 
-    pub(super) fn runner_row(runner: &RunnerRecord) -> RunnerRow {
-        RunnerRow {
-            id: runner.id.0,
-            name: runner.name.clone(),
-            tags: runner.tags.clone(),
-            os: runner.os.clone(),
-            arch: runner.arch.clone(),
-            slots: runner.slots,
-            version: runner.version.clone(),
-            credential: runner.credential.clone(),
-        }
-    }
-
     /// Rebuilds the state from the store. Queued jobs queue again; jobs that
     /// were assigned or running stay with their runner, which has
     /// `runner_lost_after` to reconnect and re-report them (they are then
@@ -139,28 +125,12 @@ impl Core {
             self.runner_names.insert(row.name.clone(), id);
             let tags = self.scheduler.tag_set(&row.tags);
             self.scheduler.upsert_runner(id, tags, row.slots);
-            self.scheduler.set_availability(id, Availability::Lost);
-            self.runners.insert(
-                id,
-                RunnerRecord {
-                    id,
-                    name: row.name,
-                    tags: row.tags,
-                    os: row.os,
-                    arch: row.arch,
-                    slots: row.slots,
-                    version: row.version,
-                    credential: row.credential,
-                    // The lost clock starts once the agent had time to come
-                    // back: it may be waiting out its reconnect back-off
-                    // (at most MAX_RECONNECT_INTERVAL) while we were down.
-                    link: Link::Disconnected(now + MAX_RECONNECT_INTERVAL),
-                    draining: false,
-                    last_seen: now,
-                    jobs: BTreeSet::new(),
-                    remove_when_gone: false,
-                },
-            );
+            // The lost clock starts once the agent had time to come back:
+            // it may be waiting out its reconnect back-off (at most
+            // MAX_RECONNECT_INTERVAL) while we were down.
+            let record = RunnerRecord::new(row, Link::Disconnected(now + MAX_RECONNECT_INTERVAL), now);
+            self.scheduler.set_availability(id, record.availability());
+            self.runners.insert(id, record);
         }
         let (mut queued, mut on_runners, mut finished) = (0, 0, 0);
         for mut job in loaded.jobs {

@@ -273,7 +273,7 @@ impl Core {
             .runners
             .get_mut(&runner_id)
             .ok_or_else(|| CoreError::NotFound(format!("no runner {id}")))?;
-        runner.draining = true;
+        runner.drain();
         if let Some(sender) = runner.sender() {
             let _ = sender.try_reply(
                 0,
@@ -282,8 +282,7 @@ impl Core {
                 },
             );
         }
-        self.scheduler
-            .set_availability(runner_id, crate::scheduler::Availability::Draining);
+        self.scheduler.set_availability(runner_id, runner.availability());
         Ok(())
     }
 }

@@ -33,7 +33,7 @@ impl Core {
             reply.fail(ErrorCode::NOT_FOUND, format!("no runner named `{name}`"));
             return;
         };
-        if matches!(runner.link, Link::Connected { .. }) {
+        if matches!(runner.link(), Link::Connected { .. }) {
             if !force {
                 reply.fail(
                     ErrorCode::CONFLICT,
@@ -94,7 +94,7 @@ impl Core {
             .runners
             .values()
             .filter(|r| {
-                !matches!(r.link, Link::Connected { .. })
+                !matches!(r.link(), Link::Connected { .. })
                     && now.saturating_duration_since(r.last_seen) >= retention
             })
             .map(|r| (r.id, r.name.clone()))

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use valkyrie::message::{RunnerInfo, RunnerState};
 use valkyrie::SessionSender;
 
-use crate::scheduler::{JobId, RunnerId};
+use crate::scheduler::{Availability, JobId, RunnerId};
 
 /// When an agent was last heard from. Its session task marks every message
 /// it reads, so heartbeats (the bulk of an idle fleet's traffic) never reach
@@ -41,7 +41,30 @@ impl Heard {
     }
 }
 
-/// A runner's connection to this server.
+/// A runner's connection to this server: one half of its lifecycle (the
+/// other is whether it drains). The scheduler's availability is derived
+/// from both ([`RunnerRecord::availability`]) and handed over after every
+/// transition, so the three can never disagree.
+///
+/// ```text
+///               register (a new record, not draining)
+///                   |
+///                   v       Drain (agent or operator)
+///   +-------> Connected ------------------------------+
+///   |           |     ^                               |  (draining: takes no
+///   |  session  |     | register again                |   new job; its own
+///   |  ended    v     | (same credential)             |   finish)
+///   |      Disconnected                               v
+///   |           | runner_lost_after, or         Connected+draining
+///   |           | silent for runner_lost_after        |
+///   |           v                                     | session ended
+///   |         Lost  <---------------------------------+
+///   |           |
+///   +-----------+ register again
+///
+/// shown as: Connected idle/busy, draining; Disconnected or Lost: lost, or
+/// stopped when it drained with nothing left to run.
+/// ```
 #[derive(Debug)]
 pub enum Link {
     /// Connected on session `session`.
@@ -78,10 +101,10 @@ pub struct RunnerRecord {
     pub version: String,
     /// Credential issued at registration.
     pub credential: String,
-    /// Connection state.
-    pub link: Link,
-    /// The agent said it drains.
-    pub draining: bool,
+    /// Connection state; changed only by the transitions below.
+    link: Link,
+    /// The agent (or an operator) said it drains.
+    draining: bool,
     /// Last message from the runner that reached the core; the session's
     /// [`Heard`] mark may be later (see [`last_seen`](Self::last_seen)).
     pub last_seen: Instant,
@@ -92,6 +115,59 @@ pub struct RunnerRecord {
 }
 
 impl RunnerRecord {
+    /// A runner known by `row`, in state `link`, not draining.
+    pub fn new(row: crate::store::RunnerRow, link: Link, now: Instant) -> Self {
+        Self {
+            id: RunnerId(row.id),
+            name: row.name,
+            tags: row.tags,
+            os: row.os,
+            arch: row.arch,
+            slots: row.slots,
+            version: row.version,
+            credential: row.credential,
+            link,
+            draining: false,
+            last_seen: now,
+            jobs: BTreeSet::new(),
+            remove_when_gone: false,
+        }
+    }
+
+    /// Its connection state.
+    pub fn link(&self) -> &Link {
+        &self.link
+    }
+
+    /// Whether it drains.
+    pub fn draining(&self) -> bool {
+        self.draining
+    }
+
+    /// What the scheduler may do with it: derived, never set by hand.
+    pub fn availability(&self) -> Availability {
+        match self.link {
+            Link::Connected { .. } if self.draining => Availability::Draining,
+            Link::Connected { .. } => Availability::Ready,
+            Link::Disconnected(_) | Link::Lost => Availability::Lost,
+        }
+    }
+
+    /// Its session ended at `at`.
+    pub fn disconnect(&mut self, at: Instant) {
+        self.link = Link::Disconnected(at);
+    }
+
+    /// Declared lost (disconnected or silent too long).
+    pub fn lose(&mut self) {
+        self.link = Link::Lost;
+    }
+
+    /// It takes no new job from now on.
+    pub fn drain(&mut self) {
+        self.draining = true;
+    }
+
     /// The session sender, when connected.
     pub fn sender(&self) -> Option<&SessionSender> {
         match &self.link {
@@ -142,5 +218,64 @@ impl RunnerRecord {
             last_seen_ms_ago: now.saturating_duration_since(self.last_seen()).as_millis() as u64,
             version: self.version.clone(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::RunnerRow;
+
+    fn row() -> RunnerRow {
+        RunnerRow {
+            id: 1,
+            name: "a".into(),
+            tags: vec![],
+            os: "linux".into(),
+            arch: "x86_64".into(),
+            slots: 1,
+            version: "1".into(),
+            credential: "c".into(),
+        }
+    }
+
+    #[test]
+    fn the_schedulers_availability_follows_every_transition() {
+        let now = Instant::now();
+        let (sender, _sent) = SessionSender::in_memory();
+        let link = Link::Connected {
+            session: 1,
+            sender,
+            heard: Heard::new(now),
+        };
+        let mut r = RunnerRecord::new(row(), link, now);
+        assert_eq!(
+            (r.availability(), r.state()),
+            (Availability::Ready, RunnerState::Idle)
+        );
+        r.drain();
+        assert_eq!(
+            (r.availability(), r.state()),
+            (Availability::Draining, RunnerState::Draining)
+        );
+        r.disconnect(now);
+        assert_eq!(
+            (r.availability(), r.state()),
+            (Availability::Lost, RunnerState::Stopped)
+        );
+        r.jobs.insert(JobId(7));
+        assert_eq!(
+            r.state(),
+            RunnerState::Lost,
+            "gone with a job left: lost, not stopped"
+        );
+        r.lose();
+        assert_eq!(r.availability(), Availability::Lost);
+
+        let mut recovered = RunnerRecord::new(row(), Link::Disconnected(now), now);
+        assert_eq!(recovered.availability(), Availability::Lost);
+        assert!(!recovered.draining());
+        recovered.lose();
+        assert!(matches!(recovered.link(), Link::Lost));
     }
 }
