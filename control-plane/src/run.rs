@@ -270,18 +270,8 @@ impl Run {
             .iter()
             .zip(again)
             .map(|(slot, again)| match slot {
-                _ if again => SlotRow::Waiting,
-                Slot::Released { job, state } => SlotRow::Released {
-                    job: job.0,
-                    state: *state,
-                },
-                Slot::Skipped {
-                    reason,
-                    because_of_failure,
-                } => SlotRow::Skipped {
-                    reason: reason.clone(),
-                    because_of_failure: *because_of_failure,
-                },
+                // A job that runs again, or waited (manual ones too), waits.
+                Slot::Released { .. } | Slot::Skipped { .. } if !again => slot.to_row(),
                 _ => SlotRow::Waiting,
             })
             .collect())

@@ -1,43 +1,13 @@
 //! What `vk` prints and how it exits, against a real local cluster: closed
 //! pipes, merged logs, attempt headers, `vk status`, exit codes.
 
-use std::process::{Output, Stdio};
+mod support;
+use support::*;
+
+use std::process::Stdio;
 use std::time::Duration;
 
-use valkyrie_control_plane::CoreConfig;
-use valkyrie_sdk::local::{LocalAgent, LocalCluster};
 use valkyrie_sdk::{Client, JobSpec, JobState, RetryOn, RetryPolicy, RunInfo, RunJobState};
-
-const DEADLINE: Duration = Duration::from_secs(30);
-
-async fn cluster() -> LocalCluster {
-    let config = CoreConfig {
-        kill_grace: Duration::from_secs(1),
-        ..CoreConfig::default()
-    };
-    LocalCluster::start(config, &[LocalAgent::new("a1", &["linux"], 4)])
-        .await
-        .expect("local cluster")
-}
-
-fn command(cluster: &LocalCluster, args: &[&str]) -> tokio::process::Command {
-    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_vk"));
-    command
-        .args(args)
-        .env("VALKYRIE_SERVER", cluster.endpoint.to_string())
-        .env("VALKYRIE_TOKEN", &cluster.api_token)
-        .env("NO_COLOR", "1")
-        .stdin(Stdio::null());
-    command
-}
-
-async fn vk(cluster: &LocalCluster, args: &[&str]) -> Output {
-    command(cluster, args).output().await.expect("vk runs")
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
 
 async fn wait_job(client: &Client, job: u64, done: impl Fn(JobState) -> bool) -> JobState {
     let deadline = tokio::time::Instant::now() + DEADLINE;

@@ -1,66 +1,10 @@
 //! `vk run`, `vk validate`, `vk demo` and run semantics against a real local
 //! cluster (in-process control plane and agents, Unix socket, real processes).
 
-use std::process::Output;
-use std::time::Duration;
+mod support;
+use support::*;
 
-use valkyrie_control_plane::CoreConfig;
-use valkyrie_sdk::local::{LocalAgent, LocalCluster};
-use valkyrie_sdk::{Client, RunInfo, RunJobState, RunState};
-
-async fn cluster() -> LocalCluster {
-    let config = CoreConfig {
-        kill_grace: Duration::from_secs(1),
-        ..CoreConfig::default()
-    };
-    LocalCluster::start(config, &[LocalAgent::new("a1", &["linux"], 4)])
-        .await
-        .expect("local cluster")
-}
-
-async fn vk(cluster: &LocalCluster, args: &[&str]) -> Output {
-    tokio::process::Command::new(env!("CARGO_BIN_EXE_vk"))
-        .args(args)
-        .env("VALKYRIE_SERVER", cluster.endpoint.to_string())
-        .env("VALKYRIE_TOKEN", &cluster.api_token)
-        .env("NO_COLOR", "1")
-        .output()
-        .await
-        .expect("vk runs")
-}
-
-fn write(cluster: &LocalCluster, name: &str, yaml: &str) -> String {
-    let path = cluster.dir().join(name);
-    std::fs::write(&path, yaml).unwrap();
-    path.display().to_string()
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-/// Polls the run until `done` holds, with a deadline.
-async fn wait_run(client: &Client, run: u64, done: impl Fn(&RunInfo) -> bool) -> RunInfo {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let info = client.run(run).await.unwrap();
-        if done(&info) {
-            return info;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "run never reached the expected state: {info:#?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-fn job<'a>(info: &'a RunInfo, name: &str) -> &'a valkyrie_sdk::RunJobInfo {
-    info.jobs
-        .iter()
-        .find(|j| j.name == name)
-        .unwrap_or_else(|| panic!("no job {name}"))
-}
+use valkyrie_sdk::{RunJobState, RunState};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn vk_run_exits_zero_on_success_and_prints_json_events() {

@@ -322,7 +322,6 @@ pub(crate) fn miss() -> CacheEntry {
 mod tests {
     use super::*;
     use crate::artifacts::StoreConfig;
-    use std::path::Path;
     use std::time::Duration;
 
     async fn put(store: &Arc<ArtifactStore>, job: u64, key: &str, data: &[u8]) -> ArtifactInfo {
@@ -340,19 +339,10 @@ mod tests {
         k.iter().map(|s| (*s).to_owned()).collect()
     }
 
-    /// A store handle over an embedded store in `dir`, and what it loaded.
-    fn durable(dir: &Path) -> (StoreHandle, crate::store::Loaded) {
-        use crate::store::Store;
-        let mut store =
-            crate::store::embedded::EmbeddedStore::open(dir, crate::store::Durability::None).unwrap();
-        let loaded = store.load().unwrap();
-        (StoreHandle::spawn(Box::new(store), Default::default()), loaded)
-    }
-
     #[tokio::test]
     async fn exact_then_fallback_prefix_per_project_and_immutable() {
         let dir = tempfile::tempdir().unwrap();
-        let (handle, loaded) = durable(dir.path());
+        let (handle, loaded) = crate::store::embedded::open_handle(dir.path()).await;
         let store = Arc::new(
             ArtifactStore::open(dir.path().join("a"), StoreConfig::default())
                 .unwrap()
@@ -398,7 +388,7 @@ mod tests {
         drop((index, store));
         let dir2 = dir.path().to_owned();
         // The store worker ends once every handle is gone; its lock goes with it.
-        let (handle, loaded) = wait_reopen(&dir2).await;
+        let (handle, loaded) = crate::store::embedded::open_handle(&dir2).await;
         assert_eq!(loaded.cache_entries.len(), 1);
         let store = Arc::new(
             ArtifactStore::open(dir.path().join("a"), StoreConfig::default())
@@ -421,29 +411,10 @@ mod tests {
         assert!(!index.contains("web", "cargo-aaa"));
     }
 
-    /// Opens the embedded store in `dir` again once the last worker let go.
-    async fn wait_reopen(dir: &Path) -> (StoreHandle, crate::store::Loaded) {
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        loop {
-            use crate::store::Store;
-            match crate::store::embedded::EmbeddedStore::open(dir, crate::store::Durability::None) {
-                Ok(mut store) => {
-                    let loaded = store.load().unwrap();
-                    return (StoreHandle::spawn(Box::new(store), Default::default()), loaded);
-                }
-                Err(err) if std::time::Instant::now() < deadline => {
-                    let _ = err;
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                }
-                Err(err) => panic!("{err}"),
-            }
-        }
-    }
-
     #[tokio::test]
     async fn a_legacy_index_file_is_moved_into_the_store_once() {
         let dir = tempfile::tempdir().unwrap();
-        let (handle, loaded) = durable(dir.path());
+        let (handle, loaded) = crate::store::embedded::open_handle(dir.path()).await;
         let store = Arc::new(
             ArtifactStore::open(dir.path().join("a"), StoreConfig::default())
                 .unwrap()

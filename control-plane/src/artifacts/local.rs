@@ -638,29 +638,10 @@ mod tests {
             .sum()
     }
 
-    /// A store handle over an embedded store in `dir`, and what it loaded;
-    /// retried while an earlier worker on `dir` still holds its lock.
-    async fn durable(dir: &Path) -> (StoreHandle, crate::store::Loaded) {
-        use crate::store::Store;
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        loop {
-            match crate::store::embedded::EmbeddedStore::open(dir, crate::store::Durability::None) {
-                Ok(mut store) => {
-                    let loaded = store.load().unwrap();
-                    return (StoreHandle::spawn(Box::new(store), Default::default()), loaded);
-                }
-                Err(crate::store::StoreError::Locked { .. }) if std::time::Instant::now() < deadline => {
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                }
-                Err(err) => panic!("{err}"),
-            }
-        }
-    }
-
     #[tokio::test]
     async fn identical_content_is_stored_once_and_survives_reopening() {
         let dir = tempfile::tempdir().unwrap();
-        let (handle, loaded) = durable(dir.path()).await;
+        let (handle, loaded) = crate::store::embedded::open_handle(dir.path()).await;
         let store = Arc::new(
             ArtifactStore::open(dir.path(), StoreConfig::default())
                 .unwrap()
@@ -673,7 +654,7 @@ mod tests {
         drop(store);
 
         // The records come back from the store.
-        let (handle, loaded) = durable(dir.path()).await;
+        let (handle, loaded) = crate::store::embedded::open_handle(dir.path()).await;
         assert_eq!(loaded.artifacts.len(), 2);
         let store = Arc::new(
             ArtifactStore::open(dir.path(), StoreConfig::default())
@@ -709,7 +690,7 @@ mod tests {
         } });
         std::fs::write(root.join("jobs/9.json"), record.to_string()).unwrap();
 
-        let (handle, loaded) = durable(dir.path()).await;
+        let (handle, loaded) = crate::store::embedded::open_handle(dir.path()).await;
         let store = ArtifactStore::open(&root, StoreConfig::default())
             .unwrap()
             .with_records(handle, loaded.artifacts);
@@ -719,7 +700,7 @@ mod tests {
         let (_, read) = store.read_range(9, "artifacts.tar", 0, 100).await.unwrap();
         assert_eq!(&read[..], data);
         drop(store);
-        let (_, loaded) = durable(dir.path()).await;
+        let (_, loaded) = crate::store::embedded::open_handle(dir.path()).await;
         assert_eq!(loaded.artifacts.len(), 1);
         assert_eq!(
             (loaded.artifacts[0].job_id, loaded.artifacts[0].sha256.as_str()),

@@ -284,6 +284,29 @@ impl Store for EmbeddedStore {
     }
 }
 
+/// For tests beside the store: a store handle over an embedded store in
+/// `dir` and what it loaded, retried (within 10 s) while the worker of an
+/// earlier handle on `dir` still holds its lock.
+#[cfg(test)]
+pub(crate) async fn open_handle(dir: &Path) -> (super::StoreHandle, super::Loaded) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match EmbeddedStore::open(dir, Durability::None) {
+            Ok(mut store) => {
+                let loaded = store.load().unwrap();
+                return (
+                    super::StoreHandle::spawn(Box::new(store), Default::default()),
+                    loaded,
+                );
+            }
+            Err(StoreError::Locked { .. }) if std::time::Instant::now() < deadline => {
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+            Err(err) => panic!("{err}"),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
