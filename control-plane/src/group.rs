@@ -14,11 +14,11 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use valkyrie::message::{Redirect, ServerInfo, ServerRole};
 use valkyrie::transport::Redirector;
 
+use crate::core::now_ms;
 use crate::store::leader::LeaderInfo;
 
 /// What one server knows of its group.
@@ -32,12 +32,6 @@ pub struct Group {
     leader: Mutex<Option<LeaderInfo>>,
     /// The group as last read from the store (empty: never read).
     servers: Mutex<Vec<ServerInfo>>,
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 impl Group {

@@ -192,13 +192,7 @@ impl Upload {
     }
 }
 
-/// Unix time in milliseconds.
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
+pub use crate::core::now_ms;
 
 /// Lowercase hex of a digest.
 pub(crate) fn hex_digest(digest: ring::digest::Digest) -> String {

@@ -408,7 +408,9 @@ impl Now {
     }
 }
 
-pub(crate) fn now_ms() -> u64 {
+/// The OS clock as milliseconds since the Unix epoch: what drivers read
+/// (the core itself reads only [`Now`]).
+pub fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)

@@ -37,7 +37,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use mongodb::bson::{doc, Document};
 use mongodb::sync::Database;
@@ -45,6 +45,7 @@ use serde::Serialize;
 use valkyrie::message::{ServerInfo, ServerRole};
 
 use super::StoreError;
+use crate::core::now_ms;
 
 /// The collection of the lease (and the id counters).
 const META: &str = "meta";
@@ -168,12 +169,6 @@ impl std::fmt::Debug for Election {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Election").field("config", &self.config).finish()
     }
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 fn int(doc: &Document, key: &str) -> u64 {

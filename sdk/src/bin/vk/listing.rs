@@ -110,9 +110,7 @@ pub fn print_audit(entries: &[valkyrie_sdk::AuditEntry]) {
 /// The control planes of a group: the lease's expiry and each server's
 /// last report, relative to now (by this machine's clock).
 pub fn print_servers(servers: &[valkyrie_sdk::ServerInfo]) {
-    let now_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64);
+    let now_ms = now_ms();
     let relative = |at_ms: u64| {
         if at_ms == 0 {
             "-".to_owned()
@@ -185,7 +183,8 @@ pub fn print_run_jobs(run: &RunInfo) {
     }
 }
 
-fn now_ms() -> u64 {
+/// The local clock, in milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)

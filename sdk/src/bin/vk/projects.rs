@@ -206,9 +206,7 @@ fn print_projects(projects: &[ProjectInfo]) {
 }
 
 fn print_schedules(schedules: &[ScheduleInfo]) {
-    let now_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64);
+    let now_ms = crate::listing::now_ms();
     let next = |ms: u64| match ms {
         0 => "never".to_owned(),
         ms if ms <= now_ms => "due".to_owned(),

@@ -14,7 +14,7 @@ use valkyrie_sdk::{
 };
 
 use crate::follow::{gave_up, is_loss, reconnect_then, say_lost};
-use crate::listing::format_ms;
+use crate::listing::{format_ms, now_ms};
 use crate::live::LiveScreen;
 use crate::out::outln;
 
@@ -27,12 +27,6 @@ pub struct ViewOptions {
     pub plain: bool,
     /// JSON lines.
     pub json: bool,
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 fn styled_state(state: RunJobState) -> String {
