@@ -1452,7 +1452,6 @@ impl Core {
             // A frame from a connection that was replaced; nothing it says counts.
             return;
         }
-        record.last_seen = self.now.at;
         let sender = record.sender().cloned();
         let reply = |msg_ok: Result<(), TransitionError>| {
             if let Some(sender) = &sender {

@@ -95,7 +95,7 @@ impl Core {
             .values()
             .filter(|r| {
                 !matches!(r.link(), Link::Connected { .. })
-                    && now.saturating_duration_since(r.last_seen) >= retention
+                    && now.saturating_duration_since(r.last_seen()) >= retention
             })
             .map(|r| (r.id, r.name.clone()))
             .collect();

@@ -105,9 +105,10 @@ pub struct RunnerRecord {
     link: Link,
     /// The agent (or an operator) said it drains.
     draining: bool,
-    /// Last message from the runner that reached the core; the session's
-    /// [`Heard`] mark may be later (see [`last_seen`](Self::last_seen)).
-    pub last_seen: Instant,
+    /// When it was last heard from before its current link: set when it
+    /// registered and when its connection ends (from the session's
+    /// [`Heard`] mark, which covers every message while connected).
+    last_seen: Instant,
     /// Jobs whose current attempt is on this runner.
     pub jobs: BTreeSet<JobId>,
     /// `vk runners rm --force`: remove the record once it disconnects.
@@ -155,11 +156,13 @@ impl RunnerRecord {
 
     /// Its session ended at `at`.
     pub fn disconnect(&mut self, at: Instant) {
+        self.last_seen = self.last_seen();
         self.link = Link::Disconnected(at);
     }
 
     /// Declared lost (disconnected or silent too long).
     pub fn lose(&mut self) {
+        self.last_seen = self.last_seen();
         self.link = Link::Lost;
     }
 
@@ -176,7 +179,7 @@ impl RunnerRecord {
         }
     }
 
-    /// When the runner was last heard from, by the core or its session.
+    /// When the runner was last heard from.
     pub fn last_seen(&self) -> Instant {
         match &self.link {
             Link::Connected { heard, .. } => self.last_seen.max(heard.at()),

@@ -180,7 +180,10 @@ impl Harness {
         (agent, registered)
     }
 
+    /// A message from the agent: its session marks it heard, then hands
+    /// it to the core.
     fn report(&mut self, agent: &Agent, correlation: u64, message: impl Into<Message>) {
+        agent.heard.mark(self.now.at);
         self.input(Command::FromRunner {
             runner: agent.id,
             session: agent.session,
