@@ -7,6 +7,13 @@
 //! batch), then asks the scheduler once for a plan and applies it: many
 //! submissions cost one scheduling pass. A 100 ms tick enforces leases,
 //! server-side timeouts, and lost runners.
+//!
+//! Durability: the changes of a turn go to the store thread as one batch;
+//! what must wait for them (an acceptance, an assignment) waits in the core
+//! until the store reports the batch committed ([`Completion`]), and is
+//! then sent in order. A failed commit stops the core without sending any
+//! of it; the process's owner decides what follows
+//! ([`CoreHandle::store_failure`]).
 
 mod audit;
 mod error;
