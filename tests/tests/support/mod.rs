@@ -20,7 +20,7 @@ use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
@@ -586,9 +586,47 @@ impl Server {
             .stderr(Stdio::piped())
             .kill_on_drop(true);
         let what = format!("`vk {}`", args.join(" "));
-        within(&what, command.output())
-            .await
-            .unwrap_or_else(|e| panic!("cannot run {what}: {e}"))
+        let mut child = command
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run {what}: {e}"));
+        // Read as it comes, so that a `vk` that hangs is shown with what it
+        // printed so far.
+        let stderr_so_far = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let mut stderr = child.stderr.take().expect("piped");
+        let stderr_task = tokio::spawn({
+            let so_far = stderr_so_far.clone();
+            async move {
+                use tokio::io::AsyncReadExt;
+                let mut chunk = [0u8; 4096];
+                while let Ok(n @ 1..) = stderr.read(&mut chunk).await {
+                    so_far.lock().unwrap().extend_from_slice(&chunk[..n]);
+                }
+            }
+        });
+        let mut stdout = child.stdout.take().expect("piped");
+        let run = async {
+            use tokio::io::AsyncReadExt;
+            let mut out = Vec::new();
+            let (read, status) = tokio::join!(stdout.read_to_end(&mut out), child.wait());
+            read.unwrap_or_else(|e| panic!("cannot read {what}'s output: {e}"));
+            (
+                status.unwrap_or_else(|e| panic!("cannot wait for {what}: {e}")),
+                out,
+            )
+        };
+        let Ok((status, stdout)) = tokio::time::timeout(DEADLINE, run).await else {
+            panic!(
+                "timed out after {DEADLINE:?} waiting for {what}; its stderr so far:\n{}",
+                text(&stderr_so_far.lock().unwrap())
+            );
+        };
+        let _ = stderr_task.await;
+        let stderr = std::mem::take(&mut *stderr_so_far.lock().unwrap());
+        Output {
+            status,
+            stdout,
+            stderr,
+        }
     }
 
     /// Submits `vk exec --detach ARGS` and returns the job id.

@@ -50,6 +50,7 @@ pub(crate) async fn drive_quic(quic: quinn::Connection, setup: DriverSetup) {
     }
     let mut lanes_open = [true; 3];
     let mut close_deadline: Option<Instant> = None;
+    let mut write_failed = false;
 
     loop {
         let now = Instant::now();
@@ -67,7 +68,7 @@ pub(crate) async fn drive_quic(quic: quinn::Connection, setup: DriverSetup) {
                 let _ = tx.send(done);
             }
         }
-        if conn.is_drained() {
+        if conn.is_drained() || write_failed {
             break;
         }
         if conn.is_closed() && close_deadline.is_none() {
@@ -81,15 +82,22 @@ pub(crate) async fn drive_quic(quic: quinn::Connection, setup: DriverSetup) {
         let timeout = close_deadline.or_else(|| conn.poll_timeout());
         tokio::select! {
             biased;
-            permit = lane_tx[0].reserve(), if conn.has_pending_lane(Lane::Control) => {
-                if let Ok(p) = permit { p.send(take_lane(&mut conn, Lane::Control)) }
-            }
-            permit = lane_tx[1].reserve(), if conn.has_pending_lane(Lane::Dispatch) => {
-                if let Ok(p) = permit { p.send(take_lane(&mut conn, Lane::Dispatch)) }
-            }
-            permit = lane_tx[2].reserve(), if conn.has_pending_lane(Lane::Bulk) => {
-                if let Ok(p) = permit { p.send(take_lane(&mut conn, Lane::Bulk)) }
-            }
+            // A lane's writer is gone only when its stream failed (or the
+            // runtime is shutting down): nothing more can be sent, so the
+            // driver ends, as the stream transports' do. (Retrying the
+            // closed channel instead spun without ever yielding.)
+            permit = lane_tx[0].reserve(), if conn.has_pending_lane(Lane::Control) => match permit {
+                Ok(p) => p.send(take_lane(&mut conn, Lane::Control)),
+                Err(_) => write_failed = true,
+            },
+            permit = lane_tx[1].reserve(), if conn.has_pending_lane(Lane::Dispatch) => match permit {
+                Ok(p) => p.send(take_lane(&mut conn, Lane::Dispatch)),
+                Err(_) => write_failed = true,
+            },
+            permit = lane_tx[2].reserve(), if conn.has_pending_lane(Lane::Bulk) => match permit {
+                Ok(p) => p.send(take_lane(&mut conn, Lane::Bulk)),
+                Err(_) => write_failed = true,
+            },
             inbound = in_rx.recv(), if !conn.is_closed() => match inbound {
                 Some(Inbound::Data(lane, data)) => conn.handle_bytes(lane, &data, Instant::now()),
                 Some(Inbound::BadLane(lane)) => conn.close(ErrorCode::PROTOCOL_ERROR, format!("stream preamble names unknown lane {lane}")),
