@@ -1,6 +1,6 @@
 //! One assigned attempt: turns the job spec into an executor plan, runs it,
 //! and translates executor events into protocol messages for the outbox, in
-//! order: JobStarted, LogChunk and StepResult as they happen, JobResult last.
+//! order: LogChunk and StepResult as they happen, JobResult last.
 
 use std::path::Path;
 use std::time::Duration;
@@ -227,7 +227,8 @@ pub async fn run_attempt(
         let workspace = plan.workspace.clone();
         let caches = restore_caches(&mut plan, &link, job_id, attempt, cache);
         let step_names: Vec<String> = plan.steps.iter().map(|s| s.name.clone()).collect();
-        let _ = outbox.send(msg::JobStarted { job_id, attempt }.into()).await;
+        // No JobStarted: the AssignAck made the attempt running on the
+        // server, and JobStarted would tell it nothing more (spec §8).
         // Chunks are numbered here: the agent's own lines (artifacts) and
         // the executor's output share one sequence.
         let mut log_chunks = 0u64;
@@ -576,6 +577,31 @@ mod tests {
             result.message,
             "step `in sub` could not start: working directory `sub/dir` does not exist in the job \
              workspace; create it in an earlier step or fix the path"
+        );
+    }
+
+    /// What a one-step job with one line of output reports: its chunk, its
+    /// step's result and its result; nothing else (no JobStarted: the
+    /// AssignAck already made the attempt running).
+    #[tokio::test]
+    async fn a_one_step_job_reports_three_frames() {
+        let root = tempfile::tempdir().unwrap();
+        let spec = JobSpec::with_steps("j", vec![msg::StepSpec::shell("echo hi")]);
+        let plan = plan(6, 1, &spec, root.path(), &defaults());
+        let (outbox, mut rx) = mpsc::channel(64);
+        let (_cancel, cancel_rx) = watch::channel(false);
+        run_attempt(6, 1, plan, outbox, cancel_rx, AttemptArtifacts::none()).await;
+        let mut kinds = Vec::new();
+        while let Ok(message) = rx.try_recv() {
+            kinds.push(message.kind());
+        }
+        assert_eq!(
+            kinds,
+            [
+                valkyrie::FrameKind::LOG_CHUNK,
+                valkyrie::FrameKind::STEP_RESULT,
+                valkyrie::FrameKind::JOB_RESULT
+            ]
         );
     }
 

@@ -9,8 +9,8 @@
 //!   │  stderr: doorbell, one byte per journal append (its log goes to
 //!   │          <state>/supervisor.log)
 //!   │
-//!   └─ follows <state>/journal: the attempt's messages (JobStarted,
-//!      LogChunk, StepResult, JobResult) as protocol frames, appended by
+//!   └─ follows <state>/journal: the attempt's messages (LogChunk,
+//!      StepResult, JobResult) as protocol frames, appended by
 //!      the supervisor in order, forwarded by the agent to the server
 //! ```
 //!
