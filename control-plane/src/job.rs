@@ -210,6 +210,19 @@ impl JobRecord {
         Ok(self.attempt)
     }
 
+    /// The assignment of `attempt` is about to reach its agent: its lease
+    /// runs from now (`deadline`), not from when it was planned, so a slow
+    /// commit does not eat it. False if the attempt is no longer the
+    /// current, assigned one (its lease ran out meanwhile): then it must not
+    /// be sent at all.
+    pub fn lease_from(&mut self, attempt: u32, deadline: Instant) -> bool {
+        if self.state != JobState::Assigned || self.attempt != attempt {
+            return false;
+        }
+        self.lease_deadline = Some(deadline);
+        true
+    }
+
     /// assigned → running: the agent acknowledged the lease.
     pub fn acknowledge(
         &mut self,

@@ -658,7 +658,7 @@ impl Core {
                     }
                 }
                 Some(done) = async { completions.as_mut()?.recv().await } => match done {
-                    Completion::Committed(batch) => self.committed(batch),
+                    Completion::Committed(batch) => self.committed(batch, Now::system()),
                     Completion::Failed(err) => {
                         // Nothing waiting for this batch or a later one is
                         // acknowledged or sent.

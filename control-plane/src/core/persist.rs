@@ -4,8 +4,8 @@
 
 use std::time::Duration;
 
-use tracing::{info, warn};
-use valkyrie::message::JobState;
+use tracing::{debug, info, warn};
+use valkyrie::message::{JobState, Message};
 use valkyrie::transport::MAX_RECONNECT_INTERVAL;
 
 use super::{Core, JobLogs, Link, RunnerRecord, StoredLog};
@@ -80,11 +80,35 @@ impl Core {
 
     /// The store made every batch up to `batch` durable: what waited for
     /// them is done, in order.
-    pub(super) fn committed(&mut self, batch: u64) {
+    ///
+    /// An assignment is sent only if its attempt is still the current one,
+    /// and its lease runs from now: had its lease run out while the commit
+    /// was slow, the job was queued again, and sending it anyway would
+    /// start an attempt beside its successor.
+    pub(super) fn committed(&mut self, batch: u64, now: super::Now) {
+        self.now = now;
         self.committed_batch = batch;
         while self.awaiting.front().is_some_and(|(id, _)| *id <= batch) {
-            if let Some((_, actions)) = self.awaiting.pop_front() {
-                actions.into_iter().for_each(AfterCommit::run);
+            let Some((_, actions)) = self.awaiting.pop_front() else {
+                break;
+            };
+            for action in actions {
+                if let AfterCommit::Send(_, Message::Assign(assign)) = &action {
+                    let deadline = self.now.at + self.config.assign_lease;
+                    let current = self
+                        .jobs
+                        .get_mut(&JobId(assign.job_id))
+                        .is_some_and(|job| job.lease_from(assign.attempt, deadline));
+                    if !current {
+                        debug!(
+                            job_id = assign.job_id,
+                            attempt = assign.attempt,
+                            "assignment no longer current once durable; not sent"
+                        );
+                        continue;
+                    }
+                }
+                action.run();
             }
         }
     }

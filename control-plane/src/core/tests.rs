@@ -698,7 +698,7 @@ async fn a_reply_waits_for_the_store_to_report_its_commit_and_a_failed_commit_se
     let Some(Completion::Committed(batch)) = done else {
         panic!("{done:?}")
     };
-    h.core.committed(batch);
+    h.core.committed(batch, h.now);
     assert!(matches!(accepted.try_recv(), Ok(Message::JobAccepted(_))));
 
     // A read-only request while nothing is in flight is answered at once.
@@ -734,4 +734,46 @@ async fn within_deadline<F: std::future::Future>(fut: F) -> F::Output {
     tokio::time::timeout(Duration::from_secs(10), fut)
         .await
         .expect("the store thread answers within 10 s")
+}
+
+#[tokio::test]
+async fn an_assignment_whose_lease_ran_out_before_its_commit_is_never_sent() {
+    use crate::store::{Completion, StoreHandle};
+
+    let mut h = Harness::new(config());
+    let mut a = h.register("a", 1);
+    let store = StoreHandle::spawn(
+        Box::new(ScriptedStore {
+            fail: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+        }),
+        Arc::new(Metrics::default()),
+    );
+    let mut completions = store.take_completions().unwrap();
+    h.core.store = Some(store);
+
+    let (reply, _accepted) = Responder::channel();
+    h.input(Command::Submit(job("build", 3), reply));
+    assert!(a.dispatch().0.is_empty(), "the assignment waits for its commit");
+    // The commit is slow: the lease runs out first, and the job is planned
+    // again as attempt 2.
+    h.advance(Duration::from_secs(6));
+    let last = h.core.last_batch;
+    loop {
+        match within_deadline(completions.recv()).await {
+            Some(Completion::Committed(batch)) if batch >= last => break,
+            Some(Completion::Committed(_)) => {}
+            other => panic!("{other:?}"),
+        }
+    }
+    h.core.committed(last, h.now);
+    let (assigns, _) = a.dispatch();
+    let attempts: Vec<u32> = assigns.iter().map(|a| a.attempt).collect();
+    assert!(
+        !attempts.contains(&1),
+        "attempt 1 must not reach the agent: {attempts:?}"
+    );
+    for assign in &assigns {
+        let info = h.job(assign.job_id);
+        assert_eq!(info.attempt, assign.attempt, "only the current attempt is sent");
+    }
 }
