@@ -11,7 +11,7 @@
 //! | `runners`   | runner id      | [`RunnerRow`]                 |                            |
 //! | `logs`      | (generated)    | `job`, `seq`, `stream`, `data`| unique (`job`, `seq`)      |
 //! | `audit`     | record id      | [`AuditRecord`]               |                            |
-//! | `projects`  | project name   | [`Project`](crate::source::Project) |                      |
+//! | `projects`  | project name   | [`crate::source::Project`] |                      |
 //! | `deliveries`| sequence number| [`DeliveryRow`]               |                            |
 //! | `artifacts` | `"<job>/<name>"` | [`ArtifactRow`]             |                            |
 //! | `cache_entries` | `"<project>/<key>"` | [`CacheRow`]         |                            |

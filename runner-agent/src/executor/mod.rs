@@ -26,7 +26,7 @@
 //! by `***`; the System stream carries only the agent's own messages (the
 //! truncation marker, a step that could not be started).
 //!
-//! A step's environment is built by [`env`]: nothing of the agent's own
+//! A step's environment is built by [`env`](mod@env): nothing of the agent's own
 //! environment but [`JobPlan::base_env`] reaches it.
 
 pub mod docker;
