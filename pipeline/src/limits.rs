@@ -4,7 +4,7 @@
 //! `spec/pipeline.md` ("Limits") lists them; keep the two in step.
 //!
 //! The document-level bounds (bytes, nesting depth, node count, one
-//! document, no anchors) are checked by [`check_document`] with the YAML
+//! document, no anchors) are checked by `check_document` with the YAML
 //! parser's own event stream, which is iterative: the tree loader is
 //! recursive, so a 5,000-deep document must never reach it.
 
