@@ -50,9 +50,10 @@ use crate::metrics::Metrics;
 use crate::responder::{EventSink, Responder};
 use crate::run::Run;
 use crate::scheduler::{JobId, QueuedJob, RunnerId, Scheduler, SchedulerConfig};
-use crate::store::{AfterCommit, Change, Completion, Loaded, LogRow, RunnerRow, StoreError, StoreHandle};
+use crate::store::{Change, Completion, Loaded, LogRow, RunnerRow, StoreError, StoreHandle};
 pub use error::CoreError;
 pub use events::Subscribers;
+use persist::AfterCommit;
 pub use pipelines::{
     PipelineDef, ValidatePipelineError, ValidatedPipeline, CONCURRENT_VALIDATIONS, VALIDATE_TIMEOUT,
 };
@@ -1930,7 +1931,7 @@ impl Core {
             // lease to expire and the job to be queued again: the core never
             // blocks on one runner.
             if let Some(sender) = runner.sender().cloned() {
-                self.after_commit(AfterCommit::Send(sender, assign.into()));
+                self.after_commit(AfterCommit::Assign(sender, assign));
             }
             self.publish_state(job_id);
         }

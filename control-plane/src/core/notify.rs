@@ -3,9 +3,9 @@
 //! handed over once the turn's changes are durable, and the notifier
 //! ([`crate::source::notifier`]) does the I/O off the core.
 
+use super::persist::AfterCommit;
 use super::Core;
 use crate::source::status::RunNotice;
-use crate::store::AfterCommit;
 
 impl Core {
     /// Announces run `id`'s current state (it just started, started again,

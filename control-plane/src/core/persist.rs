@@ -5,13 +5,40 @@
 use std::time::Duration;
 
 use tracing::{debug, info, warn};
-use valkyrie::message::{JobState, Message};
+use valkyrie::message::{Assign, JobState, Message};
 use valkyrie::transport::MAX_RECONNECT_INTERVAL;
+use valkyrie::SessionSender;
 
 use super::{Core, JobLogs, Link, RunnerRecord, StoredLog};
+use crate::responder::Responder;
 use crate::run::Run;
 use crate::scheduler::{JobId, RunnerId};
-use crate::store::{AfterCommit, Change, Counters, Loaded};
+use crate::store::{Change, Counters, Loaded};
+
+/// Something to do once a turn's changes are durable. The core does it
+/// when the store reports the batch committed ([`Core::committed`]).
+pub(super) enum AfterCommit {
+    /// Send a reply.
+    Reply(Responder, Message),
+    /// Hand an assignment to its runner's session: only while its attempt
+    /// is still the current one, with its lease running from then.
+    Assign(SessionSender, Assign),
+    /// Hand a run's new state to the notifier (commit statuses, webhooks).
+    Notify(
+        crate::source::notifier::RunNotices,
+        Box<crate::source::status::RunNotice>,
+    ),
+}
+
+impl std::fmt::Debug for AfterCommit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AfterCommit::Reply(_, m) => write!(f, "Reply({})", m.kind()),
+            AfterCommit::Assign(_, a) => write!(f, "Assign(job {} attempt {})", a.job_id, a.attempt),
+            AfterCommit::Notify(_, n) => write!(f, "Notify(run {})", n.run.run_id),
+        }
+    }
+}
 
 impl Core {
     /// Records a change for the end of this turn's commit.
@@ -27,7 +54,37 @@ impl Core {
         if self.store.is_some() {
             self.after.push(action);
         } else {
-            action.run();
+            self.perform(action);
+        }
+    }
+
+    /// Does what waited for a commit. An assignment is sent only if its
+    /// attempt is still the current one, and its lease runs from now: had
+    /// its lease run out while the commit was slow, the job was queued
+    /// again, and sending it anyway would start an attempt beside its
+    /// successor.
+    fn perform(&mut self, action: AfterCommit) {
+        match action {
+            AfterCommit::Reply(responder, message) => responder.reply(message),
+            AfterCommit::Assign(sender, assign) => {
+                let deadline = self.now.at + self.config.assign_lease;
+                let current = self
+                    .jobs
+                    .get_mut(&JobId(assign.job_id))
+                    .is_some_and(|job| job.lease_from(assign.attempt, deadline));
+                if !current {
+                    debug!(
+                        job_id = assign.job_id,
+                        attempt = assign.attempt,
+                        "assignment no longer current once durable; not sent"
+                    );
+                    return;
+                }
+                if let Err(err) = sender.try_reply(0, assign) {
+                    debug!(%err, "assignment dropped: the runner's session is full or gone");
+                }
+            }
+            AfterCommit::Notify(notices, notice) => notices.offer(*notice),
         }
     }
 
@@ -62,7 +119,7 @@ impl Core {
             // Nothing new to commit: what waits goes after the batches in
             // flight, or at once if there are none.
             if self.last_batch == self.committed_batch {
-                after.into_iter().for_each(AfterCommit::run);
+                after.into_iter().for_each(|action| self.perform(action));
             } else if !after.is_empty() {
                 match self.awaiting.back_mut() {
                     Some((id, waiting)) if *id == self.last_batch => waiting.extend(after),
@@ -80,11 +137,6 @@ impl Core {
 
     /// The store made every batch up to `batch` durable: what waited for
     /// them is done, in order.
-    ///
-    /// An assignment is sent only if its attempt is still the current one,
-    /// and its lease runs from now: had its lease run out while the commit
-    /// was slow, the job was queued again, and sending it anyway would
-    /// start an attempt beside its successor.
     pub(super) fn committed(&mut self, batch: u64, now: super::Now) {
         self.now = now;
         self.committed_batch = batch;
@@ -93,22 +145,7 @@ impl Core {
                 break;
             };
             for action in actions {
-                if let AfterCommit::Send(_, Message::Assign(assign)) = &action {
-                    let deadline = self.now.at + self.config.assign_lease;
-                    let current = self
-                        .jobs
-                        .get_mut(&JobId(assign.job_id))
-                        .is_some_and(|job| job.lease_from(assign.attempt, deadline));
-                    if !current {
-                        debug!(
-                            job_id = assign.job_id,
-                            attempt = assign.attempt,
-                            "assignment no longer current once durable; not sent"
-                        );
-                        continue;
-                    }
-                }
-                action.run();
+                self.perform(action);
             }
         }
     }

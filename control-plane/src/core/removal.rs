@@ -65,7 +65,7 @@ impl Core {
             name.to_owned(),
         );
         self.remove_runner(id, "removed by an operator");
-        self.after_commit(crate::store::AfterCommit::Reply(
+        self.after_commit(super::persist::AfterCommit::Reply(
             reply,
             valkyrie::message::Ack {}.into(),
         ));

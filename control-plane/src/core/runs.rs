@@ -3,11 +3,11 @@
 
 use valkyrie::message::{Ack, RunAccepted};
 
+use super::persist::AfterCommit;
 use super::{Core, CoreError};
 use crate::audit::AuditAction;
 use crate::responder::Responder;
 use crate::run::Run;
-use crate::store::AfterCommit;
 
 /// A request about one run.
 #[derive(Debug)]

@@ -447,18 +447,14 @@ fn a_schedule_slot_is_claimed_once_even_across_a_restart() {
     use crate::source::{Project, Schedule};
 
     let mut h = Harness::new(config());
-    let project = Project {
-        name: "app".into(),
-        repo: "git://127.0.0.1/app".into(),
-        branch: "main".into(),
-        file: ".valkyrie.yml".into(),
-        webhook_secret: String::new(),
-        token: String::new(),
-        created_at_ms: 0,
-        schedules: Vec::new(),
-        status: None,
-        notify: None,
-    };
+    let project = Project::new(
+        "app".into(),
+        "git://127.0.0.1/app".into(),
+        String::new(),
+        String::new(),
+        String::new(),
+        String::new(),
+    );
     ask(&mut h, |tx| {
         Command::Project(ProjectCommand::Create(Box::new(project), tx))
     })

@@ -19,14 +19,12 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
-use valkyrie::message::{JobState, Message, OutputStream, RunState};
-use valkyrie::SessionSender;
+use valkyrie::message::{JobState, OutputStream, RunState};
 
 use crate::audit::AuditRecord;
 use crate::core::PipelineDef;
 use crate::job::JobRecord;
 use crate::metrics::Metrics;
-use crate::responder::Responder;
 
 /// How hard a commit tries to reach the disk.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -335,44 +333,6 @@ pub trait Store: Send + 'static {
     /// Whether the store answers (for `/readyz`).
     fn ping(&mut self) -> Result<(), StoreError> {
         Ok(())
-    }
-}
-
-/// Something to do once a batch is durable.
-pub enum AfterCommit {
-    /// Send a reply.
-    Reply(Responder, Message),
-    /// Send a message on a session (an assignment).
-    Send(SessionSender, Message),
-    /// Hand a run's new state to the notifier (commit statuses, webhooks).
-    Notify(
-        crate::source::notifier::RunNotices,
-        Box<crate::source::status::RunNotice>,
-    ),
-}
-
-impl std::fmt::Debug for AfterCommit {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            AfterCommit::Reply(_, m) => write!(f, "Reply({})", m.kind()),
-            AfterCommit::Send(_, m) => write!(f, "Send({})", m.kind()),
-            AfterCommit::Notify(_, n) => write!(f, "Notify(run {})", n.run.run_id),
-        }
-    }
-}
-
-impl AfterCommit {
-    /// Does it.
-    pub fn run(self) {
-        match self {
-            AfterCommit::Reply(responder, message) => responder.reply(message),
-            AfterCommit::Send(sender, message) => {
-                if let Err(err) = sender.try_reply(0, message) {
-                    tracing::debug!(%err, "message after commit dropped");
-                }
-            }
-            AfterCommit::Notify(notices, notice) => notices.offer(*notice),
-        }
     }
 }
 
