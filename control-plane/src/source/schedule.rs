@@ -77,21 +77,27 @@ impl Schedule {
         parse_cron(&self.cron).ok()
     }
 
+    /// The first slot of `cron` after the later of its creation and its
+    /// last slot.
+    fn next_of(&self, cron: &Cron) -> Option<u64> {
+        let after = to_time(self.created_at_ms.max(self.last_slot_ms))?;
+        cron.find_next_occurrence(&after, false).ok().map(to_ms)
+    }
+
     /// The first slot after the later of its creation and its last slot.
     pub fn next_ms(&self) -> Option<u64> {
-        let after = to_time(self.created_at_ms.max(self.last_slot_ms))?;
-        self.cron()?.find_next_occurrence(&after, false).ok().map(to_ms)
+        self.next_of(&self.cron()?)
     }
 
     /// The slot to fire at `now_ms`, if one came since its last: the latest
     /// slot not after `now_ms` (older missed slots are skipped).
     pub fn due(&self, now_ms: u64) -> Option<u64> {
-        let next = self.next_ms()?;
+        let cron = self.cron()?;
+        let next = self.next_of(&cron)?;
         if next > now_ms {
             return None;
         }
-        let latest = self
-            .cron()?
+        let latest = cron
             .find_previous_occurrence(&to_time(now_ms)?, true)
             .ok()
             .map(to_ms)
