@@ -15,7 +15,7 @@ use super::body::{json_body, json_or_default};
 use super::error::{ApiError, ErrorBody};
 use super::{ApiPath, AppState};
 use crate::core::{Command, ProjectCommand};
-use crate::source::project::{check_variables, DEFAULT_PIPELINE_FILE};
+use crate::source::project::check_variables;
 use crate::source::status::{self, NotifyConfig, StatusConfig, StatusForge};
 use crate::source::{Project, Trigger};
 
@@ -262,16 +262,16 @@ pub async fn create(
         .transpose()?;
     let notify = notify_config(request.notify_url, request.notify_secret)?;
     let project = Project {
-        name: request.name,
-        repo: request.repo,
-        branch: request.branch.unwrap_or_else(|| "main".into()),
-        file: request.file.unwrap_or_else(|| DEFAULT_PIPELINE_FILE.into()),
-        webhook_secret: request.webhook_secret.unwrap_or_default(),
-        token: request.token.unwrap_or_default(),
-        created_at_ms: 0,
-        schedules: Vec::new(),
         status,
         notify,
+        ..Project::new(
+            request.name,
+            request.repo,
+            request.branch.unwrap_or_default(),
+            request.file.unwrap_or_default(),
+            request.webhook_secret.unwrap_or_default(),
+            request.token.unwrap_or_default(),
+        )
     };
     project
         .check()

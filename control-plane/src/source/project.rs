@@ -72,6 +72,38 @@ pub enum CheckProjectError {
 }
 
 impl Project {
+    /// A project as a caller asks for it (REST or `vk projects add`): an
+    /// empty `branch` or `file` means `main` or [`DEFAULT_PIPELINE_FILE`];
+    /// no schedules, statuses or run webhook yet. Not yet [checked](Self::check).
+    pub fn new(
+        name: String,
+        repo: String,
+        branch: String,
+        file: String,
+        webhook_secret: String,
+        token: String,
+    ) -> Self {
+        let or = |value: String, default: &str| {
+            if value.is_empty() {
+                default.to_owned()
+            } else {
+                value
+            }
+        };
+        Self {
+            name,
+            repo,
+            branch: or(branch, "main"),
+            file: or(file, DEFAULT_PIPELINE_FILE),
+            webhook_secret,
+            token,
+            created_at_ms: 0,
+            schedules: Vec::new(),
+            status: None,
+            notify: None,
+        }
+    }
+
     /// What clients see (never the secrets).
     pub fn info(&self) -> valkyrie::message::ProjectInfo {
         valkyrie::message::ProjectInfo {

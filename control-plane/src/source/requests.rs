@@ -4,7 +4,6 @@
 use valkyrie::message::{Message, ProjectList, ScheduleList};
 use valkyrie::ErrorCode;
 
-use super::project::DEFAULT_PIPELINE_FILE;
 use super::schedule::{parse_cron, Schedule};
 use super::{check_variables, Project};
 use crate::audit::Actor;
@@ -34,26 +33,7 @@ pub async fn serve(core: &CoreHandle, actor: &Actor, reply: Responder, message: 
     };
     match message {
         Message::PutProject(m) => {
-            let project = Project {
-                name: m.name,
-                repo: m.repo,
-                branch: if m.branch.is_empty() {
-                    "main".into()
-                } else {
-                    m.branch
-                },
-                file: if m.file.is_empty() {
-                    DEFAULT_PIPELINE_FILE.into()
-                } else {
-                    m.file
-                },
-                webhook_secret: m.webhook_secret,
-                token: m.token,
-                created_at_ms: 0,
-                schedules: Vec::new(),
-                status: None,
-                notify: None,
-            };
+            let project = Project::new(m.name, m.repo, m.branch, m.file, m.webhook_secret, m.token);
             if let Err(err) = project.check() {
                 return reply.fail(ErrorCode::INVALID_REQUEST, err.to_string());
             }
