@@ -58,26 +58,38 @@ impl Ci {
             client,
             agent,
         };
-        let mut project = serde_json::json!({
-            "name": "app", "repo": repo.url, "webhook_secret": SECRET,
-        });
+        let (status, body) = ci
+            .create_project(
+                serde_json::json!({"name": "app", "repo": repo.url, "webhook_secret": SECRET}),
+                extra,
+            )
+            .await;
+        assert_eq!(status, 201, "{body}");
+        let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(body["has_webhook_secret"], true);
+        assert!(!body.to_string().contains(SECRET), "{body}");
+        ci
+    }
+
+    /// `POST /api/projects` with `project`'s fields and `extra`'s; the
+    /// status and the body.
+    async fn create_project(
+        &self,
+        mut project: serde_json::Value,
+        extra: serde_json::Value,
+    ) -> (u16, String) {
         for (key, value) in extra.as_object().expect("an object") {
             project[key] = value.clone();
         }
-        let created = ci
+        let response = self
             .http
-            .post(format!("{}/api/projects", ci.base))
-            .bearer_auth(&ci.server.api_token)
+            .post(format!("{}/api/projects", self.base))
+            .bearer_auth(&self.server.api_token)
             .json(&project)
             .send()
             .await
             .unwrap();
-        let status = created.status();
-        let body: serde_json::Value = created.json().await.unwrap();
-        assert_eq!(status, 201, "{body}");
-        assert_eq!(body["has_webhook_secret"], true);
-        assert!(!body.to_string().contains(SECRET), "{body}");
-        ci
+        (response.status().as_u16(), response.text().await.unwrap())
     }
 
     async fn github(
@@ -734,22 +746,14 @@ async fn a_gitlab_project_posts_running_then_success_with_its_private_token() {
             "credentials",
         ),
     ] {
-        let mut project = serde_json::json!({"name": "other", "repo": repo.url});
-        for (key, value) in fields.as_object().unwrap() {
-            project[key] = value.clone();
-        }
-        let response = ci
-            .http
-            .post(format!("{}/api/projects", ci.base))
-            .bearer_auth(&ci.server.api_token)
-            .json(&project)
-            .send()
-            .await
-            .unwrap();
-        let status = response.status();
-        let answer = response.text().await.unwrap();
-        assert_eq!(status, 400, "{project}: {answer}");
-        assert!(answer.contains(says), "{project}: {answer}");
+        let (status, answer) = ci
+            .create_project(
+                serde_json::json!({"name": "other", "repo": repo.url}),
+                fields.clone(),
+            )
+            .await;
+        assert_eq!(status, 400, "{fields}: {answer}");
+        assert!(answer.contains(says), "{fields}: {answer}");
     }
 }
 
