@@ -75,6 +75,16 @@ impl AttemptArtifacts {
 /// The default of `--max-artifact-bytes`: 1 GiB.
 pub const DEFAULT_MAX_ARTIFACT_BYTES: u64 = 1 << 30;
 
+/// Whether an attempt of `spec` is worth a supervisor process: one that
+/// starts no process (only no-op steps, no checkout, no container) ends in
+/// the agent's own turn, so there is nothing to outlive an agent restart,
+/// and a process spawn per job would be its whole cost.
+pub fn starts_processes(spec: &JobSpec) -> bool {
+    spec.container.is_some()
+        || spec.trigger.as_ref().is_some_and(|t| t.checkout.is_some())
+        || spec.steps.iter().any(|s| !matches!(s.command, WireStep::Noop))
+}
+
 /// Builds the executor plan for an attempt.
 pub fn plan(job_id: u64, attempt: u32, spec: &JobSpec, work_dir: &Path, defaults: &JobDefaults) -> JobPlan {
     let mut plan = JobPlan::new(job_id, work_dir.join(format!("job-{job_id}-{attempt}")));

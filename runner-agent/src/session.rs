@@ -24,7 +24,7 @@ use valkyrie::transport::{connect_following, hello, ClientOptions, ConnectError,
 use valkyrie::{Endpoint, ErrorCode, SessionSender};
 
 use crate::artifacts::ArtifactLink;
-use crate::job::{plan, run_attempt, AttemptArtifacts, JobDefaults};
+use crate::job::{plan, run_attempt, starts_processes, AttemptArtifacts, JobDefaults};
 use crate::supervisor::{self, Followed, Stop, Survivor};
 
 /// The longest wait between two rounds of a group of servers (`--server
@@ -470,12 +470,13 @@ impl Agent {
                 // A job with artifacts or caches runs in this process: its
                 // transfers go over this agent's session, which a supervisor
                 // does not have. Such a job does not survive an agent
-                // restart (the server retries it).
-                let supervised = self
-                    .config
-                    .supervisor
-                    .as_ref()
-                    .filter(|_| assign.spec.artifacts.is_none() && assign.spec.cache.is_empty());
+                // restart (the server retries it). Neither does one that
+                // starts no process: it is over before a restart could matter.
+                let supervised = self.config.supervisor.as_ref().filter(|_| {
+                    assign.spec.artifacts.is_none()
+                        && assign.spec.cache.is_empty()
+                        && starts_processes(&assign.spec)
+                });
                 if let Some(program) = supervised {
                     match supervisor::spawn(program, &self.config.work_dir, &assign, &self.config.defaults)
                         .await
