@@ -500,6 +500,30 @@ mod tests {
         assert_eq!(plan.env, [("CI".to_owned(), "overridden".to_owned())]);
     }
 
+    #[test]
+    fn only_a_job_that_starts_a_process_needs_a_supervisor() {
+        let noop = JobSpec::with_steps("n", vec![msg::StepSpec::noop(), msg::StepSpec::noop()]);
+        assert!(!starts_processes(&noop));
+        let mut mixed = noop.clone();
+        mixed.steps.push(msg::StepSpec::shell("true"));
+        assert!(starts_processes(&mixed));
+        let mut checkout = noop.clone();
+        checkout.trigger = Some(Box::new(msg::TriggerSpec {
+            checkout: Some(msg::CheckoutSpec {
+                repository: "git://example/r".into(),
+                sha: "0".repeat(40),
+                git_ref: String::new(),
+                depth: 1,
+                token: String::new(),
+            }),
+            ..Default::default()
+        }));
+        assert!(starts_processes(&checkout));
+        let mut container = noop;
+        container.container = Some(Box::new(msg::ContainerSpec::image("busybox")));
+        assert!(starts_processes(&container));
+    }
+
     /// A job that checks out with a token: the workspace is at the
     /// commit, and neither the job's environment, the workspace's git
     /// config nor the log holds the token (not even masked: it never
