@@ -4,8 +4,8 @@
 //! its own), then connects `--count` lightweight simulated runners from this
 //! process: each a real connection with the real handshake, `RegisterRunner`
 //! and a `Heartbeat` every `--heartbeat` (first beats spread over the
-//! interval), answering an `Assign` at once with `AssignAck`, `JobStarted`
-//! and a succeeded `JobResult`. It reports the server's RSS idle and with
+//! interval), answering an `Assign` at once with `AssignAck` and a
+//! succeeded `JobResult` carrying its steps, as the agent does. It reports the server's RSS idle and with
 //! every runner registered, the CPU the server spends while they only
 //! heartbeat (a share of one core over `--window`), and the dispatch latency
 //! of no-op jobs at one in flight with one runner connected and again with
@@ -21,7 +21,8 @@ use anyhow::{bail, Context};
 use clap::Args;
 use tokio::sync::{watch, Semaphore};
 use valkyrie::message::{
-    AssignAck, Heartbeat, JobOutcome, JobResult, JobStarted, Message, RegisterRunner, Role, RunnerState,
+    AssignAck, Heartbeat, JobOutcome, JobResult, Message, RegisterRunner, Role, RunnerState, StepOutcome,
+    StepSummary,
 };
 use valkyrie::transport::{connect, hello, ClientOptions};
 use valkyrie::Endpoint;
@@ -209,15 +210,18 @@ async fn simulated_runner(
                 let Some(inc) = inc else { bail!("runner {index}: the server closed the connection") };
                 if let Message::Assign(a) = inc.message {
                     sender.send(AssignAck { job_id: a.job_id, attempt: a.attempt, accepted: true, reason: String::new() }).await?;
-                    sender.send(JobStarted { job_id: a.job_id, attempt: a.attempt }).await?;
+                    let steps = (0..a.spec.steps.len() as u32)
+                        .map(|step| StepSummary { step, outcome: StepOutcome::Succeeded, exit_code: None, duration_ms: 0 })
+                        .collect();
                     let result = JobResult {
                         job_id: a.job_id,
                         attempt: a.attempt,
                         outcome: JobOutcome::Succeeded,
-                        exit_code: Some(0),
+                        exit_code: None,
                         duration_ms: 0,
                         message: String::new(),
                         log_chunks: 0,
+                        steps,
                     };
                     let sender = sender.clone();
                     tokio::spawn(async move { let _ = sender.request(result).await; });

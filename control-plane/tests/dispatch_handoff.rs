@@ -37,6 +37,7 @@ async fn succeed(agent: &Session, job_id: u64, attempt: u32) {
         duration_ms: 1,
         message: "ok".into(),
         log_chunks: 0,
+        steps: Vec::new(),
     };
     let answer = within("the result's Ack", agent.sender().request(result)).await;
     assert!(matches!(answer, Ok(Message::Ack(_))), "{answer:?}");

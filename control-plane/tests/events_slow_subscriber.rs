@@ -56,6 +56,7 @@ async fn a_slow_subscriber_gets_every_terminal_state() {
                     duration_ms: 1,
                     message: String::new(),
                     log_chunks: 0,
+                    steps: Vec::new(),
                 };
                 let _ = sender.request(result).await;
             });

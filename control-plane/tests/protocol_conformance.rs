@@ -9,8 +9,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use protocol_support::{job, next_assign, register, start, submit, within};
 use valkyrie::message::{
-    AssignAck, EventBody, Heartbeat, JobOutcome, JobResult, JobStarted, JobState, ListJobs, ListRunners,
-    LogChunk, Message, OutputStream, Role, RunnerState, StepOutcome, StepResult, SubmitJob, Subscribe,
+    AssignAck, EventBody, GetJob, Heartbeat, JobOutcome, JobResult, JobStarted, JobState, ListJobs,
+    ListRunners, LogChunk, Message, OutputStream, Role, RunnerState, StepOutcome, StepResult, StepSpec,
+    StepSummary, SubmitJob, Subscribe,
 };
 use valkyrie::transport::{ConnectError, RequestError};
 use valkyrie::{ConnectionError, ErrorCode, Session};
@@ -163,6 +164,7 @@ async fn listings_are_truncated_and_oversized_events_become_skipped_markers() {
         duration_ms: 1,
         message: String::new(),
         log_chunks: 2,
+        steps: Vec::new(),
     };
     assert!(matches!(sender.request(result).await, Ok(Message::Ack(_))));
     let mut seen = Vec::new();
@@ -225,6 +227,85 @@ async fn agent_reports_with_a_correlation_id_are_answered() {
     };
     let (code, message) = failed(sender.request(stale).await);
     assert_eq!(code, ErrorCode::STALE_ATTEMPT, "{message}");
+}
+
+/// §8 JobResult: the result carries every step's report, so a step whose
+/// StepResult was never sent (the last one, as the reference agent does)
+/// is known from the result alone; a step reported both ways counts once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_result_carries_the_steps_that_sent_no_step_result() {
+    let server = start(CoreConfig::default()).await;
+    let client = server.client().await;
+    let (mut agent, _) = server.agent("summaries", &["x"], 1).await;
+    let mut spec = job("three-steps", "x", 0);
+    spec.steps = vec![
+        StepSpec::shell("make"),
+        StepSpec::shell("make test"),
+        StepSpec::shell("make docs"),
+    ];
+    let id = submit(&client, spec).await;
+    let assign = next_assign(&mut agent).await;
+    let sender = agent.sender();
+    let ack = AssignAck {
+        job_id: id,
+        attempt: assign.attempt,
+        accepted: true,
+        reason: String::new(),
+    };
+    sender.send(ack).await.unwrap();
+    let first = StepResult {
+        job_id: id,
+        attempt: assign.attempt,
+        step: 0,
+        outcome: StepOutcome::Succeeded,
+        exit_code: Some(0),
+        duration_ms: 12,
+    };
+    let steps = vec![
+        first.summary(),
+        StepSummary {
+            step: 1,
+            outcome: StepOutcome::Failed,
+            exit_code: Some(3),
+            duration_ms: 40,
+        },
+        StepSummary {
+            step: 2,
+            outcome: StepOutcome::Skipped,
+            exit_code: None,
+            duration_ms: 0,
+        },
+    ];
+    sender.send(first).await.unwrap();
+    let result = JobResult {
+        job_id: id,
+        attempt: assign.attempt,
+        outcome: JobOutcome::Failed,
+        exit_code: Some(3),
+        duration_ms: 52,
+        message: "step `make test` exited with code 3".into(),
+        log_chunks: 0,
+        steps,
+    };
+    assert!(matches!(sender.request(result).await, Ok(Message::Ack(_))));
+    let answer = within("JobDetails", client.sender().request(GetJob { job_id: id })).await;
+    let Ok(Message::JobDetails(details)) = answer else {
+        panic!("GetJob answered with {answer:?}");
+    };
+    assert_eq!(details.job.state, JobState::Failed);
+    let reported: Vec<(Option<StepOutcome>, Option<i32>, Option<u64>)> = details
+        .steps
+        .iter()
+        .map(|s| (s.outcome, s.exit_code, s.duration_ms))
+        .collect();
+    assert_eq!(
+        reported,
+        [
+            (Some(StepOutcome::Succeeded), Some(0), Some(12)),
+            (Some(StepOutcome::Failed), Some(3), Some(40)),
+            (Some(StepOutcome::Skipped), None, Some(0)),
+        ]
+    );
 }
 
 /// §6.1 and §7: a name belongs to one connected agent. Another agent is

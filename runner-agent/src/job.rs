@@ -263,15 +263,7 @@ pub async fn run_attempt(
                 let _ = outbox.send(system(line, &mut log_chunks)).await;
             }
             if let Err(message) = fetched {
-                let result = msg::JobResult {
-                    job_id,
-                    attempt,
-                    outcome: msg::JobOutcome::Failed,
-                    exit_code: None,
-                    duration_ms: 0,
-                    message,
-                    log_chunks,
-                };
+                let result = msg::JobResult::failed(job_id, attempt, message, log_chunks);
                 let _ = outbox.send(result.into()).await;
                 if workspace.exists() {
                     let _ = tokio::fs::remove_dir_all(&workspace).await;
@@ -282,9 +274,19 @@ pub async fn run_attempt(
         let (ev_tx, mut ev_rx) = mpsc::channel(256);
         let exec = tokio::spawn(executor::run_job(plan, ev_tx, cancel));
         let mut failed_step: Option<FailedStep> = None;
+        // Every step's report rides on the JobResult. A step's StepResult
+        // is sent on its own only once the next step starts: live progress
+        // for a job that goes on, no frame for the last step (nor for the
+        // steps that end with the job, such as those skipped after a
+        // failure).
+        let mut steps: Vec<msg::StepSummary> = Vec::with_capacity(step_names.len());
+        let mut unsent: Option<msg::StepResult> = None;
         while let Some(event) = ev_rx.recv().await {
             let message: msg::Message = match event {
-                ExecEvent::StepStarted { .. } => continue,
+                ExecEvent::StepStarted { .. } => match unsent.take() {
+                    Some(report) => report.into(),
+                    None => continue,
+                },
                 ExecEvent::Output { stream, data, .. } => {
                     let seq = log_chunks;
                     log_chunks += 1;
@@ -313,15 +315,17 @@ pub async fn run_attempt(
                         let name = step_names.get(index as usize).cloned().unwrap_or_default();
                         failed_step = Some((name, exit_code, signal, error));
                     }
-                    msg::StepResult {
+                    let report = msg::StepResult {
                         job_id,
                         attempt,
                         step: index,
                         outcome: wire_step_outcome(outcome),
                         exit_code,
                         duration_ms: duration.as_millis() as u64,
-                    }
-                    .into()
+                    };
+                    steps.push(report.summary());
+                    unsent = Some(report);
+                    continue;
                 }
             };
             if outbox.send(message).await.is_err() {
@@ -331,15 +335,12 @@ pub async fn run_attempt(
         let report = match exec.await {
             Ok(report) => report,
             Err(err) => {
-                let result = msg::JobResult {
+                let result = msg::JobResult::failed(
                     job_id,
                     attempt,
-                    outcome: msg::JobOutcome::Failed,
-                    exit_code: None,
-                    duration_ms: 0,
-                    message: format!("the agent's executor failed: {err}"),
+                    format!("the agent's executor failed: {err}"),
                     log_chunks,
-                };
+                );
                 let _ = outbox.send(result.into()).await;
                 return;
             }
@@ -422,6 +423,7 @@ pub async fn run_attempt(
             duration_ms: report.duration.as_millis() as u64,
             message,
             log_chunks,
+            steps,
         };
         let _ = outbox.send(result.into()).await;
         if workspace.exists() {
@@ -614,28 +616,87 @@ mod tests {
         );
     }
 
-    /// What a one-step job with one line of output reports: its chunk, its
-    /// step's result and its result; nothing else (no JobStarted: the
-    /// AssignAck already made the attempt running).
+    /// What a one-step job with one line of output reports: its chunk and
+    /// its result, which carries the step's report; nothing else (no
+    /// JobStarted: the AssignAck already made the attempt running; no
+    /// StepResult: no step follows it).
     #[tokio::test]
-    async fn a_one_step_job_reports_three_frames() {
+    async fn a_one_step_job_reports_two_frames() {
         let root = tempfile::tempdir().unwrap();
         let spec = JobSpec::with_steps("j", vec![msg::StepSpec::shell("echo hi")]);
         let plan = plan(6, 1, &spec, root.path(), &defaults());
         let (outbox, mut rx) = mpsc::channel(64);
         let (_cancel, cancel_rx) = watch::channel(false);
         run_attempt(6, 1, plan, outbox, cancel_rx, AttemptArtifacts::none()).await;
-        let mut kinds = Vec::new();
+        let mut messages = Vec::new();
         while let Ok(message) = rx.try_recv() {
-            kinds.push(message.kind());
+            messages.push(message);
         }
+        let kinds: Vec<_> = messages.iter().map(msg::Message::kind).collect();
         assert_eq!(
             kinds,
+            [valkyrie::FrameKind::LOG_CHUNK, valkyrie::FrameKind::JOB_RESULT]
+        );
+        let Some(msg::Message::JobResult(result)) = messages.pop() else {
+            unreachable!()
+        };
+        assert_eq!(result.steps.len(), 1);
+        assert_eq!(
+            (
+                result.steps[0].step,
+                result.steps[0].outcome,
+                result.steps[0].exit_code
+            ),
+            (0, msg::StepOutcome::Succeeded, Some(0))
+        );
+    }
+
+    /// A step's StepResult is sent when the next step starts (live
+    /// progress); the last step that ran and those skipped after a failure
+    /// are reported by the JobResult alone, which carries every step.
+    #[tokio::test]
+    async fn step_results_go_out_as_the_next_step_starts_and_the_result_carries_all() {
+        let root = tempfile::tempdir().unwrap();
+        let spec = JobSpec::with_steps(
+            "j",
+            vec![
+                msg::StepSpec::shell("true"),
+                msg::StepSpec::shell("exit 3"),
+                msg::StepSpec::shell("true"),
+            ],
+        );
+        let plan = plan(8, 1, &spec, root.path(), &defaults());
+        let (outbox, mut rx) = mpsc::channel(64);
+        let (_cancel, cancel_rx) = watch::channel(false);
+        run_attempt(8, 1, plan, outbox, cancel_rx, AttemptArtifacts::none()).await;
+        let mut step_results = Vec::new();
+        let mut result = None;
+        while let Ok(message) = rx.try_recv() {
+            match message {
+                msg::Message::StepResult(s) => step_results.push(s.summary()),
+                msg::Message::JobResult(r) => result = Some(r),
+                _ => {}
+            }
+        }
+        let result = result.expect("a JobResult");
+        assert_eq!(result.outcome, msg::JobOutcome::Failed);
+        let outcomes: Vec<_> = result
+            .steps
+            .iter()
+            .map(|s| (s.step, s.outcome, s.exit_code))
+            .collect();
+        assert_eq!(
+            outcomes,
             [
-                valkyrie::FrameKind::LOG_CHUNK,
-                valkyrie::FrameKind::STEP_RESULT,
-                valkyrie::FrameKind::JOB_RESULT
+                (0, msg::StepOutcome::Succeeded, Some(0)),
+                (1, msg::StepOutcome::Failed, Some(3)),
+                (2, msg::StepOutcome::Skipped, None),
             ]
+        );
+        assert_eq!(
+            step_results,
+            result.steps[..1],
+            "only the step another one followed"
         );
     }
 

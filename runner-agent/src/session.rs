@@ -484,17 +484,12 @@ impl Agent {
                         Ok(spawned) => self.follow(assign.job_id, assign.attempt, Some(spawned)),
                         Err(error) => {
                             warn!(job_id = assign.job_id, %error, "cannot start the job's supervisor");
-                            let result = JobResult {
-                                job_id: assign.job_id,
-                                attempt: assign.attempt,
-                                outcome: valkyrie::message::JobOutcome::Failed,
-                                exit_code: None,
-                                duration_ms: 0,
-                                message: format!(
-                                    "the agent could not start the job's supervisor process: {error}"
-                                ),
-                                log_chunks: 0,
-                            };
+                            let result = JobResult::failed(
+                                assign.job_id,
+                                assign.attempt,
+                                format!("the agent could not start the job's supervisor process: {error}"),
+                                0,
+                            );
                             let _ = std::fs::remove_dir_all(supervisor::state_dir(
                                 &self.config.work_dir,
                                 assign.job_id,

@@ -358,18 +358,15 @@ pub async fn follow(
         }
         if ended {
             tracing::warn!(job_id, attempt, "the job's supervisor ended without a result");
-            let result = msg::JobResult {
+            let result = msg::JobResult::failed(
                 job_id,
                 attempt,
-                outcome: msg::JobOutcome::Failed,
-                exit_code: None,
-                duration_ms: 0,
-                message: format!(
+                format!(
                     "the job's supervisor process ended without a result (see {})",
                     dir.join("supervisor.log").display()
                 ),
                 log_chunks,
-            };
+            );
             let _ = outbox.send(result.into()).await;
             return Followed::Finished;
         }
@@ -551,14 +548,5 @@ async fn run(launch: Launch, assign: Assign, outbox: mpsc::Sender<Message>, canc
 }
 
 fn failed_before_start(assign: &Assign, message: String) -> Message {
-    msg::JobResult {
-        job_id: assign.job_id,
-        attempt: assign.attempt,
-        outcome: msg::JobOutcome::Failed,
-        exit_code: None,
-        duration_ms: 0,
-        message,
-        log_chunks: 0,
-    }
-    .into()
+    msg::JobResult::failed(assign.job_id, assign.attempt, message, 0).into()
 }

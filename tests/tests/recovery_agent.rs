@@ -58,6 +58,7 @@ async fn killed_agent_job_is_retried_elsewhere_and_late_report_refused() {
                 duration_ms: 10,
                 message: "late".into(),
                 log_chunks: 0,
+                steps: Vec::new(),
             }),
         )
         .await;

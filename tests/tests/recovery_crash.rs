@@ -671,6 +671,7 @@ async fn reported_attempt_is_acknowledged_after_a_kill(store: &[&str]) {
             duration_ms: 10,
             message: String::new(),
             log_chunks: 0,
+            steps: Vec::new(),
         }),
     )
     .await;

@@ -674,9 +674,24 @@ fn message() -> impl Strategy<Value = Message> {
             any::<u64>(),
             text(),
             any::<u64>(),
+            vec(
+                (
+                    any::<u32>(),
+                    one_of(StepOutcome::ALL),
+                    proptest::option::of(any::<i32>()),
+                    any::<u64>(),
+                )
+                    .prop_map(|(step, outcome, exit_code, duration_ms)| StepSummary {
+                        step,
+                        outcome,
+                        exit_code,
+                        duration_ms,
+                    }),
+                0..4,
+            ),
         )
             .prop_map(
-                |(job_id, attempt, outcome, exit_code, duration_ms, message, log_chunks)| {
+                |(job_id, attempt, outcome, exit_code, duration_ms, message, log_chunks, steps)| {
                     JobResult {
                         job_id,
                         attempt,
@@ -685,6 +700,7 @@ fn message() -> impl Strategy<Value = Message> {
                         duration_ms,
                         message,
                         log_chunks,
+                        steps,
                     }
                     .into()
                 },

@@ -144,6 +144,7 @@ async fn a_request_keeps_its_place_behind_earlier_frames_of_its_lane() {
             duration_ms: 1,
             message: String::new(),
             log_chunks: 0,
+            steps: Vec::new(),
         };
         let request = sender.request(result);
         tokio::pin!(request);

@@ -1074,6 +1074,20 @@ fn message_cases() -> Vec<MessageCase> {
                 duration_ms: 95_007,
                 message: "step `test` was killed by signal 9".into(),
                 log_chunks: 312,
+                steps: vec![
+                    StepSummary {
+                        step: 0,
+                        outcome: StepOutcome::Succeeded,
+                        exit_code: Some(0),
+                        duration_ms: 48_210,
+                    },
+                    StepSummary {
+                        step: 1,
+                        outcome: StepOutcome::Failed,
+                        exit_code: None,
+                        duration_ms: 46_797,
+                    },
+                ],
             }
             .into(),
         ),

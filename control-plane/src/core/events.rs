@@ -8,8 +8,15 @@
 //! one-job subscription, any event), the job is remembered; after the
 //! `Skipped` marker the subscriber gets the job's current state, so the
 //! last state it sees of every job it follows is the job's real one.
+//!
+//! State events are coalesced per turn of the core: a job whose state
+//! changes several times in one turn (queued and assigned at once, running
+//! and finished in one batch of its agent's reports) costs each subscriber
+//! one event, its state at the end of the turn. A job's pending state goes
+//! out before its next log event, so output never precedes the state it
+//! was produced in.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
 
 use valkyrie::message::{Event, EventBody};
 use valkyrie::SendError;
@@ -105,6 +112,10 @@ impl Subscriber {
 #[derive(Default)]
 pub struct Subscribers {
     subs: Vec<Subscriber>,
+    /// Jobs whose state changed this turn, in the order of their first
+    /// change; their state is sent at the end of the turn.
+    changed: Vec<JobId>,
+    changed_set: HashSet<JobId>,
 }
 
 impl Subscribers {
@@ -144,9 +155,53 @@ impl Subscribers {
         }
     }
 
-    /// Sends one event to everyone it concerns. `current` gives a job's
-    /// current state, for subscribers owed one.
+    /// Notes that `job`'s state changed: its state is sent once, at the
+    /// end of the turn ([`Subscribers::publish_changed`]).
+    pub fn state_changed(&mut self, job: JobId) {
+        if !self.subs.is_empty() && self.changed_set.insert(job) {
+            self.changed.push(job);
+        }
+    }
+
+    /// End of a turn: sends the state of every job that changed in it,
+    /// once each. `current` gives a job's state.
+    pub fn publish_changed(&mut self, current: impl Fn(JobId) -> Option<EventBody>) {
+        if self.changed.is_empty() {
+            return;
+        }
+        self.changed_set.clear();
+        for job in std::mem::take(&mut self.changed) {
+            if let Some(body) = current(job) {
+                self.send(job, &body, &current);
+            }
+        }
+    }
+
+    /// Sends `job`'s pending state change now, if it has one (before its
+    /// log, or before the job is forgotten).
+    pub fn publish_changed_job(&mut self, job: JobId, current: impl Fn(JobId) -> Option<EventBody>) {
+        if self.changed_set.remove(&job) {
+            self.changed.retain(|j| *j != job);
+            if let Some(body) = current(job) {
+                self.send(job, &body, &current);
+            }
+        }
+    }
+
+    /// Sends one event to everyone it concerns: a log event at once (after
+    /// its job's pending state), a state event at the end of the turn.
+    /// `current` gives a job's current state, for subscribers owed one.
     pub fn publish(&mut self, job: JobId, body: &EventBody, current: impl Fn(JobId) -> Option<EventBody>) {
+        match body {
+            EventBody::State { .. } => self.state_changed(job),
+            _ => {
+                self.publish_changed_job(job, &current);
+                self.send(job, body, &current);
+            }
+        }
+    }
+
+    fn send(&mut self, job: JobId, body: &EventBody, current: impl Fn(JobId) -> Option<EventBody>) {
         let is_log = matches!(body, EventBody::Log { .. });
         self.subs.retain_mut(|sub| {
             if !sub.concerns(job, is_log) {

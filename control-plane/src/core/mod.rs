@@ -1067,14 +1067,8 @@ impl Core {
                 self.dirty_runs.insert(run);
             }
         }
-        if self.subscribers.is_empty() {
-            return;
-        }
-        let Some(job) = self.jobs.get(&id) else { return };
-        let body = state_event(job);
-        let jobs = &self.jobs;
-        self.subscribers
-            .publish(id, &body, |j| jobs.get(&j).map(state_event));
+        // Sent once per turn, with the state the job has then.
+        self.subscribers.state_changed(id);
     }
 
     /// A job reached a final state: free its slot, tell subscribers, and
@@ -1111,6 +1105,9 @@ impl Core {
                 break;
             }
             if let Some(old) = self.finished.pop_front() {
+                let jobs = &self.jobs;
+                self.subscribers
+                    .publish_changed_job(old, |j| jobs.get(&j).map(state_event));
                 self.jobs.remove(&old);
                 self.dirty_jobs.insert(old);
                 self.logs.remove(&old);
@@ -1595,6 +1592,19 @@ impl Core {
                     }),
                 };
                 if check.is_ok() {
+                    // The steps whose StepResult was not sent are known
+                    // from here alone; a repeated report changes nothing.
+                    if let Some(job) = self.jobs.get_mut(&id) {
+                        for step in &result.steps {
+                            job.step_finished(
+                                result.attempt,
+                                step.step,
+                                step.outcome,
+                                step.exit_code,
+                                step.duration_ms,
+                            );
+                        }
+                    }
                     // The agent forgets a result once it is acknowledged, so
                     // the acknowledgement waits until the result is durable:
                     // acknowledged earlier, a crash would lose the result and

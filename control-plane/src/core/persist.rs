@@ -88,8 +88,12 @@ impl Core {
         }
     }
 
-    /// End of a turn: hand the changes and what waits for them to the store.
+    /// End of a turn: send the states that changed in it, and hand the
+    /// changes and what waits for them to the store.
     pub(super) fn flush(&mut self) {
+        let jobs = &self.jobs;
+        self.subscribers
+            .publish_changed(|j| jobs.get(&j).map(super::state_event));
         let Some(store) = self.store.clone() else { return };
         let dirty_jobs = std::mem::take(&mut self.dirty_jobs);
         for id in dirty_jobs {

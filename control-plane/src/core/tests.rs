@@ -8,8 +8,9 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 use valkyrie::message::{
-    Assign, AssignAck, CancelAssignment, JobInfo, JobOutcome, JobResult, JobSpec, JobStarted, JobState,
-    Message, RegisterRunner, RetryOn, RunnerRegistered, RunningAttempt, StepSpec,
+    Assign, AssignAck, CancelAssignment, Event, EventBody, JobInfo, JobOutcome, JobResult, JobSpec,
+    JobStarted, JobState, LogChunk, Message, OutputStream, RegisterRunner, RetryOn, RunnerRegistered,
+    RunningAttempt, StepSpec,
 };
 use valkyrie::transport::SentMessages;
 use valkyrie::{ErrorCode, SessionSender};
@@ -17,7 +18,7 @@ use valkyrie::{ErrorCode, SessionSender};
 use super::{Command, Core, CoreConfig, Heard, Now};
 use crate::auth::Tokens;
 use crate::metrics::Metrics;
-use crate::responder::Responder;
+use crate::responder::{EventSink, Responder};
 use crate::scheduler::RunnerId;
 
 /// The driver's tick.
@@ -384,6 +385,7 @@ async fn a_result_from_a_replaced_attempt_is_refused_and_the_current_one_counts(
         duration_ms: 5,
         message: String::new(),
         log_chunks: 0,
+        steps: Vec::new(),
     };
     // A late report of attempt 1 is refused with STALE_ATTEMPT...
     h.report(&a, 20, result(first[0].attempt, JobOutcome::Failed));
@@ -397,6 +399,102 @@ async fn a_result_from_a_replaced_attempt_is_refused_and_the_current_one_counts(
     assert!(matches!(a.messages().as_slice(), [Message::Ack(_)]));
     let info = h.job(id);
     assert_eq!((info.state, info.attempt), (JobState::Succeeded, 2));
+}
+
+/// What a subscriber to every job was sent: job ids with the state of a
+/// State event, or `None` for a log event.
+fn seen(events: &mut mpsc::Receiver<Event>) -> Vec<(u64, Option<JobState>)> {
+    let mut seen = Vec::new();
+    while let Ok(event) = events.try_recv() {
+        match event.body {
+            EventBody::State { state, .. } => seen.push((event.job_id, Some(state))),
+            EventBody::Log { .. } => seen.push((event.job_id, None)),
+            other => panic!("unexpected event {other:?}"),
+        }
+    }
+    seen
+}
+
+/// State changes of one job within one turn of the core reach a
+/// subscriber as one event, the state at the end of the turn; a log event
+/// is preceded by its job's pending state, and the final state is always
+/// sent.
+#[tokio::test]
+async fn state_changes_within_one_turn_reach_a_subscriber_as_one_event() {
+    let mut h = Harness::new(config());
+    let (tx, mut events) = mpsc::channel(64);
+    h.input(Command::Subscribe {
+        job: None,
+        logs: true,
+        replay: false,
+        sink: EventSink::Channel(tx),
+        resume_from: None,
+    });
+    let mut a = h.register("a", 2);
+    // Queued and assigned in the turn of its submission.
+    let quick = h.submit(job("quick", 0));
+    let chatty = h.submit(job("chatty", 0));
+    assert_eq!(
+        seen(&mut events),
+        [
+            (quick, Some(JobState::Assigned)),
+            (chatty, Some(JobState::Assigned))
+        ]
+    );
+    let (assigns, _) = a.dispatch();
+    assert_eq!(assigns.len(), 2);
+    let result = |job_id, log_chunks| JobResult {
+        job_id,
+        attempt: 1,
+        outcome: JobOutcome::Succeeded,
+        exit_code: Some(0),
+        duration_ms: 1,
+        message: String::new(),
+        log_chunks,
+        steps: Vec::new(),
+    };
+    let ack = |job_id| AssignAck {
+        job_id,
+        attempt: 1,
+        accepted: true,
+        reason: String::new(),
+    };
+    let chunk = LogChunk {
+        job_id: chatty,
+        attempt: 1,
+        seq: 0,
+        stream: OutputStream::Stdout,
+        data: "hi\n".into(),
+    };
+    // One batch of the agent's reports, handled in one turn.
+    let reports: Vec<(u64, Message)> = vec![
+        (0, ack(quick).into()),
+        (30, result(quick, 0).into()),
+        (0, ack(chatty).into()),
+        (0, chunk.into()),
+        (31, result(chatty, 1).into()),
+    ];
+    for (correlation, message) in reports {
+        h.core.handle(
+            Command::FromRunner {
+                runner: a.id,
+                session: a.session,
+                correlation,
+                message,
+            },
+            h.now,
+        );
+    }
+    h.turn();
+    assert_eq!(
+        seen(&mut events),
+        [
+            (chatty, Some(JobState::Running)),
+            (chatty, None),
+            (quick, Some(JobState::Succeeded)),
+            (chatty, Some(JobState::Succeeded)),
+        ]
+    );
 }
 
 #[tokio::test]
@@ -602,6 +700,7 @@ async fn a_project_run_is_announced_when_it_starts_ends_is_played_and_rerun() {
             duration_ms: 5,
             message: String::new(),
             log_chunks: 0,
+            steps: Vec::new(),
         };
         h.report(agent, 20, result);
     };

@@ -402,6 +402,10 @@ messages! {
         /// How many LogChunk frames the attempt sent; the server records the
         /// result once it has them all (they travel on another lane).
         log_chunks: u64,
+        /// Every step's report, in step order, skipped ones included: the
+        /// steps whose StepResult was not sent (the last one, at least)
+        /// are known from here alone.
+        steps: Vec<StepSummary>,
     }
 
     /// Server → agent: stop an attempt (cancel, server-side timeout, stale).
@@ -692,6 +696,68 @@ messages! {
     RemoveSchedule = REMOVE_SCHEDULE on Control {
         /// The schedule.
         id: u64,
+    }
+}
+
+/// How one step of an attempt ended: a StepResult without the attempt,
+/// as JobResult carries it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StepSummary {
+    /// Step index, from 0.
+    pub step: u32,
+    /// How it ended.
+    pub outcome: StepOutcome,
+    /// Exit code, when the step's process exited.
+    pub exit_code: Option<i32>,
+    /// Run time in milliseconds.
+    pub duration_ms: u64,
+}
+
+impl WireField for StepSummary {
+    const MIN_BYTES: usize = 14;
+    fn read(r: &mut Reader, field: &'static str) -> Result<Self, DecodeError> {
+        Ok(Self {
+            step: r.u32(field)?,
+            outcome: StepOutcome::read(r, field)?,
+            exit_code: Option::<i32>::read(r, field)?,
+            duration_ms: r.u64(field)?,
+        })
+    }
+    fn write(&self, w: &mut Writer) {
+        w.u32(self.step);
+        self.outcome.write(w);
+        self.exit_code.write(w);
+        w.u64(self.duration_ms);
+    }
+}
+
+impl JobResult {
+    /// An attempt that failed before its steps ran, or without their
+    /// reports (the agent could not start or follow them), having sent
+    /// `log_chunks` LogChunks.
+    pub fn failed(job_id: u64, attempt: u32, message: String, log_chunks: u64) -> Self {
+        Self {
+            job_id,
+            attempt,
+            outcome: JobOutcome::Failed,
+            exit_code: None,
+            duration_ms: 0,
+            message,
+            log_chunks,
+            steps: Vec::new(),
+        }
+    }
+}
+
+impl StepResult {
+    /// The report of one step, as JobResult carries it.
+    pub fn summary(&self) -> StepSummary {
+        StepSummary {
+            step: self.step,
+            outcome: self.outcome,
+            exit_code: self.exit_code,
+            duration_ms: self.duration_ms,
+        }
     }
 }
 
