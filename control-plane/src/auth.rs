@@ -102,7 +102,7 @@ impl Tokens {
     /// an issued credential for agents. spec §6.1.4: a wrong token is
     /// `UNAUTHENTICATED`; a valid token for a role it does not grant is
     /// `PERMISSION_DENIED`, so the operator learns which token to use.
-    pub fn authenticate(&self, hello: &Hello) -> Result<(), (ErrorCode, String)> {
+    pub fn authenticate(&self, hello: &Hello) -> Result<(), AuthError> {
         let is_api = constant_time_eq(&hello.token, &self.api);
         let is_runner =
             constant_time_eq(&hello.token, &self.runner) || self.credentials.contains(&hello.token);
@@ -124,7 +124,7 @@ impl Tokens {
                      pass the server's runner token with --token or VALKYRIE_RUNNER_TOKEN"
                 }
             };
-            return Err((ErrorCode::PERMISSION_DENIED, why.into()));
+            return Err(AuthError::WrongRole(why));
         }
         let what = match hello.role {
             Role::Client => "API token; pass the server's API token with --token or VALKYRIE_TOKEN",
@@ -132,7 +132,30 @@ impl Tokens {
                 "runner registration token; pass the server's runner token with --token or VALKYRIE_RUNNER_TOKEN"
             }
         };
-        Err((ErrorCode::UNAUTHENTICATED, format!("invalid {what}")))
+        Err(AuthError::UnknownToken(what))
+    }
+}
+
+/// Why a connection's Hello is refused. Both are the peer's to fix; the
+/// kind says whether its token is unknown or belongs to the other role.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    /// No role's token: `UNAUTHENTICATED`.
+    #[error("invalid {0}")]
+    UnknownToken(&'static str),
+    /// A valid token of the other role: `PERMISSION_DENIED`, so that the
+    /// operator learns which token to use.
+    #[error("{0}")]
+    WrongRole(&'static str),
+}
+
+impl AuthError {
+    /// The code the connection is closed with.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            AuthError::UnknownToken(_) => ErrorCode::UNAUTHENTICATED,
+            AuthError::WrongRole(_) => ErrorCode::PERMISSION_DENIED,
+        }
     }
 }
 
@@ -155,9 +178,11 @@ mod tests {
         assert!(tokens.authenticate(&hello(Role::Client, "api")).is_ok());
         assert!(tokens.authenticate(&hello(Role::Client, "reg")).is_err());
         assert!(tokens.authenticate(&hello(Role::Agent, "reg")).is_ok());
-        let (code, reason) = tokens.authenticate(&hello(Role::Agent, "api")).unwrap_err();
-        assert_eq!(code, ErrorCode::PERMISSION_DENIED);
-        assert!(reason.contains("runner token"), "{reason}");
+        let refused = tokens.authenticate(&hello(Role::Agent, "api")).unwrap_err();
+        assert_eq!(refused.code(), ErrorCode::PERMISSION_DENIED);
+        assert!(refused.to_string().contains("runner token"), "{refused}");
+        let unknown = tokens.authenticate(&hello(Role::Agent, "nope")).unwrap_err();
+        assert_eq!(unknown.code(), ErrorCode::UNAUTHENTICATED);
         let credential = tokens.issue_runner_credential();
         assert!(tokens.authenticate(&hello(Role::Agent, &credential)).is_ok());
     }

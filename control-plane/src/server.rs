@@ -43,7 +43,11 @@ const MAX_CLIENT_NAME_CHARS: usize = 64;
 /// Listener options whose authenticator checks `tokens`.
 pub fn listener_options(tokens: Arc<Tokens>, base: ListenerOptions) -> ListenerOptions {
     ListenerOptions {
-        authenticate: Some(Arc::new(move |hello| tokens.authenticate(hello))),
+        authenticate: Some(Arc::new(move |hello| {
+            tokens
+                .authenticate(hello)
+                .map_err(|refused| (refused.code(), refused.to_string()))
+        })),
         ..base
     }
 }
