@@ -7,7 +7,7 @@ mod protocol_support;
 use std::time::Duration;
 
 use bytes::Bytes;
-use protocol_support::{job, next_assign, register, start, submit, within};
+use protocol_support::{accept, job, next_assign, register, start, submit, within};
 use valkyrie::message::{
     AssignAck, EventBody, GetJob, Heartbeat, JobOutcome, JobResult, JobStarted, JobState, ListJobs,
     ListRunners, LogChunk, Message, OutputStream, Role, RunnerState, StepOutcome, StepResult, StepSpec,
@@ -138,14 +138,8 @@ async fn listings_are_truncated_and_oversized_events_become_skipped_markers() {
     // The subscription is in place once the core has answered a later request.
     let _ = small.sender().request(ListJobs { limit: 1 }).await;
     let assign = next_assign(&mut agent).await;
+    accept(&agent, &assign).await;
     let sender = agent.sender();
-    let ack = AssignAck {
-        job_id: id,
-        attempt: assign.attempt,
-        accepted: true,
-        reason: String::new(),
-    };
-    sender.send(ack).await.unwrap();
     for (seq, data) in [vec![b'a'; 10_000], b"small\n".to_vec()].into_iter().enumerate() {
         let chunk = LogChunk {
             job_id: id,
@@ -245,14 +239,8 @@ async fn a_job_result_carries_the_steps_that_sent_no_step_result() {
     ];
     let id = submit(&client, spec).await;
     let assign = next_assign(&mut agent).await;
+    accept(&agent, &assign).await;
     let sender = agent.sender();
-    let ack = AssignAck {
-        job_id: id,
-        attempt: assign.attempt,
-        accepted: true,
-        reason: String::new(),
-    };
-    sender.send(ack).await.unwrap();
     let first = StepResult {
         job_id: id,
         attempt: assign.attempt,

@@ -10,8 +10,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use valkyrie::message::{
-    Assign, GetJob, Heartbeat, JobDetails, JobInfo, JobSpec, Message, RegisterRunner, Role, RunnerRegistered,
-    StepSpec, SubmitJob,
+    Assign, AssignAck, GetJob, Heartbeat, JobDetails, JobInfo, JobSpec, Message, RegisterRunner, Role,
+    RunnerRegistered, StepSpec, SubmitJob,
 };
 use valkyrie::transport::{connect, hello, ConnectError, Listener, ListenerOptions};
 use valkyrie::{Endpoint, Session};
@@ -198,6 +198,17 @@ pub async fn next<T>(session: &mut Session, what: &str, mut pick: impl FnMut(Mes
         }
     })
     .await
+}
+
+/// Accepts `assign` as an agent does (an uncorrelated AssignAck).
+pub async fn accept(agent: &Session, assign: &Assign) {
+    let ack = AssignAck {
+        job_id: assign.job_id,
+        attempt: assign.attempt,
+        accepted: true,
+        reason: String::new(),
+    };
+    agent.sender().send(ack).await.expect("AssignAck sent");
 }
 
 /// The next Assign on an agent's session.
