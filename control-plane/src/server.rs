@@ -3,13 +3,13 @@
 //! session.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use tokio::sync::oneshot;
 use tracing::{info, warn};
 use valkyrie::message::{Ack, Message, Role, ServerList};
-use valkyrie::transport::{Listener, ListenerOptions};
+use valkyrie::transport::{InboundHook, Incoming, Listener, ListenerOptions};
 use valkyrie::{Endpoint, ErrorCode, Session, SessionSender};
 
 use crate::artifacts::session::AgentUploads;
@@ -110,6 +110,126 @@ async fn refuse_uncorrelated(sender: &SessionSender, message: &Message) -> bool 
     true
 }
 
+/// How many of a session's messages its task has finished with, for the
+/// session's inbound hook: a message may skip the task only when the task
+/// has finished with every message queued before it, so that the core
+/// gets a peer's messages in the peer's order.
+#[derive(Clone, Default)]
+struct Finished(Arc<AtomicU64>);
+
+impl Finished {
+    /// Whether the task is done with all of the first `queued` messages.
+    fn caught_up(&self, queued: u64) -> bool {
+        self.0.load(Ordering::Acquire) == queued
+    }
+
+    /// Counts one message finished when dropped: at the end of the task's
+    /// turn for it, whichever way that turn ends.
+    fn on_drop(&self) -> FinishedOne<'_> {
+        FinishedOne(&self.0)
+    }
+}
+
+struct FinishedOne<'a>(&'a AtomicU64);
+
+impl Drop for FinishedOne<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_add(1, Ordering::Release);
+    }
+}
+
+/// Whether the session's task, not its hook, must take `incoming`: a
+/// request without a correlation id is refused there (closing the
+/// connection waits), and nothing may overtake a message in its hands.
+fn for_the_task(incoming: &Incoming, queued: u64, finished: &Finished) -> bool {
+    !finished.caught_up(queued) || (incoming.correlation == 0 && incoming.message.is_request())
+}
+
+/// What a client's request becomes.
+enum ClientRequest {
+    /// A core command.
+    Core(Command),
+    /// Nothing more: it was answered.
+    Answered,
+    /// Work that waits (file reads, validation, the project store): the
+    /// session's task does it.
+    Task(Message),
+}
+
+/// Turns a client's request into what serves it, without waiting.
+fn client_request(
+    message: Message,
+    correlation: u64,
+    sender: &SessionSender,
+    group: &Group,
+) -> ClientRequest {
+    let reply = Responder::new(sender.clone(), correlation);
+    let command = match message {
+        // Served beside the core: they read files, never its state.
+        message @ (Message::ArtifactFetch(_) | Message::ListArtifacts(_) | Message::SubmitPipeline(_)) => {
+            return ClientRequest::Task(message)
+        }
+        message if crate::source::requests::is_project_request(&message) => {
+            return ClientRequest::Task(message)
+        }
+        Message::SubmitJob(m) => Command::Submit(m.spec, reply),
+        Message::CancelJob(m) => Command::Cancel(m.job_id, reply),
+        Message::GetJob(m) => Command::GetJob(m.job_id, reply),
+        Message::ListJobs(m) => Command::ListJobs(m.limit, reply),
+        Message::ListRunners(_) => Command::ListRunners(reply),
+        Message::RemoveRunner(m) => Command::RemoveRunner {
+            name: m.name,
+            force: m.force,
+            reply,
+        },
+        Message::GetRun(m) => Command::GetRun(m.run_id, reply),
+        Message::ListRuns(m) => Command::ListRuns(m.limit, reply),
+        Message::CancelRun(m) => Command::CancelRun(m.run_id, reply),
+        Message::PlayJob(m) => Command::Run(RunCommand::Play {
+            run_id: m.run_id,
+            job: m.job,
+            reply,
+        }),
+        Message::RerunRun(m) => Command::Run(RunCommand::Rerun {
+            run_id: m.run_id,
+            failed_only: m.failed_only,
+            reply,
+        }),
+        // Answered here: the group is not the core's state.
+        Message::ListServers(_) => {
+            let servers = group.servers();
+            reply.reply(ServerList { servers });
+            return ClientRequest::Answered;
+        }
+        Message::ListAudit(m) => Command::ListAudit {
+            limit: m.limit,
+            before: m.before,
+            reply,
+        },
+        Message::Subscribe(m) => Command::Subscribe {
+            job: m.job_id,
+            logs: m.logs,
+            replay: m.replay,
+            sink: EventSink::Session {
+                sender: sender.clone(),
+                correlation,
+            },
+            resume_from: None,
+        },
+        // spec §8: a message the client role never sends is refused
+        // alone (RequestFailed, when it has a correlation id to answer);
+        // the connection stays open.
+        other => {
+            reply.fail(
+                ErrorCode::PERMISSION_DENIED,
+                format!("clients may not send {}", other.kind()),
+            );
+            return ClientRequest::Answered;
+        }
+    };
+    ClientRequest::Core(command)
+}
+
 async fn serve_client(mut session: Session, core: CoreHandle, group: Arc<Group>) {
     let sender = session.sender();
     // Clients hold the API token; the software name they gave is kept as a
@@ -129,113 +249,108 @@ async fn serve_client(mut session: Session, core: CoreHandle, group: Arc<Group>)
     } else {
         software
     });
+    let as_actor = |actor: &Actor, command| Command::As {
+        actor: actor.clone(),
+        command: Box::new(command),
+    };
+    // A request that needs no waiting goes from the connection's task
+    // straight into the core's queue, when the queue has room.
+    let finished = Finished::default();
+    session.set_inbound_hook({
+        let (core, sender, group, actor, finished) = (
+            core.clone(),
+            sender.clone(),
+            group.clone(),
+            actor.clone(),
+            finished.clone(),
+        );
+        Box::new(move |incoming, queued| {
+            if for_the_task(&incoming, queued, &finished) {
+                return Some(incoming);
+            }
+            let Some(permit) = core.try_reserve() else {
+                return Some(incoming);
+            };
+            let correlation = incoming.correlation;
+            match client_request(incoming.message, correlation, &sender, &group) {
+                ClientRequest::Core(command) => permit.send(as_actor(&actor, command)),
+                ClientRequest::Answered => {}
+                ClientRequest::Task(message) => return Some(Incoming { correlation, message }),
+            }
+            None
+        })
+    });
     while let Some(incoming) = session.recv().await {
-        if incoming.correlation == 0 && refuse_uncorrelated(&sender, &incoming.message).await {
+        let _finished = finished.on_drop();
+        let correlation = incoming.correlation;
+        if correlation == 0 && refuse_uncorrelated(&sender, &incoming.message).await {
             return;
         }
-        let reply = Responder::new(sender.clone(), incoming.correlation);
-        let command = match incoming.message {
-            // Served beside the core: they read files, never its state.
-            message @ (Message::ArtifactFetch(_) | Message::ListArtifacts(_)) => {
-                match core.artifacts() {
-                    Some(store) => {
-                        crate::artifacts::session::serve_read(store, &sender, incoming.correlation, message)
-                            .await
-                    }
-                    None => reply.fail(ErrorCode::NOT_FOUND, NO_ARTIFACTS),
+        let command = match client_request(incoming.message, correlation, &sender, &group) {
+            ClientRequest::Core(command) => command,
+            ClientRequest::Answered => continue,
+            ClientRequest::Task(message) => {
+                match client_task(message, correlation, &sender, &core, &actor).await {
+                    Some(command) => command,
+                    None => continue,
                 }
-                continue;
-            }
-            Message::SubmitJob(m) => Command::Submit(m.spec, reply),
-            Message::CancelJob(m) => Command::Cancel(m.job_id, reply),
-            Message::GetJob(m) => Command::GetJob(m.job_id, reply),
-            Message::ListJobs(m) => Command::ListJobs(m.limit, reply),
-            Message::ListRunners(_) => Command::ListRunners(reply),
-            Message::RemoveRunner(m) => Command::RemoveRunner {
-                name: m.name,
-                force: m.force,
-                reply,
-            },
-            // Validated here, off the core; this session's next request
-            // waits for it (requests keep their order).
-            Message::SubmitPipeline(m) => {
-                if let Err(why) = crate::source::check_variables(&m.variables) {
-                    reply.fail(ErrorCode::INVALID_REQUEST, why);
-                    continue;
-                }
-                match core.validate_pipeline(m.file_name, m.yaml).await {
-                    Ok(pipeline) => Command::SubmitPipeline {
-                        pipeline: Box::new(pipeline),
-                        variables: m.variables,
-                        reply,
-                    },
-                    Err(err) => {
-                        let code = match err {
-                            ValidatePipelineError::Busy | ValidatePipelineError::Internal(_) => {
-                                ErrorCode::INTERNAL
-                            }
-                            _ => ErrorCode::INVALID_REQUEST,
-                        };
-                        reply.fail(code, err.to_string());
-                        continue;
-                    }
-                }
-            }
-            Message::GetRun(m) => Command::GetRun(m.run_id, reply),
-            Message::ListRuns(m) => Command::ListRuns(m.limit, reply),
-            Message::CancelRun(m) => Command::CancelRun(m.run_id, reply),
-            Message::PlayJob(m) => Command::Run(RunCommand::Play {
-                run_id: m.run_id,
-                job: m.job,
-                reply,
-            }),
-            Message::RerunRun(m) => Command::Run(RunCommand::Rerun {
-                run_id: m.run_id,
-                failed_only: m.failed_only,
-                reply,
-            }),
-            // Answered here: the group is not the core's state.
-            Message::ListServers(_) => {
-                let servers = group.servers();
-                reply.reply(ServerList { servers });
-                continue;
-            }
-            Message::ListAudit(m) => Command::ListAudit {
-                limit: m.limit,
-                before: m.before,
-                reply,
-            },
-            Message::Subscribe(m) => Command::Subscribe {
-                job: m.job_id,
-                logs: m.logs,
-                replay: m.replay,
-                sink: EventSink::Session {
-                    sender: sender.clone(),
-                    correlation: incoming.correlation,
-                },
-                resume_from: None,
-            },
-            message if crate::source::requests::is_project_request(&message) => {
-                crate::source::requests::serve(&core, &actor, reply, message).await;
-                continue;
-            }
-            // spec §8: a message the client role never sends is refused
-            // alone (RequestFailed, when it has a correlation id to answer);
-            // the connection stays open.
-            other => {
-                reply.fail(
-                    ErrorCode::PERMISSION_DENIED,
-                    format!("clients may not send {}", other.kind()),
-                );
-                continue;
             }
         };
-        let command = Command::As {
-            actor: actor.clone(),
-            command: Box::new(command),
-        };
-        if !core.send(command).await {
+        if !core.send(as_actor(&actor, command)).await {
             return;
+        }
+    }
+}
+
+/// Serves a client's request that waits for something besides the core;
+/// the command it ends in, if any.
+async fn client_task(
+    message: Message,
+    correlation: u64,
+    sender: &SessionSender,
+    core: &CoreHandle,
+    actor: &Actor,
+) -> Option<Command> {
+    let reply = Responder::new(sender.clone(), correlation);
+    match message {
+        message @ (Message::ArtifactFetch(_) | Message::ListArtifacts(_)) => {
+            match core.artifacts() {
+                Some(store) => {
+                    crate::artifacts::session::serve_read(store, sender, correlation, message).await
+                }
+                None => reply.fail(ErrorCode::NOT_FOUND, NO_ARTIFACTS),
+            }
+            None
+        }
+        // Validated here, off the core; this session's next request
+        // waits for it (requests keep their order).
+        Message::SubmitPipeline(m) => {
+            if let Err(why) = crate::source::check_variables(&m.variables) {
+                reply.fail(ErrorCode::INVALID_REQUEST, why);
+                return None;
+            }
+            match core.validate_pipeline(m.file_name, m.yaml).await {
+                Ok(pipeline) => Some(Command::SubmitPipeline {
+                    pipeline: Box::new(pipeline),
+                    variables: m.variables,
+                    reply,
+                }),
+                Err(err) => {
+                    let code = match err {
+                        ValidatePipelineError::Busy | ValidatePipelineError::Internal(_) => {
+                            ErrorCode::INTERNAL
+                        }
+                        _ => ErrorCode::INVALID_REQUEST,
+                    };
+                    reply.fail(code, err.to_string());
+                    None
+                }
+            }
+        }
+        // Project requests (what `client_request` hands over).
+        message => {
+            crate::source::requests::serve(core, actor, reply, message).await;
+            None
         }
     }
 }
@@ -252,11 +367,13 @@ async fn register_agent(
     core: &CoreHandle,
     session_id: u64,
     heard: &Heard,
+    finished: &Finished,
 ) -> Option<(RunnerId, String)> {
     let sender = session.sender();
     let token = session.hello().map(|h| h.token.clone()).unwrap_or_default();
     loop {
         let incoming = session.recv().await?;
+        let _finished = finished.on_drop();
         let register = match incoming.message {
             Message::RegisterRunner(m) if incoming.correlation != 0 => m,
             Message::Heartbeat(_) | Message::Drain(_) => continue,
@@ -293,23 +410,80 @@ async fn register_agent(
     }
 }
 
+/// An agent session's inbound hook. Once the runner is registered, its
+/// heartbeats stop here (marked and answered) and its reports go from the
+/// connection's task straight into the core's queue; artifact transfers
+/// (which wait on the store), and everything while the session's task has
+/// messages in hand or the core's queue is full, go through the task.
+fn agent_hook(
+    core: CoreHandle,
+    sender: SessionSender,
+    registered: Arc<OnceLock<RunnerId>>,
+    session: u64,
+    heard: Heard,
+    finished: Finished,
+) -> InboundHook {
+    Box::new(move |incoming, queued| {
+        let Some(&runner) = registered.get() else {
+            return Some(incoming);
+        };
+        if let Message::Heartbeat(_) = incoming.message {
+            heard.mark(Instant::now());
+            // spec §6.2: a correlated heartbeat is answered.
+            if incoming.correlation != 0 {
+                let _ = sender.try_reply(incoming.correlation, Ack {});
+            }
+            return None;
+        }
+        if for_the_task(&incoming, queued, &finished) || is_artifact_transfer(&incoming.message) {
+            return Some(incoming);
+        }
+        let Some(permit) = core.try_reserve() else {
+            return Some(incoming);
+        };
+        heard.mark(Instant::now());
+        permit.send(Command::FromRunner {
+            runner,
+            session,
+            correlation: incoming.correlation,
+            message: incoming.message,
+        });
+        None
+    })
+}
+
 async fn serve_agent(mut session: Session, core: CoreHandle, transport: &'static str) {
     let sender = session.sender();
     let session_id = SESSIONS.fetch_add(1, Ordering::Relaxed);
     let heard = Heard::new(Instant::now());
-    let Some((runner, name)) = register_agent(&mut session, &core, session_id, &heard).await else {
+    let finished = Finished::default();
+    let registered = Arc::new(OnceLock::new());
+    session.set_inbound_hook(agent_hook(
+        core.clone(),
+        sender.clone(),
+        registered.clone(),
+        session_id,
+        heard.clone(),
+        finished.clone(),
+    ));
+    let Some((runner, name)) = register_agent(&mut session, &core, session_id, &heard, &finished).await
+    else {
         return;
     };
+    let _ = registered.set(runner);
     info!(runner = %name, transport, "agent session open");
     let mut uploads = core
         .artifacts()
         .cloned()
         .map(|store| AgentUploads::new(store, core.clone(), runner));
     while let Some(incoming) = session.recv().await {
+        let _finished = finished.on_drop();
         heard.mark(Instant::now());
         // A heartbeat says only that the agent lives: the mark above is all
         // it does, and the core is not woken for it. A correlated one is
         // answered (spec §6.2), which keeps the agent's side from pinging.
+        // (Once the hook is in place it takes them; one queued before may
+        // still come here.)
         if matches!(incoming.message, Message::Heartbeat(_)) {
             if incoming.correlation != 0 {
                 let _ = sender.try_reply(incoming.correlation, Ack {});

@@ -384,6 +384,13 @@ impl CoreHandle {
         self.tx.send(command).await.is_ok()
     }
 
+    /// Room for one command now; `None` when the core's queue is full or
+    /// the core has stopped. For callers that must never wait (a
+    /// session's inbound hook, which runs in its connection's task).
+    pub fn try_reserve(&self) -> Option<mpsc::Permit<'_, Command>> {
+        self.tx.try_reserve().ok()
+    }
+
     /// Sends a command answered on a oneshot and awaits its answer; `None`
     /// if the core has stopped.
     pub async fn call<T>(&self, command: impl FnOnce(oneshot::Sender<T>) -> Command) -> Option<T> {

@@ -88,10 +88,27 @@ pub(crate) enum Command {
     },
 }
 
+/// Takes the peer's messages (not the replies to our requests) in the
+/// connection's own task, before they are queued for [`Session::recv`]: a
+/// message it returns `None` for is handled, and never queued; one it
+/// returns is queued as usual. It runs between two reads of the socket, so
+/// it must never wait (send with `try_send`, `try_reserve`).
+///
+/// Its second argument is how many messages were queued for
+/// [`Session::recv`] before this one, since the session began. An
+/// application that counts the messages it has finished with can tell
+/// whether any is still ahead of this one: only when none is may the hook
+/// handle it without reordering.
+///
+/// What it is for: a server can hand a frame straight to the task that
+/// applies it (its core), one hop fewer than through the session's task.
+pub type InboundHook = Box<dyn FnMut(Incoming, u64) -> Option<Incoming> + Send>;
+
 /// What the driver and the handles share.
 pub(crate) struct Shared {
     next_correlation: AtomicU64,
     closed: watch::Sender<Option<Result<(), ConnectionError>>>,
+    hook: std::sync::Mutex<Option<InboundHook>>,
 }
 
 /// Cloneable handle for sending on a session.
@@ -300,6 +317,13 @@ impl Session {
         self.incoming.recv().await
     }
 
+    /// Lets `hook` take the peer's messages before they are queued for
+    /// [`Session::recv`], from the next one received on (see
+    /// [`InboundHook`]). Messages queued already stay queued.
+    pub fn set_inbound_hook(&self, hook: InboundHook) {
+        *self.sender.shared.hook.lock().expect("inbound hook") = Some(hook);
+    }
+
     /// Server side: the Hello the peer opened with.
     pub fn hello(&self) -> Option<&Hello> {
         self.hello.as_ref()
@@ -376,6 +400,8 @@ pub(crate) struct DriverEnds {
     pub incoming: mpsc::Sender<Box<Incoming>>,
     pub shared: Arc<Shared>,
     pub routes: HashMap<u64, Route>,
+    /// Messages queued for the application so far.
+    pub queued: u64,
 }
 
 pub(crate) type LaneReceivers = [mpsc::Receiver<Command>; 3];
@@ -389,6 +415,7 @@ pub(crate) fn session_pair(peer: String) -> (SessionParts, DriverEnds, LaneRecei
     let shared = Arc::new(Shared {
         next_correlation: AtomicU64::new(1),
         closed,
+        hook: std::sync::Mutex::new(None),
     });
     let sender = SessionSender {
         lanes: [c_tx, d_tx, b_tx],
@@ -404,6 +431,7 @@ pub(crate) fn session_pair(peer: String) -> (SessionParts, DriverEnds, LaneRecei
             incoming: in_tx,
             shared,
             routes: HashMap::new(),
+            queued: 0,
         },
         [c_rx, d_rx, b_rx],
     )
@@ -533,11 +561,18 @@ impl DriverEnds {
                 } => self.deliver(correlation, flags, message).await,
                 Event::Closed(result) => {
                     self.routes.clear();
+                    self.drop_hook();
                     self.shared.closed.send_replace(Some(result));
                 }
             }
         }
         handshake
+    }
+
+    /// The hook may hold handles of this very session: dropped with the
+    /// connection, so that nothing keeps the session alive in a cycle.
+    fn drop_hook(&self) {
+        self.shared.hook.lock().expect("inbound hook").take();
     }
 
     async fn deliver(&mut self, correlation: u64, flags: Flags, message: Message) {
@@ -562,15 +597,21 @@ impl DriverEnds {
                 return;
             }
         }
-        let _ = self
-            .incoming
-            .send(Box::new(Incoming { correlation, message }))
-            .await;
+        let mut incoming = Incoming { correlation, message };
+        if let Some(hook) = self.shared.hook.lock().expect("inbound hook").as_mut() {
+            match hook(incoming, self.queued) {
+                Some(rest) => incoming = rest,
+                None => return,
+            }
+        }
+        self.queued += 1;
+        let _ = self.incoming.send(Box::new(incoming)).await;
     }
 
     /// Marks the session ended if the connection did not say how.
     pub fn finish(&mut self, fallback: ConnectionError) {
         self.routes.clear();
+        self.drop_hook();
         self.shared.closed.send_if_modified(|state| {
             if state.is_none() {
                 *state = Some(Err(fallback));
