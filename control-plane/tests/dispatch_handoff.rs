@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use protocol_support::{job, next, next_assign, start, submit, wait_job, within};
 use valkyrie::message::{
-    AssignAck, CancelAssignment, GetRun, JobOutcome, JobResult, JobState, Message, RunDetails, RunState,
-    SubmitPipeline,
+    AssignAck, CancelAssignment, Event, EventBody, GetRun, JobOutcome, JobResult, JobState, Message,
+    RunDetails, RunState, SubmitPipeline, Subscribe,
 };
 use valkyrie::Session;
 use valkyrie_control_plane::core::Command;
@@ -190,4 +190,54 @@ async fn draining_a_runner_during_a_handoff_requeues_the_job_and_its_run_succeed
     assert_eq!(run.state, RunState::Succeeded, "{run:?}");
     let job = wait_job(&client, assign.job_id, "the job", |j| j.state.is_terminal()).await;
     assert_eq!(job.state, JobState::Succeeded, "{job:?}");
+}
+
+/// What one no-op job costs on the wire when its agent reports as the
+/// reference agent does (AssignAck, then a JobResult that carries its
+/// step): the client's SubmitJob and JobAccepted; the agent's Assign,
+/// AssignAck, JobResult and Ack; and two or three state events for the
+/// subscriber (queued and assigned coalesce in the turn of the submission;
+/// running may coalesce with the end). Eight or nine frames in all; about
+/// thirteen before the fast path.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_noop_job_costs_eight_or_nine_frames() {
+    let server = start(CoreConfig::default()).await;
+    let client = server.client().await;
+    let subscribe = Subscribe {
+        job_id: None,
+        logs: true,
+        replay: false,
+    };
+    let mut events = client.sender().stream(subscribe, 64).await.expect("subscribed");
+    let (mut agent, _) = server.agent("frugal", &["x"], 1).await;
+    let id = submit(&client, job("frugal", "x", 0)).await;
+    let assign = next_assign(&mut agent).await;
+    ack(&agent, id, assign.attempt, None).await;
+    succeed(&agent, id, assign.attempt).await;
+    let mut states = Vec::new();
+    within("the final state", async {
+        while let Some(message) = events.recv().await {
+            let Message::Event(Event { job_id, body }) = message else {
+                panic!("unexpected {message:?} on the subscription");
+            };
+            match body {
+                EventBody::State { state, .. } if job_id == id => {
+                    states.push(state);
+                    if state.is_terminal() {
+                        return;
+                    }
+                }
+                other => panic!("unexpected event {other:?} of job {job_id}"),
+            }
+        }
+    })
+    .await;
+    assert!(
+        matches!(
+            states.as_slice(),
+            [JobState::Assigned, JobState::Running, JobState::Succeeded]
+                | [JobState::Assigned, JobState::Succeeded]
+        ),
+        "{states:?}"
+    );
 }
