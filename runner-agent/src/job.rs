@@ -87,7 +87,8 @@ pub fn starts_processes(spec: &JobSpec) -> bool {
 
 /// Builds the executor plan for an attempt.
 pub fn plan(job_id: u64, attempt: u32, spec: &JobSpec, work_dir: &Path, defaults: &JobDefaults) -> JobPlan {
-    let mut plan = JobPlan::new(job_id, work_dir.join(format!("job-{job_id}-{attempt}")));
+    let workspace = work_dir.join(format!("job-{job_id}-{attempt}"));
+    let mut plan = JobPlan::with_base_env(job_id, workspace, defaults.base_env.clone());
     plan.steps = spec
         .steps
         .iter()
@@ -106,7 +107,6 @@ pub fn plan(job_id: u64, attempt: u32, spec: &JobSpec, work_dir: &Path, defaults
         .collect();
     // What the agent sets for every job comes before the job's own env (a
     // pipeline may override it) and is never `$`-expanded.
-    plan.base_env = defaults.base_env.clone();
     plan.base_env.extend([
         ("CI".to_owned(), "true".to_owned()),
         ("VALKYRIE_JOB_ID".to_owned(), job_id.to_string()),

@@ -123,10 +123,21 @@ pub struct ContainerPlan {
 impl JobPlan {
     /// A job with no steps and the defaults documented on each field.
     pub fn new(job_id: u64, workspace: impl Into<PathBuf>) -> Self {
+        Self::with_base_env(job_id, workspace, env::agent_environment(&[]))
+    }
+
+    /// [`JobPlan::new`] with the variables every step inherits given, not
+    /// read from this process's environment (the agent reads it once, not
+    /// per job: it was a fifth of a no-op job's instructions).
+    pub fn with_base_env(
+        job_id: u64,
+        workspace: impl Into<PathBuf>,
+        base_env: Vec<(String, String)>,
+    ) -> Self {
         JobPlan {
             job_id,
             steps: Vec::new(),
-            base_env: env::agent_environment(&[]),
+            base_env,
             env: Vec::new(),
             secrets: Vec::new(),
             workspace: workspace.into(),
