@@ -127,7 +127,10 @@ pub fn plan(job_id: u64, attempt: u32, spec: &JobSpec, work_dir: &Path, defaults
     plan.timeout = (spec.timeout_ms > 0).then(|| Duration::from_millis(spec.timeout_ms));
     plan.kill_grace = defaults.kill_grace;
     plan.output_limit_bytes = defaults.output_limit_bytes;
-    plan.cache_pool = Some(crate::cache::pool_dir(work_dir, &spec.project, &spec.name));
+    // The cache directory is for the job's processes: a job that starts
+    // none takes none (nor the lock on it).
+    plan.cache_pool =
+        starts_processes(spec).then(|| crate::cache::pool_dir(work_dir, &spec.project, &spec.name));
     trigger_plan(&mut plan, spec, work_dir);
     container_plan(&mut plan, attempt, spec, defaults);
     plan
