@@ -338,12 +338,16 @@ pub async fn run_attempt(
         let report = match exec.await {
             Ok(report) => report,
             Err(err) => {
-                let result = msg::JobResult::failed(
-                    job_id,
-                    attempt,
-                    format!("the agent's executor failed: {err}"),
-                    log_chunks,
-                );
+                // The steps that did report keep their reports.
+                let result = msg::JobResult {
+                    steps,
+                    ..msg::JobResult::failed(
+                        job_id,
+                        attempt,
+                        format!("the agent's executor failed: {err}"),
+                        log_chunks,
+                    )
+                };
                 let _ = outbox.send(result.into()).await;
                 return;
             }
