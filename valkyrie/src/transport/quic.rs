@@ -13,7 +13,7 @@ use tokio::sync::mpsc;
 use tracing::{debug, Instrument};
 
 use super::session::DriverEnds;
-use super::stream::{sleep_until, DriverSetup, CLOSE_LINGER, MAX_WRITE_BYTES};
+use super::stream::{ConnTimer, DriverSetup, CLOSE_LINGER, MAX_WRITE_BYTES};
 use crate::error::ConnectionError;
 use crate::frame::{ErrorCode, Lane};
 
@@ -51,6 +51,7 @@ pub(crate) async fn drive_quic(quic: quinn::Connection, setup: DriverSetup) {
     let mut lanes_open = [true; 3];
     let mut close_deadline: Option<Instant> = None;
     let mut write_failed = false;
+    let mut timer = ConnTimer::new();
 
     loop {
         let now = Instant::now();
@@ -80,6 +81,7 @@ pub(crate) async fn drive_quic(quic: quinn::Connection, setup: DriverSetup) {
         }
         let open = conn.is_open();
         let timeout = close_deadline.or_else(|| conn.poll_timeout());
+        timer.arm(timeout);
         tokio::select! {
             biased;
             // A lane's writer is gone only when its stream failed (or the
@@ -121,12 +123,13 @@ pub(crate) async fn drive_quic(quic: quinn::Connection, setup: DriverSetup) {
                     None => lanes_open[2] = false,
                 }
             }
-            _ = sleep_until(timeout), if timeout.is_some() => {
-                if close_deadline.is_some() {
+            _ = timer.fired(), if timeout.is_some() => {
+                let now = Instant::now();
+                if close_deadline.is_some_and(|at| now >= at) {
                     debug!("peer does not take the Close frame; abandoning the connection");
                     break;
                 }
-                conn.handle_timeout(Instant::now());
+                conn.handle_timeout(now);
             }
         }
     }

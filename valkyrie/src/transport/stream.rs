@@ -61,6 +61,7 @@ where
     let mut write_failed = false;
     let mut read_eof = false;
     let mut close_deadline: Option<Instant> = None;
+    let mut timer = ConnTimer::new();
 
     loop {
         let now = Instant::now();
@@ -90,6 +91,7 @@ where
         }
         let open = conn.is_open();
         let timeout = close_deadline.or_else(|| conn.poll_timeout());
+        timer.arm(timeout);
         let reading = !conn.is_closed();
         let writing = conn.has_pending_output();
         let can_send = [Lane::Control, Lane::Dispatch, Lane::Bulk]
@@ -138,12 +140,13 @@ where
                     None => lanes_open[2] = false,
                 }
             }
-            _ = sleep_until(timeout), if timeout.is_some() => {
-                if close_deadline.is_some() {
+            _ = timer.fired(), if timeout.is_some() => {
+                let now = Instant::now();
+                if close_deadline.is_some_and(|at| now >= at) {
                     debug!("peer does not take the Close frame; abandoning the connection");
                     break;
                 }
-                conn.handle_timeout(Instant::now());
+                conn.handle_timeout(now);
             }
         }
     }
@@ -225,9 +228,43 @@ async fn write_loop<W: AsyncWrite + Unpin>(mut writer: W, mut chunks: mpsc::Rece
     let _ = writer.shutdown().await;
 }
 
-pub(crate) async fn sleep_until(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at.into()).await,
-        None => std::future::pending().await,
+/// A connection's timer: one `Sleep` for the driver's life, moved only
+/// when a deadline comes sooner than the one it is set for. A later
+/// deadline (each frame received pushes the ping and idle deadlines back)
+/// leaves it to fire early: the connection, asked then, finds nothing due,
+/// and the timer is set again. A new `Sleep` on every turn of the driver
+/// cost a timer-wheel insertion and removal per frame.
+pub(crate) struct ConnTimer {
+    sleep: std::pin::Pin<Box<tokio::time::Sleep>>,
+    set_for: Option<Instant>,
+}
+
+impl ConnTimer {
+    pub(crate) fn new() -> Self {
+        // Not set: no deadline is this far away.
+        let never = tokio::time::Instant::now() + Duration::from_secs(365 * 24 * 3600);
+        Self {
+            sleep: Box::pin(tokio::time::sleep_until(never)),
+            set_for: None,
+        }
+    }
+
+    /// Makes the timer fire no later than `deadline` (if any).
+    pub(crate) fn arm(&mut self, deadline: Option<Instant>) {
+        if let Some(deadline) = deadline {
+            if self.set_for.is_none_or(|at| deadline < at) {
+                self.sleep.as_mut().reset(deadline.into());
+                self.set_for = Some(deadline);
+            }
+        }
+    }
+
+    /// Waits until the time it is set for; forever when it is not set.
+    pub(crate) async fn fired(&mut self) {
+        if self.set_for.is_none() {
+            return std::future::pending().await;
+        }
+        self.sleep.as_mut().await;
+        self.set_for = None;
     }
 }
