@@ -116,18 +116,7 @@ async fn garbage_before_hello_is_refused_and_others_are_served() {
 async fn many_small_messages_arrive_complete_and_in_order() {
     let fx = Fixture::new();
     for t in ALL {
-        let mut listener = fx.bind(t, fx.listener_options(ConnectionConfig::default())).await;
-        let client = within(
-            "connect",
-            connect(
-                listener.local_endpoint(),
-                hello("x"),
-                &fx.client_options(ConnectionConfig::default()),
-            ),
-        )
-        .await
-        .unwrap();
-        let mut server = within("accept", listener.accept()).await.unwrap();
+        let (_listener, client, mut server) = fx.connected(t, "x").await;
         let sender = client.sender();
         let send = tokio::spawn(async move {
             for running in 0..1000u32 {

@@ -88,18 +88,7 @@ async fn handshake_and_request_response() {
 async fn both_sides_may_have_requests_in_flight_with_the_same_id() {
     let fx = Fixture::new();
     for t in ALL {
-        let mut listener = fx.bind(t, fx.listener_options(ConnectionConfig::default())).await;
-        let mut client = within(
-            "connect",
-            connect(
-                listener.local_endpoint(),
-                hello("tok"),
-                &fx.client_options(ConnectionConfig::default()),
-            ),
-        )
-        .await
-        .unwrap();
-        let mut server = within("accept", listener.accept()).await.unwrap();
+        let (_listener, mut client, mut server) = fx.connected(t, "tok").await;
         // Both sides number requests from 1: the server's request 1 must not
         // be taken for the reply to the client's request 1.
         let (c_tx, s_tx) = (client.sender(), server.sender());

@@ -7,27 +7,14 @@ mod support;
 
 use std::sync::{Arc, Mutex};
 
-use support::{hello, within, Fixture, ALL};
+use support::{within, Fixture, ALL};
 use valkyrie::message::{Ack, Heartbeat, Message};
-use valkyrie::transport::connect;
-use valkyrie::ConnectionConfig;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_hook_sees_every_message_first_and_passes_on_what_it_returns() {
     let fx = Fixture::new();
     for t in ALL {
-        let mut listener = fx.bind(t, fx.listener_options(ConnectionConfig::default())).await;
-        let client = within(
-            "connect",
-            connect(
-                listener.local_endpoint(),
-                hello("x"),
-                &fx.client_options(ConnectionConfig::default()),
-            ),
-        )
-        .await
-        .unwrap();
-        let mut server = within("accept", listener.accept()).await.unwrap();
+        let (_listener, client, mut server) = fx.connected(t, "x").await;
         // Kept: heartbeats whose `running` is even. Seen: (running, queued).
         let seen = Arc::new(Mutex::new(Vec::new()));
         server.set_inbound_hook({

@@ -4,11 +4,10 @@
 mod support;
 
 use bytes::Bytes;
-use support::{hello, within, Fixture, ALL};
+use support::{within, Fixture, ALL};
 use valkyrie::error::SendError;
 use valkyrie::message::{Heartbeat, LogChunk, Message, OutputStream};
-use valkyrie::transport::connect;
-use valkyrie::{ConnectionConfig, Lane};
+use valkyrie::Lane;
 
 const CHUNKS: u64 = 3000;
 const CHUNK_BYTES: usize = 16 * 1024;
@@ -17,18 +16,7 @@ const CHUNK_BYTES: usize = 16 * 1024;
 async fn bulk_flood_does_not_delay_a_control_message() {
     let fx = Fixture::new();
     for t in ALL {
-        let mut listener = fx.bind(t, fx.listener_options(ConnectionConfig::default())).await;
-        let mut client = within(
-            "connect",
-            connect(
-                listener.local_endpoint(),
-                hello("x"),
-                &fx.client_options(ConnectionConfig::default()),
-            ),
-        )
-        .await
-        .unwrap();
-        let server = within("accept", listener.accept()).await.unwrap();
+        let (_listener, mut client, server) = fx.connected(t, "x").await;
         let sender = server.sender();
         let (backed_up_tx, backed_up) = tokio::sync::oneshot::channel();
         // The flood: 3000 x 16 KiB on the bulk lane. The client reads nothing
@@ -112,18 +100,7 @@ async fn a_request_keeps_its_place_behind_earlier_frames_of_its_lane() {
     const STEPS: u32 = 50;
     let fx = Fixture::new();
     for t in ALL {
-        let mut listener = fx.bind(t, fx.listener_options(ConnectionConfig::default())).await;
-        let client = within(
-            "connect",
-            connect(
-                listener.local_endpoint(),
-                hello("x"),
-                &fx.client_options(ConnectionConfig::default()),
-            ),
-        )
-        .await
-        .unwrap();
-        let mut server = within("accept", listener.accept()).await.unwrap();
+        let (_listener, client, mut server) = fx.connected(t, "x").await;
         let sender = client.sender();
         for step in 0..STEPS {
             let report = StepResult {

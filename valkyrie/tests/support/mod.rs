@@ -13,9 +13,10 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use valkyrie::frame::{encode_to_vec, Flags, Frame, FrameDecoder};
 use valkyrie::message::{Hello, JobDetails, JobInfo, JobState, Message, Role};
 use valkyrie::transport::{
-    dev_certificate, ClientOptions, ClientTls, DevCertificate, Endpoint, Listener, ListenerOptions, ServerTls,
+    connect, dev_certificate, ClientOptions, ClientTls, DevCertificate, Endpoint, Listener, ListenerOptions,
+    ServerTls,
 };
-use valkyrie::ConnectionConfig;
+use valkyrie::{ConnectionConfig, Session};
 
 /// Every test step waits at most this long for its event.
 pub const STEP: Duration = Duration::from_secs(10);
@@ -89,6 +90,29 @@ impl Fixture {
         Listener::bind(&self.endpoint(transport), options)
             .await
             .unwrap_or_else(|e| panic!("{transport:?}: bind: {e}"))
+    }
+
+    /// A listener on `transport` with the default settings, a client
+    /// session connected to it with `hello(token)`, and the server's side
+    /// of that session. The listener is returned to keep it open.
+    pub async fn connected(&self, transport: Transport, token: &str) -> (Listener, Session, Session) {
+        let mut listener = self
+            .bind(transport, self.listener_options(ConnectionConfig::default()))
+            .await;
+        let client = within(
+            "connect",
+            connect(
+                listener.local_endpoint(),
+                hello(token),
+                &self.client_options(ConnectionConfig::default()),
+            ),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{transport:?}: connect: {e}"));
+        let server = within("accept", listener.accept())
+            .await
+            .unwrap_or_else(|| panic!("{transport:?}: the listener stopped"));
+        (listener, client, server)
     }
 
     /// A raw connection to `listener` that first writes `first_bytes`.
