@@ -136,6 +136,9 @@ struct ModeResult {
     mode: WakeMode,
     ping_pong: Summary,
     relay: Summary,
+    /// The relay with as many messages in flight as the dispatch load,
+    /// when that is more than one.
+    relay_in_flight: Option<Summary>,
     dispatch: DispatchReport,
 }
 
@@ -230,6 +233,21 @@ async fn run_store(
         )
         .await
         .context("relay baseline failed")?;
+        let relay_in_flight = match args.concurrency {
+            0 | 1 => None,
+            concurrency => Some(
+                raw::ping_pong_in_flight(
+                    &connector,
+                    &servers.relay,
+                    baseline_warmup,
+                    args.baseline_iterations,
+                    concurrency,
+                    mode,
+                )
+                .await
+                .context("relay baseline in flight failed")?,
+            ),
+        };
         let mut clients = Vec::new();
         for _ in 0..args.connections.max(1) {
             clients.push(system.client().await?);
@@ -247,6 +265,7 @@ async fn run_store(
             mode,
             ping_pong,
             relay,
+            relay_in_flight,
             dispatch,
         });
     }
@@ -306,6 +325,10 @@ fn print_table(args: &DispatchArgs, results: &[ModeResult]) {
         };
         row("raw ping-pong", &r.ping_pong);
         row("two-hop relay", &r.relay);
+        let in_flight_label = format!("two-hop relay, {} in flight", args.concurrency);
+        if let Some(relay) = &r.relay_in_flight {
+            row(&in_flight_label, relay);
+        }
         row("dispatch (submit → terminal event)", &r.dispatch.latency);
         println!(
             "  dispatch throughput: {:.0} jobs/s ({} jobs over the measured wall time)",
@@ -318,16 +341,37 @@ fn print_table(args: &DispatchArgs, results: &[ModeResult]) {
             ratio(d.p50_ns, r.relay.p50_ns)
         );
         let verdict = |ok: bool| if ok { "met" } else { "NOT met" };
-        println!(
-            "  targets: p50 ≤ 1.25× relay: {} ({:.2}×); p99 < 100 µs{}: {} ({:.1} µs); ≥ 100,000 jobs/s: {} ({:.0})",
-            verdict(ratio(d.p50_ns, r.relay.p50_ns) <= 1.25),
-            ratio(d.p50_ns, r.relay.p50_ns),
-            if args.transport == Transport::Unix { "" } else { " (target is for unix)" },
-            verdict(d.p99_ns < 100_000),
-            us(d.p99_ns),
-            verdict(r.dispatch.jobs_per_s >= 100_000.0),
-            r.dispatch.jobs_per_s
-        );
+        let unix = if args.transport == Transport::Unix {
+            ""
+        } else {
+            " (the targets are for unix)"
+        };
+        match &r.relay_in_flight {
+            // The targets of one job in flight: latency against the relay.
+            None => println!(
+                "  targets{unix}: p50 ≤ 1.5× relay p50: {} ({:.2}×); p99 ≤ 2× relay p99: {} ({:.2}×)",
+                verdict(ratio(d.p50_ns, r.relay.p50_ns) <= 1.5),
+                ratio(d.p50_ns, r.relay.p50_ns),
+                verdict(ratio(d.p99_ns, r.relay.p99_ns) <= 2.0),
+                ratio(d.p99_ns, r.relay.p99_ns),
+            ),
+            // Pipelined: throughput, 100,000 jobs/s in memory and 50,000
+            // with a durable store, next to the relay's at the same depth.
+            Some(relay) => {
+                let target = if r.store == "memory" { 100_000.0 } else { 50_000.0 };
+                println!(
+                    "  dispatch throughput = {:.1} % of the relay's at {} in flight ({:.0} round trips/s)",
+                    100.0 * r.dispatch.jobs_per_s / relay.rate_per_s.max(1.0),
+                    args.concurrency,
+                    relay.rate_per_s
+                );
+                println!(
+                    "  target{unix}: ≥ {target:.0} jobs/s with this store: {} ({:.0})",
+                    verdict(r.dispatch.jobs_per_s >= target),
+                    r.dispatch.jobs_per_s
+                );
+            }
+        }
         let rep = &r.dispatch;
         println!(
             "  events: {} intermediate State events, {} dropped for the subscriber (Skipped)",
@@ -364,6 +408,7 @@ fn to_json(args: &DispatchArgs, results: &[ModeResult]) -> serde_json::Value {
                 "wake_mode": r.mode.label(),
                 "raw_ping_pong": r.ping_pong.to_json(),
                 "two_hop_relay": r.relay.to_json(),
+                "two_hop_relay_in_flight": r.relay_in_flight.as_ref().map(Summary::to_json),
                 "dispatch": d.to_json(),
                 "dispatch_jobs_per_s": r.dispatch.jobs_per_s.round(),
                 "dispatch_p50_over_ping_pong": (ratio(d.p50_ns, r.ping_pong.p50_ns) * 100.0).round() / 100.0,

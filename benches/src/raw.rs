@@ -1,6 +1,8 @@
 //! The baselines: plain sockets with no Valkyrie framing, session layer or
 //! scheduling. A 64-byte ping-pong (client → echo), and a two-hop relay
-//! (client → middle → worker → middle → client), one message in flight.
+//! (client → middle → worker → middle → client), one message in flight;
+//! and the relay with as many messages in flight as the dispatch load
+//! (one connection chain each), so that its throughput can be compared.
 //! Unix and TCP use plain tokio sockets; QUIC uses one raw quinn
 //! bidirectional stream per connection (the same library and TLS setup the
 //! `quic://` transport uses), since there is no "plain" QUIC socket.
@@ -301,6 +303,57 @@ pub async fn ping_pong(
     }
     let wall = started.elapsed();
     // A short pause so the next measurement does not start mid-wake-up.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    Ok(Summary::new(samples, wall))
+}
+
+/// `concurrency` clients at once, each on its own connection (and so its
+/// own chain through a relay), each doing its share of `iterations` timed
+/// round trips after its share of `warmup`. The rate is every round trip
+/// over the wall time.
+pub async fn ping_pong_in_flight(
+    connector: &Connector,
+    addr: &RawAddr,
+    warmup: usize,
+    iterations: usize,
+    concurrency: usize,
+    mode: WakeMode,
+) -> anyhow::Result<Summary> {
+    let concurrency = concurrency.max(1);
+    let mut conns = Vec::with_capacity(concurrency);
+    for _ in 0..concurrency {
+        conns.push(connector.connect(addr).await?);
+    }
+    let start = Arc::new(tokio::sync::Barrier::new(concurrency + 1));
+    let mut tasks = tokio::task::JoinSet::new();
+    for (i, mut conn) in conns.into_iter().enumerate() {
+        let share = |n: usize| n / concurrency + usize::from(i < n % concurrency);
+        let (warmup, iterations) = (share(warmup), share(iterations));
+        let start = start.clone();
+        tasks.spawn(async move {
+            let mut buf = [7u8; MESSAGE_BYTES];
+            for _ in 0..warmup {
+                conn.write_message(&buf).await?;
+                mode.wait(conn.read_message(&mut buf)).await?;
+            }
+            start.wait().await;
+            let mut samples = Vec::with_capacity(iterations);
+            for _ in 0..iterations {
+                let t0 = Instant::now();
+                conn.write_message(&buf).await?;
+                mode.wait(conn.read_message(&mut buf)).await?;
+                samples.push(t0.elapsed().as_nanos() as u64);
+            }
+            anyhow::Ok(samples)
+        });
+    }
+    start.wait().await;
+    let started = Instant::now();
+    let mut samples = Vec::with_capacity(iterations);
+    while let Some(done) = tasks.join_next().await {
+        samples.extend(done??);
+    }
+    let wall = started.elapsed();
     tokio::time::sleep(Duration::from_millis(50)).await;
     Ok(Summary::new(samples, wall))
 }
