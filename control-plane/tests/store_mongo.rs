@@ -6,10 +6,8 @@
 //! skipped.
 
 use std::io::{BufRead, BufReader};
-use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use valkyrie::message::{GetJob, JobSpec, JobState, Message, OutputStream, Role, RunState, SubmitJob};
@@ -22,122 +20,15 @@ use valkyrie_control_plane::store::mongo::MongoStore;
 use valkyrie_control_plane::store::{
     Change, Counters, Durability, LogRow, RunRow, RunnerRow, SlotRow, Store, StoreError,
 };
+use valkyrie_test_support::{free_port, MongoServer};
 
-const NX: &str = "nx-27017";
 const SERVER: &str = env!("CARGO_BIN_EXE_valkyrie-server");
 /// How long a started process gets to accept connections.
 const START_DEADLINE: Duration = Duration::from_secs(30);
 
-/// A MongoDB wire-protocol server for one test, killed on drop.
-struct Mongo {
-    child: Child,
-    port: u16,
-    dir: tempfile::TempDir,
-}
-
-impl Mongo {
-    fn start() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
-        let log = std::fs::File::create(dir.path().join("nx.out")).unwrap();
-        let child = Command::new(nx_program())
-            .args(["--db", "memory", "--host", "127.0.0.1", "--port"])
-            .arg(port.to_string())
-            // Its defaults are shared files in /tmp; tests run in parallel.
-            .arg("--log-file")
-            .arg(dir.path().join("nx.log"))
-            .arg("--pid-file")
-            .arg(dir.path().join("nx.pid"))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap_or_else(|err| {
-                panic!(
-                    "cannot start `{NX}` ({err}): these tests need a MongoDB wire-protocol \
-                     server; install it with `python3 -m pip install nx-27017` (.ci/run does)"
-                )
-            });
-        let mut mongo = Self { child, port, dir };
-        let deadline = Instant::now() + START_DEADLINE;
-        loop {
-            if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return mongo;
-            }
-            if let Some(status) = mongo.child.try_wait().unwrap() {
-                panic!(
-                    "`{NX} --db memory --port {port}` exited ({status}) before accepting \
-                     connections:\n{}",
-                    mongo.output()
-                );
-            }
-            assert!(
-                Instant::now() < deadline,
-                "`{NX}` did not accept connections on port {port} within {START_DEADLINE:?}:\n{}",
-                mongo.output()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn uri(&self, database: &str) -> String {
-        format!("mongodb://127.0.0.1:{}/{database}", self.port)
-    }
-
-    fn store(&self, database: &str) -> MongoStore {
-        MongoStore::connect(&self.uri(database), Durability::Fsync).unwrap()
-    }
-
-    fn output(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("nx.out")).unwrap_or_default()
-    }
-}
-
-impl Drop for Mongo {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// `nx-27017` on `PATH`, or where pip put it if that is not on `PATH`
-/// (e.g. `pip install --user` and no `~/.local/bin` in `PATH`).
-fn nx_program() -> &'static Path {
-    static PROGRAM: OnceLock<PathBuf> = OnceLock::new();
-    PROGRAM.get_or_init(|| {
-        let path = std::env::var_os("PATH").unwrap_or_default();
-        let on_path = std::env::split_paths(&path).map(|dir| dir.join(NX));
-        let script_dirs = Command::new("python3")
-            .args([
-                "-c",
-                "import os, sysconfig\n\
-                 print(sysconfig.get_path('scripts'))\n\
-                 print(sysconfig.get_path('scripts', os.name + '_user'))",
-            ])
-            .output()
-            .map(|out| String::from_utf8_lossy(&out.stdout).into_owned())
-            .unwrap_or_default();
-        let from_pip = script_dirs.lines().map(|dir| Path::new(dir).join(NX));
-        on_path
-            .chain(from_pip)
-            .find(|candidate| candidate.is_file())
-            .unwrap_or_else(|| {
-                panic!(
-                    "`{NX}` is not installed (not on PATH, nor in python3's script directories): these \
-                 tests need this MongoDB wire-protocol server; install it with \
-                 `python3 -m pip install nx-27017` (.ci/run does)"
-                )
-            })
-    })
-}
-
-/// A port nothing listens on (the OS's pick, released at once).
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// A store on database `database` of `mongo`.
+fn mongo_store(mongo: &MongoServer, database: &str) -> MongoStore {
+    MongoStore::connect(&mongo.uri_of(database), Durability::Fsync).unwrap()
 }
 
 fn job(id: u64, attempt: u32) -> JobRecord {
@@ -171,7 +62,7 @@ fn json(job: &JobRecord) -> serde_json::Value {
 
 #[test]
 fn what_is_committed_is_loaded_back() {
-    let mongo = Mongo::start();
+    let mongo = MongoServer::start();
     let jobs = [job(7, 0), job(8, 2)];
     let run = RunRow {
         id: 3,
@@ -228,7 +119,7 @@ fn what_is_committed_is_loaded_back() {
     // Logs out of order, and bytes that are not UTF-8.
     let logs = [log(8, 1, b"b"), log(7, 0, &[0xff, 0, b'\n']), log(8, 0, b"a")];
     {
-        let mut store = mongo.store("roundtrip");
+        let mut store = mongo_store(&mongo, "roundtrip");
         let mut changes: Vec<Change> = jobs.iter().cloned().map(|j| Change::Job(Box::new(j))).collect();
         changes.push(Change::Run(Box::new(run.clone())));
         changes.push(Change::Pipeline(Box::new(pipeline.clone())));
@@ -237,7 +128,7 @@ fn what_is_committed_is_loaded_back() {
         changes.push(Change::Counters(counters));
         store.commit(&changes).unwrap();
     }
-    let loaded = mongo.store("roundtrip").load().unwrap();
+    let loaded = mongo_store(&mongo, "roundtrip").load().unwrap();
     assert_eq!(
         loaded.jobs.iter().map(json).collect::<Vec<_>>(),
         jobs.iter().map(json).collect::<Vec<_>>()
@@ -248,14 +139,14 @@ fn what_is_committed_is_loaded_back() {
     assert_eq!(loaded.logs, [logs[1].clone(), logs[2].clone(), logs[0].clone()]);
     assert_eq!(loaded.counters, counters);
     // Databases are separate: another name starts empty.
-    let other = mongo.store("other").load().unwrap();
+    let other = mongo_store(&mongo, "other").load().unwrap();
     assert!(other.jobs.is_empty() && other.logs.is_empty(), "{other:?}");
 }
 
 #[test]
 fn deleting_a_job_removes_its_logs_and_nothing_else() {
-    let mongo = Mongo::start();
-    let mut store = mongo.store("delete");
+    let mongo = MongoServer::start();
+    let mut store = mongo_store(&mongo, "delete");
     store
         .commit(&[
             Change::Job(Box::new(job(1, 1))),
@@ -273,10 +164,10 @@ fn deleting_a_job_removes_its_logs_and_nothing_else() {
 
 #[test]
 fn a_stale_attempt_does_not_overwrite_a_newer_one() {
-    let mongo = Mongo::start();
+    let mongo = MongoServer::start();
     // Two writers on one database, as two servers would be.
-    let mut a = mongo.store("fencing");
-    let mut b = mongo.store("fencing");
+    let mut a = mongo_store(&mongo, "fencing");
+    let mut b = mongo_store(&mongo, "fencing");
     a.commit(&[Change::Job(Box::new(job(1, 3)))]).unwrap();
     // B still holds attempt 2: its write loses, without failing the commit
     // (which would stop B's server) and without touching the other changes.
@@ -301,7 +192,7 @@ fn a_stale_attempt_does_not_overwrite_a_newer_one() {
 
 #[test]
 fn counters_survive_a_reconnect_and_are_replaced() {
-    let mongo = Mongo::start();
+    let mongo = MongoServer::start();
     let first = Counters {
         next_job: 10,
         next_run: 2,
@@ -313,35 +204,35 @@ fn counters_survive_a_reconnect_and_are_replaced() {
         next_job: 11,
         ..first
     };
-    mongo
-        .store("counters")
+    mongo_store(&mongo, "counters")
         .commit(&[Change::Counters(first)])
         .unwrap();
-    assert_eq!(mongo.store("counters").load().unwrap().counters, first);
-    mongo
-        .store("counters")
+    assert_eq!(mongo_store(&mongo, "counters").load().unwrap().counters, first);
+    mongo_store(&mongo, "counters")
         .commit(&[Change::Counters(second)])
         .unwrap();
-    assert_eq!(mongo.store("counters").load().unwrap().counters, second);
+    assert_eq!(mongo_store(&mongo, "counters").load().unwrap().counters, second);
     // A fresh database has none.
-    assert_eq!(mongo.store("fresh").load().unwrap().counters, Counters::default());
+    assert_eq!(
+        mongo_store(&mongo, "fresh").load().unwrap().counters,
+        Counters::default()
+    );
 }
 
 #[test]
 fn ping_answers_while_the_server_is_up_and_names_it_when_it_is_gone() {
-    let mut mongo = Mongo::start();
-    let uri = format!("{}?serverSelectionTimeoutMS=500", mongo.uri("ping"));
+    let mut mongo = MongoServer::start();
+    let uri = format!("{}?serverSelectionTimeoutMS=500", mongo.uri_of("ping"));
     let mut store = MongoStore::connect(&uri, Durability::None).unwrap();
     store.ping().unwrap();
-    mongo.child.kill().unwrap();
-    mongo.child.wait().unwrap();
+    mongo.kill();
     let err = store.ping().expect_err("the server is gone");
     assert!(matches!(err, StoreError::Io { .. }), "{err:?}");
     let text = err.to_string();
     assert!(
         text.contains(&format!(
             "cannot reach MongoDB at mongodb://127.0.0.1:{}",
-            mongo.port
+            mongo.port()
         )),
         "{text}"
     );
@@ -379,10 +270,10 @@ fn an_unreachable_server_is_a_clear_error_within_seconds() {
 
 #[test]
 fn a_thousand_job_changes_commit_as_one_batch() {
-    let mongo = Mongo::start();
+    let mongo = MongoServer::start();
     for durability in [Durability::Fsync, Durability::None] {
         let database = format!("batch-{durability:?}");
-        let mut store = MongoStore::connect(&mongo.uri(&database), durability).unwrap();
+        let mut store = MongoStore::connect(&mongo.uri_of(&database), durability).unwrap();
         let inserts: Vec<Change> = (1..=1000).map(|id| Change::Job(Box::new(job(id, 0)))).collect();
         let updates: Vec<Change> = (1..=1000).map(|id| Change::Job(Box::new(job(id, 1)))).collect();
         let started = Instant::now();
@@ -471,9 +362,9 @@ async fn request(endpoint: &Endpoint, message: impl Into<Message>) -> Message {
 
 #[test]
 fn the_server_keeps_its_jobs_in_mongodb_across_a_kill() {
-    let mongo = Mongo::start();
+    let mongo = MongoServer::start();
     let dir = tempfile::tempdir().unwrap();
-    let uri = mongo.uri("valkyrie");
+    let uri = mongo.uri_of("valkyrie");
     let runtime = tokio::runtime::Runtime::new().unwrap();
     // Tags no runner has: the job stays queued.
     let mut spec = JobSpec::shell("kept", "echo kept");
@@ -511,8 +402,8 @@ fn the_server_keeps_its_jobs_in_mongodb_across_a_kill() {
 }
 
 /// Every document of every collection of `database`, as extended JSON.
-fn raw_documents(mongo: &Mongo, database: &str) -> String {
-    let client = mongodb::sync::Client::with_uri_str(mongo.uri(database)).unwrap();
+fn raw_documents(mongo: &MongoServer, database: &str) -> String {
+    let client = mongodb::sync::Client::with_uri_str(mongo.uri_of(database)).unwrap();
     let db = client.database(database);
     let mut all = String::new();
     for collection in ["pipelines", "runs", "jobs", "runners", "logs", "meta"] {
@@ -535,11 +426,11 @@ fn raw_documents(mongo: &Mongo, database: &str) -> String {
 #[test]
 fn secret_fields_are_stored_only_as_ciphertext() {
     use valkyrie_control_plane::store::seal::{SealedStore, SecretsKey, SEALED_PREFIX};
-    let mongo = Mongo::start();
+    let mongo = MongoServer::start();
     let secret = "sealed-secret-4242";
     let yaml = format!("secrets: {{TOKEN: {secret}}}\njobs:\n  a:\n    steps: [{{run: echo}}]\n");
     let key = || SecretsKey::from_bytes(&[7; 32], "key-7");
-    let sealed = |key: SecretsKey| SealedStore::new(Box::new(mongo.store("sealed")), key);
+    let sealed = |key: SecretsKey| SealedStore::new(Box::new(mongo_store(&mongo, "sealed")), key);
     let mut spec = JobSpec::shell("j", "echo hi");
     spec.secrets = vec![("TOKEN".into(), secret.into())];
     let job = JobRecord::new(JobId(1), spec, 1);
@@ -621,7 +512,7 @@ fn secret_fields_are_stored_only_as_ciphertext() {
 fn projects_and_deliveries_are_stored_and_deleted() {
     use valkyrie_control_plane::source::Project;
     use valkyrie_control_plane::store::DeliveryRow;
-    let mongo = Mongo::start();
+    let mongo = MongoServer::start();
     let project = |name: &str| Project {
         name: name.into(),
         repo: format!("https://git.example/{name}.git"),
@@ -639,7 +530,7 @@ fn projects_and_deliveries_are_stored_and_deleted() {
         key: format!("github:app:{seq}"),
         run_id: seq + 10,
     };
-    let mut store = mongo.store("projects");
+    let mut store = mongo_store(&mongo, "projects");
     store
         .commit(&[
             Change::Project(Box::new(project("app"))),
@@ -651,7 +542,7 @@ fn projects_and_deliveries_are_stored_and_deleted() {
     store
         .commit(&[Change::DeleteProject("lib".into()), Change::DeleteDelivery(1)])
         .unwrap();
-    let loaded = mongo.store("projects").load().unwrap();
+    let loaded = mongo_store(&mongo, "projects").load().unwrap();
     assert_eq!(loaded.projects, vec![project("app")]);
     assert_eq!(loaded.deliveries, vec![delivery(2)]);
 }
