@@ -95,8 +95,35 @@ pub struct ServiceProcess {
 impl ServiceProcess {
     /// Runs `program`, with the arguments `args` adds given the port and
     /// the temporary directory, and waits (up to [`START_DEADLINE`]) until
-    /// it accepts connections on 127.0.0.1.
-    pub fn start(name: &'static str, program: &Path, args: impl FnOnce(&mut Command, u16, &Path)) -> Self {
+    /// it accepts connections on 127.0.0.1, on a socket of its own.
+    ///
+    /// The port is picked free, then released for the program to bind, so
+    /// another process may take it in between (a test's server binding
+    /// port 0). Connecting would then reach that process: readiness counts
+    /// only once the listening socket is the program's, and a program that
+    /// exits because its port was taken is started again on another.
+    pub fn start(name: &'static str, program: &Path, mut args: impl FnMut(&mut Command, u16, &Path)) -> Self {
+        const ATTEMPTS: usize = 5;
+        for attempt in 1..=ATTEMPTS {
+            match Self::start_once(name, program, &mut args) {
+                Ok(process) => return process,
+                Err(port) if attempt < ATTEMPTS => {
+                    eprintln!("`{name}`: port {port} was taken by another process; trying another");
+                }
+                Err(port) => {
+                    panic!("`{name}`: port {port} was taken by another process, {ATTEMPTS} times in a row")
+                }
+            }
+        }
+        unreachable!("the last attempt returns or panics")
+    }
+
+    /// One start; `Err(port)` when another process holds its port.
+    fn start_once(
+        name: &'static str,
+        program: &Path,
+        args: &mut impl FnMut(&mut Command, u16, &Path),
+    ) -> Result<Self, u16> {
         let dir = tempfile::Builder::new()
             .prefix("vkt-svc")
             .tempdir()
@@ -119,10 +146,14 @@ impl ServiceProcess {
         };
         let deadline = Instant::now() + START_DEADLINE;
         loop {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return process;
+            let answers = std::net::TcpStream::connect(("127.0.0.1", port)).is_ok();
+            if answers && listens_on(process.child.id(), port) {
+                return Ok(process);
             }
             if let Some(status) = process.child.try_wait().expect("poll a service") {
+                if answers {
+                    return Err(port);
+                }
                 panic!(
                     "`{name}` on port {port} exited ({status}) before accepting connections:\n{}",
                     process.output()
@@ -202,10 +233,58 @@ pub fn pip_script(name: &str, why: &str) -> PathBuf {
         })
 }
 
+/// Whether process `pid` holds the socket listening on TCP `port`: the
+/// listener's inode (in `/proc/net/tcp` or `tcp6`) is among the process's
+/// descriptors (Linux).
+fn listens_on(pid: u32, port: u16) -> bool {
+    let sockets: Vec<String> = ["/proc/net/tcp", "/proc/net/tcp6"]
+        .iter()
+        .filter_map(|table| std::fs::read_to_string(table).ok())
+        .flat_map(|table| {
+            table
+                .lines()
+                .skip(1)
+                .filter_map(|line| {
+                    let fields: Vec<&str> = line.split_whitespace().collect();
+                    let local_port = u16::from_str_radix(fields.get(1)?.rsplit(':').next()?, 16).ok()?;
+                    // State 0A: listening.
+                    let listening = *fields.get(3)? == "0A";
+                    let inode = fields.get(9)?;
+                    (local_port == port && listening).then(|| format!("socket:[{inode}]"))
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    let Ok(descriptors) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return false;
+    };
+    descriptors
+        .filter_map(Result::ok)
+        .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+        .any(|target| sockets.iter().any(|socket| target.as_os_str() == socket.as_str()))
+}
+
 /// A port nothing listens on (the OS's pick, released at once).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|listener| listener.local_addr())
         .expect("a free local port")
         .port()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_listener_is_found_in_its_own_process_only() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        assert!(listens_on(std::process::id(), port));
+        // pid 1 (init) does not hold it, nor is anything listening on a
+        // port after its listener is gone.
+        assert!(!listens_on(1, port));
+        drop(listener);
+        assert!(!listens_on(std::process::id(), port));
+    }
 }
