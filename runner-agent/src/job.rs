@@ -75,16 +75,6 @@ impl AttemptArtifacts {
 /// The default of `--max-artifact-bytes`: 1 GiB.
 pub const DEFAULT_MAX_ARTIFACT_BYTES: u64 = 1 << 30;
 
-/// Whether an attempt of `spec` is worth a supervisor process: one that
-/// starts no process (only no-op steps, no checkout, no container) ends in
-/// the agent's own turn, so there is nothing to outlive an agent restart,
-/// and a process spawn per job would be its whole cost.
-pub fn starts_processes(spec: &JobSpec) -> bool {
-    spec.container.is_some()
-        || spec.trigger.as_ref().is_some_and(|t| t.checkout.is_some())
-        || spec.steps.iter().any(|s| !matches!(s.command, WireStep::Noop))
-}
-
 /// Builds the executor plan for an attempt.
 pub fn plan(job_id: u64, attempt: u32, spec: &JobSpec, work_dir: &Path, defaults: &JobDefaults) -> JobPlan {
     let workspace = work_dir.join(format!("job-{job_id}-{attempt}"));
@@ -127,12 +117,13 @@ pub fn plan(job_id: u64, attempt: u32, spec: &JobSpec, work_dir: &Path, defaults
     plan.timeout = (spec.timeout_ms > 0).then(|| Duration::from_millis(spec.timeout_ms));
     plan.kill_grace = defaults.kill_grace;
     plan.output_limit_bytes = defaults.output_limit_bytes;
-    // The cache directory is for the job's processes: a job that starts
-    // none takes none (nor the lock on it).
-    plan.cache_pool =
-        starts_processes(spec).then(|| crate::cache::pool_dir(work_dir, &spec.project, &spec.name));
     trigger_plan(&mut plan, spec, work_dir);
     container_plan(&mut plan, attempt, spec, defaults);
+    // The cache directory is for the job's processes: a job that starts
+    // none takes none (nor the lock on it).
+    plan.cache_pool = plan
+        .starts_processes()
+        .then(|| crate::cache::pool_dir(work_dir, &spec.project, &spec.name));
     plan
 }
 
@@ -510,12 +501,17 @@ mod tests {
     }
 
     #[test]
-    fn only_a_job_that_starts_a_process_needs_a_supervisor() {
+    fn only_a_job_that_starts_a_process_needs_a_supervisor_or_a_cache() {
+        let starts = |spec: &JobSpec| {
+            let plan = plan(1, 1, spec, Path::new("/work"), &defaults());
+            assert_eq!(plan.cache_pool.is_some(), plan.starts_processes());
+            plan.starts_processes()
+        };
         let noop = JobSpec::with_steps("n", vec![msg::StepSpec::noop(), msg::StepSpec::noop()]);
-        assert!(!starts_processes(&noop));
+        assert!(!starts(&noop));
         let mut mixed = noop.clone();
         mixed.steps.push(msg::StepSpec::shell("true"));
-        assert!(starts_processes(&mixed));
+        assert!(starts(&mixed));
         let mut checkout = noop.clone();
         checkout.trigger = Some(Box::new(msg::TriggerSpec {
             checkout: Some(msg::CheckoutSpec {
@@ -527,10 +523,7 @@ mod tests {
             }),
             ..Default::default()
         }));
-        assert!(starts_processes(&checkout));
-        let mut container = noop;
-        container.container = Some(Box::new(msg::ContainerSpec::image("busybox")));
-        assert!(starts_processes(&container));
+        assert!(starts(&checkout));
     }
 
     /// A job that checks out with a token: the workspace is at the

@@ -24,7 +24,7 @@ use valkyrie::transport::{connect_following, hello, ClientOptions, ConnectError,
 use valkyrie::{Endpoint, ErrorCode, SessionSender};
 
 use crate::artifacts::ArtifactLink;
-use crate::job::{plan, run_attempt, starts_processes, AttemptArtifacts, JobDefaults};
+use crate::job::{plan, run_attempt, AttemptArtifacts, JobDefaults};
 use crate::supervisor::{self, Followed, Stop, Survivor};
 
 /// The longest wait between two rounds of a group of servers (`--server
@@ -472,10 +472,15 @@ impl Agent {
                 // does not have. Such a job does not survive an agent
                 // restart (the server retries it). Neither does one that
                 // starts no process: it is over before a restart could matter.
+                let plan = plan(
+                    assign.job_id,
+                    assign.attempt,
+                    &assign.spec,
+                    &self.config.work_dir,
+                    &self.config.defaults,
+                );
                 let supervised = self.config.supervisor.as_ref().filter(|_| {
-                    assign.spec.artifacts.is_none()
-                        && assign.spec.cache.is_empty()
-                        && starts_processes(&assign.spec)
+                    assign.spec.artifacts.is_none() && assign.spec.cache.is_empty() && plan.starts_processes()
                 });
                 if let Some(program) = supervised {
                     match supervisor::spawn(program, &self.config.work_dir, &assign, &self.config.defaults)
@@ -507,13 +512,6 @@ impl Agent {
                         attempt: assign.attempt,
                         control: Control::InProcess(cancel_tx),
                     },
-                );
-                let plan = plan(
-                    assign.job_id,
-                    assign.attempt,
-                    &assign.spec,
-                    &self.config.work_dir,
-                    &self.config.defaults,
                 );
                 let outbox = self.outbox_tx.clone();
                 let artifacts = AttemptArtifacts {

@@ -126,6 +126,15 @@ impl JobPlan {
         Self::with_base_env(job_id, workspace, env::agent_environment(&[]))
     }
 
+    /// Whether the job starts any process: a container, a checkout (git),
+    /// or a step that is not a no-op. One that starts none needs no
+    /// workspace, cache directory or supervisor: it is over at once.
+    pub fn starts_processes(&self) -> bool {
+        self.container.is_some()
+            || self.checkout.is_some()
+            || self.steps.iter().any(|s| !matches!(s.command, StepCommand::Noop))
+    }
+
     /// [`JobPlan::new`] with the variables every step inherits given, not
     /// read from this process's environment (the agent reads it once, not
     /// per job: it was a fifth of a no-op job's instructions).
@@ -472,12 +481,9 @@ pub async fn run_job(
         let mut ended: Option<JobOutcome> = None;
         let mut job_error: Option<String> = None;
         let mut exit_code = None;
-        // Jobs of no-op steps start no process and need no directory
-        // (unless they run in a container, which mounts it).
-        let needs_workspace = plan.container.is_some()
-            || plan.checkout.is_some()
-            || plan.before_steps.is_some()
-            || plan.steps.iter().any(|s| !matches!(s.command, StepCommand::Noop));
+        // Jobs that start no process need no directory, unless something
+        // is fetched into it before the steps.
+        let needs_workspace = plan.starts_processes() || plan.before_steps.is_some();
         let files = StepFiles::new(&files_dir(&plan.workspace), plan.container.is_some());
         let created = if needs_workspace {
             match create_private_dir(&plan.workspace).await {
