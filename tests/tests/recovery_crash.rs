@@ -15,9 +15,9 @@
 //! the embedded one, and MongoDB (`--store mongodb://…`), served by the
 //! test's own `nx-27017` ([`support::MongoServer`]), which lives through
 //! every restart of the server. The MongoDB variants run the same load:
-//! the repeated-kill scenario settles its 10,000 jobs in about 37 s there
-//! (2-core machine, debug build, the test binary's six tests at once),
-//! against 15–25 s embedded.
+//! the repeated-kill scenario settled its 10,000 jobs in 37 s there and in
+//! 15 s embedded with the test binary's six tests at once, and in 23–25 s
+//! embedded run alone (2-core machine, debug build, one session).
 
 mod support;
 
