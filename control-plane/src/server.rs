@@ -9,7 +9,7 @@ use std::time::Instant;
 use tokio::sync::oneshot;
 use tracing::{info, warn};
 use valkyrie::message::{Ack, Message, Role, ServerList};
-use valkyrie::transport::{InboundHook, Incoming, Listener, ListenerOptions};
+use valkyrie::transport::{Hooked, InboundHook, Incoming, Listener, ListenerOptions};
 use valkyrie::{Endpoint, ErrorCode, Session, SessionSender};
 
 use crate::artifacts::session::AgentUploads;
@@ -266,18 +266,18 @@ async fn serve_client(mut session: Session, core: CoreHandle, group: Arc<Group>)
         );
         Box::new(move |incoming, queued| {
             if for_the_task(&incoming, queued, &finished) {
-                return Some(incoming);
+                return Hooked::Queue(incoming);
             }
             let Some(permit) = core.try_reserve() else {
-                return Some(incoming);
+                return Hooked::Queue(incoming);
             };
             let correlation = incoming.correlation;
             match client_request(incoming.message, correlation, &sender, &group) {
                 ClientRequest::Core(command) => permit.send(as_actor(&actor, command)),
                 ClientRequest::Answered => {}
-                ClientRequest::Task(message) => return Some(Incoming { correlation, message }),
+                ClientRequest::Task(message) => return Hooked::Queue(Incoming { correlation, message }),
             }
-            None
+            Hooked::Taken
         })
     });
     while let Some(incoming) = session.recv().await {
@@ -290,7 +290,9 @@ async fn serve_client(mut session: Session, core: CoreHandle, group: Arc<Group>)
             ClientRequest::Core(command) => command,
             ClientRequest::Answered => continue,
             ClientRequest::Task(message) => {
-                match client_task(message, correlation, &sender, &core, &actor).await {
+                // Boxed: its state is large and rarely needed, and a
+                // session's task lives as long as the connection.
+                match Box::pin(client_task(message, correlation, &sender, &core, &actor)).await {
                     Some(command) => command,
                     None => continue,
                 }
@@ -417,7 +419,6 @@ async fn register_agent(
 /// messages in hand or the core's queue is full, go through the task.
 fn agent_hook(
     core: CoreHandle,
-    sender: SessionSender,
     registered: Arc<OnceLock<RunnerId>>,
     session: u64,
     heard: Heard,
@@ -425,21 +426,21 @@ fn agent_hook(
 ) -> InboundHook {
     Box::new(move |incoming, queued| {
         let Some(&runner) = registered.get() else {
-            return Some(incoming);
+            return Hooked::Queue(incoming);
         };
         if let Message::Heartbeat(_) = incoming.message {
             heard.mark(Instant::now());
             // spec §6.2: a correlated heartbeat is answered.
-            if incoming.correlation != 0 {
-                let _ = sender.try_reply(incoming.correlation, Ack {});
-            }
-            return None;
+            return match incoming.correlation {
+                0 => Hooked::Taken,
+                correlation => Hooked::Reply(correlation, Ack {}.into()),
+            };
         }
         if for_the_task(&incoming, queued, &finished) || is_artifact_transfer(&incoming.message) {
-            return Some(incoming);
+            return Hooked::Queue(incoming);
         }
         let Some(permit) = core.try_reserve() else {
-            return Some(incoming);
+            return Hooked::Queue(incoming);
         };
         heard.mark(Instant::now());
         permit.send(Command::FromRunner {
@@ -448,7 +449,7 @@ fn agent_hook(
             correlation: incoming.correlation,
             message: incoming.message,
         });
-        None
+        Hooked::Taken
     })
 }
 
@@ -460,13 +461,15 @@ async fn serve_agent(mut session: Session, core: CoreHandle, transport: &'static
     let registered = Arc::new(OnceLock::new());
     session.set_inbound_hook(agent_hook(
         core.clone(),
-        sender.clone(),
         registered.clone(),
         session_id,
         heard.clone(),
         finished.clone(),
     ));
-    let Some((runner, name)) = register_agent(&mut session, &core, session_id, &heard, &finished).await
+    // Boxed, as the artifact transfers below: a state needed once (or
+    // rarely) would otherwise be part of every idle agent's task.
+    let Some((runner, name)) =
+        Box::pin(register_agent(&mut session, &core, session_id, &heard, &finished)).await
     else {
         return;
     };
@@ -496,9 +499,7 @@ async fn serve_agent(mut session: Session, core: CoreHandle, transport: &'static
         // Artifact transfers go to the store, beside the core.
         let message = match &mut uploads {
             Some(uploads) => {
-                uploads
-                    .serve(&sender, incoming.correlation, incoming.message)
-                    .await
+                Box::pin(uploads.serve(&sender, incoming.correlation, incoming.message)).await
             }
             None if is_artifact_transfer(&incoming.message) => {
                 Responder::new(sender.clone(), incoming.correlation).fail(ErrorCode::NOT_FOUND, NO_ARTIFACTS);

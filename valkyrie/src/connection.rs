@@ -215,7 +215,10 @@ impl Connection {
             state: State::AwaitingHello,
             decoders,
             lanes: Default::default(),
-            events: VecDeque::new(),
+            // Room for one: a read usually completes one frame, and the
+            // queue keeps the room it grew to, on every connection, idle or
+            // not (an event is ~270 bytes; a first push would take four).
+            events: VecDeque::with_capacity(1),
             // Until the peer says otherwise, assume the minimum it must accept.
             peer_max_frame_bytes: MIN_MAX_FRAME_BYTES,
             peer_heartbeat: config.heartbeat_interval,

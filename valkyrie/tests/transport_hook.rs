@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 
 use support::{within, Fixture, ALL};
 use valkyrie::message::{Ack, Heartbeat, Message};
+use valkyrie::transport::Hooked;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_hook_sees_every_message_first_and_passes_on_what_it_returns() {
@@ -21,10 +22,14 @@ async fn the_hook_sees_every_message_first_and_passes_on_what_it_returns() {
             let seen = seen.clone();
             Box::new(move |incoming, queued| {
                 let Message::Heartbeat(Heartbeat { running }) = incoming.message else {
-                    return Some(incoming);
+                    return Hooked::Queue(incoming);
                 };
                 seen.lock().unwrap().push((running, queued));
-                (running % 2 == 1).then_some(incoming)
+                if running % 2 == 1 {
+                    Hooked::Queue(incoming)
+                } else {
+                    Hooked::Taken
+                }
             })
         });
         for running in 0..10 {
@@ -62,6 +67,30 @@ async fn the_hook_sees_every_message_first_and_passes_on_what_it_returns() {
             *seen.lock().unwrap(),
             expected,
             "{t:?}: each with the count queued before it"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hook_answers_from_the_connections_own_turn() {
+    let fx = Fixture::new();
+    for t in ALL {
+        let (_listener, client, mut server) = fx.connected(t, "x").await;
+        // Correlated heartbeats are answered by the hook; nothing else is.
+        server.set_inbound_hook(Box::new(|incoming, _| match incoming.message {
+            Message::Heartbeat(_) if incoming.correlation != 0 => Hooked::Reply(incoming.correlation, Ack {}.into()),
+            _ => Hooked::Queue(incoming),
+        }));
+        for _ in 0..3 {
+            let answer = within("the hook's answer", client.sender().request(Heartbeat { running: 1 })).await;
+            assert!(matches!(answer, Ok(Message::Ack(_))), "{t:?}: {answer:?}");
+        }
+        client.sender().send(Heartbeat { running: 7 }).await.unwrap();
+        let passed = within("the uncorrelated heartbeat", server.recv()).await.unwrap();
+        assert_eq!(
+            passed.message,
+            Message::Heartbeat(Heartbeat { running: 7 }),
+            "{t:?}: the answered ones never reach recv"
         );
     }
 }

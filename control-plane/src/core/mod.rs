@@ -381,7 +381,16 @@ impl CoreHandle {
 
     /// Sends a command, waiting while the core's queue is full.
     pub async fn send(&self, command: Command) -> bool {
-        self.tx.send(command).await.is_ok()
+        match self.tx.try_reserve() {
+            Ok(permit) => {
+                permit.send(command);
+                true
+            }
+            Err(mpsc::error::TrySendError::Closed(())) => false,
+            // Waiting for room is boxed: its state would otherwise be part
+            // of every session's task, idle or not.
+            Err(mpsc::error::TrySendError::Full(())) => Box::pin(self.tx.send(command)).await.is_ok(),
+        }
     }
 
     /// Room for one command now; `None` when the core's queue is full or
@@ -527,6 +536,8 @@ pub struct Core {
     actor: Option<Actor>,
     /// Projects and the webhook deliveries seen.
     projects: projects::ProjectState,
+    /// No runner can be lost before this instant ([`Core::lost_runners`]).
+    lost_check_at: Instant,
 }
 
 /// Starts the core task with its state in memory only; returns its handle.
@@ -637,7 +648,38 @@ impl Core {
             next_audit: 1,
             actor: None,
             projects: Default::default(),
+            lost_check_at: now.at,
         }
+    }
+
+    /// Runners silent or disconnected for too long. Looked for only once
+    /// the first of them can be lost: no runner is heard less recently
+    /// than it was at the last look, and one connecting or disconnecting
+    /// since then can be lost no sooner than `runner_lost_after` after it,
+    /// so the earliest of those instants bounds them all. With thousands of
+    /// runners heartbeating, a look at every tick was the server's largest
+    /// cost.
+    fn lost_runners(&mut self, now: Instant) -> Vec<RunnerId> {
+        if now < self.lost_check_at {
+            return Vec::new();
+        }
+        let lost_after = self.config.runner_lost_after;
+        let mut next = now + lost_after;
+        let mut lost = Vec::new();
+        for r in self.runners.values() {
+            let since = match r.link() {
+                Link::Connected { .. } => r.last_seen(),
+                Link::Disconnected(since) => *since,
+                Link::Lost => continue,
+            };
+            if now.saturating_duration_since(since) >= lost_after {
+                lost.push(r.id);
+            } else {
+                next = next.min(since + lost_after);
+            }
+        }
+        self.lost_check_at = next;
+        lost
     }
 
     /// The driver: owns the clock and the store's commit reports, feeds
@@ -1870,18 +1912,7 @@ impl Core {
             self.finished_job(id);
         }
         self.remove_old_runners(now);
-        // Runners silent or disconnected for too long are lost.
-        let lost_after = self.config.runner_lost_after;
-        let lost: Vec<RunnerId> = self
-            .runners
-            .values()
-            .filter(|r| match r.link() {
-                Link::Connected { .. } => now.saturating_duration_since(r.last_seen()) >= lost_after,
-                Link::Disconnected(since) => now.duration_since(*since) >= lost_after,
-                Link::Lost => false,
-            })
-            .map(|r| r.id)
-            .collect();
+        let lost = self.lost_runners(now);
         for id in lost {
             let Some(r) = self.runners.get_mut(&id) else {
                 continue;

@@ -26,7 +26,7 @@ pub use listener::{BindError, Listener, ListenerOptions};
 pub const MAX_RECONNECT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
 
 pub use session::{
-    Authenticator, InboundHook, Incoming, IncomingReceiver, PendingReply, Redirector, RequestError,
+    Authenticator, Hooked, InboundHook, Incoming, IncomingReceiver, PendingReply, Redirector, RequestError,
     SentMessages, Session, SessionSender,
 };
 pub use tls::{dev_certificate, ClientTls, DevCertificate, ServerTls, TlsSetupError, ALPN};

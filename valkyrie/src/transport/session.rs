@@ -67,19 +67,21 @@ pub(crate) enum Route {
     Stream(mpsc::Sender<Message>),
 }
 
-/// What the application asks of the driver. Messages are boxed: a lane's
-/// channel allocates room for 32 commands up front, and a `Message` is over
-/// 200 bytes, which made the three lanes of an idle session cost about
-/// 24 KiB (thousands of agents connect to one server).
+/// What the application asks of the driver. Each goes boxed through its
+/// lane's channel: a channel allocates room for 32 entries up front, so an
+/// entry of one pointer keeps an idle session's three lanes small (about
+/// 300 bytes each instead of 1.3 KiB; thousands of agents connect to one
+/// server), at the one allocation per message that boxing the message
+/// alone cost before.
 pub(crate) enum Command {
     Send {
         correlation: u64,
         flags: Flags,
-        message: Box<Message>,
+        message: Message,
     },
     Request {
         correlation: u64,
-        message: Box<Message>,
+        message: Message,
         route: Route,
     },
     Close {
@@ -90,9 +92,10 @@ pub(crate) enum Command {
 
 /// Takes the peer's messages (not the replies to our requests) in the
 /// connection's own task, before they are queued for [`Session::recv`]: a
-/// message it returns `None` for is handled, and never queued; one it
-/// returns is queued as usual. It runs between two reads of the socket, so
-/// it must never wait (send with `try_send`, `try_reserve`).
+/// message it takes ([`Hooked::Taken`], [`Hooked::Reply`]) is never
+/// queued; one it gives back ([`Hooked::Queue`]) is queued as usual. It
+/// runs between two reads of the socket, so it must never wait (send with
+/// `try_send`, `try_reserve`).
 ///
 /// Its second argument is how many messages were queued for
 /// [`Session::recv`] before this one, since the session began. An
@@ -101,8 +104,24 @@ pub(crate) enum Command {
 /// handle it without reordering.
 ///
 /// What it is for: a server can hand a frame straight to the task that
-/// applies it (its core), one hop fewer than through the session's task.
-pub type InboundHook = Box<dyn FnMut(Incoming, u64) -> Option<Incoming> + Send>;
+/// applies it (its core), one hop fewer than through the session's task,
+/// and answer what needs no one else (a heartbeat) in the same turn of the
+/// connection that read it.
+pub type InboundHook = Box<dyn FnMut(Incoming, u64) -> Hooked + Send>;
+
+/// What an [`InboundHook`] did with a message.
+#[derive(Debug)]
+pub enum Hooked {
+    /// Not taken: queued for [`Session::recv`].
+    Queue(Incoming),
+    /// Taken: handled elsewhere, or nothing to do.
+    Taken,
+    /// Taken and answered with this message, carrying the given
+    /// correlation id (a reply when it is not 0). The answer is queued on
+    /// its lane by the connection's task itself, ahead of whatever still
+    /// waits in the lane's channel.
+    Reply(u64, Message),
+}
 
 /// What the driver and the handles share.
 pub(crate) struct Shared {
@@ -114,7 +133,7 @@ pub(crate) struct Shared {
 /// Cloneable handle for sending on a session.
 #[derive(Clone)]
 pub struct SessionSender {
-    lanes: [mpsc::Sender<Command>; 3],
+    lanes: [mpsc::Sender<Box<Command>>; 3],
     shared: Arc<Shared>,
 }
 
@@ -125,7 +144,7 @@ impl std::fmt::Debug for SessionSender {
 }
 
 impl SessionSender {
-    fn lane(&self, lane: Lane) -> &mpsc::Sender<Command> {
+    fn lane(&self, lane: Lane) -> &mpsc::Sender<Box<Command>> {
         &self.lanes[lane.index()]
     }
 
@@ -148,11 +167,11 @@ impl SessionSender {
             Flags::NONE
         };
         self.lane(message.lane())
-            .send(Command::Send {
+            .send(Box::new(Command::Send {
                 correlation,
                 flags,
-                message: Box::new(message),
-            })
+                message,
+            }))
             .await
             .map_err(|_| self.closed_error())
     }
@@ -168,11 +187,11 @@ impl SessionSender {
             Flags::NONE
         };
         self.lane(lane)
-            .try_send(Command::Send {
+            .try_send(Box::new(Command::Send {
                 correlation,
                 flags,
-                message: Box::new(message),
-            })
+                message,
+            }))
             .map_err(|e| match e {
                 mpsc::error::TrySendError::Full(_) => SendError::QueueFull(lane),
                 mpsc::error::TrySendError::Closed(_) => SendError::Closed,
@@ -201,11 +220,11 @@ impl SessionSender {
         // lane: a JobResult (dispatch) must not overtake the AssignAck and
         // StepResults queued before it.
         self.lane(message.lane())
-            .send(Command::Request {
+            .send(Box::new(Command::Request {
                 correlation,
-                message: Box::new(message),
+                message,
                 route: Route::Once(tx),
-            })
+            }))
             .await
             .map_err(|_| SendError::Closed)?;
         Ok(PendingReply(rx))
@@ -222,11 +241,11 @@ impl SessionSender {
         let (tx, rx) = mpsc::channel(buffer.max(1));
         let correlation = self.correlation();
         self.lane(message.lane())
-            .send(Command::Request {
+            .send(Box::new(Command::Request {
                 correlation,
-                message: Box::new(message),
+                message,
                 route: Route::Stream(tx),
-            })
+            }))
             .await
             .map_err(|_| SendError::Closed)?;
         Ok(rx)
@@ -236,10 +255,10 @@ impl SessionSender {
     pub async fn close(&self, code: ErrorCode, reason: impl Into<String>) {
         let _ = self
             .lane(Lane::Control)
-            .send(Command::Close {
+            .send(Box::new(Command::Close {
                 code,
                 reason: reason.into(),
-            })
+            }))
             .await;
     }
 
@@ -361,7 +380,7 @@ impl SentMessages {
     /// The next message waiting, control lane first, with its correlation
     /// id; `None` when nothing is waiting. Requests get no answer.
     pub fn try_next(&mut self) -> Option<Incoming> {
-        self.lanes.iter_mut().find_map(|rx| match rx.try_recv().ok()? {
+        self.lanes.iter_mut().find_map(|rx| match *rx.try_recv().ok()? {
             Command::Send {
                 correlation, message, ..
             }
@@ -369,7 +388,7 @@ impl SentMessages {
                 correlation, message, ..
             } => Some(Incoming {
                 correlation,
-                message: *message,
+                message,
             }),
             Command::Close { code, reason } => Some(Incoming {
                 correlation: 0,
@@ -404,7 +423,7 @@ pub(crate) struct DriverEnds {
     pub queued: u64,
 }
 
-pub(crate) type LaneReceivers = [mpsc::Receiver<Command>; 3];
+pub(crate) type LaneReceivers = [mpsc::Receiver<Box<Command>>; 3];
 
 pub(crate) fn session_pair(peer: String) -> (SessionParts, DriverEnds, LaneReceivers) {
     let (c_tx, c_rx) = mpsc::channel(LANE_CHANNEL);
@@ -475,8 +494,8 @@ pub(crate) enum Handshake {
 
 impl DriverEnds {
     /// Applies one command from the application to the connection.
-    pub fn apply(&mut self, conn: &mut Connection, command: Command) {
-        match command {
+    pub fn apply(&mut self, conn: &mut Connection, command: Box<Command>) {
+        match *command {
             Command::Send {
                 correlation,
                 flags,
@@ -511,8 +530,8 @@ impl DriverEnds {
     pub fn apply_batch(
         &mut self,
         conn: &mut Connection,
-        first: Command,
-        rx: &mut mpsc::Receiver<Command>,
+        first: Box<Command>,
+        rx: &mut mpsc::Receiver<Box<Command>>,
         lane: crate::frame::Lane,
     ) {
         self.apply(conn, first);
@@ -558,7 +577,7 @@ impl DriverEnds {
                     correlation,
                     flags,
                     message,
-                } => self.deliver(correlation, flags, message).await,
+                } => self.deliver(conn, correlation, flags, message).await,
                 Event::Closed(result) => {
                     self.routes.clear();
                     self.drop_hook();
@@ -575,7 +594,7 @@ impl DriverEnds {
         self.shared.hook.lock().expect("inbound hook").take();
     }
 
-    async fn deliver(&mut self, correlation: u64, flags: Flags, message: Message) {
+    async fn deliver(&mut self, conn: &mut Connection, correlation: u64, flags: Flags, message: Message) {
         // Only a reply answers one of our requests: the peer numbers its own
         // requests from 1 too, so a bare id match would steal its request.
         // spec §5: the REPLY flag is optional (implied by the kind), so a
@@ -589,7 +608,7 @@ impl DriverEnds {
                     Route::Stream(tx) => {
                         // Awaiting here pushes back on the peer through the
                         // transport's flow control when the consumer is slow.
-                        if tx.send(message).await.is_ok() {
+                        if send_or_wait(&tx, message).await {
                             self.routes.insert(correlation, Route::Stream(tx));
                         }
                     }
@@ -600,12 +619,23 @@ impl DriverEnds {
         let mut incoming = Incoming { correlation, message };
         if let Some(hook) = self.shared.hook.lock().expect("inbound hook").as_mut() {
             match hook(incoming, self.queued) {
-                Some(rest) => incoming = rest,
-                None => return,
+                Hooked::Queue(rest) => incoming = rest,
+                Hooked::Taken => return,
+                Hooked::Reply(correlation, answer) => {
+                    let flags = if correlation != 0 {
+                        Flags::REPLY
+                    } else {
+                        Flags::NONE
+                    };
+                    if let Err(err) = conn.send(correlation, flags, &answer) {
+                        tracing::debug!(%err, kind = %answer.kind(), "dropping a hook's answer");
+                    }
+                    return;
+                }
             }
         }
         self.queued += 1;
-        let _ = self.incoming.send(Box::new(incoming)).await;
+        send_or_wait(&self.incoming, Box::new(incoming)).await;
     }
 
     /// Marks the session ended if the connection did not say how.
@@ -620,5 +650,16 @@ impl DriverEnds {
                 false
             }
         });
+    }
+}
+
+/// Sends on `tx`, waiting for room only when it is full; `false` once the
+/// receiver is gone. The wait is boxed: its state would otherwise sit in
+/// every connection's task, idle or not.
+async fn send_or_wait<T: Send>(tx: &mpsc::Sender<T>, value: T) -> bool {
+    match tx.try_send(value) {
+        Ok(()) => true,
+        Err(mpsc::error::TrySendError::Closed(_)) => false,
+        Err(mpsc::error::TrySendError::Full(value)) => Box::pin(tx.send(value)).await.is_ok(),
     }
 }

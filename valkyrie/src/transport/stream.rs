@@ -1,13 +1,18 @@
-//! The driver for byte-stream transports (Unix, TCP, TLS): one task owns the
-//! read half and the [`Connection`]; a writer task owns the write half, so a
-//! peer that stops reading never stops us from reading (and answering) it.
+//! The driver for byte-stream transports (Unix, TCP, TLS): one task owns
+//! both halves of the socket and the [`Connection`]. It waits for the
+//! socket to be writable and readable at once, so a peer that stops
+//! reading never stops us from reading it, and a frame is written from the
+//! turn that queued it, with no hand-off to another task.
 
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::{mpsc, oneshot};
-use tracing::{debug, Instrument};
+use tokio::sync::oneshot;
+use tracing::debug;
 
 use super::session::{Authenticator, DriverEnds, Handshake, LaneReceivers, Redirector};
 use crate::connection::Connection;
@@ -22,6 +27,10 @@ pub(crate) const MAX_WRITE_BYTES: usize = 256 * 1024;
 /// small buffer or none.
 const MIN_READ_BYTES: usize = 1024;
 const MAX_READ_BYTES: usize = 64 * 1024;
+/// An emptied write buffer larger than this is given back to the allocator,
+/// so that a connection that once sent a burst does not hold its room while
+/// idle.
+const MAX_IDLE_WRITE_BYTES: usize = 8 * 1024;
 /// How long a closing connection may take to hand its last frames (the Close)
 /// to a peer, and then to wait for the peer's EOF, before it is abandoned. A
 /// dead peer that never reads must not hold a connection slot forever.
@@ -37,7 +46,7 @@ pub(crate) struct DriverSetup {
     pub handshake: oneshot::Sender<Handshake>,
 }
 
-pub(crate) async fn drive_stream<R, W>(mut reader: R, writer: W, setup: DriverSetup)
+pub(crate) async fn drive_stream<R, W>(mut reader: R, mut writer: W, setup: DriverSetup)
 where
     R: AsyncRead + Unpin + Send + 'static,
     W: AsyncWrite + Unpin + Send + 'static,
@@ -53,9 +62,11 @@ where
     } = setup;
     let [mut control_rx, mut dispatch_rx, mut bulk_rx] = lanes;
     let mut handshake = Some(handshake);
-    // Two chunks in flight: one being written, one ready behind it.
-    let (write_tx, write_rx) = mpsc::channel::<Bytes>(2);
-    let writer_task = tokio::spawn(write_loop(writer, write_rx).in_current_span());
+    // Frames taken from the connection and not yet accepted by the socket.
+    let mut out = BytesMut::new();
+    // Whether bytes the socket accepted may still sit in the writer's own
+    // buffer (TLS records): they are flushed before the writer waits.
+    let mut unflushed = false;
     let mut read_size = ReadSize::default();
     let mut lanes_open = [true; 3];
     let mut write_failed = false;
@@ -89,23 +100,32 @@ where
             conn.close(ErrorCode::NORMAL, "session dropped");
             continue;
         }
+        if out.is_empty() && conn.has_pending_output() {
+            conn.poll_transmit(&mut out, MAX_WRITE_BYTES);
+            if conn.is_drained() {
+                // The Close frame is in `out`: written below, after the loop.
+                break;
+            }
+        }
         let open = conn.is_open();
         let timeout = close_deadline.or_else(|| conn.poll_timeout());
         timer.arm(timeout);
         let reading = !conn.is_closed();
-        let writing = conn.has_pending_output();
+        let writing = !out.is_empty() || unflushed;
         let can_send = [Lane::Control, Lane::Dispatch, Lane::Bulk]
             .map(|lane| open && lanes_open[lane.index()] && conn.can_send(lane));
         let read_buf = conn.recv_buffer(0);
         read_size.prepare(read_buf);
         tokio::select! {
             biased;
-            permit = write_tx.reserve(), if writing => {
-                match permit {
-                    Ok(permit) => {
-                        let mut out = BytesMut::with_capacity(MAX_WRITE_BYTES.min(64 * 1024));
-                        conn.poll_transmit(&mut out, MAX_WRITE_BYTES);
-                        permit.send(out.freeze());
+            wrote = std::future::poll_fn(|cx| poll_write_turn(&mut writer, &out, cx)), if writing => {
+                match wrote {
+                    Ok(wrote) => {
+                        out.advance(wrote.bytes);
+                        unflushed = !wrote.flushed;
+                        if out.is_empty() && out.capacity() > MAX_IDLE_WRITE_BYTES {
+                            out = BytesMut::new();
+                        }
                     }
                     Err(_) => write_failed = true,
                 }
@@ -155,16 +175,16 @@ where
     drop(handshake);
     ends.finish(ConnectionError::Reset);
     drop(ends);
-    drop(write_tx);
     let deadline = close_deadline.unwrap_or_else(|| Instant::now() + CLOSE_LINGER);
     // Let the Close frame (if any) reach the socket before it shuts.
-    let mut writer_task = writer_task;
-    if tokio::time::timeout_at(deadline.into(), &mut writer_task)
-        .await
-        .is_err()
-    {
-        writer_task.abort();
+    if !write_failed {
+        let finish = async {
+            writer.write_all(&out).await?;
+            writer.shutdown().await
+        };
+        let _ = tokio::time::timeout_at(deadline.into(), finish).await;
     }
+    drop(writer);
     // Lingering close: closing a TCP socket with unread input makes the kernel
     // send RST, and the peer may then lose the Close frame we just wrote. So
     // read and discard until the peer's EOF (it closes on our Close), bounded.
@@ -172,6 +192,45 @@ where
         let _ = tokio::time::timeout_at(deadline.into(), discard_until_eof(&mut reader)).await;
     }
     debug!("connection ended");
+}
+
+/// What one write turn did.
+struct Wrote {
+    /// Bytes of `out` the socket took.
+    bytes: usize,
+    /// Whether everything taken has left the writer's own buffer too.
+    flushed: bool,
+}
+
+/// Writes what it can of `out`; once all of it is taken, flushes the
+/// writer in the same turn when that completes at once (always for Unix and
+/// TCP; TLS may keep records back). Ready only when it made progress, so
+/// that the driver's other branches run while the socket is full.
+fn poll_write_turn<W: AsyncWrite + Unpin>(
+    writer: &mut W,
+    out: &[u8],
+    cx: &mut Context<'_>,
+) -> Poll<io::Result<Wrote>> {
+    let mut writer = Pin::new(writer);
+    let bytes = if out.is_empty() {
+        0
+    } else {
+        match writer.as_mut().poll_write(cx, out) {
+            Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+            Poll::Ready(Ok(n)) => n,
+            Poll::Ready(Err(err)) => return Poll::Ready(Err(err)),
+            Poll::Pending => return Poll::Pending,
+        }
+    };
+    if bytes < out.len() {
+        return Poll::Ready(Ok(Wrote { bytes, flushed: false }));
+    }
+    match writer.poll_flush(cx) {
+        Poll::Ready(Ok(())) => Poll::Ready(Ok(Wrote { bytes, flushed: true })),
+        Poll::Ready(Err(err)) => Poll::Ready(Err(err)),
+        Poll::Pending if bytes > 0 => Poll::Ready(Ok(Wrote { bytes, flushed: false })),
+        Poll::Pending => Poll::Pending,
+    }
 }
 
 /// How much room the next read gets.
@@ -211,7 +270,9 @@ impl ReadSize {
 
 /// Reads and drops input until EOF or an error.
 pub(crate) async fn discard_until_eof<R: AsyncRead + Unpin>(reader: &mut R) {
-    let mut sink = [0u8; 8192];
+    // On the heap: a buffer on the stack would sit in every connection's
+    // task, idle or not, for this one use at the end.
+    let mut sink = vec![0u8; 4096];
     while let Ok(n) = reader.read(&mut sink).await {
         if n == 0 {
             return;
@@ -219,21 +280,13 @@ pub(crate) async fn discard_until_eof<R: AsyncRead + Unpin>(reader: &mut R) {
     }
 }
 
-async fn write_loop<W: AsyncWrite + Unpin>(mut writer: W, mut chunks: mpsc::Receiver<Bytes>) {
-    while let Some(chunk) = chunks.recv().await {
-        if writer.write_all(&chunk).await.is_err() {
-            return;
-        }
-    }
-    let _ = writer.shutdown().await;
-}
-
-/// A connection's timer: one `Sleep` for the driver's life, moved only
-/// when a deadline comes sooner than the one it is set for. A later
-/// deadline (each frame received pushes the ping and idle deadlines back)
-/// leaves it to fire early: the connection, asked then, finds nothing due,
-/// and the timer is set again. A new `Sleep` on every turn of the driver
-/// cost a timer-wheel insertion and removal per frame.
+/// A connection's timer: one `Sleep` for the driver's life, moved to each
+/// new deadline. Every received frame pushes the ping and idle deadlines
+/// back; moving a tokio timer later only updates its deadline (the timer
+/// wheel re-files it when the old instant comes, without waking the task),
+/// while a timer left at the earlier deadline woke the connection's task
+/// for nothing once per heartbeat interval. A new `Sleep` on every turn of
+/// the driver cost a timer-wheel insertion and removal per frame.
 pub(crate) struct ConnTimer {
     sleep: std::pin::Pin<Box<tokio::time::Sleep>>,
     set_for: Option<Instant>,
@@ -249,10 +302,10 @@ impl ConnTimer {
         }
     }
 
-    /// Makes the timer fire no later than `deadline` (if any).
+    /// Makes the timer fire at `deadline` (if any).
     pub(crate) fn arm(&mut self, deadline: Option<Instant>) {
         if let Some(deadline) = deadline {
-            if self.set_for.is_none_or(|at| deadline < at) {
+            if self.set_for != Some(deadline) {
                 self.sleep.as_mut().reset(deadline.into());
                 self.set_for = Some(deadline);
             }
