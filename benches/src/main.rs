@@ -74,7 +74,7 @@ impl Transport {
     }
 }
 
-#[derive(Args, Debug)]
+#[derive(Args, Clone, Debug)]
 struct DispatchArgs {
     /// Transport for every connection (client, agents and baselines).
     #[arg(long, env = "VALKYRIE_BENCH_TRANSPORT", default_value = "unix")]
@@ -161,7 +161,15 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     let handle = system_rt.handle().clone();
-    let results = client_rt.block_on(run(&args, handle, dir.path().to_path_buf()))?;
+    // Everything measured runs on the client runtime's worker threads, as
+    // the dispatch load's own tasks do: a future run by `block_on` is woken
+    // by unparking that thread instead of by the runtime's scheduler, which
+    // made the one-in-flight baselines several times slower than the same
+    // round trip from a task, and so too easy to compare with.
+    let results = client_rt.block_on({
+        let (args, dir) = (args.clone(), dir.path().to_path_buf());
+        async move { tokio::spawn(async move { run(&args, handle, dir).await }).await }
+    })??;
     client_rt.shutdown_timeout(Duration::from_secs(1));
     system_rt.shutdown_timeout(Duration::from_secs(1));
     if args.json {
