@@ -26,6 +26,10 @@ use crate::stats::{us, Summary};
 use crate::system::System;
 use crate::wait::WakeMode;
 
+/// jemalloc (see the workspace's Cargo.toml for why).
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// Load generator for Valkyrie.
 #[derive(Parser, Debug)]
 #[command(version)]

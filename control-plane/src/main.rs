@@ -32,6 +32,10 @@ use valkyrie_control_plane::store::{
 };
 use valkyrie_control_plane::{audit, server, CoreConfig};
 
+/// jemalloc (see the workspace's Cargo.toml for why).
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// The Valkyrie control plane: schedules CI jobs onto runner agents.
 #[derive(Parser, Debug)]
 #[command(

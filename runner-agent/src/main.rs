@@ -15,6 +15,10 @@ use valkyrie_runner_agent::job::JobDefaults;
 use valkyrie_runner_agent::supervisor;
 use valkyrie_runner_agent::{Agent, AgentConfig};
 
+/// jemalloc (see the workspace's Cargo.toml for why).
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// Runs CI jobs handed out by a Valkyrie control plane.
 #[derive(Parser, Debug)]
 #[command(
