@@ -498,9 +498,7 @@ async fn serve_agent(mut session: Session, core: CoreHandle, transport: &'static
         }
         // Artifact transfers go to the store, beside the core.
         let message = match &mut uploads {
-            Some(uploads) => {
-                Box::pin(uploads.serve(&sender, incoming.correlation, incoming.message)).await
-            }
+            Some(uploads) => Box::pin(uploads.serve(&sender, incoming.correlation, incoming.message)).await,
             None if is_artifact_transfer(&incoming.message) => {
                 Responder::new(sender.clone(), incoming.correlation).fail(ErrorCode::NOT_FOUND, NO_ARTIFACTS);
                 None

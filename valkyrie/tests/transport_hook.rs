@@ -78,11 +78,17 @@ async fn a_hook_answers_from_the_connections_own_turn() {
         let (_listener, client, mut server) = fx.connected(t, "x").await;
         // Correlated heartbeats are answered by the hook; nothing else is.
         server.set_inbound_hook(Box::new(|incoming, _| match incoming.message {
-            Message::Heartbeat(_) if incoming.correlation != 0 => Hooked::Reply(incoming.correlation, Ack {}.into()),
+            Message::Heartbeat(_) if incoming.correlation != 0 => {
+                Hooked::Reply(incoming.correlation, Ack {}.into())
+            }
             _ => Hooked::Queue(incoming),
         }));
         for _ in 0..3 {
-            let answer = within("the hook's answer", client.sender().request(Heartbeat { running: 1 })).await;
+            let answer = within(
+                "the hook's answer",
+                client.sender().request(Heartbeat { running: 1 }),
+            )
+            .await;
             assert!(matches!(answer, Ok(Message::Ack(_))), "{t:?}: {answer:?}");
         }
         client.sender().send(Heartbeat { running: 7 }).await.unwrap();

@@ -386,10 +386,7 @@ impl SentMessages {
             }
             | Command::Request {
                 correlation, message, ..
-            } => Some(Incoming {
-                correlation,
-                message,
-            }),
+            } => Some(Incoming { correlation, message }),
             Command::Close { code, reason } => Some(Incoming {
                 correlation: 0,
                 message: Message::Close(crate::message::Close { code, reason }),

@@ -223,12 +223,18 @@ fn poll_write_turn<W: AsyncWrite + Unpin>(
         }
     };
     if bytes < out.len() {
-        return Poll::Ready(Ok(Wrote { bytes, flushed: false }));
+        return Poll::Ready(Ok(Wrote {
+            bytes,
+            flushed: false,
+        }));
     }
     match writer.poll_flush(cx) {
         Poll::Ready(Ok(())) => Poll::Ready(Ok(Wrote { bytes, flushed: true })),
         Poll::Ready(Err(err)) => Poll::Ready(Err(err)),
-        Poll::Pending if bytes > 0 => Poll::Ready(Ok(Wrote { bytes, flushed: false })),
+        Poll::Pending if bytes > 0 => Poll::Ready(Ok(Wrote {
+            bytes,
+            flushed: false,
+        })),
         Poll::Pending => Poll::Pending,
     }
 }
