@@ -466,8 +466,9 @@ async fn serve_agent(mut session: Session, core: CoreHandle, transport: &'static
         heard.clone(),
         finished.clone(),
     ));
-    // Boxed, as the artifact transfers below: a state needed once (or
-    // rarely) would otherwise be part of every idle agent's task.
+    // Boxed, as the artifact transfers and their close below: a state
+    // needed once (or rarely) would otherwise be part of every idle
+    // agent's task.
     let Some((runner, name)) =
         Box::pin(register_agent(&mut session, &core, session_id, &heard, &finished)).await
     else {
@@ -517,7 +518,7 @@ async fn serve_agent(mut session: Session, core: CoreHandle, transport: &'static
         }
     }
     if let Some(uploads) = uploads {
-        uploads.close().await;
+        Box::pin(uploads.close()).await;
     }
     if let Some(Err(err)) = sender.close_reason() {
         warn!(runner = %name, %err, "agent session ended");
