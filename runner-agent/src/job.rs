@@ -266,7 +266,9 @@ pub async fn run_attempt(
             }
         }
         let (ev_tx, mut ev_rx) = mpsc::channel(256);
-        let exec = tokio::spawn(executor::run_job(plan, ev_tx, cancel));
+        // Boxed: the executor's future is several KiB, which spawning
+        // would copy into the task (and out of it) by value.
+        let exec = tokio::spawn(Box::pin(executor::run_job(plan, ev_tx, cancel)));
         let mut failed_step: Option<FailedStep> = None;
         // Every step's report rides on the JobResult. A step's StepResult
         // is sent on its own only once the next step starts: live progress

@@ -520,14 +520,17 @@ impl Agent {
                     cache: assign.spec.cache.clone(),
                     max_bytes: self.config.defaults.max_artifact_bytes,
                 };
-                tokio::spawn(run_attempt(
+                // Boxed before it is spawned, as the executor's future in
+                // it: a future of a few KiB is otherwise copied several
+                // times on its way into the task, once per job.
+                tokio::spawn(Box::pin(run_attempt(
                     assign.job_id,
                     assign.attempt,
                     plan,
                     outbox,
                     cancel_rx,
                     artifacts,
-                ));
+                )));
             }
             Message::CancelAssignment(cancel) => {
                 let state = self.state.lock().expect("state");
