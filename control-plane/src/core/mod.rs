@@ -656,9 +656,9 @@ impl Core {
     /// the first of them can be lost: no runner is heard less recently
     /// than it was at the last look, and one connecting or disconnecting
     /// since then can be lost no sooner than `runner_lost_after` after it,
-    /// so the earliest of those instants bounds them all. With thousands of
-    /// runners heartbeating, a look at every tick was the server's largest
-    /// cost.
+    /// so the earliest of those instants bounds them all. A look at every
+    /// 100 ms tick, reading each runner's clock, was about a tenth of the
+    /// server's time with 10,000 runners heartbeating.
     fn lost_runners(&mut self, now: Instant) -> Vec<RunnerId> {
         if now < self.lost_check_at {
             return Vec::new();
