@@ -184,16 +184,19 @@ impl Drop for ServiceProcess {
     fn drop(&mut self) {
         self.kill();
         if std::thread::panicking() {
-            let output = self.output();
-            let lines: Vec<&str> = output.lines().collect();
-            eprintln!(
-                "---- last lines of {} on port {} ----\n{}\n----",
-                self.name,
-                self.port,
-                lines[lines.len().saturating_sub(40)..].join("\n")
-            );
+            print_tail(&format!("{} on port {}", self.name, self.port), &self.output());
         }
     }
+}
+
+/// Prints the last 40 lines of `log` under a heading naming `what`: what a
+/// failing test shows of a process it started.
+pub fn print_tail(what: &str, log: &str) {
+    let lines: Vec<&str> = log.lines().collect();
+    eprintln!(
+        "---- last lines of {what} ----\n{}\n----",
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    );
 }
 
 /// `nx-27017` on `PATH`, or where pip put it.

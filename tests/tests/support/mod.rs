@@ -320,15 +320,8 @@ impl Drop for Guarded {
     fn drop(&mut self) {
         self.kill_now();
         if std::thread::panicking() {
-            let log = self.log();
-            let lines: Vec<&str> = log.lines().collect();
-            let tail = &lines[lines.len().saturating_sub(40)..];
-            eprintln!(
-                "---- last lines of {} ({}) ----\n{}\n----",
-                self.what,
-                self.log.display(),
-                tail.join("\n")
-            );
+            let what = format!("{} ({})", self.what, self.log.display());
+            valkyrie_test_support::print_tail(&what, &self.log());
         }
     }
 }
