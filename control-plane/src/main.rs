@@ -33,6 +33,7 @@ use valkyrie_control_plane::store::{
 use valkyrie_control_plane::{audit, server, CoreConfig};
 
 /// jemalloc (see the workspace's Cargo.toml for why).
+#[cfg(feature = "jemalloc")]
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 

@@ -16,6 +16,7 @@ use valkyrie_runner_agent::supervisor;
 use valkyrie_runner_agent::{Agent, AgentConfig};
 
 /// jemalloc (see the workspace's Cargo.toml for why).
+#[cfg(feature = "jemalloc")]
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
