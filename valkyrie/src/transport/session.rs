@@ -161,11 +161,7 @@ impl SessionSender {
     /// waiting while its lane's queue is full.
     pub async fn reply(&self, correlation: u64, message: impl Into<Message>) -> Result<(), SendError> {
         let message = message.into();
-        let flags = if correlation != 0 {
-            Flags::REPLY
-        } else {
-            Flags::NONE
-        };
+        let flags = reply_flags(correlation);
         self.lane(message.lane())
             .send(Box::new(Command::Send {
                 correlation,
@@ -181,11 +177,7 @@ impl SessionSender {
     pub fn try_reply(&self, correlation: u64, message: impl Into<Message>) -> Result<(), SendError> {
         let message = message.into();
         let lane = message.lane();
-        let flags = if correlation != 0 {
-            Flags::REPLY
-        } else {
-            Flags::NONE
-        };
+        let flags = reply_flags(correlation);
         self.lane(lane)
             .try_send(Box::new(Command::Send {
                 correlation,
@@ -619,11 +611,7 @@ impl DriverEnds {
                 Hooked::Queue(rest) => incoming = rest,
                 Hooked::Taken => return,
                 Hooked::Reply(correlation, answer) => {
-                    let flags = if correlation != 0 {
-                        Flags::REPLY
-                    } else {
-                        Flags::NONE
-                    };
+                    let flags = reply_flags(correlation);
                     if let Err(err) = conn.send(correlation, flags, &answer) {
                         tracing::debug!(%err, kind = %answer.kind(), "dropping a hook's answer");
                     }
@@ -658,5 +646,14 @@ async fn send_or_wait<T: Send>(tx: &mpsc::Sender<T>, value: T) -> bool {
         Ok(()) => true,
         Err(mpsc::error::TrySendError::Closed(_)) => false,
         Err(mpsc::error::TrySendError::Full(value)) => Box::pin(tx.send(value)).await.is_ok(),
+    }
+}
+
+/// The flags of a frame carrying `correlation`: a reply when it is not 0.
+fn reply_flags(correlation: u64) -> Flags {
+    if correlation != 0 {
+        Flags::REPLY
+    } else {
+        Flags::NONE
     }
 }
