@@ -279,7 +279,7 @@ async fn serve_relay(listener: RawListener, connector: Connector, worker: RawAdd
 }
 
 /// One message in flight: `iterations` timed round trips after `warmup`
-/// untimed ones.
+/// untimed ones ([`ping_pong_in_flight`] with one client).
 pub async fn ping_pong(
     connector: &Connector,
     addr: &RawAddr,
@@ -287,24 +287,7 @@ pub async fn ping_pong(
     iterations: usize,
     mode: WakeMode,
 ) -> anyhow::Result<Summary> {
-    let mut conn = connector.connect(addr).await?;
-    let mut buf = [7u8; MESSAGE_BYTES];
-    for _ in 0..warmup {
-        conn.write_message(&buf).await?;
-        mode.wait(conn.read_message(&mut buf)).await?;
-    }
-    let mut samples = Vec::with_capacity(iterations);
-    let started = Instant::now();
-    for _ in 0..iterations {
-        let t0 = Instant::now();
-        conn.write_message(&buf).await?;
-        mode.wait(conn.read_message(&mut buf)).await?;
-        samples.push(t0.elapsed().as_nanos() as u64);
-    }
-    let wall = started.elapsed();
-    // A short pause so the next measurement does not start mid-wake-up.
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    Ok(Summary::new(samples, wall))
+    ping_pong_in_flight(connector, addr, warmup, iterations, 1, mode).await
 }
 
 /// `concurrency` clients at once, each on its own connection (and so its
