@@ -100,6 +100,25 @@ where
             conn.close(ErrorCode::NORMAL, "session dropped");
             continue;
         }
+        // What the application queued goes into the connection before the
+        // next write, so that the connection orders it by lane. Left to the
+        // select below, it would wait while the socket stays writable (the
+        // write branch comes first), and a control frame would follow every
+        // bulk frame queued before it instead of overtaking them.
+        if conn.is_open() {
+            let lanes = [
+                (&mut control_rx, Lane::Control),
+                (&mut dispatch_rx, Lane::Dispatch),
+                (&mut bulk_rx, Lane::Bulk),
+            ];
+            for (rx, lane) in lanes {
+                if lanes_open[lane.index()] && conn.can_send(lane) {
+                    if let Ok(cmd) = rx.try_recv() {
+                        ends.apply_batch(&mut conn, cmd, rx, lane);
+                    }
+                }
+            }
+        }
         if out.is_empty() && conn.has_pending_output() {
             conn.poll_transmit(&mut out, MAX_WRITE_BYTES);
             if conn.is_drained() {
