@@ -251,6 +251,18 @@ impl Agent {
         // The server tried now; failures in a row since the last session.
         let mut current = 0;
         let mut failures = 0;
+        let ack_every = ack_every(
+            self.config.heartbeat_interval,
+            self.config.client.config.idle_timeout_value(),
+        );
+        let mut client = self.config.client.clone();
+        if ack_every > 1 {
+            // The server's Acks, one per `ack_every` Heartbeats, keep the
+            // connection from falling silent for longer than this.
+            client.config = client
+                .config
+                .heartbeat_interval(self.config.heartbeat_interval * (ack_every + 1));
+        }
         loop {
             let server = &servers[current % servers.len()];
             let token = self
@@ -260,8 +272,7 @@ impl Agent {
             // A standby names the leader; the agent follows it (spec §6.4).
             let connecting = async {
                 let (session, reached) =
-                    connect_following(server, hello(Role::Agent, token, agent_id()), &self.config.client)
-                        .await?;
+                    connect_following(server, hello(Role::Agent, token, agent_id()), &client).await?;
                 if reached.to_string() != server.to_string() {
                     info!(%server, leader = %reached, "redirected to the leader");
                 }
@@ -377,6 +388,7 @@ impl Agent {
             }
             self.link_tx.send_replace(Some((sender.clone(), max_frame_bytes)));
             let mut heartbeat = tokio::time::interval(self.config.heartbeat_interval);
+            let mut beats: u32 = 0;
             loop {
                 let deadline = drain_deadline;
                 tokio::select! {
@@ -390,10 +402,16 @@ impl Agent {
                     }
                     _ = heartbeat.tick() => {
                         let running = self.state.lock().expect("state").running.len() as u32;
-                        // As a request: the server's Ack is the agent's sign
-                        // of the server's life, so the connection needs no
-                        // Ping of its own (spec §6.2). The answer is not awaited.
-                        let _ = sender.request_queued(Heartbeat { running }).await;
+                        beats = beats.wrapping_add(1);
+                        // Every `ack_every`-th as a request: the server's Ack
+                        // is the agent's sign of the server's life, so the
+                        // connection needs no Ping of its own (spec §6.2).
+                        // The answer is not awaited.
+                        if beats.is_multiple_of(ack_every) {
+                            let _ = sender.request_queued(Heartbeat { running }).await;
+                        } else {
+                            let _ = sender.send(Heartbeat { running }).await;
+                        }
                     }
                     _ = &mut shutdown, if drain_deadline.is_none() => {
                         drain_deadline = Some(self.start_drain());
@@ -613,5 +631,40 @@ async fn sleep_until(at: Option<tokio::time::Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
+    }
+}
+
+/// How many Heartbeats go by per Ack asked for (spec §6.2). The server's Ack
+/// is the agent's sign of the server's life. The connection pings a silent
+/// server only after one heartbeat interval more than that, and both must
+/// fit in the connection's idle timeout with an interval to spare. With the
+/// defaults (a Heartbeat every 2 s, 10 s idle timeout), one Heartbeat in
+/// three asks, so the server writes a third of the Acks it used to and an
+/// idle connection still carries no Ping. With a long interval every
+/// Heartbeat asks, and the connection pings as configured.
+pub fn ack_every(heartbeat: Duration, idle_timeout: Duration) -> u32 {
+    const MOST: u128 = 3;
+    let intervals = idle_timeout.as_nanos() / heartbeat.as_nanos().max(1);
+    intervals.saturating_sub(2).clamp(1, MOST) as u32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ack_every;
+    use std::time::Duration;
+
+    #[test]
+    fn one_heartbeat_in_three_asks_for_an_ack_when_the_idle_timeout_leaves_room() {
+        let s = Duration::from_secs;
+        // Defaults: Acks 6 s apart, a Ping after 8 s of silence, dead at 10 s.
+        assert_eq!(ack_every(s(2), s(10)), 3);
+        assert_eq!(ack_every(Duration::from_millis(500), s(10)), 3);
+        // 2.5 s: Acks 5 s apart, a Ping after 7.5 s.
+        assert_eq!(ack_every(Duration::from_millis(2500), s(10)), 2);
+        // Longer intervals: every Heartbeat asks, as before.
+        assert_eq!(ack_every(s(3), s(10)), 1);
+        assert_eq!(ack_every(s(10), s(10)), 1);
+        assert_eq!(ack_every(s(60), s(10)), 1);
+        assert_eq!(ack_every(Duration::ZERO, s(10)), 3);
     }
 }

@@ -115,6 +115,11 @@ impl ConnectionConfig {
     pub fn heartbeat_interval_value(&self) -> Duration {
         self.heartbeat_interval
     }
+
+    /// The configured idle timeout.
+    pub fn idle_timeout_value(&self) -> Duration {
+        self.idle_timeout
+    }
 }
 
 /// What the connection tells its owner.
