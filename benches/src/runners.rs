@@ -4,7 +4,7 @@
 //! its own), then connects `--count` lightweight simulated runners from this
 //! process: each a real connection with the real handshake, `RegisterRunner`
 //! and a `Heartbeat` every `--heartbeat` (first beats spread over the
-//! interval), answering an `Assign` at once with `AssignAck` and a
+//! interval; as the agent's, one in three asks for an Ack), answering an `Assign` at once with `AssignAck` and a
 //! succeeded `JobResult` carrying its steps, as the agent does. It reports the server's RSS idle and with
 //! every runner registered, the CPU the server spends while they only
 //! heartbeat (a share of one core over `--window`), and the dispatch latency
@@ -26,6 +26,7 @@ use valkyrie::message::{
 };
 use valkyrie::transport::{connect, hello, ClientOptions};
 use valkyrie::Endpoint;
+use valkyrie_runner_agent::session;
 use valkyrie_sdk::Client;
 
 use crate::dispatch::{self, Load};
@@ -46,6 +47,12 @@ pub struct RunnersArgs {
     /// How long the server's CPU is measured while every runner heartbeats.
     #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
     window: Duration,
+    /// How long the idle server is left alone before its RSS is read a
+    /// second time. jemalloc's background thread gives back the pages the
+    /// start freed over its 10 s decay, which is gradual: all were back
+    /// 20 s after the start in our runs.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    settle: Duration,
     /// Measured no-op jobs at one in flight, before and after connecting the runners.
     #[arg(long, default_value_t = 2_000)]
     probe_jobs: usize,
@@ -170,10 +177,17 @@ async fn simulated_runner(
     mut stop: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let permit = connecting.acquire_owned().await?;
+    // As the agent does: one Heartbeat in `ack_every` asks for an Ack, and
+    // the connection pings only after one more interval of silence.
+    let mut options = ClientOptions::default();
+    let ack_every = session::ack_every(heartbeat, options.config.idle_timeout_value());
+    if ack_every > 1 {
+        options.config = options.config.heartbeat_interval(heartbeat * (ack_every + 1));
+    }
     let session = connect(
         &endpoint,
         hello(Role::Agent, RUNNER_TOKEN, "bench-runner"),
-        &ClientOptions::default(),
+        &options,
     )
     .await
     .with_context(|| format!("runner {index} cannot connect"))?;
@@ -200,11 +214,16 @@ async fn simulated_runner(
     // different times would be.
     let offset = heartbeat.mul_f64(fastrand::f64());
     let mut beat = tokio::time::interval_at(tokio::time::Instant::now() + offset, heartbeat);
+    let mut beats: u32 = 0;
     loop {
         tokio::select! {
             _ = beat.tick() => {
-                // As the agent does: a request the server answers with Ack.
-                let _ = sender.request_queued(Heartbeat { running: 0 }).await?;
+                beats = beats.wrapping_add(1);
+                if beats.is_multiple_of(ack_every) {
+                    let _ = sender.request_queued(Heartbeat { running: 0 }).await?;
+                } else {
+                    sender.send(Heartbeat { running: 0 }).await?;
+                }
             }
             inc = incoming.recv() => {
                 let Some(inc) = inc else { bail!("runner {index}: the server closed the connection") };
@@ -292,6 +311,8 @@ async fn run(args: &RunnersArgs, bin: &Path, dir: &Path) -> anyhow::Result<serde
     let proc = server.proc();
     // Idle: started, one API client, no runner.
     let idle_rss = proc.rss_mib()?;
+    tokio::time::sleep(args.settle).await;
+    let settled_rss = proc.rss_mib()?;
 
     let registered = Arc::new(AtomicU64::new(0));
     let connecting = Arc::new(Semaphore::new(args.connect_concurrency.max(1)));
@@ -345,6 +366,8 @@ async fn run(args: &RunnersArgs, bin: &Path, dir: &Path) -> anyhow::Result<serde
         "connect_all_s": (connect_s * 10.0).round() / 10.0,
         "heartbeat_s": args.heartbeat.as_secs_f64(),
         "server_rss_idle_mib": (idle_rss * 10.0).round() / 10.0,
+        "server_rss_idle_settled_mib": (settled_rss * 10.0).round() / 10.0,
+        "settle_s": args.settle.as_secs_f64(),
         "server_rss_all_registered_mib": (rss_all * 10.0).round() / 10.0,
         "server_rss_after_probes_mib": (rss_after * 10.0).round() / 10.0,
         "server_rss_peak_mib": (peak * 10.0).round() / 10.0,
@@ -369,7 +392,11 @@ fn print(args: &RunnersArgs, r: &serde_json::Value) {
         r["registered"], r["runners"], r["all_still_connected_after_window"]
     );
     println!("time to register all            {} s", r["connect_all_s"]);
-    println!("server RSS idle                 {} MiB", r["server_rss_idle_mib"]);
+    println!("server RSS idle, just started   {} MiB", r["server_rss_idle_mib"]);
+    println!(
+        "server RSS idle, after {} s      {} MiB",
+        r["settle_s"], r["server_rss_idle_settled_mib"]
+    );
     println!(
         "server RSS, all registered      {} MiB",
         r["server_rss_all_registered_mib"]
