@@ -4,9 +4,10 @@
 //! its own), then connects `--count` lightweight simulated runners from this
 //! process: each a real connection with the real handshake, `RegisterRunner`
 //! and a `Heartbeat` every `--heartbeat` (first beats spread over the
-//! interval; as the agent's, one in three asks for an Ack), answering an `Assign` at once with `AssignAck` and a
-//! succeeded `JobResult` carrying its steps, as the agent does. It reports the server's RSS idle and with
-//! every runner registered, the CPU the server spends while they only
+//! interval; as the agent's, one in three asks for an Ack), answering an
+//! `Assign` at once with `AssignAck` and a succeeded `JobResult` carrying
+//! its steps, as the agent does. It reports the server's RSS idle (just
+//! started, and again after `--settle`) and with every runner registered, the CPU the server spends while they only
 //! heartbeat (a share of one core over `--window`), and the dispatch latency
 //! of no-op jobs at one in flight with one runner connected and again with
 //! all of them: the same run's baseline.

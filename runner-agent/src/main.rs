@@ -21,11 +21,9 @@ use valkyrie_runner_agent::{Agent, AgentConfig};
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 /// Lets one jemalloc thread give freed pages back to the system once they
-/// have been unused for jemalloc's decay time (10 s). Without it, pages are
-/// purged only as the program goes on allocating, so an idle process keeps
-/// what its start freed (README, Benchmarks, measured it on an idle
-/// server: about 1.2 MiB). One thread, not jemalloc's default of one per CPU. Should
-/// the allocator refuse, the process only keeps more memory.
+/// have been unused for jemalloc's decay time (10 s), as the server does
+/// (its `purge_in_background` says why). Should the allocator refuse, the
+/// agent only keeps more memory.
 #[cfg(feature = "jemalloc")]
 fn purge_in_background() {
     let _ = tikv_jemalloc_ctl::max_background_threads::write(1);
