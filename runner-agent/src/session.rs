@@ -10,7 +10,7 @@
 //! re-attaches to the attempts its previous life left running
 //! ([`Agent::reattach`]).
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

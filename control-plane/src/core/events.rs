@@ -16,7 +16,9 @@
 //! out before its next log event, so output never precedes the state it
 //! was produced in.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::BTreeSet;
+
+use foldhash::HashSet;
 
 use valkyrie::message::{Event, EventBody};
 use valkyrie::SendError;

@@ -29,7 +29,9 @@ mod snapshot;
 #[cfg(test)]
 mod tests;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+
+use foldhash::{HashMap, HashMapExt};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -519,7 +521,7 @@ pub struct Core {
     /// a fail-fast cancel of a queued job finishes it at once, which
     /// advances its run again; that call is folded into the running one
     /// instead of nesting once per cancelled job.
-    advancing_runs: std::collections::HashMap<u64, bool>,
+    advancing_runs: HashMap<u64, bool>,
     /// The core's own queue, for work it hands itself later (weak, so the
     /// core still ends when every handle is gone).
     self_tx: mpsc::WeakSender<Command>,

@@ -70,7 +70,7 @@ mod tags;
 #[cfg(test)]
 mod tests;
 
-use std::collections::HashMap;
+use foldhash::{HashMap, HashMapExt};
 
 pub use ids::{JobId, RunnerId};
 pub use queue::QueuedJob;

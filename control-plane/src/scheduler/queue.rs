@@ -18,7 +18,9 @@
 //! 4. the job's age, older first, then arrival order.
 
 use std::cmp::Ordering;
-use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
+
+use foldhash::{HashMap, HashMapExt};
 use std::ops::Bound;
 
 use super::ids::JobId;

@@ -8,7 +8,9 @@
 //! ordered set, so picking one is `O(log n)`.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
+
+use foldhash::HashMap;
 
 use super::ids::RunnerId;
 use super::tags::TagSet;

@@ -6,7 +6,7 @@
 //! "does this runner group have every tag the job needs" becomes a few
 //! word-wise `AND`s instead of string comparisons.
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 use std::fmt;
 
 /// A tag interned by a [`TagInterner`]: an index into its name table.

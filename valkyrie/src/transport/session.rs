@@ -2,7 +2,7 @@
 //! bounded per-lane send queues, request/reply by correlation id, and the
 //! reason it ended.
 
-use std::collections::HashMap;
+use foldhash::{HashMap, HashMapExt};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
