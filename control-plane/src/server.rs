@@ -394,7 +394,7 @@ async fn register_agent(
         let name = register.name.clone();
         let (done_tx, done_rx) = oneshot::channel();
         let command = Command::Register {
-            msg: register,
+            msg: *register,
             sender: sender.clone(),
             session: session_id,
             heard: heard.clone(),

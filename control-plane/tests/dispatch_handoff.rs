@@ -11,7 +11,7 @@ use std::time::Duration;
 use protocol_support::{job, next, next_assign, start, submit, wait_job, within};
 use valkyrie::message::{
     AssignAck, CancelAssignment, Event, EventBody, GetRun, JobOutcome, JobResult, JobState, Message,
-    RunDetails, RunState, SubmitPipeline, Subscribe,
+    RunState, SubmitPipeline, Subscribe,
 };
 use valkyrie::Session;
 use valkyrie_control_plane::core::Command;
@@ -180,7 +180,7 @@ async fn draining_a_runner_during_a_handoff_requeues_the_job_and_its_run_succeed
     let run = within("the run to end", async {
         loop {
             match client.sender().request(GetRun { run_id }).await {
-                Ok(Message::RunDetails(RunDetails { run })) if run.state.is_terminal() => return run,
+                Ok(Message::RunDetails(details)) if details.run.state.is_terminal() => return details.run,
                 Ok(Message::RunDetails(_)) => tokio::time::sleep(Duration::from_millis(20)).await,
                 other => panic!("GetRun answered with {other:?}"),
             }

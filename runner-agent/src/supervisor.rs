@@ -166,7 +166,7 @@ pub async fn spawn(
     };
     let mut input = serde_json::to_vec(&launch).map_err(std::io::Error::other)?;
     input.push(b'\n');
-    input.extend(encode_to_vec(&Message::Assign(assign.clone()), 0, Flags::NONE));
+    input.extend(encode_to_vec(&Message::from(assign.clone()), 0, Flags::NONE));
     let mut stdin = child.stdin.take().expect("piped stdin");
     stdin.write_all(&input).await?;
     drop(stdin);
@@ -508,7 +508,7 @@ async fn supervise(dir: &Path) -> anyhow::Result<()> {
         }
     });
     let (outbox, mut messages) = mpsc::channel(256);
-    let runner = tokio::spawn(run(launch, assign, outbox, cancel_rx));
+    let runner = tokio::spawn(run(launch, *assign, outbox, cancel_rx));
     while let Some(message) = messages.recv().await {
         journal
             .write_all(&encode_to_vec(&message, 0, Flags::NONE))

@@ -62,7 +62,7 @@ async fn handshake_and_request_response() {
             }
         }
         let (ok, failed) = within("replies", ask).await.unwrap();
-        assert_eq!(ok, Ok(Message::JobDetails(job_details(42))), "{t:?}");
+        assert_eq!(ok, Ok(Message::from(job_details(42))), "{t:?}");
         assert_eq!(
             failed,
             Err(RequestError::Failed {
@@ -110,12 +110,12 @@ async fn both_sides_may_have_requests_in_flight_with_the_same_id() {
             .unwrap();
         assert_eq!(
             within("reply 1", from_client).await.unwrap(),
-            Ok(Message::JobDetails(job_details(1))),
+            Ok(Message::from(job_details(1))),
             "{t:?}"
         );
         assert_eq!(
             within("reply 2", from_server).await.unwrap(),
-            Ok(Message::JobDetails(job_details(2))),
+            Ok(Message::from(job_details(2))),
             "{t:?}"
         );
     }

@@ -68,7 +68,7 @@ async fn silent_peer_is_detected_dead_and_live_one_is_not() {
             .unwrap();
         assert_eq!(
             within("live reply", ask).await.unwrap(),
-            Ok(Message::JobDetails(job_details(9))),
+            Ok(Message::from(job_details(9))),
             "{t:?}"
         );
     }

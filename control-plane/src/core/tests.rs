@@ -53,7 +53,7 @@ impl Agent {
         let mut cancels = Vec::new();
         for message in self.messages() {
             match message {
-                Message::Assign(a) => assigns.push(a),
+                Message::Assign(a) => assigns.push(*a),
                 Message::CancelAssignment(c) => cancels.push(c),
                 _ => {}
             }

@@ -10,8 +10,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use valkyrie::message::{
-    Assign, AssignAck, GetJob, Heartbeat, JobDetails, JobInfo, JobSpec, Message, RegisterRunner, Role,
-    RunnerRegistered, StepSpec, SubmitJob,
+    Assign, AssignAck, GetJob, Heartbeat, JobInfo, JobSpec, Message, RegisterRunner, Role, RunnerRegistered,
+    StepSpec, SubmitJob,
 };
 use valkyrie::transport::{connect, hello, ConnectError, Listener, ListenerOptions};
 use valkyrie::{Endpoint, Session};
@@ -165,7 +165,7 @@ pub async fn submit(client: &Session, spec: JobSpec) -> u64 {
 /// The job as the server has it.
 pub async fn job_info(client: &Session, job_id: u64) -> JobInfo {
     match within("JobDetails", client.sender().request(GetJob { job_id })).await {
-        Ok(Message::JobDetails(JobDetails { job, .. })) => job,
+        Ok(Message::JobDetails(details)) => details.job,
         other => panic!("GetJob answered with {other:?}"),
     }
 }
@@ -214,7 +214,7 @@ pub async fn accept(agent: &Session, assign: &Assign) {
 /// The next Assign on an agent's session.
 pub async fn next_assign(session: &mut Session) -> Assign {
     next(session, "an Assign", |m| match m {
-        Message::Assign(a) => Some(a),
+        Message::Assign(a) => Some(*a),
         _ => None,
     })
     .await

@@ -25,11 +25,34 @@ use wire::{Reader, Writer};
 use crate::error::DecodeError;
 use crate::frame::{ErrorCode, FrameKind, Lane};
 
+/// What a [`Message`] variant holds: the struct, or for a `boxed` one (a
+/// struct far larger than the rest) a box of it.
+macro_rules! held {
+    (boxed $name:ident) => { Box<$name> };
+    ($name:ident) => { $name };
+}
+
+/// Wraps a struct as its [`Message`] variant holds it (see [`held`]).
+macro_rules! hold {
+    (boxed $e:expr) => {
+        Box::new($e)
+    };
+    ($e:expr) => {
+        $e
+    };
+}
+
 /// Defines the message structs and the [`Message`] enum from one table.
+///
+/// A message marked `boxed` sits in the enum behind a box. Without that,
+/// every `Message` would be as large as the largest (256 bytes, an
+/// Assign), and each move of one (from the decoder through the
+/// connection's event queue into a session, a channel or the core) copied
+/// that much. Only messages far above the rest are boxed.
 macro_rules! messages {
     ($(
         $(#[$doc:meta])*
-        $name:ident = $kind:ident on $lane:ident {
+        $name:ident = $kind:ident on $lane:ident $($boxed:ident)? {
             $($(#[$fdoc:meta])* $field:ident: $ty:ty),* $(,)?
         }
     )*) => {
@@ -57,7 +80,7 @@ macro_rules! messages {
 
             impl From<$name> for Message {
                 fn from(m: $name) -> Message {
-                    Message::$name(m)
+                    Message::$name(hold!($($boxed)? m))
                 }
             }
         )*
@@ -66,7 +89,7 @@ macro_rules! messages {
         #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
         #[serde(tag = "type", content = "fields")]
         pub enum Message {
-            $($(#[$doc])* $name($name),)*
+            $($(#[$doc])* $name(held!($($boxed)? $name)),)*
         }
 
         impl Message {
@@ -91,7 +114,7 @@ macro_rules! messages {
             pub fn decode_payload(kind: FrameKind, payload: Bytes) -> Result<Self, DecodeError> {
                 let mut r = Reader::new(kind, payload);
                 let message = match kind {
-                    $(FrameKind::$kind => Self::$name($name::decode_fields(&mut r)?),)*
+                    $(FrameKind::$kind => Self::$name(hold!($($boxed)? $name::decode_fields(&mut r)?)),)*
                     other => return Err(DecodeError::UnknownKind(other)),
                 };
                 r.finish()?;
@@ -188,7 +211,7 @@ messages! {
     // ---- runners ----
 
     /// Agent → server: register (or re-register after a reconnect).
-    RegisterRunner = REGISTER_RUNNER on Control {
+    RegisterRunner = REGISTER_RUNNER on Control boxed {
         /// Runner name, unique per server.
         name: String,
         /// Tags jobs can require.
@@ -239,7 +262,7 @@ messages! {
     // ---- jobs, client side ----
 
     /// Client → server: run this job.
-    SubmitJob = SUBMIT_JOB on Control {
+    SubmitJob = SUBMIT_JOB on Control boxed {
         /// The job.
         spec: JobSpec,
     }
@@ -313,7 +336,7 @@ messages! {
     }
 
     /// Server → client: one job's details.
-    JobDetails = JOB_INFO on Control {
+    JobDetails = JOB_INFO on Control boxed {
         /// The job.
         job: JobInfo,
         /// The steps of its current attempt, in order.
@@ -324,7 +347,7 @@ messages! {
 
     /// Server → agent: run this attempt. A lease: the agent must answer with
     /// AssignAck within `lease_ms` or the job is queued again.
-    Assign = ASSIGN on Dispatch {
+    Assign = ASSIGN on Dispatch boxed {
         /// Job id.
         job_id: u64,
         /// Attempt number: the fencing token for every report about it.
@@ -446,7 +469,7 @@ messages! {
     }
 
     /// Server → client: one run's details.
-    RunDetails = RUN_DETAILS on Control {
+    RunDetails = RUN_DETAILS on Control boxed {
         /// The run.
         run: RunInfo,
     }
@@ -629,7 +652,7 @@ messages! {
     /// Client → server: create a project. Answered by ProjectList with the
     /// project, or RequestFailed (CONFLICT when the name is taken,
     /// INVALID_REQUEST when a field is not valid).
-    PutProject = PUT_PROJECT on Control {
+    PutProject = PUT_PROJECT on Control boxed {
         /// Unique name: letters, digits, `-`, `_`, `.`.
         name: String,
         /// Clone URL, without credentials.

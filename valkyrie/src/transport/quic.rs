@@ -107,19 +107,19 @@ pub(crate) async fn drive_quic(quic: quinn::Connection, setup: DriverSetup) {
             },
             cmd = control_rx.recv(), if open && lanes_open[0] && conn.can_send(Lane::Control) => {
                 match cmd {
-                    Some(cmd) => ends.apply_batch(&mut conn, cmd, &mut control_rx, Lane::Control),
+                    Some(cmd) => ends.apply_batch(&mut conn, *cmd, &mut control_rx, Lane::Control),
                     None => lanes_open[0] = false,
                 }
             }
             cmd = dispatch_rx.recv(), if open && lanes_open[1] && conn.can_send(Lane::Dispatch) => {
                 match cmd {
-                    Some(cmd) => ends.apply_batch(&mut conn, cmd, &mut dispatch_rx, Lane::Dispatch),
+                    Some(cmd) => ends.apply_batch(&mut conn, *cmd, &mut dispatch_rx, Lane::Dispatch),
                     None => lanes_open[1] = false,
                 }
             }
             cmd = bulk_rx.recv(), if open && lanes_open[2] && conn.can_send(Lane::Bulk) => {
                 match cmd {
-                    Some(cmd) => ends.apply_batch(&mut conn, cmd, &mut bulk_rx, Lane::Bulk),
+                    Some(cmd) => ends.apply_batch(&mut conn, *cmd, &mut bulk_rx, Lane::Bulk),
                     None => lanes_open[2] = false,
                 }
             }

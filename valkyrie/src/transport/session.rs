@@ -483,8 +483,8 @@ pub(crate) enum Handshake {
 
 impl DriverEnds {
     /// Applies one command from the application to the connection.
-    pub fn apply(&mut self, conn: &mut Connection, command: Box<Command>) {
-        match *command {
+    pub fn apply(&mut self, conn: &mut Connection, command: Command) {
+        match command {
             Command::Send {
                 correlation,
                 flags,
@@ -519,7 +519,7 @@ impl DriverEnds {
     pub fn apply_batch(
         &mut self,
         conn: &mut Connection,
-        first: Box<Command>,
+        first: Command,
         rx: &mut mpsc::Receiver<Box<Command>>,
         lane: crate::frame::Lane,
     ) {
@@ -529,7 +529,7 @@ impl DriverEnds {
                 return;
             }
             match rx.try_recv() {
-                Ok(command) => self.apply(conn, command),
+                Ok(command) => self.apply(conn, *command),
                 Err(_) => return,
             }
         }

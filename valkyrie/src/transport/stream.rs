@@ -114,7 +114,7 @@ where
             for (rx, lane) in lanes {
                 if lanes_open[lane.index()] && conn.can_send(lane) {
                     if let Ok(cmd) = rx.try_recv() {
-                        ends.apply_batch(&mut conn, cmd, rx, lane);
+                        ends.apply_batch(&mut conn, *cmd, rx, lane);
                     }
                 }
             }
@@ -163,19 +163,19 @@ where
             }
             cmd = control_rx.recv(), if can_send[0] => {
                 match cmd {
-                    Some(cmd) => ends.apply_batch(&mut conn, cmd, &mut control_rx, Lane::Control),
+                    Some(cmd) => ends.apply_batch(&mut conn, *cmd, &mut control_rx, Lane::Control),
                     None => lanes_open[0] = false,
                 }
             }
             cmd = dispatch_rx.recv(), if can_send[1] => {
                 match cmd {
-                    Some(cmd) => ends.apply_batch(&mut conn, cmd, &mut dispatch_rx, Lane::Dispatch),
+                    Some(cmd) => ends.apply_batch(&mut conn, *cmd, &mut dispatch_rx, Lane::Dispatch),
                     None => lanes_open[1] = false,
                 }
             }
             cmd = bulk_rx.recv(), if can_send[2] => {
                 match cmd {
-                    Some(cmd) => ends.apply_batch(&mut conn, cmd, &mut bulk_rx, Lane::Bulk),
+                    Some(cmd) => ends.apply_batch(&mut conn, *cmd, &mut bulk_rx, Lane::Bulk),
                     None => lanes_open[2] = false,
                 }
             }
