@@ -10,11 +10,11 @@
 //! re-attaches to the attempts its previous life left running
 //! ([`Agent::reattach`]).
 
-use foldhash::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use foldhash::HashMap;
 use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
 use valkyrie::message::{

@@ -30,12 +30,11 @@ mod snapshot;
 mod tests;
 
 use std::collections::BTreeMap;
-
-use foldhash::{HashMap, HashMapExt};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
+use foldhash::{HashMap, HashMapExt};
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, info, warn};
 use valkyrie::message::{

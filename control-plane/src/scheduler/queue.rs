@@ -19,9 +19,9 @@
 
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
+use std::ops::Bound;
 
 use foldhash::{HashMap, HashMapExt};
-use std::ops::Bound;
 
 use super::ids::JobId;
 use super::tags::TagSet;

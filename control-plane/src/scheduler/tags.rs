@@ -6,8 +6,9 @@
 //! "does this runner group have every tag the job needs" becomes a few
 //! word-wise `AND`s instead of string comparisons.
 
-use foldhash::HashMap;
 use std::fmt;
+
+use foldhash::HashMap;
 
 /// A tag interned by a [`TagInterner`]: an index into its name table.
 ///

@@ -2,10 +2,10 @@
 //! bounded per-lane send queues, request/reply by correlation id, and the
 //! reason it ended.
 
-use foldhash::{HashMap, HashMapExt};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use foldhash::{HashMap, HashMapExt};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::connection::{Connection, Event};
