@@ -7,10 +7,11 @@
 //! interval; as the agent's, one in three asks for an Ack), answering an
 //! `Assign` at once with `AssignAck` and a succeeded `JobResult` carrying
 //! its steps, as the agent does. It reports the server's RSS idle (just
-//! started, and again after `--settle`) and with every runner registered, the CPU the server spends while they only
-//! heartbeat (a share of one core over `--window`), and the dispatch latency
-//! of no-op jobs at one in flight with one runner connected and again with
-//! all of them: the same run's baseline.
+//! started, and again after `--settle`) and with every runner
+//! registered, the CPU the server spends while they only heartbeat (a
+//! share of one core over `--window`), and the dispatch latency of no-op
+//! jobs at one in flight with one runner connected and again with all of
+//! them: the same run's baseline.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -27,7 +28,7 @@ use valkyrie::message::{
 };
 use valkyrie::transport::{connect, hello, ClientOptions};
 use valkyrie::Endpoint;
-use valkyrie_runner_agent::session;
+use valkyrie_runner_agent::session::Heartbeats;
 use valkyrie_sdk::Client;
 
 use crate::dispatch::{self, Load};
@@ -178,13 +179,9 @@ async fn simulated_runner(
     mut stop: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let permit = connecting.acquire_owned().await?;
-    // As the agent does: one Heartbeat in `ack_every` asks for an Ack, and
-    // the connection pings only after one more interval of silence.
-    let mut options = ClientOptions::default();
-    let ack_every = session::ack_every(heartbeat, options.config.idle_timeout_value());
-    if ack_every > 1 {
-        options.config = options.config.heartbeat_interval(heartbeat * (ack_every + 1));
-    }
+    // The agent's rule: which Heartbeats ask for an Ack, and when the
+    // connection pings.
+    let (mut heartbeats, options) = Heartbeats::plan(heartbeat, &ClientOptions::default());
     let session = connect(
         &endpoint,
         hello(Role::Agent, RUNNER_TOKEN, "bench-runner"),
@@ -215,12 +212,10 @@ async fn simulated_runner(
     // different times would be.
     let offset = heartbeat.mul_f64(fastrand::f64());
     let mut beat = tokio::time::interval_at(tokio::time::Instant::now() + offset, heartbeat);
-    let mut beats: u32 = 0;
     loop {
         tokio::select! {
             _ = beat.tick() => {
-                beats = beats.wrapping_add(1);
-                if beats.is_multiple_of(ack_every) {
+                if heartbeats.asks() {
                     let _ = sender.request_queued(Heartbeat { running: 0 }).await?;
                 } else {
                     sender.send(Heartbeat { running: 0 }).await?;

@@ -251,18 +251,7 @@ impl Agent {
         // The server tried now; failures in a row since the last session.
         let mut current = 0;
         let mut failures = 0;
-        let ack_every = ack_every(
-            self.config.heartbeat_interval,
-            self.config.client.config.idle_timeout_value(),
-        );
-        let mut client = self.config.client.clone();
-        if ack_every > 1 {
-            // The server's Acks, one per `ack_every` Heartbeats, keep the
-            // connection from falling silent for longer than this.
-            client.config = client
-                .config
-                .heartbeat_interval(self.config.heartbeat_interval * (ack_every + 1));
-        }
+        let (heartbeats, client) = Heartbeats::plan(self.config.heartbeat_interval, &self.config.client);
         loop {
             let server = &servers[current % servers.len()];
             let token = self
@@ -388,7 +377,7 @@ impl Agent {
             }
             self.link_tx.send_replace(Some((sender.clone(), max_frame_bytes)));
             let mut heartbeat = tokio::time::interval(self.config.heartbeat_interval);
-            let mut beats: u32 = 0;
+            let mut heartbeats = heartbeats;
             loop {
                 let deadline = drain_deadline;
                 tokio::select! {
@@ -402,12 +391,11 @@ impl Agent {
                     }
                     _ = heartbeat.tick() => {
                         let running = self.state.lock().expect("state").running.len() as u32;
-                        beats = beats.wrapping_add(1);
-                        // Every `ack_every`-th as a request: the server's Ack
-                        // is the agent's sign of the server's life, so the
-                        // connection needs no Ping of its own (spec §6.2).
-                        // The answer is not awaited.
-                        if beats.is_multiple_of(ack_every) {
+                        // Those that ask for an Ack as requests: the
+                        // server's Ack is the agent's sign of the server's
+                        // life, so the connection needs no Ping of its own
+                        // (spec §6.2). The answer is not awaited.
+                        if heartbeats.asks() {
                             let _ = sender.request_queued(Heartbeat { running }).await;
                         } else {
                             let _ = sender.send(Heartbeat { running }).await;
@@ -642,16 +630,44 @@ async fn sleep_until(at: Option<tokio::time::Instant>) {
 /// three asks, so the server writes a third of the Acks it used to and an
 /// idle connection still carries no Ping. With a long interval every
 /// Heartbeat asks, and the connection pings as configured.
-pub fn ack_every(heartbeat: Duration, idle_timeout: Duration) -> u32 {
+fn ack_every(heartbeat: Duration, idle_timeout: Duration) -> u32 {
     const MOST: u128 = 3;
     let intervals = idle_timeout.as_nanos() / heartbeat.as_nanos().max(1);
     intervals.saturating_sub(2).clamp(1, MOST) as u32
 }
 
+/// Which of a connection's Heartbeats ask for an Ack ([`ack_every`]).
+#[derive(Clone, Copy, Debug)]
+pub struct Heartbeats {
+    every: u32,
+    sent: u32,
+}
+
+impl Heartbeats {
+    /// The rule for a Heartbeat every `interval` on a connection made with
+    /// `options`, and the options that connection must then use: it pings
+    /// a silent server only after one interval more than the Acks' spacing.
+    pub fn plan(interval: Duration, options: &ClientOptions) -> (Self, ClientOptions) {
+        let every = ack_every(interval, options.config.idle_timeout_value());
+        let mut options = options.clone();
+        if every > 1 {
+            options.config = options.config.heartbeat_interval(interval * (every + 1));
+        }
+        (Self { every, sent: 0 }, options)
+    }
+
+    /// Counts the Heartbeat about to be sent; whether it asks for an Ack.
+    pub fn asks(&mut self) -> bool {
+        self.sent = self.sent.wrapping_add(1);
+        self.sent.is_multiple_of(self.every)
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::ack_every;
+    use super::{ack_every, Heartbeats};
     use std::time::Duration;
+    use valkyrie::transport::ClientOptions;
 
     #[test]
     fn one_heartbeat_in_three_asks_for_an_ack_when_the_idle_timeout_leaves_room() {
@@ -666,5 +682,17 @@ mod tests {
         assert_eq!(ack_every(s(10), s(10)), 1);
         assert_eq!(ack_every(s(60), s(10)), 1);
         assert_eq!(ack_every(Duration::ZERO, s(10)), 3);
+    }
+
+    #[test]
+    fn every_third_heartbeat_asks_and_the_connection_pings_after_four_intervals() {
+        let (mut heartbeats, options) = Heartbeats::plan(Duration::from_secs(2), &ClientOptions::default());
+        assert_eq!(options.config.heartbeat_interval_value(), Duration::from_secs(8));
+        let asked: Vec<bool> = (0..6).map(|_| heartbeats.asks()).collect();
+        assert_eq!(asked, [false, false, true, false, false, true]);
+        // No room: every Heartbeat asks, and the connection is as given.
+        let (mut heartbeats, options) = Heartbeats::plan(Duration::from_secs(5), &ClientOptions::default());
+        assert_eq!(options.config.heartbeat_interval_value(), Duration::from_secs(2));
+        assert!(heartbeats.asks() && heartbeats.asks());
     }
 }
