@@ -539,7 +539,17 @@ pub struct Core {
     projects: projects::ProjectState,
     /// No runner can be lost before this instant ([`Core::lost_runners`]).
     lost_check_at: Instant,
+    /// No lease or server-side deadline can run out before this instant
+    /// ([`Core::due_jobs`]).
+    deadline_check_at: Instant,
+    /// No runner is old enough to be removed before this instant
+    /// ([`Core::remove_old_runners`]).
+    removal_check_at: Instant,
 }
+
+/// What the server waits past an agent's own kill grace (and a job's
+/// timeout) before it ends a job the agent never reported.
+const KILL_MARGIN: Duration = Duration::from_secs(5);
 
 /// Starts the core task with its state in memory only; returns its handle.
 pub fn spawn(config: CoreConfig, tokens: Arc<Tokens>, metrics: Arc<Metrics>) -> CoreHandle {
@@ -650,6 +660,8 @@ impl Core {
             actor: None,
             projects: Default::default(),
             lost_check_at: now.at,
+            deadline_check_at: now.at,
+            removal_check_at: now.at,
         }
     }
 
@@ -681,6 +693,56 @@ impl Core {
         }
         self.lost_check_at = next;
         lost
+    }
+
+    /// Jobs whose lease ran out (with their runner), and jobs past their
+    /// server-side deadline (a timeout or a cancel the agent did not
+    /// confirm). Only jobs on runners can have either, and they are looked
+    /// for only once the first can be due: the earliest deadline seen at
+    /// the last look, or one set since, which is at least
+    /// [`Core::shortest_deadline`] after it is set. A look at every 100 ms
+    /// tick, through every runner, was about 4 % of the server's time with
+    /// 10,000 idle runners heartbeating.
+    fn due_jobs(&mut self, now: Instant) -> (Vec<(JobId, Option<RunnerId>)>, Vec<JobId>) {
+        let (mut expired, mut overdue) = (Vec::new(), Vec::new());
+        if now < self.deadline_check_at {
+            return (expired, overdue);
+        }
+        let mut next = now + self.shortest_deadline();
+        let active = self
+            .runners
+            .values()
+            .flat_map(|r| r.jobs.iter())
+            .filter_map(|id| self.jobs.get(id));
+        for job in active {
+            let lease = match job.state() {
+                JobState::Assigned => job.lease_deadline,
+                _ => None,
+            };
+            let kill = match job.state() {
+                JobState::Assigned | JobState::Running => job.kill_deadline,
+                _ => None,
+            };
+            if lease.is_some_and(|d| now >= d) {
+                expired.push((job.id, job.runner));
+            } else if kill.is_some_and(|d| now >= d) {
+                overdue.push(job.id);
+            } else {
+                for d in lease.into_iter().chain(kill) {
+                    next = next.min(d);
+                }
+            }
+        }
+        self.deadline_check_at = next;
+        (expired, overdue)
+    }
+
+    /// The nearest a lease or a server-side deadline is ever set from the
+    /// moment it is set: an assignment's lease, or a cancel's kill grace
+    /// and margin (a timeout's deadline adds the job's timeout to that, and
+    /// recovery more still).
+    fn shortest_deadline(&self) -> Duration {
+        self.config.assign_lease.min(self.config.kill_grace + KILL_MARGIN)
     }
 
     /// The driver: owns the clock and the store's commit reports, feeds
@@ -1071,7 +1133,7 @@ impl Core {
             JobState::Assigned | JobState::Running => {
                 job.cancel_requested = true;
                 self.dirty_jobs.insert(id);
-                job.kill_deadline = Some(self.now.at + self.config.kill_grace + Duration::from_secs(5));
+                job.kill_deadline = Some(self.now.at + self.config.kill_grace + KILL_MARGIN);
                 let attempt = job.attempt;
                 let runner = job.runner;
                 if let Some(sender) = runner.and_then(|r| self.runners.get(&r)).and_then(|r| r.sender()) {
@@ -1550,7 +1612,7 @@ impl Core {
                                 self.now.at
                                     + Duration::from_millis(job.spec.timeout_ms)
                                     + self.config.kill_grace
-                                    + Duration::from_secs(5),
+                                    + KILL_MARGIN,
                             );
                         }
                         r
@@ -1855,26 +1917,7 @@ impl Core {
             }
         }
         // Leases that ran out and server-side deadlines.
-        let mut expired = Vec::new();
-        let mut overdue = Vec::new();
-        // Only jobs on runners can have a lease or a deadline: looking at
-        // them alone keeps the tick cheap however many jobs are stored.
-        let active = self
-            .runners
-            .values()
-            .flat_map(|r| r.jobs.iter())
-            .filter_map(|id| self.jobs.get(id));
-        for job in active {
-            match job.state() {
-                JobState::Assigned if job.lease_deadline.is_some_and(|d| now >= d) => {
-                    expired.push((job.id, job.runner))
-                }
-                JobState::Assigned | JobState::Running if job.kill_deadline.is_some_and(|d| now >= d) => {
-                    overdue.push(job.id)
-                }
-                _ => {}
-            }
-        }
+        let (expired, overdue) = self.due_jobs(now);
         for (id, runner) in expired {
             self.lose(
                 id,

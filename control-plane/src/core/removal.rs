@@ -88,17 +88,27 @@ impl Core {
     }
 
     /// Removes the runners lost or stopped for longer than the retention.
+    /// Looked for only once the first can be due: a runner is last seen
+    /// no earlier than it was at the last look (or, registered since, than
+    /// the look itself), so none is removed before the earliest of those
+    /// instants plus the retention.
     pub(super) fn remove_old_runners(&mut self, now: Instant) {
+        if now < self.removal_check_at {
+            return;
+        }
         let retention = self.config.runner_retention;
-        let old: Vec<(RunnerId, String)> = self
-            .runners
-            .values()
-            .filter(|r| {
-                !matches!(r.link(), Link::Connected { .. })
-                    && now.saturating_duration_since(r.last_seen()) >= retention
-            })
-            .map(|r| (r.id, r.name.clone()))
-            .collect();
+        let mut next = now + retention;
+        let mut old: Vec<(RunnerId, String)> = Vec::new();
+        for r in self.runners.values() {
+            let seen = r.last_seen();
+            if !matches!(r.link(), Link::Connected { .. }) && now.saturating_duration_since(seen) >= retention
+            {
+                old.push((r.id, r.name.clone()));
+            } else {
+                next = next.min(seen + retention);
+            }
+        }
+        self.removal_check_at = next;
         for (id, name) in old {
             let detail = format!(
                 "{name}: not seen for over {}",

@@ -260,6 +260,54 @@ async fn an_unacknowledged_assignment_goes_back_to_the_queue_when_its_lease_runs
 }
 
 #[tokio::test]
+async fn leases_and_deadlines_set_long_after_the_last_look_still_run_out() {
+    // The core looks for due jobs only once the first can be due: with
+    // nothing on any runner for a while, a lease set now must still be
+    // enforced when it runs out, and so must a cancel's deadline.
+    let mut h = Harness::new(config());
+    let mut a = h.register("a", 2);
+    // Time passes; the runner heartbeats (it is not lost).
+    let pass = |h: &mut Harness, a: &Agent, secs: u64| {
+        for _ in 0..secs {
+            h.advance(Duration::from_secs(1));
+            a.heard.mark(h.now.at);
+        }
+    };
+    pass(&mut h, &a, 30);
+    let leased = h.submit(job("never-acked", 0));
+    let (assigns, _) = a.dispatch();
+    assert_eq!(assigns.iter().map(|a| a.job_id).collect::<Vec<_>>(), [leased]);
+    h.advance(Duration::from_millis(4_900));
+    a.heard.mark(h.now.at);
+    assert_eq!(h.job(leased).state, JobState::Assigned);
+    h.advance(Duration::from_millis(200));
+    a.heard.mark(h.now.at);
+    // The hand-off failed: the job went back to the queue and out again.
+    let info = h.job(leased);
+    assert_eq!(info.attempt, 2, "{info:?}");
+    assert!(info.reason.contains("did not acknowledge"), "{info:?}");
+
+    // A second job starts and is cancelled, and the agent never confirms.
+    pass(&mut h, &a, 20);
+    let started = h.submit(job("cancelled", 3));
+    let (assigns, _) = a.dispatch();
+    let assign = assigns.iter().find(|a| a.job_id == started).expect("assigned");
+    h.start(&mut a, assign);
+    pass(&mut h, &a, 20);
+    let (reply, _rx) = Responder::channel();
+    h.input(Command::Cancel(started, reply));
+    let mut waited = Duration::ZERO;
+    while h.job(started).state == JobState::Running {
+        assert!(waited < Duration::from_secs(60), "still running after {waited:?}");
+        pass(&mut h, &a, 1);
+        waited += Duration::from_secs(1);
+    }
+    assert_eq!(h.job(started).state, JobState::Cancelled);
+    // kill grace (10 s) and the margin (5 s), to the tick.
+    assert_eq!(waited, Duration::from_secs(15));
+}
+
+#[tokio::test]
 async fn a_runner_silent_past_runner_lost_after_is_lost_and_its_job_retried_elsewhere() {
     let mut h = Harness::new(config());
     let mut a = h.register("a", 1);
@@ -530,6 +578,40 @@ async fn a_runner_that_disconnects_is_lost_after_the_grace_unless_it_comes_back(
     assert!(registered.stale.is_empty(), "{registered:?}");
     h.advance(Duration::from_secs(5));
     assert_eq!(h.job(id).state, JobState::Running);
+}
+
+#[tokio::test]
+async fn a_runner_gone_longer_than_the_retention_is_removed_when_it_is_due() {
+    // Runners are looked through for removal only once the first can be
+    // due: a runner that heartbeats for a long while and then goes away is
+    // still removed once the retention has passed since it was last heard.
+    let mut h = Harness::new(CoreConfig {
+        runner_retention: Duration::from_secs(60),
+        ..config()
+    });
+    let a = h.register("a", 1);
+    let names = |h: &mut Harness| -> Vec<String> {
+        let (reply, mut rx) = Responder::channel();
+        h.input(Command::ListRunners(reply));
+        match rx.try_recv() {
+            Ok(Message::RunnerList(list)) => list.runners.into_iter().map(|r| r.name).collect(),
+            other => panic!("{other:?}"),
+        }
+    };
+    for _ in 0..100 {
+        h.advance(Duration::from_secs(1));
+        a.heard.mark(h.now.at);
+    }
+    let last_heard = h.now.at;
+    h.input(Command::RunnerDisconnected {
+        runner: a.id,
+        session: a.session,
+    });
+    h.advance(Duration::from_millis(59_900));
+    assert_eq!(names(&mut h), ["a"], "kept for the retention");
+    h.advance(Duration::from_millis(100));
+    assert_eq!(h.now.at - last_heard, Duration::from_secs(60));
+    assert!(names(&mut h).is_empty(), "removed once the retention passed");
 }
 
 /// Answers a command the way the REST adapter and the sessions do.
