@@ -91,13 +91,13 @@ impl Core {
     /// Looked for only once the first can be due: a runner is last seen
     /// no earlier than it was at the last look (or, registered since, than
     /// the look itself), so none is removed before the earliest of those
-    /// instants plus the retention.
+    /// instants plus the retention (looked for at least once a day).
     pub(super) fn remove_old_runners(&mut self, now: Instant) {
         if now < self.removal_check_at {
             return;
         }
         let retention = self.config.runner_retention;
-        let mut next = now + retention;
+        let mut next = now + retention.min(super::LOOK_AT_LEAST_EVERY);
         let mut old: Vec<(RunnerId, String)> = Vec::new();
         for r in self.runners.values() {
             let seen = r.last_seen();
@@ -105,7 +105,7 @@ impl Core {
             {
                 old.push((r.id, r.name.clone()));
             } else {
-                next = next.min(seen + retention);
+                next = next.min(seen.checked_add(retention).unwrap_or(next));
             }
         }
         self.removal_check_at = next;
