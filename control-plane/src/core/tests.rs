@@ -129,6 +129,15 @@ impl Harness {
         }
     }
 
+    /// Moves the clock by `seconds`, a second at a time, `agent`
+    /// heartbeating after each (so it is never lost).
+    fn pass_heartbeating(&mut self, agent: &Agent, seconds: u64) {
+        for _ in 0..seconds {
+            self.advance(Duration::from_secs(1));
+            agent.heard.mark(self.now.at);
+        }
+    }
+
     fn register(&mut self, name: &str, slots: u32) -> Agent {
         let (agent, registered) = self.register_running(name, slots, Vec::new());
         assert!(registered.stale.is_empty());
@@ -266,14 +275,7 @@ async fn leases_and_deadlines_set_long_after_the_last_look_still_run_out() {
     // enforced when it runs out, and so must a cancel's deadline.
     let mut h = Harness::new(config());
     let mut a = h.register("a", 2);
-    // Time passes; the runner heartbeats (it is not lost).
-    let pass = |h: &mut Harness, a: &Agent, secs: u64| {
-        for _ in 0..secs {
-            h.advance(Duration::from_secs(1));
-            a.heard.mark(h.now.at);
-        }
-    };
-    pass(&mut h, &a, 30);
+    h.pass_heartbeating(&a, 30);
     let leased = h.submit(job("never-acked", 0));
     let (assigns, _) = a.dispatch();
     assert_eq!(assigns.iter().map(|a| a.job_id).collect::<Vec<_>>(), [leased]);
@@ -288,18 +290,18 @@ async fn leases_and_deadlines_set_long_after_the_last_look_still_run_out() {
     assert!(info.reason.contains("did not acknowledge"), "{info:?}");
 
     // A second job starts and is cancelled, and the agent never confirms.
-    pass(&mut h, &a, 20);
+    h.pass_heartbeating(&a, 20);
     let started = h.submit(job("cancelled", 3));
     let (assigns, _) = a.dispatch();
     let assign = assigns.iter().find(|a| a.job_id == started).expect("assigned");
     h.start(&mut a, assign);
-    pass(&mut h, &a, 20);
+    h.pass_heartbeating(&a, 20);
     let (reply, _rx) = Responder::channel();
     h.input(Command::Cancel(started, reply));
     let mut waited = Duration::ZERO;
     while h.job(started).state == JobState::Running {
         assert!(waited < Duration::from_secs(60), "still running after {waited:?}");
-        pass(&mut h, &a, 1);
+        h.pass_heartbeating(&a, 1);
         waited += Duration::from_secs(1);
     }
     assert_eq!(h.job(started).state, JobState::Cancelled);
@@ -368,8 +370,7 @@ async fn a_job_past_its_timeout_is_ended_by_the_server_when_the_agent_stays_sile
     let mut waited = Duration::ZERO;
     while h.job(id).state == JobState::Running {
         assert!(waited < Duration::from_secs(60), "still running after {waited:?}");
-        h.advance(Duration::from_secs(1));
-        a.heard.mark(h.now.at);
+        h.pass_heartbeating(&a, 1);
         waited += Duration::from_secs(1);
     }
     let info = h.job(id);
@@ -598,10 +599,7 @@ async fn a_runner_gone_longer_than_the_retention_is_removed_when_it_is_due() {
             other => panic!("{other:?}"),
         }
     };
-    for _ in 0..100 {
-        h.advance(Duration::from_secs(1));
-        a.heard.mark(h.now.at);
-    }
+    h.pass_heartbeating(&a, 100);
     let last_heard = h.now.at;
     h.input(Command::RunnerDisconnected {
         runner: a.id,
