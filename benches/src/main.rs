@@ -60,6 +60,22 @@ enum Command {
     Runners(runners::RunnersArgs),
 }
 
+/// What plays the agents in the dispatch bench.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum AgentKind {
+    Real,
+    Simulated,
+}
+
+impl AgentKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            AgentKind::Real => "agents",
+            AgentKind::Simulated => "simulated agents",
+        }
+    }
+}
+
 /// A transport to measure.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Transport {
@@ -98,6 +114,13 @@ struct DispatchArgs {
     /// Slots per agent.
     #[arg(long, env = "VALKYRIE_BENCH_SLOTS", default_value_t = 64)]
     slots: u32,
+    /// What plays the agents: `real` runs the agent library (`valkyrie-agent`
+    /// in-process: it plans each job and runs it with the executor);
+    /// `simulated` answers each Assign at once from its session's task with
+    /// AssignAck and a succeeded JobResult, as `valkyrie-bench runners` does.
+    /// The difference between the two is the agent's own share of a job.
+    #[arg(long, env = "VALKYRIE_BENCH_AGENT", value_enum, default_value = "real")]
+    agent: AgentKind,
     /// SDK connections the submissions are spread over (the first also carries the event subscription).
     #[arg(long, env = "VALKYRIE_BENCH_CONNECTIONS", default_value_t = 1)]
     connections: usize,
@@ -210,6 +233,7 @@ async fn run_store(
         dir.clone(),
         args.agents,
         args.slots,
+        args.agent,
         store,
     )
     .await
@@ -295,8 +319,9 @@ fn ratio(a: u64, b: u64) -> f64 {
 
 fn setup_line(args: &DispatchArgs) -> String {
     format!(
-        "in-process: control plane + {} agents × {} slots on a {}-thread tokio runtime; client on a separate {}-thread runtime; {} CPUs",
+        "in-process: control plane + {} {} × {} slots on a {}-thread tokio runtime; client on a separate {}-thread runtime; {} CPUs",
         args.agents,
+        args.agent.as_str(),
         args.slots,
         args.system_threads,
         args.client_threads,
@@ -410,6 +435,7 @@ fn to_json(args: &DispatchArgs, results: &[ModeResult]) -> serde_json::Value {
         "jobs": args.jobs,
         "concurrency": args.concurrency,
         "agents": args.agents,
+        "agent": args.agent.as_str(),
         "slots": args.slots,
         "connections": args.connections.max(1),
         "baseline_message_bytes": raw::MESSAGE_BYTES,

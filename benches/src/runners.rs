@@ -26,8 +26,8 @@ use valkyrie::message::{
     AssignAck, Heartbeat, JobOutcome, JobResult, Message, RegisterRunner, Role, RunnerState, StepOutcome,
     StepSummary,
 };
-use valkyrie::transport::{connect, hello, ClientOptions};
-use valkyrie::Endpoint;
+use valkyrie::transport::{connect, hello, ClientOptions, IncomingReceiver};
+use valkyrie::{Endpoint, SessionSender};
 use valkyrie_runner_agent::session::Heartbeats;
 use valkyrie_sdk::Client;
 
@@ -179,70 +179,135 @@ async fn simulated_runner(
     mut stop: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let permit = connecting.acquire_owned().await?;
-    // The agent's rule: which Heartbeats ask for an Ack, and when the
-    // connection pings.
-    let (mut heartbeats, options) = Heartbeats::plan(heartbeat, &ClientOptions::default());
-    let session = connect(
-        &endpoint,
-        hello(Role::Agent, RUNNER_TOKEN, "bench-runner"),
-        &options,
-    )
-    .await
-    .with_context(|| format!("runner {index} cannot connect"))?;
-    let (sender, mut incoming) = session.into_parts();
-    let register = RegisterRunner {
+    let simulated = Simulated {
+        endpoint,
+        token: RUNNER_TOKEN,
         name: format!("sim-{index}"),
-        tags: Vec::new(),
-        os: std::env::consts::OS.into(),
-        arch: std::env::consts::ARCH.into(),
         slots: 1,
-        version: env!("CARGO_PKG_VERSION").into(),
-        running: Vec::new(),
+        heartbeat,
+        options: ClientOptions::default(),
     };
-    match sender.request(register).await? {
-        Message::RunnerRegistered(_) => {}
-        other => bail!(
-            "runner {index}: unexpected answer to RegisterRunner: {}",
-            other.kind()
-        ),
-    }
+    let session = simulated.register().await?;
     drop(permit);
     registered.fetch_add(1, Ordering::Relaxed);
-    // Spread the first beats over one interval, as real agents started at
-    // different times would be.
-    let offset = heartbeat.mul_f64(fastrand::f64());
-    let mut beat = tokio::time::interval_at(tokio::time::Instant::now() + offset, heartbeat);
-    loop {
-        tokio::select! {
-            _ = beat.tick() => {
-                if heartbeats.asks() {
-                    let _ = sender.request_queued(Heartbeat { running: 0 }).await?;
-                } else {
-                    sender.send(Heartbeat { running: 0 }).await?;
+    session
+        .serve(async move {
+            let _ = stop.changed().await;
+        })
+        .await
+}
+
+/// A simulated agent: a real connection with the real handshake,
+/// `RegisterRunner` and Heartbeats (one in three asking for an Ack, as the
+/// agent's), that answers each `Assign` at once from its session's task
+/// with `AssignAck` and a succeeded `JobResult` carrying the job's steps,
+/// without planning or running anything.
+pub struct Simulated {
+    pub endpoint: Endpoint,
+    pub token: &'static str,
+    pub name: String,
+    pub slots: u32,
+    pub heartbeat: Duration,
+    pub options: ClientOptions,
+}
+
+/// A registered simulated agent's session.
+pub struct SimulatedSession {
+    name: String,
+    heartbeat: Duration,
+    heartbeats: Heartbeats,
+    sender: SessionSender,
+    incoming: IncomingReceiver,
+}
+
+impl Simulated {
+    /// Connects and registers.
+    pub async fn register(self) -> anyhow::Result<SimulatedSession> {
+        let Simulated {
+            endpoint,
+            token,
+            name,
+            slots,
+            heartbeat,
+            options,
+        } = self;
+        // The agent's rule: which Heartbeats ask for an Ack, and when the
+        // connection pings.
+        let (heartbeats, options) = Heartbeats::plan(heartbeat, &options);
+        let session = connect(&endpoint, hello(Role::Agent, token, "bench-runner"), &options)
+            .await
+            .with_context(|| format!("{name} cannot connect"))?;
+        let (sender, incoming) = session.into_parts();
+        let register = RegisterRunner {
+            name: name.clone(),
+            tags: Vec::new(),
+            os: std::env::consts::OS.into(),
+            arch: std::env::consts::ARCH.into(),
+            slots,
+            version: env!("CARGO_PKG_VERSION").into(),
+            running: Vec::new(),
+        };
+        match sender.request(register).await? {
+            Message::RunnerRegistered(_) => {}
+            other => bail!("{name}: unexpected answer to RegisterRunner: {}", other.kind()),
+        }
+        Ok(SimulatedSession {
+            name,
+            heartbeat,
+            heartbeats,
+            sender,
+            incoming,
+        })
+    }
+}
+
+impl SimulatedSession {
+    /// Heartbeats and answers Assigns until `stop` completes.
+    pub async fn serve(mut self, stop: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
+        let Self {
+            name,
+            heartbeat,
+            heartbeats,
+            sender,
+            incoming,
+        } = &mut self;
+        tokio::pin!(stop);
+        // Spread the first beats over one interval, as real agents started
+        // at different times would be.
+        let offset = heartbeat.mul_f64(fastrand::f64());
+        let mut beat = tokio::time::interval_at(tokio::time::Instant::now() + offset, *heartbeat);
+        loop {
+            tokio::select! {
+                _ = beat.tick() => {
+                    if heartbeats.asks() {
+                        let _ = sender.request_queued(Heartbeat { running: 0 }).await?;
+                    } else {
+                        sender.send(Heartbeat { running: 0 }).await?;
+                    }
                 }
-            }
-            inc = incoming.recv() => {
-                let Some(inc) = inc else { bail!("runner {index}: the server closed the connection") };
-                if let Message::Assign(a) = inc.message {
-                    sender.send(AssignAck { job_id: a.job_id, attempt: a.attempt, accepted: true, reason: String::new() }).await?;
-                    let steps = (0..a.spec.steps.len() as u32)
-                        .map(|step| StepSummary { step, outcome: StepOutcome::Succeeded, exit_code: None, duration_ms: 0 })
-                        .collect();
-                    let result = JobResult {
-                        job_id: a.job_id,
-                        attempt: a.attempt,
-                        outcome: JobOutcome::Succeeded,
-                        exit_code: None,
-                        duration_ms: 0,
-                        message: String::new(),
-                        log_chunks: 0,
-                        steps,
-                    };
-                    let sender = sender.clone();
-                    tokio::spawn(async move { let _ = sender.request(result).await; });
+                inc = incoming.recv() => {
+                    let Some(inc) = inc else { bail!("{name}: the server closed the connection") };
+                    if let Message::Assign(a) = inc.message {
+                        sender.send(AssignAck { job_id: a.job_id, attempt: a.attempt, accepted: true, reason: String::new() }).await?;
+                        let steps = (0..a.spec.steps.len() as u32)
+                            .map(|step| StepSummary { step, outcome: StepOutcome::Succeeded, exit_code: None, duration_ms: 0 })
+                            .collect();
+                        let result = JobResult {
+                            job_id: a.job_id,
+                            attempt: a.attempt,
+                            outcome: JobOutcome::Succeeded,
+                            exit_code: None,
+                            duration_ms: 0,
+                            message: String::new(),
+                            log_chunks: 0,
+                            steps,
+                        };
+                        let sender = sender.clone();
+                        tokio::spawn(async move { let _ = sender.request(result).await; });
+                    }
                 }
+                _ = &mut stop => return Ok(()),
             }
-            _ = stop.changed() => return Ok(()),
         }
     }
 }

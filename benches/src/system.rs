@@ -1,6 +1,7 @@
 //! The system under test, in-process: a control plane (core + listener) and
-//! the agents, each a library call on the "system" runtime, talking to each
-//! other and to the client over real sockets of the chosen transport.
+//! the agents (the agent library, or simulated agents that answer at once),
+//! each a library call on the "system" runtime, talking to each other and
+//! to the client over real sockets of the chosen transport.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -24,7 +25,8 @@ use valkyrie_runner_agent::{Agent, AgentConfig};
 use valkyrie_sdk::Client;
 
 use crate::raw::QuicTls;
-use crate::Transport;
+use crate::runners::Simulated;
+use crate::{AgentKind, Transport};
 
 const API_TOKEN: &str = "bench-api-token";
 const RUNNER_TOKEN: &str = "bench-runner-token";
@@ -51,6 +53,7 @@ impl System {
         dir: PathBuf,
         agents: u32,
         slots: u32,
+        kind: AgentKind,
         store: &str,
     ) -> anyhow::Result<Self> {
         let listen: Endpoint = match transport {
@@ -109,6 +112,30 @@ impl System {
 
                 let mut stops = Vec::new();
                 for i in 0..agents {
+                    let (stop_tx, stop_rx) = oneshot::channel::<()>();
+                    stops.push(stop_tx);
+                    if kind == AgentKind::Simulated {
+                        let simulated = Simulated {
+                            endpoint: endpoint.clone(),
+                            token: RUNNER_TOKEN,
+                            name: format!("bench-agent-{i}"),
+                            slots,
+                            heartbeat: Duration::from_secs(2),
+                            options: agent_options.clone(),
+                        };
+                        tokio::spawn(async move {
+                            let served = async move {
+                                let stop = async move {
+                                    let _ = stop_rx.await;
+                                };
+                                simulated.register().await?.serve(stop).await
+                            };
+                            if let Err(err) = served.await {
+                                eprintln!("simulated agent {i} stopped: {err:#}");
+                            }
+                        });
+                        continue;
+                    }
                     let work_dir = work_root.join(format!("agent-{i}"));
                     std::fs::create_dir_all(&work_dir)?;
                     let config = AgentConfig {
@@ -130,8 +157,6 @@ impl System {
                         client: agent_options.clone(),
                         supervisor: None,
                     };
-                    let (stop_tx, stop_rx) = oneshot::channel::<()>();
-                    stops.push(stop_tx);
                     tokio::spawn(async move {
                         if let Err(err) = Agent::new(config)
                             .run(async move {
