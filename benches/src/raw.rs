@@ -173,38 +173,58 @@ impl RawListener {
         })
     }
 
-    async fn accept(&self) -> anyhow::Result<Duplex> {
+    async fn accept(&self) -> anyhow::Result<Accepted> {
         Ok(match self {
             RawListener::Unix(l) => {
                 let (r, w) = l.accept().await?.0.into_split();
-                Duplex {
+                Accepted::Ready(Duplex {
                     read: Box::new(r),
                     write: Box::new(w),
                     _connection: None,
-                }
+                })
             }
             RawListener::Tcp(l) => {
                 let sock = l.accept().await?.0;
                 sock.set_nodelay(true)?;
                 let (r, w) = sock.into_split();
-                Duplex {
+                Accepted::Ready(Duplex {
                     read: Box::new(r),
                     write: Box::new(w),
                     _connection: None,
-                }
+                })
             }
             RawListener::Quic(endpoint) => {
-                let incoming = endpoint.accept().await.context("QUIC endpoint closed")?;
-                let connection = incoming.await?;
+                Accepted::Quic(Box::new(endpoint.accept().await.context("QUIC endpoint closed")?))
+            }
+        })
+    }
+}
+
+/// An accepted connection, opened by the task that serves it. A QUIC
+/// connection's stream reaches the server only with the client's first
+/// message: had the accept loop waited for it, a client that connects
+/// several times before it sends (the relay at many in flight) would wait
+/// forever for its second handshake.
+enum Accepted {
+    Ready(Duplex),
+    Quic(Box<quinn::Incoming>),
+}
+
+impl Accepted {
+    async fn open(self) -> anyhow::Result<Duplex> {
+        match self {
+            Accepted::Ready(duplex) => Ok(duplex),
+            Accepted::Quic(incoming) => {
+                let connection = (*incoming).await?;
                 // The client's first message opens the stream for us.
                 let (w, r) = connection.accept_bi().await?;
-                Duplex {
+                Ok(Duplex {
                     read: Box::new(r),
                     write: Box::new(w),
                     _connection: Some(connection),
-                }
+                })
             }
-        })
+        }
     }
 }
 
@@ -244,8 +264,11 @@ pub async fn start_servers(
 }
 
 async fn serve_echo(listener: RawListener) {
-    while let Ok(mut conn) = listener.accept().await {
+    while let Ok(accepted) = listener.accept().await {
         tokio::spawn(async move {
+            let Ok(mut conn) = accepted.open().await else {
+                return;
+            };
             let mut buf = [0u8; MESSAGE_BYTES];
             while conn.read_message(&mut buf).await.is_ok() {
                 if conn.write_message(&buf).await.is_err() {
@@ -258,10 +281,13 @@ async fn serve_echo(listener: RawListener) {
 
 async fn serve_relay(listener: RawListener, connector: Connector, worker: RawAddr) {
     let connector = Arc::new(connector);
-    while let Ok(mut client) = listener.accept().await {
+    while let Ok(accepted) = listener.accept().await {
         let connector = connector.clone();
         let worker = worker.clone();
         tokio::spawn(async move {
+            let Ok(mut client) = accepted.open().await else {
+                return;
+            };
             let Ok(mut upstream) = connector.connect(&worker).await else {
                 return;
             };
