@@ -35,8 +35,9 @@ use crate::dispatch::{self, Load};
 use crate::stats::Summary;
 use crate::wait::WakeMode;
 
-const API_TOKEN: &str = "bench-api-token";
-const RUNNER_TOKEN: &str = "bench-runner-token";
+/// The tokens of every control plane the benches start.
+pub const API_TOKEN: &str = "bench-api-token";
+pub const RUNNER_TOKEN: &str = "bench-runner-token";
 
 #[derive(Args, Debug)]
 pub struct RunnersArgs {
@@ -181,7 +182,6 @@ async fn simulated_runner(
     let permit = connecting.acquire_owned().await?;
     let simulated = Simulated {
         endpoint,
-        token: RUNNER_TOKEN,
         name: format!("sim-{index}"),
         slots: 1,
         heartbeat,
@@ -204,7 +204,6 @@ async fn simulated_runner(
 /// without planning or running anything.
 pub struct Simulated {
     pub endpoint: Endpoint,
-    pub token: &'static str,
     pub name: String,
     pub slots: u32,
     pub heartbeat: Duration,
@@ -225,7 +224,6 @@ impl Simulated {
     pub async fn register(self) -> anyhow::Result<SimulatedSession> {
         let Simulated {
             endpoint,
-            token,
             name,
             slots,
             heartbeat,
@@ -234,9 +232,13 @@ impl Simulated {
         // The agent's rule: which Heartbeats ask for an Ack, and when the
         // connection pings.
         let (heartbeats, options) = Heartbeats::plan(heartbeat, &options);
-        let session = connect(&endpoint, hello(Role::Agent, token, "bench-runner"), &options)
-            .await
-            .with_context(|| format!("{name} cannot connect"))?;
+        let session = connect(
+            &endpoint,
+            hello(Role::Agent, RUNNER_TOKEN, "bench-runner"),
+            &options,
+        )
+        .await
+        .with_context(|| format!("{name} cannot connect"))?;
         let (sender, incoming) = session.into_parts();
         let register = RegisterRunner {
             name: name.clone(),
@@ -263,19 +265,19 @@ impl Simulated {
 
 impl SimulatedSession {
     /// Heartbeats and answers Assigns until `stop` completes.
-    pub async fn serve(mut self, stop: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
+    pub async fn serve(self, stop: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
         let Self {
             name,
             heartbeat,
-            heartbeats,
+            mut heartbeats,
             sender,
-            incoming,
-        } = &mut self;
+            mut incoming,
+        } = self;
         tokio::pin!(stop);
         // Spread the first beats over one interval, as real agents started
         // at different times would be.
         let offset = heartbeat.mul_f64(fastrand::f64());
-        let mut beat = tokio::time::interval_at(tokio::time::Instant::now() + offset, *heartbeat);
+        let mut beat = tokio::time::interval_at(tokio::time::Instant::now() + offset, heartbeat);
         loop {
             tokio::select! {
                 _ = beat.tick() => {

@@ -25,11 +25,8 @@ use valkyrie_runner_agent::{Agent, AgentConfig};
 use valkyrie_sdk::Client;
 
 use crate::raw::QuicTls;
-use crate::runners::Simulated;
+use crate::runners::{Simulated, API_TOKEN, RUNNER_TOKEN};
 use crate::{AgentKind, Transport};
-
-const API_TOKEN: &str = "bench-api-token";
-const RUNNER_TOKEN: &str = "bench-runner-token";
 
 /// A running control plane and its agents.
 pub struct System {
@@ -117,7 +114,6 @@ impl System {
                     if kind == AgentKind::Simulated {
                         let simulated = Simulated {
                             endpoint: endpoint.clone(),
-                            token: RUNNER_TOKEN,
                             name: format!("bench-agent-{i}"),
                             slots,
                             heartbeat: Duration::from_secs(2),

@@ -720,13 +720,10 @@ impl Core {
             .flat_map(|r| r.jobs.iter())
             .filter_map(|id| self.jobs.get(id));
         for job in active {
-            let lease = match job.state() {
-                JobState::Assigned => job.lease_deadline,
-                _ => None,
-            };
-            let kill = match job.state() {
-                JobState::Assigned | JobState::Running => job.kill_deadline,
-                _ => None,
+            let (lease, kill) = match job.state() {
+                JobState::Assigned => (job.lease_deadline, job.kill_deadline),
+                JobState::Running => (None, job.kill_deadline),
+                _ => (None, None),
             };
             if lease.is_some_and(|d| now >= d) {
                 expired.push((job.id, job.runner));
