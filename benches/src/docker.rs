@@ -140,7 +140,7 @@ async fn job(
     if let Some(docker) = docker {
         let mut spec = ContainerSpec::image(image);
         spec.pull_policy = PullPolicy::Never;
-        plan.base_env.clear();
+        plan.host_env = Default::default();
         plan.container = Some(ContainerPlan {
             executor: docker.clone(),
             spec,

@@ -22,10 +22,11 @@ pub struct JobDefaults {
     pub kill_grace: Duration,
     /// Output limit per job. Default [`executor::DEFAULT_OUTPUT_LIMIT_BYTES`].
     pub output_limit_bytes: u64,
-    /// The part of the agent's environment every step inherits. Default
-    /// [`executor::env::agent_environment`] with no extra names: never a
-    /// `VALKYRIE_*` variable, so never the agent's credentials.
-    pub base_env: Vec<(String, String)>,
+    /// The part of the agent's environment every step inherits, shared by
+    /// every job's plan. Default [`executor::env::agent_environment`] with
+    /// no extra names: never a `VALKYRIE_*` variable, so never the agent's
+    /// credentials.
+    pub base_env: executor::HostEnv,
     /// The Docker executor (`--executor docker`): every job runs in a
     /// container. Default: none, steps run on this machine.
     pub docker: Option<executor::docker::DockerExecutor>,
@@ -40,7 +41,7 @@ impl Default for JobDefaults {
             shell: executor::default_shell(),
             kill_grace: executor::DEFAULT_KILL_GRACE,
             output_limit_bytes: executor::DEFAULT_OUTPUT_LIMIT_BYTES,
-            base_env: executor::env::agent_environment(&[]),
+            base_env: executor::env::agent_environment(&[]).into(),
             docker: None,
             max_artifact_bytes: DEFAULT_MAX_ARTIFACT_BYTES,
         }
@@ -78,7 +79,7 @@ pub const DEFAULT_MAX_ARTIFACT_BYTES: u64 = 1 << 30;
 /// Builds the executor plan for an attempt.
 pub fn plan(job_id: u64, attempt: u32, spec: &JobSpec, work_dir: &Path, defaults: &JobDefaults) -> JobPlan {
     let workspace = work_dir.join(format!("job-{job_id}-{attempt}"));
-    let mut plan = JobPlan::with_base_env(job_id, workspace, defaults.base_env.clone());
+    let mut plan = JobPlan::with_host_env(job_id, workspace, defaults.base_env.clone());
     plan.steps = spec
         .steps
         .iter()
@@ -169,9 +170,7 @@ fn container_plan(plan: &mut JobPlan, attempt: u32, spec: &JobSpec, defaults: &J
             return;
         }
     };
-    let host_env: Vec<&str> = defaults.base_env.iter().map(|(n, _)| n.as_str()).collect();
-    plan.base_env
-        .retain(|(name, _)| !host_env.contains(&name.as_str()));
+    plan.host_env = executor::HostEnv::default();
     for (name, value) in &mut plan.base_env {
         if name == "VALKYRIE_WORKSPACE" {
             *value = executor::docker::WORKSPACE_PATH.to_owned();
@@ -473,7 +472,7 @@ mod tests {
 
     fn defaults() -> JobDefaults {
         JobDefaults {
-            base_env: vec![("PATH".into(), "/usr/bin:/bin".into())],
+            base_env: [("PATH".to_owned(), "/usr/bin:/bin".to_owned())].into(),
             ..JobDefaults::default()
         }
     }
@@ -484,8 +483,9 @@ mod tests {
         spec.env = vec![("CI".into(), "overridden".into())];
         let plan = plan(7, 2, &spec, Path::new("/work"), &defaults());
         let base: Vec<(&str, &str)> = plan
-            .base_env
+            .host_env
             .iter()
+            .chain(&plan.base_env)
             .map(|(n, v)| (n.as_str(), v.as_str()))
             .collect();
         assert_eq!(

@@ -161,7 +161,7 @@ pub async fn spawn(
         shell: defaults.shell.clone(),
         kill_grace_ms: defaults.kill_grace.as_millis() as u64,
         output_limit_bytes: defaults.output_limit_bytes,
-        base_env: defaults.base_env.clone(),
+        base_env: defaults.base_env.to_vec(),
         docker: defaults.docker.as_ref().map(|d| d.settings().clone()),
     };
     let mut input = serde_json::to_vec(&launch).map_err(std::io::Error::other)?;
@@ -535,7 +535,7 @@ async fn run(launch: Launch, assign: Assign, outbox: mpsc::Sender<Message>, canc
         shell: launch.shell,
         kill_grace: Duration::from_millis(launch.kill_grace_ms),
         output_limit_bytes: launch.output_limit_bytes,
-        base_env: launch.base_env,
+        base_env: launch.base_env.into(),
         docker,
         ..JobDefaults::default()
     };

@@ -27,7 +27,7 @@
 //! truncation marker, a step that could not be started).
 //!
 //! A step's environment is built by [`env`](mod@env): nothing of the agent's own
-//! environment but [`JobPlan::base_env`] reaches it.
+//! environment but [`JobPlan::host_env`] reaches it.
 
 pub mod docker;
 pub mod env;
@@ -62,10 +62,14 @@ pub const DEFAULT_OUTPUT_LIMIT_BYTES: u64 = 64 * 1024 * 1024;
 pub struct JobPlan {
     pub job_id: u64,
     pub steps: Vec<StepPlan>,
-    /// What every step inherits, taken literally: the allow-listed part of
-    /// the agent's environment and the variables the agent sets for every
-    /// job. Steps see nothing else of the agent's environment. Default
+    /// What every step inherits first, taken literally: the allow-listed
+    /// part of the agent's environment, read once and shared by every job.
+    /// Steps see nothing else of the agent's environment. Default
     /// [`env::agent_environment`] with no extra names.
+    pub host_env: HostEnv,
+    /// The variables the agent sets for this job (`CI`, its ids, its
+    /// trigger's variables), after `host_env`, taken literally. Default:
+    /// none.
     pub base_env: Vec<(String, String)>,
     /// Job environment, on top of `base_env`; each value is `$VAR`-expanded
     /// ([`env::expand`]) against the variables set before it.
@@ -107,6 +111,10 @@ pub struct JobPlan {
     pub before_steps: Option<BeforeSteps>,
 }
 
+/// The part of the agent's environment every job inherits
+/// ([`JobPlan::host_env`]).
+pub type HostEnv = std::sync::Arc<[(String, String)]>;
+
 /// A [`JobPlan::before_steps`] hook.
 pub type BeforeSteps =
     std::sync::Arc<dyn Fn(env::Env) -> futures_util::future::BoxFuture<'static, Vec<String>> + Send + Sync>;
@@ -123,7 +131,7 @@ pub struct ContainerPlan {
 impl JobPlan {
     /// A job with no steps and the defaults documented on each field.
     pub fn new(job_id: u64, workspace: impl Into<PathBuf>) -> Self {
-        Self::with_base_env(job_id, workspace, env::agent_environment(&[]))
+        Self::with_host_env(job_id, workspace, env::agent_environment(&[]).into())
     }
 
     /// Whether the job starts any process: a container, a checkout (git),
@@ -135,18 +143,15 @@ impl JobPlan {
             || self.steps.iter().any(|s| !matches!(s.command, StepCommand::Noop))
     }
 
-    /// [`JobPlan::new`] with the variables every step inherits given, not
-    /// read from this process's environment (the agent reads it once, not
-    /// per job: it was a fifth of a no-op job's instructions).
-    pub fn with_base_env(
-        job_id: u64,
-        workspace: impl Into<PathBuf>,
-        base_env: Vec<(String, String)>,
-    ) -> Self {
+    /// [`JobPlan::new`] with the agent's environment given, not read from
+    /// this process's environment (the agent reads it once, not per job:
+    /// it was a fifth of a no-op job's instructions) and shared, not copied.
+    pub fn with_host_env(job_id: u64, workspace: impl Into<PathBuf>, host_env: HostEnv) -> Self {
         JobPlan {
             job_id,
             steps: Vec::new(),
-            base_env,
+            host_env,
+            base_env: Vec::new(),
             env: Vec::new(),
             secrets: Vec::new(),
             workspace: workspace.into(),
@@ -170,6 +175,10 @@ impl std::fmt::Debug for JobPlan {
         f.debug_struct("JobPlan")
             .field("job_id", &self.job_id)
             .field("steps", &self.steps)
+            .field(
+                "host_env",
+                &self.host_env.iter().map(|(n, _)| n).collect::<Vec<_>>(),
+            )
             .field(
                 "base_env",
                 &self.base_env.iter().map(|(n, _)| n).collect::<Vec<_>>(),
@@ -360,15 +369,15 @@ pub fn files_dir(workspace: &Path) -> PathBuf {
     PathBuf::from(dir)
 }
 
-/// The job's environment before its first step: `base_env`, the job's
-/// `env` expanded in order, then its secrets (literal).
+/// The job's environment before its first step: `host_env`, `base_env`,
+/// the job's `env` expanded in order, then its secrets (literal).
 fn job_environment(plan: &JobPlan, container: Option<&docker::JobContainer>) -> Result<Env, String> {
     let mut env = Env::default();
     // In a container, the image's environment (its PATH above all) first.
     for (name, value) in container.iter().flat_map(|c| &c.image_env) {
         env.set(name, value.clone());
     }
-    for (name, value) in &plan.base_env {
+    for (name, value) in plan.host_env.iter().chain(&plan.base_env) {
         env.set(name, value.clone());
     }
     for (name, value) in &plan.env {
@@ -577,7 +586,14 @@ pub async fn run_job(
             }
             container = Some(started);
         }
-        let mut job_env = match job_environment(&plan, container.as_ref()) {
+        // Only processes and the hook before the steps see the environment:
+        // a job with neither builds none (nor fails on one).
+        let job_env = if needs_workspace {
+            job_environment(&plan, container.as_ref())
+        } else {
+            Ok(Env::default())
+        };
+        let mut job_env = match job_env {
             Ok(env) => env,
             Err(error) => {
                 if ended.is_none() {
@@ -648,7 +664,6 @@ pub async fn run_job(
             // ended. A job of one step has none; its own state, exit code
             // and duration say the same.
             let sections = plan.steps.len() > 1;
-            let label = format!("step {}/{} `{}`", index + 1, plan.steps.len(), step.name);
             let result = if !runs {
                 StepResult::not_started(StepOutcome::Skipped)
             } else {
@@ -692,8 +707,14 @@ pub async fn run_job(
                 }
             };
             if sections {
-                sink.system(&format!("[valkyrie] {label} {}\n", result.summary()))
-                    .await;
+                let line = format!(
+                    "[valkyrie] step {}/{} `{}` {}\n",
+                    index + 1,
+                    plan.steps.len(),
+                    step.name,
+                    result.summary()
+                );
+                sink.system(&line).await;
             }
             sink.send(ExecEvent::StepFinished {
                 index,

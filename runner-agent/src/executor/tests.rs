@@ -828,7 +828,7 @@ async fn an_explicit_shell_without_e_keeps_its_semantics() {
     assert_eq!(report.outcome, JobOutcome::Succeeded);
 }
 
-fn base_env() -> Vec<(String, String)> {
+fn host_env() -> Vec<(String, String)> {
     vec![
         ("PATH".to_owned(), "/usr/local/bin:/usr/bin:/bin".to_owned()),
         ("HOME".to_owned(), "/home/valkyrie-test".to_owned()),
@@ -836,10 +836,10 @@ fn base_env() -> Vec<(String, String)> {
 }
 
 #[tokio::test]
-async fn steps_see_the_base_env_and_job_vars_and_nothing_of_the_agent() {
+async fn steps_see_the_host_env_and_job_vars_and_nothing_of_the_agent() {
     let root = tempfile::tempdir().unwrap();
     let mut plan = plan(&root, vec![StepPlan::shell("env", "env")]);
-    plan.base_env = base_env();
+    plan.host_env = host_env().into();
     plan.env = vec![("JOB_VAR".to_owned(), "job".to_owned())];
     let (events, report) = run_to_end(plan).await;
     assert_eq!(report.outcome, JobOutcome::Succeeded);
@@ -870,7 +870,7 @@ async fn env_values_expand_earlier_variables() {
     let mut step = StepPlan::shell("show", r#"echo "$PATH|$GREETING|$COST|$EMPTY|$STEP_VAR""#);
     step.env = vec![("STEP_VAR".to_owned(), "${GREETING}-step".to_owned())];
     let mut plan = plan(&root, vec![step]);
-    plan.base_env = base_env();
+    plan.host_env = host_env().into();
     plan.env = vec![
         ("PATH".to_owned(), "/opt/valkyrie-test/bin:$PATH".to_owned()),
         ("GREETING".to_owned(), "hi $HOME".to_owned()),
@@ -973,7 +973,7 @@ async fn a_shell_missing_from_path_is_named_with_the_path() {
     let root = tempfile::tempdir().unwrap();
     let mut plan = plan(&root, vec![StepPlan::shell("x", "echo hi")]);
     plan.shell = vec!["sh".to_owned(), "-c".to_owned()];
-    plan.base_env = base_env();
+    plan.host_env = host_env().into();
     plan.env = vec![("PATH".to_owned(), "/opt/valkyrie-nothing-here".to_owned())];
     let (events, report) = run_to_end(plan).await;
     assert_eq!(report.outcome, JobOutcome::Failed);
@@ -1055,4 +1055,34 @@ async fn cancel_reaches_the_trap_of_an_argv_shell() {
     let (events, report) = run.finish(seen).await;
     assert_eq!(output(&events, OutputStream::Stdout), "ready\ngot TERM\n");
     assert_eq!(report.outcome, JobOutcome::Cancelled);
+}
+
+/// Only processes (and the hook before the steps) see the job's
+/// environment, so a job of no-op steps does not build it, nor fail on
+/// it: the same `env`, which cannot expand within the limit, fails a job
+/// that starts a process before its first step.
+#[tokio::test]
+async fn only_a_job_that_starts_a_process_builds_its_environment() {
+    let root = tempfile::tempdir().unwrap();
+    let doubling: Vec<(String, String)> = std::iter::once(("V0".to_owned(), "x".repeat(1024)))
+        .chain((1..=8).map(|i| (format!("V{i}"), format!("${{V{}}}${{V{}}}", i - 1, i - 1))))
+        .collect();
+    let mut noop = plan(&root, vec![StepPlan::noop("nothing")]);
+    noop.env = doubling.clone();
+    let (_, report) = run_to_end(noop).await;
+    assert_eq!(report.outcome, JobOutcome::Succeeded, "{:?}", report.error);
+
+    let mut shell = plan(&root, vec![StepPlan::shell("echo", "echo hi")]);
+    shell.env = doubling;
+    let (events, report) = run_to_end(shell).await;
+    assert_eq!(report.outcome, JobOutcome::Failed);
+    assert!(
+        report
+            .error
+            .as_deref()
+            .is_some_and(|e| e.starts_with("job env `V8` is longer than")),
+        "{:?}",
+        report.error
+    );
+    assert_eq!(finished(&events), [(0, StepOutcome::Skipped, None, None)]);
 }
