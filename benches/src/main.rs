@@ -9,6 +9,7 @@
 
 mod dispatch;
 mod docker;
+mod floor;
 mod http;
 mod raw;
 mod runners;
@@ -58,6 +59,9 @@ enum Command {
         after_help = "Example (needs `cargo build --release --bins`):\n  valkyrie-bench runners --count 10000"
     )]
     Runners(runners::RunnersArgs),
+    /// The bare protocol server `runners --floor` measures (not a bench of its own).
+    #[command(hide = true)]
+    HeartbeatFloor(floor::FloorArgs),
 }
 
 /// What plays the agents in the dispatch bench.
@@ -175,6 +179,7 @@ fn main() -> anyhow::Result<()> {
         Command::Http(args) => return http::main(args),
         Command::Docker(args) => return docker::main(args),
         Command::Runners(args) => return runners::main(args),
+        Command::HeartbeatFloor(args) => return floor::main(args),
     };
     let dir = tempfile::Builder::new().prefix("valkyrie-bench-").tempdir()?;
     let system_rt = tokio::runtime::Builder::new_multi_thread()

@@ -11,7 +11,11 @@
 //! registered, the CPU the server spends while they only heartbeat (a
 //! share of one core over `--window`), and the dispatch latency of no-op
 //! jobs at one in flight with one runner connected and again with all of
-//! them: the same run's baseline.
+//! them: the same run's baseline. With `--floor` it then runs the same
+//! runners against a bare protocol server ([`crate::floor`]) and reports
+//! that one's CPU over the same window: what a frame per runner per
+//! interval costs the runtime and the kernel, before the control plane
+//! adds its part.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -68,6 +72,12 @@ pub struct RunnersArgs {
     /// The server's store (`--store` of valkyrie-server).
     #[arg(long, default_value = "embedded")]
     store: String,
+    /// Also run the same load against a bare protocol server
+    /// (`valkyrie-bench heartbeat-floor`: the sans-IO connection on a
+    /// socket per task, answering RegisterRunner and the Heartbeats that
+    /// ask, nothing else) and report its CPU: the same run's floor.
+    #[arg(long)]
+    floor: bool,
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
@@ -144,6 +154,34 @@ impl Server {
             child,
             endpoint: format!("unix://{}", socket.display()).parse()?,
         })
+    }
+
+    /// The heartbeat floor (`valkyrie-bench heartbeat-floor`), started
+    /// from this program, once it listens.
+    async fn floor(dir: &Path, args: &RunnersArgs) -> anyhow::Result<Self> {
+        let socket = dir.join("floor.sock");
+        let child = Command::new(std::env::current_exe()?)
+            .arg("heartbeat-floor")
+            .arg("--listen")
+            .arg(&socket)
+            .arg("--heartbeat")
+            .arg(humantime::format_duration(args.heartbeat).to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .context("cannot start the heartbeat floor")?;
+        let floor = Self {
+            child,
+            endpoint: format!("unix://{}", socket.display()).parse()?,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while tokio::net::UnixStream::connect(&socket).await.is_err() {
+            if Instant::now() > deadline {
+                bail!("the heartbeat floor does not listen on {}", socket.display());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(floor)
     }
 
     fn proc(&self) -> Proc {
@@ -377,31 +415,13 @@ async fn run(args: &RunnersArgs, bin: &Path, dir: &Path) -> anyhow::Result<serde
     tokio::time::sleep(args.settle).await;
     let settled_rss = proc.rss_mib()?;
 
-    let registered = Arc::new(AtomicU64::new(0));
-    let connecting = Arc::new(Semaphore::new(args.connect_concurrency.max(1)));
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let spawn = |index: u32| {
-        let task = simulated_runner(
-            server.endpoint.clone(),
-            index,
-            args.heartbeat,
-            registered.clone(),
-            connecting.clone(),
-            stop_rx.clone(),
-        );
-        tokio::spawn(async move {
-            if let Err(err) = task.await {
-                eprintln!("{err:#}");
-            }
-        })
-    };
-
-    let mut tasks = vec![spawn(0)];
+    let fleet = Fleet::new(args);
+    let mut tasks = fleet.spawn(&server.endpoint, 0..1);
     wait_registered(&client, 1, Duration::from_secs(10)).await?;
     let one = probe(&client, args.probe_jobs).await?;
 
     let started = Instant::now();
-    tasks.extend((1..args.count).map(spawn));
+    tasks.extend(fleet.spawn(&server.endpoint, 1..args.count));
     let took = wait_registered(&client, args.count as usize, Duration::from_secs(300)).await?;
     let connect_s = started.elapsed().max(took).as_secs_f64();
     // Let the first beats of every runner pass before measuring.
@@ -418,13 +438,16 @@ async fn run(args: &RunnersArgs, bin: &Path, dir: &Path) -> anyhow::Result<serde
     let rss_after = proc.rss_mib()?;
     let peak = proc.status_kib("VmHWM:")? as f64 / 1024.0;
 
-    let _ = stop_tx.send(true);
-    for task in tasks {
-        let _ = task.await;
-    }
+    fleet.stop(tasks).await;
+    drop(client);
+    drop(server);
+    let floor = match args.floor {
+        true => Some(floor(args, dir).await?),
+        false => None,
+    };
     Ok(serde_json::json!({
         "runners": args.count,
-        "registered": registered.load(Ordering::Relaxed),
+        "registered": fleet.registered.load(Ordering::Relaxed),
         "all_still_connected_after_window": still,
         "connect_all_s": (connect_s * 10.0).round() / 10.0,
         "heartbeat_s": args.heartbeat.as_secs_f64(),
@@ -439,6 +462,88 @@ async fn run(args: &RunnersArgs, bin: &Path, dir: &Path) -> anyhow::Result<serde
         "dispatch_1_runner": one.to_json(),
         "dispatch_all_runners": all.to_json(),
         "store": args.store,
+        "floor": floor,
+    }))
+}
+
+/// The simulated runners of one load.
+struct Fleet {
+    heartbeat: Duration,
+    registered: Arc<AtomicU64>,
+    connecting: Arc<Semaphore>,
+    stop_tx: watch::Sender<bool>,
+}
+
+impl Fleet {
+    fn new(args: &RunnersArgs) -> Self {
+        Self {
+            heartbeat: args.heartbeat,
+            registered: Arc::new(AtomicU64::new(0)),
+            connecting: Arc::new(Semaphore::new(args.connect_concurrency.max(1))),
+            stop_tx: watch::channel(false).0,
+        }
+    }
+
+    /// Starts the runners numbered `indices`, connecting to `endpoint`.
+    fn spawn(&self, endpoint: &Endpoint, indices: std::ops::Range<u32>) -> Vec<tokio::task::JoinHandle<()>> {
+        indices
+            .map(|index| {
+                let task = simulated_runner(
+                    endpoint.clone(),
+                    index,
+                    self.heartbeat,
+                    self.registered.clone(),
+                    self.connecting.clone(),
+                    self.stop_tx.subscribe(),
+                );
+                tokio::spawn(async move {
+                    if let Err(err) = task.await {
+                        eprintln!("{err:#}");
+                    }
+                })
+            })
+            .collect()
+    }
+
+    async fn stop(&self, tasks: Vec<tokio::task::JoinHandle<()>>) {
+        let _ = self.stop_tx.send(true);
+        for task in tasks {
+            let _ = task.await;
+        }
+    }
+}
+
+/// The same load against the heartbeat floor ([`crate::floor`]): its CPU
+/// over the same window, and its RSS with every runner registered.
+async fn floor(args: &RunnersArgs, dir: &Path) -> anyhow::Result<serde_json::Value> {
+    let floor = Server::floor(dir, args).await?;
+    let proc = floor.proc();
+    let fleet = Fleet::new(args);
+    let tasks = fleet.spawn(&floor.endpoint, 0..args.count);
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while fleet.registered.load(Ordering::Relaxed) < u64::from(args.count) {
+        if Instant::now() > deadline || tasks.iter().any(|t| t.is_finished()) {
+            bail!(
+                "only {} of {} runners registered with the heartbeat floor",
+                fleet.registered.load(Ordering::Relaxed),
+                args.count
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(args.heartbeat).await;
+    let rss = proc.rss_mib()?;
+    let cpu_before = proc.cpu_ns()?;
+    let window_start = Instant::now();
+    tokio::time::sleep(args.window).await;
+    let cpu_share = (proc.cpu_ns()? - cpu_before) as f64 / window_start.elapsed().as_nanos() as f64;
+    // A runner's task ends only when its connection does.
+    let still = !tasks.iter().any(|t| t.is_finished());
+    fleet.stop(tasks).await;
+    Ok(serde_json::json!({
+        "all_still_connected_after_window": still,
+        "rss_all_registered_mib": (rss * 10.0).round() / 10.0,
+        "cpu_heartbeats_percent_of_core": (cpu_share * 1000.0).round() / 10.0,
     }))
 }
 
@@ -469,6 +574,16 @@ fn print(args: &RunnersArgs, r: &serde_json::Value) {
         "server CPU, heartbeats only     {} % of one core over {} s",
         r["server_cpu_heartbeats_percent_of_core"], r["cpu_window_s"]
     );
+    let floor = &r["floor"];
+    if !floor.is_null() {
+        println!(
+            "floor CPU, heartbeats only      {} % of one core over {} s (bare protocol server; RSS {} MiB, all still connected: {})",
+            floor["cpu_heartbeats_percent_of_core"],
+            r["cpu_window_s"],
+            floor["rss_all_registered_mib"],
+            floor["all_still_connected_after_window"]
+        );
+    }
     for (label, key) in [
         ("1 runner", "dispatch_1_runner"),
         ("all runners", "dispatch_all_runners"),
