@@ -211,3 +211,26 @@ async fn connection_limit_refuses_the_next_client() {
         .await;
     }
 }
+
+/// A session whose every sender is gone closes in order: the peer sees a
+/// Close with code NORMAL, not a reset. The last sender's drop is what
+/// wakes the driver (nothing else happens on the connection that would),
+/// on every transport.
+#[tokio::test]
+async fn dropping_every_sender_closes_the_session_in_order() {
+    let fx = Fixture::new();
+    for t in ALL {
+        let (_listener, client, server) = fx.connected(t, "x").await;
+        let (sender, mut incoming) = client.into_parts();
+        let kept = sender.clone();
+        drop(sender);
+        drop(kept);
+        assert_eq!(
+            within("the peer sees the close", server.sender().closed()).await,
+            Ok(()),
+            "{t:?}"
+        );
+        // The receiving half learns it too.
+        assert!(within("incoming ends", incoming.recv()).await.is_none(), "{t:?}");
+    }
+}

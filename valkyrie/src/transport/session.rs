@@ -2,10 +2,12 @@
 //! bounded per-lane send queues, request/reply by correlation id, and the
 //! reason it ended.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use foldhash::{HashMap, HashMapExt};
+use futures_util::task::AtomicWaker;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::connection::{Connection, Event};
@@ -128,6 +130,53 @@ pub(crate) struct Shared {
     next_correlation: AtomicU64,
     closed: watch::Sender<Option<Result<(), ConnectionError>>>,
     hook: std::sync::Mutex<Option<InboundHook>>,
+    /// Rung after every command queued on a lane, and when the last handle
+    /// goes.
+    pub(crate) outbound: Doorbell,
+}
+
+/// One wake-up for the three lanes. The stream driver waits on it instead
+/// of on each lane's channel, then reads the lanes without waiting: a turn
+/// that brings nothing to send (most of them, for an idle agent's
+/// heartbeats) touches no channel at all.
+#[derive(Default)]
+pub(crate) struct Doorbell {
+    rung: AtomicBool,
+    waker: AtomicWaker,
+}
+
+impl Doorbell {
+    fn ring(&self) {
+        self.rung.store(true, Ordering::Release);
+        self.waker.wake();
+    }
+
+    /// Whether the bell rang since it was last taken (or seen rung).
+    pub(crate) fn take(&self) -> bool {
+        self.rung.swap(false, Ordering::Acquire)
+    }
+
+    /// Ready once the bell rang since it was last taken.
+    pub(crate) fn poll_rung(&self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.take() {
+            return Poll::Ready(());
+        }
+        self.waker.register(cx.waker());
+        match self.take() {
+            true => Poll::Ready(()),
+            false => Poll::Pending,
+        }
+    }
+}
+
+/// Rings the doorbell when the last handle is dropped, so that the driver
+/// reads the closed lanes and ends the session.
+struct RingOnDrop(Arc<Shared>);
+
+impl Drop for RingOnDrop {
+    fn drop(&mut self) {
+        self.0.outbound.ring();
+    }
 }
 
 /// Cloneable handle for sending on a session.
@@ -135,6 +184,7 @@ pub(crate) struct Shared {
 pub struct SessionSender {
     lanes: [mpsc::Sender<Box<Command>>; 3],
     shared: Arc<Shared>,
+    _last: Arc<RingOnDrop>,
 }
 
 impl std::fmt::Debug for SessionSender {
@@ -144,12 +194,14 @@ impl std::fmt::Debug for SessionSender {
 }
 
 impl SessionSender {
-    fn lane(&self, lane: Lane) -> &mpsc::Sender<Box<Command>> {
-        &self.lanes[lane.index()]
-    }
-
-    fn closed_error(&self) -> SendError {
-        SendError::Closed
+    /// Queues `command` on `lane`, waiting while it is full.
+    async fn queue(&self, lane: Lane, command: Command) -> Result<(), SendError> {
+        self.lanes[lane.index()]
+            .send(Box::new(command))
+            .await
+            .map_err(|_| SendError::Closed)?;
+        self.shared.outbound.ring();
+        Ok(())
     }
 
     /// Sends a message, waiting while its lane's queue is full.
@@ -162,14 +214,16 @@ impl SessionSender {
     pub async fn reply(&self, correlation: u64, message: impl Into<Message>) -> Result<(), SendError> {
         let message = message.into();
         let flags = reply_flags(correlation);
-        self.lane(message.lane())
-            .send(Box::new(Command::Send {
+        let lane = message.lane();
+        self.queue(
+            lane,
+            Command::Send {
                 correlation,
                 flags,
                 message,
-            }))
-            .await
-            .map_err(|_| self.closed_error())
+            },
+        )
+        .await
     }
 
     /// Sends without waiting: fails with [`SendError::QueueFull`] when the
@@ -178,7 +232,7 @@ impl SessionSender {
         let message = message.into();
         let lane = message.lane();
         let flags = reply_flags(correlation);
-        self.lane(lane)
+        self.lanes[lane.index()]
             .try_send(Box::new(Command::Send {
                 correlation,
                 flags,
@@ -187,7 +241,9 @@ impl SessionSender {
             .map_err(|e| match e {
                 mpsc::error::TrySendError::Full(_) => SendError::QueueFull(lane),
                 mpsc::error::TrySendError::Closed(_) => SendError::Closed,
-            })
+            })?;
+        self.shared.outbound.ring();
+        Ok(())
     }
 
     fn correlation(&self) -> u64 {
@@ -211,14 +267,16 @@ impl SessionSender {
         // On its own lane's queue, behind what was sent before it on that
         // lane: a JobResult (dispatch) must not overtake the AssignAck and
         // StepResults queued before it.
-        self.lane(message.lane())
-            .send(Box::new(Command::Request {
+        let lane = message.lane();
+        self.queue(
+            lane,
+            Command::Request {
                 correlation,
                 message,
                 route: Route::Once(tx),
-            }))
-            .await
-            .map_err(|_| SendError::Closed)?;
+            },
+        )
+        .await?;
         Ok(PendingReply(rx))
     }
 
@@ -232,25 +290,29 @@ impl SessionSender {
         let message = message.into();
         let (tx, rx) = mpsc::channel(buffer.max(1));
         let correlation = self.correlation();
-        self.lane(message.lane())
-            .send(Box::new(Command::Request {
+        let lane = message.lane();
+        self.queue(
+            lane,
+            Command::Request {
                 correlation,
                 message,
                 route: Route::Stream(tx),
-            }))
-            .await
-            .map_err(|_| SendError::Closed)?;
+            },
+        )
+        .await?;
         Ok(rx)
     }
 
     /// Closes the session with a code and reason (sent in a Close frame).
     pub async fn close(&self, code: ErrorCode, reason: impl Into<String>) {
         let _ = self
-            .lane(Lane::Control)
-            .send(Box::new(Command::Close {
-                code,
-                reason: reason.into(),
-            }))
+            .queue(
+                Lane::Control,
+                Command::Close {
+                    code,
+                    reason: reason.into(),
+                },
+            )
             .await;
     }
 
@@ -424,10 +486,12 @@ pub(crate) fn session_pair(peer: String) -> (SessionParts, DriverEnds, LaneRecei
         next_correlation: AtomicU64::new(1),
         closed,
         hook: std::sync::Mutex::new(None),
+        outbound: Doorbell::default(),
     });
     let sender = SessionSender {
         lanes: [c_tx, d_tx, b_tx],
         shared: shared.clone(),
+        _last: Arc::new(RingOnDrop(shared.clone())),
     };
     (
         SessionParts {

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::mpsc::error::TryRecvError;
 use tokio::sync::oneshot;
 use tracing::debug;
 
@@ -69,6 +70,10 @@ where
     let mut unflushed = false;
     let mut read_size = ReadSize::default();
     let mut lanes_open = [true; 3];
+    // Lanes that may hold commands: every lane at the start, and again
+    // each time the session's doorbell rings; a lane leaves the set once
+    // it is found empty.
+    let mut unread = [true; 3];
     let mut write_failed = false;
     let mut read_eof = false;
     let mut close_deadline: Option<Instant> = None;
@@ -106,17 +111,32 @@ where
         // write branch comes first), and a control frame would follow every
         // bulk frame queued before it instead of overtaking them.
         if conn.is_open() {
+            // Rung while a lane kept the select below from waiting on the
+            // bell: a command queued meanwhile on another lane (a control
+            // frame behind a bulk flood) is read now, not after the flood.
+            if ends.shared.outbound.take() {
+                unread = [true; 3];
+            }
             let lanes = [
                 (&mut control_rx, Lane::Control),
                 (&mut dispatch_rx, Lane::Dispatch),
                 (&mut bulk_rx, Lane::Bulk),
             ];
             for (rx, lane) in lanes {
-                if lanes_open[lane.index()] && conn.can_send(lane) {
-                    if let Ok(cmd) = rx.try_recv() {
-                        ends.apply_batch(&mut conn, *cmd, rx, lane);
+                let i = lane.index();
+                if lanes_open[i] && unread[i] && conn.can_send(lane) {
+                    match rx.try_recv() {
+                        // More may wait behind the batch: the lane stays unread.
+                        Ok(cmd) => ends.apply_batch(&mut conn, *cmd, rx, lane),
+                        Err(TryRecvError::Empty) => unread[i] = false,
+                        Err(TryRecvError::Disconnected) => lanes_open[i] = false,
                     }
                 }
+            }
+            // A Close just queued (or every handle gone): the loop's top
+            // reports how the session ended before the Close is written.
+            if conn.is_closed() || lanes_open.iter().all(|open| !open) {
+                continue;
             }
         }
         if out.is_empty() && conn.has_pending_output() {
@@ -131,8 +151,12 @@ where
         timer.arm(timeout);
         let reading = !conn.is_closed();
         let writing = !out.is_empty() || unflushed;
-        let can_send = [Lane::Control, Lane::Dispatch, Lane::Bulk]
-            .map(|lane| open && lanes_open[lane.index()] && conn.can_send(lane));
+        // A lane with commands left that the connection can take: the next
+        // turn reads it, without waiting.
+        let lanes_pending = [Lane::Control, Lane::Dispatch, Lane::Bulk]
+            .into_iter()
+            .any(|lane| open && lanes_open[lane.index()] && unread[lane.index()] && conn.can_send(lane));
+        let shared = &ends.shared;
         let read_buf = conn.recv_buffer(0);
         read_size.prepare(read_buf);
         tokio::select! {
@@ -161,23 +185,9 @@ where
                     }
                 }
             }
-            cmd = control_rx.recv(), if can_send[0] => {
-                match cmd {
-                    Some(cmd) => ends.apply_batch(&mut conn, *cmd, &mut control_rx, Lane::Control),
-                    None => lanes_open[0] = false,
-                }
-            }
-            cmd = dispatch_rx.recv(), if can_send[1] => {
-                match cmd {
-                    Some(cmd) => ends.apply_batch(&mut conn, *cmd, &mut dispatch_rx, Lane::Dispatch),
-                    None => lanes_open[1] = false,
-                }
-            }
-            cmd = bulk_rx.recv(), if can_send[2] => {
-                match cmd {
-                    Some(cmd) => ends.apply_batch(&mut conn, *cmd, &mut bulk_rx, Lane::Bulk),
-                    None => lanes_open[2] = false,
-                }
+            () = std::future::ready(()), if lanes_pending => {}
+            () = std::future::poll_fn(|cx| shared.outbound.poll_rung(cx)), if !lanes_pending => {
+                unread = [true; 3];
             }
             _ = timer.fired(), if timeout.is_some() => {
                 let now = Instant::now();
