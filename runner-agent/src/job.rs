@@ -26,7 +26,7 @@ pub struct JobDefaults {
     /// every job's plan. Default [`executor::env::agent_environment`] with
     /// no extra names: never a `VALKYRIE_*` variable, so never the agent's
     /// credentials.
-    pub base_env: executor::HostEnv,
+    pub host_env: executor::HostEnv,
     /// The Docker executor (`--executor docker`): every job runs in a
     /// container. Default: none, steps run on this machine.
     pub docker: Option<executor::docker::DockerExecutor>,
@@ -41,7 +41,7 @@ impl Default for JobDefaults {
             shell: executor::default_shell(),
             kill_grace: executor::DEFAULT_KILL_GRACE,
             output_limit_bytes: executor::DEFAULT_OUTPUT_LIMIT_BYTES,
-            base_env: executor::env::agent_environment(&[]).into(),
+            host_env: executor::env::agent_environment(&[]).into(),
             docker: None,
             max_artifact_bytes: DEFAULT_MAX_ARTIFACT_BYTES,
         }
@@ -79,7 +79,7 @@ pub const DEFAULT_MAX_ARTIFACT_BYTES: u64 = 1 << 30;
 /// Builds the executor plan for an attempt.
 pub fn plan(job_id: u64, attempt: u32, spec: &JobSpec, work_dir: &Path, defaults: &JobDefaults) -> JobPlan {
     let workspace = work_dir.join(format!("job-{job_id}-{attempt}"));
-    let mut plan = JobPlan::with_host_env(job_id, workspace, defaults.base_env.clone());
+    let mut plan = JobPlan::with_host_env(job_id, workspace, defaults.host_env.clone());
     plan.steps = spec
         .steps
         .iter()
@@ -472,7 +472,7 @@ mod tests {
 
     fn defaults() -> JobDefaults {
         JobDefaults {
-            base_env: [("PATH".to_owned(), "/usr/bin:/bin".to_owned())].into(),
+            host_env: [("PATH".to_owned(), "/usr/bin:/bin".to_owned())].into(),
             ..JobDefaults::default()
         }
     }

@@ -246,7 +246,7 @@ async fn run() -> anyhow::Result<()> {
                 .unwrap_or_else(executor::default_shell),
             kill_grace: args.kill_grace,
             output_limit_bytes: args.output_limit_bytes,
-            base_env: executor::env::agent_environment(&pass_env).into(),
+            host_env: executor::env::agent_environment(&pass_env).into(),
             docker,
             max_artifact_bytes: args.max_artifact_bytes,
         },

@@ -78,7 +78,7 @@ const REATTACHED_POLL: Duration = Duration::from_millis(100);
 /// How often a followed supervisor is checked for an exit without a result.
 const LIVENESS_POLL: Duration = Duration::from_secs(1);
 /// The variables of the agent's environment a supervisor gets besides
-/// those every job gets ([`JobDefaults::base_env`]): nothing secret (never
+/// those every job gets ([`JobDefaults::host_env`]): nothing secret (never
 /// `VALKYRIE_RUNNER_TOKEN`). Steps get their environment from the plan,
 /// not from the supervisor's.
 const SUPERVISOR_ENV: &[&str] = &[
@@ -100,7 +100,7 @@ struct Launch {
     shell: Vec<String>,
     kill_grace_ms: u64,
     output_limit_bytes: u64,
-    base_env: Vec<(String, String)>,
+    host_env: Vec<(String, String)>,
     docker: Option<DockerSettings>,
 }
 
@@ -144,7 +144,7 @@ pub async fn spawn(
         .arg(SUBCOMMAND)
         .arg(&dir)
         .env_clear()
-        .envs(defaults.base_env.iter().map(|(n, v)| (n, v)))
+        .envs(defaults.host_env.iter().map(|(n, v)| (n, v)))
         .envs(
             SUPERVISOR_ENV
                 .iter()
@@ -161,7 +161,7 @@ pub async fn spawn(
         shell: defaults.shell.clone(),
         kill_grace_ms: defaults.kill_grace.as_millis() as u64,
         output_limit_bytes: defaults.output_limit_bytes,
-        base_env: defaults.base_env.to_vec(),
+        host_env: defaults.host_env.to_vec(),
         docker: defaults.docker.as_ref().map(|d| d.settings().clone()),
     };
     let mut input = serde_json::to_vec(&launch).map_err(std::io::Error::other)?;
@@ -535,7 +535,7 @@ async fn run(launch: Launch, assign: Assign, outbox: mpsc::Sender<Message>, canc
         shell: launch.shell,
         kill_grace: Duration::from_millis(launch.kill_grace_ms),
         output_limit_bytes: launch.output_limit_bytes,
-        base_env: launch.base_env.into(),
+        host_env: launch.host_env.into(),
         docker,
         ..JobDefaults::default()
     };

@@ -106,10 +106,8 @@ where
             continue;
         }
         // What the application queued goes into the connection before the
-        // next write, so that the connection orders it by lane. Left to the
-        // select below, it would wait while the socket stays writable (the
-        // write branch comes first), and a control frame would follow every
-        // bulk frame queued before it instead of overtaking them.
+        // next write, so that the connection orders it by lane: a control
+        // frame overtakes the bulk frames queued before it.
         if conn.is_open() {
             // Rung while a lane kept the select below from waiting on the
             // bell: a command queued meanwhile on another lane (a control
