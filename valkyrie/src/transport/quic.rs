@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use tokio::sync::mpsc;
+use tokio::sync::mpsc::error::TryRecvError;
 use tracing::{debug, Instrument};
 
 use super::session::DriverEnds;
@@ -49,6 +50,10 @@ pub(crate) async fn drive_quic(quic: quinn::Connection, setup: DriverSetup) {
         lane_tx.push(tx);
     }
     let mut lanes_open = [true; 3];
+    // Lanes that may hold commands (as in the stream driver): every lane at
+    // the start and each time the session's doorbell rings; a lane leaves
+    // the set once it is found empty.
+    let mut unread = [true; 3];
     let mut close_deadline: Option<Instant> = None;
     let mut write_failed = false;
     let mut timer = ConnTimer::new();
@@ -82,6 +87,12 @@ pub(crate) async fn drive_quic(quic: quinn::Connection, setup: DriverSetup) {
         let open = conn.is_open();
         let timeout = close_deadline.or_else(|| conn.poll_timeout());
         timer.arm(timeout);
+        // A lane with commands left that the connection can take is read
+        // at once; otherwise the driver waits on the doorbell.
+        let lanes_pending = Lane::ALL
+            .into_iter()
+            .any(|lane| open && lanes_open[lane.index()] && unread[lane.index()] && conn.can_send(lane));
+        let shared = &ends.shared;
         tokio::select! {
             biased;
             // A lane's writer is gone only when its stream failed (or the
@@ -105,23 +116,30 @@ pub(crate) async fn drive_quic(quic: quinn::Connection, setup: DriverSetup) {
                 Some(Inbound::BadLane(lane)) => conn.close(ErrorCode::PROTOCOL_ERROR, format!("stream preamble names unknown lane {lane}")),
                 None => conn.handle_eof(0),
             },
-            cmd = control_rx.recv(), if open && lanes_open[0] && conn.can_send(Lane::Control) => {
-                match cmd {
-                    Some(cmd) => ends.apply_batch(&mut conn, *cmd, &mut control_rx, Lane::Control),
-                    None => lanes_open[0] = false,
+            () = std::future::ready(()), if lanes_pending => {
+                // Rung meanwhile: a lane found empty before may hold a
+                // command now (a control frame behind a bulk flood).
+                if ends.shared.outbound.take() {
+                    unread = [true; 3];
+                }
+                let lanes = [
+                    (&mut control_rx, Lane::Control),
+                    (&mut dispatch_rx, Lane::Dispatch),
+                    (&mut bulk_rx, Lane::Bulk),
+                ];
+                for (rx, lane) in lanes {
+                    let i = lane.index();
+                    if lanes_open[i] && unread[i] && conn.can_send(lane) {
+                        match rx.try_recv() {
+                            Ok(cmd) => ends.apply_batch(&mut conn, *cmd, rx, lane),
+                            Err(TryRecvError::Empty) => unread[i] = false,
+                            Err(TryRecvError::Disconnected) => lanes_open[i] = false,
+                        }
+                    }
                 }
             }
-            cmd = dispatch_rx.recv(), if open && lanes_open[1] && conn.can_send(Lane::Dispatch) => {
-                match cmd {
-                    Some(cmd) => ends.apply_batch(&mut conn, *cmd, &mut dispatch_rx, Lane::Dispatch),
-                    None => lanes_open[1] = false,
-                }
-            }
-            cmd = bulk_rx.recv(), if open && lanes_open[2] && conn.can_send(Lane::Bulk) => {
-                match cmd {
-                    Some(cmd) => ends.apply_batch(&mut conn, *cmd, &mut bulk_rx, Lane::Bulk),
-                    None => lanes_open[2] = false,
-                }
+            () = std::future::poll_fn(|cx| shared.outbound.poll_rung(cx)), if !lanes_pending => {
+                unread = [true; 3];
             }
             _ = timer.fired(), if timeout.is_some() => {
                 let now = Instant::now();
