@@ -427,10 +427,7 @@ async fn run(args: &RunnersArgs, bin: &Path, dir: &Path) -> anyhow::Result<serde
     // Let the first beats of every runner pass before measuring.
     tokio::time::sleep(args.heartbeat).await;
     let rss_all = proc.rss_mib()?;
-    let cpu_before = proc.cpu_ns()?;
-    let window_start = Instant::now();
-    tokio::time::sleep(args.window).await;
-    let cpu_share = (proc.cpu_ns()? - cpu_before) as f64 / window_start.elapsed().as_nanos() as f64;
+    let cpu_share = cpu_share(&proc, args.window).await?;
     let still = wait_registered(&client, args.count as usize, Duration::ZERO)
         .await
         .is_ok();
@@ -464,6 +461,14 @@ async fn run(args: &RunnersArgs, bin: &Path, dir: &Path) -> anyhow::Result<serde
         "store": args.store,
         "floor": floor,
     }))
+}
+
+/// The share of one core `proc` spends over `window`.
+async fn cpu_share(proc: &Proc, window: Duration) -> anyhow::Result<f64> {
+    let before = proc.cpu_ns()?;
+    let start = Instant::now();
+    tokio::time::sleep(window).await;
+    Ok((proc.cpu_ns()? - before) as f64 / start.elapsed().as_nanos() as f64)
 }
 
 /// The simulated runners of one load.
@@ -533,10 +538,7 @@ async fn floor(args: &RunnersArgs, dir: &Path) -> anyhow::Result<serde_json::Val
     }
     tokio::time::sleep(args.heartbeat).await;
     let rss = proc.rss_mib()?;
-    let cpu_before = proc.cpu_ns()?;
-    let window_start = Instant::now();
-    tokio::time::sleep(args.window).await;
-    let cpu_share = (proc.cpu_ns()? - cpu_before) as f64 / window_start.elapsed().as_nanos() as f64;
+    let cpu_share = cpu_share(&proc, args.window).await?;
     // A runner's task ends only when its connection does.
     let still = !tasks.iter().any(|t| t.is_finished());
     fleet.stop(tasks).await;

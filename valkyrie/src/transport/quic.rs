@@ -10,10 +10,9 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use tokio::sync::mpsc;
-use tokio::sync::mpsc::error::TryRecvError;
 use tracing::{debug, Instrument};
 
-use super::session::DriverEnds;
+use super::session::{DriverEnds, Lanes};
 use super::stream::{ConnTimer, DriverSetup, CLOSE_LINGER, MAX_WRITE_BYTES};
 use crate::error::ConnectionError;
 use crate::frame::{ErrorCode, Lane};
@@ -38,7 +37,7 @@ pub(crate) async fn drive_quic(quic: quinn::Connection, setup: DriverSetup) {
         server_id,
         handshake,
     } = setup;
-    let [mut control_rx, mut dispatch_rx, mut bulk_rx] = lanes;
+    let mut lanes = Lanes::new(lanes);
     let mut handshake = Some(handshake);
     let (in_tx, mut in_rx) = mpsc::channel::<Inbound>(32);
     let acceptor = tokio::spawn(accept_streams(quic.clone(), in_tx).in_current_span());
@@ -49,11 +48,6 @@ pub(crate) async fn drive_quic(quic: quinn::Connection, setup: DriverSetup) {
         writers.push(tokio::spawn(write_lane(quic.clone(), lane, rx).in_current_span()));
         lane_tx.push(tx);
     }
-    let mut lanes_open = [true; 3];
-    // Lanes that may hold commands (as in the stream driver): every lane at
-    // the start and each time the session's doorbell rings; a lane leaves
-    // the set once it is found empty.
-    let mut unread = [true; 3];
     let mut close_deadline: Option<Instant> = None;
     let mut write_failed = false;
     let mut timer = ConnTimer::new();
@@ -80,18 +74,15 @@ pub(crate) async fn drive_quic(quic: quinn::Connection, setup: DriverSetup) {
         if conn.is_closed() && close_deadline.is_none() {
             close_deadline = Some(Instant::now() + CLOSE_LINGER);
         }
-        if lanes_open.iter().all(|open| !open) && conn.is_open() {
+        if lanes.all_closed() && conn.is_open() {
             conn.close(ErrorCode::NORMAL, "session dropped");
             continue;
         }
-        let open = conn.is_open();
         let timeout = close_deadline.or_else(|| conn.poll_timeout());
         timer.arm(timeout);
         // A lane with commands left that the connection can take is read
         // at once; otherwise the driver waits on the doorbell.
-        let lanes_pending = Lane::ALL
-            .into_iter()
-            .any(|lane| open && lanes_open[lane.index()] && unread[lane.index()] && conn.can_send(lane));
+        let lanes_pending = lanes.pending(&conn);
         let shared = &ends.shared;
         tokio::select! {
             biased;
@@ -116,31 +107,8 @@ pub(crate) async fn drive_quic(quic: quinn::Connection, setup: DriverSetup) {
                 Some(Inbound::BadLane(lane)) => conn.close(ErrorCode::PROTOCOL_ERROR, format!("stream preamble names unknown lane {lane}")),
                 None => conn.handle_eof(0),
             },
-            () = std::future::ready(()), if lanes_pending => {
-                // Rung meanwhile: a lane found empty before may hold a
-                // command now (a control frame behind a bulk flood).
-                if ends.shared.outbound.take() {
-                    unread = [true; 3];
-                }
-                let lanes = [
-                    (&mut control_rx, Lane::Control),
-                    (&mut dispatch_rx, Lane::Dispatch),
-                    (&mut bulk_rx, Lane::Bulk),
-                ];
-                for (rx, lane) in lanes {
-                    let i = lane.index();
-                    if lanes_open[i] && unread[i] && conn.can_send(lane) {
-                        match rx.try_recv() {
-                            Ok(cmd) => ends.apply_batch(&mut conn, *cmd, rx, lane),
-                            Err(TryRecvError::Empty) => unread[i] = false,
-                            Err(TryRecvError::Disconnected) => lanes_open[i] = false,
-                        }
-                    }
-                }
-            }
-            () = std::future::poll_fn(|cx| shared.outbound.poll_rung(cx)), if !lanes_pending => {
-                unread = [true; 3];
-            }
+            () = std::future::ready(()), if lanes_pending => lanes.read(&mut ends, &mut conn),
+            () = std::future::poll_fn(|cx| shared.outbound.poll_rung(cx)), if !lanes_pending => lanes.rung(),
             _ = timer.fired(), if timeout.is_some() => {
                 let now = Instant::now();
                 if close_deadline.is_some_and(|at| now >= at) {

@@ -476,6 +476,68 @@ pub(crate) struct DriverEnds {
 
 pub(crate) type LaneReceivers = [mpsc::Receiver<Box<Command>>; 3];
 
+/// A driver's end of the three lanes: which are still open, and which may
+/// hold commands. Every lane may at the start and again each time the
+/// session's doorbell rings; a lane leaves that set once it is found
+/// empty, so a turn reads no channel it has no reason to.
+pub(crate) struct Lanes {
+    rx: LaneReceivers,
+    open: [bool; 3],
+    unread: [bool; 3],
+}
+
+impl Lanes {
+    pub(crate) fn new(rx: LaneReceivers) -> Self {
+        Self {
+            rx,
+            open: [true; 3],
+            unread: [true; 3],
+        }
+    }
+
+    /// Whether every sender is gone.
+    pub(crate) fn all_closed(&self) -> bool {
+        self.open.iter().all(|open| !open)
+    }
+
+    /// Whether a lane may hold commands that `conn` can take now: the
+    /// driver reads again at once instead of waiting.
+    pub(crate) fn pending(&self, conn: &Connection) -> bool {
+        conn.is_open()
+            && Lane::ALL
+                .into_iter()
+                .any(|lane| self.open[lane.index()] && self.unread[lane.index()] && conn.can_send(lane))
+    }
+
+    /// The doorbell rang: every lane may hold commands.
+    pub(crate) fn rung(&mut self) {
+        self.unread = [true; 3];
+    }
+
+    /// Moves a batch from each lane that may hold commands and that `conn`
+    /// has room for into `conn`, in lane order. The bell is taken first: one
+    /// rung while the driver read without waiting (a control frame queued
+    /// behind a bulk flood) is seen now, not once the flood is over.
+    pub(crate) fn read(&mut self, ends: &mut DriverEnds, conn: &mut Connection) {
+        if ends.shared.outbound.take() {
+            self.rung();
+        }
+        for lane in Lane::ALL {
+            let i = lane.index();
+            if !(self.open[i] && self.unread[i] && conn.can_send(lane)) {
+                continue;
+            }
+            let rx = &mut self.rx[i];
+            match rx.try_recv() {
+                // More may wait behind the batch: the lane stays unread.
+                Ok(cmd) => ends.apply_batch(conn, *cmd, rx, lane),
+                Err(mpsc::error::TryRecvError::Empty) => self.unread[i] = false,
+                Err(mpsc::error::TryRecvError::Disconnected) => self.open[i] = false,
+            }
+        }
+    }
+}
+
 pub(crate) fn session_pair(peer: String) -> (SessionParts, DriverEnds, LaneReceivers) {
     let (c_tx, c_rx) = mpsc::channel(LANE_CHANNEL);
     let (d_tx, d_rx) = mpsc::channel(LANE_CHANNEL);

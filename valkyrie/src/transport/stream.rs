@@ -11,14 +11,13 @@ use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::mpsc::error::TryRecvError;
 use tokio::sync::oneshot;
 use tracing::debug;
 
-use super::session::{Authenticator, DriverEnds, Handshake, LaneReceivers, Redirector};
+use super::session::{Authenticator, DriverEnds, Handshake, LaneReceivers, Lanes, Redirector};
 use crate::connection::Connection;
 use crate::error::ConnectionError;
-use crate::frame::{ErrorCode, Lane};
+use crate::frame::ErrorCode;
 
 /// Frames are coalesced into writes of up to this many bytes.
 pub(crate) const MAX_WRITE_BYTES: usize = 256 * 1024;
@@ -61,7 +60,7 @@ where
         server_id,
         handshake,
     } = setup;
-    let [mut control_rx, mut dispatch_rx, mut bulk_rx] = lanes;
+    let mut lanes = Lanes::new(lanes);
     let mut handshake = Some(handshake);
     // Frames taken from the connection and not yet accepted by the socket.
     let mut out = BytesMut::new();
@@ -69,11 +68,6 @@ where
     // buffer (TLS records): they are flushed before the writer waits.
     let mut unflushed = false;
     let mut read_size = ReadSize::default();
-    let mut lanes_open = [true; 3];
-    // Lanes that may hold commands: every lane at the start, and again
-    // each time the session's doorbell rings; a lane leaves the set once
-    // it is found empty.
-    let mut unread = [true; 3];
     let mut write_failed = false;
     let mut read_eof = false;
     let mut close_deadline: Option<Instant> = None;
@@ -101,7 +95,7 @@ where
         if conn.is_closed() && close_deadline.is_none() {
             close_deadline = Some(Instant::now() + CLOSE_LINGER);
         }
-        if lanes_open.iter().all(|open| !open) && conn.is_open() {
+        if lanes.all_closed() && conn.is_open() {
             conn.close(ErrorCode::NORMAL, "session dropped");
             continue;
         }
@@ -109,31 +103,10 @@ where
         // next write, so that the connection orders it by lane: a control
         // frame overtakes the bulk frames queued before it.
         if conn.is_open() {
-            // Rung while a lane kept the select below from waiting on the
-            // bell: a command queued meanwhile on another lane (a control
-            // frame behind a bulk flood) is read now, not after the flood.
-            if ends.shared.outbound.take() {
-                unread = [true; 3];
-            }
-            let lanes = [
-                (&mut control_rx, Lane::Control),
-                (&mut dispatch_rx, Lane::Dispatch),
-                (&mut bulk_rx, Lane::Bulk),
-            ];
-            for (rx, lane) in lanes {
-                let i = lane.index();
-                if lanes_open[i] && unread[i] && conn.can_send(lane) {
-                    match rx.try_recv() {
-                        // More may wait behind the batch: the lane stays unread.
-                        Ok(cmd) => ends.apply_batch(&mut conn, *cmd, rx, lane),
-                        Err(TryRecvError::Empty) => unread[i] = false,
-                        Err(TryRecvError::Disconnected) => lanes_open[i] = false,
-                    }
-                }
-            }
-            // A Close just queued (or every handle gone): the loop's top
+            lanes.read(&mut ends, &mut conn);
+            // A Close just queued (or every sender gone): the loop's top
             // reports how the session ended before the Close is written.
-            if conn.is_closed() || lanes_open.iter().all(|open| !open) {
+            if conn.is_closed() || lanes.all_closed() {
                 continue;
             }
         }
@@ -144,16 +117,13 @@ where
                 break;
             }
         }
-        let open = conn.is_open();
         let timeout = close_deadline.or_else(|| conn.poll_timeout());
         timer.arm(timeout);
         let reading = !conn.is_closed();
         let writing = !out.is_empty() || unflushed;
         // A lane with commands left that the connection can take: the next
         // turn reads it, without waiting.
-        let lanes_pending = [Lane::Control, Lane::Dispatch, Lane::Bulk]
-            .into_iter()
-            .any(|lane| open && lanes_open[lane.index()] && unread[lane.index()] && conn.can_send(lane));
+        let lanes_pending = lanes.pending(&conn);
         let shared = &ends.shared;
         let read_buf = conn.recv_buffer(0);
         read_size.prepare(read_buf);
@@ -185,7 +155,7 @@ where
             }
             () = std::future::ready(()), if lanes_pending => {}
             () = std::future::poll_fn(|cx| shared.outbound.poll_rung(cx)), if !lanes_pending => {
-                unread = [true; 3];
+                lanes.rung();
             }
             _ = timer.fired(), if timeout.is_some() => {
                 let now = Instant::now();
