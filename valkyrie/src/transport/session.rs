@@ -146,9 +146,13 @@ pub(crate) struct Doorbell {
 }
 
 impl Doorbell {
+    /// A bell already rung is not rung again: the driver takes it before
+    /// it waits (`poll_rung` looks after registering), so the one wake-up
+    /// it was given is enough for every command queued until then.
     fn ring(&self) {
-        self.rung.store(true, Ordering::Release);
-        self.waker.wake();
+        if !self.rung.swap(true, Ordering::AcqRel) {
+            self.waker.wake();
+        }
     }
 
     /// Whether the bell rang since it was last taken (or seen rung).
@@ -169,11 +173,20 @@ impl Doorbell {
     }
 }
 
-/// Rings the doorbell when the last handle is dropped, so that the driver
-/// reads the closed lanes and ends the session.
-struct RingOnDrop(Arc<Shared>);
+/// What the senders share: the session's state, and a doorbell rung when
+/// the last sender is dropped, so that the driver reads the closed lanes
+/// and ends the session.
+struct Handles(Arc<Shared>);
 
-impl Drop for RingOnDrop {
+impl std::ops::Deref for Handles {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+impl Drop for Handles {
     fn drop(&mut self) {
         self.0.outbound.ring();
     }
@@ -183,8 +196,7 @@ impl Drop for RingOnDrop {
 #[derive(Clone)]
 pub struct SessionSender {
     lanes: [mpsc::Sender<Box<Command>>; 3],
-    shared: Arc<Shared>,
-    _last: Arc<RingOnDrop>,
+    shared: Arc<Handles>,
 }
 
 impl std::fmt::Debug for SessionSender {
@@ -552,8 +564,7 @@ pub(crate) fn session_pair(peer: String) -> (SessionParts, DriverEnds, LaneRecei
     });
     let sender = SessionSender {
         lanes: [c_tx, d_tx, b_tx],
-        shared: shared.clone(),
-        _last: Arc::new(RingOnDrop(shared.clone())),
+        shared: Arc::new(Handles(shared.clone())),
     };
     (
         SessionParts {
