@@ -42,6 +42,7 @@ use valkyrie::message::{
     OutputStream, RegisterRunner, RunAccepted, RunDetails, RunList, RunState, RunnerList, RunnerRegistered,
     RunningAttempt,
 };
+use valkyrie::transport::RingBatch;
 use valkyrie::{ErrorCode, SessionSender};
 
 use crate::audit::{Actor, AuditAction, AuditRecord};
@@ -469,6 +470,13 @@ struct PendingResult {
     ack: Option<Responder>,
 }
 
+/// What woke the core's driver.
+enum Turn {
+    Commands(Command),
+    Store(Completion),
+    Tick,
+}
+
 /// The state the core owns.
 pub struct Core {
     config: CoreConfig,
@@ -759,9 +767,19 @@ impl Core {
         let mut tick = tokio::time::interval(Duration::from_millis(100));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            tokio::select! {
-                command = rx.recv() => {
-                    let Some(command) = command else { return };
+            let turn = tokio::select! {
+                command = rx.recv() => match command {
+                    Some(command) => Turn::Commands(command),
+                    None => return,
+                },
+                Some(done) = async { completions.as_mut()?.recv().await } => Turn::Store(done),
+                _ = tick.tick() => Turn::Tick,
+            };
+            // Every message of the turn is queued before any connection's
+            // driver is woken: each writes its share in one go.
+            let _rings = RingBatch::hold();
+            match turn {
+                Turn::Commands(command) => {
                     let now = Now::system();
                     self.handle(command, now);
                     // Drain what is already waiting, then schedule once.
@@ -772,17 +790,15 @@ impl Core {
                         }
                     }
                 }
-                Some(done) = async { completions.as_mut()?.recv().await } => match done {
-                    Completion::Committed(batch) => self.committed(batch, Now::system()),
-                    Completion::Failed(err) => {
-                        // Nothing waiting for this batch or a later one is
-                        // acknowledged or sent.
-                        tracing::error!(%err, "the store failed; the core stops");
-                        let _ = failed.send(Some(Arc::new(err)));
-                        return;
-                    }
-                },
-                _ = tick.tick() => self.on_tick(Now::system()),
+                Turn::Store(Completion::Committed(batch)) => self.committed(batch, Now::system()),
+                Turn::Store(Completion::Failed(err)) => {
+                    // Nothing waiting for this batch or a later one is
+                    // acknowledged or sent.
+                    tracing::error!(%err, "the store failed; the core stops");
+                    let _ = failed.send(Some(Arc::new(err)));
+                    return;
+                }
+                Turn::Tick => self.on_tick(Now::system()),
             }
             self.dispatch();
             self.flush();

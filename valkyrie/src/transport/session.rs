@@ -2,6 +2,8 @@
 //! bounded per-lane send queues, request/reply by correlation id, and the
 //! reason it ended.
 
+use std::cell::RefCell;
+use std::marker::PhantomData;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -173,6 +175,85 @@ impl Doorbell {
     }
 }
 
+thread_local! {
+    /// The doorbells this thread holds back (see [`RingBatch`]).
+    static HELD: RefCell<Held> = const {
+        RefCell::new(Held {
+            depth: 0,
+            bells: Vec::new(),
+        })
+    };
+}
+
+struct Held {
+    /// Batches open on this thread (they may nest).
+    depth: u32,
+    /// Sessions sent to in the open batch, each once in a row.
+    bells: Vec<Arc<Shared>>,
+}
+
+/// Rings `shared`'s doorbell, or holds the ring back until this thread's
+/// batch ends.
+fn ring(shared: &Arc<Shared>) {
+    let held = HELD.with(|held| {
+        let mut held = held.borrow_mut();
+        if held.depth == 0 {
+            return false;
+        }
+        if !held.bells.last().is_some_and(|last| Arc::ptr_eq(last, shared)) {
+            held.bells.push(shared.clone());
+        }
+        true
+    });
+    if !held {
+        shared.outbound.ring();
+    }
+}
+
+/// Holds back the wake-ups of the sessions this thread sends to until it
+/// is dropped, then rings each session's doorbell: a batch of messages
+/// computed in one go (a turn of the control plane's core: a reply, the
+/// events that follow it, an assignment) wakes each connection's driver
+/// once, after the last of its messages is queued, so the driver writes
+/// them together instead of waking for the first alone. Only for work that
+/// does not wait: it cannot be held across an `.await` (it is not `Send`),
+/// and messages sent meanwhile wait in their lanes until it ends.
+#[must_use = "the held rings go out when the batch is dropped"]
+pub struct RingBatch {
+    _not_send: PhantomData<*const ()>,
+}
+
+impl RingBatch {
+    /// Starts holding this thread's rings (batches nest: the outermost
+    /// one's end rings).
+    pub fn hold() -> Self {
+        HELD.with(|held| held.borrow_mut().depth += 1);
+        Self {
+            _not_send: PhantomData,
+        }
+    }
+}
+
+impl Drop for RingBatch {
+    fn drop(&mut self) {
+        let mut bells = HELD.with(|held| {
+            let mut held = held.borrow_mut();
+            held.depth -= 1;
+            match held.depth {
+                0 => std::mem::take(&mut held.bells),
+                _ => Vec::new(),
+            }
+        });
+        for shared in bells.drain(..) {
+            shared.outbound.ring();
+        }
+        // The emptied vector is kept for the next batch.
+        if bells.capacity() > 0 {
+            HELD.with(|held| held.borrow_mut().bells = bells);
+        }
+    }
+}
+
 /// What the senders share: the session's state, and a doorbell rung when
 /// the last sender is dropped, so that the driver reads the closed lanes
 /// and ends the session.
@@ -212,7 +293,7 @@ impl SessionSender {
             .send(Box::new(command))
             .await
             .map_err(|_| SendError::Closed)?;
-        self.shared.outbound.ring();
+        ring(&self.shared.0);
         Ok(())
     }
 
@@ -254,7 +335,7 @@ impl SessionSender {
                 mpsc::error::TrySendError::Full(_) => SendError::QueueFull(lane),
                 mpsc::error::TrySendError::Closed(_) => SendError::Closed,
             })?;
-        self.shared.outbound.ring();
+        ring(&self.shared.0);
         Ok(())
     }
 
@@ -792,5 +873,76 @@ fn reply_flags(correlation: u64) -> Flags {
         Flags::REPLY
     } else {
         Flags::NONE
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicUsize;
+    use std::task::Wake;
+
+    use super::*;
+    use crate::message::Ack;
+
+    /// Counts its wake-ups.
+    #[derive(Default)]
+    struct Wakes(AtomicUsize);
+
+    impl Wake for Wakes {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    impl Wakes {
+        fn count(&self) -> usize {
+            self.0.load(Ordering::SeqCst)
+        }
+    }
+
+    /// A session whose driver waits on its doorbell (as the stream driver
+    /// does), and what counts the driver's wake-ups.
+    fn waiting_session() -> (SessionParts, DriverEnds, LaneReceivers, Arc<Wakes>) {
+        let (parts, ends, lanes) = session_pair("test".into());
+        let wakes = Arc::new(Wakes::default());
+        let waker = std::task::Waker::from(wakes.clone());
+        assert!(ends
+            .shared
+            .outbound
+            .poll_rung(&mut Context::from_waker(&waker))
+            .is_pending());
+        (parts, ends, lanes, wakes)
+    }
+
+    #[test]
+    fn a_batch_wakes_each_driver_once_when_the_outermost_batch_ends() {
+        let (a, a_ends, _a_lanes, a_wakes) = waiting_session();
+        let (b, b_ends, _b_lanes, b_wakes) = waiting_session();
+        {
+            let _outer = RingBatch::hold();
+            {
+                let _inner = RingBatch::hold();
+                a.sender.try_reply(7, Ack {}).unwrap();
+                b.sender.try_reply(8, Ack {}).unwrap();
+                a.sender.try_reply(9, Ack {}).unwrap();
+            }
+            // The inner batch's end rings nothing: the outer one still holds.
+            assert_eq!((a_wakes.count(), b_wakes.count()), (0, 0));
+        }
+        assert_eq!((a_wakes.count(), b_wakes.count()), (1, 1));
+        assert!(a_ends.shared.outbound.take() && b_ends.shared.outbound.take());
+    }
+
+    #[test]
+    fn outside_a_batch_a_send_wakes_the_driver_at_once() {
+        let (a, a_ends, mut a_lanes, a_wakes) = waiting_session();
+        a.sender.try_reply(7, Ack {}).unwrap();
+        assert_eq!(a_wakes.count(), 1);
+        assert!(a_ends.shared.outbound.take());
+        let lane = Message::from(Ack {}).lane().index();
+        assert!(matches!(
+            *a_lanes[lane].try_recv().unwrap(),
+            Command::Send { correlation: 7, .. }
+        ));
     }
 }
