@@ -27,6 +27,7 @@
 //! retry. Only a cap on failed hand-offs in a row can end it (`lost`, with
 //! the reason). Retries count attempts that started.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use valkyrie::message::{JobInfo, JobOutcome, JobSpec, JobState, RetryOn, StepInfo, StepOutcome};
@@ -85,14 +86,56 @@ pub enum Disposition {
     Final(JobState),
 }
 
+thread_local! {
+    /// Whether records serialized on this thread leave their spec out.
+    static SPECS_APART: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `serialize` with job records serialized without their spec: for a
+/// store that writes a job's spec once, apart from the record it rewrites
+/// at each change of the job.
+pub fn without_specs<R>(serialize: impl FnOnce() -> R) -> R {
+    struct Reset(bool);
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            SPECS_APART.set(self.0);
+        }
+    }
+    let _reset = Reset(SPECS_APART.replace(true));
+    serialize()
+}
+
+fn specs_apart(_: &Arc<JobSpec>) -> bool {
+    SPECS_APART.get()
+}
+
+/// What a record read back without its spec holds in its place: one shared
+/// empty spec, told apart by [`is_spec_apart`].
+pub fn spec_apart() -> Arc<JobSpec> {
+    static APART: std::sync::LazyLock<Arc<JobSpec>> =
+        std::sync::LazyLock::new(|| Arc::new(JobSpec::with_steps("", Vec::new())));
+    APART.clone()
+}
+
+/// Whether `spec` is the placeholder of a record read back without one.
+pub fn is_spec_apart(spec: &Arc<JobSpec>) -> bool {
+    Arc::ptr_eq(spec, &spec_apart())
+}
+
 /// A job and its current attempt. Stored as it is (timers excepted: they
 /// are set again on recovery).
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct JobRecord {
     /// Id.
     pub id: JobId,
-    /// As submitted.
-    pub spec: JobSpec,
+    /// As submitted. Shared: a job's spec never changes once it is
+    /// accepted, so the copies of the record a turn hands to the store
+    /// share it instead of copying it. Left out of the record's stored
+    /// form where the store keeps it apart ([`without_specs`]); a record
+    /// read back without one holds [`spec_apart`] until the store puts
+    /// the spec back.
+    #[serde(default = "spec_apart", skip_serializing_if = "specs_apart")]
+    pub spec: Arc<JobSpec>,
     state: JobState,
     /// Current attempt (0 before the first assignment).
     pub attempt: u32,
@@ -140,7 +183,7 @@ impl JobRecord {
     pub fn new(id: JobId, spec: JobSpec, now_ms: u64) -> Self {
         Self {
             id,
-            spec,
+            spec: Arc::new(spec),
             state: JobState::Queued,
             attempt: 0,
             runner: None,

@@ -1191,6 +1191,12 @@ impl Core {
     /// A job changed: store it, update its run, tell subscribers.
     fn publish_state(&mut self, id: JobId) {
         self.dirty_jobs.insert(id);
+        self.announce_state(id);
+    }
+
+    /// A job changed in a way that is stored with its next change, not on
+    /// its own: update its run and tell subscribers.
+    fn announce_state(&mut self, id: JobId) {
         if let (Some(&(run, index)), Some(job)) = (self.job_runs.get(&id), self.jobs.get(&id)) {
             if let Some(run_state) = self.runs.get_mut(&run) {
                 run_state.job_changed(index, job.state());
@@ -1647,6 +1653,14 @@ impl Core {
                     let name = self.runners.get(&runner).map_or("?", |r| r.name.as_str());
                     let why = format!("runner `{name}` refused it: {}", ack.reason);
                     self.lose(id, Some(runner), &why);
+                } else if result.is_ok() && ack.accepted {
+                    // Stored with the job's next change (its end, for most
+                    // jobs), as step reports are, not in a write of its
+                    // own: a durable store would otherwise spend a third
+                    // of a short job's writes on it. A restart before then
+                    // finds the attempt assigned, and the agent's
+                    // re-report makes it running again (spec §10).
+                    self.announce_state(id);
                 } else if result.is_ok() {
                     self.publish_state(id);
                 }
@@ -2034,7 +2048,7 @@ impl Core {
                 job_id: job_id.0,
                 attempt,
                 lease_ms: lease.as_millis() as u32,
-                spec: job.spec.clone(),
+                spec: (*job.spec).clone(),
             };
             // Sent once the assignment is durable, so that a restart can
             // never hand the same attempt out twice. A full queue leaves the

@@ -913,7 +913,7 @@ async fn within_deadline<F: std::future::Future>(fut: F) -> F::Output {
 
 #[tokio::test]
 async fn an_assignment_whose_lease_ran_out_before_its_commit_is_never_sent() {
-    use crate::store::{Completion, StoreHandle};
+    use crate::store::StoreHandle;
 
     let mut h = Harness::new(config());
     let mut a = h.register("a", 1);
@@ -933,13 +933,7 @@ async fn an_assignment_whose_lease_ran_out_before_its_commit_is_never_sent() {
     // again as attempt 2.
     h.advance(Duration::from_secs(6));
     let last = h.core.last_batch;
-    loop {
-        match within_deadline(completions.recv()).await {
-            Some(Completion::Committed(batch)) if batch >= last => break,
-            Some(Completion::Committed(_)) => {}
-            other => panic!("{other:?}"),
-        }
-    }
+    wait_for_commit(&mut completions, last).await;
     h.core.committed(last, h.now);
     let (assigns, _) = a.dispatch();
     let attempts: Vec<u32> = assigns.iter().map(|a| a.attempt).collect();
@@ -950,5 +944,99 @@ async fn an_assignment_whose_lease_ran_out_before_its_commit_is_never_sent() {
     for assign in &assigns {
         let info = h.job(assign.job_id);
         assert_eq!(info.attempt, assign.attempt, "only the current attempt is sent");
+    }
+}
+
+/// A store that keeps every job row it commits.
+struct RecordingStore(Arc<std::sync::Mutex<Vec<crate::job::JobRecord>>>);
+
+impl crate::store::Store for RecordingStore {
+    fn load(&mut self) -> Result<crate::store::Loaded, crate::store::StoreError> {
+        Ok(Default::default())
+    }
+
+    fn commit(&mut self, changes: &[crate::store::Change]) -> Result<(), crate::store::StoreError> {
+        let mut rows = self.0.lock().unwrap();
+        for change in changes {
+            if let crate::store::Change::Job(job) = change {
+                rows.push((**job).clone());
+            }
+        }
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn an_accepted_assignment_is_stored_with_the_jobs_next_change() {
+    use crate::store::StoreHandle;
+
+    let mut h = Harness::new(config());
+    let mut a = h.register("a", 1);
+    let id = h.submit(job("build", 0));
+    let (assigns, _) = a.dispatch();
+    assert_eq!(assigns.len(), 1);
+    let rows = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let store = StoreHandle::spawn(
+        Box::new(RecordingStore(rows.clone())),
+        Arc::new(Metrics::default()),
+    );
+    let mut completions = store.take_completions().unwrap();
+    h.core.store = Some(store);
+    // What the core held unstored until it had a store goes first.
+    h.turn();
+    let batches = h.core.last_batch;
+    wait_for_commit(&mut completions, batches).await;
+    rows.lock().unwrap().clear();
+
+    h.report(
+        &a,
+        0,
+        AssignAck {
+            job_id: id,
+            attempt: assigns[0].attempt,
+            accepted: true,
+            reason: String::new(),
+        },
+    );
+    assert_eq!(
+        h.job(id).state,
+        JobState::Running,
+        "running at once, for readers and subscribers"
+    );
+    assert_eq!(h.core.last_batch, batches, "no write of its own");
+
+    let result = JobResult {
+        job_id: id,
+        attempt: assigns[0].attempt,
+        outcome: JobOutcome::Succeeded,
+        exit_code: Some(0),
+        duration_ms: 5,
+        message: String::new(),
+        log_chunks: 0,
+        steps: Vec::new(),
+    };
+    h.report(&a, 30, result);
+    let last = h.core.last_batch;
+    assert!(last > batches, "the result is written");
+    wait_for_commit(&mut completions, last).await;
+    let rows = rows.lock().unwrap();
+    let states: Vec<JobState> = rows.iter().map(|r| r.state()).collect();
+    assert_eq!(states, [JobState::Succeeded], "one row, the job's end");
+    // That row carries what the acceptance changed.
+    assert_eq!(rows[0].started_attempts, 1);
+    assert!(rows[0].started_at_ms.is_some());
+}
+
+/// Waits until the store reports batch `last` committed.
+async fn wait_for_commit(
+    completions: &mut tokio::sync::mpsc::UnboundedReceiver<crate::store::Completion>,
+    last: u64,
+) {
+    loop {
+        match within_deadline(completions.recv()).await {
+            Some(crate::store::Completion::Committed(batch)) if batch >= last => return,
+            Some(crate::store::Completion::Committed(_)) => {}
+            other => panic!("{other:?}"),
+        }
     }
 }

@@ -5,12 +5,20 @@
 
 use std::path::{Path, PathBuf};
 
+use foldhash::{HashMap, HashSet};
 use redb::{Database, DatabaseError, ReadableTable, TableDefinition};
-use valkyrie::message::OutputStream;
+use valkyrie::message::{JobSpec, OutputStream};
+
+use crate::job::{is_spec_apart, without_specs};
 
 use super::{Change, Counters, Durability, Loaded, LogRow, Store, StoreError};
 
+/// Job id → the job's record, without its spec (or with it, as written
+/// before specs had a table of their own).
 const JOBS: TableDefinition<u64, &[u8]> = TableDefinition::new("jobs");
+/// Job id → the job's spec: written once, when the job is first stored,
+/// while its record is rewritten at each change of the job.
+const JOB_SPECS: TableDefinition<u64, &[u8]> = TableDefinition::new("job_specs");
 const RUNS: TableDefinition<u64, &[u8]> = TableDefinition::new("runs");
 const PIPELINES: TableDefinition<u64, &[u8]> = TableDefinition::new("pipelines");
 const RUNNERS: TableDefinition<u64, &[u8]> = TableDefinition::new("runners");
@@ -32,6 +40,8 @@ pub struct EmbeddedStore {
     db: Database,
     path: PathBuf,
     durability: Durability,
+    /// The jobs whose spec is in [`JOB_SPECS`].
+    specs: HashSet<u64>,
 }
 
 impl EmbeddedStore {
@@ -64,7 +74,12 @@ impl EmbeddedStore {
                 detail: other.to_string(),
             },
         })?;
-        let mut store = Self { db, path, durability };
+        let mut store = Self {
+            db,
+            path,
+            durability,
+            specs: HashSet::default(),
+        };
         // Create the tables so that reads of a fresh store find them.
         store.commit(&[])?;
         Ok(store)
@@ -85,8 +100,12 @@ impl EmbeddedStore {
     }
 }
 
-fn encode<T: serde::Serialize>(value: &T) -> Vec<u8> {
-    serde_json::to_vec(value).expect("store rows serialize")
+/// `value`'s stored form, written into `buf` (one buffer serves a whole
+/// commit's rows).
+fn encode<'b, T: serde::Serialize>(buf: &'b mut Vec<u8>, value: &T) -> &'b [u8] {
+    buf.clear();
+    serde_json::to_writer(&mut *buf, value).expect("store rows serialize");
+    buf
 }
 
 fn decode<T: serde::de::DeserializeOwned>(
@@ -129,6 +148,29 @@ impl Store for EmbeddedStore {
             }};
         }
         rows!(JOBS, "job", loaded.jobs);
+        let mut specs: HashMap<u64, JobSpec> = HashMap::default();
+        {
+            let table = txn.open_table(JOB_SPECS).map_err(|e| self.io("cannot read", e))?;
+            for entry in table.iter().map_err(|e| self.io("cannot read", e))? {
+                let (key, value) = entry.map_err(|e| self.io("cannot read", e))?;
+                specs.insert(key.value(), decode("job spec", key.value(), value.value())?);
+            }
+        }
+        self.specs = specs.keys().copied().collect();
+        for job in &mut loaded.jobs {
+            match specs.remove(&job.id.0) {
+                Some(spec) => job.spec = spec.into(),
+                None if is_spec_apart(&job.spec) => {
+                    return Err(StoreError::Decode {
+                        kind: "job",
+                        id: job.id.0.to_string(),
+                        detail: "its spec is missing".into(),
+                    })
+                }
+                // Written whole, before specs were kept apart.
+                None => {}
+            }
+        }
         rows!(RUNS, "run", loaded.runs);
         rows!(PIPELINES, "pipeline", loaded.pipelines);
         rows!(RUNNERS, "runner", loaded.runners);
@@ -175,6 +217,8 @@ impl Store for EmbeddedStore {
     }
 
     fn commit(&mut self, changes: &[Change]) -> Result<(), StoreError> {
+        let mut added_specs = Vec::new();
+        let mut removed_specs = Vec::new();
         let mut txn = self.db.begin_write().map_err(|e| self.io("cannot write", e))?;
         txn.set_durability(match self.durability {
             Durability::Fsync => redb::Durability::Immediate,
@@ -183,6 +227,7 @@ impl Store for EmbeddedStore {
         {
             let w = |e| self.io("cannot write", e);
             let mut jobs = txn.open_table(JOBS).map_err(w)?;
+            let mut job_specs = txn.open_table(JOB_SPECS).map_err(w)?;
             let mut runs = txn.open_table(RUNS).map_err(w)?;
             let mut pipelines = txn.open_table(PIPELINES).map_err(w)?;
             let mut runners = txn.open_table(RUNNERS).map_err(w)?;
@@ -194,57 +239,67 @@ impl Store for EmbeddedStore {
             let mut artifacts = txn.open_table(ARTIFACTS).map_err(w)?;
             let mut cache = txn.open_table(CACHE).map_err(w)?;
             let w = |e: redb::StorageError| self.io("cannot write", e);
+            let mut buf = Vec::with_capacity(1024);
             for change in changes {
                 match change {
                     Change::Job(job) => {
-                        jobs.insert(job.id.0, encode(job.as_ref()).as_slice())
+                        let id = job.id.0;
+                        if !self.specs.contains(&id) {
+                            job_specs
+                                .insert(id, encode(&mut buf, job.spec.as_ref()))
+                                .map_err(w)?;
+                            added_specs.push(id);
+                        }
+                        jobs.insert(id, without_specs(|| encode(&mut buf, job.as_ref())))
                             .map_err(w)?;
                     }
                     Change::DeleteJob(id) => {
                         jobs.remove(id).map_err(w)?;
+                        job_specs.remove(id).map_err(w)?;
+                        removed_specs.push(*id);
                         logs.extract_from_if((*id, 0)..=(*id, u64::MAX), |_, _| true)
                             .map_err(w)?
                             .for_each(drop);
                     }
                     Change::Run(run) => {
-                        runs.insert(run.id, encode(run.as_ref()).as_slice()).map_err(w)?;
+                        runs.insert(run.id, encode(&mut buf, run.as_ref())).map_err(w)?;
                     }
                     Change::Pipeline(def) => {
                         pipelines
-                            .insert(def.id, encode(def.as_ref()).as_slice())
+                            .insert(def.id, encode(&mut buf, def.as_ref()))
                             .map_err(w)?;
                     }
                     Change::Runner(runner) => {
                         runners
-                            .insert(runner.id, encode(runner.as_ref()).as_slice())
+                            .insert(runner.id, encode(&mut buf, runner.as_ref()))
                             .map_err(w)?;
                     }
                     Change::DeleteRunner(id) => {
                         runners.remove(id).map_err(w)?;
                     }
                     Change::Log(log) => {
-                        let mut value = Vec::with_capacity(log.data.len() + 1);
-                        value.push(stream_byte(log.stream));
-                        value.extend_from_slice(&log.data);
-                        logs.insert((log.job, log.seq), value.as_slice()).map_err(w)?;
+                        buf.clear();
+                        buf.push(stream_byte(log.stream));
+                        buf.extend_from_slice(&log.data);
+                        logs.insert((log.job, log.seq), buf.as_slice()).map_err(w)?;
                     }
                     Change::Counters(counters) => {
-                        meta.insert("counters", encode(counters).as_slice()).map_err(w)?;
+                        meta.insert("counters", encode(&mut buf, counters)).map_err(w)?;
                     }
                     Change::Audit(record) => {
                         audit
-                            .insert(record.id, encode(record.as_ref()).as_slice())
+                            .insert(record.id, encode(&mut buf, record.as_ref()))
                             .map_err(w)?;
                     }
                     Change::DeleteAudit(id) => {
                         audit.remove(id).map_err(w)?;
                     }
                     Change::KeyCheck(check) => {
-                        meta.insert("key_check", encode(check).as_slice()).map_err(w)?;
+                        meta.insert("key_check", encode(&mut buf, check)).map_err(w)?;
                     }
                     Change::Project(project) => {
                         projects
-                            .insert(project.name.as_str(), encode(project.as_ref()).as_slice())
+                            .insert(project.name.as_str(), encode(&mut buf, project.as_ref()))
                             .map_err(w)?;
                     }
                     Change::DeleteProject(name) => {
@@ -252,7 +307,7 @@ impl Store for EmbeddedStore {
                     }
                     Change::Delivery(row) => {
                         deliveries
-                            .insert(row.seq, encode(row.as_ref()).as_slice())
+                            .insert(row.seq, encode(&mut buf, row.as_ref()))
                             .map_err(w)?;
                     }
                     Change::DeleteDelivery(seq) => {
@@ -260,7 +315,7 @@ impl Store for EmbeddedStore {
                     }
                     Change::Artifact(row) => {
                         artifacts
-                            .insert((row.job_id, row.name.as_str()), encode(row.as_ref()).as_slice())
+                            .insert((row.job_id, row.name.as_str()), encode(&mut buf, row.as_ref()))
                             .map_err(w)?;
                     }
                     Change::DeleteArtifact(job, name) => {
@@ -270,7 +325,7 @@ impl Store for EmbeddedStore {
                         cache
                             .insert(
                                 (row.project.as_str(), row.key.as_str()),
-                                encode(row.as_ref()).as_slice(),
+                                encode(&mut buf, row.as_ref()),
                             )
                             .map_err(w)?;
                     }
@@ -280,7 +335,12 @@ impl Store for EmbeddedStore {
                 }
             }
         }
-        txn.commit().map_err(|e| self.io("cannot commit to", e))
+        txn.commit().map_err(|e| self.io("cannot commit to", e))?;
+        self.specs.extend(added_specs);
+        for id in removed_specs {
+            self.specs.remove(&id);
+        }
+        Ok(())
     }
 }
 
@@ -416,6 +476,83 @@ mod tests {
                 .contains("valkyrie.redb is in use by another valkyrie-server"),
             "{err}"
         );
+    }
+
+    /// The raw rows of a table keyed by job id.
+    fn raw_rows(store: &EmbeddedStore, table: TableDefinition<u64, &[u8]>) -> Vec<(u64, serde_json::Value)> {
+        let txn = store.db.begin_read().unwrap();
+        let table = txn.open_table(table).unwrap();
+        table
+            .iter()
+            .unwrap()
+            .map(|entry| {
+                let (key, value) = entry.unwrap();
+                (key.value(), serde_json::from_slice(value.value()).unwrap())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_jobs_spec_is_written_once_and_its_record_without_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = EmbeddedStore::open(dir.path(), Durability::Fsync).unwrap();
+        let mut job = JobRecord::new(JobId(7), JobSpec::shell("j", "echo hi"), 1);
+        store.commit(&[Change::Job(Box::new(job.clone()))]).unwrap();
+        job.attempt = 1;
+        store.commit(&[Change::Job(Box::new(job.clone()))]).unwrap();
+        let specs = raw_rows(&store, JOB_SPECS);
+        assert_eq!(specs.len(), 1);
+        assert_eq!(specs[0].1["name"], "j");
+        let records = raw_rows(&store, JOBS);
+        assert_eq!(records[0].1["attempt"], 1);
+        assert!(records[0].1.get("spec").is_none(), "{}", records[0].1);
+        drop(store);
+
+        let mut store = EmbeddedStore::open(dir.path(), Durability::Fsync).unwrap();
+        let loaded = store.load().unwrap();
+        assert_eq!(loaded.jobs[0].spec.name, "j");
+        assert_eq!(loaded.jobs[0].attempt, 1);
+        // Written again after a restart: still one spec row.
+        store.commit(&[Change::Job(Box::new(job))]).unwrap();
+        assert_eq!(raw_rows(&store, JOB_SPECS).len(), 1);
+        store.commit(&[Change::DeleteJob(7)]).unwrap();
+        assert!(raw_rows(&store, JOB_SPECS).is_empty());
+    }
+
+    #[test]
+    fn a_record_written_whole_before_specs_were_apart_is_loaded_and_rewritten_apart() {
+        let dir = tempfile::tempdir().unwrap();
+        let job = JobRecord::new(JobId(3), JobSpec::shell("old", "true"), 1);
+        {
+            let store = EmbeddedStore::open(dir.path(), Durability::Fsync).unwrap();
+            let txn = store.db.begin_write().unwrap();
+            txn.open_table(JOBS)
+                .unwrap()
+                .insert(3, serde_json::to_vec(&job).unwrap().as_slice())
+                .unwrap();
+            txn.commit().unwrap();
+        }
+        let mut store = EmbeddedStore::open(dir.path(), Durability::Fsync).unwrap();
+        let loaded = store.load().unwrap();
+        assert_eq!(loaded.jobs[0].spec.name, "old");
+        store.commit(&[Change::Job(Box::new(job))]).unwrap();
+        assert_eq!(raw_rows(&store, JOB_SPECS)[0].1["name"], "old");
+        assert!(raw_rows(&store, JOBS)[0].1.get("spec").is_none());
+        assert_eq!(store.load().unwrap().jobs[0].spec.name, "old");
+    }
+
+    #[test]
+    fn a_record_whose_spec_is_missing_is_a_clear_error_naming_the_job() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = EmbeddedStore::open(dir.path(), Durability::Fsync).unwrap();
+        let job = JobRecord::new(JobId(9), JobSpec::shell("j", "true"), 1);
+        store.commit(&[Change::Job(Box::new(job))]).unwrap();
+        let txn = store.db.begin_write().unwrap();
+        txn.open_table(JOB_SPECS).unwrap().remove(9).unwrap();
+        txn.commit().unwrap();
+        let err = store.load().err().expect("a record without its spec");
+        let text = err.to_string();
+        assert!(text.contains('9') && text.contains("spec is missing"), "{text}");
     }
 
     #[test]

@@ -22,6 +22,7 @@
 //! key is refused at once, before anything is read or written.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use base64::Engine as _;
 use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LEN};
@@ -239,11 +240,18 @@ impl SecretsKey {
         let mut change = change.clone();
         match &mut change {
             Change::Job(job) => {
-                for (_, value) in &mut job.spec.secrets {
-                    self.seal_str(field::JOB_SECRET, value);
-                }
-                if let Some(checkout) = job.spec.trigger.as_mut().and_then(|t| t.checkout.as_mut()) {
-                    self.seal_str(field::JOB_CHECKOUT_TOKEN, &mut checkout.token);
+                // The spec is shared with the core's record: the stored
+                // copy is made only when there is something to seal.
+                let sealed = !job.spec.secrets.is_empty()
+                    || job.spec.trigger.as_ref().is_some_and(|t| t.checkout.is_some());
+                if sealed {
+                    let spec = Arc::make_mut(&mut job.spec);
+                    for (_, value) in &mut spec.secrets {
+                        self.seal_str(field::JOB_SECRET, value);
+                    }
+                    if let Some(checkout) = spec.trigger.as_mut().and_then(|t| t.checkout.as_mut()) {
+                        self.seal_str(field::JOB_CHECKOUT_TOKEN, &mut checkout.token);
+                    }
                 }
             }
             Change::Project(project) => {
@@ -268,10 +276,11 @@ impl SecretsKey {
     fn open_loaded(&self, loaded: &mut Loaded) -> Result<(), StoreError> {
         for job in &mut loaded.jobs {
             let id = job.id.0;
-            for (_, value) in &mut job.spec.secrets {
+            let spec = Arc::make_mut(&mut job.spec);
+            for (_, value) in &mut spec.secrets {
                 self.open_str(field::JOB_SECRET, "job", id, value)?;
             }
-            if let Some(checkout) = job.spec.trigger.as_mut().and_then(|t| t.checkout.as_mut()) {
+            if let Some(checkout) = spec.trigger.as_mut().and_then(|t| t.checkout.as_mut()) {
                 self.open_str(field::JOB_CHECKOUT_TOKEN, "job", id, &mut checkout.token)?;
             }
         }
