@@ -2,9 +2,11 @@
 //! and translates executor events into protocol messages for the outbox, in
 //! order: LogChunk and StepResult as they happen, JobResult last.
 
+use std::panic::AssertUnwindSafe;
 use std::path::Path;
 use std::time::Duration;
 
+use futures_util::FutureExt;
 use tokio::sync::{mpsc, watch};
 use tracing::{info, Instrument};
 use valkyrie::message::{self as msg, JobSpec, StepCommand as WireStep};
@@ -209,6 +211,15 @@ fn wire_step_outcome(o: StepOutcome) -> msg::StepOutcome {
 /// could not start.
 type FailedStep = (String, Option<i32>, Option<i32>, Option<String>);
 
+/// What a panic said, when it said it with a string.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
+    match (panic.downcast_ref::<&str>(), panic.downcast_ref::<String>()) {
+        (Some(message), _) => message,
+        (_, Some(message)) => message,
+        _ => "no message",
+    }
+}
+
 /// Runs one attempt to completion, sending its messages to `outbox`.
 /// Returns when the JobResult has been queued.
 pub async fn run_attempt(
@@ -229,6 +240,9 @@ pub async fn run_attempt(
         } = artifacts;
         let workspace = plan.workspace.clone();
         let caches = restore_caches(&mut plan, &link, job_id, attempt, cache);
+        // A job with no workspace to make and nothing fetched leaves none
+        // behind: nothing to look for once it ends.
+        let leaves_workspace = artifacts.is_some() || plan.needs_workspace();
         let step_names: Vec<String> = plan.steps.iter().map(|s| s.name.clone()).collect();
         // No JobStarted: the AssignAck made the attempt running on the
         // server, and JobStarted would tell it nothing more (spec §8).
@@ -264,10 +278,13 @@ pub async fn run_attempt(
                 return;
             }
         }
-        let (ev_tx, mut ev_rx) = mpsc::channel(256);
-        // Boxed: the executor's future is several KiB, which spawning
-        // would copy into the task (and out of it) by value.
-        let exec = tokio::spawn(Box::pin(executor::run_job(plan, ev_tx, cancel)));
+        let (ev_tx, ev_rx) = mpsc::channel(256);
+        // The executor runs in this task, beside the loop that forwards
+        // its events: one task per attempt, not two. A panic in it fails
+        // the attempt, as before when it was a task of its own. Boxed: its
+        // future is several KiB, which would otherwise be copied at each
+        // move into this task's state.
+        let exec = AssertUnwindSafe(Box::pin(executor::run_job(plan, ev_tx, cancel))).catch_unwind();
         let mut failed_step: Option<FailedStep> = None;
         // Every step's report rides on the JobResult. A step's StepResult
         // is sent on its own only once the next step starts: live progress
@@ -276,67 +293,75 @@ pub async fn run_attempt(
         // failure).
         let mut steps: Vec<msg::StepSummary> = Vec::with_capacity(step_names.len());
         let mut unsent: Option<msg::StepResult> = None;
-        while let Some(event) = ev_rx.recv().await {
-            let message: msg::Message = match event {
-                ExecEvent::StepStarted { .. } => match unsent.take() {
-                    Some(report) => report.into(),
-                    None => continue,
-                },
-                ExecEvent::Output { stream, data, .. } => {
-                    let seq = log_chunks;
-                    log_chunks += 1;
-                    msg::LogChunk {
-                        job_id,
-                        attempt,
-                        seq,
-                        stream: wire_stream(stream),
-                        data,
+        let forward = async {
+            let mut ev_rx = ev_rx;
+            while let Some(event) = ev_rx.recv().await {
+                let message: msg::Message = match event {
+                    ExecEvent::StepStarted { .. } => match unsent.take() {
+                        Some(report) => report.into(),
+                        None => continue,
+                    },
+                    ExecEvent::Output { stream, data, .. } => {
+                        let seq = log_chunks;
+                        log_chunks += 1;
+                        msg::LogChunk {
+                            job_id,
+                            attempt,
+                            seq,
+                            stream: wire_stream(stream),
+                            data,
+                        }
+                        .into()
                     }
-                    .into()
-                }
-                ExecEvent::StepFinished {
-                    index,
-                    exit_code,
-                    signal,
-                    duration,
-                    outcome,
-                    error,
-                } => {
-                    if matches!(
-                        outcome,
-                        StepOutcome::Failed | StepOutcome::TimedOut | StepOutcome::Cancelled
-                    ) && failed_step.is_none()
-                    {
-                        let name = step_names.get(index as usize).cloned().unwrap_or_default();
-                        failed_step = Some((name, exit_code, signal, error));
-                    }
-                    let report = msg::StepResult {
-                        job_id,
-                        attempt,
-                        step: index,
-                        outcome: wire_step_outcome(outcome),
+                    ExecEvent::StepFinished {
+                        index,
                         exit_code,
-                        duration_ms: duration.as_millis() as u64,
-                    };
-                    steps.push(report.summary());
-                    unsent = Some(report);
-                    continue;
+                        signal,
+                        duration,
+                        outcome,
+                        error,
+                    } => {
+                        if matches!(
+                            outcome,
+                            StepOutcome::Failed | StepOutcome::TimedOut | StepOutcome::Cancelled
+                        ) && failed_step.is_none()
+                        {
+                            let name = step_names.get(index as usize).cloned().unwrap_or_default();
+                            failed_step = Some((name, exit_code, signal, error));
+                        }
+                        let report = msg::StepResult {
+                            job_id,
+                            attempt,
+                            step: index,
+                            outcome: wire_step_outcome(outcome),
+                            exit_code,
+                            duration_ms: duration.as_millis() as u64,
+                        };
+                        steps.push(report.summary());
+                        unsent = Some(report);
+                        continue;
+                    }
+                };
+                if outbox.send(message).await.is_err() {
+                    // Dropping the receiver ends the executor's sends.
+                    return;
                 }
-            };
-            if outbox.send(message).await.is_err() {
-                break;
             }
-        }
-        let report = match exec.await {
+        };
+        let (report, ()) = tokio::join!(exec, forward);
+        let report = match report {
             Ok(report) => report,
-            Err(err) => {
+            Err(panic) => {
                 // The steps that did report keep their reports.
                 let result = msg::JobResult {
                     steps,
                     ..msg::JobResult::failed(
                         job_id,
                         attempt,
-                        format!("the agent's executor failed: {err}"),
+                        format!(
+                            "the agent's executor failed: it panicked ({})",
+                            panic_message(&*panic)
+                        ),
                         log_chunks,
                     )
                 };
@@ -425,7 +450,7 @@ pub async fn run_attempt(
             steps,
         };
         let _ = outbox.send(result.into()).await;
-        if workspace.exists() {
+        if leaves_workspace && workspace.exists() {
             let _ = tokio::fs::remove_dir_all(&workspace).await;
         }
     }

@@ -143,6 +143,12 @@ impl JobPlan {
             || self.steps.iter().any(|s| !matches!(s.command, StepCommand::Noop))
     }
 
+    /// Whether the executor makes the job's workspace: for a process, or
+    /// for what is fetched into it before the steps.
+    pub fn needs_workspace(&self) -> bool {
+        self.starts_processes() || self.before_steps.is_some()
+    }
+
     /// [`JobPlan::new`] with the agent's environment given, not read from
     /// this process's environment (the agent reads it once, not per job:
     /// it was a fifth of a no-op job's instructions) and shared, not copied.
@@ -492,7 +498,7 @@ pub async fn run_job(
         let mut exit_code = None;
         // Jobs that start no process need no directory, unless something
         // is fetched into it before the steps.
-        let needs_workspace = plan.starts_processes() || plan.before_steps.is_some();
+        let needs_workspace = plan.needs_workspace();
         let files = StepFiles::new(&files_dir(&plan.workspace), plan.container.is_some());
         let created = if needs_workspace {
             match create_private_dir(&plan.workspace).await {
