@@ -102,6 +102,8 @@ pub struct Load {
     pub concurrency: usize,
     pub job_timeout: Duration,
     pub mode: WakeMode,
+    /// Bytes of one environment variable added to every job's spec.
+    pub spec_padding: usize,
 }
 
 /// Runs `load` over `clients` (the first also carries the subscription).
@@ -198,8 +200,12 @@ async fn phase(
         let completions = completions.clone();
         let next = next.clone();
         let timeout = load.job_timeout;
+        let spec_padding = load.spec_padding;
         tasks.push(tokio::spawn(async move {
-            let spec = JobSpec::with_steps("bench", vec![StepSpec::noop()]);
+            let mut spec = JobSpec::with_steps("bench", vec![StepSpec::noop()]);
+            if spec_padding > 0 {
+                spec.env.push(("BENCH_PADDING".into(), "x".repeat(spec_padding)));
+            }
             let mut out = PhaseOutcome::default();
             while next.fetch_add(1, Ordering::Relaxed) < jobs {
                 let t0 = Instant::now();

@@ -146,6 +146,11 @@ struct DispatchArgs {
     /// A job whose terminal event has not arrived after this many seconds is reported missing.
     #[arg(long, env = "VALKYRIE_BENCH_JOB_TIMEOUT_SECS", default_value_t = 10)]
     job_timeout_secs: u64,
+    /// Adds an environment variable of this many bytes to every job's spec:
+    /// a job of a real pipeline carries its commands and variables (a few
+    /// KiB), the default no-op job about 300 bytes.
+    #[arg(long, env = "VALKYRIE_BENCH_SPEC_PADDING", default_value_t = 0)]
+    spec_padding: usize,
     /// Where the control plane keeps state: `memory`, `embedded` (redb, fsync per
     /// commit), `embedded-none` (redb without fsync) or a `mongodb://` URI. Repeat to
     /// measure several stores in one run.
@@ -299,6 +304,7 @@ async fn run_store(
             concurrency: args.concurrency.max(1),
             job_timeout: Duration::from_secs(args.job_timeout_secs),
             mode,
+            spec_padding: args.spec_padding,
         };
         let dispatch = dispatch::run(&clients, &load).await?;
         results.push(ModeResult {

@@ -377,6 +377,7 @@ async fn probe(client: &Client, jobs: usize) -> anyhow::Result<Summary> {
         concurrency: 1,
         job_timeout: Duration::from_secs(10),
         mode: WakeMode::Park,
+        spec_padding: 0,
     };
     let report = dispatch::run(std::slice::from_ref(client), &load).await?;
     if !report.missing.is_empty() {
