@@ -1188,23 +1188,29 @@ impl Core {
         job.info(reason)
     }
 
-    /// A job changed: store it, update its run, tell subscribers.
+    /// A job changed: store it and its run, update the run, tell
+    /// subscribers.
     fn publish_state(&mut self, id: JobId) {
         self.dirty_jobs.insert(id);
-        self.announce_state(id);
+        if let Some(run) = self.announce_state(id) {
+            self.dirty_runs.insert(run);
+        }
     }
 
     /// A job changed in a way that is stored with its next change, not on
-    /// its own: update its run and tell subscribers.
-    fn announce_state(&mut self, id: JobId) {
+    /// its own (nor is its run's record): update its run and tell
+    /// subscribers. Returns the run it belongs to.
+    fn announce_state(&mut self, id: JobId) -> Option<u64> {
+        let mut changed_run = None;
         if let (Some(&(run, index)), Some(job)) = (self.job_runs.get(&id), self.jobs.get(&id)) {
             if let Some(run_state) = self.runs.get_mut(&run) {
                 run_state.job_changed(index, job.state());
-                self.dirty_runs.insert(run);
+                changed_run = Some(run);
             }
         }
         // Sent once per turn, with the state the job has then.
         self.subscribers.state_changed(id);
+        changed_run
     }
 
     /// A job reached a final state: free its slot, tell subscribers, and
@@ -1656,10 +1662,11 @@ impl Core {
                 } else if result.is_ok() && ack.accepted {
                     // Stored with the job's next change (its end, for most
                     // jobs), as step reports are, not in a write of its
-                    // own: a durable store would otherwise spend a third
-                    // of a short job's writes on it. A restart before then
-                    // finds the attempt assigned, and the agent's
-                    // re-report makes it running again (spec §10).
+                    // own, and so is its run's record: a durable store
+                    // would otherwise spend a third of a short job's
+                    // writes on it. A restart before then finds the
+                    // attempt assigned, and the agent's re-report makes it
+                    // running again (spec §10).
                     self.announce_state(id);
                 } else if result.is_ok() {
                     self.publish_state(id);

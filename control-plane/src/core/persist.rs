@@ -94,7 +94,14 @@ impl Core {
         let jobs = &self.jobs;
         self.subscribers
             .publish_changed(|j| jobs.get(&j).map(super::state_event));
-        let Some(store) = self.store.clone() else { return };
+        let Some(store) = self.store.clone() else {
+            // Without a store nothing waits to be written: what changed is
+            // forgotten, not kept for ever.
+            self.dirty_jobs.clear();
+            self.dirty_runs.clear();
+            self.counters_dirty = false;
+            return;
+        };
         let dirty_jobs = std::mem::take(&mut self.dirty_jobs);
         for id in dirty_jobs {
             let change = match self.jobs.get(&id) {

@@ -982,12 +982,8 @@ async fn an_accepted_assignment_is_stored_with_the_jobs_next_change() {
     );
     let mut completions = store.take_completions().unwrap();
     h.core.store = Some(store);
-    // What the core held unstored until it had a store goes first.
-    h.turn();
-    let batches = h.core.last_batch;
-    wait_for_commit(&mut completions, batches).await;
-    rows.lock().unwrap().clear();
 
+    let batches = h.core.last_batch;
     h.report(
         &a,
         0,
@@ -1005,17 +1001,7 @@ async fn an_accepted_assignment_is_stored_with_the_jobs_next_change() {
     );
     assert_eq!(h.core.last_batch, batches, "no write of its own");
 
-    let result = JobResult {
-        job_id: id,
-        attempt: assigns[0].attempt,
-        outcome: JobOutcome::Succeeded,
-        exit_code: Some(0),
-        duration_ms: 5,
-        message: String::new(),
-        log_chunks: 0,
-        steps: Vec::new(),
-    };
-    h.report(&a, 30, result);
+    h.report(&a, 30, succeeded(id, assigns[0].attempt));
     let last = h.core.last_batch;
     assert!(last > batches, "the result is written");
     wait_for_commit(&mut completions, last).await;
@@ -1038,5 +1024,36 @@ async fn wait_for_commit(
             Some(crate::store::Completion::Committed(_)) => {}
             other => panic!("{other:?}"),
         }
+    }
+}
+
+#[test]
+fn a_core_without_a_store_keeps_nothing_to_write() {
+    let mut h = Harness::new(config());
+    let mut a = h.register("a", 1);
+    for _ in 0..3 {
+        let id = h.submit(job("build", 0));
+        let (assigns, _) = a.dispatch();
+        h.start(&mut a, &assigns[0]);
+        h.report(&a, 30, succeeded(id, assigns[0].attempt));
+        assert_eq!(h.job(id).state, JobState::Succeeded);
+    }
+    // Each turn's changes are dropped at its end: nothing grows with the
+    // number of jobs.
+    assert!(h.core.dirty_jobs.is_empty() && h.core.dirty_runs.is_empty() && !h.core.counters_dirty);
+    assert!(h.core.changes.is_empty());
+}
+
+/// A succeeded attempt's result, with no log and no step reports.
+fn succeeded(job_id: u64, attempt: u32) -> JobResult {
+    JobResult {
+        job_id,
+        attempt,
+        outcome: JobOutcome::Succeeded,
+        exit_code: Some(0),
+        duration_ms: 5,
+        message: String::new(),
+        log_chunks: 0,
+        steps: Vec::new(),
     }
 }
