@@ -470,9 +470,10 @@ struct PendingResult {
     ack: Option<Responder>,
 }
 
-/// What woke the core's driver.
+/// What woke the core's driver (a command is kept beside it, not in it:
+/// commands are large, and this is built on every turn).
 enum Turn {
-    Commands(Command),
+    Commands,
     Store(Completion),
     Tick,
 }
@@ -766,10 +767,14 @@ impl Core {
     ) {
         let mut tick = tokio::time::interval(Duration::from_millis(100));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut first = None;
         loop {
             let turn = tokio::select! {
                 command = rx.recv() => match command {
-                    Some(command) => Turn::Commands(command),
+                    Some(command) => {
+                        first = Some(command);
+                        Turn::Commands
+                    }
                     None => return,
                 },
                 Some(done) = async { completions.as_mut()?.recv().await } => Turn::Store(done),
@@ -779,9 +784,11 @@ impl Core {
             // driver is woken: each writes its share in one go.
             let _rings = RingBatch::hold();
             match turn {
-                Turn::Commands(command) => {
+                Turn::Commands => {
                     let now = Now::system();
-                    self.handle(command, now);
+                    if let Some(command) = first.take() {
+                        self.handle(command, now);
+                    }
                     // Drain what is already waiting, then schedule once.
                     for _ in 0..4096 {
                         match rx.try_recv() {

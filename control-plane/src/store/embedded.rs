@@ -550,7 +550,9 @@ mod tests {
         let txn = store.db.begin_write().unwrap();
         txn.open_table(JOB_SPECS).unwrap().remove(9).unwrap();
         txn.commit().unwrap();
-        let err = store.load().err().expect("a record without its spec");
+        let Err(err) = store.load() else {
+            panic!("a record without its spec loaded");
+        };
         let text = err.to_string();
         assert!(text.contains('9') && text.contains("spec is missing"), "{text}");
     }
