@@ -228,6 +228,15 @@ impl Harness {
         }
     }
 
+    /// Submits `spec` and returns its id and the one Assign `agent` got
+    /// for it.
+    fn submit_to(&mut self, agent: &mut Agent, spec: JobSpec) -> (u64, Assign) {
+        let id = self.submit(spec);
+        let (mut assigns, _) = agent.dispatch();
+        assert_eq!(assigns.len(), 1, "one assignment: {assigns:?}");
+        (id, assigns.remove(0))
+    }
+
     fn job(&mut self, job_id: u64) -> JobInfo {
         let (reply, mut rx) = Responder::channel();
         self.input(Command::GetJob(job_id, reply));
@@ -242,13 +251,8 @@ impl Harness {
 async fn an_unacknowledged_assignment_goes_back_to_the_queue_when_its_lease_runs_out() {
     let mut h = Harness::new(config());
     let mut a = h.register("a", 1);
-    let id = h.submit(job("build", 0));
-    let (assigns, _) = a.dispatch();
-    assert_eq!(assigns.len(), 1);
-    assert_eq!(
-        (assigns[0].job_id, assigns[0].attempt, assigns[0].lease_ms),
-        (id, 1, 5_000)
-    );
+    let (id, assign) = h.submit_to(&mut a, job("build", 0));
+    assert_eq!((assign.job_id, assign.attempt, assign.lease_ms), (id, 1, 5_000));
 
     // Just inside the lease nothing changes.
     h.advance(Duration::from_millis(4_900));
@@ -772,17 +776,7 @@ async fn a_project_run_is_announced_when_it_starts_ends_is_played_and_rerun() {
         let (assigns, _) = agent.dispatch();
         assert_eq!(assigns.len(), 1, "{assigns:?}");
         h.start(agent, &assigns[0]);
-        let result = JobResult {
-            job_id: assigns[0].job_id,
-            attempt: assigns[0].attempt,
-            outcome: JobOutcome::Succeeded,
-            exit_code: Some(0),
-            duration_ms: 5,
-            message: String::new(),
-            log_chunks: 0,
-            steps: Vec::new(),
-        };
-        h.report(agent, 20, result);
+        h.report(agent, 20, succeeded(assigns[0].job_id, assigns[0].attempt));
     };
 
     // A run of a project without status settings is not announced.
@@ -972,9 +966,7 @@ async fn an_accepted_assignment_is_stored_with_the_jobs_next_change() {
 
     let mut h = Harness::new(config());
     let mut a = h.register("a", 1);
-    let id = h.submit(job("build", 0));
-    let (assigns, _) = a.dispatch();
-    assert_eq!(assigns.len(), 1);
+    let (id, assign) = h.submit_to(&mut a, job("build", 0));
     let rows = Arc::new(std::sync::Mutex::new(Vec::new()));
     let store = StoreHandle::spawn(
         Box::new(RecordingStore(rows.clone())),
@@ -989,7 +981,7 @@ async fn an_accepted_assignment_is_stored_with_the_jobs_next_change() {
         0,
         AssignAck {
             job_id: id,
-            attempt: assigns[0].attempt,
+            attempt: assign.attempt,
             accepted: true,
             reason: String::new(),
         },
@@ -1001,7 +993,7 @@ async fn an_accepted_assignment_is_stored_with_the_jobs_next_change() {
     );
     assert_eq!(h.core.last_batch, batches, "no write of its own");
 
-    h.report(&a, 30, succeeded(id, assigns[0].attempt));
+    h.report(&a, 30, succeeded(id, assign.attempt));
     let last = h.core.last_batch;
     assert!(last > batches, "the result is written");
     wait_for_commit(&mut completions, last).await;
@@ -1032,10 +1024,9 @@ fn a_core_without_a_store_keeps_nothing_to_write() {
     let mut h = Harness::new(config());
     let mut a = h.register("a", 1);
     for _ in 0..3 {
-        let id = h.submit(job("build", 0));
-        let (assigns, _) = a.dispatch();
-        h.start(&mut a, &assigns[0]);
-        h.report(&a, 30, succeeded(id, assigns[0].attempt));
+        let (id, assign) = h.submit_to(&mut a, job("build", 0));
+        h.start(&mut a, &assign);
+        h.report(&a, 30, succeeded(id, assign.attempt));
         assert_eq!(h.job(id).state, JobState::Succeeded);
     }
     // Each turn's changes are dropped at its end: nothing grows with the
