@@ -194,7 +194,7 @@ struct Held {
 
 /// Rings `shared`'s doorbell, or holds the ring back until this thread's
 /// batch ends.
-fn ring(shared: &Arc<Shared>) {
+fn ring_or_hold(shared: &Arc<Shared>) {
     let held = HELD.with(|held| {
         let mut held = held.borrow_mut();
         if held.depth == 0 {
@@ -293,7 +293,7 @@ impl SessionSender {
             .send(Box::new(command))
             .await
             .map_err(|_| SendError::Closed)?;
-        ring(&self.shared.0);
+        ring_or_hold(&self.shared.0);
         Ok(())
     }
 
@@ -335,7 +335,7 @@ impl SessionSender {
                 mpsc::error::TrySendError::Full(_) => SendError::QueueFull(lane),
                 mpsc::error::TrySendError::Closed(_) => SendError::Closed,
             })?;
-        ring(&self.shared.0);
+        ring_or_hold(&self.shared.0);
         Ok(())
     }
 
