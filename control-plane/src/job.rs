@@ -105,21 +105,21 @@ pub fn without_specs<R>(serialize: impl FnOnce() -> R) -> R {
     serialize()
 }
 
-fn specs_apart(_: &Arc<JobSpec>) -> bool {
+fn spec_left_out(_: &Arc<JobSpec>) -> bool {
     SPECS_APART.get()
 }
 
 /// What a record read back without its spec holds in its place: one shared
-/// empty spec, told apart by [`is_spec_apart`].
-pub fn spec_apart() -> Arc<JobSpec> {
-    static APART: std::sync::LazyLock<Arc<JobSpec>> =
+/// empty spec, told apart by [`is_spec_placeholder`].
+fn spec_placeholder() -> Arc<JobSpec> {
+    static PLACEHOLDER: std::sync::LazyLock<Arc<JobSpec>> =
         std::sync::LazyLock::new(|| Arc::new(JobSpec::with_steps("", Vec::new())));
-    APART.clone()
+    PLACEHOLDER.clone()
 }
 
 /// Whether `spec` is the placeholder of a record read back without one.
-pub fn is_spec_apart(spec: &Arc<JobSpec>) -> bool {
-    Arc::ptr_eq(spec, &spec_apart())
+pub fn is_spec_placeholder(spec: &Arc<JobSpec>) -> bool {
+    Arc::ptr_eq(spec, &spec_placeholder())
 }
 
 /// A job and its current attempt. Stored as it is (timers excepted: they
@@ -132,9 +132,9 @@ pub struct JobRecord {
     /// accepted, so the copies of the record a turn hands to the store
     /// share it instead of copying it. Left out of the record's stored
     /// form where the store keeps it apart ([`without_specs`]); a record
-    /// read back without one holds [`spec_apart`] until the store puts
+    /// read back without one holds [`spec_placeholder`] until the store puts
     /// the spec back.
-    #[serde(default = "spec_apart", skip_serializing_if = "specs_apart")]
+    #[serde(default = "spec_placeholder", skip_serializing_if = "spec_left_out")]
     pub spec: Arc<JobSpec>,
     state: JobState,
     /// Current attempt (0 before the first assignment).

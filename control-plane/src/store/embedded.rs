@@ -9,7 +9,7 @@ use foldhash::{HashMap, HashSet};
 use redb::{Database, DatabaseError, ReadableTable, TableDefinition};
 use valkyrie::message::{JobSpec, OutputStream};
 
-use crate::job::{is_spec_apart, without_specs};
+use crate::job::{is_spec_placeholder, without_specs};
 
 use super::{Change, Counters, Durability, Loaded, LogRow, Store, StoreError};
 
@@ -160,7 +160,7 @@ impl Store for EmbeddedStore {
         for job in &mut loaded.jobs {
             match specs.remove(&job.id.0) {
                 Some(spec) => job.spec = spec.into(),
-                None if is_spec_apart(&job.spec) => {
+                None if is_spec_placeholder(&job.spec) => {
                     return Err(StoreError::Decode {
                         kind: "job",
                         id: job.id.0.to_string(),
