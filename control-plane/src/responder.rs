@@ -1,8 +1,10 @@
 //! Where answers go. A [`Responder`] answers one request, straight onto the
 //! requester's protocol session or into a channel (the REST adapter); an
 //! [`EventSink`] receives a subscription's events the same two ways. The
-//! core never waits on either: a full or closed destination loses only its
-//! own message.
+//! core never waits on either. An answer is never lost for want of room
+//! (`SessionSender::push`: a requester that stops reading is disconnected
+//! instead); an event for a full subscriber is, and the subscriber is told
+//! with `Skipped`.
 
 use std::sync::Mutex;
 
@@ -55,8 +57,8 @@ impl Responder {
     pub fn reply(&self, message: impl Into<Message>) {
         match &self.to {
             ReplyTo::Session { sender, correlation } => {
-                if let Err(err) = sender.try_reply(*correlation, message) {
-                    tracing::debug!(%err, "reply dropped");
+                if let Err(err) = sender.push(*correlation, message) {
+                    tracing::debug!(%err, "no reply: the requester's connection is closed or closing");
                 }
             }
             ReplyTo::Channel(tx) => {

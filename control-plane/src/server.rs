@@ -488,7 +488,7 @@ async fn serve_agent(mut session: Session, core: CoreHandle, transport: &'static
         // still come here.)
         if matches!(incoming.message, Message::Heartbeat(_)) {
             if incoming.correlation != 0 {
-                let _ = sender.try_reply(incoming.correlation, Ack {});
+                let _ = sender.push(incoming.correlation, Ack {});
             }
             continue;
         }

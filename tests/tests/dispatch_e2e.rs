@@ -3,7 +3,7 @@
 
 mod support;
 
-use support::{text, Harness};
+use support::{text, within, Harness};
 
 /// One server listening on `listen`, one agent and `vk` both connected over
 /// it: a failing and a succeeding command come back with their output and
@@ -114,4 +114,29 @@ async fn million_lines_arrive_complete_and_in_order() {
         replayed == expected,
         "replayed output differs from `seq 1 1000000`"
     );
+}
+
+/// 2,000 submits at once on one connection. The server's core answers a
+/// burst of them in one turn, far more than a lane's channel holds (256),
+/// and each gets its answer: none is dropped for want of room.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_submits_on_one_connection_each_gets_its_answer() {
+    const SUBMITS: usize = 2000;
+    let h = Harness::new();
+    let server = h.server().start();
+    let client = server.client().await;
+    let mut submits = tokio::task::JoinSet::new();
+    for i in 0..SUBMITS {
+        let client = client.clone();
+        submits.spawn(async move {
+            client
+                .submit(valkyrie_sdk::JobSpec::shell(format!("burst-{i}"), "true"))
+                .await
+        });
+    }
+    let mut jobs = std::collections::HashSet::new();
+    while let Some(done) = within("every submit's answer", submits.join_next()).await {
+        jobs.insert(done.expect("submit task").expect("submit answered"));
+    }
+    assert_eq!(jobs.len(), SUBMITS, "each submit got its own job");
 }

@@ -1167,7 +1167,7 @@ impl Core {
                         attempt,
                         reason: "cancelled by user".into(),
                     };
-                    if let Err(err) = sender.try_reply(0, cancel) {
+                    if let Err(err) = sender.push(0, cancel) {
                         warn!(%err, job_id = id.0, "could not send cancel; the server-side deadline will end it");
                     }
                 }
@@ -1550,7 +1550,7 @@ impl Core {
                             attempt,
                             reason: "cancelled by user".into(),
                         };
-                        if let Err(err) = sender.try_reply(0, cancel) {
+                        if let Err(err) = sender.push(0, cancel) {
                             debug!(%err, job_id, "could not send the cancel again");
                         }
                     }
@@ -1578,7 +1578,7 @@ impl Core {
         }
         info!(runner = %msg.name, runner_id = id.0, slots = msg.slots, reattached = kept.len(), "runner registered");
         // spec: the reply echoes the request's correlation id (REPLY flag).
-        let _ = sender.try_reply(
+        let _ = sender.push(
             correlation,
             RunnerRegistered {
                 runner_id: id.0,
@@ -1688,7 +1688,7 @@ impl Core {
                             attempt: ack.attempt,
                             reason: "this attempt is no longer current (its lease ran out)".into(),
                         };
-                        if let Err(err) = sender.try_reply(0, cancel) {
+                        if let Err(err) = sender.push(0, cancel) {
                             debug!(%err, job_id = id.0, "could not cancel an ended attempt");
                         }
                     }
@@ -1990,7 +1990,7 @@ impl Core {
             let runner = job.runner;
             let _ = job.force_final(state, why.into(), self.now.wall_ms);
             if let Some(sender) = runner.and_then(|r| self.runners.get(&r)).and_then(|r| r.sender()) {
-                let _ = sender.try_reply(
+                let _ = sender.push(
                     0,
                     CancelAssignment {
                         job_id: id.0,
@@ -2065,9 +2065,10 @@ impl Core {
                 spec: (*job.spec).clone(),
             };
             // Sent once the assignment is durable, so that a restart can
-            // never hand the same attempt out twice. A full queue leaves the
-            // lease to expire and the job to be queued again: the core never
-            // blocks on one runner.
+            // never hand the same attempt out twice. Pushed: the core never
+            // waits for one runner, and an assignment is never dropped for
+            // want of room (an agent that stops reading is disconnected, and
+            // the lease runs out).
             if let Some(sender) = runner.sender().cloned() {
                 self.after_commit(AfterCommit::Assign(sender, assign));
             }

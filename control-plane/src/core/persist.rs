@@ -80,8 +80,8 @@ impl Core {
                     );
                     return;
                 }
-                if let Err(err) = sender.try_reply(0, assign) {
-                    debug!(%err, "assignment dropped: the runner's session is full or gone");
+                if let Err(err) = sender.push(0, assign) {
+                    debug!(%err, "assignment not sent: the runner's session is gone or not reading");
                 }
             }
             AfterCommit::Notify(notices, notice) => notices.offer(*notice),

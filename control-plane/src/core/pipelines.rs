@@ -275,7 +275,7 @@ impl Core {
             .ok_or_else(|| CoreError::NotFound(format!("no runner {id}")))?;
         runner.drain();
         if let Some(sender) = runner.sender() {
-            let _ = sender.try_reply(
+            let _ = sender.push(
                 0,
                 valkyrie::message::Drain {
                     reason: "drain requested by an operator".into(),

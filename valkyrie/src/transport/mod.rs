@@ -27,7 +27,7 @@ pub const MAX_RECONNECT_INTERVAL: std::time::Duration = std::time::Duration::fro
 
 pub use session::{
     Authenticator, Hooked, InboundHook, Incoming, IncomingReceiver, PendingReply, Redirector, RequestError,
-    RingBatch, SentMessages, Session, SessionSender,
+    RingBatch, SentMessages, Session, SessionSender, MAX_PUSHED_WAITING,
 };
 pub use tls::{dev_certificate, ClientTls, DevCertificate, ServerTls, TlsSetupError, ALPN};
 

@@ -22,6 +22,10 @@ use crate::message::{Hello, Message, Redirect, Welcome};
 const LANE_CHANNEL: usize = 256;
 /// Incoming messages buffered for the application.
 const INCOMING_CHANNEL: usize = 1024;
+/// Messages [`SessionSender::push`] may leave waiting behind a full lane
+/// channel, per lane, before the peer counts as not reading and the
+/// connection is closed.
+pub const MAX_PUSHED_WAITING: usize = 16_384;
 
 /// A message received from the peer.
 #[derive(Debug, Clone, PartialEq)]
@@ -135,6 +139,21 @@ pub(crate) struct Shared {
     /// Rung after every command queued on a lane, and when the last handle
     /// goes.
     pub(crate) outbound: Doorbell,
+    /// Per lane: what [`SessionSender::push`] queued while the lane's
+    /// channel was full, in order.
+    overflow: [Overflow; 3],
+    /// A lane's overflow went past [`MAX_PUSHED_WAITING`]: the driver
+    /// closes the connection.
+    overflowed: AtomicBool,
+}
+
+/// Messages waiting behind a full lane channel. While any waits, every
+/// later [`SessionSender::push`] on the lane waits here too, so pushed
+/// messages keep their order; the driver takes them after the channel.
+#[derive(Default)]
+struct Overflow {
+    waiting: AtomicBool,
+    queue: std::sync::Mutex<std::collections::VecDeque<Box<Command>>>,
 }
 
 /// One wake-up for the three lanes. The stream driver waits on it instead
@@ -317,6 +336,52 @@ impl SessionSender {
             },
         )
         .await
+    }
+
+    /// Sends without waiting and without losing the message: when the
+    /// lane's channel is full, it waits in the session's own queue behind
+    /// it (where every later `push` on the lane waits too, so pushed
+    /// messages keep their order; messages sent otherwise may overtake
+    /// them). For what must reach the peer but cannot wait: an answer to
+    /// its request, an assignment, a cancel. A peer that leaves more than
+    /// [`MAX_PUSHED_WAITING`] of them unread on a lane has its connection
+    /// closed (`INTERNAL`), so memory stays bounded; the message is then
+    /// refused with [`SendError::QueueFull`], and with
+    /// [`SendError::Closed`] once the session ended.
+    pub fn push(&self, correlation: u64, message: impl Into<Message>) -> Result<(), SendError> {
+        let message = message.into();
+        let lane = message.lane();
+        let overflow = &self.shared.overflow[lane.index()];
+        let mut command = Box::new(Command::Send {
+            correlation,
+            flags: reply_flags(correlation),
+            message,
+        });
+        if !overflow.waiting.load(Ordering::Acquire) {
+            match self.lanes[lane.index()].try_send(command) {
+                Ok(()) => {
+                    ring_or_hold(&self.shared.0);
+                    return Ok(());
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => return Err(SendError::Closed),
+                Err(mpsc::error::TrySendError::Full(back)) => command = back,
+            }
+        }
+        if self.is_closed() {
+            return Err(SendError::Closed);
+        }
+        let mut queue = overflow.queue.lock().expect("session overflow");
+        if queue.len() >= MAX_PUSHED_WAITING {
+            drop(queue);
+            self.shared.overflowed.store(true, Ordering::Release);
+            self.shared.outbound.ring();
+            return Err(SendError::QueueFull(lane));
+        }
+        queue.push_back(command);
+        overflow.waiting.store(true, Ordering::Release);
+        drop(queue);
+        ring_or_hold(&self.shared.0);
+        Ok(())
     }
 
     /// Sends without waiting: fails with [`SendError::QueueFull`] when the
@@ -615,6 +680,12 @@ impl Lanes {
         if ends.shared.outbound.take() {
             self.rung();
         }
+        if ends.shared.overflowed.swap(false, Ordering::AcqRel) && conn.is_open() {
+            conn.close(
+                ErrorCode::INTERNAL,
+                format!("the peer left more than {MAX_PUSHED_WAITING} answers and orders unread on one lane"),
+            );
+        }
         for lane in Lane::ALL {
             let i = lane.index();
             if !(self.open[i] && self.unread[i] && conn.can_send(lane)) {
@@ -624,8 +695,11 @@ impl Lanes {
             match rx.try_recv() {
                 // More may wait behind the batch: the lane stays unread.
                 Ok(cmd) => ends.apply_batch(conn, *cmd, rx, lane),
-                Err(mpsc::error::TryRecvError::Empty) => self.unread[i] = false,
-                Err(mpsc::error::TryRecvError::Disconnected) => self.open[i] = false,
+                // What waits behind the channel goes once it is empty.
+                Err(mpsc::error::TryRecvError::Empty) => self.unread[i] = ends.apply_overflow(conn, lane),
+                Err(mpsc::error::TryRecvError::Disconnected) => {
+                    self.open[i] = ends.apply_overflow(conn, lane);
+                }
             }
         }
     }
@@ -642,6 +716,8 @@ pub(crate) fn session_pair(peer: String) -> (SessionParts, DriverEnds, LaneRecei
         closed,
         hook: std::sync::Mutex::new(None),
         outbound: Doorbell::default(),
+        overflow: Default::default(),
+        overflowed: AtomicBool::new(false),
     });
     let sender = SessionSender {
         lanes: [c_tx, d_tx, b_tx],
@@ -731,6 +807,26 @@ impl DriverEnds {
         }
     }
 
+    /// Applies what waits in `lane`'s overflow while the lane has room;
+    /// whether some is still waiting.
+    fn apply_overflow(&mut self, conn: &mut Connection, lane: Lane) -> bool {
+        if !self.shared.overflow[lane.index()].waiting.load(Ordering::Acquire) {
+            return false;
+        }
+        let shared = self.shared.clone();
+        let overflow = &shared.overflow[lane.index()];
+        let mut queue = overflow.queue.lock().expect("session overflow");
+        while conn.can_send(lane) {
+            match queue.pop_front() {
+                Some(command) => self.apply(conn, *command),
+                None => break,
+            }
+        }
+        let left = !queue.is_empty();
+        overflow.waiting.store(left, Ordering::Release);
+        left
+    }
+
     /// Applies `first` and then whatever else is already waiting on the same
     /// lane (up to a batch, while the lane has room), so that under load many
     /// frames go out in one write instead of one write per frame.
@@ -789,6 +885,7 @@ impl DriverEnds {
                     self.routes.clear();
                     self.drop_hook();
                     self.shared.closed.send_replace(Some(result));
+                    self.drop_overflow();
                 }
             }
         }
@@ -841,10 +938,18 @@ impl DriverEnds {
         send_or_wait(&self.incoming, Box::new(incoming)).await;
     }
 
+    /// Nothing pushed is sent once the session ended.
+    fn drop_overflow(&self) {
+        for overflow in &self.shared.overflow {
+            overflow.queue.lock().expect("session overflow").clear();
+        }
+    }
+
     /// Marks the session ended if the connection did not say how.
     pub fn finish(&mut self, fallback: ConnectionError) {
         self.routes.clear();
         self.drop_hook();
+        self.drop_overflow();
         self.shared.closed.send_if_modified(|state| {
             if state.is_none() {
                 *state = Some(Err(fallback));
