@@ -19,6 +19,12 @@ enum ReplyTo {
     Nowhere,
 }
 
+/// Events a subscriber's connection may hold behind its full lane channel
+/// (256) before the subscriber counts as behind and gets `Skipped`: one
+/// turn of the core sends an event for each job it changed, often more
+/// than the channel holds, to a subscriber that reads as fast as it can.
+pub const EVENT_BACKLOG: usize = 4096;
+
 /// Where the answer to one request goes.
 #[derive(Debug)]
 pub struct Responder {
@@ -109,7 +115,7 @@ impl EventSink {
     /// is behind, `Closed` when it is gone.
     pub fn try_send(&self, event: Event) -> Result<(), SendError> {
         match self {
-            EventSink::Session { sender, correlation } => sender.try_reply(*correlation, event),
+            EventSink::Session { sender, correlation } => sender.try_push(*correlation, event, EVENT_BACKLOG),
             EventSink::Channel(tx) => tx.try_send(event).map_err(|e| match e {
                 mpsc::error::TrySendError::Full(_) => SendError::QueueFull(valkyrie::Lane::Bulk),
                 mpsc::error::TrySendError::Closed(_) => SendError::Closed,

@@ -72,3 +72,45 @@ async fn a_peer_that_reads_nothing_is_disconnected_before_pushed_messages_pile_u
     }
     assert_eq!(sender.push(0, Heartbeat { running: 0 }), Err(SendError::Closed));
 }
+
+#[tokio::test]
+async fn try_push_lets_a_backlog_wait_and_refuses_past_it_without_closing() {
+    const BACKLOG: usize = 500;
+    let fx = Fixture::new();
+    let (_listener, mut client, server) = fx.connected(Transport::Unix, "x").await;
+    let sender = server.sender();
+    // In one go: the channel's 256, then the backlog behind it, then
+    // refusals.
+    let mut taken = 0u32;
+    {
+        let _batch = RingBatch::hold();
+        for running in 0..2 * PUSHED {
+            match sender.try_push(0, Heartbeat { running }, BACKLOG) {
+                Ok(()) => {
+                    assert_eq!(running, taken, "refused ones are not followed by taken ones");
+                    taken += 1;
+                }
+                Err(err) => assert_eq!(err, SendError::QueueFull(valkyrie::Lane::Control)),
+            }
+        }
+    }
+    assert!(
+        taken as usize > BACKLOG && (taken as usize) < BACKLOG + 1024,
+        "{taken} taken"
+    );
+    for expected in 0..taken {
+        match within("the taken messages", client.recv())
+            .await
+            .map(|m| m.message)
+        {
+            Some(Message::Heartbeat(Heartbeat { running })) => assert_eq!(running, expected),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    // Still open: the next one goes through.
+    sender.try_push(0, Heartbeat { running: 7 }, BACKLOG).unwrap();
+    match within("one more", client.recv()).await.map(|m| m.message) {
+        Some(Message::Heartbeat(Heartbeat { running: 7 })) => {}
+        other => panic!("unexpected {other:?}"),
+    }
+}

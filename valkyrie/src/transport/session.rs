@@ -349,7 +349,37 @@ impl SessionSender {
     /// refused with [`SendError::QueueFull`], and with
     /// [`SendError::Closed`] once the session ended.
     pub fn push(&self, correlation: u64, message: impl Into<Message>) -> Result<(), SendError> {
-        let message = message.into();
+        self.push_within(correlation, message.into(), MAX_PUSHED_WAITING, true)
+    }
+
+    /// Sends without waiting, as [`push`](Self::push) does, but lets at
+    /// most `backlog` messages wait behind the full channel: past that it
+    /// fails with [`SendError::QueueFull`] and the connection stays open.
+    /// For what may be dropped when the peer falls behind (a
+    /// subscription's events, which the server then replaces with one
+    /// `Skipped`), so that a burst larger than the channel is not mistaken
+    /// for a peer that is behind.
+    pub fn try_push(
+        &self,
+        correlation: u64,
+        message: impl Into<Message>,
+        backlog: usize,
+    ) -> Result<(), SendError> {
+        self.push_within(
+            correlation,
+            message.into(),
+            backlog.min(MAX_PUSHED_WAITING),
+            false,
+        )
+    }
+
+    fn push_within(
+        &self,
+        correlation: u64,
+        message: Message,
+        limit: usize,
+        close_past: bool,
+    ) -> Result<(), SendError> {
         let lane = message.lane();
         let overflow = &self.shared.overflow[lane.index()];
         let mut command = Box::new(Command::Send {
@@ -371,10 +401,12 @@ impl SessionSender {
             return Err(SendError::Closed);
         }
         let mut queue = overflow.queue.lock().expect("session overflow");
-        if queue.len() >= MAX_PUSHED_WAITING {
+        if queue.len() >= limit {
             drop(queue);
-            self.shared.overflowed.store(true, Ordering::Release);
-            self.shared.outbound.ring();
+            if close_past {
+                self.shared.overflowed.store(true, Ordering::Release);
+                self.shared.outbound.ring();
+            }
             return Err(SendError::QueueFull(lane));
         }
         queue.push_back(command);
