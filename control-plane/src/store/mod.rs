@@ -323,68 +323,6 @@ pub struct Loaded {
     pub cache_entries: Vec<CacheRow>,
 }
 
-/// What a change writes: changes with the same target replace each other
-/// (a later row, or a deletion, leaves nothing of an earlier one); `None`
-/// for a change that only adds (a log chunk).
-#[derive(PartialEq, Eq, Hash)]
-enum Target<'a> {
-    Job(u64),
-    Run(u64),
-    Pipeline(u64),
-    Runner(u64),
-    Counters,
-    Audit(u64),
-    KeyCheck,
-    Project(&'a str),
-    Delivery(u64),
-    Artifact(u64, &'a str),
-    CacheEntry(&'a str, &'a str),
-}
-
-impl Change {
-    fn target(&self) -> Option<Target<'_>> {
-        Some(match self {
-            Change::Job(job) => Target::Job(job.id.0),
-            Change::DeleteJob(id) => Target::Job(*id),
-            Change::Run(run) => Target::Run(run.id),
-            Change::Pipeline(def) => Target::Pipeline(def.id),
-            Change::Runner(runner) => Target::Runner(runner.id),
-            Change::DeleteRunner(id) => Target::Runner(*id),
-            Change::Log(_) => return None,
-            Change::Counters(_) => Target::Counters,
-            Change::Audit(record) => Target::Audit(record.id),
-            Change::DeleteAudit(id) => Target::Audit(*id),
-            Change::KeyCheck(_) => Target::KeyCheck,
-            Change::Project(project) => Target::Project(&project.name),
-            Change::DeleteProject(name) => Target::Project(name),
-            Change::Delivery(row) => Target::Delivery(row.seq),
-            Change::DeleteDelivery(seq) => Target::Delivery(*seq),
-            Change::Artifact(row) => Target::Artifact(row.job_id, &row.name),
-            Change::DeleteArtifact(job, name) => Target::Artifact(*job, name),
-            Change::CacheEntry(row) => Target::CacheEntry(&row.project, &row.key),
-            Change::DeleteCacheEntry(project, key) => Target::CacheEntry(project, key),
-        })
-    }
-}
-
-/// Leaves out of a group commit each change that a later change of the
-/// same batch replaces: the commit is one transaction, so the store ends
-/// in the same state, and a job that was queued, assigned and finished
-/// while the previous commit was being written is written once, not three
-/// times. A job's deletion removes its logs too: log chunks are never left
-/// out, so deleting a job after logging to it still removes them.
-fn drop_superseded(changes: &mut Vec<Change>) {
-    let mut later = foldhash::HashSet::with_capacity_and_hasher(changes.len(), Default::default());
-    let keep: Vec<bool> = changes
-        .iter()
-        .rev()
-        .map(|change| change.target().is_none_or(|target| later.insert(target)))
-        .collect();
-    drop(later);
-    let mut keep = keep.into_iter().rev();
-    changes.retain(|_| keep.next().unwrap_or(true));
-}
-
 /// A durable store. Methods block; they run on the store worker thread.
 pub trait Store: Send + 'static {
     /// Reads everything (at start).
@@ -464,19 +402,14 @@ impl StoreHandle {
                     let mut changes = first.changes;
                     let mut last = first.core_batch;
                     let mut waiting: Vec<_> = first.done.into_iter().collect();
-                    let mut merged = false;
                     // Group commit: everything already waiting goes in too.
                     while let Ok(more) = rx.try_recv() {
                         changes.extend(more.changes);
                         last = more.core_batch.or(last);
                         waiting.extend(more.done);
-                        merged = true;
                         if changes.len() > 50_000 {
                             break;
                         }
-                    }
-                    if merged {
-                        drop_superseded(&mut changes);
                     }
                     let started = Instant::now();
                     if let Err(err) = store.commit(&changes) {
@@ -559,66 +492,3 @@ impl StoreHandle {
 #[derive(Debug, Clone, Copy, thiserror::Error)]
 #[error("the store worker has stopped; nothing more can be stored")]
 pub struct StoreGone;
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::job::JobRecord;
-    use crate::scheduler::JobId;
-    use valkyrie::message::JobSpec;
-
-    fn job(id: u64, attempt: u32) -> Change {
-        let mut record = JobRecord::new(JobId(id), JobSpec::shell("j", "true"), 1);
-        record.attempt = attempt;
-        Change::Job(Box::new(record))
-    }
-
-    fn log(job: u64, seq: u64) -> Change {
-        Change::Log(LogRow {
-            job,
-            seq,
-            stream: OutputStream::Stdout,
-            data: Vec::new(),
-        })
-    }
-
-    fn summary(changes: &[Change]) -> Vec<String> {
-        changes
-            .iter()
-            .map(|change| match change {
-                Change::Job(job) => format!("job {} attempt {}", job.id.0, job.attempt),
-                Change::DeleteJob(id) => format!("delete job {id}"),
-                Change::Log(log) => format!("log {} {}", log.job, log.seq),
-                Change::DeleteAudit(id) => format!("delete audit {id}"),
-                other => format!("{other:?}"),
-            })
-            .collect()
-    }
-
-    #[test]
-    fn a_group_commit_writes_only_the_last_change_of_each_row() {
-        let mut changes = vec![
-            job(1, 0),
-            log(1, 0),
-            job(2, 0),
-            job(1, 1),
-            log(1, 1),
-            job(3, 0),
-            Change::DeleteJob(3),
-            Change::DeleteAudit(9),
-            job(1, 2),
-        ];
-        drop_superseded(&mut changes);
-        assert_eq!(
-            summary(&changes),
-            [
-                "log 1 0",
-                "job 2 attempt 0",
-                "log 1 1",
-                "delete job 3",
-                "delete audit 9",
-                "job 1 attempt 2"
-            ]
-        );
-    }
-}

@@ -417,23 +417,11 @@ impl SessionSender {
     }
 
     /// Sends without waiting: fails with [`SendError::QueueFull`] when the
-    /// lane's queue is full (the peer reads slower than we write).
+    /// lane's queue is full (the peer reads slower than we write), or
+    /// while pushed messages wait behind it ([`try_push`](Self::try_push)
+    /// with no backlog).
     pub fn try_reply(&self, correlation: u64, message: impl Into<Message>) -> Result<(), SendError> {
-        let message = message.into();
-        let lane = message.lane();
-        let flags = reply_flags(correlation);
-        self.lanes[lane.index()]
-            .try_send(Box::new(Command::Send {
-                correlation,
-                flags,
-                message,
-            }))
-            .map_err(|e| match e {
-                mpsc::error::TrySendError::Full(_) => SendError::QueueFull(lane),
-                mpsc::error::TrySendError::Closed(_) => SendError::Closed,
-            })?;
-        ring_or_hold(&self.shared.0);
-        Ok(())
+        self.try_push(correlation, message, 0)
     }
 
     fn correlation(&self) -> u64 {
